@@ -1,0 +1,40 @@
+//! The batch layer: the immutable master dataset and exact views recomputed from it.
+//!
+//! ```text
+//!  Kafka topic ──► archive (own consumer group)
+//!                    │ Parquet files per partition and event hour, then a partition manifest
+//!                    ▼
+//!                 object store: archive/<topic>/date=…/hour=…/*.parquet + _manifest/p…/
+//!                    │
+//!  scheduler ◄── POST /v1/jobs, cron
+//!     │ job (view | all, from, to) on a dedicated runtime
+//!     ▼
+//!  recompute: plan (archive completeness) ─► DataFusion SQL over pruned files ─► segment
+//!     ▼
+//!  catalog: view manifest (create-if-absent) ─► in-memory PublishedView ─► serving layer
+//! ```
+//!
+//! # Subsystems
+//! - [`archive`]: exactly-once archival of every valid event, with per-partition manifests.
+//! - [`recompute`]: planning (which windows are ready), SQL generation and execution.
+//! - [`catalog`]: publication and loading of exact view results.
+//! - [`scheduler`]: job queue, cron schedule and job records.
+//! - [`manifest`]: the create-if-absent manifest chain every publication goes through.
+//!
+//! # Invariants
+//! - A manifest is the only point of publication; objects it does not name are invisible.
+//! - A window is published as exact only when the archive is complete past its end plus the
+//!   view's allowed lateness on every partition of the topic.
+//! - Results of one view version are never served for another: manifests live under the
+//!   version's directory.
+
+pub mod archive;
+pub mod catalog;
+pub mod manifest;
+pub mod recompute;
+pub mod scheduler;
+
+pub use archive::{Archive, ArchiveConfig, ArchiveSnapshot};
+pub use catalog::{PublishedView, ViewCatalog};
+pub use recompute::Recompute;
+pub use scheduler::{JobRecord, JobRequest, JobStatus, Scheduler, SubmitError, Trigger};

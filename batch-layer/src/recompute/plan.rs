@@ -1,0 +1,224 @@
+//! Deciding what a recompute job may publish. Pure: no I/O.
+//!
+//! A window may be published as covered only when the archive is complete past its end plus the
+//! view's allowed lateness (see [`ArchiveSnapshot::complete_until`]). Windows of the requested
+//! range that are not ready are left to the speed layer and reported.
+
+use tandem_shared::coverage::StartRange;
+use tandem_shared::time::EventTime;
+use tandem_shared::view::ViewDefinition;
+use tandem_shared::window::align_down;
+
+/// The windows a job was asked for. `None` bounds mean "from the first archived event" and
+/// "up to the last ready window".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requested {
+    pub from: Option<EventTime>,
+    pub to: Option<EventTime>,
+}
+
+/// What a job will do for one view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Window starts that will be computed and published.
+    pub covered: Option<StartRange>,
+    /// Requested window starts that are not ready yet.
+    pub not_ready: Option<StartRange>,
+    /// Event times the query must read: every event of every covered window.
+    pub scan: Option<StartRange>,
+}
+
+/// Plans a fixed-window view. `complete_until` is the archive's completeness; `earliest` the
+/// first archived event time.
+pub fn plan(
+    view: &ViewDefinition,
+    requested: Requested,
+    complete_until: Option<EventTime>,
+    earliest: Option<EventTime>,
+) -> Plan {
+    let (Some(size), Some(slide)) = (view.window.size(), view.window.slide()) else {
+        return Plan {
+            covered: None,
+            not_ready: None,
+            scan: None,
+        };
+    };
+    let (size, slide) = (size.millis(), slide.millis());
+    // First window start whose window is not ready: a window [s, s + size) is ready iff
+    // s + size + lateness <= complete_until.
+    let ready_to = complete_until.map(|c| {
+        let last_ready = c.millis() - view.allowed_lateness.millis() - size;
+        EventTime(align_down(last_ready, slide) + slide)
+    });
+    let from = match requested.from.or_else(|| {
+        // The first window containing the earliest event starts up to size - slide earlier.
+        earliest.map(|e| EventTime(e.millis() - size + slide))
+    }) {
+        Some(f) => EventTime(align_down(f.millis(), slide)),
+        None => {
+            return Plan {
+                covered: None,
+                not_ready: requested.to.map(|to| StartRange::new(EventTime::MIN, to)),
+                scan: None,
+            };
+        }
+    };
+    // Round the requested end up so that a window starting before `to` is included.
+    let to = requested
+        .to
+        .map(|t| EventTime(align_down(t.millis() - 1, slide) + slide));
+    let covered_to = match (to, ready_to) {
+        (Some(t), Some(r)) => Some(t.min(r)),
+        (None, r) => r,
+        (Some(_), None) => None,
+    };
+    let covered = covered_to
+        .map(|ct| StartRange::new(from, ct))
+        .filter(|r| !r.is_empty());
+    let not_ready = match (to, ready_to) {
+        (Some(t), Some(r)) if t > r => Some(StartRange::new(r.max(from), t)),
+        (Some(t), None) => Some(StartRange::new(from, t)),
+        _ => None,
+    }
+    .filter(|r| !r.is_empty());
+    let scan = covered.map(|c| {
+        StartRange::new(c.from, EventTime(c.to.millis() - slide + size))
+    });
+    Plan {
+        covered,
+        not_ready,
+        scan,
+    }
+}
+
+/// Number of windows with a start in `range` on the view's grid.
+pub fn window_count(view: &ViewDefinition, range: StartRange) -> u64 {
+    match view.window.slide() {
+        Some(slide) if !range.is_empty() => {
+            ((range.to.millis() - range.from.millis()) / slide.millis()).max(0) as u64
+        }
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_shared::schema::{EventSchema, FieldType};
+    use tandem_shared::view::ViewConfig;
+    use tandem_shared::window::WindowConfig;
+
+    const M: i64 = 60_000;
+
+    fn view(window: WindowConfig, lateness: &str) -> ViewDefinition {
+        let schema = EventSchema::new("ts", vec![("x".into(), FieldType::Int64)], None).unwrap();
+        ViewDefinition::from_config(
+            &ViewConfig {
+                name: "v".into(),
+                window,
+                group_by: vec![],
+                filter: None,
+                allowed_lateness: Some(lateness.into()),
+                aggregates: vec!["count(*)".into()],
+            },
+            &schema,
+        )
+        .unwrap()
+    }
+
+    fn tumbling() -> WindowConfig {
+        WindowConfig {
+            tumbling: Some("1m".into()),
+            ..Default::default()
+        }
+    }
+
+    fn r(a: i64, b: i64) -> StartRange {
+        StartRange::new(EventTime(a), EventTime(b))
+    }
+
+    #[test]
+    fn only_windows_complete_past_end_plus_lateness_are_covered() {
+        let v = view(tumbling(), "10s");
+        // Complete until 10m15s: window [9m,10m) needs 10m10s -> ready; [10m,11m) is not.
+        let p = plan(
+            &v,
+            Requested {
+                from: Some(EventTime(5 * M)),
+                to: Some(EventTime(12 * M)),
+            },
+            Some(EventTime(10 * M + 15_000)),
+            Some(EventTime(0)),
+        );
+        assert_eq!(p.covered, Some(r(5 * M, 10 * M)));
+        assert_eq!(p.not_ready, Some(r(10 * M, 12 * M)));
+        assert_eq!(p.scan, Some(r(5 * M, 10 * M)));
+        // Just short of the lateness: [9m,10m) is not ready either.
+        let p = plan(&v, Requested::default(), Some(EventTime(10 * M + 9_999)), Some(EventTime(0)));
+        assert_eq!(p.covered, Some(r(0, 9 * M)));
+    }
+
+    #[test]
+    fn unbounded_requests_run_from_the_first_event_to_the_last_ready_window() {
+        let v = view(tumbling(), "0s");
+        let p = plan(&v, Requested::default(), Some(EventTime(7 * M + 1)), Some(EventTime(2 * M + 30_000)));
+        assert_eq!(p.covered, Some(r(2 * M, 7 * M)));
+        assert_eq!(p.not_ready, None);
+        assert_eq!(window_count(&v, p.covered.unwrap()), 5);
+    }
+
+    #[test]
+    fn nothing_is_covered_before_the_archive_is_complete_anywhere() {
+        let v = view(tumbling(), "0s");
+        let p = plan(
+            &v,
+            Requested {
+                from: Some(EventTime(0)),
+                to: Some(EventTime(3 * M)),
+            },
+            None,
+            Some(EventTime(0)),
+        );
+        assert_eq!(p.covered, None);
+        assert_eq!(p.not_ready, Some(r(0, 3 * M)));
+    }
+
+    #[test]
+    fn hopping_windows_scan_the_full_extent_of_the_last_window() {
+        let v = view(
+            WindowConfig {
+                hopping: Some("5m".into()),
+                every: Some("1m".into()),
+                ..Default::default()
+            },
+            "0s",
+        );
+        // Complete until 20m: the last ready window is [15m,20m).
+        let p = plan(
+            &v,
+            Requested {
+                from: Some(EventTime(10 * M)),
+                to: None,
+            },
+            Some(EventTime(20 * M)),
+            None,
+        );
+        assert_eq!(p.covered, Some(r(10 * M, 16 * M)));
+        assert_eq!(p.scan, Some(r(10 * M, 20 * M)));
+    }
+
+    #[test]
+    fn unaligned_requests_snap_to_the_window_grid() {
+        let v = view(tumbling(), "0s");
+        let p = plan(
+            &v,
+            Requested {
+                from: Some(EventTime(M + 5)),
+                to: Some(EventTime(3 * M + 5)),
+            },
+            Some(EventTime(100 * M)),
+            None,
+        );
+        assert_eq!(p.covered, Some(r(M, 4 * M)));
+    }
+}

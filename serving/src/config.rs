@@ -1,0 +1,366 @@
+//! The configuration file: the user's contract.
+//!
+//! Parsing is two-step: TOML into plain structs (unknown keys are errors, with line and column),
+//! then validation into typed definitions. Every error names the file and the part of the
+//! configuration that is wrong.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tandem_shared::schema::{EventSchema, FieldType};
+use tandem_shared::time::Span;
+use tandem_shared::view::{ViewConfig, ViewDefinition};
+
+/// Configuration errors. Always the user's: start-up stops with the message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}: [schema]: {source}")]
+    Schema {
+        path: String,
+        source: tandem_shared::schema::Error,
+    },
+    #[error("{path}: [[views]] entry {index} (`{name}`): {source}")]
+    View {
+        path: String,
+        index: usize,
+        name: String,
+        source: tandem_shared::view::Error,
+    },
+    #[error("{path}: [[views]] entry {index}: a view named `{name}` is already defined")]
+    DuplicateView {
+        path: String,
+        index: usize,
+        name: String,
+    },
+    #[error("{path}: no views are defined; add at least one [[views]] table")]
+    NoViews { path: String },
+    #[error("{path}: {section}.{key}: {source}")]
+    Span {
+        path: String,
+        section: &'static str,
+        key: &'static str,
+        source: tandem_shared::time::Error,
+    },
+    #[error("{path}: {section}.{key}: {problem}")]
+    Invalid {
+        path: String,
+        section: &'static str,
+        key: &'static str,
+        problem: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    kafka: KafkaFile,
+    storage: StorageFile,
+    schema: SchemaFile,
+    #[serde(default)]
+    views: Vec<ViewConfig>,
+    #[serde(default)]
+    batch: BatchFile,
+    #[serde(default)]
+    archive: ArchiveFile,
+    #[serde(default)]
+    speed: SpeedFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KafkaFile {
+    #[serde(default = "default_brokers")]
+    brokers: String,
+    topic: String,
+    dead_letter_topic: Option<String>,
+    late_topic: Option<String>,
+    #[serde(default = "default_group_prefix")]
+    group_prefix: String,
+    /// Partitions of the topic `tandem dev` creates on its embedded broker.
+    #[serde(default = "default_partitions")]
+    partitions: i32,
+    /// Extra librdkafka client properties (security settings, for example).
+    #[serde(default)]
+    options: BTreeMap<String, String>,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_group_prefix() -> String {
+    "tandem".into()
+}
+fn default_partitions() -> i32 {
+    8
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageFile {
+    url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaFile {
+    time_field: String,
+    fields: BTreeMap<String, FieldType>,
+    id_field: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchFile {
+    schedule: Option<String>,
+    idle_timeout: Option<String>,
+    job_queue: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArchiveFile {
+    roll_interval: Option<String>,
+    roll_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpeedFile {
+    max_batch: Option<usize>,
+}
+
+/// Kafka settings.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    pub late_topic: String,
+    pub group_prefix: String,
+    pub partitions: i32,
+    pub options: BTreeMap<String, String>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub storage_url: String,
+    pub schema: EventSchema,
+    pub views: Vec<ViewDefinition>,
+    pub schedule: Option<String>,
+    pub idle_timeout: Span,
+    pub job_queue: usize,
+    pub roll_interval: Span,
+    pub roll_bytes: usize,
+    pub max_batch: usize,
+}
+
+/// The configuration `tandem dev` uses without `--config`.
+pub const DEMO: &str = include_str!("../demo.toml");
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let path = origin.to_owned();
+        let file: File = toml::from_str(text).map_err(|source| Error::Parse {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        let schema = EventSchema::new(
+            file.schema.time_field.clone(),
+            file.schema.fields.clone(),
+            file.schema.id_field.clone(),
+        )
+        .map_err(|source| Error::Schema {
+            path: path.clone(),
+            source,
+        })?;
+        if file.views.is_empty() {
+            return Err(Error::NoViews { path });
+        }
+        let mut names = BTreeSet::new();
+        let mut views = Vec::with_capacity(file.views.len());
+        for (index, v) in file.views.iter().enumerate() {
+            if !names.insert(v.name.clone()) {
+                return Err(Error::DuplicateView {
+                    path,
+                    index,
+                    name: v.name.clone(),
+                });
+            }
+            let def = ViewDefinition::from_config(v, &schema).map_err(|source| Error::View {
+                path: path.clone(),
+                index,
+                name: v.name.clone(),
+                source,
+            })?;
+            views.push(def);
+        }
+        let span = |value: &Option<String>, default: &str, section, key| {
+            Span::parse(value.as_deref().unwrap_or(default)).map_err(|source| Error::Span {
+                path: path.clone(),
+                section,
+                key,
+                source,
+            })
+        };
+        let roll_interval = span(&file.archive.roll_interval, "30s", "archive", "roll_interval")?;
+        let idle_timeout = span(&file.batch.idle_timeout, "30s", "batch", "idle_timeout")?;
+        let invalid = |section, key, problem: &str| Error::Invalid {
+            path: path.clone(),
+            section,
+            key,
+            problem: problem.to_owned(),
+        };
+        if roll_interval.millis() == 0 {
+            return Err(invalid("archive", "roll_interval", "must be greater than zero"));
+        }
+        if let Some(expr) = &file.batch.schedule
+            && let Err(err) = expr.parse::<cron::Schedule>()
+        {
+            return Err(invalid(
+                "batch",
+                "schedule",
+                &format!("`{expr}` is not a cron expression (sec min hour day month weekday): {err}"),
+            ));
+        }
+        let kafka = file.kafka;
+        if kafka.topic.is_empty() {
+            return Err(invalid("kafka", "topic", "must not be empty"));
+        }
+        if kafka.partitions < 1 {
+            return Err(invalid("kafka", "partitions", "must be at least 1"));
+        }
+        let max_batch = file.speed.max_batch.unwrap_or(4096);
+        if max_batch == 0 {
+            return Err(invalid("speed", "max_batch", "must be at least 1"));
+        }
+        Ok(Config {
+            kafka: KafkaConfig {
+                dead_letter_topic: kafka
+                    .dead_letter_topic
+                    .unwrap_or_else(|| format!("{}.dlq", kafka.topic)),
+                late_topic: kafka
+                    .late_topic
+                    .unwrap_or_else(|| format!("{}.late", kafka.topic)),
+                brokers: kafka.brokers,
+                topic: kafka.topic,
+                group_prefix: kafka.group_prefix,
+                partitions: kafka.partitions,
+                options: kafka.options,
+            },
+            storage_url: file.storage.url,
+            schema,
+            views,
+            schedule: file.batch.schedule,
+            idle_timeout,
+            job_queue: file.batch.job_queue.unwrap_or(64).max(1),
+            roll_interval,
+            roll_bytes: file.archive.roll_bytes.unwrap_or(64 << 20).max(1),
+            max_batch,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUE_EXAMPLE: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+topic = "orders"
+
+[storage]
+url = "file:///var/lib/tandem"
+
+[schema]
+time_field = "ts"
+fields = { order_id = "string", city = "string", user_id = "string", amount = "float64", event_type = "string" }
+
+[[views]]
+name = "orders_by_city"
+window = { tumbling = "1m" }
+group_by = ["city"]
+filter = "event_type = 'order_placed'"
+allowed_lateness = "10s"
+aggregates = ["count(*) AS orders", "sum(amount) AS revenue", "min(amount) AS min_amount",
+              "max(amount) AS max_amount", "avg(amount) AS avg_amount"]
+
+[batch]
+schedule = "0 */10 * * * *"
+"#;
+
+    #[test]
+    fn parses_the_documented_example_with_defaults() {
+        let c = Config::parse(ISSUE_EXAMPLE, "tandem.toml").unwrap();
+        assert_eq!(c.kafka.dead_letter_topic, "orders.dlq");
+        assert_eq!(c.kafka.late_topic, "orders.late");
+        assert_eq!(c.views.len(), 1);
+        assert_eq!(c.views[0].aggregates.len(), 5);
+        assert_eq!(c.roll_interval.millis(), 30_000);
+        assert_eq!(c.schedule.as_deref(), Some("0 */10 * * * *"));
+    }
+
+    #[test]
+    fn the_demo_configuration_is_valid() {
+        let c = Config::parse(DEMO, "demo").unwrap();
+        assert!(c.views.len() >= 2);
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_problem_and_where_it_is() {
+        let unknown_key = ISSUE_EXAMPLE.replace("[batch]", "[batch]\ncolour = 1");
+        let e = err(&unknown_key);
+        assert!(e.contains("t.toml") && e.contains("colour"), "{e}");
+        assert!(e.contains("line"), "TOML errors carry a position: {e}");
+
+        let unknown_field = ISSUE_EXAMPLE.replace("group_by = [\"city\"]", "group_by = [\"country\"]");
+        let e = err(&unknown_field);
+        assert!(e.contains("orders_by_city") && e.contains("country"), "{e}");
+
+        let bad_agg = ISSUE_EXAMPLE.replace("sum(amount) AS revenue", "median(amount) AS revenue");
+        let e = err(&bad_agg);
+        assert!(e.contains("entry 0") && e.contains("median"), "{e}");
+
+        let dup = format!(
+            "{ISSUE_EXAMPLE}\n[[views]]\nname = \"orders_by_city\"\nwindow = {{ tumbling = \"5m\" }}\naggregates = [\"count(*)\"]\n"
+        );
+        let e = err(&dup.replace("[batch]\nschedule = \"0 */10 * * * *\"", ""));
+        assert!(e.contains("already defined"), "{e}");
+
+        let bad_cron = ISSUE_EXAMPLE.replace("0 */10 * * * *", "every ten minutes");
+        let e = err(&bad_cron);
+        assert!(e.contains("batch.schedule"), "{e}");
+
+        let bad_type = ISSUE_EXAMPLE.replace("amount = \"float64\"", "amount = \"money\"");
+        let e = err(&bad_type);
+        assert!(e.contains("money"), "{e}");
+    }
+}

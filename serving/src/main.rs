@@ -1,0 +1,203 @@
+//! The `tandem` binary.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tandem_serving::app::{self, RunOptions};
+use tandem_serving::broker::EmbeddedKafka;
+use tandem_serving::config::{self, Config};
+use tandem_serving::demo;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version, about = "Fresh and exact windowed analytics over Kafka")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything in one process, with an embedded Kafka broker and local storage.
+    Dev {
+        /// Configuration file; the built-in demo configuration without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Produce realistic demo order events to the topic.
+        #[arg(long)]
+        demo: bool,
+        /// Demo events per second.
+        #[arg(long, default_value_t = 200)]
+        demo_rate: u32,
+        /// HTTP listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: String,
+        /// Port of the embedded Kafka broker's bootstrap address on 127.0.0.1.
+        #[arg(long, default_value_t = 9092)]
+        kafka_port: u16,
+        /// Directory for the archive and published views.
+        #[arg(long, default_value = "./tandem-data")]
+        data: PathBuf,
+    },
+    /// All layers against the configured Kafka brokers and storage.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: String,
+    },
+    /// Validates a configuration file and exits.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+const DEV_MARKER: &str = ".tandem-dev";
+
+/// Prepares the data directory of `tandem dev`. The embedded broker starts empty every time, so
+/// archive state from an earlier run (whose offsets no longer exist) is cleared.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    if dir.exists() {
+        let marked = dir.join(DEV_MARKER).exists();
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_none();
+        if !marked && !empty {
+            bail!(
+                "{} is not empty and was not created by `tandem dev`; choose another --data directory",
+                dir.display()
+            );
+        }
+        let store = dir.join("store");
+        if store.exists() {
+            std::fs::remove_dir_all(&store).with_context(|| format!("clearing {}", store.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join(DEV_MARKER), "created by tandem dev\n")?;
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store)?;
+    Ok(std::fs::canonicalize(store)?)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => {
+            let config = Config::load(&config)?;
+            println!("configuration is valid: {} view(s)", config.views.len());
+            Ok(())
+        }
+        Command::Run { config, http } => {
+            let config = Config::load(&config)?;
+            let running = app::start(
+                &config,
+                RunOptions {
+                    http,
+                    metrics: Some(install_metrics()?),
+                },
+            )
+            .await?;
+            println!("HTTP: http://{}", running.http);
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            running.shutdown().await?;
+            Ok(())
+        }
+        Command::Dev {
+            config,
+            demo,
+            demo_rate,
+            http,
+            kafka_port,
+            data,
+        } => {
+            let mut config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::parse(config::DEMO, "built-in demo configuration")?,
+            };
+            let store = prepare_data_dir(&data)?;
+            config.storage_url = format!("file://{}", store.display());
+            let stop_broker = CancellationToken::new();
+            let topics = [
+                (config.kafka.topic.as_str(), config.kafka.partitions),
+                (config.kafka.dead_letter_topic.as_str(), 1),
+                (config.kafka.late_topic.as_str(), 1),
+            ];
+            let kafka = EmbeddedKafka::start(kafka_port, &topics, stop_broker.clone()).await?;
+            config.kafka.brokers = kafka.bootstrap();
+            println!("Kafka bootstrap: {}", kafka.bootstrap());
+            let running = app::start(
+                &config,
+                RunOptions {
+                    http,
+                    metrics: Some(install_metrics()?),
+                },
+            )
+            .await?;
+            println!("HTTP: http://{}", running.http);
+            let stop_demo = CancellationToken::new();
+            let generator = demo.then(|| {
+                tokio::spawn(demo::run(
+                    config.kafka.brokers.clone(),
+                    config.kafka.topic.clone(),
+                    demo_rate,
+                    stop_demo.clone(),
+                ))
+            });
+            if let Some(view) = config.views.first() {
+                println!("Try: curl -s 'http://{}/v1/views/{}'", running.http, view.name);
+            }
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            stop_demo.cancel();
+            if let Some(g) = generator {
+                let _ = tokio::time::timeout(Duration::from_secs(10), g).await;
+            }
+            running.shutdown().await?;
+            stop_broker.cancel();
+            drop(kafka);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,619 @@
+//! Decoding JSON events into Arrow record batches.
+//!
+//! Both consumers of the topic (the speed layer and the archive) decode with this module, so an
+//! event is malformed for one exactly when it is malformed for the other. Decoding is strict about
+//! declared fields and lenient about everything else:
+//!
+//! - the payload must be a JSON object carrying the time field (RFC 3339 string or integer epoch
+//!   milliseconds);
+//! - a declared field must have its declared type (`float64` also accepts JSON integers,
+//!   `timestamp` accepts the same forms as the time field); `null` or absence means SQL NULL;
+//! - undeclared keys are ignored.
+//!
+//! The decoder deserializes straight into typed slots that borrow from the payload, validates the
+//! whole event, and only then appends it to column builders, so a bad event never leaves a
+//! half-written row behind.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::SchemaRef;
+use chrono::DateTime;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+use crate::schema::{EventSchema, FieldType};
+use crate::time::EventTime;
+
+/// Why an event is malformed. Carried to the dead-letter topic as the `reason` header.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("not valid JSON: {detail}")]
+    NotJson { detail: String },
+    #[error("not a JSON object")]
+    NotObject,
+    #[error("missing time field `{field}`")]
+    MissingTime { field: String },
+    #[error("time field `{field}`: {detail}")]
+    BadTime { field: String, detail: String },
+    #[error("field `{field}`: expected {expected}, got {got}")]
+    WrongType {
+        field: String,
+        expected: FieldType,
+        got: String,
+    },
+}
+
+impl DecodeError {
+    /// A short, stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::NotJson { .. } => "not_json",
+            DecodeError::NotObject => "not_object",
+            DecodeError::MissingTime { .. } => "missing_time",
+            DecodeError::BadTime { .. } => "bad_time",
+            DecodeError::WrongType { .. } => "wrong_type",
+        }
+    }
+}
+
+/// One decoded field value, borrowing strings from the payload where it can.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Slot<'a> {
+    Null,
+    Str(Cow<'a, str>),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Time(i64),
+}
+
+/// A validated event: its event time and one slot per declared field, in declaration order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedEvent<'a> {
+    pub time: EventTime,
+    pub values: Vec<Slot<'a>>,
+}
+
+/// Decodes payloads for one [`EventSchema`]. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct EventDecoder {
+    schema: Arc<EventSchema>,
+    arrow: SchemaRef,
+    /// Declared field name -> position in `schema.fields`.
+    positions: HashMap<String, usize>,
+}
+
+/// What a key in the JSON object refers to.
+#[derive(Clone, Copy)]
+enum Target {
+    Time,
+    Field(usize),
+    Ignored,
+}
+
+impl EventDecoder {
+    pub fn new(schema: Arc<EventSchema>) -> Self {
+        let positions = schema
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.clone(), i))
+            .collect();
+        let arrow = schema.arrow_schema();
+        Self {
+            schema,
+            arrow,
+            positions,
+        }
+    }
+
+    pub fn schema(&self) -> &Arc<EventSchema> {
+        &self.schema
+    }
+
+    pub fn arrow_schema(&self) -> &SchemaRef {
+        &self.arrow
+    }
+
+    fn target(&self, key: &str) -> Target {
+        if key == self.schema.time_field {
+            Target::Time
+        } else if let Some(&i) = self.positions.get(key) {
+            Target::Field(i)
+        } else {
+            Target::Ignored
+        }
+    }
+
+    /// Decodes and validates one payload.
+    pub fn decode<'a>(&self, payload: &'a [u8]) -> Result<DecodedEvent<'a>, DecodeError> {
+        let problem = RefCell::new(None);
+        let seed = EventSeed {
+            decoder: self,
+            problem: &problem,
+        };
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let outcome = seed
+            .deserialize(&mut de)
+            .and_then(|event| de.end().map(|()| event));
+        match outcome {
+            Ok(event) => Ok(event),
+            Err(err) => Err(problem.into_inner().unwrap_or_else(|| DecodeError::NotJson {
+                detail: err.to_string(),
+            })),
+        }
+    }
+}
+
+struct EventSeed<'d> {
+    decoder: &'d EventDecoder,
+    problem: &'d RefCell<Option<DecodeError>>,
+}
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
+    type Value = DecodedEvent<'de>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_> {
+    type Value = DecodedEvent<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let schema = &self.decoder.schema;
+        let mut values = vec![Slot::Null; schema.fields.len()];
+        let mut time = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match self.decoder.target(&key) {
+                Target::Ignored => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Target::Time => {
+                    let slot = map.next_value_seed(SlotSeed {
+                        field: &schema.time_field,
+                        ty: FieldType::Timestamp,
+                        problem: self.problem,
+                        is_time: true,
+                    })?;
+                    time = match slot {
+                        Slot::Time(ms) => Some(ms),
+                        _ => None,
+                    };
+                }
+                Target::Field(i) => {
+                    let (name, ty) = &schema.fields[i];
+                    values[i] = map.next_value_seed(SlotSeed {
+                        field: name,
+                        ty: *ty,
+                        problem: self.problem,
+                        is_time: false,
+                    })?;
+                }
+            }
+        }
+        match time {
+            Some(ms) => Ok(DecodedEvent {
+                time: EventTime(ms),
+                values,
+            }),
+            None => Err(fail(
+                self.problem,
+                DecodeError::MissingTime {
+                    field: schema.time_field.clone(),
+                },
+            )),
+        }
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(fail(self.problem, DecodeError::NotObject))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Err(fail(self.problem, DecodeError::NotObject))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Err(fail(self.problem, DecodeError::NotObject))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Err(fail(self.problem, DecodeError::NotObject))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Err(fail(self.problem, DecodeError::NotObject))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Err(fail(self.problem, DecodeError::NotObject))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Err(fail(self.problem, DecodeError::NotObject))
+    }
+}
+
+/// Records the structured reason and hands serde an opaque error to unwind with.
+fn fail<E: de::Error>(problem: &RefCell<Option<DecodeError>>, err: DecodeError) -> E {
+    let message = err.to_string();
+    *problem.borrow_mut() = Some(err);
+    E::custom(message)
+}
+
+struct SlotSeed<'d> {
+    field: &'d str,
+    ty: FieldType,
+    problem: &'d RefCell<Option<DecodeError>>,
+    is_time: bool,
+}
+
+impl SlotSeed<'_> {
+    fn wrong<E: de::Error>(&self, got: impl Into<String>) -> E {
+        let got = got.into();
+        let err = if self.is_time {
+            DecodeError::BadTime {
+                field: self.field.to_owned(),
+                detail: format!("expected RFC 3339 string or epoch milliseconds, got {got}"),
+            }
+        } else {
+            DecodeError::WrongType {
+                field: self.field.to_owned(),
+                expected: self.ty,
+                got,
+            }
+        };
+        fail(self.problem, err)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for SlotSeed<'_> {
+    type Value = Slot<'de>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SlotSeed<'_> {
+    type Value = Slot<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a {} value", self.ty)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        if self.is_time {
+            return Err(fail(
+                self.problem,
+                DecodeError::MissingTime {
+                    field: self.field.to_owned(),
+                },
+            ));
+        }
+        Ok(Slot::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.visit_unit()
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        match self.ty {
+            FieldType::Bool => Ok(Slot::Bool(v)),
+            _ => Err(self.wrong("a boolean")),
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        match self.ty {
+            FieldType::Int64 => Ok(Slot::Int(v)),
+            FieldType::Float64 => Ok(Slot::Float(v as f64)),
+            FieldType::Timestamp => Ok(Slot::Time(v)),
+            _ => Err(self.wrong(format!("number {v}"))),
+        }
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        match i64::try_from(v) {
+            Ok(v) => self.visit_i64(v),
+            Err(_) if self.ty == FieldType::Float64 => Ok(Slot::Float(v as f64)),
+            Err(_) => Err(self.wrong(format!("number {v} (out of int64 range)"))),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        match self.ty {
+            FieldType::Float64 => Ok(Slot::Float(v)),
+            _ => Err(self.wrong(format!("number {v}"))),
+        }
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        match self.ty {
+            FieldType::String => Ok(Slot::Str(Cow::Borrowed(v))),
+            FieldType::Timestamp => self.timestamp(v),
+            _ => Err(self.wrong(format!("string {v:?}"))),
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        match self.ty {
+            FieldType::String => Ok(Slot::Str(Cow::Owned(v.to_owned()))),
+            FieldType::Timestamp => self.timestamp(v),
+            _ => Err(self.wrong(format!("string {v:?}"))),
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(self.wrong("an object"))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(self.wrong("an array"))
+    }
+}
+
+impl SlotSeed<'_> {
+    fn timestamp<'de, E: de::Error>(self, v: &str) -> Result<Slot<'de>, E> {
+        match DateTime::parse_from_rfc3339(v) {
+            Ok(t) => Ok(Slot::Time(t.timestamp_millis())),
+            Err(_) => Err(self.wrong(format!("string {v:?}"))),
+        }
+    }
+}
+
+enum ColumnBuilder {
+    Str(StringBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Time(TimestampMillisecondBuilder),
+}
+
+impl ColumnBuilder {
+    fn new(ty: FieldType, capacity: usize) -> Self {
+        match ty {
+            FieldType::String => Self::Str(StringBuilder::with_capacity(capacity, capacity * 8)),
+            FieldType::Int64 => Self::Int(Int64Builder::with_capacity(capacity)),
+            FieldType::Float64 => Self::Float(Float64Builder::with_capacity(capacity)),
+            FieldType::Bool => Self::Bool(BooleanBuilder::with_capacity(capacity)),
+            FieldType::Timestamp => Self::Time(
+                TimestampMillisecondBuilder::with_capacity(capacity).with_timezone("UTC"),
+            ),
+        }
+    }
+
+    /// Appends a slot already validated against this column's type.
+    fn append(&mut self, slot: &Slot<'_>) {
+        match (self, slot) {
+            (Self::Str(b), Slot::Str(s)) => b.append_value(s),
+            (Self::Int(b), Slot::Int(v)) => b.append_value(*v),
+            (Self::Float(b), Slot::Float(v)) => b.append_value(*v),
+            (Self::Bool(b), Slot::Bool(v)) => b.append_value(*v),
+            (Self::Time(b), Slot::Time(v)) => b.append_value(*v),
+            (Self::Str(b), _) => b.append_null(),
+            (Self::Int(b), _) => b.append_null(),
+            (Self::Float(b), _) => b.append_null(),
+            (Self::Bool(b), _) => b.append_null(),
+            (Self::Time(b), _) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Str(b) => Arc::new(b.finish()),
+            Self::Int(b) => Arc::new(b.finish()),
+            Self::Float(b) => Arc::new(b.finish()),
+            Self::Bool(b) => Arc::new(b.finish()),
+            Self::Time(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Accumulates decoded events into a record batch of [`EventSchema::arrow_schema`].
+pub struct EventBatchBuilder {
+    arrow: SchemaRef,
+    time: TimestampMillisecondBuilder,
+    columns: Vec<ColumnBuilder>,
+    partitions: Int32Builder,
+    offsets: Int64Builder,
+    rows: usize,
+    /// Rough payload bytes appended, for size-based rolling.
+    bytes: usize,
+}
+
+impl fmt::Debug for EventBatchBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventBatchBuilder")
+            .field("rows", &self.rows)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+impl EventBatchBuilder {
+    pub fn new(decoder: &EventDecoder, capacity: usize) -> Self {
+        Self {
+            arrow: Arc::clone(&decoder.arrow),
+            time: TimestampMillisecondBuilder::with_capacity(capacity).with_timezone("UTC"),
+            columns: decoder
+                .schema
+                .fields
+                .iter()
+                .map(|(_, ty)| ColumnBuilder::new(*ty, capacity))
+                .collect(),
+            partitions: Int32Builder::with_capacity(capacity),
+            offsets: Int64Builder::with_capacity(capacity),
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    pub fn append(&mut self, event: &DecodedEvent<'_>, partition: i32, offset: i64) {
+        self.time.append_value(event.time.millis());
+        for (column, slot) in self.columns.iter_mut().zip(&event.values) {
+            column.append(slot);
+        }
+        self.partitions.append_value(partition);
+        self.offsets.append_value(offset);
+        self.rows += 1;
+        self.bytes += 16 + event
+            .values
+            .iter()
+            .map(|s| match s {
+                Slot::Str(s) => s.len() + 4,
+                _ => 8,
+            })
+            .sum::<usize>();
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Approximate in-memory size of the rows appended so far.
+    pub fn approx_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Builds the batch and resets the builder for reuse.
+    pub fn finish(&mut self) -> RecordBatch {
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.columns.len() + 3);
+        arrays.push(Arc::new(self.time.finish()));
+        arrays.extend(self.columns.iter_mut().map(ColumnBuilder::finish));
+        arrays.push(Arc::new(self.partitions.finish()));
+        arrays.push(Arc::new(self.offsets.finish()));
+        self.rows = 0;
+        self.bytes = 0;
+        // The arrays are built from the same field list as the schema, so this cannot fail
+        // unless the builder is internally inconsistent.
+        RecordBatch::try_new(Arc::clone(&self.arrow), arrays)
+            .unwrap_or_else(|e| panic!("event batch does not match its own schema: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, TimestampMillisecondType};
+
+    fn decoder() -> EventDecoder {
+        let schema = EventSchema::new(
+            "ts",
+            vec![
+                ("city".into(), FieldType::String),
+                ("amount".into(), FieldType::Float64),
+                ("qty".into(), FieldType::Int64),
+                ("paid".into(), FieldType::Bool),
+                ("shipped_at".into(), FieldType::Timestamp),
+            ],
+            None,
+        )
+        .unwrap();
+        EventDecoder::new(Arc::new(schema))
+    }
+
+    #[test]
+    fn decodes_typed_fields_and_ignores_unknown_keys() {
+        let d = decoder();
+        let e = d
+            .decode(br#"{"ts":"2026-11-21T10:00:00Z","city":"Chennai","amount":12,"qty":3,"paid":true,"shipped_at":1795255200000,"extra":{"a":[1,2]}}"#)
+            .unwrap();
+        assert_eq!(e.time, EventTime(1_795_255_200_000));
+        assert_eq!(
+            e.values,
+            vec![
+                Slot::Str("Chennai".into()),
+                Slot::Float(12.0),
+                Slot::Int(3),
+                Slot::Bool(true),
+                Slot::Time(1_795_255_200_000),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_and_null_fields_are_null_but_time_is_required() {
+        let d = decoder();
+        let e = d.decode(br#"{"ts":1000,"city":null}"#).unwrap();
+        assert!(e.values.iter().all(|s| *s == Slot::Null));
+        assert_eq!(
+            d.decode(br#"{"city":"Pune"}"#),
+            Err(DecodeError::MissingTime { field: "ts".into() })
+        );
+        assert_eq!(
+            d.decode(br#"{"ts":null}"#),
+            Err(DecodeError::MissingTime { field: "ts".into() })
+        );
+    }
+
+    #[test]
+    fn classifies_malformed_payloads() {
+        let d = decoder();
+        assert_eq!(d.decode(b"not json").unwrap_err().kind(), "not_json");
+        assert_eq!(d.decode(br#"{"ts":1000"#).unwrap_err().kind(), "not_json");
+        assert_eq!(d.decode(br#"{"ts":1000} trailing"#).unwrap_err().kind(), "not_json");
+        assert_eq!(d.decode(b"[1,2]").unwrap_err(), DecodeError::NotObject);
+        assert_eq!(d.decode(b"42").unwrap_err(), DecodeError::NotObject);
+        assert_eq!(d.decode(br#"{"ts":"noon"}"#).unwrap_err().kind(), "bad_time");
+        assert_eq!(d.decode(br#"{"ts":1.5}"#).unwrap_err().kind(), "bad_time");
+        assert_eq!(
+            d.decode(br#"{"ts":1000,"amount":"12.5"}"#),
+            Err(DecodeError::WrongType {
+                field: "amount".into(),
+                expected: FieldType::Float64,
+                got: "string \"12.5\"".into()
+            })
+        );
+        assert_eq!(d.decode(br#"{"ts":1000,"qty":2.5}"#).unwrap_err().kind(), "wrong_type");
+        assert_eq!(d.decode(br#"{"ts":1000,"city":7}"#).unwrap_err().kind(), "wrong_type");
+        assert_eq!(d.decode(br#"{"ts":1000,"paid":"yes"}"#).unwrap_err().kind(), "wrong_type");
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded() {
+        let d = decoder();
+        let e = d.decode(br#"{"ts":1,"city":"S\u00e3o Paulo","c\u0069ty2":1}"#).unwrap();
+        assert_eq!(e.values[0], Slot::Str("São Paulo".into()));
+    }
+
+    #[test]
+    fn builder_produces_batches_of_the_arrow_schema() {
+        let d = decoder();
+        let mut b = EventBatchBuilder::new(&d, 4);
+        for (i, payload) in [
+            br#"{"ts":1000,"city":"A","amount":1.5}"#.as_slice(),
+            br#"{"ts":2000,"city":"B"}"#.as_slice(),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let e = d.decode(payload).unwrap();
+            b.append(&e, 3, 10 + i as i64);
+        }
+        let batch = b.finish();
+        assert_eq!(batch.schema(), *d.arrow_schema());
+        assert_eq!(batch.num_rows(), 2);
+        let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
+        assert_eq!(ts.values(), &[1000, 2000]);
+        let amount = batch.column(2).as_primitive::<Float64Type>();
+        assert_eq!(amount.value(0), 1.5);
+        assert!(amount.is_null(1));
+        assert!(b.is_empty());
+    }
+}

@@ -1,0 +1,131 @@
+//! Where every object lives in the object store.
+//!
+//! One builder per kind of key, so no component ever formats a path by hand. All paths are
+//! relative to the configured storage root (`storage.url`). Numbers are zero-padded so that a
+//! lexicographic listing is also a numeric one.
+//!
+//! ```
+//! use tandem_shared::layout;
+//! use tandem_shared::time::EventTime;
+//!
+//! // 2026-11-21T10:15:00Z
+//! let t = EventTime::from_millis(1_795_256_100_000);
+//! assert_eq!(
+//!     layout::archive_file("orders", t, 3, 100, 199),
+//!     "archive/orders/date=2026-11-21/hour=10/p00003-o00000000000000000100-00000000000000000199.parquet"
+//! );
+//! assert_eq!(
+//!     layout::archive_manifest("orders", 3, 7),
+//!     "archive/orders/_manifest/p00003/00000000000000000007.json"
+//! );
+//! assert_eq!(
+//!     layout::view_manifest("orders_by_city", "v00ff", 12),
+//!     "views/orders_by_city/v00ff/_manifest/00000000000000000012.json"
+//! );
+//! assert_eq!(
+//!     layout::view_segment("orders_by_city", "v00ff", "job-1"),
+//!     "views/orders_by_city/v00ff/segments/job-1.parquet"
+//! );
+//! ```
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+
+use crate::time::EventTime;
+
+/// `YYYY-MM-DD` and `HH` of an event time, UTC.
+pub fn date_hour(t: EventTime) -> (String, String) {
+    let dt = DateTime::<Utc>::from_timestamp_millis(t.millis()).unwrap_or_default();
+    (
+        format!("{:04}-{:02}-{:02}", dt.year(), dt.month(), dt.day()),
+        format!("{:02}", dt.hour()),
+    )
+}
+
+/// Start of the UTC hour containing `t`.
+pub fn hour_start(t: EventTime) -> EventTime {
+    EventTime(crate::window::align_down(t.millis(), 3_600_000))
+}
+
+/// Directory of one event hour of the archive.
+pub fn archive_hour_dir(topic: &str, hour: EventTime) -> String {
+    let (date, hour) = date_hour(hour);
+    format!("archive/{topic}/date={date}/hour={hour}")
+}
+
+/// An archive file: the events of `partition` with offsets in `[first, last]` whose event time
+/// falls in the hour of `hour`. Deterministic, so a replay of the same range overwrites.
+pub fn archive_file(topic: &str, hour: EventTime, partition: i32, first: i64, last: i64) -> String {
+    format!(
+        "{}/p{partition:05}-o{first:020}-{last:020}.parquet",
+        archive_hour_dir(topic, hour)
+    )
+}
+
+/// Prefix of every archive file of a topic.
+pub fn archive_root(topic: &str) -> String {
+    format!("archive/{topic}")
+}
+
+/// Directory holding the manifests of one partition of the archive.
+pub fn archive_manifest_dir(topic: &str, partition: i32) -> String {
+    format!("archive/{topic}/_manifest/p{partition:05}")
+}
+
+/// The manifest with sequence number `seq` of one archive partition.
+pub fn archive_manifest(topic: &str, partition: i32, seq: u64) -> String {
+    format!("{}/{seq:020}.json", archive_manifest_dir(topic, partition))
+}
+
+/// Directory of the manifests of one view version.
+pub fn view_manifest_dir(view: &str, version: &str) -> String {
+    format!("views/{view}/{version}/_manifest")
+}
+
+/// The manifest with sequence number `seq` of one view version.
+pub fn view_manifest(view: &str, version: &str, seq: u64) -> String {
+    format!("{}/{seq:020}.json", view_manifest_dir(view, version))
+}
+
+/// An immutable result segment of one view version, written by one job.
+pub fn view_segment(view: &str, version: &str, job: &str) -> String {
+    format!("views/{view}/{version}/segments/{job}.parquet")
+}
+
+/// Directory of the speed layer's checkpoints.
+pub fn checkpoint_dir() -> String {
+    "checkpoints/speed".to_owned()
+}
+
+/// Directory of job records.
+pub fn job_dir() -> String {
+    "jobs".to_owned()
+}
+
+/// The record of one job.
+pub fn job_record(id: &str) -> String {
+    format!("jobs/{id}.json")
+}
+
+/// Parses the sequence number out of a manifest file name such as `…/00000000000000000007.json`.
+pub fn manifest_seq(path: &str) -> Option<u64> {
+    let name = path.rsplit('/').next()?;
+    name.strip_suffix(".json")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_sequence_round_trips() {
+        assert_eq!(manifest_seq(&archive_manifest("t", 0, 42)), Some(42));
+        assert_eq!(manifest_seq("views/x/v1/_manifest/garbage.json"), None);
+    }
+
+    #[test]
+    fn hours_are_utc_and_floor() {
+        let t = EventTime::parse("2026-11-21T23:59:59.999Z").unwrap();
+        assert_eq!(hour_start(t), EventTime::parse("2026-11-21T23:00:00Z").unwrap());
+        assert_eq!(date_hour(t), ("2026-11-21".into(), "23".into()));
+    }
+}

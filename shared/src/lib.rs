@@ -1,0 +1,35 @@
+//! The contract between Tandem's layers.
+//!
+//! Everything in this crate crosses a layer boundary: on the wire (the JSON events on Kafka), on
+//! disk (the object-store layout), or in a query (view definitions, partial aggregates, rows and
+//! the batch layer's coverage). Nothing here does I/O.
+//!
+//! ```text
+//!  Kafka topic ──JSON──► event::EventDecoder ──Arrow batch──► speed layer (window state)
+//!       │                      (same decoder)                 │ ViewRow (approximate)
+//!       └──────────────► batch layer: archive (Parquet, layout) ──► recompute (DataFusion)
+//!                                                                │ ViewRow (exact) + Coverage
+//!                                       serving ◄────────────────┘
+//!                   merge per window: Coverage says batch, otherwise speed
+//! ```
+//!
+//! - [`schema`] and [`event`]: the declared event fields and the one JSON decoder both consumers
+//!   use, so an event is malformed for every layer or for none.
+//! - [`view`] and [`window`]: view definitions. Filter and aggregate-argument expressions are kept
+//!   as SQL text and evaluated by DataFusion in both layers.
+//! - [`aggregate`]: mergeable partial aggregates (update / merge / evaluate), sketches included.
+//! - [`coverage`]: the windows the batch layer has published; the single source of truth for
+//!   which layer answers a window.
+//! - [`row`]: the rows the layers hand to the serving layer.
+//! - [`layout`]: every object-store key.
+//! - [`time`]: event time in epoch milliseconds and spans of it.
+
+pub mod aggregate;
+pub mod coverage;
+pub mod event;
+pub mod layout;
+pub mod row;
+pub mod schema;
+pub mod time;
+pub mod view;
+pub mod window;

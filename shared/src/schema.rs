@@ -1,0 +1,211 @@
+//! The event schema: which JSON fields an event carries, their types, and the Arrow schema that
+//! both layers evaluate expressions against.
+//!
+//! The speed layer decodes Kafka messages into record batches of exactly this Arrow schema and the
+//! archive writes Parquet files of exactly this schema, so a filter or aggregate expression is
+//! type-checked and evaluated by DataFusion against identical columns in both layers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+
+/// Column holding the Kafka partition an event was read from.
+pub const PARTITION_COLUMN: &str = "_kafka_partition";
+/// Column holding the Kafka offset of an event within its partition.
+pub const OFFSET_COLUMN: &str = "_kafka_offset";
+
+/// Errors in a schema definition. Always the user's configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("field `{field}`: names starting with `_kafka_` are reserved for Kafka metadata columns")]
+    Reserved { field: String },
+    #[error("field `{field}`: the time field is implicit and must not be listed in `fields`")]
+    TimeFieldListed { field: String },
+    #[error("field name must not be empty")]
+    EmptyName,
+    #[error("id_field `{field}` is not one of the declared fields")]
+    UnknownIdField { field: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The type of one event field as users declare it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    String,
+    Int64,
+    Float64,
+    Bool,
+    /// RFC 3339 string or integer epoch milliseconds in JSON; `Timestamp(ms, UTC)` in Arrow.
+    Timestamp,
+}
+
+impl FieldType {
+    pub fn arrow_type(self) -> DataType {
+        match self {
+            FieldType::String => DataType::Utf8,
+            FieldType::Int64 => DataType::Int64,
+            FieldType::Float64 => DataType::Float64,
+            FieldType::Bool => DataType::Boolean,
+            FieldType::Timestamp => timestamp_type(),
+        }
+    }
+}
+
+impl fmt::Display for FieldType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FieldType::String => "string",
+            FieldType::Int64 => "int64",
+            FieldType::Float64 => "float64",
+            FieldType::Bool => "bool",
+            FieldType::Timestamp => "timestamp",
+        })
+    }
+}
+
+/// The Arrow type of every timestamp column: milliseconds, UTC.
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+/// The declared shape of events on the topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSchema {
+    /// The event-time field: required in every event.
+    pub time_field: String,
+    /// Declared fields in declaration order. Undeclared JSON keys are ignored; missing ones are null.
+    pub fields: Vec<(String, FieldType)>,
+    /// Optional event id, used by the batch layer to count a re-produced event once.
+    pub id_field: Option<String>,
+}
+
+impl EventSchema {
+    pub fn new(
+        time_field: impl Into<String>,
+        fields: impl IntoIterator<Item = (String, FieldType)>,
+        id_field: Option<String>,
+    ) -> Result<Self> {
+        let schema = Self {
+            time_field: time_field.into(),
+            fields: fields.into_iter().collect(),
+            id_field,
+        };
+        schema.validate()?;
+        Ok(schema)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.time_field.is_empty() {
+            return Err(Error::EmptyName);
+        }
+        for (name, _) in &self.fields {
+            if name.is_empty() {
+                return Err(Error::EmptyName);
+            }
+            if name.starts_with("_kafka_") {
+                return Err(Error::Reserved {
+                    field: name.clone(),
+                });
+            }
+            if *name == self.time_field {
+                return Err(Error::TimeFieldListed {
+                    field: name.clone(),
+                });
+            }
+        }
+        if let Some(id) = &self.id_field
+            && !self.fields.iter().any(|(n, _)| n == id)
+        {
+            return Err(Error::UnknownIdField { field: id.clone() });
+        }
+        Ok(())
+    }
+
+    /// The type of a column an expression may refer to: declared fields, the time field and the
+    /// Kafka metadata columns.
+    pub fn column_type(&self, name: &str) -> Option<DataType> {
+        if name == self.time_field {
+            return Some(timestamp_type());
+        }
+        if name == PARTITION_COLUMN {
+            return Some(DataType::Int32);
+        }
+        if name == OFFSET_COLUMN {
+            return Some(DataType::Int64);
+        }
+        self.field_type(name).map(FieldType::arrow_type)
+    }
+
+    pub fn field_type(&self, name: &str) -> Option<FieldType> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, t)| *t)
+    }
+
+    /// Arrow schema of decoded events and of archive Parquet files: the time field first, then the
+    /// declared fields in order, then the Kafka partition and offset.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        let mut fields = Vec::with_capacity(self.fields.len() + 3);
+        fields.push(Field::new(&self.time_field, timestamp_type(), false));
+        for (name, ty) in &self.fields {
+            fields.push(Field::new(name, ty.arrow_type(), true));
+        }
+        fields.push(Field::new(PARTITION_COLUMN, DataType::Int32, false));
+        fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, false));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// A short, order-independent fingerprint input for view versioning.
+    pub fn describe(&self) -> String {
+        let fields: BTreeMap<_, _> = self.fields.iter().cloned().collect();
+        let mut out = format!("time={};", self.time_field);
+        for (name, ty) in fields {
+            out.push_str(&format!("{name}:{ty};"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> Vec<(String, FieldType)> {
+        vec![
+            ("city".into(), FieldType::String),
+            ("amount".into(), FieldType::Float64),
+        ]
+    }
+
+    #[test]
+    fn arrow_schema_puts_time_first_and_kafka_columns_last() {
+        let schema = EventSchema::new("ts", fields(), None).unwrap();
+        let arrow = schema.arrow_schema();
+        let names: Vec<_> = arrow.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["ts", "city", "amount", PARTITION_COLUMN, OFFSET_COLUMN]);
+        assert_eq!(arrow.field(0).data_type(), &timestamp_type());
+        assert!(!arrow.field(0).is_nullable());
+        assert!(arrow.field(1).is_nullable());
+    }
+
+    #[test]
+    fn rejects_reserved_and_duplicate_time_names() {
+        let reserved = vec![("_kafka_offset".to_string(), FieldType::Int64)];
+        assert!(matches!(
+            EventSchema::new("ts", reserved, None),
+            Err(Error::Reserved { .. })
+        ));
+        let listed = vec![("ts".to_string(), FieldType::Timestamp)];
+        assert!(matches!(
+            EventSchema::new("ts", listed, None),
+            Err(Error::TimeFieldListed { .. })
+        ));
+        assert!(matches!(
+            EventSchema::new("ts", fields(), Some("order_id".into())),
+            Err(Error::UnknownIdField { .. })
+        ));
+    }
+}

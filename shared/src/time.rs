@@ -1,0 +1,193 @@
+//! Event time and spans of event time.
+//!
+//! Every timestamp that crosses a layer boundary is an [`EventTime`]: whole milliseconds since the
+//! Unix epoch, UTC. Milliseconds are what Kafka timestamps use and what the archive stores
+//! (`Timestamp(Millisecond, "UTC")`), so no layer ever rounds differently from another.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Errors raised while parsing times and spans. Always the user's input.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("`{input}` is not a timestamp: expected RFC 3339 (2026-11-21T10:00:00Z) or epoch milliseconds")]
+    Timestamp { input: String },
+    #[error("`{input}` is not a duration: expected a number and a unit, such as 500ms, 10s, 1m, 2h")]
+    Span { input: String },
+    #[error("duration `{input}` must be greater than zero")]
+    ZeroSpan { input: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A point in event time: milliseconds since the Unix epoch, UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EventTime(pub i64);
+
+impl EventTime {
+    pub const MIN: EventTime = EventTime(i64::MIN);
+    pub const MAX: EventTime = EventTime(i64::MAX);
+
+    pub fn from_millis(ms: i64) -> Self {
+        Self(ms)
+    }
+
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// Parses RFC 3339 (any offset, converted to UTC) or integer epoch milliseconds.
+    pub fn parse(input: &str) -> Result<Self> {
+        let trimmed = input.trim();
+        if let Ok(ms) = trimmed.parse::<i64>() {
+            return Ok(Self(ms));
+        }
+        DateTime::parse_from_rfc3339(trimmed)
+            .map(|t| Self(t.timestamp_millis()))
+            .map_err(|_| Error::Timestamp {
+                input: input.to_owned(),
+            })
+    }
+
+    /// RFC 3339 in UTC with a `Z` suffix, with fractional seconds only when needed.
+    pub fn to_rfc3339(self) -> String {
+        match DateTime::<Utc>::from_timestamp_millis(self.0) {
+            Some(t) => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            None => self.0.to_string(),
+        }
+    }
+
+    pub fn saturating_add(self, span: Span) -> Self {
+        Self(self.0.saturating_add(span.0))
+    }
+
+    pub fn saturating_sub(self, span: Span) -> Self {
+        Self(self.0.saturating_sub(span.0))
+    }
+}
+
+impl fmt::Display for EventTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+impl Serialize for EventTime {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventTime {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Millis(i64),
+            Text(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Millis(ms) => Ok(Self(ms)),
+            Repr::Text(s) => Self::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A positive length of event time in milliseconds (window sizes, lateness, gaps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Span(i64);
+
+impl Span {
+    pub const ZERO: Span = Span(0);
+
+    pub fn from_millis(ms: i64) -> Self {
+        Self(ms.max(0))
+    }
+
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    pub fn as_duration(self) -> Duration {
+        Duration::from_millis(self.0.max(0) as u64)
+    }
+
+    /// Parses `500ms`, `10s`, `1m`, `2h`, `1d`, or combinations such as `1h 30m`.
+    pub fn parse(input: &str) -> Result<Self> {
+        let parsed = humantime::parse_duration(input.trim()).map_err(|_| Error::Span {
+            input: input.to_owned(),
+        })?;
+        let ms = i64::try_from(parsed.as_millis()).map_err(|_| Error::Span {
+            input: input.to_owned(),
+        })?;
+        Ok(Self(ms))
+    }
+
+    /// Like [`Span::parse`] but rejects zero, for sizes that divide time.
+    pub fn parse_positive(input: &str) -> Result<Self> {
+        let span = Self::parse(input)?;
+        if span.0 == 0 {
+            return Err(Error::ZeroSpan {
+                input: input.to_owned(),
+            });
+        }
+        Ok(span)
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.as_duration()))
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rfc3339_in_any_offset_and_epoch_millis() {
+        let utc = EventTime::parse("2026-11-21T10:00:00Z").unwrap();
+        let offset = EventTime::parse("2026-11-21T15:30:00+05:30").unwrap();
+        assert_eq!(utc, offset);
+        assert_eq!(utc.millis(), 1_795_255_200_000);
+        assert_eq!(EventTime::parse("1795255200000").unwrap(), utc);
+        assert_eq!(
+            EventTime::parse("2026-11-21T10:00:00.250Z").unwrap().millis(),
+            utc.millis() + 250
+        );
+        assert!(matches!(EventTime::parse("yesterday"), Err(Error::Timestamp { .. })));
+    }
+
+    #[test]
+    fn formats_utc_with_millis_only_when_present() {
+        assert_eq!(EventTime(1_795_255_200_000).to_rfc3339(), "2026-11-21T10:00:00Z");
+        assert_eq!(EventTime(1_795_255_200_250).to_rfc3339(), "2026-11-21T10:00:00.250Z");
+    }
+
+    #[test]
+    fn spans_parse_units_and_reject_garbage() {
+        assert_eq!(Span::parse("1m").unwrap().millis(), 60_000);
+        assert_eq!(Span::parse("10s").unwrap().millis(), 10_000);
+        assert_eq!(Span::parse("500ms").unwrap().millis(), 500);
+        assert_eq!(Span::parse("1h 30m").unwrap().millis(), 5_400_000);
+        assert!(Span::parse("ten seconds").is_err());
+        assert!(matches!(Span::parse_positive("0s"), Err(Error::ZeroSpan { .. })));
+    }
+}

@@ -1,0 +1,131 @@
+//! Side topics for events the speed layer cannot count: malformed events go to the dead-letter
+//! topic, events too late for every window of a view go to the late-events topic. Nothing is
+//! dropped silently: each message keeps its original payload and key and carries the reason and
+//! its origin (topic, partition, offset) in headers, and every send is counted.
+
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+
+/// Errors creating the side-topic producer. Transient or configuration (brokers).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("creating the dead-letter producer: {0}")]
+    Create(#[from] KafkaError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Counts deliveries that failed after librdkafka's own retries.
+#[derive(Debug, Default)]
+pub struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((err, msg)) = result {
+            metrics::counter!("tandem_side_topic_delivery_errors_total").increment(1);
+            tracing::error!(topic = rdkafka::Message::topic(msg), %err, "side-topic delivery failed");
+        }
+    }
+}
+
+/// Where a sidelined event came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+}
+
+/// Producer of dead-letter and late-event messages.
+pub struct SideTopics {
+    producer: ThreadedProducer<DeliveryContext>,
+    dead_letter_topic: String,
+    late_topic: String,
+}
+
+impl std::fmt::Debug for SideTopics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SideTopics")
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("late_topic", &self.late_topic)
+            .finish()
+    }
+}
+
+impl SideTopics {
+    pub fn new(brokers: &str, dead_letter_topic: String, late_topic: String) -> Result<Self> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "300000")
+            .create_with_context(DeliveryContext)?;
+        Ok(Self {
+            producer,
+            dead_letter_topic,
+            late_topic,
+        })
+    }
+
+    pub fn dead_letter(&self, payload: &[u8], origin: Origin<'_>, kind: &str, reason: &str) {
+        metrics::counter!("tandem_dead_letter_events_total", "reason" => kind.to_owned()).increment(1);
+        let headers = origin_headers(origin)
+            .insert(Header { key: "reason", value: Some(reason) })
+            .insert(Header { key: "error_kind", value: Some(kind) });
+        self.send(&self.dead_letter_topic, payload, origin.key, headers);
+    }
+
+    pub fn late(&self, payload: &[u8], origin: Origin<'_>, view: &str, reason: &str) {
+        metrics::counter!("tandem_late_events_total", "view" => view.to_owned()).increment(1);
+        let headers = origin_headers(origin)
+            .insert(Header { key: "reason", value: Some(reason) })
+            .insert(Header { key: "view", value: Some(view) });
+        self.send(&self.late_topic, payload, origin.key, headers);
+    }
+
+    fn send(&self, topic: &str, payload: &[u8], key: Option<&[u8]>, headers: OwnedHeaders) {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                // The local queue is full: wait for deliveries instead of dropping. This slows
+                // consumption, which is the backpressure we want.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((err, _)) => {
+                    metrics::counter!("tandem_side_topic_delivery_errors_total").increment(1);
+                    tracing::error!(topic, %err, "cannot enqueue side-topic message");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits for queued messages to be delivered.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(err) = rdkafka::producer::Producer::flush(&self.producer, timeout) {
+            tracing::warn!(%err, "side-topic producer did not flush in time");
+        }
+    }
+}
+
+fn origin_headers(origin: Origin<'_>) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header { key: "source_topic", value: Some(origin.topic) })
+        .insert(Header { key: "source_partition", value: Some(&origin.partition.to_string()) })
+        .insert(Header { key: "source_offset", value: Some(&origin.offset.to_string()) })
+}

@@ -1,0 +1,265 @@
+//! The speed layer's Kafka consumer: poll, decode, window, repeat.
+//!
+//! Runs on a dedicated blocking thread (librdkafka's poll is blocking and the loop is CPU-bound).
+//! Each iteration drains what the consumer has buffered into one micro-batch (up to
+//! `max_batch` messages, never waiting once the first message has arrived), so an event becomes
+//! queryable as soon as it is consumed and busy periods amortize per-batch costs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::statistics::Statistics;
+use tandem_shared::event::{EventBatchBuilder, EventDecoder};
+use tandem_shared::time::EventTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::SpeedLayer;
+use crate::dead_letter::{Origin, SideTopics};
+use crate::watermark::PartitionProgress;
+
+/// Errors starting the consumer. Configuration or transient broker errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("creating the speed-layer consumer: {0}")]
+    Consumer(#[source] KafkaError),
+    #[error("subscribing to topic `{topic}`: {source}")]
+    Subscribe { topic: String, source: KafkaError },
+    #[error(transparent)]
+    SideTopics(#[from] crate::dead_letter::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Speed-layer consumer settings.
+#[derive(Debug, Clone)]
+pub struct SpeedConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: String,
+    pub dead_letter_topic: String,
+    pub late_topic: String,
+    /// Most messages folded into one micro-batch.
+    pub max_batch: usize,
+    /// Extra librdkafka consumer properties.
+    pub kafka_options: BTreeMap<String, String>,
+}
+
+/// Publishes librdkafka's per-partition consumer lag and tracks partition revocations.
+#[derive(Debug)]
+pub struct SpeedContext {
+    group: String,
+    revoked: std::sync::Mutex<Vec<i32>>,
+}
+
+impl ClientContext for SpeedContext {
+    fn stats(&self, statistics: Statistics) {
+        for topic in statistics.topics.values() {
+            for (partition, stats) in &topic.partitions {
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    metrics::gauge!(
+                        "tandem_consumer_lag",
+                        "group" => self.group.clone(),
+                        "partition" => partition.to_string()
+                    )
+                    .set(stats.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SpeedContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            revoked.extend(list.elements().iter().map(|e| e.partition()));
+        }
+    }
+}
+
+pub(crate) struct Ingest {
+    speed: SpeedLayer,
+    config: SpeedConfig,
+    decoder: Arc<EventDecoder>,
+    consumer: BaseConsumer<SpeedContext>,
+    side: SideTopics,
+    progress: PartitionProgress,
+}
+
+impl Ingest {
+    pub(crate) fn new(
+        speed: SpeedLayer,
+        config: SpeedConfig,
+        decoder: Arc<EventDecoder>,
+    ) -> Result<Self> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group_id)
+            // Offsets committed to Kafka would only be progress information; the speed layer
+            // rebuilds its state from the retained topic, so it never commits.
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "20")
+            .set("statistics.interval.ms", "1000");
+        for (k, v) in &config.kafka_options {
+            client.set(k, v);
+        }
+        let consumer: BaseConsumer<SpeedContext> = client
+            .create_with_context(SpeedContext {
+                group: config.group_id.clone(),
+                revoked: Default::default(),
+            })
+            .map_err(Error::Consumer)?;
+        consumer
+            .subscribe(&[config.topic.as_str()])
+            .map_err(|source| Error::Subscribe {
+                topic: config.topic.clone(),
+                source,
+            })?;
+        let side = SideTopics::new(
+            &config.brokers,
+            config.dead_letter_topic.clone(),
+            config.late_topic.clone(),
+        )?;
+        Ok(Self {
+            speed,
+            config,
+            decoder,
+            consumer,
+            side,
+            progress: PartitionProgress::default(),
+        })
+    }
+
+    /// The consume loop. Returns when `cancel` fires.
+    pub(crate) fn run(mut self, cancel: CancellationToken) {
+        tracing::info!(topic = %self.config.topic, group = %self.config.group_id, "speed layer consuming");
+        let consumer = &self.consumer;
+        let mut messages: Vec<BorrowedMessage<'_>> = Vec::with_capacity(self.config.max_batch);
+        while !cancel.is_cancelled() {
+            match consumer.poll(Duration::from_millis(100)) {
+                None => continue,
+                Some(Err(err)) => {
+                    log_consume_error(&err);
+                    continue;
+                }
+                Some(Ok(m)) => messages.push(m),
+            }
+            while messages.len() < self.config.max_batch {
+                match consumer.poll(Duration::ZERO) {
+                    Some(Ok(m)) => messages.push(m),
+                    Some(Err(err)) => log_consume_error(&err),
+                    None => break,
+                }
+            }
+            let revoked: Vec<i32> = std::mem::take(
+                &mut *consumer.context().revoked.lock().unwrap_or_else(|e| e.into_inner()),
+            );
+            for p in revoked {
+                self.progress.forget(p);
+            }
+            process(
+                &self.speed,
+                &self.decoder,
+                &self.side,
+                &mut self.progress,
+                &self.config.topic,
+                &messages,
+            );
+            messages.clear();
+        }
+        self.side.flush(Duration::from_secs(10));
+        tracing::info!("speed layer stopped");
+    }
+}
+
+fn log_consume_error(err: &KafkaError) {
+    metrics::counter!("tandem_speed_consume_errors_total").increment(1);
+    tracing::warn!(%err, "speed-layer consume error");
+}
+
+/// Decodes one micro-batch, sidelines malformed and late events, and applies the rest to every
+/// view.
+fn process(
+    speed: &SpeedLayer,
+    decoder: &EventDecoder,
+    side: &SideTopics,
+    progress: &mut PartitionProgress,
+    topic: &str,
+    messages: &[BorrowedMessage<'_>],
+) {
+    let started = Instant::now();
+    let origin = |m: &BorrowedMessage<'_>| Origin {
+        topic,
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key(),
+    };
+    let mut builder = EventBatchBuilder::new(decoder, messages.len());
+    // Message index of each decoded row.
+    let mut row_message = Vec::with_capacity(messages.len());
+    let mut times = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let Some(payload) = m.payload() else {
+            side.dead_letter(&[], origin(m), "empty", "message has no payload");
+            continue;
+        };
+        match decoder.decode(payload) {
+            Ok(event) => {
+                builder.append(&event, m.partition(), m.offset());
+                row_message.push(i);
+                times.push((m.partition(), event.time));
+            }
+            Err(err) => side.dead_letter(payload, origin(m), err.kind(), &err.to_string()),
+        }
+    }
+    if builder.is_empty() {
+        return;
+    }
+    let batch = builder.finish();
+    let watermark = progress.combined();
+    for view in speed.views() {
+        let outcome = view.apply(&batch, watermark);
+        for (row, reason) in outcome.rejected {
+            let m = &messages[row_message[row]];
+            side.dead_letter(
+                m.payload().unwrap_or_default(),
+                origin(m),
+                "expression",
+                &format!("view `{}`: {reason}", view.name()),
+            );
+        }
+        for row in outcome.late {
+            let m = &messages[row_message[row]];
+            let reason = match watermark {
+                Some(w) => format!(
+                    "every window of event time {} has closed (progress {w}) or is published by the batch layer",
+                    times[row].1
+                ),
+                None => "every window is published by the batch layer".to_owned(),
+            };
+            side.late(m.payload().unwrap_or_default(), origin(m), view.name(), &reason);
+        }
+    }
+    for (partition, t) in times {
+        progress.observe(partition, t);
+    }
+    metrics::counter!("tandem_speed_events_total").increment(batch.num_rows() as u64);
+    metrics::histogram!("tandem_speed_batch_seconds").record(started.elapsed().as_secs_f64());
+    if let Some(combined) = progress.combined() {
+        metrics::gauge!("tandem_speed_event_time_progress_ms").set(combined.millis() as f64);
+        for view in speed.views() {
+            let wm: EventTime = combined.saturating_sub(view.allowed_lateness());
+            metrics::gauge!("tandem_speed_watermark_ms", "view" => view.name().to_owned())
+                .set(wm.millis() as f64);
+        }
+    }
+}
