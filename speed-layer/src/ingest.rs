@@ -186,6 +186,15 @@ fn log_consume_error(err: &KafkaError) {
     tracing::warn!(%err, "speed-layer consume error");
 }
 
+fn origin<'a>(topic: &'a str, m: &'a BorrowedMessage<'_>) -> Origin<'a> {
+    Origin {
+        topic,
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key(),
+    }
+}
+
 /// Decodes one micro-batch, sidelines malformed and late events, and applies the rest to every
 /// view.
 fn process(
@@ -197,12 +206,7 @@ fn process(
     messages: &[BorrowedMessage<'_>],
 ) {
     let started = Instant::now();
-    let origin = |m: &BorrowedMessage<'_>| Origin {
-        topic,
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key(),
-    };
+    let origin = |m| origin(topic, m);
     let mut builder = EventBatchBuilder::new(decoder, messages.len());
     // Message index of each decoded row.
     let mut row_message = Vec::with_capacity(messages.len());

@@ -24,7 +24,7 @@ pub(crate) fn encode(batch: &RecordBatch) -> Result<Vec<u8>, Error> {
     let sorted = take_record_batch(batch, &order)?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-        .set_max_row_group_size(1 << 20)
+        .set_max_row_group_row_count(Some(1 << 20))
         .build();
     let mut out = Vec::with_capacity(sorted.get_array_memory_size() / 4);
     let mut writer = ArrowWriter::try_new(&mut out, sorted.schema(), Some(props))?;

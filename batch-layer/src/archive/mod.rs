@@ -340,7 +340,7 @@ impl Archive {
                 h.builder.append(&event, partition, offset);
                 h.min_time = h.min_time.min(event.time);
                 h.max_time = h.max_time.max(event.time);
-                buffer.bytes += m.payload_len();
+                buffer.bytes += m.payload().map_or(0, <[u8]>::len);
                 metrics::counter!("tandem_archive_events_total").increment(1);
             }
             Some(Err(_)) | None => {
@@ -397,11 +397,19 @@ impl Archive {
             {
                 continue;
             }
-            let Ok((_, high)) = self.consumer.get_watermark_offsets(&self.config.topic, p) else {
+            let next_offset = state.manifest.next_offset;
+            let consumer = Arc::clone(&self.consumer);
+            let topic = self.config.topic.clone();
+            let watermarks = tokio::task::spawn_blocking(move || {
+                consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))
+            })
+            .await;
+            let Ok(Ok((_, high))) = watermarks else {
                 continue;
             };
-            // `high` is the log end offset librdkafka last saw in a fetch response.
-            if high >= 0 && high <= state.manifest.next_offset {
+            // Everything the partition holds is archived: nothing can hold completeness back
+            // until a new event arrives (which clears the marker before it is buffered).
+            if high <= next_offset {
                 self.publish_progress(p, Some(now())).await;
             }
         }
