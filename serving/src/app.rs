@@ -16,6 +16,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tandem_batch_layer::{Archive, ArchiveConfig, Recompute, Scheduler, ViewCatalog};
 use tandem_shared::event::EventDecoder;
+use tandem_speed_layer::clock::SystemClock;
 use tandem_speed_layer::program::ViewProgram;
 use tandem_speed_layer::{SpeedConfig, SpeedLayer};
 use tokio::net::TcpListener;
@@ -118,9 +119,11 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
             dead_letter_topic: kafka.dead_letter_topic.clone(),
             late_topic: kafka.late_topic.clone(),
             max_batch: config.max_batch,
+            idle_timeout: config.idle_timeout,
             kafka_options: kafka.options.clone(),
         },
         Arc::clone(&decoder),
+        Arc::new(SystemClock),
         backend.child_token(),
     )?;
     tracker.spawn(async move {

@@ -92,6 +92,9 @@ struct KafkaFile {
     /// Partitions of the topic `tandem dev` creates on its embedded broker.
     #[serde(default = "default_partitions")]
     partitions: i32,
+    /// A partition fully consumed and quiet for this long stops holding event-time progress
+    /// back, in the speed layer's watermark and in the archive's completeness.
+    idle_timeout: Option<String>,
     /// Extra librdkafka client properties (security settings, for example).
     #[serde(default)]
     options: BTreeMap<String, String>,
@@ -125,7 +128,6 @@ struct SchemaFile {
 #[serde(deny_unknown_fields)]
 struct BatchFile {
     schedule: Option<String>,
-    idle_timeout: Option<String>,
     job_queue: Option<usize>,
 }
 
@@ -227,7 +229,7 @@ impl Config {
             })
         };
         let roll_interval = span(&file.archive.roll_interval, "30s", "archive", "roll_interval")?;
-        let idle_timeout = span(&file.batch.idle_timeout, "30s", "batch", "idle_timeout")?;
+        let idle_timeout = span(&file.kafka.idle_timeout, "30s", "kafka", "idle_timeout")?;
         let invalid = |section, key, problem: &str| Error::Invalid {
             path: path.clone(),
             section,

@@ -76,7 +76,8 @@ impl SideTopics {
         })
     }
 
-    pub fn dead_letter(&self, payload: &[u8], origin: Origin<'_>, kind: &str, reason: &str) {
+    /// Sends an event to the dead-letter topic; a message without payload stays without one.
+    pub fn dead_letter(&self, payload: Option<&[u8]>, origin: Origin<'_>, kind: &str, reason: &str) {
         metrics::counter!("tandem_dead_letter_events_total", "reason" => kind.to_owned()).increment(1);
         let headers = origin_headers(origin)
             .insert(Header { key: "reason", value: Some(reason) })
@@ -89,11 +90,14 @@ impl SideTopics {
         let headers = origin_headers(origin)
             .insert(Header { key: "reason", value: Some(reason) })
             .insert(Header { key: "view", value: Some(view) });
-        self.send(&self.late_topic, payload, origin.key, headers);
+        self.send(&self.late_topic, Some(payload), origin.key, headers);
     }
 
-    fn send(&self, topic: &str, payload: &[u8], key: Option<&[u8]>, headers: OwnedHeaders) {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers);
+    fn send(&self, topic: &str, payload: Option<&[u8]>, key: Option<&[u8]>, headers: OwnedHeaders) {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
         if let Some(key) = key {
             record = record.key(key);
         }

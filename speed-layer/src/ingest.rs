@@ -5,8 +5,8 @@
 //! `max_batch` messages, never waiting once the first message has arrived), so an event becomes
 //! queryable as soon as it is consumed and busy periods amortize per-batch costs.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
@@ -16,10 +16,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use tandem_shared::event::{EventBatchBuilder, EventDecoder};
-use tandem_shared::time::EventTime;
+use tandem_shared::time::{EventTime, Span};
 use tokio_util::sync::CancellationToken;
 
 use crate::SpeedLayer;
+use crate::clock::Clock;
 use crate::dead_letter::{Origin, SideTopics};
 use crate::watermark::PartitionProgress;
 
@@ -46,28 +47,50 @@ pub struct SpeedConfig {
     pub late_topic: String,
     /// Most messages folded into one micro-batch.
     pub max_batch: usize,
+    /// A partition fully consumed and quiet for this long stops holding the watermark back.
+    pub idle_timeout: Span,
     /// Extra librdkafka consumer properties.
     pub kafka_options: BTreeMap<String, String>,
 }
 
-/// Publishes librdkafka's per-partition consumer lag and tracks partition revocations.
+/// A change of the consumer's partition assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AssignmentChange {
+    Assigned(i32),
+    Revoked(i32),
+}
+
+/// Publishes per-partition consumer lag and tracks the assignment and which partitions are
+/// fully consumed. Callbacks run inside `poll`, on the consume thread.
 #[derive(Debug)]
 pub struct SpeedContext {
     group: String,
-    revoked: std::sync::Mutex<Vec<i32>>,
+    changes: Mutex<Vec<AssignmentChange>>,
+    caught_up: Mutex<HashMap<i32, bool>>,
 }
 
 impl ClientContext for SpeedContext {
     fn stats(&self, statistics: Statistics) {
         for topic in statistics.topics.values() {
+            let mut caught_up = self.caught_up.lock().unwrap_or_else(|e| e.into_inner());
             for (partition, stats) in &topic.partitions {
-                if *partition >= 0 && stats.consumer_lag >= 0 {
+                if *partition >= 0 && stats.hi_offset >= 0 {
+                    let done = if stats.app_offset >= 0 {
+                        stats.app_offset >= stats.hi_offset
+                    } else {
+                        stats.hi_offset == stats.lo_offset
+                    };
+                    caught_up.insert(*partition, done);
+                }
+                // Lag behind the log end by what this process has consumed, not by committed
+                // offsets (which are only progress information here).
+                if *partition >= 0 && stats.hi_offset >= 0 && stats.app_offset >= 0 {
                     metrics::gauge!(
                         "tandem_consumer_lag",
                         "group" => self.group.clone(),
                         "partition" => partition.to_string()
                     )
-                    .set(stats.consumer_lag as f64);
+                    .set((stats.hi_offset - stats.app_offset).max(0) as f64);
                 }
             }
         }
@@ -77,8 +100,15 @@ impl ClientContext for SpeedContext {
 impl ConsumerContext for SpeedContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-            revoked.extend(list.elements().iter().map(|e| e.partition()));
+            let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+            changes.extend(list.elements().iter().map(|e| AssignmentChange::Revoked(e.partition())));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+            changes.extend(list.elements().iter().map(|e| AssignmentChange::Assigned(e.partition())));
         }
     }
 }
@@ -90,6 +120,7 @@ pub(crate) struct Ingest {
     consumer: BaseConsumer<SpeedContext>,
     side: SideTopics,
     progress: PartitionProgress,
+    clock: Arc<dyn Clock>,
 }
 
 impl Ingest {
@@ -97,6 +128,7 @@ impl Ingest {
         speed: SpeedLayer,
         config: SpeedConfig,
         decoder: Arc<EventDecoder>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self> {
         let mut client = ClientConfig::new();
         client
@@ -115,7 +147,8 @@ impl Ingest {
         let consumer: BaseConsumer<SpeedContext> = client
             .create_with_context(SpeedContext {
                 group: config.group_id.clone(),
-                revoked: Default::default(),
+                changes: Default::default(),
+                caught_up: Default::default(),
             })
             .map_err(Error::Consumer)?;
         consumer
@@ -136,6 +169,7 @@ impl Ingest {
             consumer,
             side,
             progress: PartitionProgress::default(),
+            clock,
         })
     }
 
@@ -146,7 +180,10 @@ impl Ingest {
         let mut messages: Vec<BorrowedMessage<'_>> = Vec::with_capacity(self.config.max_batch);
         while !cancel.is_cancelled() {
             match consumer.poll(Duration::from_millis(100)) {
-                None => continue,
+                None => {
+                    track_partitions(consumer.context(), &mut self.progress, self.clock.now());
+                    continue;
+                }
                 Some(Err(err)) => {
                     log_consume_error(&err);
                     continue;
@@ -160,17 +197,16 @@ impl Ingest {
                     None => break,
                 }
             }
-            let revoked: Vec<i32> = std::mem::take(
-                &mut *consumer.context().revoked.lock().unwrap_or_else(|e| e.into_inner()),
-            );
-            for p in revoked {
-                self.progress.forget(p);
-            }
+            track_partitions(consumer.context(), &mut self.progress, self.clock.now());
             process(
                 &self.speed,
                 &self.decoder,
                 &self.side,
                 &mut self.progress,
+                Watermarking {
+                    now: self.clock.now(),
+                    idle_timeout: self.config.idle_timeout,
+                },
                 &self.config.topic,
                 &messages,
             );
@@ -179,6 +215,28 @@ impl Ingest {
         self.side.flush(Duration::from_secs(10));
         tracing::info!("speed layer stopped");
     }
+}
+
+/// Applies assignment changes and caught-up flags reported by the consumer callbacks.
+fn track_partitions(context: &SpeedContext, progress: &mut PartitionProgress, now: EventTime) {
+    let changes = std::mem::take(&mut *context.changes.lock().unwrap_or_else(|e| e.into_inner()));
+    for change in changes {
+        match change {
+            AssignmentChange::Assigned(p) => progress.assign(p, now),
+            AssignmentChange::Revoked(p) => progress.revoke(p),
+        }
+    }
+    let caught_up = context.caught_up.lock().unwrap_or_else(|e| e.into_inner());
+    for (p, done) in caught_up.iter() {
+        progress.set_caught_up(*p, *done);
+    }
+}
+
+/// Inputs of the watermark computation for one micro-batch.
+#[derive(Debug, Clone, Copy)]
+struct Watermarking {
+    now: EventTime,
+    idle_timeout: Span,
 }
 
 fn log_consume_error(err: &KafkaError) {
@@ -202,6 +260,7 @@ fn process(
     decoder: &EventDecoder,
     side: &SideTopics,
     progress: &mut PartitionProgress,
+    watermarking: Watermarking,
     topic: &str,
     messages: &[BorrowedMessage<'_>],
 ) {
@@ -213,7 +272,7 @@ fn process(
     let mut times = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         let Some(payload) = m.payload() else {
-            side.dead_letter(&[], origin(m), "empty", "message has no payload");
+            side.dead_letter(None, origin(m), "empty", "message has no payload");
             continue;
         };
         match decoder.decode(payload) {
@@ -222,20 +281,20 @@ fn process(
                 row_message.push(i);
                 times.push((m.partition(), event.time));
             }
-            Err(err) => side.dead_letter(payload, origin(m), err.kind(), &err.to_string()),
+            Err(err) => side.dead_letter(Some(payload), origin(m), err.kind(), &err.to_string()),
         }
     }
     if builder.is_empty() {
         return;
     }
     let batch = builder.finish();
-    let watermark = progress.combined();
+    let watermark = progress.combined(watermarking.now, watermarking.idle_timeout);
     for view in speed.views() {
         let outcome = view.apply(&batch, watermark);
         for (row, reason) in outcome.rejected {
             let m = &messages[row_message[row]];
             side.dead_letter(
-                m.payload().unwrap_or_default(),
+                m.payload(),
                 origin(m),
                 "expression",
                 &format!("view `{}`: {reason}", view.name()),
@@ -254,11 +313,11 @@ fn process(
         }
     }
     for (partition, t) in times {
-        progress.observe(partition, t);
+        progress.observe(partition, t, watermarking.now);
     }
     metrics::counter!("tandem_speed_events_total").increment(batch.num_rows() as u64);
     metrics::histogram!("tandem_speed_batch_seconds").record(started.elapsed().as_secs_f64());
-    if let Some(combined) = progress.combined() {
+    if let Some(combined) = progress.combined(watermarking.now, watermarking.idle_timeout) {
         metrics::gauge!("tandem_speed_event_time_progress_ms").set(combined.millis() as f64);
         for view in speed.views() {
             let wm: EventTime = combined.saturating_sub(view.allowed_lateness());

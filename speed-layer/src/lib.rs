@@ -40,6 +40,7 @@ use tandem_shared::row::ViewRow;
 use tandem_shared::time::{EventTime, Span};
 use tokio_util::sync::CancellationToken;
 
+pub mod clock;
 mod dead_letter;
 mod ingest;
 pub mod program;
@@ -158,9 +159,10 @@ impl SpeedLayer {
         &self,
         config: SpeedConfig,
         decoder: Arc<EventDecoder>,
+        clock: Arc<dyn clock::Clock>,
         cancel: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, IngestError> {
-        let ingest = ingest::Ingest::new(self.clone(), config, decoder)?;
+        let ingest = ingest::Ingest::new(self.clone(), config, decoder, clock)?;
         Ok(tokio::task::spawn_blocking(move || ingest.run(cancel)))
     }
 

@@ -1,40 +1,90 @@
 //! Event-time progress per Kafka partition.
 //!
-//! Each partition's progress is the largest event time read from it. The combined progress is
-//! the minimum over the partitions this consumer reads: a window may only close once every
-//! partition has moved past it, otherwise a slow partition's on-time events would all be late.
-//! Each view subtracts its own allowed lateness from the combined progress to get its watermark.
+//! Each assigned partition's progress is the largest event time read from it. The combined
+//! progress is the minimum over the assigned partitions: a window may only close once every
+//! partition has moved past it, otherwise the on-time events of a partition that is consumed
+//! later (a backlog is read partition by partition) would all be late. A partition that has not
+//! delivered anything yet holds progress back entirely.
+//!
+//! A partition is *idle* when it is fully consumed and has delivered nothing for `idle_timeout`;
+//! an idle partition stops holding progress back. If every partition is idle the stream has
+//! stopped, and progress is the largest event time seen anywhere.
+//!
+//! Each view subtracts its allowed lateness from the combined progress to get its watermark.
 
 use std::collections::BTreeMap;
 
-use tandem_shared::time::EventTime;
+use tandem_shared::time::{EventTime, Span};
 
-/// Largest event time seen per partition.
+#[derive(Debug, Clone, Copy)]
+struct PartitionClock {
+    max_event_time: Option<EventTime>,
+    /// Wall-clock time of the last event, or of the assignment if there was none.
+    last_activity: EventTime,
+    caught_up: bool,
+}
+
+/// Largest event time seen per assigned partition.
 #[derive(Debug, Default, Clone)]
 pub struct PartitionProgress {
-    max_event_time: BTreeMap<i32, EventTime>,
+    partitions: BTreeMap<i32, PartitionClock>,
 }
 
 impl PartitionProgress {
-    pub fn observe(&mut self, partition: i32, t: EventTime) {
-        let entry = self.max_event_time.entry(partition).or_insert(t);
-        if t > *entry {
-            *entry = t;
-        }
+    /// Starts tracking a partition (assigned in a rebalance).
+    pub fn assign(&mut self, partition: i32, now: EventTime) {
+        self.partitions.entry(partition).or_insert(PartitionClock {
+            max_event_time: None,
+            last_activity: now,
+            caught_up: false,
+        });
     }
 
     /// Stops tracking a partition (revoked in a rebalance).
-    pub fn forget(&mut self, partition: i32) {
-        self.max_event_time.remove(&partition);
+    pub fn revoke(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
     }
 
-    /// The minimum over partitions of their largest event time; `None` before any event.
-    pub fn combined(&self) -> Option<EventTime> {
-        self.max_event_time.values().min().copied()
+    pub fn observe(&mut self, partition: i32, t: EventTime, now: EventTime) {
+        self.assign(partition, now);
+        if let Some(c) = self.partitions.get_mut(&partition) {
+            c.max_event_time = Some(c.max_event_time.map_or(t, |m| m.max(t)));
+            c.last_activity = now;
+        }
     }
 
-    pub fn partitions(&self) -> impl Iterator<Item = (i32, EventTime)> + '_ {
-        self.max_event_time.iter().map(|(p, t)| (*p, *t))
+    /// Records whether the consumer has read everything the partition holds.
+    pub fn set_caught_up(&mut self, partition: i32, caught_up: bool) {
+        if let Some(c) = self.partitions.get_mut(&partition) {
+            c.caught_up = caught_up;
+        }
+    }
+
+    fn idle(c: &PartitionClock, now: EventTime, idle_timeout: Span) -> bool {
+        c.caught_up && now.millis().saturating_sub(c.last_activity.millis()) >= idle_timeout.millis()
+    }
+
+    /// The combined progress (see the module docs); `None` while it is held back entirely.
+    pub fn combined(&self, now: EventTime, idle_timeout: Span) -> Option<EventTime> {
+        let mut active_min: Option<EventTime> = None;
+        let mut any_active = false;
+        for c in self.partitions.values() {
+            if Self::idle(c, now, idle_timeout) {
+                continue;
+            }
+            any_active = true;
+            let t = c.max_event_time?;
+            active_min = Some(active_min.map_or(t, |m| m.min(t)));
+        }
+        if any_active {
+            active_min
+        } else {
+            self.partitions.values().filter_map(|c| c.max_event_time).max()
+        }
+    }
+
+    pub fn partitions(&self) -> impl Iterator<Item = (i32, Option<EventTime>)> + '_ {
+        self.partitions.iter().map(|(p, c)| (*p, c.max_event_time))
     }
 }
 
@@ -42,17 +92,51 @@ impl PartitionProgress {
 mod tests {
     use super::*;
 
+    const T0: EventTime = EventTime(1_000_000);
+    const IDLE: Span = Span::ZERO;
+
+    fn idle_after(ms: i64) -> Span {
+        Span::from_millis(ms)
+    }
+
     #[test]
     fn combined_progress_is_held_back_by_the_slowest_partition() {
         let mut p = PartitionProgress::default();
-        assert_eq!(p.combined(), None);
-        p.observe(0, EventTime(100));
-        p.observe(1, EventTime(40));
-        p.observe(0, EventTime(90)); // out of order: never moves progress back
-        assert_eq!(p.combined(), Some(EventTime(40)));
-        p.observe(1, EventTime(120));
-        assert_eq!(p.combined(), Some(EventTime(100)));
-        p.forget(0);
-        assert_eq!(p.combined(), Some(EventTime(120)));
+        assert_eq!(p.combined(T0, idle_after(1000)), None);
+        p.observe(0, EventTime(100), T0);
+        p.observe(1, EventTime(40), T0);
+        p.observe(0, EventTime(90), T0); // out of order: never moves progress back
+        assert_eq!(p.combined(T0, idle_after(1000)), Some(EventTime(40)));
+        p.observe(1, EventTime(120), T0);
+        assert_eq!(p.combined(T0, idle_after(1000)), Some(EventTime(100)));
+        p.revoke(0);
+        assert_eq!(p.combined(T0, idle_after(1000)), Some(EventTime(120)));
+    }
+
+    #[test]
+    fn an_assigned_partition_without_events_holds_progress_back() {
+        let mut p = PartitionProgress::default();
+        p.assign(0, T0);
+        p.assign(1, T0);
+        p.observe(0, EventTime(500), T0);
+        assert_eq!(p.combined(T0, idle_after(1000)), None);
+    }
+
+    #[test]
+    fn idle_partitions_release_progress_only_when_caught_up_and_quiet() {
+        let mut p = PartitionProgress::default();
+        p.assign(1, T0);
+        p.observe(0, EventTime(500), T0);
+        let later = EventTime(T0.millis() + 5_000);
+        // Quiet but not caught up (a backlog not fetched yet): still holds back.
+        assert_eq!(p.combined(later, idle_after(1000)), None);
+        p.set_caught_up(1, true);
+        assert_eq!(p.combined(later, idle_after(1000)), Some(EventTime(500)));
+        assert_eq!(p.combined(T0, idle_after(1000)), None, "not quiet long enough");
+        // Everything idle: the stream stopped, the largest event time is the progress.
+        p.set_caught_up(0, true);
+        p.observe(1, EventTime(300), T0);
+        assert_eq!(p.combined(later, idle_after(1000)), Some(EventTime(500)));
+        assert_eq!(p.combined(later, IDLE), Some(EventTime(500)));
     }
 }

@@ -89,13 +89,15 @@ impl ClientContext for ArchiveContext {
     fn stats(&self, statistics: Statistics) {
         for topic in statistics.topics.values() {
             for (partition, stats) in &topic.partitions {
-                if *partition >= 0 && stats.consumer_lag >= 0 {
+                // Lag behind the log end by what this process has consumed, not by committed
+                // offsets (which are only progress information here).
+                if *partition >= 0 && stats.hi_offset >= 0 && stats.app_offset >= 0 {
                     metrics::gauge!(
                         "tandem_consumer_lag",
                         "group" => self.group.clone(),
                         "partition" => partition.to_string()
                     )
-                    .set(stats.consumer_lag as f64);
+                    .set((stats.hi_offset - stats.app_offset).max(0) as f64);
                 }
             }
         }

@@ -1,0 +1,405 @@
+//! End to end: events through Kafka to a merged, exact answer over HTTP.
+//!
+//! Runs the real `tandem dev` binary, produces a known stream with an rdkafka producer (out of
+//! order within the allowed lateness, plus malformed messages), and checks every answer against
+//! values computed independently here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use tandem_tests::{TestServer, fixture};
+
+const MINUTE: i64 = 60_000;
+const CITIES: [&str; 5] = ["Chennai", "Mumbai", "Berlin", "Lagos", "Tokyo"];
+
+#[derive(Debug, Clone)]
+struct Order {
+    key: String,
+    ts: i64,
+    city: &'static str,
+    amount: f64,
+    event_type: &'static str,
+    payload: String,
+}
+
+/// A deterministic stream over 20 minutes, produced in index order with event times up to 5s
+/// behind the stream's front (the views allow 10s of lateness). Amounts are multiples of 0.25,
+/// which binary floating point represents exactly, so sums are exact in any order.
+fn stream(base: i64, n: usize) -> Vec<Order> {
+    let mut rng = StdRng::seed_from_u64(42);
+    (0..n)
+        .map(|i| {
+            let ts = base + i as i64 * 400 - rng.random_range(0..5_000);
+            let city = CITIES[rng.random_range(0..CITIES.len())];
+            let amount = f64::from(rng.random_range(1..2_000u32)) * 0.25;
+            let event_type = match rng.random_range(0..10) {
+                0..7 => "order_placed",
+                7..9 => "payment_captured",
+                _ => "order_cancelled",
+            };
+            let user = format!("u-{:04}", rng.random_range(0..500));
+            // Alternate the two accepted time formats.
+            let ts_json = if i % 2 == 0 {
+                json!(ts)
+            } else {
+                json!(chrono::DateTime::from_timestamp_millis(ts).unwrap().to_rfc3339())
+            };
+            let payload = json!({
+                "order_id": format!("o-{i}"),
+                "ts": ts_json,
+                "city": city,
+                "user_id": user,
+                "amount": amount,
+                "event_type": event_type,
+                "ignored_extra": {"nested": true},
+            })
+            .to_string();
+            Order {
+                key: user,
+                ts,
+                city,
+                amount,
+                event_type,
+                payload,
+            }
+        })
+        .collect()
+}
+
+fn malformed() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("not json at all", "not_json"),
+        ("{\"ts\": 1795255200000, \"city\": ", "not_json"),
+        ("[1, 2, 3]", "not_object"),
+        ("{\"city\": \"Chennai\", \"amount\": 1.5}", "missing_time"),
+        ("{\"ts\": \"half past nine\", \"city\": \"Chennai\"}", "bad_time"),
+        ("{\"ts\": 1795255200000, \"amount\": \"12.50\"}", "wrong_type"),
+        ("{\"ts\": 1795255200000, \"city\": 7}", "wrong_type"),
+    ]
+}
+
+/// Expected values of `orders_by_city`, computed directly from the produced events.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Expected {
+    orders: i64,
+    revenue: f64,
+    min: f64,
+    max: f64,
+}
+
+fn expected_orders_by_city(orders: &[Order]) -> BTreeMap<(i64, String), Expected> {
+    let mut out: BTreeMap<(i64, String), Expected> = BTreeMap::new();
+    for o in orders.iter().filter(|o| o.event_type == "order_placed") {
+        let window = o.ts - o.ts.rem_euclid(MINUTE);
+        let e = out.entry((window, o.city.to_owned())).or_insert(Expected {
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            ..Default::default()
+        });
+        e.orders += 1;
+        e.revenue += o.amount;
+        e.min = e.min.min(o.amount);
+        e.max = e.max.max(o.amount);
+    }
+    out
+}
+
+fn expected_events_by_type(orders: &[Order]) -> BTreeMap<(i64, String), (i64, f64)> {
+    let mut out: BTreeMap<(i64, String), (i64, f64)> = BTreeMap::new();
+    for o in orders {
+        let window = o.ts - o.ts.rem_euclid(5 * MINUTE);
+        let e = out.entry((window, o.event_type.to_owned())).or_default();
+        e.0 += 1;
+        e.1 += o.amount;
+    }
+    out
+}
+
+fn millis(v: &Value) -> anyhow::Result<i64> {
+    let s = v.as_str().context("timestamp is not a string")?;
+    Ok(chrono::DateTime::parse_from_rfc3339(s)?.timestamp_millis())
+}
+
+/// Rows of a view keyed by (window start, first group value), with their source.
+fn rows_by_key(body: &Value, dimension: &str) -> anyhow::Result<BTreeMap<(i64, String), (Value, String)>> {
+    let mut out = BTreeMap::new();
+    let rows = body["rows"].as_array().context("no rows array")?;
+    let mut last: Option<(i64, String)> = None;
+    for row in rows {
+        let key = (
+            millis(&row["window_start"])?,
+            row["group"][dimension].as_str().context("group value")?.to_owned(),
+        );
+        ensure!(
+            millis(&row["window_end"])? > key.0,
+            "window_end must follow window_start: {row}"
+        );
+        if let Some(prev) = &last {
+            ensure!(prev < &key, "rows must be ordered by window_start then group: {prev:?} then {key:?}");
+        }
+        last = Some(key.clone());
+        let source = row["source"].as_str().context("source")?.to_owned();
+        ensure!(
+            out.insert(key.clone(), (row["values"].clone(), source)).is_none(),
+            "window and group {key:?} appears twice"
+        );
+    }
+    Ok(out)
+}
+
+fn check_orders_by_city(
+    got: &BTreeMap<(i64, String), (Value, String)>,
+    expected: &BTreeMap<(i64, String), Expected>,
+) -> anyhow::Result<()> {
+    let got_keys: BTreeSet<_> = got.keys().collect();
+    let want_keys: BTreeSet<_> = expected.keys().collect();
+    ensure!(
+        got_keys == want_keys,
+        "windows and groups differ: missing {:?}, unexpected {:?}",
+        want_keys.difference(&got_keys).take(5).collect::<Vec<_>>(),
+        got_keys.difference(&want_keys).take(5).collect::<Vec<_>>()
+    );
+    for (key, want) in expected {
+        let (values, source) = &got[key];
+        let ctx = || format!("{key:?} from {source}: {values}");
+        ensure!(values["orders"].as_i64() == Some(want.orders), "orders: {}", ctx());
+        ensure!(values["revenue"].as_f64() == Some(want.revenue), "revenue: {}", ctx());
+        ensure!(values["min_amount"].as_f64() == Some(want.min), "min: {}", ctx());
+        ensure!(values["max_amount"].as_f64() == Some(want.max), "max: {}", ctx());
+        let avg = values["avg_amount"].as_f64().context("avg")?;
+        let want_avg = want.revenue / want.orders as f64;
+        ensure!((avg - want_avg).abs() <= 1e-9 * want_avg.abs(), "avg: {}", ctx());
+    }
+    Ok(())
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    let resp = client.get(url).send().await?;
+    let status = resp.status();
+    let body: Value = resp.json().await?;
+    ensure!(status.is_success(), "GET {url}: {status} {body}");
+    Ok(body)
+}
+
+async fn produce(server: &TestServer, orders: &[Order]) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &server.kafka)
+        .set("linger.ms", "5")
+        .create()?;
+    let mut deliveries = Vec::new();
+    for o in orders {
+        deliveries.push(producer.send_result(
+            FutureRecord::to("orders").key(&o.key).payload(&o.payload),
+        ).map_err(|(e, _)| e)?);
+    }
+    for (payload, _) in malformed() {
+        deliveries.push(producer.send_result(FutureRecord::<(), _>::to("orders").payload(payload)).map_err(|(e, _)| e)?);
+    }
+    // A message without any payload.
+    deliveries.push(producer.send_result(FutureRecord::<str, ()>::to("orders").key("empty")).map_err(|(e, _)| e)?);
+    for d in deliveries {
+        d.await?.map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
+/// Polls `check` until it succeeds or `timeout` passes, returning the last error on timeout.
+async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+async fn dead_letters(server: &TestServer, want: usize) -> anyhow::Result<Vec<(Option<Vec<u8>>, BTreeMap<String, String>)>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &server.kafka)
+        .set("group.id", "e2e-dlq-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&["orders.dlq"])?;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        ensure!(!left.is_zero(), "only {} of {want} dead letters arrived", out.len());
+        let Ok(msg) = tokio::time::timeout(left, consumer.recv()).await else { continue };
+        let msg = msg?;
+        let mut headers = BTreeMap::new();
+        if let Some(h) = msg.headers() {
+            for header in h.iter() {
+                headers.insert(
+                    header.key.to_owned(),
+                    String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        out.push((msg.payload().map(<[u8]>::to_vec), headers));
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_through_kafka_to_a_merged_exact_answer() -> anyhow::Result<()> {
+    let server = TestServer::start(&fixture("orders.toml"))?;
+    let result = scenario(&server).await;
+    if result.is_err() {
+        eprintln!("---- tandem log ----\n{}", server.log());
+    }
+    result?;
+    let status = server.stop()?;
+    ensure!(status.success(), "tandem exited with {status}");
+    Ok(())
+}
+
+async fn scenario(server: &TestServer) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let now = chrono::Utc::now().timestamp_millis();
+    let base = now - now.rem_euclid(MINUTE) - 30 * MINUTE;
+    let orders = stream(base, 3_000);
+    produce(server, &orders).await?;
+
+    // 1. The speed layer answers with exactly the expected values.
+    let expected = expected_orders_by_city(&orders);
+    let total_orders: i64 = expected.values().map(|e| e.orders).sum();
+    let url = server.url("/v1/views/orders_by_city");
+    eventually(Duration::from_secs(60), || async {
+        let body = get(&client, &url).await?;
+        let rows = rows_by_key(&body, "city")?;
+        let seen: i64 = rows.values().filter_map(|(v, _)| v["orders"].as_i64()).sum();
+        ensure!(seen == total_orders, "speed layer has {seen} of {total_orders} orders");
+        ensure!(rows.values().all(|(_, s)| s == "speed"), "nothing is published yet");
+        check_orders_by_city(&rows, &expected)
+    })
+    .await
+    .context("speed-layer answer")?;
+
+    // Dimension filters and ranges narrow the answer.
+    let chennai = get(&client, &format!("{url}?city=Chennai&from={}&to={}", base + 5 * MINUTE, base + 10 * MINUTE)).await?;
+    let rows = rows_by_key(&chennai, "city")?;
+    let want: Vec<_> = expected
+        .keys()
+        .filter(|(w, c)| c == "Chennai" && *w >= base + 5 * MINUTE && *w < base + 10 * MINUTE)
+        .collect();
+    ensure!(rows.keys().collect::<Vec<_>>() == want, "filtered rows: {chennai}");
+
+    // 2. Malformed messages are in the dead-letter topic with a reason.
+    let malformed = malformed();
+    let letters = dead_letters(server, malformed.len() + 1).await?;
+    let mut payloads: Vec<String> = letters
+        .iter()
+        .filter_map(|(p, _)| p.as_ref().map(|p| String::from_utf8_lossy(p).into_owned()))
+        .collect();
+    payloads.sort();
+    let mut want_payloads: Vec<String> = malformed.iter().map(|(p, _)| (*p).to_owned()).collect();
+    want_payloads.sort();
+    ensure!(payloads == want_payloads, "dead-letter payloads: {payloads:?}");
+    for (payload, headers) in &letters {
+        ensure!(
+            headers.get("reason").is_some_and(|r| !r.is_empty()),
+            "dead letter {payload:?} has no reason: {headers:?}"
+        );
+        ensure!(headers.get("source_topic").map(String::as_str) == Some("orders"));
+        if let Some(p) = payload {
+            let kind = malformed.iter().find(|(m, _)| m.as_bytes() == p.as_slice()).map(|(_, k)| *k);
+            ensure!(headers.get("error_kind").map(String::as_str) == kind, "{headers:?}");
+        }
+    }
+    let metrics = client.get(server.url("/metrics")).send().await?.text().await?;
+    let dead: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tandem_dead_letter_events_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    ensure!(dead as usize == malformed.len() + 1, "dead-letter metric says {dead}");
+    ensure!(metrics.contains("tandem_consumer_lag{"), "consumer lag metric missing");
+
+    // 3. A batch job recomputes exactly; covered windows switch to the batch layer with the same
+    //    values and the rest stay with the speed layer. The archive may still be rolling, so
+    //    repeat the job until it covers the stream up to its last few windows.
+    let last_window = (orders.iter().map(|o| o.ts).max().unwrap_or(base)).div_euclid(MINUTE) * MINUTE;
+    let body = eventually(Duration::from_secs(90), || async {
+        let resp = client.post(server.url("/v1/jobs")).json(&json!({})).send().await?;
+        ensure!(resp.status().as_u16() == 202, "POST /v1/jobs: {}", resp.status());
+        let job: Value = resp.json().await?;
+        ensure!(job["status"] == "queued", "new job: {job}");
+        let id = job["id"].as_str().context("job id")?.to_owned();
+        let done = eventually(Duration::from_secs(30), || async {
+            let j = get(&client, &server.url(&format!("/v1/jobs/{id}"))).await?;
+            match j["status"].as_str() {
+                Some("succeeded") => Ok(j),
+                Some("failed") => bail!("job failed: {j}"),
+                _ => bail!("job not finished: {j}"),
+            }
+        })
+        .await?;
+        let body = get(&client, &url).await?;
+        let horizon = millis(&body["batch_horizon"]).context("no batch horizon yet")?;
+        ensure!(horizon >= last_window - 2 * MINUTE, "batch horizon {horizon} not near {last_window} yet");
+        ensure!(done["windows_published"].as_u64().unwrap_or(0) > 0, "job published nothing: {done}");
+        Ok(body)
+    })
+    .await
+    .context("batch recompute")?;
+
+    let horizon = millis(&body["batch_horizon"])?;
+    let rows = rows_by_key(&body, "city")?;
+    check_orders_by_city(&rows, &expected).context("merged answer")?;
+    for ((window, city), (_, source)) in &rows {
+        let want = if *window < horizon { "batch" } else { "speed" };
+        ensure!(source == want, "{window} {city} came from {source}, horizon {horizon}");
+    }
+    ensure!(rows.values().any(|(_, s)| s == "batch"), "no batch rows");
+    ensure!(rows.values().any(|(_, s)| s == "speed"), "the last window must still be speed");
+    let merged_total: i64 = rows.values().filter_map(|(v, _)| v["orders"].as_i64()).sum();
+    ensure!(merged_total == total_orders, "merged total {merged_total} != {total_orders}");
+
+    // The second view (5-minute windows, no filter) agrees with its own oracle.
+    let by_type = get(&client, &server.url("/v1/views/events_by_type")).await?;
+    let got = rows_by_key(&by_type, "event_type")?;
+    let want = expected_events_by_type(&orders);
+    ensure!(got.len() == want.len(), "events_by_type rows: {by_type}");
+    for (key, (n, amount)) in &want {
+        let (values, source) = got.get(key).with_context(|| format!("missing {key:?}"))?;
+        ensure!(values["events"].as_i64() == Some(*n), "{key:?} {source}: {values}");
+        ensure!(values["amount"].as_f64() == Some(*amount), "{key:?} {source}: {values}");
+    }
+
+    // Reconciliation released the covered windows from the speed layer and found no drift.
+    let views = get(&client, &server.url("/v1/views")).await?;
+    let report = views["views"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "orders_by_city"))
+        .map(|v| v["reconciliation"].clone())
+        .context("orders_by_city in /v1/views")?;
+    ensure!(report["rows_compared"].as_u64().unwrap_or(0) > 0, "no reconciliation: {report}");
+    ensure!(report["max_relative_drift"]["orders"].as_f64() == Some(0.0), "drift: {report}");
+
+    // 4. Bad requests get clear 4xx errors.
+    let resp = client.get(server.url("/v1/views/no_such_view")).send().await?;
+    ensure!(resp.status().as_u16() == 404);
+    let err: Value = resp.json().await?;
+    ensure!(err["error"]["message"].as_str().is_some_and(|m| m.contains("no_such_view")));
+    let resp = client.get(format!("{url}?from=noon")).send().await?;
+    ensure!(resp.status().as_u16() == 400);
+    let resp = client.post(server.url("/v1/jobs")).json(&json!({"view": "nope"})).send().await?;
+    ensure!(resp.status().as_u16() == 404);
+    Ok(())
+}
