@@ -143,7 +143,10 @@ pub struct ViewCatalog {
 }
 
 impl ViewCatalog {
-    pub fn new(store: Arc<dyn ObjectStore>, views: impl IntoIterator<Item = ViewDefinition>) -> Self {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        views: impl IntoIterator<Item = ViewDefinition>,
+    ) -> Self {
         Self {
             store,
             views: views.into_iter().map(|v| (v.name.clone(), v)).collect(),
@@ -226,7 +229,11 @@ impl ViewCatalog {
         {
             let mut published = self.published.write().unwrap_or_else(|e| e.into_inner());
             // Another refresh may have installed something newer meanwhile.
-            if published.get(view).and_then(|p| p.seq).is_some_and(|s| s >= seq) {
+            if published
+                .get(view)
+                .and_then(|p| p.seq)
+                .is_some_and(|s| s >= seq)
+            {
                 return Ok(false);
             }
             published.insert(view.to_owned(), next);
@@ -325,7 +332,8 @@ fn write_parquet(batches: &[RecordBatch]) -> Result<Vec<u8>, String> {
         return Err("a segment needs a schema; the query returned no batches".into());
     };
     let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, first.schema(), None).map_err(|e| e.to_string())?;
+    let mut writer =
+        ArrowWriter::try_new(&mut out, first.schema(), None).map_err(|e| e.to_string())?;
     for b in batches {
         writer.write(b).map_err(|e| e.to_string())?;
     }
@@ -337,7 +345,9 @@ fn read_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, String> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.build())
         .map_err(|e| e.to_string())?;
-    reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
 }
 
 fn scalar_i64(v: &ScalarValue) -> Option<i64> {
@@ -359,7 +369,9 @@ fn scalar_f64(v: &ScalarValue) -> Option<f64> {
         ScalarValue::Float16(x) => x.map(f64::from),
         ScalarValue::Float32(x) => x.map(f64::from),
         ScalarValue::Float64(x) => *x,
-        ScalarValue::Decimal128(Some(x), _, scale) => Some(*x as f64 / 10f64.powi(i32::from(*scale))),
+        ScalarValue::Decimal128(Some(x), _, scale) => {
+            Some(*x as f64 / 10f64.powi(i32::from(*scale)))
+        }
         other => scalar_i64(other).map(|i| i as f64),
     }
 }
@@ -369,9 +381,9 @@ fn group_value(v: ScalarValue) -> GroupValue {
         return GroupValue::Null;
     }
     match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => {
-            GroupValue::Str(s)
-        }
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => GroupValue::Str(s),
         ScalarValue::Boolean(Some(b)) => GroupValue::Bool(b),
         ScalarValue::Float64(Some(f)) => GroupValue::Float(f),
         ScalarValue::TimestampMillisecond(Some(t), _) => GroupValue::Time(EventTime(t)),
@@ -460,8 +472,14 @@ mod tests {
         assert_eq!(
             eff,
             [
-                ("b".to_string(), vec![StartRange::new(EventTime(50), EventTime(150))]),
-                ("a".to_string(), vec![StartRange::new(EventTime(0), EventTime(50))]),
+                (
+                    "b".to_string(),
+                    vec![StartRange::new(EventTime(50), EventTime(150))]
+                ),
+                (
+                    "a".to_string(),
+                    vec![StartRange::new(EventTime(0), EventTime(50))]
+                ),
             ]
         );
         let m = m.with_segment(seg("c", 0, 200));

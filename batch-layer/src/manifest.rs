@@ -62,15 +62,15 @@ impl ManifestChain {
     /// Sequence numbers present, ascending.
     pub async fn sequences(&self) -> Result<Vec<u64>> {
         let prefix = Path::from(self.dir.as_str());
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|source| Error::Store {
-                path: self.dir.clone(),
-                source,
-            })?;
+        let objects: Vec<_> =
+            self.store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|source| Error::Store {
+                    path: self.dir.clone(),
+                    source,
+                })?;
         let mut seqs: Vec<u64> = objects
             .iter()
             .filter_map(|o| layout::manifest_seq(o.location.as_ref()))
@@ -99,7 +99,8 @@ impl ManifestChain {
                 path: path.clone(),
                 source,
             })?;
-        let value = serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt { path, source })?;
+        let value =
+            serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt { path, source })?;
         Ok(Some((seq, value)))
     }
 
@@ -151,7 +152,10 @@ mod tests {
         assert_eq!(chain.latest::<u32>().await.unwrap(), None);
         chain.publish(0, &10u32).await.unwrap();
         chain.publish(1, &11u32).await.unwrap();
-        assert!(matches!(chain.publish(1, &99u32).await, Err(Error::Conflict { .. })));
+        assert!(matches!(
+            chain.publish(1, &99u32).await,
+            Err(Error::Conflict { .. })
+        ));
         assert_eq!(chain.latest::<u32>().await.unwrap(), Some((1, 11)));
         chain.prune(1).await;
         assert_eq!(chain.sequences().await.unwrap(), [1]);
@@ -163,7 +167,13 @@ mod tests {
         let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
         let chain = ManifestChain::new(Arc::new(store), "m");
         chain.publish(3, &"a").await.unwrap();
-        assert!(matches!(chain.publish(3, &"b").await, Err(Error::Conflict { .. })));
-        assert_eq!(chain.latest::<String>().await.unwrap(), Some((3, "a".to_owned())));
+        assert!(matches!(
+            chain.publish(3, &"b").await,
+            Err(Error::Conflict { .. })
+        ));
+        assert_eq!(
+            chain.latest::<String>().await.unwrap(),
+            Some((3, "a".to_owned()))
+        );
     }
 }

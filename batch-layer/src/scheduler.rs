@@ -35,7 +35,10 @@ pub enum SubmitError {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("batch.schedule `{expr}` is not a valid cron expression: {source}")]
-    Cron { expr: String, source: cron::error::Error },
+    Cron {
+        expr: String,
+        source: cron::error::Error,
+    },
     #[error("starting the recompute runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -273,7 +276,10 @@ impl Scheduler {
             .filter(|(_, j)| j.finished_at.is_some())
             .map(|(id, _)| id.clone())
             .collect();
-        for id in finished.iter().take(finished.len().saturating_sub(KEEP_FINISHED)) {
+        for id in finished
+            .iter()
+            .take(finished.len().saturating_sub(KEEP_FINISHED))
+        {
             jobs.remove(id);
         }
     }
@@ -346,7 +352,8 @@ impl Scheduler {
         for view in views {
             let recompute = Arc::clone(&self.inner.recompute);
             let job_id = id.to_owned();
-            let task = handle.spawn(async move { recompute.run_view(&view, requested, &job_id).await });
+            let task =
+                handle.spawn(async move { recompute.run_view(&view, requested, &job_id).await });
             match task.await {
                 Ok(Ok(outcome)) => {
                     tracing::info!(job = id, view = %outcome.view, windows = outcome.windows_published, "view recomputed");

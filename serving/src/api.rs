@@ -90,7 +90,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", get(list_jobs).post(submit_job))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/metrics", get(render_metrics))
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(uri.path().to_owned()) })
         .with_state(state)
 }
@@ -143,7 +146,12 @@ fn row_json(view: &ViewDefinition, answered: &AnsweredRow) -> Value {
     let values: Map<String, Value> = view
         .value_names()
         .zip(&row.values)
-        .map(|(name, v)| (name.to_owned(), serde_json::to_value(v).unwrap_or(Value::Null)))
+        .map(|(name, v)| {
+            (
+                name.to_owned(),
+                serde_json::to_value(v).unwrap_or(Value::Null),
+            )
+        })
         .collect();
     let mut out = json!({
         "window_start": row.window.start,
@@ -267,7 +275,10 @@ async fn submit_job(State(state): State<AppState>, body: Bytes) -> Result<Respon
     }
 }
 
-async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     state
         .scheduler
         .job(&id)
@@ -282,7 +293,10 @@ async fn list_jobs(State(state): State<AppState>) -> Json<Value> {
 async fn render_metrics(State(state): State<AppState>) -> Response {
     match &state.metrics {
         Some(handle) => (
-            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
             handle.render(),
         )
             .into_response(),

@@ -44,7 +44,10 @@ pub enum Error {
     #[error(transparent)]
     Scheduler(#[from] tandem_batch_layer::scheduler::Error),
     #[error("binding HTTP on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("HTTP server: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -160,7 +163,11 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         config.job_queue,
     )?;
     tracker.spawn(scheduler.clone().run(backend.child_token()));
-    tracker.spawn(reconciler.clone().run(backend.child_token(), Duration::from_secs(10)));
+    tracker.spawn(
+        reconciler
+            .clone()
+            .run(backend.child_token(), Duration::from_secs(10)),
+    );
 
     if let Some(handle) = options.metrics.clone() {
         let cancel = backend.child_token();

@@ -40,7 +40,9 @@ pub struct EmbeddedKafka {
 
 impl std::fmt::Debug for EmbeddedKafka {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedKafka").field("bootstrap", &self.bootstrap).finish()
+        f.debug_struct("EmbeddedKafka")
+            .field("bootstrap", &self.bootstrap)
+            .finish()
     }
 }
 
@@ -92,7 +94,9 @@ async fn forward(listener: TcpListener, broker: SocketAddr, cancel: Cancellation
             _ = cancel.cancelled() => return,
             a = listener.accept() => a,
         };
-        let Ok((mut client, _)) = accepted else { continue };
+        let Ok((mut client, _)) = accepted else {
+            continue;
+        };
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let Ok(mut upstream) = TcpStream::connect(broker).await else {

@@ -228,7 +228,12 @@ impl Config {
                 source,
             })
         };
-        let roll_interval = span(&file.archive.roll_interval, "30s", "archive", "roll_interval")?;
+        let roll_interval = span(
+            &file.archive.roll_interval,
+            "30s",
+            "archive",
+            "roll_interval",
+        )?;
         let idle_timeout = span(&file.kafka.idle_timeout, "30s", "kafka", "idle_timeout")?;
         let invalid = |section, key, problem: &str| Error::Invalid {
             path: path.clone(),
@@ -237,7 +242,11 @@ impl Config {
             problem: problem.to_owned(),
         };
         if roll_interval.millis() == 0 {
-            return Err(invalid("archive", "roll_interval", "must be greater than zero"));
+            return Err(invalid(
+                "archive",
+                "roll_interval",
+                "must be greater than zero",
+            ));
         }
         if let Some(expr) = &file.batch.schedule
             && let Err(err) = expr.parse::<cron::Schedule>()
@@ -245,7 +254,9 @@ impl Config {
             return Err(invalid(
                 "batch",
                 "schedule",
-                &format!("`{expr}` is not a cron expression (sec min hour day month weekday): {err}"),
+                &format!(
+                    "`{expr}` is not a cron expression (sec min hour day month weekday): {err}"
+                ),
             ));
         }
         let kafka = file.kafka;
@@ -343,7 +354,8 @@ schedule = "0 */10 * * * *"
         assert!(e.contains("t.toml") && e.contains("colour"), "{e}");
         assert!(e.contains("line"), "TOML errors carry a position: {e}");
 
-        let unknown_field = ISSUE_EXAMPLE.replace("group_by = [\"city\"]", "group_by = [\"country\"]");
+        let unknown_field =
+            ISSUE_EXAMPLE.replace("group_by = [\"city\"]", "group_by = [\"country\"]");
         let e = err(&unknown_field);
         assert!(e.contains("orders_by_city") && e.contains("country"), "{e}");
 

@@ -16,7 +16,14 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use tokio_util::sync::CancellationToken;
 
 const CITIES: [&str; 8] = [
-    "Chennai", "Mumbai", "Bengaluru", "Berlin", "São Paulo", "Lagos", "Tokyo", "Toronto",
+    "Chennai",
+    "Mumbai",
+    "Bengaluru",
+    "Berlin",
+    "São Paulo",
+    "Lagos",
+    "Tokyo",
+    "Toronto",
 ];
 const EVENT_TYPES: [(&str, u32); 4] = [
     ("order_placed", 70),
@@ -120,8 +127,13 @@ mod tests {
             .filter(|v| v.get("ts").is_some_and(|t| t.is_i64()))
             .collect();
         assert_eq!(valid.len(), 996);
-        let cities: std::collections::BTreeSet<_> = valid.iter().map(|v| v["city"].to_string()).collect();
+        let cities: std::collections::BTreeSet<_> =
+            valid.iter().map(|v| v["city"].to_string()).collect();
         assert_eq!(cities.len(), CITIES.len());
-        assert!(valid.iter().all(|v| v["amount"].as_f64().is_some_and(|a| a > 0.0)));
+        assert!(
+            valid
+                .iter()
+                .all(|v| v["amount"].as_f64().is_some_and(|a| a > 0.0))
+        );
     }
 }

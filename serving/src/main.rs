@@ -12,7 +12,11 @@ use tandem_serving::demo;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "tandem", version, about = "Fresh and exact windowed analytics over Kafka")]
+#[command(
+    name = "tandem",
+    version,
+    about = "Fresh and exact windowed analytics over Kafka"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,7 +78,8 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
         }
         let store = dir.join("store");
         if store.exists() {
-            std::fs::remove_dir_all(&store).with_context(|| format!("clearing {}", store.display()))?;
+            std::fs::remove_dir_all(&store)
+                .with_context(|| format!("clearing {}", store.display()))?;
         }
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -88,13 +93,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -186,7 +192,10 @@ async fn main() -> anyhow::Result<()> {
                 ))
             });
             if let Some(view) = config.views.first() {
-                println!("Try: curl -s 'http://{}/v1/views/{}'", running.http, view.name);
+                println!(
+                    "Try: curl -s 'http://{}/v1/views/{}'",
+                    running.http, view.name
+                );
             }
             shutdown_signal().await;
             tracing::info!("shutting down");

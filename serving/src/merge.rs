@@ -93,7 +93,14 @@ mod tests {
         let out = merge(&coverage, &batch, speed, &[], all());
         let got: Vec<_> = out
             .iter()
-            .map(|a| (a.row.window.start.millis() / M, a.row.group[0].to_string(), a.row.values[0], a.source))
+            .map(|a| {
+                (
+                    a.row.window.start.millis() / M,
+                    a.row.group[0].to_string(),
+                    a.row.values[0],
+                    a.source,
+                )
+            })
             .collect();
         use AggregateValue::Int;
         assert_eq!(
@@ -116,11 +123,16 @@ mod tests {
         let batch: Vec<_> = windows.iter().map(|m| row(*m, "A", 100 + m)).collect();
         let speed: Vec<_> = windows.iter().map(|m| row(*m, "A", *m)).collect();
         for horizon in 0..=6 {
-            let coverage = Coverage::from_ranges([StartRange::new(EventTime(0), EventTime(horizon * M))]);
+            let coverage =
+                Coverage::from_ranges([StartRange::new(EventTime(0), EventTime(horizon * M))]);
             let out = merge(&coverage, &batch, speed.clone(), &[], all());
             assert_eq!(out.len(), windows.len(), "horizon {horizon}");
             for (i, a) in out.iter().enumerate() {
-                let expect = if (i as i64) < horizon { Source::Batch } else { Source::Speed };
+                let expect = if (i as i64) < horizon {
+                    Source::Batch
+                } else {
+                    Source::Speed
+                };
                 assert_eq!(a.source, expect, "horizon {horizon} window {i}");
             }
         }
@@ -134,7 +146,13 @@ mod tests {
             position: 0,
             value: "A".into(),
         }];
-        let out = merge(&coverage, &[], speed, &f, StartRange::new(EventTime(0), EventTime(M)));
+        let out = merge(
+            &coverage,
+            &[],
+            speed,
+            &f,
+            StartRange::new(EventTime(0), EventTime(M)),
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].row.values[0], AggregateValue::Int(1));
     }

@@ -67,7 +67,10 @@ pub fn measure(view: &ViewDefinition, batch: &[ViewRow], released: &[ViewRow]) -
                 (None, None) => 0.0,
                 _ => 1.0,
             };
-            let e = report.max_relative_drift.entry(name.to_owned()).or_insert(0.0);
+            let e = report
+                .max_relative_drift
+                .entry(name.to_owned())
+                .or_insert(0.0);
             *e = e.max(drift);
         }
     }
@@ -104,7 +107,9 @@ impl Reconciler {
     /// Releases every window the batch layer covers from the speed layer.
     pub fn reconcile(&self) {
         for view in self.catalog.views() {
-            let Some(published) = self.catalog.get(&view.name) else { continue };
+            let Some(published) = self.catalog.get(&view.name) else {
+                continue;
+            };
             if published.coverage.is_empty() {
                 continue;
             }
@@ -176,7 +181,8 @@ mod tests {
 
     #[test]
     fn drift_compares_matching_rows_and_counts_one_sided_ones() {
-        let schema = EventSchema::new("ts", vec![("city".into(), FieldType::String)], None).unwrap();
+        let schema =
+            EventSchema::new("ts", vec![("city".into(), FieldType::String)], None).unwrap();
         let view = ViewDefinition::from_config(
             &ViewConfig {
                 name: "v".into(),
@@ -197,7 +203,10 @@ mod tests {
         let r = measure(&view, &batch, &released);
         assert_eq!(r.rows_compared, 1);
         assert_eq!(r.speed_only_rows, 1);
-        assert_eq!(r.batch_only_rows, 1, "window 9 was not released, so it is not compared");
+        assert_eq!(
+            r.batch_only_rows, 1,
+            "window 9 was not released, so it is not compared"
+        );
         assert!((r.max_relative_drift["n"] - 0.02).abs() < 1e-12);
     }
 }

@@ -20,10 +20,7 @@ pub enum Error {
         source: object_store::Error,
     },
     #[error("storage.url `{url}`: cannot create directory: {source}")]
-    Directory {
-        url: String,
-        source: std::io::Error,
-    },
+    Directory { url: String, source: std::io::Error },
 }
 
 /// Opens `file:///path`, a plain path, `memory://`, or `s3://bucket/prefix` (credentials and

@@ -31,7 +31,10 @@ pub const KLL_K: u16 = 400;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot merge a {left} state with a {right} state")]
-    Mismatch { left: &'static str, right: &'static str },
+    Mismatch {
+        left: &'static str,
+        right: &'static str,
+    },
     #[error("corrupt sketch state: {detail}")]
     Sketch { detail: String },
 }
@@ -96,9 +99,15 @@ pub enum PartialAggregate {
     MaxInt(Option<i64>),
     MinFloat(Option<f64>),
     MaxFloat(Option<f64>),
-    Avg { sum: f64, count: i64 },
+    Avg {
+        sum: f64,
+        count: i64,
+    },
     Distinct(Box<HllSketch>),
-    Percentile { q: f64, sketch: Box<KllSketch<KllFloat<f64>>> },
+    Percentile {
+        q: f64,
+        sketch: Box<KllSketch<KllFloat<f64>>>,
+    },
 }
 
 impl fmt::Debug for PartialAggregate {
@@ -173,8 +182,12 @@ impl PartialAggregate {
             Self::Count(n) => *n += 1,
             Self::SumInt(s) => *s = Some(s.unwrap_or(0).wrapping_add(i.unwrap_or(f as i64))),
             Self::SumFloat(s) => *s = Some(s.unwrap_or(0.0) + f),
-            Self::MinInt(m) => *m = Some(m.map_or(i.unwrap_or(f as i64), |m| m.min(i.unwrap_or(f as i64)))),
-            Self::MaxInt(m) => *m = Some(m.map_or(i.unwrap_or(f as i64), |m| m.max(i.unwrap_or(f as i64)))),
+            Self::MinInt(m) => {
+                *m = Some(m.map_or(i.unwrap_or(f as i64), |m| m.min(i.unwrap_or(f as i64))))
+            }
+            Self::MaxInt(m) => {
+                *m = Some(m.map_or(i.unwrap_or(f as i64), |m| m.max(i.unwrap_or(f as i64))))
+            }
             Self::MinFloat(m) => *m = Some(m.map_or(f, |m| m.min(f))),
             Self::MaxFloat(m) => *m = Some(m.map_or(f, |m| m.max(f))),
             Self::Avg { sum, count } => {
@@ -251,10 +264,12 @@ impl PartialAggregate {
                 }
             }
             Self::Distinct(sketch) => V::Int(sketch.estimate().round() as i64),
-            Self::Percentile { q, sketch } => match sketch.quantile(*q, SearchCriteria::Inclusive) {
-                Ok(Some(v)) => V::Float(v.into_inner()),
-                _ => V::Null,
-            },
+            Self::Percentile { q, sketch } => {
+                match sketch.quantile(*q, SearchCriteria::Inclusive) {
+                    Ok(Some(v)) => V::Float(v.into_inner()),
+                    _ => V::Null,
+                }
+            }
         }
     }
 
@@ -293,7 +308,9 @@ impl PartialAggregate {
             Self::MaxFloat(v) => put(6, &opt_f(v)),
             Self::Avg { sum, count } => put(7, &[sum.to_le_bytes(), count.to_le_bytes()].concat()),
             Self::Distinct(s) => put(8, &s.serialize()),
-            Self::Percentile { q, sketch } => put(9, &[&q.to_le_bytes()[..], &sketch.serialize()].concat()),
+            Self::Percentile { q, sketch } => {
+                put(9, &[&q.to_le_bytes()[..], &sketch.serialize()].concat())
+            }
         }
         out
     }

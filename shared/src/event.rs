@@ -146,9 +146,11 @@ impl EventDecoder {
             .and_then(|event| de.end().map(|()| event));
         match outcome {
             Ok(event) => Ok(event),
-            Err(err) => Err(problem.into_inner().unwrap_or_else(|| DecodeError::NotJson {
-                detail: err.to_string(),
-            })),
+            Err(err) => Err(problem
+                .into_inner()
+                .unwrap_or_else(|| DecodeError::NotJson {
+                    detail: err.to_string(),
+                })),
         }
     }
 }
@@ -466,14 +468,15 @@ impl EventBatchBuilder {
         self.partitions.append_value(partition);
         self.offsets.append_value(offset);
         self.rows += 1;
-        self.bytes += 16 + event
-            .values
-            .iter()
-            .map(|s| match s {
-                Slot::Str(s) => s.len() + 4,
-                _ => 8,
-            })
-            .sum::<usize>();
+        self.bytes += 16
+            + event
+                .values
+                .iter()
+                .map(|s| match s {
+                    Slot::Str(s) => s.len() + 4,
+                    _ => 8,
+                })
+                .sum::<usize>();
     }
 
     pub fn len(&self) -> usize {
@@ -567,10 +570,16 @@ mod tests {
         let d = decoder();
         assert_eq!(d.decode(b"not json").unwrap_err().kind(), "not_json");
         assert_eq!(d.decode(br#"{"ts":1000"#).unwrap_err().kind(), "not_json");
-        assert_eq!(d.decode(br#"{"ts":1000} trailing"#).unwrap_err().kind(), "not_json");
+        assert_eq!(
+            d.decode(br#"{"ts":1000} trailing"#).unwrap_err().kind(),
+            "not_json"
+        );
         assert_eq!(d.decode(b"[1,2]").unwrap_err(), DecodeError::NotObject);
         assert_eq!(d.decode(b"42").unwrap_err(), DecodeError::NotObject);
-        assert_eq!(d.decode(br#"{"ts":"noon"}"#).unwrap_err().kind(), "bad_time");
+        assert_eq!(
+            d.decode(br#"{"ts":"noon"}"#).unwrap_err().kind(),
+            "bad_time"
+        );
         assert_eq!(d.decode(br#"{"ts":1.5}"#).unwrap_err().kind(), "bad_time");
         assert_eq!(
             d.decode(br#"{"ts":1000,"amount":"12.5"}"#),
@@ -580,15 +589,26 @@ mod tests {
                 got: "string \"12.5\"".into()
             })
         );
-        assert_eq!(d.decode(br#"{"ts":1000,"qty":2.5}"#).unwrap_err().kind(), "wrong_type");
-        assert_eq!(d.decode(br#"{"ts":1000,"city":7}"#).unwrap_err().kind(), "wrong_type");
-        assert_eq!(d.decode(br#"{"ts":1000,"paid":"yes"}"#).unwrap_err().kind(), "wrong_type");
+        assert_eq!(
+            d.decode(br#"{"ts":1000,"qty":2.5}"#).unwrap_err().kind(),
+            "wrong_type"
+        );
+        assert_eq!(
+            d.decode(br#"{"ts":1000,"city":7}"#).unwrap_err().kind(),
+            "wrong_type"
+        );
+        assert_eq!(
+            d.decode(br#"{"ts":1000,"paid":"yes"}"#).unwrap_err().kind(),
+            "wrong_type"
+        );
     }
 
     #[test]
     fn escaped_strings_are_decoded() {
         let d = decoder();
-        let e = d.decode(br#"{"ts":1,"city":"S\u00e3o Paulo","c\u0069ty2":1}"#).unwrap();
+        let e = d
+            .decode(br#"{"ts":1,"city":"S\u00e3o Paulo","c\u0069ty2":1}"#)
+            .unwrap();
         assert_eq!(e.values[0], Slot::Str("São Paulo".into()));
     }
 

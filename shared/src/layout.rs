@@ -125,7 +125,10 @@ mod tests {
     #[test]
     fn hours_are_utc_and_floor() {
         let t = EventTime::parse("2026-11-21T23:59:59.999Z").unwrap();
-        assert_eq!(hour_start(t), EventTime::parse("2026-11-21T23:00:00Z").unwrap());
+        assert_eq!(
+            hour_start(t),
+            EventTime::parse("2026-11-21T23:00:00Z").unwrap()
+        );
         assert_eq!(date_hour(t), ("2026-11-21".into(), "23".into()));
     }
 }

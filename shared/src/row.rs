@@ -150,7 +150,7 @@ mod tests {
 
     #[test]
     fn group_values_order_nulls_first_and_floats_totally() {
-        let mut v = vec![
+        let mut v = [
             GroupValue::Str("b".into()),
             GroupValue::Null,
             GroupValue::Str("a".into()),

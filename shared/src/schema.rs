@@ -20,7 +20,9 @@ pub const OFFSET_COLUMN: &str = "_kafka_offset";
 /// Errors in a schema definition. Always the user's configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
-    #[error("field `{field}`: names starting with `_kafka_` are reserved for Kafka metadata columns")]
+    #[error(
+        "field `{field}`: names starting with `_kafka_` are reserved for Kafka metadata columns"
+    )]
     Reserved { field: String },
     #[error("field `{field}`: the time field is implicit and must not be listed in `fields`")]
     TimeFieldListed { field: String },
@@ -185,7 +187,10 @@ mod tests {
         let schema = EventSchema::new("ts", fields(), None).unwrap();
         let arrow = schema.arrow_schema();
         let names: Vec<_> = arrow.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(names, ["ts", "city", "amount", PARTITION_COLUMN, OFFSET_COLUMN]);
+        assert_eq!(
+            names,
+            ["ts", "city", "amount", PARTITION_COLUMN, OFFSET_COLUMN]
+        );
         assert_eq!(arrow.field(0).data_type(), &timestamp_type());
         assert!(!arrow.field(0).is_nullable());
         assert!(arrow.field(1).is_nullable());

@@ -13,9 +13,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Errors raised while parsing times and spans. Always the user's input.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
-    #[error("`{input}` is not a timestamp: expected RFC 3339 (2026-11-21T10:00:00Z) or epoch milliseconds")]
+    #[error(
+        "`{input}` is not a timestamp: expected RFC 3339 (2026-11-21T10:00:00Z) or epoch milliseconds"
+    )]
     Timestamp { input: String },
-    #[error("`{input}` is not a duration: expected a number and a unit, such as 500ms, 10s, 1m, 2h")]
+    #[error(
+        "`{input}` is not a duration: expected a number and a unit, such as 500ms, 10s, 1m, 2h"
+    )]
     Span { input: String },
     #[error("duration `{input}` must be greater than zero")]
     ZeroSpan { input: String },
@@ -169,16 +173,27 @@ mod tests {
         assert_eq!(utc.millis(), 1_795_255_200_000);
         assert_eq!(EventTime::parse("1795255200000").unwrap(), utc);
         assert_eq!(
-            EventTime::parse("2026-11-21T10:00:00.250Z").unwrap().millis(),
+            EventTime::parse("2026-11-21T10:00:00.250Z")
+                .unwrap()
+                .millis(),
             utc.millis() + 250
         );
-        assert!(matches!(EventTime::parse("yesterday"), Err(Error::Timestamp { .. })));
+        assert!(matches!(
+            EventTime::parse("yesterday"),
+            Err(Error::Timestamp { .. })
+        ));
     }
 
     #[test]
     fn formats_utc_with_millis_only_when_present() {
-        assert_eq!(EventTime(1_795_255_200_000).to_rfc3339(), "2026-11-21T10:00:00Z");
-        assert_eq!(EventTime(1_795_255_200_250).to_rfc3339(), "2026-11-21T10:00:00.250Z");
+        assert_eq!(
+            EventTime(1_795_255_200_000).to_rfc3339(),
+            "2026-11-21T10:00:00Z"
+        );
+        assert_eq!(
+            EventTime(1_795_255_200_250).to_rfc3339(),
+            "2026-11-21T10:00:00.250Z"
+        );
     }
 
     #[test]
@@ -188,6 +203,9 @@ mod tests {
         assert_eq!(Span::parse("500ms").unwrap().millis(), 500);
         assert_eq!(Span::parse("1h 30m").unwrap().millis(), 5_400_000);
         assert!(Span::parse("ten seconds").is_err());
-        assert!(matches!(Span::parse_positive("0s"), Err(Error::ZeroSpan { .. })));
+        assert!(matches!(
+            Span::parse_positive("0s"),
+            Err(Error::ZeroSpan { .. })
+        ));
     }
 }

@@ -73,7 +73,9 @@ pub enum AggregateFunction {
     Avg,
     /// `percentile(expr, q)` or `approx_percentile(expr, q)`, `0 <= q <= 1`: exact (continuous,
     /// interpolated) in the batch layer, a quantile sketch in the speed layer.
-    Percentile { q: f64 },
+    Percentile {
+        q: f64,
+    },
 }
 
 impl AggregateFunction {
@@ -143,7 +145,11 @@ impl AggregateSpec {
         let (expr, alias) = match item {
             SelectItem::UnnamedExpr(expr) => (expr, None),
             SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value)),
-            _ => return Err(bad("expected an aggregate such as `sum(amount) AS revenue`".into())),
+            _ => {
+                return Err(bad(
+                    "expected an aggregate such as `sum(amount) AS revenue`".into(),
+                ));
+            }
         };
         let Expr::Function(call) = &expr else {
             return Err(bad(
@@ -160,7 +166,9 @@ impl AggregateSpec {
             return Err(bad(format!("`{name}` needs an argument list")));
         };
         if !list.clauses.is_empty() {
-            return Err(bad("clauses inside the argument list are not supported".into()));
+            return Err(bad(
+                "clauses inside the argument list are not supported".into()
+            ));
         }
         let distinct = matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct));
         let mut wildcard = false;
@@ -201,7 +209,9 @@ impl AggregateSpec {
                     return Err(bad(format!("`{name}` does not take DISTINCT or `*`")));
                 }
                 let q = fraction(q).ok_or_else(|| {
-                    bad(format!("`{name}`: the fraction must be a number literal in [0, 1]"))
+                    bad(format!(
+                        "`{name}`: the fraction must be a number literal in [0, 1]"
+                    ))
                 })?;
                 (AggregateFunction::Percentile { q }, Some(arg.to_string()))
             }
@@ -376,17 +386,42 @@ mod tests {
     fn parses_every_supported_aggregate() {
         let cases = [
             ("count(*) AS n", AggregateFunction::Count, None, "n"),
-            ("COUNT(user_id)", AggregateFunction::Count, Some("user_id"), "COUNT(user_id)"),
+            (
+                "COUNT(user_id)",
+                AggregateFunction::Count,
+                Some("user_id"),
+                "COUNT(user_id)",
+            ),
             (
                 "count(DISTINCT user_id) AS users",
                 AggregateFunction::CountDistinct,
                 Some("user_id"),
                 "users",
             ),
-            ("sum(amount * 2) AS doubled", AggregateFunction::Sum, Some("amount * 2"), "doubled"),
-            ("min(amount) min_amount", AggregateFunction::Min, Some("amount"), "min_amount"),
-            ("max(amount) AS m", AggregateFunction::Max, Some("amount"), "m"),
-            ("avg(amount) AS a", AggregateFunction::Avg, Some("amount"), "a"),
+            (
+                "sum(amount * 2) AS doubled",
+                AggregateFunction::Sum,
+                Some("amount * 2"),
+                "doubled",
+            ),
+            (
+                "min(amount) min_amount",
+                AggregateFunction::Min,
+                Some("amount"),
+                "min_amount",
+            ),
+            (
+                "max(amount) AS m",
+                AggregateFunction::Max,
+                Some("amount"),
+                "m",
+            ),
+            (
+                "avg(amount) AS a",
+                AggregateFunction::Avg,
+                Some("amount"),
+                "a",
+            ),
             (
                 "approx_percentile(amount, 0.95) AS p95",
                 AggregateFunction::Percentile { q: 0.95 },
@@ -416,7 +451,10 @@ mod tests {
         ] {
             let err = AggregateSpec::parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
-            assert!(err.contains(text), "error should quote the aggregate: {err}");
+            assert!(
+                err.contains(text),
+                "error should quote the aggregate: {err}"
+            );
         }
     }
 
@@ -442,17 +480,28 @@ mod tests {
         ));
         let mut c = config();
         c.name = "bad name".into();
-        assert!(matches!(ViewDefinition::from_config(&c, &schema()), Err(Error::Name { .. })));
+        assert!(matches!(
+            ViewDefinition::from_config(&c, &schema()),
+            Err(Error::Name { .. })
+        ));
     }
 
     #[test]
     fn version_changes_with_the_definition_but_not_with_lateness() {
-        let base = ViewDefinition::from_config(&config(), &schema()).unwrap().version;
+        let base = ViewDefinition::from_config(&config(), &schema())
+            .unwrap()
+            .version;
         let mut c = config();
         c.allowed_lateness = Some("1m".into());
-        assert_eq!(ViewDefinition::from_config(&c, &schema()).unwrap().version, base);
+        assert_eq!(
+            ViewDefinition::from_config(&c, &schema()).unwrap().version,
+            base
+        );
         c.filter = Some("amount > 1".into());
-        assert_ne!(ViewDefinition::from_config(&c, &schema()).unwrap().version, base);
+        assert_ne!(
+            ViewDefinition::from_config(&c, &schema()).unwrap().version,
+            base
+        );
         assert!(base.0.starts_with('v') && base.0.len() == 17);
     }
 }

@@ -210,10 +210,19 @@ mod tests {
             }]
         );
         // Boundaries belong to the window they start.
-        assert_eq!(w.windows_of(EventTime(60_000)).next().unwrap().start, EventTime(60_000));
-        assert_eq!(w.windows_of(EventTime(59_999)).next().unwrap().start, EventTime(0));
+        assert_eq!(
+            w.windows_of(EventTime(60_000)).next().unwrap().start,
+            EventTime(60_000)
+        );
+        assert_eq!(
+            w.windows_of(EventTime(59_999)).next().unwrap().start,
+            EventTime(0)
+        );
         // Before the epoch the floor still rounds down.
-        assert_eq!(w.windows_of(EventTime(-1)).next().unwrap().start, EventTime(-60_000));
+        assert_eq!(
+            w.windows_of(EventTime(-1)).next().unwrap().start,
+            EventTime(-60_000)
+        );
     }
 
     #[test]

@@ -77,19 +77,38 @@ impl SideTopics {
     }
 
     /// Sends an event to the dead-letter topic; a message without payload stays without one.
-    pub fn dead_letter(&self, payload: Option<&[u8]>, origin: Origin<'_>, kind: &str, reason: &str) {
-        metrics::counter!("tandem_dead_letter_events_total", "reason" => kind.to_owned()).increment(1);
+    pub fn dead_letter(
+        &self,
+        payload: Option<&[u8]>,
+        origin: Origin<'_>,
+        kind: &str,
+        reason: &str,
+    ) {
+        metrics::counter!("tandem_dead_letter_events_total", "reason" => kind.to_owned())
+            .increment(1);
         let headers = origin_headers(origin)
-            .insert(Header { key: "reason", value: Some(reason) })
-            .insert(Header { key: "error_kind", value: Some(kind) });
+            .insert(Header {
+                key: "reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "error_kind",
+                value: Some(kind),
+            });
         self.send(&self.dead_letter_topic, payload, origin.key, headers);
     }
 
     pub fn late(&self, payload: &[u8], origin: Origin<'_>, view: &str, reason: &str) {
         metrics::counter!("tandem_late_events_total", "view" => view.to_owned()).increment(1);
         let headers = origin_headers(origin)
-            .insert(Header { key: "reason", value: Some(reason) })
-            .insert(Header { key: "view", value: Some(view) });
+            .insert(Header {
+                key: "reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "view",
+                value: Some(view),
+            });
         self.send(&self.late_topic, Some(payload), origin.key, headers);
     }
 
@@ -129,7 +148,16 @@ impl SideTopics {
 
 fn origin_headers(origin: Origin<'_>) -> OwnedHeaders {
     OwnedHeaders::new()
-        .insert(Header { key: "source_topic", value: Some(origin.topic) })
-        .insert(Header { key: "source_partition", value: Some(&origin.partition.to_string()) })
-        .insert(Header { key: "source_offset", value: Some(&origin.offset.to_string()) })
+        .insert(Header {
+            key: "source_topic",
+            value: Some(origin.topic),
+        })
+        .insert(Header {
+            key: "source_partition",
+            value: Some(&origin.partition.to_string()),
+        })
+        .insert(Header {
+            key: "source_offset",
+            value: Some(&origin.offset.to_string()),
+        })
 }

@@ -101,14 +101,22 @@ impl ConsumerContext for SpeedContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-            changes.extend(list.elements().iter().map(|e| AssignmentChange::Revoked(e.partition())));
+            changes.extend(
+                list.elements()
+                    .iter()
+                    .map(|e| AssignmentChange::Revoked(e.partition())),
+            );
         }
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
             let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-            changes.extend(list.elements().iter().map(|e| AssignmentChange::Assigned(e.partition())));
+            changes.extend(
+                list.elements()
+                    .iter()
+                    .map(|e| AssignmentChange::Assigned(e.partition())),
+            );
         }
     }
 }
@@ -309,7 +317,12 @@ fn process(
                 ),
                 None => "every window is published by the batch layer".to_owned(),
             };
-            side.late(m.payload().unwrap_or_default(), origin(m), view.name(), &reason);
+            side.late(
+                m.payload().unwrap_or_default(),
+                origin(m),
+                view.name(),
+                &reason,
+            );
         }
     }
     for (partition, t) in times {

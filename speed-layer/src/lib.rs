@@ -196,7 +196,10 @@ mod tests {
         let schema = Arc::new(
             EventSchema::new(
                 "ts",
-                vec![("a".into(), FieldType::Int64), ("b".into(), FieldType::Int64)],
+                vec![
+                    ("a".into(), FieldType::Int64),
+                    ("b".into(), FieldType::Int64),
+                ],
                 None,
             )
             .unwrap(),
@@ -219,9 +222,13 @@ mod tests {
         let speed = SpeedLayer::new(vec![ViewProgram::compile(&view, &schema).unwrap()]);
         let decoder = EventDecoder::new(schema);
         let mut b = EventBatchBuilder::new(&decoder, 3);
-        for (i, json) in [r#"{"ts":1,"a":4,"b":2}"#, r#"{"ts":2,"a":4,"b":0}"#, r#"{"ts":3,"a":9,"b":3}"#]
-            .iter()
-            .enumerate()
+        for (i, json) in [
+            r#"{"ts":1,"a":4,"b":2}"#,
+            r#"{"ts":2,"a":4,"b":0}"#,
+            r#"{"ts":3,"a":9,"b":3}"#,
+        ]
+        .iter()
+        .enumerate()
         {
             b.append(&decoder.decode(json.as_bytes()).unwrap(), 0, i as i64);
         }
@@ -229,10 +236,20 @@ mod tests {
         let outcome = slot.apply(&b.finish(), None);
         assert_eq!(outcome.rejected.len(), 1);
         assert_eq!(outcome.rejected[0].0, 1);
-        assert!(outcome.rejected[0].1.to_lowercase().contains("divide by zero"), "{:?}", outcome.rejected);
+        assert!(
+            outcome.rejected[0]
+                .1
+                .to_lowercase()
+                .contains("divide by zero"),
+            "{:?}",
+            outcome.rejected
+        );
         let rows = speed
             .query("ratio", StartRange::new(EventTime::MIN, EventTime::MAX))
             .unwrap();
-        assert_eq!(rows[0].values[0], tandem_shared::aggregate::AggregateValue::Int(2));
+        assert_eq!(
+            rows[0].values[0],
+            tandem_shared::aggregate::AggregateValue::Int(2)
+        );
     }
 }

@@ -77,10 +77,11 @@ impl ViewProgram {
         }
         let arrow = schema.arrow_schema();
         let ctx = SessionContext::new();
-        let df_schema = DFSchema::try_from(arrow.as_ref().clone()).map_err(|e| Error::Unsupported {
-            view: view.name.clone(),
-            detail: e.to_string(),
-        })?;
+        let df_schema =
+            DFSchema::try_from(arrow.as_ref().clone()).map_err(|e| Error::Unsupported {
+                view: view.name.clone(),
+                detail: e.to_string(),
+            })?;
 
         let filter = match &view.filter {
             None => None,
@@ -94,13 +95,17 @@ impl ViewProgram {
                     .parse_sql_expr(text, &df_schema)
                     .map_err(|e| bad(e.strip_backtrace().to_string()))?;
                 if contains_aggregate(&expr) {
-                    return Err(bad("a filter cannot use aggregate or window functions".into()));
+                    return Err(bad(
+                        "a filter cannot use aggregate or window functions".into()
+                    ));
                 }
                 let ty = expr
                     .get_type(&df_schema)
                     .map_err(|e| bad(e.strip_backtrace().to_string()))?;
                 if ty != DataType::Boolean {
-                    return Err(bad(format!("a filter must be a boolean expression, this is {ty}")));
+                    return Err(bad(format!(
+                        "a filter must be a boolean expression, this is {ty}"
+                    )));
                 }
                 Some(
                     ctx.create_physical_expr(expr, &df_schema)
@@ -153,7 +158,9 @@ fn compile_argument(
         .parse_sql_expr(text, df_schema)
         .map_err(|e| bad(e.strip_backtrace().to_string()))?;
     if contains_aggregate(&expr) {
-        return Err(bad("aggregate arguments cannot nest aggregate functions".into()));
+        return Err(bad(
+            "aggregate arguments cannot nest aggregate functions".into()
+        ));
     }
     let ty = expr
         .get_type(df_schema)
@@ -163,7 +170,8 @@ fn compile_argument(
     // anything else as text (only counted, so its text form identifies it).
     let (target, arg_ty) = if ty.is_integer() {
         (DataType::Int64, ArgumentType::Int64)
-    } else if ty.is_floating() || matches!(ty, DataType::Decimal128(..) | DataType::Decimal256(..)) {
+    } else if ty.is_floating() || matches!(ty, DataType::Decimal128(..) | DataType::Decimal256(..))
+    {
         (DataType::Float64, ArgumentType::Float64)
     } else {
         (DataType::Utf8, ArgumentType::Other)
@@ -233,7 +241,12 @@ mod tests {
         let p = ViewProgram::compile(
             &view(
                 Some("event_type = 'order_placed' AND amount > 0"),
-                &["count(*) AS n", "sum(qty) AS q", "avg(amount * 2) AS a", "count(DISTINCT city) AS c"],
+                &[
+                    "count(*) AS n",
+                    "sum(qty) AS q",
+                    "avg(amount * 2) AS a",
+                    "count(DISTINCT city) AS c",
+                ],
             ),
             &schema(),
         )
@@ -241,8 +254,18 @@ mod tests {
         assert!(p.filter.is_some());
         assert_eq!(p.group_columns, [1]);
         assert!(p.arguments[0].is_none());
-        let tys: Vec<_> = p.arguments[1..].iter().map(|a| a.as_ref().unwrap().ty).collect();
-        assert_eq!(tys, [ArgumentType::Int64, ArgumentType::Float64, ArgumentType::Other]);
+        let tys: Vec<_> = p.arguments[1..]
+            .iter()
+            .map(|a| a.as_ref().unwrap().ty)
+            .collect();
+        assert_eq!(
+            tys,
+            [
+                ArgumentType::Int64,
+                ArgumentType::Float64,
+                ArgumentType::Other
+            ]
+        );
     }
 
     #[test]

@@ -219,9 +219,9 @@ impl ViewState {
                 DataType::Int64 => as_int64_array(array).ok().map(GroupColumn::Int),
                 DataType::Float64 => as_float64_array(array).ok().map(GroupColumn::Float),
                 DataType::Boolean => as_boolean_array(array).ok().map(GroupColumn::Bool),
-                DataType::Timestamp(..) => {
-                    as_timestamp_millisecond_array(array).ok().map(GroupColumn::Time)
-                }
+                DataType::Timestamp(..) => as_timestamp_millisecond_array(array)
+                    .ok()
+                    .map(GroupColumn::Time),
                 _ => None,
             };
             group_columns.push(col.ok_or_else(|| column_err(i, array.data_type()))?);
@@ -246,7 +246,8 @@ impl ViewState {
             args.push(col);
         }
 
-        let watermark = event_watermark.map(|w| w.saturating_sub(self.program.view.allowed_lateness));
+        let watermark =
+            event_watermark.map(|w| w.saturating_sub(self.program.view.allowed_lateness));
         let spec = self.program.view.window;
         let mut applied = Applied::default();
         let mut key = Vec::with_capacity(group_columns.len());
@@ -261,7 +262,8 @@ impl ViewState {
             key.extend(group_columns.iter().map(|c| c.value(row)));
             let mut updated = false;
             for window in spec.windows_of(t) {
-                if watermark.is_some_and(|w| window.end <= w) || self.covered.contains(window.start) {
+                if watermark.is_some_and(|w| window.end <= w) || self.covered.contains(window.start)
+                {
                     continue;
                 }
                 updated = true;
@@ -277,10 +279,13 @@ impl ViewState {
     }
 
     fn update(&mut self, window: Window, key: &GroupKey, args: &[ArgColumn<'_>], row: usize) {
-        let entry = self.windows.entry(window.start).or_insert_with(|| WindowGroups {
-            end: window.end,
-            groups: HashMap::new(),
-        });
+        let entry = self
+            .windows
+            .entry(window.start)
+            .or_insert_with(|| WindowGroups {
+                end: window.end,
+                groups: HashMap::new(),
+            });
         let accs = match entry.groups.get_mut(key) {
             Some(accs) => accs,
             None => {
@@ -298,7 +303,10 @@ impl ViewState {
                     })
                     .collect();
                 self.groups += 1;
-                self.bytes += accs.iter().map(PartialAggregate::approx_bytes).sum::<usize>()
+                self.bytes += accs
+                    .iter()
+                    .map(PartialAggregate::approx_bytes)
+                    .sum::<usize>()
                     + key.len() * 32
                     + 64;
                 entry.groups.entry(key.clone()).or_insert(accs)
@@ -343,7 +351,11 @@ impl ViewState {
                     .groups
                     .iter()
                     .map(|(k, accs)| {
-                        accs.iter().map(PartialAggregate::approx_bytes).sum::<usize>() + k.len() * 32 + 64
+                        accs.iter()
+                            .map(PartialAggregate::approx_bytes)
+                            .sum::<usize>()
+                            + k.len() * 32
+                            + 64
                     })
                     .sum();
                 self.bytes = self.bytes.saturating_sub(freed);
@@ -420,7 +432,8 @@ mod tests {
         let decoder = EventDecoder::new(schema());
         let mut b = EventBatchBuilder::new(&decoder, events.len());
         for (i, (ts, city, amount, ty)) in events.iter().enumerate() {
-            let json = format!(r#"{{"ts":{ts},"city":"{city}","amount":{amount},"event_type":"{ty}"}}"#);
+            let json =
+                format!(r#"{{"ts":{ts},"city":"{city}","amount":{amount},"event_type":"{ty}"}}"#);
             let e = decoder.decode(json.as_bytes()).unwrap();
             b.append(&e, 0, i as i64);
         }
@@ -451,7 +464,13 @@ mod tests {
         let rows = all(&s);
         let summary: Vec<_> = rows
             .iter()
-            .map(|r| (r.window.start.millis(), r.group[0].to_string(), r.values.clone()))
+            .map(|r| {
+                (
+                    r.window.start.millis(),
+                    r.group[0].to_string(),
+                    r.values.clone(),
+                )
+            })
             .collect();
         use AggregateValue::*;
         assert_eq!(

@@ -61,7 +61,8 @@ impl PartitionProgress {
     }
 
     fn idle(c: &PartitionClock, now: EventTime, idle_timeout: Span) -> bool {
-        c.caught_up && now.millis().saturating_sub(c.last_activity.millis()) >= idle_timeout.millis()
+        c.caught_up
+            && now.millis().saturating_sub(c.last_activity.millis()) >= idle_timeout.millis()
     }
 
     /// The combined progress (see the module docs); `None` while it is held back entirely.
@@ -79,7 +80,10 @@ impl PartitionProgress {
         if any_active {
             active_min
         } else {
-            self.partitions.values().filter_map(|c| c.max_event_time).max()
+            self.partitions
+                .values()
+                .filter_map(|c| c.max_event_time)
+                .max()
         }
     }
 
@@ -132,7 +136,11 @@ mod tests {
         assert_eq!(p.combined(later, idle_after(1000)), None);
         p.set_caught_up(1, true);
         assert_eq!(p.combined(later, idle_after(1000)), Some(EventTime(500)));
-        assert_eq!(p.combined(T0, idle_after(1000)), None, "not quiet long enough");
+        assert_eq!(
+            p.combined(T0, idle_after(1000)),
+            None,
+            "not quiet long enough"
+        );
         // Everything idle: the stream stopped, the largest event time is the progress.
         p.set_caught_up(0, true);
         p.observe(1, EventTime(300), T0);

@@ -15,7 +15,9 @@ use anyhow::{Context, bail};
 
 /// Path of a fixture file.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// The `tandem` binary: `$TANDEM_BIN`, or `tandem` in the target directory of this test.

@@ -51,7 +51,7 @@ fn stream(base: i64, n: usize) -> Vec<Order> {
             let ts_json = if i % 2 == 0 {
                 json!(ts)
             } else {
-                json!(chrono::DateTime::from_timestamp_millis(ts).unwrap().to_rfc3339())
+                json!(chrono::DateTime::from_timestamp_millis(ts).map(|d| d.to_rfc3339()))
             };
             let payload = json!({
                 "order_id": format!("o-{i}"),
@@ -81,8 +81,14 @@ fn malformed() -> Vec<(&'static str, &'static str)> {
         ("{\"ts\": 1795255200000, \"city\": ", "not_json"),
         ("[1, 2, 3]", "not_object"),
         ("{\"city\": \"Chennai\", \"amount\": 1.5}", "missing_time"),
-        ("{\"ts\": \"half past nine\", \"city\": \"Chennai\"}", "bad_time"),
-        ("{\"ts\": 1795255200000, \"amount\": \"12.50\"}", "wrong_type"),
+        (
+            "{\"ts\": \"half past nine\", \"city\": \"Chennai\"}",
+            "bad_time",
+        ),
+        (
+            "{\"ts\": 1795255200000, \"amount\": \"12.50\"}",
+            "wrong_type",
+        ),
         ("{\"ts\": 1795255200000, \"city\": 7}", "wrong_type"),
     ]
 }
@@ -130,26 +136,36 @@ fn millis(v: &Value) -> anyhow::Result<i64> {
 }
 
 /// Rows of a view keyed by (window start, first group value), with their source.
-fn rows_by_key(body: &Value, dimension: &str) -> anyhow::Result<BTreeMap<(i64, String), (Value, String)>> {
+fn rows_by_key(
+    body: &Value,
+    dimension: &str,
+) -> anyhow::Result<BTreeMap<(i64, String), (Value, String)>> {
     let mut out = BTreeMap::new();
     let rows = body["rows"].as_array().context("no rows array")?;
     let mut last: Option<(i64, String)> = None;
     for row in rows {
         let key = (
             millis(&row["window_start"])?,
-            row["group"][dimension].as_str().context("group value")?.to_owned(),
+            row["group"][dimension]
+                .as_str()
+                .context("group value")?
+                .to_owned(),
         );
         ensure!(
             millis(&row["window_end"])? > key.0,
             "window_end must follow window_start: {row}"
         );
         if let Some(prev) = &last {
-            ensure!(prev < &key, "rows must be ordered by window_start then group: {prev:?} then {key:?}");
+            ensure!(
+                prev < &key,
+                "rows must be ordered by window_start then group: {prev:?} then {key:?}"
+            );
         }
         last = Some(key.clone());
         let source = row["source"].as_str().context("source")?.to_owned();
         ensure!(
-            out.insert(key.clone(), (row["values"].clone(), source)).is_none(),
+            out.insert(key.clone(), (row["values"].clone(), source))
+                .is_none(),
             "window and group {key:?} appears twice"
         );
     }
@@ -171,13 +187,33 @@ fn check_orders_by_city(
     for (key, want) in expected {
         let (values, source) = &got[key];
         let ctx = || format!("{key:?} from {source}: {values}");
-        ensure!(values["orders"].as_i64() == Some(want.orders), "orders: {}", ctx());
-        ensure!(values["revenue"].as_f64() == Some(want.revenue), "revenue: {}", ctx());
-        ensure!(values["min_amount"].as_f64() == Some(want.min), "min: {}", ctx());
-        ensure!(values["max_amount"].as_f64() == Some(want.max), "max: {}", ctx());
+        ensure!(
+            values["orders"].as_i64() == Some(want.orders),
+            "orders: {}",
+            ctx()
+        );
+        ensure!(
+            values["revenue"].as_f64() == Some(want.revenue),
+            "revenue: {}",
+            ctx()
+        );
+        ensure!(
+            values["min_amount"].as_f64() == Some(want.min),
+            "min: {}",
+            ctx()
+        );
+        ensure!(
+            values["max_amount"].as_f64() == Some(want.max),
+            "max: {}",
+            ctx()
+        );
         let avg = values["avg_amount"].as_f64().context("avg")?;
         let want_avg = want.revenue / want.orders as f64;
-        ensure!((avg - want_avg).abs() <= 1e-9 * want_avg.abs(), "avg: {}", ctx());
+        ensure!(
+            (avg - want_avg).abs() <= 1e-9 * want_avg.abs(),
+            "avg: {}",
+            ctx()
+        );
     }
     Ok(())
 }
@@ -197,15 +233,25 @@ async fn produce(server: &TestServer, orders: &[Order]) -> anyhow::Result<()> {
         .create()?;
     let mut deliveries = Vec::new();
     for o in orders {
-        deliveries.push(producer.send_result(
-            FutureRecord::to("orders").key(&o.key).payload(&o.payload),
-        ).map_err(|(e, _)| e)?);
+        deliveries.push(
+            producer
+                .send_result(FutureRecord::to("orders").key(&o.key).payload(&o.payload))
+                .map_err(|(e, _)| e)?,
+        );
     }
     for (payload, _) in malformed() {
-        deliveries.push(producer.send_result(FutureRecord::<(), _>::to("orders").payload(payload)).map_err(|(e, _)| e)?);
+        deliveries.push(
+            producer
+                .send_result(FutureRecord::<(), _>::to("orders").payload(payload))
+                .map_err(|(e, _)| e)?,
+        );
     }
     // A message without any payload.
-    deliveries.push(producer.send_result(FutureRecord::<str, ()>::to("orders").key("empty")).map_err(|(e, _)| e)?);
+    deliveries.push(
+        producer
+            .send_result(FutureRecord::<str, ()>::to("orders").key("empty"))
+            .map_err(|(e, _)| e)?,
+    );
     for d in deliveries {
         d.await?.map_err(|(e, _)| e)?;
     }
@@ -228,7 +274,10 @@ where
     }
 }
 
-async fn dead_letters(server: &TestServer, want: usize) -> anyhow::Result<Vec<(Option<Vec<u8>>, BTreeMap<String, String>)>> {
+async fn dead_letters(
+    server: &TestServer,
+    want: usize,
+) -> anyhow::Result<Vec<(Option<Vec<u8>>, BTreeMap<String, String>)>> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &server.kafka)
         .set("group.id", "e2e-dlq-reader")
@@ -239,8 +288,14 @@ async fn dead_letters(server: &TestServer, want: usize) -> anyhow::Result<Vec<(O
     let deadline = Instant::now() + Duration::from_secs(60);
     while out.len() < want {
         let left = deadline.saturating_duration_since(Instant::now());
-        ensure!(!left.is_zero(), "only {} of {want} dead letters arrived", out.len());
-        let Ok(msg) = tokio::time::timeout(left, consumer.recv()).await else { continue };
+        ensure!(
+            !left.is_zero(),
+            "only {} of {want} dead letters arrived",
+            out.len()
+        );
+        let Ok(msg) = tokio::time::timeout(left, consumer.recv()).await else {
+            continue;
+        };
         let msg = msg?;
         let mut headers = BTreeMap::new();
         if let Some(h) = msg.headers() {
@@ -283,22 +338,42 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
     eventually(Duration::from_secs(60), || async {
         let body = get(&client, &url).await?;
         let rows = rows_by_key(&body, "city")?;
-        let seen: i64 = rows.values().filter_map(|(v, _)| v["orders"].as_i64()).sum();
-        ensure!(seen == total_orders, "speed layer has {seen} of {total_orders} orders");
-        ensure!(rows.values().all(|(_, s)| s == "speed"), "nothing is published yet");
+        let seen: i64 = rows
+            .values()
+            .filter_map(|(v, _)| v["orders"].as_i64())
+            .sum();
+        ensure!(
+            seen == total_orders,
+            "speed layer has {seen} of {total_orders} orders"
+        );
+        ensure!(
+            rows.values().all(|(_, s)| s == "speed"),
+            "nothing is published yet"
+        );
         check_orders_by_city(&rows, &expected)
     })
     .await
     .context("speed-layer answer")?;
 
     // Dimension filters and ranges narrow the answer.
-    let chennai = get(&client, &format!("{url}?city=Chennai&from={}&to={}", base + 5 * MINUTE, base + 10 * MINUTE)).await?;
+    let chennai = get(
+        &client,
+        &format!(
+            "{url}?city=Chennai&from={}&to={}",
+            base + 5 * MINUTE,
+            base + 10 * MINUTE
+        ),
+    )
+    .await?;
     let rows = rows_by_key(&chennai, "city")?;
     let want: Vec<_> = expected
         .keys()
         .filter(|(w, c)| c == "Chennai" && *w >= base + 5 * MINUTE && *w < base + 10 * MINUTE)
         .collect();
-    ensure!(rows.keys().collect::<Vec<_>>() == want, "filtered rows: {chennai}");
+    ensure!(
+        rows.keys().collect::<Vec<_>>() == want,
+        "filtered rows: {chennai}"
+    );
 
     // 2. Malformed messages are in the dead-letter topic with a reason.
     let malformed = malformed();
@@ -310,7 +385,10 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
     payloads.sort();
     let mut want_payloads: Vec<String> = malformed.iter().map(|(p, _)| (*p).to_owned()).collect();
     want_payloads.sort();
-    ensure!(payloads == want_payloads, "dead-letter payloads: {payloads:?}");
+    ensure!(
+        payloads == want_payloads,
+        "dead-letter payloads: {payloads:?}"
+    );
     for (payload, headers) in &letters {
         ensure!(
             headers.get("reason").is_some_and(|r| !r.is_empty()),
@@ -318,26 +396,52 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
         );
         ensure!(headers.get("source_topic").map(String::as_str) == Some("orders"));
         if let Some(p) = payload {
-            let kind = malformed.iter().find(|(m, _)| m.as_bytes() == p.as_slice()).map(|(_, k)| *k);
-            ensure!(headers.get("error_kind").map(String::as_str) == kind, "{headers:?}");
+            let kind = malformed
+                .iter()
+                .find(|(m, _)| m.as_bytes() == p.as_slice())
+                .map(|(_, k)| *k);
+            ensure!(
+                headers.get("error_kind").map(String::as_str) == kind,
+                "{headers:?}"
+            );
         }
     }
-    let metrics = client.get(server.url("/metrics")).send().await?.text().await?;
+    let metrics = client
+        .get(server.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     let dead: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("tandem_dead_letter_events_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    ensure!(dead as usize == malformed.len() + 1, "dead-letter metric says {dead}");
-    ensure!(metrics.contains("tandem_consumer_lag{"), "consumer lag metric missing");
+    ensure!(
+        dead as usize == malformed.len() + 1,
+        "dead-letter metric says {dead}"
+    );
+    ensure!(
+        metrics.contains("tandem_consumer_lag{"),
+        "consumer lag metric missing"
+    );
 
     // 3. A batch job recomputes exactly; covered windows switch to the batch layer with the same
     //    values and the rest stay with the speed layer. The archive may still be rolling, so
     //    repeat the job until it covers the stream up to its last few windows.
-    let last_window = (orders.iter().map(|o| o.ts).max().unwrap_or(base)).div_euclid(MINUTE) * MINUTE;
+    let last_window =
+        (orders.iter().map(|o| o.ts).max().unwrap_or(base)).div_euclid(MINUTE) * MINUTE;
     let body = eventually(Duration::from_secs(90), || async {
-        let resp = client.post(server.url("/v1/jobs")).json(&json!({})).send().await?;
-        ensure!(resp.status().as_u16() == 202, "POST /v1/jobs: {}", resp.status());
+        let resp = client
+            .post(server.url("/v1/jobs"))
+            .json(&json!({}))
+            .send()
+            .await?;
+        ensure!(
+            resp.status().as_u16() == 202,
+            "POST /v1/jobs: {}",
+            resp.status()
+        );
         let job: Value = resp.json().await?;
         ensure!(job["status"] == "queued", "new job: {job}");
         let id = job["id"].as_str().context("job id")?.to_owned();
@@ -352,8 +456,14 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
         .await?;
         let body = get(&client, &url).await?;
         let horizon = millis(&body["batch_horizon"]).context("no batch horizon yet")?;
-        ensure!(horizon >= last_window - 2 * MINUTE, "batch horizon {horizon} not near {last_window} yet");
-        ensure!(done["windows_published"].as_u64().unwrap_or(0) > 0, "job published nothing: {done}");
+        ensure!(
+            horizon >= last_window - 2 * MINUTE,
+            "batch horizon {horizon} not near {last_window} yet"
+        );
+        ensure!(
+            done["windows_published"].as_u64().unwrap_or(0) > 0,
+            "job published nothing: {done}"
+        );
         Ok(body)
     })
     .await
@@ -364,12 +474,24 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
     check_orders_by_city(&rows, &expected).context("merged answer")?;
     for ((window, city), (_, source)) in &rows {
         let want = if *window < horizon { "batch" } else { "speed" };
-        ensure!(source == want, "{window} {city} came from {source}, horizon {horizon}");
+        ensure!(
+            source == want,
+            "{window} {city} came from {source}, horizon {horizon}"
+        );
     }
     ensure!(rows.values().any(|(_, s)| s == "batch"), "no batch rows");
-    ensure!(rows.values().any(|(_, s)| s == "speed"), "the last window must still be speed");
-    let merged_total: i64 = rows.values().filter_map(|(v, _)| v["orders"].as_i64()).sum();
-    ensure!(merged_total == total_orders, "merged total {merged_total} != {total_orders}");
+    ensure!(
+        rows.values().any(|(_, s)| s == "speed"),
+        "the last window must still be speed"
+    );
+    let merged_total: i64 = rows
+        .values()
+        .filter_map(|(v, _)| v["orders"].as_i64())
+        .sum();
+    ensure!(
+        merged_total == total_orders,
+        "merged total {merged_total} != {total_orders}"
+    );
 
     // The second view (5-minute windows, no filter) agrees with its own oracle.
     let by_type = get(&client, &server.url("/v1/views/events_by_type")).await?;
@@ -378,8 +500,14 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
     ensure!(got.len() == want.len(), "events_by_type rows: {by_type}");
     for (key, (n, amount)) in &want {
         let (values, source) = got.get(key).with_context(|| format!("missing {key:?}"))?;
-        ensure!(values["events"].as_i64() == Some(*n), "{key:?} {source}: {values}");
-        ensure!(values["amount"].as_f64() == Some(*amount), "{key:?} {source}: {values}");
+        ensure!(
+            values["events"].as_i64() == Some(*n),
+            "{key:?} {source}: {values}"
+        );
+        ensure!(
+            values["amount"].as_f64() == Some(*amount),
+            "{key:?} {source}: {values}"
+        );
     }
 
     // Reconciliation released the covered windows from the speed layer and found no drift.
@@ -389,17 +517,34 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
         .and_then(|v| v.iter().find(|v| v["name"] == "orders_by_city"))
         .map(|v| v["reconciliation"].clone())
         .context("orders_by_city in /v1/views")?;
-    ensure!(report["rows_compared"].as_u64().unwrap_or(0) > 0, "no reconciliation: {report}");
-    ensure!(report["max_relative_drift"]["orders"].as_f64() == Some(0.0), "drift: {report}");
+    ensure!(
+        report["rows_compared"].as_u64().unwrap_or(0) > 0,
+        "no reconciliation: {report}"
+    );
+    ensure!(
+        report["max_relative_drift"]["orders"].as_f64() == Some(0.0),
+        "drift: {report}"
+    );
 
     // 4. Bad requests get clear 4xx errors.
-    let resp = client.get(server.url("/v1/views/no_such_view")).send().await?;
+    let resp = client
+        .get(server.url("/v1/views/no_such_view"))
+        .send()
+        .await?;
     ensure!(resp.status().as_u16() == 404);
     let err: Value = resp.json().await?;
-    ensure!(err["error"]["message"].as_str().is_some_and(|m| m.contains("no_such_view")));
+    ensure!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no_such_view"))
+    );
     let resp = client.get(format!("{url}?from=noon")).send().await?;
     ensure!(resp.status().as_u16() == 400);
-    let resp = client.post(server.url("/v1/jobs")).json(&json!({"view": "nope"})).send().await?;
+    let resp = client
+        .post(server.url("/v1/jobs"))
+        .json(&json!({"view": "nope"}))
+        .send()
+        .await?;
     ensure!(resp.status().as_u16() == 404);
     Ok(())
 }

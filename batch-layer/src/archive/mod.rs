@@ -126,7 +126,12 @@ struct Buffer {
 struct SealedRoll {
     first_offset: i64,
     last_offset: i64,
-    hours: Vec<(EventTime, datafusion::arrow::array::RecordBatch, EventTime, EventTime)>,
+    hours: Vec<(
+        EventTime,
+        datafusion::arrow::array::RecordBatch,
+        EventTime,
+        EventTime,
+    )>,
 }
 
 struct PartitionState {
@@ -151,7 +156,9 @@ pub struct Archive {
 
 impl std::fmt::Debug for Archive {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Archive").field("topic", &self.config.topic).finish()
+        f.debug_struct("Archive")
+            .field("topic", &self.config.topic)
+            .finish()
     }
 }
 
@@ -365,7 +372,9 @@ impl Archive {
             .partitions
             .iter()
             .filter(|(_, s)| {
-                s.buffer.as_ref().is_some_and(|b| b.opened.elapsed() >= interval)
+                s.buffer
+                    .as_ref()
+                    .is_some_and(|b| b.opened.elapsed() >= interval)
                     || (s.pending.is_some() && s.retry_at.is_none_or(|t| Instant::now() >= t))
             })
             .map(|(p, _)| *p)
@@ -391,7 +400,9 @@ impl Archive {
             if !self.ensure_loaded(p).await {
                 continue;
             }
-            let Some(state) = self.partitions.get(&p) else { continue };
+            let Some(state) = self.partitions.get(&p) else {
+                continue;
+            };
             if state.buffer.is_some()
                 || state.pending.is_some()
                 || state.manifest.idle_since.is_some()
@@ -481,7 +492,8 @@ impl Archive {
         let started = Instant::now();
         match self.publish_roll(partition, &roll).await {
             Ok(()) => {
-                metrics::histogram!("tandem_archive_roll_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("tandem_archive_roll_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 if let Some(state) = self.partitions.get_mut(&partition) {
                     state.retry_at = None;
                     if state.paused {
@@ -518,8 +530,15 @@ impl Archive {
         let topic = self.config.topic.clone();
         let mut files = Vec::with_capacity(roll.hours.len());
         for (hour, batch, min_time, max_time) in &roll.hours {
-            let path = layout::archive_file(&topic, *hour, partition, roll.first_offset, roll.last_offset);
-            let bytes = file::encode(batch).map_err(|source| Error::Encode { partition, source })?;
+            let path = layout::archive_file(
+                &topic,
+                *hour,
+                partition,
+                roll.first_offset,
+                roll.last_offset,
+            );
+            let bytes =
+                file::encode(batch).map_err(|source| Error::Encode { partition, source })?;
             let size = bytes.len() as u64;
             self.store
                 .put(&Path::from(path.as_str()), PutPayload::from(bytes))
@@ -547,7 +566,11 @@ impl Archive {
         let mut next = state.manifest.clone();
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let bytes: u64 = files.iter().map(|f| f.bytes).sum();
-        next.max_event_time = files.iter().map(|f| f.max_time).chain(next.max_event_time).max();
+        next.max_event_time = files
+            .iter()
+            .map(|f| f.max_time)
+            .chain(next.max_event_time)
+            .max();
         next.files.extend(files);
         next.next_offset = roll.last_offset + 1;
         next.idle_since = None;

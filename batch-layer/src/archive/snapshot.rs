@@ -97,7 +97,8 @@ impl ArchiveSnapshot {
             else {
                 continue;
             };
-            let chain = ManifestChain::new(Arc::clone(store), layout::archive_manifest_dir(topic, p));
+            let chain =
+                ManifestChain::new(Arc::clone(store), layout::archive_manifest_dir(topic, p));
             if let Some((_, m)) = chain.latest::<PartitionManifest>().await? {
                 partitions.insert(p, m);
             }
@@ -133,9 +134,9 @@ impl ArchiveSnapshot {
         for p in 0..count {
             // A partition without a manifest has not been archived at all: nothing is complete.
             let m = self.partitions.get(&p)?;
-            let idle = m
-                .idle_since
-                .is_some_and(|since| now.millis().saturating_sub(since.millis()) >= idle_timeout.millis());
+            let idle = m.idle_since.is_some_and(|since| {
+                now.millis().saturating_sub(since.millis()) >= idle_timeout.millis()
+            });
             any_max = any_max.max(m.max_event_time);
             if idle {
                 continue;
@@ -182,13 +183,23 @@ mod tests {
             manifest(1, Some(300), None),
             manifest(2, Some(900), None),
         ]);
-        assert_eq!(s.complete_until(EventTime(10_000), Span::from_millis(1000)), Some(EventTime(300)));
+        assert_eq!(
+            s.complete_until(EventTime(10_000), Span::from_millis(1000)),
+            Some(EventTime(300))
+        );
     }
 
     #[test]
     fn a_missing_or_empty_busy_partition_blocks_completeness() {
-        let s = snapshot(vec![manifest(0, Some(500), None), manifest(1, Some(300), None)]);
-        assert_eq!(s.complete_until(EventTime(0), IDLE), None, "partition 2 has no manifest");
+        let s = snapshot(vec![
+            manifest(0, Some(500), None),
+            manifest(1, Some(300), None),
+        ]);
+        assert_eq!(
+            s.complete_until(EventTime(0), IDLE),
+            None,
+            "partition 2 has no manifest"
+        );
         let s = snapshot(vec![
             manifest(0, Some(500), None),
             manifest(1, Some(300), None),
@@ -205,13 +216,23 @@ mod tests {
             manifest(2, None, Some(1_000)),
         ]);
         let timeout = Span::from_millis(5_000);
-        assert_eq!(s.complete_until(EventTime(2_000), timeout), None, "not idle long enough");
-        assert_eq!(s.complete_until(EventTime(6_000), timeout), Some(EventTime(500)));
+        assert_eq!(
+            s.complete_until(EventTime(2_000), timeout),
+            None,
+            "not idle long enough"
+        );
+        assert_eq!(
+            s.complete_until(EventTime(6_000), timeout),
+            Some(EventTime(500))
+        );
         let all_idle = snapshot(vec![
             manifest(0, Some(500), Some(0)),
             manifest(1, Some(700), Some(0)),
             manifest(2, None, Some(0)),
         ]);
-        assert_eq!(all_idle.complete_until(EventTime(6_000), timeout), Some(EventTime(700)));
+        assert_eq!(
+            all_idle.complete_until(EventTime(6_000), timeout),
+            Some(EventTime(700))
+        );
     }
 }

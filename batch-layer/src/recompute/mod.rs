@@ -85,9 +85,8 @@ const STORE_URL: &str = "tandem://store";
 
 impl Recompute {
     fn session(&self) -> Result<SessionContext, DataFusionError> {
-        let config = SessionConfig::new().with_target_partitions(
-            std::thread::available_parallelism().map_or(2, |n| n.get()),
-        );
+        let config = SessionConfig::new()
+            .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
         let ctx = SessionContext::new_with_config(config);
         let url = Url::parse(STORE_URL).map_err(|e| DataFusionError::External(Box::new(e)))?;
         ctx.register_object_store(&url, Arc::clone(&self.store));
@@ -120,12 +119,13 @@ impl Recompute {
         outcome.bytes_scanned = files.iter().map(|f| f.bytes).sum();
         outcome.rows_read = files.iter().map(|f| f.rows).sum();
 
-        let sql = query::window_query(view, &self.schema.time_field, covered, scan).ok_or_else(|| {
-            Error::Unsupported {
-                view: view.name.clone(),
-                detail: "session windows cannot be recomputed by this version".into(),
-            }
-        })?;
+        let sql =
+            query::window_query(view, &self.schema.time_field, covered, scan).ok_or_else(|| {
+                Error::Unsupported {
+                    view: view.name.clone(),
+                    detail: "session windows cannot be recomputed by this version".into(),
+                }
+            })?;
         let query_err = |source| Error::Query {
             view: view.name.clone(),
             source,
@@ -156,7 +156,9 @@ impl Recompute {
         let result_schema = Arc::new(df.schema().as_arrow().clone());
         let mut batches = df.collect().await.map_err(query_err)?;
         if batches.is_empty() {
-            batches.push(datafusion::arrow::array::RecordBatch::new_empty(result_schema));
+            batches.push(datafusion::arrow::array::RecordBatch::new_empty(
+                result_schema,
+            ));
         }
         outcome.result_rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         self.catalog.publish(view, job, covered, &batches).await?;

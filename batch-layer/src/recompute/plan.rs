@@ -81,9 +81,7 @@ pub fn plan(
         _ => None,
     }
     .filter(|r| !r.is_empty());
-    let scan = covered.map(|c| {
-        StartRange::new(c.from, EventTime(c.to.millis() - slide + size))
-    });
+    let scan = covered.map(|c| StartRange::new(c.from, EventTime(c.to.millis() - slide + size)));
     Plan {
         covered,
         not_ready,
@@ -154,14 +152,24 @@ mod tests {
         assert_eq!(p.not_ready, Some(r(10 * M, 12 * M)));
         assert_eq!(p.scan, Some(r(5 * M, 10 * M)));
         // Just short of the lateness: [9m,10m) is not ready either.
-        let p = plan(&v, Requested::default(), Some(EventTime(10 * M + 9_999)), Some(EventTime(0)));
+        let p = plan(
+            &v,
+            Requested::default(),
+            Some(EventTime(10 * M + 9_999)),
+            Some(EventTime(0)),
+        );
         assert_eq!(p.covered, Some(r(0, 9 * M)));
     }
 
     #[test]
     fn unbounded_requests_run_from_the_first_event_to_the_last_ready_window() {
         let v = view(tumbling(), "0s");
-        let p = plan(&v, Requested::default(), Some(EventTime(7 * M + 1)), Some(EventTime(2 * M + 30_000)));
+        let p = plan(
+            &v,
+            Requested::default(),
+            Some(EventTime(7 * M + 1)),
+            Some(EventTime(2 * M + 30_000)),
+        );
         assert_eq!(p.covered, Some(r(2 * M, 7 * M)));
         assert_eq!(p.not_ready, None);
         assert_eq!(window_count(&v, p.covered.unwrap()), 5);

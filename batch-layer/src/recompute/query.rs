@@ -36,18 +36,30 @@ fn aggregate_sql(function: AggregateFunction, argument: Option<&str>) -> String 
 
 /// SQL computing `view` exactly for window starts in `starts`, reading events in `scan`.
 /// Returns `None` for session windows, which are not fixed-size.
-pub fn window_query(view: &ViewDefinition, time_field: &str, starts: StartRange, scan: StartRange) -> Option<String> {
+pub fn window_query(
+    view: &ViewDefinition,
+    time_field: &str,
+    starts: StartRange,
+    scan: StartRange,
+) -> Option<String> {
     let size = view.window.size()?.millis();
     let slide = view.window.slide()?.millis();
     let hops = size / slide;
     let t = ident(time_field);
     let mut sql = String::new();
-    let _ = write!(sql, "SELECT __ws AS window_start, __ws + {size} AS window_end");
+    let _ = write!(
+        sql,
+        "SELECT __ws AS window_start, __ws + {size} AS window_end"
+    );
     for (i, g) in view.group_by.iter().enumerate() {
         let _ = write!(sql, ", {} AS g{i}", ident(g));
     }
     for (i, a) in view.aggregates.iter().enumerate() {
-        let _ = write!(sql, ", {} AS a{i}", aggregate_sql(a.function, a.argument.as_deref()));
+        let _ = write!(
+            sql,
+            ", {} AS a{i}",
+            aggregate_sql(a.function, a.argument.as_deref())
+        );
     }
     // Innermost: events of the scan range with their time as integer milliseconds.
     let events = format!(
@@ -56,7 +68,9 @@ pub fn window_query(view: &ViewDefinition, time_field: &str, starts: StartRange,
         scan.to.millis()
     );
     let assigned = if hops == 1 {
-        format!("SELECT *, __t - (((__t % {slide}) + {slide}) % {slide}) AS __ws FROM ({events}) e0")
+        format!(
+            "SELECT *, __t - (((__t % {slide}) + {slide}) % {slide}) AS __ws FROM ({events}) e0"
+        )
     } else {
         let values: Vec<String> = (0..hops).map(|h| format!("({h})")).collect();
         format!(
@@ -91,7 +105,15 @@ mod tests {
 
     #[test]
     fn tumbling_query_groups_by_integer_window_start() {
-        let schema = EventSchema::new("ts", vec![("city".into(), FieldType::String), ("amount".into(), FieldType::Float64)], None).unwrap();
+        let schema = EventSchema::new(
+            "ts",
+            vec![
+                ("city".into(), FieldType::String),
+                ("amount".into(), FieldType::Float64),
+            ],
+            None,
+        )
+        .unwrap();
         let view = ViewDefinition::from_config(
             &ViewConfig {
                 name: "v".into(),
