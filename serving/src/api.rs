@@ -303,3 +303,206 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         None => ApiError::Unavailable("metrics are not enabled".into()).into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use object_store::memory::InMemory;
+    use tandem_batch_layer::Recompute;
+    use tandem_shared::time::Span;
+    use tandem_speed_layer::program::ViewProgram;
+    use tower::ServiceExt;
+
+    use crate::config::{Config, DEMO};
+
+    fn app() -> Router {
+        let config = Config::parse(DEMO, "demo").unwrap();
+        let store: Arc<dyn object_store::ObjectStore> = Arc::new(InMemory::new());
+        let schema = Arc::new(config.schema.clone());
+        let catalog = Arc::new(ViewCatalog::new(Arc::clone(&store), config.views.clone()));
+        let speed = SpeedLayer::new(
+            config
+                .views
+                .iter()
+                .map(|v| ViewProgram::compile(v, &schema).unwrap())
+                .collect(),
+        );
+        let recompute = Arc::new(Recompute {
+            store,
+            schema,
+            topic: "orders".into(),
+            idle_timeout: Span::from_millis(1000),
+            catalog: Arc::clone(&catalog),
+        });
+        let scheduler = Scheduler::new(recompute, config.views.clone(), None, 2).unwrap();
+        router(AppState {
+            views: Arc::new(
+                config
+                    .views
+                    .iter()
+                    .map(|v| (v.name.clone(), v.clone()))
+                    .collect(),
+            ),
+            reconciler: Reconciler::new(Arc::clone(&catalog), speed.clone()),
+            catalog,
+            speed,
+            scheduler,
+            metrics: None,
+        })
+    }
+
+    async fn call(app: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn lists_views_and_answers_an_empty_view() {
+        let app = app();
+        let (status, body) = call(&app, "GET", "/v1/views", "").await;
+        assert_eq!(status, StatusCode::OK);
+        let names: Vec<_> = body["views"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].clone())
+            .collect();
+        assert_eq!(names, [json!("events_by_type"), json!("orders_by_city")]);
+        let (status, body) = call(
+            &app,
+            "GET",
+            "/v1/views/orders_by_city?city=Chennai&from=0&to=2026-11-21T10:00:00Z",
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["rows"], json!([]));
+        assert_eq!(body["batch_horizon"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_json_errors() {
+        let app = app();
+        for (method, uri, body, status, code) in [
+            (
+                "GET",
+                "/v1/views/nope",
+                "",
+                StatusCode::NOT_FOUND,
+                "unknown_view",
+            ),
+            (
+                "GET",
+                "/v1/views/orders_by_city?from=noon",
+                "",
+                StatusCode::BAD_REQUEST,
+                "bad_parameter",
+            ),
+            (
+                "GET",
+                "/v1/views/orders_by_city?from=10&to=5",
+                "",
+                StatusCode::BAD_REQUEST,
+                "bad_parameter",
+            ),
+            (
+                "GET",
+                "/v1/views/orders_by_city?country=IN",
+                "",
+                StatusCode::BAD_REQUEST,
+                "bad_parameter",
+            ),
+            (
+                "POST",
+                "/v1/jobs",
+                "{\"view\": 3}",
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+            ),
+            (
+                "POST",
+                "/v1/jobs",
+                "{\"views\": \"x\"}",
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+            ),
+            (
+                "POST",
+                "/v1/jobs",
+                "{\"view\": \"nope\"}",
+                StatusCode::NOT_FOUND,
+                "unknown_view",
+            ),
+            (
+                "POST",
+                "/v1/jobs",
+                "{\"from\": 10, \"to\": 5}",
+                StatusCode::BAD_REQUEST,
+                "bad_parameter",
+            ),
+            (
+                "GET",
+                "/v1/jobs/123",
+                "",
+                StatusCode::NOT_FOUND,
+                "unknown_job",
+            ),
+            (
+                "GET",
+                "/v2/anything",
+                "",
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+        ] {
+            let (got, body) = call(&app, method, uri, body).await;
+            assert_eq!(got, status, "{method} {uri}: {body}");
+            assert_eq!(body["error"]["code"], code, "{method} {uri}: {body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_are_queued_listed_and_refused_when_the_queue_is_full() {
+        let app = app();
+        let (status, job) = call(&app, "POST", "/v1/jobs", "").await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(job["status"], "queued");
+        let id = job["id"].as_str().unwrap().to_owned();
+        let (status, got) = call(&app, "GET", &format!("/v1/jobs/{id}"), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(got["id"], json!(id));
+        let (_, second) = call(
+            &app,
+            "POST",
+            "/v1/jobs",
+            "{\"view\": \"orders_by_city\", \"from\": \"2026-11-21T10:00:00Z\"}",
+        )
+        .await;
+        assert_eq!(second["view"], "orders_by_city");
+        assert_eq!(second["from"], "2026-11-21T10:00:00Z");
+        // The scheduler is not running and holds two jobs: the third is refused.
+        let (status, body) = call(&app, "POST", "/v1/jobs", "{}").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let (_, list) = call(&app, "GET", "/v1/jobs", "").await;
+        assert_eq!(list["jobs"].as_array().unwrap().len(), 2);
+        assert_eq!(list["jobs"][0]["id"], second["id"], "newest first");
+    }
+}

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::manifest::{self, ManifestChain};
 
-mod file;
+pub(crate) mod file;
 pub mod snapshot;
 
 pub use snapshot::{ArchiveSnapshot, ArchivedFile, PartitionManifest};

@@ -1,0 +1,86 @@
+//! Test support: seeding an archive without Kafka, through the real file and manifest code.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::common::cast::as_timestamp_millisecond_array;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tandem_shared::layout;
+use tandem_shared::time::EventTime;
+
+use crate::archive::{ArchivedFile, PartitionManifest, file};
+use crate::manifest::ManifestChain;
+
+/// Archives `batches` (rows of one partition each, with their Kafka offsets) as the archive would:
+/// one file per partition and event hour, then one manifest per partition.
+pub async fn seed_archive(
+    store: &Arc<dyn ObjectStore>,
+    topic: &str,
+    partition_count: i32,
+    batches: &[(i32, RecordBatch)],
+) -> anyhow::Result<()> {
+    let mut manifests: BTreeMap<i32, PartitionManifest> = (0..partition_count)
+        .map(|p| {
+            (
+                p,
+                PartitionManifest::empty(topic, p, partition_count, EventTime(0)),
+            )
+        })
+        .collect();
+    for (partition, batch) in batches {
+        let times = as_timestamp_millisecond_array(batch.column(0))?;
+        let offsets = batch
+            .column(batch.num_columns() - 1)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .ok_or_else(|| anyhow::anyhow!("offset column"))?;
+        let first = offsets.values().iter().copied().min().unwrap_or(0);
+        let last = offsets.values().iter().copied().max().unwrap_or(0);
+        let hours: std::collections::BTreeSet<EventTime> = times
+            .values()
+            .iter()
+            .map(|t| layout::hour_start(EventTime(*t)))
+            .collect();
+        let manifest = manifests
+            .get_mut(partition)
+            .ok_or_else(|| anyhow::anyhow!("partition {partition} out of range"))?;
+        for hour in hours {
+            let mask: datafusion::arrow::array::BooleanArray = times
+                .values()
+                .iter()
+                .map(|t| Some(layout::hour_start(EventTime(*t)) == hour))
+                .collect();
+            let rows = filter_record_batch(batch, &mask)?;
+            let rows_times = as_timestamp_millisecond_array(rows.column(0))?;
+            let min = rows_times.values().iter().copied().min().unwrap_or(0);
+            let max = rows_times.values().iter().copied().max().unwrap_or(0);
+            let path = layout::archive_file(topic, hour, *partition, first, last);
+            let bytes = file::encode(&rows)?;
+            let size = bytes.len() as u64;
+            store
+                .put(&Path::from(path.as_str()), PutPayload::from(bytes))
+                .await?;
+            manifest.files.push(ArchivedFile {
+                path,
+                hour,
+                first_offset: first,
+                last_offset: last,
+                rows: rows.num_rows() as u64,
+                bytes: size,
+                min_time: EventTime(min),
+                max_time: EventTime(max),
+            });
+            manifest.max_event_time = manifest.max_event_time.max(Some(EventTime(max)));
+        }
+        manifest.next_offset = manifest.next_offset.max(last + 1);
+    }
+    for (p, manifest) in manifests {
+        let chain = ManifestChain::new(Arc::clone(store), layout::archive_manifest_dir(topic, p));
+        let seq = chain.sequences().await?.last().map_or(0, |s| s + 1);
+        chain.publish(seq, &manifest).await?;
+    }
+    Ok(())
+}

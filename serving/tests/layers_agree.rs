@@ -1,0 +1,478 @@
+//! The two layers against one independent oracle.
+//!
+//! The same generated events go (a) through the speed layer's window state and (b) into an
+//! archive recomputed by the batch layer with DataFusion. Both answers are compared with values
+//! computed here directly from the events: exact aggregates must match exactly (float sums up to
+//! summation order), and the speed layer's sketches must stay within their error bounds.
+
+// Test fixtures fail loudly on malformed setup.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tandem_batch_layer::recompute::{Recompute, Requested};
+use tandem_batch_layer::{ViewCatalog, testing};
+use tandem_shared::aggregate::AggregateValue;
+use tandem_shared::coverage::StartRange;
+use tandem_shared::event::{EventBatchBuilder, EventDecoder};
+use tandem_shared::row::{GroupValue, ViewRow};
+use tandem_shared::schema::{EventSchema, FieldType};
+use tandem_shared::time::{EventTime, Span};
+use tandem_shared::view::{ViewConfig, ViewDefinition};
+use tandem_shared::window::WindowConfig;
+use tandem_speed_layer::program::ViewProgram;
+use tandem_speed_layer::state::ViewState;
+
+const MINUTE: i64 = 60_000;
+const BASE: i64 = 1_795_255_200_000; // 2026-11-21T10:00:00Z
+const PARTITIONS: i32 = 4;
+const CITIES: [&str; 6] = ["Chennai", "Mumbai", "Berlin", "Lagos", "Tokyo", "Lima"];
+const TYPES: [&str; 3] = ["order_placed", "payment_captured", "order_cancelled"];
+
+#[derive(Debug, Clone)]
+struct Event {
+    partition: i32,
+    ts: i64,
+    city: &'static str,
+    user: String,
+    amount: Option<f64>,
+    qty: i64,
+    coupon: Option<String>,
+    event_type: &'static str,
+}
+
+impl Event {
+    fn json(&self) -> String {
+        serde_json::json!({
+            "ts": self.ts, "city": self.city, "user_id": self.user, "amount": self.amount,
+            "qty": self.qty, "coupon": self.coupon, "event_type": self.event_type,
+        })
+        .to_string()
+    }
+}
+
+fn events(n: usize) -> Vec<Event> {
+    let mut rng = StdRng::seed_from_u64(7);
+    (0..n)
+        .map(|i| Event {
+            partition: rng.random_range(0..PARTITIONS),
+            // Two and a half hours, so the archive spans several hour directories.
+            ts: BASE + (i as i64 * 150 * MINUTE) / n as i64 + rng.random_range(0..2_000),
+            city: CITIES[rng.random_range(0..CITIES.len())],
+            user: format!("u{}", rng.random_range(0..3_000)),
+            amount: (!rng.random_ratio(1, 20)).then(|| rng.random_range(1.0..500.0)),
+            qty: rng.random_range(1..10),
+            coupon: rng
+                .random_bool(0.5)
+                .then(|| format!("c{}", rng.random_range(0..50))),
+            event_type: TYPES[rng.random_range(0..TYPES.len())],
+        })
+        .collect()
+}
+
+fn schema() -> EventSchema {
+    EventSchema::new(
+        "ts",
+        vec![
+            ("city".into(), FieldType::String),
+            ("user_id".into(), FieldType::String),
+            ("amount".into(), FieldType::Float64),
+            ("qty".into(), FieldType::Int64),
+            ("coupon".into(), FieldType::String),
+            ("event_type".into(), FieldType::String),
+        ],
+        None,
+    )
+    .unwrap()
+}
+
+fn view(
+    name: &str,
+    window: WindowConfig,
+    group_by: &[&str],
+    filter: Option<&str>,
+    aggs: &[&str],
+) -> ViewDefinition {
+    ViewDefinition::from_config(
+        &ViewConfig {
+            name: name.into(),
+            window,
+            group_by: group_by.iter().map(|s| s.to_string()).collect(),
+            filter: filter.map(str::to_owned),
+            allowed_lateness: Some("5s".into()),
+            aggregates: aggs.iter().map(|s| s.to_string()).collect(),
+        },
+        &schema(),
+    )
+    .unwrap()
+}
+
+fn tumbling(size: &str) -> WindowConfig {
+    WindowConfig {
+        tumbling: Some(size.into()),
+        ..Default::default()
+    }
+}
+
+/// One exact expected value, as the oracle computes it.
+#[derive(Debug, Clone, PartialEq)]
+enum Want {
+    Exact(AggregateValue),
+    /// A float sum or average: equal up to summation order.
+    Close(f64),
+    /// A distinct count (speed layer: HyperLogLog estimate).
+    Distinct(i64),
+    /// A percentile: q and the sorted values (speed layer: KLL estimate).
+    Percentile(f64, Vec<f64>),
+}
+
+type Oracle = BTreeMap<(i64, Vec<GroupValue>), Vec<Want>>;
+
+/// Computes one aggregate of a window's events.
+type AggregateOracle<'a> = &'a dyn Fn(&[&Event]) -> Want;
+
+/// Continuous percentile with linear interpolation (what `percentile_cont` defines).
+fn percentile_cont(sorted: &[f64], q: f64) -> f64 {
+    let rank = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
+}
+
+/// Computes a view's windows from the events, by hand.
+fn oracle(
+    events: &[Event],
+    size: i64,
+    slide: i64,
+    group: impl Fn(&Event) -> Vec<GroupValue>,
+    keep: impl Fn(&Event) -> bool,
+    aggs: &[AggregateOracle<'_>],
+) -> Oracle {
+    let mut windows: BTreeMap<(i64, Vec<GroupValue>), Vec<&Event>> = BTreeMap::new();
+    for e in events.iter().filter(|e| keep(e)) {
+        let last = e.ts - e.ts.rem_euclid(slide);
+        let mut start = last;
+        while start > e.ts - size {
+            windows.entry((start, group(e))).or_default().push(e);
+            start -= slide;
+        }
+    }
+    windows
+        .into_iter()
+        .map(|(k, es)| (k, aggs.iter().map(|f| f(&es)).collect()))
+        .collect()
+}
+
+fn count(es: &[&Event]) -> Want {
+    Want::Exact(AggregateValue::Int(es.len() as i64))
+}
+fn sum_amount(es: &[&Event]) -> Want {
+    let v: Vec<f64> = es.iter().filter_map(|e| e.amount).collect();
+    if v.is_empty() {
+        Want::Exact(AggregateValue::Null)
+    } else {
+        Want::Close(v.iter().sum())
+    }
+}
+fn avg_amount(es: &[&Event]) -> Want {
+    let v: Vec<f64> = es.iter().filter_map(|e| e.amount).collect();
+    if v.is_empty() {
+        Want::Exact(AggregateValue::Null)
+    } else {
+        Want::Close(v.iter().sum::<f64>() / v.len() as f64)
+    }
+}
+fn min_amount(es: &[&Event]) -> Want {
+    Want::Exact(
+        es.iter()
+            .filter_map(|e| e.amount)
+            .reduce(f64::min)
+            .map_or(AggregateValue::Null, AggregateValue::Float),
+    )
+}
+fn max_amount(es: &[&Event]) -> Want {
+    Want::Exact(
+        es.iter()
+            .filter_map(|e| e.amount)
+            .reduce(f64::max)
+            .map_or(AggregateValue::Null, AggregateValue::Float),
+    )
+}
+fn sum_qty(es: &[&Event]) -> Want {
+    Want::Exact(AggregateValue::Int(es.iter().map(|e| e.qty).sum()))
+}
+fn max_qty(es: &[&Event]) -> Want {
+    Want::Exact(
+        es.iter()
+            .map(|e| e.qty)
+            .max()
+            .map_or(AggregateValue::Null, AggregateValue::Int),
+    )
+}
+fn count_coupon(es: &[&Event]) -> Want {
+    Want::Exact(AggregateValue::Int(
+        es.iter().filter(|e| e.coupon.is_some()).count() as i64,
+    ))
+}
+fn distinct_users(es: &[&Event]) -> Want {
+    Want::Distinct(
+        es.iter()
+            .map(|e| e.user.as_str())
+            .collect::<HashSet<_>>()
+            .len() as i64,
+    )
+}
+fn p90_amount(es: &[&Event]) -> Want {
+    let mut v: Vec<f64> = es.iter().filter_map(|e| e.amount).collect();
+    v.sort_by(f64::total_cmp);
+    Want::Percentile(0.9, v)
+}
+
+/// Checks one answered value against the oracle. `exact` says which layer answered.
+fn check(want: &Want, got: &AggregateValue, exact: bool) -> Result<(), String> {
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    match (want, got) {
+        (Want::Exact(w), g) if w == g => Ok(()),
+        (Want::Close(w), AggregateValue::Float(g)) if close(*g, *w) => Ok(()),
+        (Want::Distinct(w), AggregateValue::Int(g)) if exact && g == w => Ok(()),
+        // HyperLogLog with 2^14 registers: relative standard error 0.81%; allow 5 sigma.
+        (Want::Distinct(w), AggregateValue::Int(g))
+            if !exact && (g - w).abs() as f64 <= 0.0405 * *w as f64 + 1.0 =>
+        {
+            Ok(())
+        }
+        // DataFusion's percentile_cont quantizes the interpolation weight to 1e-6, so the exact
+        // answer may differ from the textbook one by up to 1e-6 of the gap between neighbours.
+        (Want::Percentile(q, v), AggregateValue::Float(g))
+            if exact
+                && (g - percentile_cont(v, *q)).abs()
+                    <= 1e-6 * (v[v.len() - 1] - v[0]).abs() + 1e-9 =>
+        {
+            Ok(())
+        }
+        (Want::Percentile(q, v), AggregateValue::Float(g)) if !exact => {
+            // KLL guarantees rank error: the estimate's rank must be within 2% of q.
+            let lo = v.partition_point(|x| x < g) as f64 / v.len() as f64;
+            let hi = v.partition_point(|x| x <= g) as f64 / v.len() as f64;
+            if lo - 0.02 <= *q && *q <= hi + 0.02 {
+                Ok(())
+            } else {
+                Err(format!("rank [{lo}, {hi}] of {g} is not within 2% of {q}"))
+            }
+        }
+        (Want::Percentile(_, v), AggregateValue::Null) if v.is_empty() => Ok(()),
+        _ => Err(format!("want {want:?}, got {got:?}")),
+    }
+}
+
+fn compare(
+    name: &str,
+    layer: &str,
+    rows: &[ViewRow],
+    oracle: &Oracle,
+    windows: Option<StartRange>,
+) -> usize {
+    let exact = layer == "batch";
+    let want: BTreeMap<_, _> = oracle
+        .iter()
+        .filter(|((start, _), _)| windows.is_none_or(|w| w.contains(EventTime(*start))))
+        .collect();
+    let got: BTreeMap<_, _> = rows
+        .iter()
+        .map(|r| ((r.window.start.millis(), r.group.clone()), &r.values))
+        .collect();
+    assert_eq!(
+        got.keys().collect::<BTreeSet<_>>(),
+        want.keys().copied().collect::<BTreeSet<_>>(),
+        "{name}/{layer}: windows and groups differ"
+    );
+    for (key, values) in &want {
+        let got_values = got[*key];
+        for (i, (w, g)) in values.iter().zip(got_values.iter()).enumerate() {
+            if let Err(e) = check(w, g, exact) {
+                panic!(
+                    "{name}/{layer}: window {} group {:?} value {i}: {e}",
+                    key.0, key.1
+                );
+            }
+        }
+    }
+    want.len()
+}
+
+struct Case {
+    view: ViewDefinition,
+    oracle: Oracle,
+}
+
+fn cases(events: &[Event]) -> Vec<Case> {
+    let city = |e: &Event| vec![GroupValue::Str(e.city.into())];
+    let kind = |e: &Event| vec![GroupValue::Str(e.event_type.into())];
+    vec![
+        Case {
+            view: view(
+                "orders_by_city",
+                tumbling("1m"),
+                &["city"],
+                Some("event_type = 'order_placed'"),
+                &[
+                    "count(*) AS orders",
+                    "sum(amount) AS revenue",
+                    "min(amount) AS lo",
+                    "max(amount) AS hi",
+                    "avg(amount) AS mean",
+                    "sum(qty) AS items",
+                    "count(coupon) AS coupons",
+                    "count(DISTINCT user_id) AS buyers",
+                    "percentile(amount, 0.9) AS p90",
+                ],
+            ),
+            oracle: oracle(
+                events,
+                MINUTE,
+                MINUTE,
+                city,
+                |e| e.event_type == "order_placed",
+                &[
+                    &count,
+                    &sum_amount,
+                    &min_amount,
+                    &max_amount,
+                    &avg_amount,
+                    &sum_qty,
+                    &count_coupon,
+                    &distinct_users,
+                    &p90_amount,
+                ],
+            ),
+        },
+        Case {
+            view: view(
+                "types_hopping",
+                WindowConfig {
+                    hopping: Some("5m".into()),
+                    every: Some("1m".into()),
+                    ..Default::default()
+                },
+                &["event_type"],
+                None,
+                &[
+                    "count(*) AS events",
+                    "sum(amount) AS amount",
+                    "count(DISTINCT user_id) AS users",
+                ],
+            ),
+            oracle: oracle(
+                events,
+                5 * MINUTE,
+                MINUTE,
+                kind,
+                |_| true,
+                &[&count, &sum_amount, &distinct_users],
+            ),
+        },
+        Case {
+            view: view(
+                "big_orders",
+                tumbling("10m"),
+                &[],
+                Some("amount > 100 AND city <> 'Lagos'"),
+                &["count(*) AS n", "avg(amount) AS mean", "max(qty) AS most"],
+            ),
+            oracle: oracle(
+                events,
+                10 * MINUTE,
+                10 * MINUTE,
+                |_| vec![],
+                |e| e.amount.is_some_and(|a| a > 100.0) && e.city != "Lagos",
+                &[&count, &avg_amount, &max_qty],
+            ),
+        },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speed_and_batch_layers_agree_with_an_independent_oracle() {
+    let events = events(60_000);
+    let schema = Arc::new(schema());
+    let decoder = EventDecoder::new(Arc::clone(&schema));
+
+    // Per-partition batches with Kafka offsets, as both consumers would build them.
+    let mut offsets = [0i64; PARTITIONS as usize];
+    let mut builders: Vec<EventBatchBuilder> = (0..PARTITIONS)
+        .map(|_| EventBatchBuilder::new(&decoder, 1024))
+        .collect();
+    for e in &events {
+        let json = e.json();
+        let decoded = decoder.decode(json.as_bytes()).unwrap();
+        let p = e.partition as usize;
+        builders[p].append(&decoded, e.partition, offsets[p]);
+        offsets[p] += 1;
+    }
+    let batches: Vec<(i32, _)> = builders
+        .iter_mut()
+        .enumerate()
+        .map(|(p, b)| (p as i32, b.finish()))
+        .collect();
+
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    testing::seed_archive(&store, "orders", PARTITIONS, &batches)
+        .await
+        .unwrap();
+
+    let cases = cases(&events);
+    let catalog = Arc::new(ViewCatalog::new(
+        Arc::clone(&store),
+        cases.iter().map(|c| c.view.clone()),
+    ));
+    let recompute = Recompute {
+        store: Arc::clone(&store),
+        schema: Arc::clone(&schema),
+        topic: "orders".into(),
+        idle_timeout: Span::from_millis(30_000),
+        catalog: Arc::clone(&catalog),
+    };
+
+    for case in &cases {
+        let name = &case.view.name;
+        // Speed layer: every event, in small batches.
+        let mut state =
+            ViewState::new(Arc::new(ViewProgram::compile(&case.view, &schema).unwrap()));
+        for (_, batch) in &batches {
+            for offset in (0..batch.num_rows()).step_by(997) {
+                let len = 997.min(batch.num_rows() - offset);
+                let applied = state.apply(&batch.slice(offset, len), None).unwrap();
+                assert!(applied.late_rows.is_empty());
+            }
+        }
+        let speed_rows = state.rows(StartRange::new(EventTime::MIN, EventTime::MAX));
+        let n = compare(name, "speed", &speed_rows, &case.oracle, None);
+        assert!(n >= 10, "{name}: only {n} windows compared");
+
+        // Batch layer: a real recompute over the archive.
+        let outcome = recompute
+            .run_view(&case.view, Requested::default(), &format!("job-{name}"))
+            .await
+            .unwrap();
+        let covered = outcome.covered.expect("some windows are ready");
+        let published = catalog.get(name).unwrap();
+        assert_eq!(published.coverage.ranges(), &[covered]);
+        assert_eq!(
+            outcome.rows_read,
+            events.len() as u64,
+            "{name}: every archived row was in scope"
+        );
+        let n = compare(name, "batch", &published.rows, &case.oracle, Some(covered));
+        assert!(n >= 10, "{name}: only {n} windows compared");
+        // The windows near the end of the stream are not complete yet and stay unpublished.
+        let last_start = case.oracle.keys().map(|(s, _)| *s).max().unwrap();
+        assert!(
+            !covered.contains(EventTime(last_start)),
+            "{name}: the last window must not be ready"
+        );
+    }
+}
