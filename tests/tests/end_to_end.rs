@@ -464,6 +464,13 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
             done["windows_published"].as_u64().unwrap_or(0) > 0,
             "job published nothing: {done}"
         );
+        // The last windows are not complete yet: the job says so instead of publishing them.
+        ensure!(
+            done["windows_not_ready"]
+                .as_array()
+                .is_some_and(|w| !w.is_empty()),
+            "job reports no windows left to the speed layer: {done}"
+        );
         Ok(body)
     })
     .await

@@ -123,6 +123,10 @@ impl ArchiveSnapshot {
         self.files().map(|f| f.min_time).min()
     }
 
+    pub fn latest_event_time(&self) -> Option<EventTime> {
+        self.files().map(|f| f.max_time).max()
+    }
+
     /// The latest complete event time (see the module docs), or `None` if nothing is complete.
     pub fn complete_until(&self, now: EventTime, idle_timeout: Span) -> Option<EventTime> {
         let count = self.partition_count();

@@ -103,7 +103,15 @@ impl Recompute {
         let snapshot = ArchiveSnapshot::load(&self.store, &self.topic).await?;
         let now = EventTime(Utc::now().timestamp_millis());
         let complete = snapshot.complete_until(now, self.idle_timeout);
-        let plan = plan::plan(view, requested, complete, snapshot.earliest_event_time());
+        let plan = plan::plan(
+            view,
+            requested,
+            plan::ArchiveExtent {
+                complete_until: complete,
+                earliest: snapshot.earliest_event_time(),
+                latest: snapshot.latest_event_time(),
+            },
+        );
         let mut outcome = ViewOutcome {
             view: view.name.clone(),
             covered: plan.covered,

@@ -28,14 +28,23 @@ pub struct Plan {
     pub scan: Option<StartRange>,
 }
 
-/// Plans a fixed-window view. `complete_until` is the archive's completeness; `earliest` the
-/// first archived event time.
-pub fn plan(
-    view: &ViewDefinition,
-    requested: Requested,
-    complete_until: Option<EventTime>,
-    earliest: Option<EventTime>,
-) -> Plan {
+/// What the archive holds, as far as planning is concerned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArchiveExtent {
+    /// The archive's completeness (see `ArchiveSnapshot::complete_until`).
+    pub complete_until: Option<EventTime>,
+    /// First and last archived event times.
+    pub earliest: Option<EventTime>,
+    pub latest: Option<EventTime>,
+}
+
+/// Plans a fixed-window view.
+pub fn plan(view: &ViewDefinition, requested: Requested, archive: ArchiveExtent) -> Plan {
+    let ArchiveExtent {
+        complete_until,
+        earliest,
+        latest,
+    } = archive;
     let (Some(size), Some(slide)) = (view.window.size(), view.window.slide()) else {
         return Plan {
             covered: None,
@@ -63,10 +72,12 @@ pub fn plan(
             };
         }
     };
-    // Round the requested end up so that a window starting before `to` is included.
+    // Round the requested end up so that a window starting before `to` is included. Without an
+    // end, the request reaches the last window holding an archived event.
     let to = requested
         .to
         .map(|t| EventTime(align_down(t.millis() - 1, slide) + slide));
+    let archived_to = latest.map(|l| EventTime(align_down(l.millis(), slide) + slide));
     let covered_to = match (to, ready_to) {
         (Some(t), Some(r)) => Some(t.min(r)),
         (None, r) => r,
@@ -75,7 +86,7 @@ pub fn plan(
     let covered = covered_to
         .map(|ct| StartRange::new(from, ct))
         .filter(|r| !r.is_empty());
-    let not_ready = match (to, ready_to) {
+    let not_ready = match (to.or(archived_to), ready_to) {
         (Some(t), Some(r)) if t > r => Some(StartRange::new(r.max(from), t)),
         (Some(t), None) => Some(StartRange::new(from, t)),
         _ => None,
@@ -131,6 +142,14 @@ mod tests {
         }
     }
 
+    fn extent(complete: Option<i64>, earliest: Option<i64>, latest: Option<i64>) -> ArchiveExtent {
+        ArchiveExtent {
+            complete_until: complete.map(EventTime),
+            earliest: earliest.map(EventTime),
+            latest: latest.map(EventTime),
+        }
+    }
+
     fn r(a: i64, b: i64) -> StartRange {
         StartRange::new(EventTime(a), EventTime(b))
     }
@@ -145,8 +164,7 @@ mod tests {
                 from: Some(EventTime(5 * M)),
                 to: Some(EventTime(12 * M)),
             },
-            Some(EventTime(10 * M + 15_000)),
-            Some(EventTime(0)),
+            extent(Some(10 * M + 15_000), Some(0), Some(12 * M)),
         );
         assert_eq!(p.covered, Some(r(5 * M, 10 * M)));
         assert_eq!(p.not_ready, Some(r(10 * M, 12 * M)));
@@ -155,10 +173,14 @@ mod tests {
         let p = plan(
             &v,
             Requested::default(),
-            Some(EventTime(10 * M + 9_999)),
-            Some(EventTime(0)),
+            extent(Some(10 * M + 9_999), Some(0), Some(10 * M + 9_999)),
         );
         assert_eq!(p.covered, Some(r(0, 9 * M)));
+        assert_eq!(
+            p.not_ready,
+            Some(r(9 * M, 11 * M)),
+            "unbounded: up to the last event's window"
+        );
     }
 
     #[test]
@@ -167,11 +189,10 @@ mod tests {
         let p = plan(
             &v,
             Requested::default(),
-            Some(EventTime(7 * M + 1)),
-            Some(EventTime(2 * M + 30_000)),
+            extent(Some(7 * M + 1), Some(2 * M + 30_000), Some(7 * M + 1)),
         );
         assert_eq!(p.covered, Some(r(2 * M, 7 * M)));
-        assert_eq!(p.not_ready, None);
+        assert_eq!(p.not_ready, Some(r(7 * M, 8 * M)));
         assert_eq!(window_count(&v, p.covered.unwrap()), 5);
     }
 
@@ -184,8 +205,7 @@ mod tests {
                 from: Some(EventTime(0)),
                 to: Some(EventTime(3 * M)),
             },
-            None,
-            Some(EventTime(0)),
+            extent(None, Some(0), Some(M)),
         );
         assert_eq!(p.covered, None);
         assert_eq!(p.not_ready, Some(r(0, 3 * M)));
@@ -208,8 +228,7 @@ mod tests {
                 from: Some(EventTime(10 * M)),
                 to: None,
             },
-            Some(EventTime(20 * M)),
-            None,
+            extent(Some(20 * M), None, None),
         );
         assert_eq!(p.covered, Some(r(10 * M, 16 * M)));
         assert_eq!(p.scan, Some(r(10 * M, 20 * M)));
@@ -224,8 +243,7 @@ mod tests {
                 from: Some(EventTime(M + 5)),
                 to: Some(EventTime(3 * M + 5)),
             },
-            Some(EventTime(100 * M)),
-            None,
+            extent(Some(100 * M), None, None),
         );
         assert_eq!(p.covered, Some(r(M, 4 * M)));
     }
