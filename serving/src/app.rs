@@ -18,7 +18,7 @@ use tandem_batch_layer::{Archive, ArchiveConfig, Recompute, Scheduler, ViewCatal
 use tandem_shared::event::EventDecoder;
 use tandem_speed_layer::clock::SystemClock;
 use tandem_speed_layer::program::ViewProgram;
-use tandem_speed_layer::{SpeedConfig, SpeedLayer};
+use tandem_speed_layer::{CheckpointSettings, SpeedConfig, SpeedLayer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -123,6 +123,12 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
             late_topic: kafka.late_topic.clone(),
             max_batch: config.max_batch,
             idle_timeout: config.idle_timeout,
+            max_future: config.max_future,
+            memory_budget: config.memory_budget,
+            checkpoint: Some(CheckpointSettings {
+                store: Arc::clone(&store),
+                interval: config.checkpoint_interval.as_duration(),
+            }),
             kafka_options: kafka.options.clone(),
         },
         Arc::clone(&decoder),

@@ -142,6 +142,41 @@ struct ArchiveFile {
 #[serde(deny_unknown_fields)]
 struct SpeedFile {
     max_batch: Option<usize>,
+    checkpoint_interval: Option<String>,
+    max_future: Option<String>,
+    memory_budget: Option<ByteSize>,
+}
+
+/// A size in bytes: an integer, or a string such as `"512MiB"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ByteSize {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Parses `1024`, `"64KiB"`, `"512MiB"`, `"2GiB"` (also `KB`/`MB`/`GB`, powers of 1000).
+fn parse_size(size: &ByteSize) -> Option<usize> {
+    let text = match size {
+        ByteSize::Bytes(n) => return usize::try_from(*n).ok(),
+        ByteSize::Text(t) => t.trim(),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return None,
+    };
+    usize::try_from(number.checked_mul(factor)?).ok()
 }
 
 /// Kafka settings.
@@ -169,6 +204,9 @@ pub struct Config {
     pub roll_interval: Span,
     pub roll_bytes: usize,
     pub max_batch: usize,
+    pub checkpoint_interval: Span,
+    pub max_future: Span,
+    pub memory_budget: usize,
 }
 
 /// The configuration `tandem dev` uses without `--config`.
@@ -266,6 +304,30 @@ impl Config {
         if kafka.partitions < 1 {
             return Err(invalid("kafka", "partitions", "must be at least 1"));
         }
+        let checkpoint_interval = span(
+            &file.speed.checkpoint_interval,
+            "10s",
+            "speed",
+            "checkpoint_interval",
+        )?;
+        let max_future = span(&file.speed.max_future, "1h", "speed", "max_future")?;
+        let memory_budget = match &file.speed.memory_budget {
+            None => 1 << 30,
+            Some(size) => parse_size(size).ok_or_else(|| {
+                invalid(
+                    "speed",
+                    "memory_budget",
+                    "expected bytes or a size such as \"512MiB\"",
+                )
+            })?,
+        };
+        if checkpoint_interval.millis() == 0 {
+            return Err(invalid(
+                "speed",
+                "checkpoint_interval",
+                "must be greater than zero",
+            ));
+        }
         let max_batch = file.speed.max_batch.unwrap_or(4096);
         if max_batch == 0 {
             return Err(invalid("speed", "max_batch", "must be at least 1"));
@@ -293,6 +355,9 @@ impl Config {
             roll_interval,
             roll_bytes: file.archive.roll_bytes.unwrap_or(64 << 20).max(1),
             max_batch,
+            checkpoint_interval,
+            max_future,
+            memory_budget,
         })
     }
 }
@@ -335,6 +400,28 @@ schedule = "0 */10 * * * *"
         assert_eq!(c.views[0].aggregates.len(), 5);
         assert_eq!(c.roll_interval.millis(), 30_000);
         assert_eq!(c.schedule.as_deref(), Some("0 */10 * * * *"));
+    }
+
+    #[test]
+    fn sizes_accept_bytes_and_binary_or_decimal_units() {
+        assert_eq!(parse_size(&ByteSize::Bytes(10)), Some(10));
+        assert_eq!(
+            parse_size(&ByteSize::Text("512MiB".into())),
+            Some(512 << 20)
+        );
+        assert_eq!(
+            parse_size(&ByteSize::Text("2 GB".into())),
+            Some(2_000_000_000)
+        );
+        assert_eq!(parse_size(&ByteSize::Text("lots".into())), None);
+        let c = Config::parse(
+            &format!("{ISSUE_EXAMPLE}\n[speed]\nmemory_budget = \"64MiB\"\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.memory_budget, 64 << 20);
+        assert_eq!(c.max_future.millis(), 3_600_000);
+        assert_eq!(c.checkpoint_interval.millis(), 10_000);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use tandem_batch_layer::recompute::{Recompute, Requested};
 use tandem_batch_layer::{ViewCatalog, testing};
 use tandem_shared::aggregate::AggregateValue;
-use tandem_shared::coverage::StartRange;
+use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::event::{EventBatchBuilder, EventDecoder};
 use tandem_shared::row::{GroupValue, ViewRow};
 use tandem_shared::schema::{EventSchema, FieldType};
@@ -445,7 +445,9 @@ async fn speed_and_batch_layers_agree_with_an_independent_oracle() {
         for (_, batch) in &batches {
             for offset in (0..batch.num_rows()).step_by(997) {
                 let len = 997.min(batch.num_rows() - offset);
-                let applied = state.apply(&batch.slice(offset, len), None).unwrap();
+                let applied = state
+                    .apply(&batch.slice(offset, len), None, &Coverage::new())
+                    .unwrap();
                 assert!(applied.late_rows.is_empty());
             }
         }

@@ -273,12 +273,15 @@ impl PartialAggregate {
         }
     }
 
-    /// Approximate heap and inline size, for the speed layer's memory budget.
+    /// Upper bound of the heap and inline size, for the speed layer's memory budget. Sketches
+    /// start small and grow; budgeting their largest size keeps the budget a bound.
     pub fn approx_bytes(&self) -> usize {
         let inline = std::mem::size_of::<Self>();
         match self {
-            Self::Distinct(sketch) => inline + sketch.estimated_size(),
-            Self::Percentile { sketch, .. } => inline + 16 * sketch.num_retained() + 64,
+            // Dense HLL8: one byte per register.
+            Self::Distinct(_) => inline + (1 << HLL_LG_K) + 256,
+            // KLL retains about 3k items once it compacts, 8 bytes each, plus level bookkeeping.
+            Self::Percentile { .. } => inline + 3 * usize::from(KLL_K) * 8 + 256,
             _ => inline,
         }
     }

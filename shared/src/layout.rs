@@ -91,9 +91,28 @@ pub fn view_segment(view: &str, version: &str, job: &str) -> String {
     format!("views/{view}/{version}/segments/{job}.parquet")
 }
 
-/// Directory of the speed layer's checkpoints.
-pub fn checkpoint_dir() -> String {
-    "checkpoints/speed".to_owned()
+/// Directory of the speed layer's checkpoints of one partition, for one consumer group.
+pub fn checkpoint_dir(group: &str, topic: &str, partition: i32) -> String {
+    format!("checkpoints/speed/{group}/{topic}/p{partition:05}")
+}
+
+/// Manifest chain of one partition's checkpoints.
+pub fn checkpoint_manifest_dir(group: &str, topic: &str, partition: i32) -> String {
+    format!("{}/_manifest", checkpoint_dir(group, topic, partition))
+}
+
+/// An immutable checkpoint object. The unique suffix keeps a fenced writer's object apart.
+pub fn checkpoint_object(
+    group: &str,
+    topic: &str,
+    partition: i32,
+    seq: u64,
+    unique: &str,
+) -> String {
+    format!(
+        "{}/data/{seq:020}-{unique}.ckpt",
+        checkpoint_dir(group, topic, partition)
+    )
 }
 
 /// Directory of job records.

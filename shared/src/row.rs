@@ -11,7 +11,7 @@ use crate::time::EventTime;
 use crate::window::Window;
 
 /// One value of a group-by dimension.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum GroupValue {
     Null,
     Bool(bool),

@@ -1,25 +1,34 @@
-//! The speed layer's Kafka consumer: poll, decode, window, repeat.
+//! The speed layer's Kafka consumer: poll, decode, window, checkpoint, repeat.
 //!
 //! Runs on a dedicated blocking thread (librdkafka's poll is blocking and the loop is CPU-bound).
-//! Each iteration drains what the consumer has buffered into one micro-batch (up to
-//! `max_batch` messages, never waiting once the first message has arrived), so an event becomes
-//! queryable as soon as it is consumed and busy periods amortize per-batch costs.
+//! Each iteration drains what the consumer has buffered into one micro-batch (up to `max_batch`
+//! messages, never waiting once the first message has arrived), so an event becomes queryable as
+//! soon as it is consumed, and busy periods amortize per-batch costs.
+//!
+//! Rebalances are handled in the consumer's rebalance callback, which runs inside `poll` on this
+//! thread between micro-batches: a revoked partition is checkpointed (and the callback waits for
+//! the upload) before it is given up; an assigned partition is restored from its newest
+//! checkpoint and assigned at the checkpoint's offset.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use object_store::ObjectStore;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use tandem_shared::event::{EventBatchBuilder, EventDecoder};
 use tandem_shared::time::{EventTime, Span};
 use tokio_util::sync::CancellationToken;
 
 use crate::SpeedLayer;
+use crate::checkpoint::Checkpointer;
 use crate::clock::Clock;
 use crate::dead_letter::{Origin, SideTopics};
 use crate::watermark::PartitionProgress;
@@ -37,6 +46,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Where and how often to checkpoint.
+#[derive(Debug, Clone)]
+pub struct CheckpointSettings {
+    pub store: Arc<dyn ObjectStore>,
+    pub interval: Duration,
+}
+
 /// Speed-layer consumer settings.
 #[derive(Debug, Clone)]
 pub struct SpeedConfig {
@@ -49,24 +65,40 @@ pub struct SpeedConfig {
     pub max_batch: usize,
     /// A partition fully consumed and quiet for this long stops holding the watermark back.
     pub idle_timeout: Span,
+    /// Events more than this ahead of the wall clock are dead-lettered.
+    pub max_future: Span,
+    /// Budget of window state; consumption pauses above it until the batch layer releases
+    /// windows.
+    pub memory_budget: usize,
+    /// `None` disables checkpoints: the speed layer then rebuilds from the topic on start.
+    pub checkpoint: Option<CheckpointSettings>,
     /// Extra librdkafka consumer properties.
     pub kafka_options: BTreeMap<String, String>,
 }
 
-/// A change of the consumer's partition assignment.
+/// A change of the consumer's partition assignment, for the watermark tracker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AssignmentChange {
-    Assigned(i32),
+    Assigned(i32, Option<EventTime>),
     Revoked(i32),
 }
 
-/// Publishes per-partition consumer lag and tracks the assignment and which partitions are
-/// fully consumed. Callbacks run inside `poll`, on the consume thread.
-#[derive(Debug)]
+/// Consumer callbacks: lag and caught-up tracking from statistics, and rebalances with
+/// checkpoint hand-over. Callbacks run inside `poll`, on the consume thread.
 pub struct SpeedContext {
     group: String,
+    speed: SpeedLayer,
+    checkpointer: Option<Arc<Checkpointer>>,
     changes: Mutex<Vec<AssignmentChange>>,
     caught_up: Mutex<HashMap<i32, bool>>,
+}
+
+impl std::fmt::Debug for SpeedContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpeedContext")
+            .field("group", &self.group)
+            .finish()
+    }
 }
 
 impl ClientContext for SpeedContext {
@@ -97,26 +129,88 @@ impl ClientContext for SpeedContext {
     }
 }
 
-impl ConsumerContext for SpeedContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-            changes.extend(
-                list.elements()
-                    .iter()
-                    .map(|e| AssignmentChange::Revoked(e.partition())),
-            );
-        }
+impl SpeedContext {
+    fn push(&self, change: AssignmentChange) {
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(change);
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-            changes.extend(
-                list.elements()
-                    .iter()
-                    .map(|e| AssignmentChange::Assigned(e.partition())),
-            );
+    /// Restores each partition and returns the list with the offsets to start from.
+    fn on_assign(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
+        let mut out = TopicPartitionList::new();
+        for elem in tpl.elements() {
+            let partition = elem.partition();
+            let snapshot = match &self.checkpointer {
+                None => None,
+                Some(c) => match c.load(partition) {
+                    Ok(s) => s,
+                    Err(err) => {
+                        // Without the checkpoint the partition is rebuilt from the topic:
+                        // correct within the topic's retention.
+                        tracing::error!(partition, %err, "cannot load checkpoint; rebuilding from the topic");
+                        None
+                    }
+                },
+            };
+            let offset = self.speed.assign(partition, snapshot);
+            let start = offset.map_or(Offset::Beginning, Offset::Offset);
+            tracing::info!(partition, ?start, "partition assigned");
+            if let Err(err) = out.add_partition_offset(elem.topic(), partition, start) {
+                tracing::error!(partition, %err, "cannot set the start offset");
+            }
+            self.push(AssignmentChange::Assigned(
+                partition,
+                self.speed.max_event_time(partition),
+            ));
+        }
+        out
+    }
+
+    /// Checkpoints and drops each revoked partition.
+    fn on_revoke(&self, tpl: &TopicPartitionList) {
+        for elem in tpl.elements() {
+            let partition = elem.partition();
+            if let Some(c) = &self.checkpointer
+                && let Some(snapshot) = self.speed.snapshot(partition, false)
+                && let Err(err) = c.submit(&snapshot, true)
+            {
+                // The next owner restores the previous checkpoint and re-reads the rest.
+                tracing::error!(partition, %err, "final checkpoint failed");
+            }
+            self.speed.revoke(partition);
+            self.push(AssignmentChange::Revoked(partition));
+            tracing::info!(partition, "partition revoked");
+        }
+    }
+}
+
+impl ConsumerContext for SpeedContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let with_offsets = self.on_assign(tpl);
+                if let Err(err) = consumer.assign(&with_offsets) {
+                    tracing::error!(%err, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.on_revoke(tpl);
+                if let Err(err) = consumer.unassign() {
+                    tracing::error!(%err, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(?other, "rebalance error; giving up the assignment");
+                self.on_revoke(tpl);
+                let _ = consumer.unassign();
+            }
         }
     }
 }
@@ -129,6 +223,7 @@ pub(crate) struct Ingest {
     side: SideTopics,
     progress: PartitionProgress,
     clock: Arc<dyn Clock>,
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 impl Ingest {
@@ -138,16 +233,24 @@ impl Ingest {
         decoder: Arc<EventDecoder>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
+        let checkpointer = config.checkpoint.as_ref().map(|c| {
+            Checkpointer::start(
+                Arc::clone(&c.store),
+                config.group_id.clone(),
+                config.topic.clone(),
+                tokio::runtime::Handle::current(),
+            )
+        });
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group_id)
-            // Offsets committed to Kafka would only be progress information; the speed layer
-            // rebuilds its state from the retained topic, so it never commits.
+            // Progress lives in checkpoints; offsets in Kafka would only be a second, weaker copy.
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "20")
+            .set("partition.assignment.strategy", "range,roundrobin")
+            .set("fetch.wait.max.ms", "10")
             .set("statistics.interval.ms", "1000");
         for (k, v) in &config.kafka_options {
             client.set(k, v);
@@ -155,6 +258,8 @@ impl Ingest {
         let consumer: BaseConsumer<SpeedContext> = client
             .create_with_context(SpeedContext {
                 group: config.group_id.clone(),
+                speed: speed.clone(),
+                checkpointer: checkpointer.clone(),
                 changes: Default::default(),
                 caught_up: Default::default(),
             })
@@ -178,6 +283,7 @@ impl Ingest {
             side,
             progress: PartitionProgress::default(),
             clock,
+            checkpointer,
         })
     }
 
@@ -186,19 +292,15 @@ impl Ingest {
         tracing::info!(topic = %self.config.topic, group = %self.config.group_id, "speed layer consuming");
         let consumer = &self.consumer;
         let mut messages: Vec<BorrowedMessage<'_>> = Vec::with_capacity(self.config.max_batch);
+        let mut last_checkpoint = Instant::now();
+        let mut paused = false;
         while !cancel.is_cancelled() {
             match consumer.poll(Duration::from_millis(100)) {
-                None => {
-                    track_partitions(consumer.context(), &mut self.progress, self.clock.now());
-                    continue;
-                }
-                Some(Err(err)) => {
-                    log_consume_error(&err);
-                    continue;
-                }
+                None => {}
+                Some(Err(err)) => log_consume_error(&err),
                 Some(Ok(m)) => messages.push(m),
             }
-            while messages.len() < self.config.max_batch {
+            while !messages.is_empty() && messages.len() < self.config.max_batch {
                 match consumer.poll(Duration::ZERO) {
                     Some(Ok(m)) => messages.push(m),
                     Some(Err(err)) => log_consume_error(&err),
@@ -206,23 +308,99 @@ impl Ingest {
                 }
             }
             track_partitions(consumer.context(), &mut self.progress, self.clock.now());
-            process(
-                &self.speed,
-                &self.decoder,
-                &self.side,
-                &mut self.progress,
-                Watermarking {
-                    now: self.clock.now(),
-                    idle_timeout: self.config.idle_timeout,
-                },
-                &self.config.topic,
-                &messages,
-            );
-            messages.clear();
+            if !messages.is_empty() {
+                process(
+                    &self.speed,
+                    &self.decoder,
+                    &self.side,
+                    &mut self.progress,
+                    Watermarking {
+                        now: self.clock.now(),
+                        idle_timeout: self.config.idle_timeout,
+                        max_future: self.config.max_future,
+                    },
+                    &self.config.topic,
+                    &messages,
+                );
+                messages.clear();
+            }
+            if let Some(checkpointer) = &self.checkpointer
+                && last_checkpoint.elapsed()
+                    >= self
+                        .config
+                        .checkpoint
+                        .as_ref()
+                        .map_or(Duration::MAX, |c| c.interval)
+            {
+                checkpoint_all(&self.speed, checkpointer, false);
+                last_checkpoint = Instant::now();
+            }
+            paused = apply_backpressure(consumer, &self.speed, self.config.memory_budget, paused);
+        }
+        if let Some(checkpointer) = &self.checkpointer {
+            // Shutting down: a final checkpoint makes the restart cheap.
+            for p in self.speed.assigned_partitions() {
+                if let Some(snapshot) = self.speed.snapshot(p, false)
+                    && let Err(err) = checkpointer.submit(&snapshot, true)
+                {
+                    tracing::warn!(partition = p, %err, "final checkpoint failed");
+                }
+            }
         }
         self.side.flush(Duration::from_secs(10));
         tracing::info!("speed layer stopped");
     }
+}
+
+fn checkpoint_all(speed: &SpeedLayer, checkpointer: &Checkpointer, wait: bool) {
+    for p in speed.assigned_partitions() {
+        if let Some(snapshot) = speed.snapshot(p, false)
+            && let Err(err) = checkpointer.submit(&snapshot, wait)
+        {
+            tracing::warn!(partition = p, %err, "checkpoint not queued");
+        }
+    }
+}
+
+/// Pauses consumption while window state exceeds its budget; resumes below 90% of it.
+fn apply_backpressure(
+    consumer: &BaseConsumer<SpeedContext>,
+    speed: &SpeedLayer,
+    budget: usize,
+    paused: bool,
+) -> bool {
+    let bytes = speed.state_bytes();
+    let over = bytes > budget;
+    let under = bytes < budget / 10 * 9;
+    let Ok(assignment) = consumer.assignment() else {
+        return paused;
+    };
+    if !paused && over {
+        tracing::warn!(
+            bytes,
+            budget,
+            "speed-layer state is over its memory budget: consumption paused until the batch layer covers more windows"
+        );
+        metrics::counter!("tandem_speed_pauses_total").increment(1);
+        metrics::gauge!("tandem_speed_paused").set(1.0);
+        if let Err(err) = consumer.pause(&assignment) {
+            tracing::error!(%err, "cannot pause partitions");
+        }
+        return true;
+    }
+    if paused && under {
+        tracing::info!(
+            bytes,
+            budget,
+            "speed-layer state back under budget: consumption resumed"
+        );
+        metrics::gauge!("tandem_speed_paused").set(0.0);
+        if let Err(err) = consumer.resume(&assignment) {
+            tracing::error!(%err, "cannot resume partitions");
+        }
+        return false;
+    }
+    paused
 }
 
 /// Applies assignment changes and caught-up flags reported by the consumer callbacks.
@@ -230,7 +408,12 @@ fn track_partitions(context: &SpeedContext, progress: &mut PartitionProgress, no
     let changes = std::mem::take(&mut *context.changes.lock().unwrap_or_else(|e| e.into_inner()));
     for change in changes {
         match change {
-            AssignmentChange::Assigned(p) => progress.assign(p, now),
+            AssignmentChange::Assigned(p, max) => {
+                progress.assign(p, now);
+                if let Some(t) = max {
+                    progress.observe(p, t, now);
+                }
+            }
             AssignmentChange::Revoked(p) => progress.revoke(p),
         }
     }
@@ -240,11 +423,12 @@ fn track_partitions(context: &SpeedContext, progress: &mut PartitionProgress, no
     }
 }
 
-/// Inputs of the watermark computation for one micro-batch.
+/// Inputs of the per-batch decisions that depend on time.
 #[derive(Debug, Clone, Copy)]
 struct Watermarking {
     now: EventTime,
     idle_timeout: Span,
+    max_future: Span,
 }
 
 fn log_consume_error(err: &KafkaError) {
@@ -261,81 +445,125 @@ fn origin<'a>(topic: &'a str, m: &'a BorrowedMessage<'_>) -> Origin<'a> {
     }
 }
 
+/// Rows of one partition in a micro-batch.
+struct PartitionRows {
+    builder: EventBatchBuilder,
+    /// Message index of each row.
+    messages: Vec<usize>,
+    times: Vec<EventTime>,
+    last_offset: i64,
+}
+
 /// Decodes one micro-batch, sidelines malformed and late events, and applies the rest to every
-/// view.
+/// view, partition by partition.
 fn process(
     speed: &SpeedLayer,
     decoder: &EventDecoder,
     side: &SideTopics,
     progress: &mut PartitionProgress,
-    watermarking: Watermarking,
+    time: Watermarking,
     topic: &str,
     messages: &[BorrowedMessage<'_>],
 ) {
     let started = Instant::now();
-    let origin = |m| origin(topic, m);
-    let mut builder = EventBatchBuilder::new(decoder, messages.len());
-    // Message index of each decoded row.
-    let mut row_message = Vec::with_capacity(messages.len());
-    let mut times = Vec::with_capacity(messages.len());
+    let future_limit = time.now.saturating_add(time.max_future);
+    let mut partitions: BTreeMap<i32, PartitionRows> = BTreeMap::new();
+    let mut decoded = 0u64;
     for (i, m) in messages.iter().enumerate() {
+        let partition = m.partition();
+        // Polled before a revocation: the new owner re-reads it from the checkpoint's offset.
+        if !speed.assigned(partition) {
+            continue;
+        }
+        let rows = partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionRows {
+                builder: EventBatchBuilder::new(decoder, 256),
+                messages: Vec::new(),
+                times: Vec::new(),
+                last_offset: m.offset(),
+            });
+        rows.last_offset = rows.last_offset.max(m.offset());
         let Some(payload) = m.payload() else {
-            side.dead_letter(None, origin(m), "empty", "message has no payload");
+            side.dead_letter(None, origin(topic, m), "empty", "message has no payload");
             continue;
         };
         match decoder.decode(payload) {
-            Ok(event) => {
-                builder.append(&event, m.partition(), m.offset());
-                row_message.push(i);
-                times.push((m.partition(), event.time));
-            }
-            Err(err) => side.dead_letter(Some(payload), origin(m), err.kind(), &err.to_string()),
-        }
-    }
-    if builder.is_empty() {
-        return;
-    }
-    let batch = builder.finish();
-    let watermark = progress.combined(watermarking.now, watermarking.idle_timeout);
-    for view in speed.views() {
-        let outcome = view.apply(&batch, watermark);
-        for (row, reason) in outcome.rejected {
-            let m = &messages[row_message[row]];
-            side.dead_letter(
-                m.payload(),
-                origin(m),
-                "expression",
-                &format!("view `{}`: {reason}", view.name()),
-            );
-        }
-        for row in outcome.late {
-            let m = &messages[row_message[row]];
-            let reason = match watermark {
-                Some(w) => format!(
-                    "every window of event time {} has closed (progress {w}) or is published by the batch layer",
-                    times[row].1
+            Ok(event) if event.time > future_limit => side.dead_letter(
+                Some(payload),
+                origin(topic, m),
+                "future",
+                &format!(
+                    "event time {} is more than {} ahead of the wall clock ({})",
+                    event.time, time.max_future, time.now
                 ),
-                None => "every window is published by the batch layer".to_owned(),
-            };
-            side.late(
-                m.payload().unwrap_or_default(),
-                origin(m),
-                view.name(),
-                &reason,
-            );
+            ),
+            Ok(event) => {
+                rows.builder.append(&event, partition, m.offset());
+                rows.messages.push(i);
+                rows.times.push(event.time);
+                decoded += 1;
+            }
+            Err(err) => side.dead_letter(
+                Some(payload),
+                origin(topic, m),
+                err.kind(),
+                &err.to_string(),
+            ),
         }
     }
-    for (partition, t) in times {
-        progress.observe(partition, t, watermarking.now);
+    let watermark = progress.combined(time.now, time.idle_timeout);
+    for (partition, mut rows) in partitions {
+        let batch = (!rows.builder.is_empty()).then(|| rows.builder.finish());
+        let max_time = rows.times.iter().copied().max();
+        let outcomes = speed.apply(
+            partition,
+            batch.as_ref(),
+            watermark,
+            rows.last_offset,
+            max_time,
+        );
+        for (program, outcome) in speed.programs().iter().zip(outcomes) {
+            let view = &program.view.name;
+            for (row, reason) in outcome.rejected {
+                let m = &messages[rows.messages[row]];
+                side.dead_letter(
+                    m.payload(),
+                    origin(topic, m),
+                    "expression",
+                    &format!("view `{view}`: {reason}"),
+                );
+            }
+            for row in outcome.late {
+                let m = &messages[rows.messages[row]];
+                let reason = match watermark {
+                    Some(w) => format!(
+                        "every window of event time {} has closed (progress {w}, allowed lateness {}) or is published by the batch layer",
+                        rows.times[row], program.view.allowed_lateness
+                    ),
+                    None => "every window of the event is published by the batch layer".to_owned(),
+                };
+                side.late(
+                    m.payload().unwrap_or_default(),
+                    origin(topic, m),
+                    view,
+                    &reason,
+                );
+            }
+        }
+        for t in &rows.times {
+            progress.observe(partition, *t, time.now);
+        }
     }
-    metrics::counter!("tandem_speed_events_total").increment(batch.num_rows() as u64);
+    metrics::counter!("tandem_speed_events_total").increment(decoded);
     metrics::histogram!("tandem_speed_batch_seconds").record(started.elapsed().as_secs_f64());
-    if let Some(combined) = progress.combined(watermarking.now, watermarking.idle_timeout) {
+    if let Some(combined) = progress.combined(time.now, time.idle_timeout) {
         metrics::gauge!("tandem_speed_event_time_progress_ms").set(combined.millis() as f64);
-        for view in speed.views() {
-            let wm: EventTime = combined.saturating_sub(view.allowed_lateness());
-            metrics::gauge!("tandem_speed_watermark_ms", "view" => view.name().to_owned())
+        for program in speed.programs() {
+            let wm = combined.saturating_sub(program.view.allowed_lateness);
+            metrics::gauge!("tandem_speed_watermark_ms", "view" => program.view.name.clone())
                 .set(wm.millis() as f64);
         }
     }
+    speed.publish_size();
 }

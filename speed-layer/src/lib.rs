@@ -1,34 +1,42 @@
 //! The speed layer: Kafka → event-time windows → approximate, always-fresh view state.
 //!
 //! ```text
-//!  Kafka topic (consumer group, all partitions)
+//!  Kafka topic (consumer group; partitions restored from checkpoints on assignment)
 //!      │ poll: one micro-batch of whatever is buffered
 //!      ▼
-//!  EventDecoder ──malformed──► dead-letter topic (reason header)
-//!      │ Arrow RecordBatch (event schema)
+//!  EventDecoder ──malformed / too far in the future──► dead-letter topic (reason header)
+//!      │ one Arrow RecordBatch per partition (event schema)
 //!      ▼
 //!  per view: ViewProgram (DataFusion filter + argument expressions)
-//!      │ window assignment against the view watermark
+//!      │ window assignment against the view watermark and the batch layer's coverage
 //!      ├──no open window──► late-events topic (per view)
 //!      ▼
-//!  ViewState: window → group → PartialAggregate ◄── query(view, range) from serving
-//!      ▲                                        ◄── release(view, coverage) from serving
+//!  partition → view → ViewState (window → group → PartialAggregate)
+//!      │   every checkpoint interval and on revocation: PartitionSnapshot ─► object store
+//!      ▼
+//!  query(view, range): merge partials of all partitions ◄── serving
+//!  release(view, coverage): drop what the batch layer covers ◄── serving
 //! ```
 //!
 //! # Subsystems
-//! - [`program`]: compiles a [`ViewDefinition`](tandem_shared::view::ViewDefinition) to DataFusion
-//!   physical expressions, so filters and arguments mean what they mean in the batch layer.
-//! - [`state`]: the per-view window state and the lateness rule.
-//! - [`watermark`]: event-time progress per partition.
-//! - `ingest`: the consume loop on a dedicated thread.
+//! - [`program`]: compiles a view to DataFusion physical expressions, so filters and arguments
+//!   mean what they mean in the batch layer.
+//! - [`state`]: per-view, per-partition window state (fixed windows and sessions), lateness, and
+//!   the partial → final merge.
+//! - [`watermark`]: event-time progress per partition, idle partitions.
+//! - [`checkpoint`]: per-partition checkpoints published through manifests.
+//! - [`clock`]: injected wall-clock time.
+//! - `ingest`: the consume loop on a dedicated thread, rebalance handling, backpressure.
 //! - `dead_letter`: the dead-letter and late-events producers.
 //!
 //! # Invariants
+//! - State is kept per Kafka partition. A partition's state and the offset it reflects move
+//!   together (checkpoint on revocation, restore on assignment), so across workers and restarts
+//!   every event is counted exactly once.
 //! - Window state lives until the batch layer covers the window; the serving layer then calls
 //!   [`SpeedLayer::release`], and from then on the window is answered by the batch layer only.
 //! - Every consumed message ends up in exactly one place per view: a window's state, the
-//!   dead-letter topic (malformed, or an expression failed on it) or the late-events topic.
-//! - The speed layer does not commit offsets: it rebuilds its state from the topic when it starts.
+//!   dead-letter topic, or the late-events topic.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -37,9 +45,10 @@ use datafusion::arrow::array::RecordBatch;
 use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::event::EventDecoder;
 use tandem_shared::row::ViewRow;
-use tandem_shared::time::{EventTime, Span};
+use tandem_shared::time::EventTime;
 use tokio_util::sync::CancellationToken;
 
+pub mod checkpoint;
 pub mod clock;
 mod dead_letter;
 mod ingest;
@@ -47,9 +56,9 @@ pub mod program;
 pub mod state;
 pub mod watermark;
 
-pub use ingest::{Error as IngestError, SpeedConfig};
+pub use ingest::{CheckpointSettings, Error as IngestError, SpeedConfig};
 use program::ViewProgram;
-use state::ViewState;
+use state::{Partial, ViewState};
 
 /// What applying a batch did to one view, by batch row.
 #[derive(Debug, Default)]
@@ -59,102 +68,60 @@ pub(crate) struct ViewOutcome {
     pub rejected: Vec<(usize, String)>,
 }
 
-/// One view's state behind a lock shared by the consume loop and queries.
+/// The state of every view over one Kafka partition, and the offset it reflects.
 #[derive(Debug)]
-pub(crate) struct ViewSlot {
-    name: String,
-    allowed_lateness: Span,
-    state: RwLock<ViewState>,
+pub(crate) struct PartitionState {
+    views: Vec<ViewState>,
+    /// The next offset to consume; `None` before anything was consumed.
+    next_offset: Option<i64>,
+    max_event_time: Option<EventTime>,
+    /// Changed since the last checkpoint.
+    dirty: bool,
 }
 
-impl ViewSlot {
-    pub(crate) fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub(crate) fn allowed_lateness(&self) -> Span {
-        self.allowed_lateness
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ViewState> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, ViewState> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Applies a batch. If an expression fails on the batch (say, a division by zero in one
-    /// event), retries row by row so that only the rows it fails on are rejected.
-    pub(crate) fn apply(&self, batch: &RecordBatch, watermark: Option<EventTime>) -> ViewOutcome {
-        let mut state = self.write();
-        match state.apply(batch, watermark) {
-            Ok(applied) => {
-                self.publish_size(&state);
-                ViewOutcome {
-                    late: applied.late_rows,
-                    rejected: Vec::new(),
-                }
-            }
-            Err(_) if batch.num_rows() > 1 => {
-                let mut outcome = ViewOutcome::default();
-                for row in 0..batch.num_rows() {
-                    match state.apply(&batch.slice(row, 1), watermark) {
-                        Ok(applied) if !applied.late_rows.is_empty() => outcome.late.push(row),
-                        Ok(_) => {}
-                        Err(err) => outcome.rejected.push((row, err.to_string())),
-                    }
-                }
-                self.publish_size(&state);
-                outcome
-            }
-            Err(err) => ViewOutcome {
-                late: Vec::new(),
-                rejected: vec![(0, err.to_string())],
-            },
-        }
-    }
-
-    fn publish_size(&self, state: &ViewState) {
-        let (windows, groups, bytes) = state.size();
-        let view = self.name.clone();
-        metrics::gauge!("tandem_speed_open_windows", "view" => view.clone()).set(windows as f64);
-        metrics::gauge!("tandem_speed_groups", "view" => view.clone()).set(groups as f64);
-        metrics::gauge!("tandem_speed_state_bytes", "view" => view).set(bytes as f64);
-    }
+#[derive(Debug)]
+struct Inner {
+    programs: Vec<Arc<ViewProgram>>,
+    names: BTreeMap<String, usize>,
+    fingerprint: String,
+    coverage: RwLock<Vec<Coverage>>,
+    partitions: RwLock<BTreeMap<i32, PartitionState>>,
 }
 
-/// Handle to the speed layer's views. Cheap to clone; all clones share state.
+/// Handle to the speed layer's state. Cheap to clone; all clones share state.
 #[derive(Debug, Clone)]
 pub struct SpeedLayer {
-    views: Arc<BTreeMap<String, Arc<ViewSlot>>>,
+    inner: Arc<Inner>,
 }
 
 impl SpeedLayer {
-    /// Creates the state for compiled views. Nothing is consumed until [`SpeedLayer::start`].
+    /// Creates the layer for compiled views. Nothing is consumed until [`SpeedLayer::start`].
     pub fn new(programs: Vec<ViewProgram>) -> Self {
-        let views = programs
-            .into_iter()
-            .map(|p| {
-                let slot = ViewSlot {
-                    name: p.view.name.clone(),
-                    allowed_lateness: p.view.allowed_lateness,
-                    state: RwLock::new(ViewState::new(Arc::new(p))),
-                };
-                (slot.name.clone(), Arc::new(slot))
-            })
+        let programs: Vec<Arc<ViewProgram>> = programs.into_iter().map(Arc::new).collect();
+        let names = programs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.view.name.clone(), i))
             .collect();
+        let fingerprint = programs
+            .iter()
+            .map(|p| format!("{}@{}", p.view.name, p.view.version))
+            .collect::<Vec<_>>()
+            .join(",");
+        let coverage = RwLock::new(vec![Coverage::new(); programs.len()]);
         Self {
-            views: Arc::new(views),
+            inner: Arc::new(Inner {
+                programs,
+                names,
+                fingerprint,
+                coverage,
+                partitions: RwLock::new(BTreeMap::new()),
+            }),
         }
     }
 
-    pub(crate) fn views(&self) -> impl Iterator<Item = &Arc<ViewSlot>> {
-        self.views.values()
-    }
-
     /// Starts consuming on a dedicated blocking thread; the returned task ends after `cancel`
-    /// fires and queued dead-letter messages are flushed.
+    /// fires, final checkpoints are written and side-topic messages are flushed.
     pub fn start(
         &self,
         config: SpeedConfig,
@@ -166,33 +133,266 @@ impl SpeedLayer {
         Ok(tokio::task::spawn_blocking(move || ingest.run(cancel)))
     }
 
-    /// Rows of `view` whose window starts in `range`; `None` for an unknown view.
-    pub fn query(&self, view: &str, range: StartRange) -> Option<Vec<ViewRow>> {
-        self.views.get(view).map(|v| v.read().rows(range))
+    pub(crate) fn programs(&self) -> &[Arc<ViewProgram>] {
+        &self.inner.programs
     }
 
-    /// Hands the batch layer's coverage of `view` to the speed layer: covered windows are dropped
-    /// and returned (for drift measurement), and later events for them are treated as late.
+    fn partitions_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<i32, PartitionState>> {
+        self.inner
+            .partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn partitions_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<i32, PartitionState>> {
+        self.inner
+            .partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn coverage_read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Coverage>> {
+        self.inner
+            .coverage
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rows of `view` whose window starts in `range`, merged over all partitions; `None` for an
+    /// unknown view.
+    pub fn query(&self, view: &str, range: StartRange) -> Option<Vec<ViewRow>> {
+        let index = *self.inner.names.get(view)?;
+        let sessions = matches!(
+            self.inner.programs[index].view.window,
+            tandem_shared::window::WindowSpec::Session { .. }
+        );
+        let partials: Vec<Partial> = self
+            .partitions_read()
+            .values()
+            .flat_map(|p| p.views[index].partials(range))
+            .collect();
+        Some(state::merge_partials(partials, sessions))
+    }
+
+    /// Hands the batch layer's coverage of `view` to the speed layer: covered windows are
+    /// dropped and returned (for drift measurement), and later events for them are late.
     pub fn release(&self, view: &str, coverage: &Coverage) -> Option<Vec<ViewRow>> {
-        self.views.get(view).map(|slot| {
-            let mut state = slot.write();
-            let released = state.release(coverage);
-            slot.publish_size(&state);
-            released
+        let index = *self.inner.names.get(view)?;
+        let sessions = matches!(
+            self.inner.programs[index].view.window,
+            tandem_shared::window::WindowSpec::Session { .. }
+        );
+        let covered = {
+            let mut all = self
+                .inner
+                .coverage
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            all[index].union(coverage);
+            all[index].clone()
+        };
+        let mut partials = Vec::new();
+        let mut partitions = self.partitions_write();
+        for p in partitions.values_mut() {
+            let released = p.views[index].release(&covered);
+            if !released.is_empty() {
+                p.dirty = true;
+            }
+            partials.extend(released);
+        }
+        drop(partitions);
+        self.publish_size();
+        Some(state::merge_partials(partials, sessions))
+    }
+
+    /// Budgeted bytes of all window state.
+    pub fn state_bytes(&self) -> usize {
+        self.partitions_read()
+            .values()
+            .flat_map(|p| p.views.iter())
+            .map(|v| v.size().2)
+            .sum()
+    }
+
+    fn publish_size(&self) {
+        let partitions = self.partitions_read();
+        for (i, program) in self.inner.programs.iter().enumerate() {
+            let (mut windows, mut groups, mut bytes) = (0, 0, 0);
+            for p in partitions.values() {
+                let (w, g, b) = p.views[i].size();
+                windows += w;
+                groups += g;
+                bytes += b;
+            }
+            let view = program.view.name.clone();
+            metrics::gauge!("tandem_speed_open_windows", "view" => view.clone())
+                .set(windows as f64);
+            metrics::gauge!("tandem_speed_groups", "view" => view.clone()).set(groups as f64);
+            metrics::gauge!("tandem_speed_state_bytes", "view" => view).set(bytes as f64);
+        }
+    }
+
+    /// Installs a partition's state: restored from `snapshot` if it matches the current views,
+    /// empty otherwise. Returns the offset to resume from.
+    pub(crate) fn assign(
+        &self,
+        partition: i32,
+        snapshot: Option<checkpoint::PartitionSnapshot>,
+    ) -> Option<i64> {
+        let fresh = || PartitionState {
+            views: self
+                .inner
+                .programs
+                .iter()
+                .map(|p| ViewState::new(Arc::clone(p)))
+                .collect(),
+            next_offset: None,
+            max_event_time: None,
+            dirty: false,
+        };
+        let state = match snapshot {
+            Some(s) if s.fingerprint == self.inner.fingerprint => {
+                let views: Result<Vec<ViewState>, _> = self
+                    .inner
+                    .programs
+                    .iter()
+                    .zip(&s.views)
+                    .map(|(p, v)| ViewState::restore(Arc::clone(p), v))
+                    .collect();
+                match views {
+                    Ok(views) => PartitionState {
+                        views,
+                        next_offset: s.next_offset,
+                        max_event_time: s.max_event_time.map(EventTime),
+                        dirty: false,
+                    },
+                    Err(err) => {
+                        tracing::error!(partition, %err, "checkpoint unusable; rebuilding the partition from the topic");
+                        fresh()
+                    }
+                }
+            }
+            Some(_) => {
+                tracing::warn!(
+                    partition,
+                    "checkpoint was written for other view definitions; rebuilding the partition from the topic"
+                );
+                fresh()
+            }
+            None => fresh(),
+        };
+        let offset = state.next_offset;
+        self.partitions_write().insert(partition, state);
+        self.publish_size();
+        offset
+    }
+
+    /// Removes a partition's state (revoked).
+    pub(crate) fn revoke(&self, partition: i32) {
+        self.partitions_write().remove(&partition);
+        self.publish_size();
+    }
+
+    pub(crate) fn assigned(&self, partition: i32) -> bool {
+        self.partitions_read().contains_key(&partition)
+    }
+
+    pub(crate) fn assigned_partitions(&self) -> Vec<i32> {
+        self.partitions_read().keys().copied().collect()
+    }
+
+    pub(crate) fn max_event_time(&self, partition: i32) -> Option<EventTime> {
+        self.partitions_read()
+            .get(&partition)
+            .and_then(|p| p.max_event_time)
+    }
+
+    /// A snapshot of a partition's state, if it changed since the last one (or `force`).
+    pub(crate) fn snapshot(
+        &self,
+        partition: i32,
+        force: bool,
+    ) -> Option<checkpoint::PartitionSnapshot> {
+        let mut partitions = self.partitions_write();
+        let p = partitions.get_mut(&partition)?;
+        if !p.dirty && !force {
+            return None;
+        }
+        p.dirty = false;
+        Some(checkpoint::PartitionSnapshot {
+            format: checkpoint::FORMAT,
+            fingerprint: self.inner.fingerprint.clone(),
+            partition,
+            next_offset: p.next_offset,
+            max_event_time: p.max_event_time.map(|t| t.millis()),
+            views: p.views.iter().map(ViewState::snapshot).collect(),
         })
+    }
+
+    /// Applies one partition's batch to every view and advances its offset past `last_offset`.
+    /// If an expression fails on the batch (a division by zero in one event, say), retries row
+    /// by row so that only the rows it fails on are rejected.
+    pub(crate) fn apply(
+        &self,
+        partition: i32,
+        batch: Option<&RecordBatch>,
+        watermark: Option<EventTime>,
+        last_offset: i64,
+        max_event_time: Option<EventTime>,
+    ) -> Vec<ViewOutcome> {
+        let coverage = self.coverage_read().clone();
+        let mut partitions = self.partitions_write();
+        let Some(p) = partitions.get_mut(&partition) else {
+            return Vec::new();
+        };
+        p.next_offset = Some(last_offset + 1);
+        p.max_event_time = p.max_event_time.max(max_event_time);
+        p.dirty = true;
+        let Some(batch) = batch else {
+            return Vec::new();
+        };
+        p.views
+            .iter_mut()
+            .zip(&coverage)
+            .map(
+                |(view, covered)| match view.apply(batch, watermark, covered) {
+                    Ok(applied) => ViewOutcome {
+                        late: applied.late_rows,
+                        rejected: Vec::new(),
+                    },
+                    Err(_) if batch.num_rows() > 1 => {
+                        let mut outcome = ViewOutcome::default();
+                        for row in 0..batch.num_rows() {
+                            match view.apply(&batch.slice(row, 1), watermark, covered) {
+                                Ok(applied) if !applied.late_rows.is_empty() => {
+                                    outcome.late.push(row)
+                                }
+                                Ok(_) => {}
+                                Err(err) => outcome.rejected.push((row, err.to_string())),
+                            }
+                        }
+                        outcome
+                    }
+                    Err(err) => ViewOutcome {
+                        late: Vec::new(),
+                        rejected: vec![(0, err.to_string())],
+                    },
+                },
+            )
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_shared::aggregate::AggregateValue;
     use tandem_shared::event::EventBatchBuilder;
     use tandem_shared::schema::{EventSchema, FieldType};
     use tandem_shared::view::{ViewConfig, ViewDefinition};
     use tandem_shared::window::WindowConfig;
 
-    #[test]
-    fn an_expression_error_rejects_only_the_rows_it_fails_on() {
+    fn setup(filter: &str) -> (SpeedLayer, EventDecoder) {
         let schema = Arc::new(
             EventSchema::new(
                 "ts",
@@ -212,44 +412,111 @@ mod tests {
                     ..Default::default()
                 },
                 group_by: vec![],
-                filter: Some("a / b > 1".into()),
+                filter: Some(filter.into()),
                 allowed_lateness: None,
-                aggregates: vec!["count(*) AS n".into()],
+                aggregates: vec!["count(*) AS n".into(), "sum(a) AS a".into()],
             },
             &schema,
         )
         .unwrap();
         let speed = SpeedLayer::new(vec![ViewProgram::compile(&view, &schema).unwrap()]);
-        let decoder = EventDecoder::new(schema);
-        let mut b = EventBatchBuilder::new(&decoder, 3);
-        for (i, json) in [
-            r#"{"ts":1,"a":4,"b":2}"#,
-            r#"{"ts":2,"a":4,"b":0}"#,
-            r#"{"ts":3,"a":9,"b":3}"#,
-        ]
-        .iter()
-        .enumerate()
-        {
-            b.append(&decoder.decode(json.as_bytes()).unwrap(), 0, i as i64);
+        (speed, EventDecoder::new(schema))
+    }
+
+    fn batch(decoder: &EventDecoder, partition: i32, rows: &[&str]) -> RecordBatch {
+        let mut b = EventBatchBuilder::new(decoder, rows.len());
+        for (i, json) in rows.iter().enumerate() {
+            b.append(
+                &decoder.decode(json.as_bytes()).unwrap(),
+                partition,
+                i as i64,
+            );
         }
-        let slot = speed.views().next().unwrap().clone();
-        let outcome = slot.apply(&b.finish(), None);
-        assert_eq!(outcome.rejected.len(), 1);
-        assert_eq!(outcome.rejected[0].0, 1);
+        b.finish()
+    }
+
+    const ALL: StartRange = StartRange {
+        from: EventTime::MIN,
+        to: EventTime::MAX,
+    };
+
+    #[test]
+    fn an_expression_error_rejects_only_the_rows_it_fails_on() {
+        let (speed, decoder) = setup("a / b > 1");
+        speed.assign(0, None);
+        let b = batch(
+            &decoder,
+            0,
+            &[
+                r#"{"ts":1,"a":4,"b":2}"#,
+                r#"{"ts":2,"a":4,"b":0}"#,
+                r#"{"ts":3,"a":9,"b":3}"#,
+            ],
+        );
+        let outcome = speed.apply(0, Some(&b), None, 2, None);
+        assert_eq!(outcome[0].rejected.len(), 1);
+        assert_eq!(outcome[0].rejected[0].0, 1);
         assert!(
-            outcome.rejected[0]
+            outcome[0].rejected[0]
                 .1
                 .to_lowercase()
                 .contains("divide by zero"),
             "{:?}",
-            outcome.rejected
+            outcome[0].rejected
         );
-        let rows = speed
-            .query("ratio", StartRange::new(EventTime::MIN, EventTime::MAX))
-            .unwrap();
+        let rows = speed.query("ratio", ALL).unwrap();
+        assert_eq!(rows[0].values[0], AggregateValue::Int(2));
+    }
+
+    #[test]
+    fn queries_merge_partitions_and_checkpoints_restore_them() {
+        let (speed, decoder) = setup("a > 0");
+        speed.assign(0, None);
+        speed.assign(1, None);
+        speed.apply(
+            0,
+            Some(&batch(
+                &decoder,
+                0,
+                &[r#"{"ts":1,"a":1}"#, r#"{"ts":2,"a":2}"#],
+            )),
+            None,
+            1,
+            Some(EventTime(2)),
+        );
+        speed.apply(
+            1,
+            Some(&batch(&decoder, 1, &[r#"{"ts":3,"a":4}"#])),
+            None,
+            0,
+            Some(EventTime(3)),
+        );
+        let rows = speed.query("ratio", ALL).unwrap();
+        assert_eq!(rows.len(), 1);
         assert_eq!(
-            rows[0].values[0],
-            tandem_shared::aggregate::AggregateValue::Int(2)
+            rows[0].values,
+            [AggregateValue::Int(3), AggregateValue::Int(7)]
         );
+
+        // Partition 1 moves to another worker with its checkpoint.
+        let snapshot = speed.snapshot(1, false).unwrap();
+        assert_eq!(snapshot.next_offset, Some(1));
+        assert!(speed.snapshot(1, false).is_none(), "nothing changed since");
+        speed.revoke(1);
+        assert_eq!(
+            speed.query("ratio", ALL).unwrap()[0].values[0],
+            AggregateValue::Int(2)
+        );
+        let (other, _) = setup("a > 0");
+        assert_eq!(other.assign(1, Some(snapshot.clone())), Some(1));
+        assert_eq!(
+            other.query("ratio", ALL).unwrap()[0].values[1],
+            AggregateValue::Int(4)
+        );
+
+        // A checkpoint of other view definitions is not restored.
+        let (changed, _) = setup("a > 1");
+        assert_eq!(changed.assign(1, Some(snapshot)), None);
+        assert!(changed.query("ratio", ALL).unwrap().is_empty());
     }
 }

@@ -15,7 +15,6 @@ use datafusion::prelude::SessionContext;
 use tandem_shared::aggregate::ArgumentType;
 use tandem_shared::schema::EventSchema;
 use tandem_shared::view::{AggregateSpec, ViewDefinition};
-use tandem_shared::window::WindowSpec;
 
 /// Errors compiling a view. Always the user's configuration.
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +67,6 @@ fn contains_aggregate(expr: &Expr) -> bool {
 
 impl ViewProgram {
     pub fn compile(view: &ViewDefinition, schema: &EventSchema) -> Result<Self> {
-        if matches!(view.window, WindowSpec::Session { .. }) {
-            return Err(Error::Unsupported {
-                view: view.name.clone(),
-                detail: "session windows are not supported by this version of the speed layer"
-                    .into(),
-            });
-        }
         let arrow = schema.arrow_schema();
         let ctx = SessionContext::new();
         let df_schema =

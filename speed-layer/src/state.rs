@@ -1,14 +1,19 @@
-//! Per-view window state: partial aggregates per window and group.
+//! Window state of one view over one Kafka partition: partial aggregates per window and group.
+//!
+//! The speed layer keeps one [`ViewState`] per view *per partition*, so that a partition can move
+//! to another worker together with exactly the state its checkpointed offset reflects. Queries
+//! merge the partials of all partitions ([`merge_partials`]), the same partial → final shape as
+//! DataFusion's two-phase aggregation.
 //!
 //! Invariants:
-//! - A window's state is kept after the window closes, until the batch layer covers it (see
-//!   [`ViewState::release`]). That is what makes the seam between the layers exact: at every
-//!   moment each window is answered entirely by one layer.
-//! - Once a window is covered, later events for it are not applied here: the batch layer's exact
-//!   result already answers it, and keeping them would only grow memory. Such events are reported
-//!   as late so that they are never silently dropped.
-//! - An event is applied to every window of the view that contains it and is still open, i.e.
-//!   whose end is after the view's watermark. An event with no open window is late.
+//! - A window's state is kept after the window closes, until the batch layer covers it. That is
+//!   what makes the seam between the layers exact.
+//! - Events for a covered window are not applied: the batch layer's exact result answers it.
+//!   Such events are reported as late so that they are never silently dropped.
+//! - An event is applied to every window of the view that contains it and is still open (its end
+//!   is after the view's watermark). An event with no such window is late.
+//! - Session windows (per group) are `[first event, last event + gap)`; an event joins every
+//!   session its own window `[t, t + gap)` overlaps, merging them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,16 +28,17 @@ use datafusion::common::cast::{
     as_boolean_array, as_float64_array, as_int64_array, as_string_array,
     as_timestamp_millisecond_array,
 };
+use serde::{Deserialize, Serialize};
 use tandem_shared::aggregate::{ArgumentType, Input, PartialAggregate};
 use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::row::{GroupKey, GroupValue, ViewRow};
 use tandem_shared::time::EventTime;
-use tandem_shared::window::Window;
+use tandem_shared::window::{Window, WindowSpec};
 
 use crate::program::ViewProgram;
 
-/// Errors applying a batch. Internal: batches are built by the decoder against the schema the
-/// program was compiled for, so these indicate a bug rather than bad input.
+/// Errors of the window state. Evaluation errors come from the data (an expression failing on
+/// an event); the others mean a bug or a corrupt checkpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("view `{view}`: evaluating expressions: {source}")]
@@ -45,6 +51,11 @@ pub enum Error {
         view: String,
         column: usize,
         ty: DataType,
+    },
+    #[error("view `{view}`: restoring state: {source}")]
+    Restore {
+        view: String,
+        source: tandem_shared::aggregate::Error,
     },
 }
 
@@ -59,18 +70,39 @@ pub struct Applied {
     pub late_rows: Vec<usize>,
 }
 
-#[derive(Debug)]
+/// The partial state of one window and group.
+#[derive(Debug, Clone)]
+pub struct Partial {
+    pub window: Window,
+    pub group: GroupKey,
+    pub accs: Vec<PartialAggregate>,
+}
+
+#[derive(Debug, Default)]
 struct WindowGroups {
     end: EventTime,
     groups: HashMap<GroupKey, Vec<PartialAggregate>>,
 }
 
-/// The speed layer's state of one view.
+#[derive(Debug)]
+struct Session {
+    end: EventTime,
+    accs: Vec<PartialAggregate>,
+}
+
+#[derive(Debug)]
+enum Windows {
+    /// Tumbling and hopping windows, by start.
+    Fixed(BTreeMap<EventTime, WindowGroups>),
+    /// Sessions per group, by start; sessions of one group never overlap.
+    Sessions(HashMap<GroupKey, BTreeMap<EventTime, Session>>),
+}
+
+/// The speed layer's state of one view over one partition.
 #[derive(Debug)]
 pub struct ViewState {
     program: Arc<ViewProgram>,
-    windows: BTreeMap<EventTime, WindowGroups>,
-    covered: Coverage,
+    windows: Windows,
     groups: usize,
     bytes: usize,
 }
@@ -126,12 +158,48 @@ impl ArgColumn<'_> {
     }
 }
 
+/// Budgeted size of one group's state.
+fn entry_bytes(key: &GroupKey, accs: &[PartialAggregate]) -> usize {
+    accs.iter()
+        .map(PartialAggregate::approx_bytes)
+        .sum::<usize>()
+        + key
+            .iter()
+            .map(|v| match v {
+                GroupValue::Str(s) => 32 + s.len(),
+                _ => 32,
+            })
+            .sum::<usize>()
+        + 64
+}
+
+fn update_accs(accs: &mut [PartialAggregate], args: &[ArgColumn<'_>], row: usize) {
+    for (acc, arg) in accs.iter_mut().zip(args) {
+        match arg.input(row) {
+            None => acc.update_row(),
+            Some(input) => acc.update(input),
+        }
+    }
+}
+
+fn merge_accs(into: &mut [PartialAggregate], from: &[PartialAggregate]) {
+    for (a, b) in into.iter_mut().zip(from) {
+        // Both come from the same view program, so their kinds always match.
+        if let Err(err) = a.merge(b) {
+            tracing::error!(%err, "merging partial aggregates of one view");
+        }
+    }
+}
+
 impl ViewState {
     pub fn new(program: Arc<ViewProgram>) -> Self {
+        let windows = match program.view.window {
+            WindowSpec::Session { .. } => Windows::Sessions(HashMap::new()),
+            _ => Windows::Fixed(BTreeMap::new()),
+        };
         Self {
             program,
-            windows: BTreeMap::new(),
-            covered: Coverage::new(),
+            windows,
             groups: 0,
             bytes: 0,
         }
@@ -141,14 +209,28 @@ impl ViewState {
         &self.program
     }
 
-    /// Windows held, groups held, and approximate bytes of aggregate state.
+    /// Windows held, groups held, and budgeted bytes of aggregate state.
     pub fn size(&self) -> (usize, usize, usize) {
-        (self.windows.len(), self.groups, self.bytes)
+        let windows = match &self.windows {
+            Windows::Fixed(w) => w.len(),
+            Windows::Sessions(s) => s.values().map(BTreeMap::len).sum(),
+        };
+        (windows, self.groups, self.bytes)
     }
 
-    /// The windows the batch layer covers, as last told by [`ViewState::release`].
-    pub fn covered(&self) -> &Coverage {
-        &self.covered
+    fn empty_accs(&self) -> Vec<PartialAggregate> {
+        self.program
+            .view
+            .aggregates
+            .iter()
+            .zip(&self.program.arguments)
+            .map(|(spec, arg)| {
+                PartialAggregate::new(
+                    spec.function,
+                    arg.as_ref().map_or(ArgumentType::Other, |a| a.ty),
+                )
+            })
+            .collect()
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<(Option<BooleanArray>, Vec<ArrayRef>)> {
@@ -175,8 +257,8 @@ impl ViewState {
         let mut args = Vec::with_capacity(self.program.arguments.len());
         for arg in self.program.arguments.iter().flatten() {
             let array = eval(&arg.expr)?;
-            // `cast` is a no-op for arrays already of the target type; it guards against a
-            // function whose declared and produced types differ (for example Utf8View).
+            // `cast` guards against a function whose produced type differs from its declared
+            // one (Utf8View for Utf8, say); it is a no-op otherwise.
             let target = match arg.ty {
                 ArgumentType::Int64 => DataType::Int64,
                 ArgumentType::Float64 => DataType::Float64,
@@ -195,14 +277,16 @@ impl ViewState {
         Ok((mask, args))
     }
 
-    /// Applies a batch of decoded events. `event_watermark` is the minimum over partitions of the
-    /// largest event time seen, before this batch; the view subtracts its allowed lateness.
+    /// Applies a batch of decoded events. `event_watermark` is the combined event-time progress
+    /// of the consumer before this batch; the view subtracts its allowed lateness. `covered` is
+    /// the batch layer's coverage of this view.
     pub fn apply(
         &mut self,
         batch: &RecordBatch,
         event_watermark: Option<EventTime>,
+        covered: &Coverage,
     ) -> Result<Applied> {
-        let view_name = self.program.view.name.clone();
+        let view_name = &self.program.view.name;
         let (mask, arg_arrays) = self.evaluate(batch)?;
         let column_err = |column: usize, ty: &DataType| Error::ColumnType {
             view: view_name.clone(),
@@ -260,15 +344,32 @@ impl ViewState {
             let t = EventTime(times.value(row));
             key.clear();
             key.extend(group_columns.iter().map(|c| c.value(row)));
-            let mut updated = false;
-            for window in spec.windows_of(t) {
-                if watermark.is_some_and(|w| window.end <= w) || self.covered.contains(window.start)
-                {
-                    continue;
+            let updated = match spec {
+                WindowSpec::Session { gap } => {
+                    let own = Window {
+                        start: t,
+                        end: t.saturating_add(gap),
+                    };
+                    if watermark.is_some_and(|w| own.end <= w) {
+                        false
+                    } else {
+                        self.update_session(own, &key, &args, row, covered)
+                    }
                 }
-                updated = true;
-                self.update(window, &key, &args, row);
-            }
+                _ => {
+                    let mut updated = false;
+                    for window in spec.windows_of(t) {
+                        if watermark.is_some_and(|w| window.end <= w)
+                            || covered.contains(window.start)
+                        {
+                            continue;
+                        }
+                        updated = true;
+                        self.update_fixed(window, &key, &args, row);
+                    }
+                    updated
+                }
+            };
             if updated {
                 applied.updated += 1;
             } else {
@@ -278,103 +379,303 @@ impl ViewState {
         Ok(applied)
     }
 
-    fn update(&mut self, window: Window, key: &GroupKey, args: &[ArgColumn<'_>], row: usize) {
-        let entry = self
-            .windows
-            .entry(window.start)
-            .or_insert_with(|| WindowGroups {
-                end: window.end,
-                groups: HashMap::new(),
-            });
+    fn update_fixed(&mut self, window: Window, key: &GroupKey, args: &[ArgColumn<'_>], row: usize) {
+        let fresh = self.empty_accs();
+        let Windows::Fixed(windows) = &mut self.windows else {
+            return;
+        };
+        let entry = windows.entry(window.start).or_insert_with(|| WindowGroups {
+            end: window.end,
+            groups: HashMap::new(),
+        });
         let accs = match entry.groups.get_mut(key) {
             Some(accs) => accs,
             None => {
-                let accs: Vec<_> = self
-                    .program
-                    .view
-                    .aggregates
-                    .iter()
-                    .zip(&self.program.arguments)
-                    .map(|(spec, arg)| {
-                        PartialAggregate::new(
-                            spec.function,
-                            arg.as_ref().map_or(ArgumentType::Other, |a| a.ty),
-                        )
-                    })
-                    .collect();
                 self.groups += 1;
-                self.bytes += accs
-                    .iter()
-                    .map(PartialAggregate::approx_bytes)
-                    .sum::<usize>()
-                    + key.len() * 32
-                    + 64;
-                entry.groups.entry(key.clone()).or_insert(accs)
+                self.bytes += entry_bytes(key, &fresh);
+                entry.groups.entry(key.clone()).or_insert(fresh)
             }
         };
-        for (acc, arg) in accs.iter_mut().zip(args) {
-            match arg.input(row) {
-                None => acc.update_row(),
-                Some(input) => acc.update(input),
-            }
-        }
+        update_accs(accs, args, row);
     }
 
-    /// Rows of windows whose start lies in `range`, in result order.
-    pub fn rows(&self, range: StartRange) -> Vec<ViewRow> {
-        if range.is_empty() {
-            return Vec::new();
-        }
-        let mut out = Vec::new();
-        for (start, w) in self.windows.range(range.from..range.to) {
-            collect_rows(*start, w, &mut out);
-        }
-        out.sort_by(ViewRow::order);
-        out
-    }
-
-    /// Adopts the batch layer's coverage: drops the state of every covered window and returns
-    /// its final rows (so the caller can measure drift against the exact results).
-    pub fn release(&mut self, coverage: &Coverage) -> Vec<ViewRow> {
-        self.covered.union(coverage);
-        let covered: Vec<EventTime> = self
-            .windows
-            .keys()
-            .copied()
-            .filter(|s| self.covered.contains(*s))
+    /// Adds an event whose own window is `own` to its group's sessions. Returns false if the
+    /// resulting session starts in a covered range (the batch layer has published it).
+    fn update_session(
+        &mut self,
+        own: Window,
+        key: &GroupKey,
+        args: &[ArgColumn<'_>],
+        row: usize,
+        covered: &Coverage,
+    ) -> bool {
+        let fresh = self.empty_accs();
+        let Windows::Sessions(groups) = &mut self.windows else {
+            return false;
+        };
+        let sessions = groups.entry(key.clone()).or_default();
+        // Sessions overlapping [t, t + gap): they start before its end and end after its start.
+        // Sessions of one group are disjoint, so walking back from the end finds them all.
+        let overlapping: Vec<EventTime> = sessions
+            .range(..own.end)
+            .rev()
+            .take_while(|(_, s)| s.end > own.start)
+            .map(|(start, _)| *start)
             .collect();
-        let mut out = Vec::new();
-        for start in covered {
-            if let Some(w) = self.windows.remove(&start) {
-                self.groups -= w.groups.len();
-                let freed: usize = w
-                    .groups
-                    .iter()
-                    .map(|(k, accs)| {
-                        accs.iter()
-                            .map(PartialAggregate::approx_bytes)
-                            .sum::<usize>()
-                            + k.len() * 32
-                            + 64
-                    })
-                    .sum();
-                self.bytes = self.bytes.saturating_sub(freed);
-                collect_rows(start, &w, &mut out);
+        let start = overlapping.iter().copied().fold(own.start, EventTime::min);
+        if covered.contains(start) {
+            return false;
+        }
+        let mut merged = Session {
+            end: own.end,
+            accs: fresh,
+        };
+        if overlapping.is_empty() {
+            self.groups += 1;
+            self.bytes += entry_bytes(key, &merged.accs);
+        }
+        for s in &overlapping {
+            if let Some(old) = sessions.remove(s) {
+                merged.end = merged.end.max(old.end);
+                merge_accs(&mut merged.accs, &old.accs);
             }
         }
-        out.sort_by(ViewRow::order);
+        // Merging k sessions into one frees k - 1 entries.
+        if overlapping.len() > 1 {
+            let freed = overlapping.len() - 1;
+            self.groups -= freed;
+            self.bytes = self
+                .bytes
+                .saturating_sub(freed * entry_bytes(key, &merged.accs));
+        }
+        update_accs(&mut merged.accs, args, row);
+        sessions.insert(start, merged);
+        true
+    }
+
+    /// Partial states of windows whose start lies in `range`.
+    pub fn partials(&self, range: StartRange) -> Vec<Partial> {
+        let mut out = Vec::new();
+        if range.is_empty() {
+            return out;
+        }
+        match &self.windows {
+            Windows::Fixed(windows) => {
+                for (start, w) in windows.range(range.from..range.to) {
+                    for (key, accs) in &w.groups {
+                        out.push(Partial {
+                            window: Window {
+                                start: *start,
+                                end: w.end,
+                            },
+                            group: key.clone(),
+                            accs: accs.clone(),
+                        });
+                    }
+                }
+            }
+            Windows::Sessions(groups) => {
+                for (key, sessions) in groups {
+                    for (start, s) in sessions.range(range.from..range.to) {
+                        out.push(Partial {
+                            window: Window {
+                                start: *start,
+                                end: s.end,
+                            },
+                            group: key.clone(),
+                            accs: s.accs.clone(),
+                        });
+                    }
+                }
+            }
+        }
         out
+    }
+
+    /// Final rows of this state alone (for a single partition).
+    pub fn rows(&self, range: StartRange) -> Vec<ViewRow> {
+        merge_partials(self.partials(range), self.is_sessions())
+    }
+
+    pub fn is_sessions(&self) -> bool {
+        matches!(self.windows, Windows::Sessions(_))
+    }
+
+    /// Drops the state of every covered window and returns it.
+    pub fn release(&mut self, coverage: &Coverage) -> Vec<Partial> {
+        let mut out = Vec::new();
+        match &mut self.windows {
+            Windows::Fixed(windows) => {
+                let covered: Vec<EventTime> = windows
+                    .keys()
+                    .copied()
+                    .filter(|s| coverage.contains(*s))
+                    .collect();
+                for start in covered {
+                    if let Some(w) = windows.remove(&start) {
+                        for (key, accs) in w.groups {
+                            self.groups -= 1;
+                            self.bytes = self.bytes.saturating_sub(entry_bytes(&key, &accs));
+                            out.push(Partial {
+                                window: Window { start, end: w.end },
+                                group: key,
+                                accs,
+                            });
+                        }
+                    }
+                }
+            }
+            Windows::Sessions(groups) => {
+                for (key, sessions) in groups.iter_mut() {
+                    let covered: Vec<EventTime> = sessions
+                        .keys()
+                        .copied()
+                        .filter(|s| coverage.contains(*s))
+                        .collect();
+                    for start in covered {
+                        if let Some(s) = sessions.remove(&start) {
+                            self.groups -= 1;
+                            self.bytes = self.bytes.saturating_sub(entry_bytes(key, &s.accs));
+                            out.push(Partial {
+                                window: Window { start, end: s.end },
+                                group: key.clone(),
+                                accs: s.accs,
+                            });
+                        }
+                    }
+                }
+                groups.retain(|_, s| !s.is_empty());
+            }
+        }
+        out
+    }
+
+    /// A serializable copy of the state.
+    pub fn snapshot(&self) -> ViewSnapshot {
+        let entries = self
+            .partials(StartRange::new(EventTime::MIN, EventTime::MAX))
+            .into_iter()
+            .map(|p| EntrySnapshot {
+                start: p.window.start.millis(),
+                end: p.window.end.millis(),
+                group: p.group,
+                accs: p.accs.iter().map(PartialAggregate::to_bytes).collect(),
+            })
+            .collect();
+        ViewSnapshot {
+            view: self.program.view.name.clone(),
+            version: self.program.view.version.0.clone(),
+            entries,
+        }
+    }
+
+    /// Rebuilds state from a snapshot of the same view version.
+    pub fn restore(program: Arc<ViewProgram>, snapshot: &ViewSnapshot) -> Result<Self> {
+        let mut state = Self::new(program);
+        let view = state.program.view.name.clone();
+        for e in &snapshot.entries {
+            let accs = e
+                .accs
+                .iter()
+                .map(|b| PartialAggregate::from_bytes(b))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| Error::Restore {
+                    view: view.clone(),
+                    source,
+                })?;
+            state.groups += 1;
+            state.bytes += entry_bytes(&e.group, &accs);
+            let (start, end) = (EventTime(e.start), EventTime(e.end));
+            match &mut state.windows {
+                Windows::Fixed(windows) => {
+                    windows
+                        .entry(start)
+                        .or_insert_with(|| WindowGroups {
+                            end,
+                            groups: HashMap::new(),
+                        })
+                        .groups
+                        .insert(e.group.clone(), accs);
+                }
+                Windows::Sessions(groups) => {
+                    groups
+                        .entry(e.group.clone())
+                        .or_default()
+                        .insert(start, Session { end, accs });
+                }
+            }
+        }
+        Ok(state)
     }
 }
 
-fn collect_rows(start: EventTime, w: &WindowGroups, out: &mut Vec<ViewRow>) {
-    for (key, accs) in &w.groups {
-        out.push(ViewRow {
-            window: Window { start, end: w.end },
-            group: key.clone(),
-            values: accs.iter().map(PartialAggregate::evaluate).collect(),
-        });
-    }
+/// Serializable state of one view over one partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewSnapshot {
+    pub view: String,
+    pub version: String,
+    pub entries: Vec<EntrySnapshot>,
+}
+
+/// One window and group of a [`ViewSnapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntrySnapshot {
+    pub start: i64,
+    pub end: i64,
+    pub group: GroupKey,
+    pub accs: Vec<Vec<u8>>,
+}
+
+/// Merges partials (of any number of partitions) into final rows, in result order. For session
+/// views, fragments of one group that overlap are one session.
+pub fn merge_partials(partials: Vec<Partial>, sessions: bool) -> Vec<ViewRow> {
+    let mut merged: Vec<Partial> = if sessions {
+        let mut by_group: HashMap<GroupKey, Vec<Partial>> = HashMap::new();
+        for p in partials {
+            by_group.entry(p.group.clone()).or_default().push(p);
+        }
+        let mut out = Vec::new();
+        for (_, mut fragments) in by_group {
+            fragments.sort_by_key(|p| p.window.start);
+            let mut current: Option<Partial> = None;
+            for f in fragments {
+                match &mut current {
+                    Some(c) if f.window.start < c.window.end => {
+                        c.window.end = c.window.end.max(f.window.end);
+                        merge_accs(&mut c.accs, &f.accs);
+                    }
+                    _ => {
+                        if let Some(done) = current.replace(f) {
+                            out.push(done);
+                        }
+                    }
+                }
+            }
+            out.extend(current);
+        }
+        out
+    } else {
+        let mut by_key: HashMap<(Window, GroupKey), Partial> = HashMap::new();
+        for p in partials {
+            match by_key.get_mut(&(p.window, p.group.clone())) {
+                Some(existing) => merge_accs(&mut existing.accs, &p.accs),
+                None => {
+                    by_key.insert((p.window, p.group.clone()), p);
+                }
+            }
+        }
+        by_key.into_values().collect()
+    };
+    let mut rows: Vec<ViewRow> = merged
+        .drain(..)
+        .map(|p| ViewRow {
+            window: p.window,
+            group: p.group,
+            values: p.accs.iter().map(PartialAggregate::evaluate).collect(),
+        })
+        .collect();
+    rows.sort_by(ViewRow::order);
+    rows
 }
 
 #[cfg(test)]
@@ -428,6 +729,13 @@ mod tests {
         }
     }
 
+    fn sessions(gap: &str) -> WindowConfig {
+        WindowConfig {
+            session_gap: Some(gap.into()),
+            ..Default::default()
+        }
+    }
+
     fn batch(events: &[(i64, &str, f64, &str)]) -> RecordBatch {
         let decoder = EventDecoder::new(schema());
         let mut b = EventBatchBuilder::new(&decoder, events.len());
@@ -440,8 +748,21 @@ mod tests {
         b.finish()
     }
 
-    fn all(s: &ViewState) -> Vec<ViewRow> {
-        s.rows(StartRange::new(EventTime::MIN, EventTime::MAX))
+    fn placed(events: &[(i64, &str, f64)]) -> RecordBatch {
+        let v: Vec<_> = events
+            .iter()
+            .map(|(t, c, a)| (*t, *c, *a, "order_placed"))
+            .collect();
+        batch(&v)
+    }
+
+    const ALL: StartRange = StartRange {
+        from: EventTime::MIN,
+        to: EventTime::MAX,
+    };
+
+    fn none() -> Coverage {
+        Coverage::new()
     }
 
     #[test]
@@ -457,12 +778,13 @@ mod tests {
                     (61_000, "Pune", 1.0, "order_placed"),
                 ]),
                 None,
+                &none(),
             )
             .unwrap();
         assert_eq!(applied.updated, 4);
         assert!(applied.late_rows.is_empty());
-        let rows = all(&s);
-        let summary: Vec<_> = rows
+        let summary: Vec<_> = s
+            .rows(ALL)
             .iter()
             .map(|r| {
                 (
@@ -486,8 +808,8 @@ mod tests {
     #[test]
     fn events_within_lateness_update_closed_windows_and_later_ones_are_late() {
         let mut s = state(tumbling(), "10s");
-        // Watermark: max event time 125s minus 10s lateness = 115s. Window [60s,120s) is still
-        // open (end 120s > 115s), window [0,60s) is closed.
+        // Watermark: progress 125s minus 10s lateness = 115s. Window [60s,120s) is still open
+        // (end 120s > 115s), window [0,60s) is closed.
         let applied = s
             .apply(
                 &batch(&[
@@ -496,6 +818,7 @@ mod tests {
                     (59_000, "Pune", 1.0, "order_cancelled"),
                 ]),
                 Some(EventTime(125_000)),
+                &none(),
             )
             .unwrap();
         assert_eq!(applied.updated, 1);
@@ -512,21 +835,23 @@ mod tests {
             },
             "0s",
         );
-        s.apply(&batch(&[(150_000, "Pune", 2.0, "order_placed")]), None)
+        s.apply(&placed(&[(150_000, "Pune", 2.0)]), None, &none())
             .unwrap();
-        let starts: Vec<_> = all(&s).iter().map(|r| r.window.start.millis()).collect();
+        let starts: Vec<_> = s
+            .rows(ALL)
+            .iter()
+            .map(|r| r.window.start.millis())
+            .collect();
         assert_eq!(starts, [0, 60_000, 120_000]);
     }
 
     #[test]
-    fn release_drops_covered_windows_and_ignores_later_events_for_them() {
+    fn covered_windows_are_released_and_later_events_for_them_are_late() {
         let mut s = state(tumbling(), "1h");
         s.apply(
-            &batch(&[
-                (1_000, "Pune", 1.0, "order_placed"),
-                (61_000, "Pune", 2.0, "order_placed"),
-            ]),
+            &placed(&[(1_000, "Pune", 1.0), (61_000, "Pune", 2.0)]),
             None,
+            &none(),
         )
         .unwrap();
         let coverage = Coverage::from_ranges([StartRange::new(EventTime(0), EventTime(60_000))]);
@@ -535,9 +860,125 @@ mod tests {
         assert_eq!(released[0].window.start, EventTime(0));
         assert_eq!(s.size().0, 1);
         let applied = s
-            .apply(&batch(&[(2_000, "Pune", 1.0, "order_placed")]), None)
+            .apply(&placed(&[(2_000, "Pune", 1.0)]), None, &coverage)
             .unwrap();
         assert_eq!(applied.late_rows, [0]);
-        assert_eq!(all(&s).len(), 1);
+        assert_eq!(s.rows(ALL).len(), 1);
+    }
+
+    #[test]
+    fn sessions_grow_split_by_the_gap_and_merge_when_an_event_bridges_them() {
+        let mut s = state(sessions("10s"), "1h");
+        // Two sessions of Pune ([0, 15s) and [30s, 40s)) and one of Agra.
+        s.apply(
+            &placed(&[
+                (0, "Pune", 1.0),
+                (5_000, "Pune", 2.0),
+                (30_000, "Pune", 4.0),
+                (1_000, "Agra", 8.0),
+            ]),
+            None,
+            &none(),
+        )
+        .unwrap();
+        let rows = s.rows(ALL);
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.group[0].to_string(),
+                    r.window.start.millis(),
+                    r.window.end.millis(),
+                    r.values[0],
+                )
+            })
+            .collect();
+        use AggregateValue::Int;
+        assert_eq!(
+            got,
+            [
+                ("Pune".into(), 0, 15_000, Int(2)),
+                ("Agra".into(), 1_000, 11_000, Int(1)),
+                ("Pune".into(), 30_000, 40_000, Int(1)),
+            ]
+        );
+        // An event at 21s is within 10s of neither... [21s, 31s) overlaps [30s, 40s) only.
+        s.apply(&placed(&[(21_000, "Pune", 16.0)]), None, &none())
+            .unwrap();
+        assert_eq!(s.rows(ALL).len(), 3);
+        // An event at 12s overlaps [0, 15s) and [21s, 40s) through [12s, 22s): one session.
+        s.apply(&placed(&[(12_000, "Pune", 32.0)]), None, &none())
+            .unwrap();
+        let pune: Vec<_> = s
+            .rows(ALL)
+            .into_iter()
+            .filter(|r| r.group[0].to_string() == "Pune")
+            .collect();
+        assert_eq!(pune.len(), 1);
+        assert_eq!(
+            (pune[0].window.start.millis(), pune[0].window.end.millis()),
+            (0, 40_000)
+        );
+        assert_eq!(pune[0].values[0], Int(5));
+        assert_eq!(pune[0].values[1], AggregateValue::Float(55.0));
+        assert_eq!(s.size().1, 2, "merged sessions are one entry");
+    }
+
+    #[test]
+    fn session_fragments_from_partitions_merge_like_one_stream() {
+        // The same events split over two partitions give the same sessions as one partition.
+        let events = [
+            (0, "Pune", 1.0),
+            (8_000, "Pune", 1.0),
+            (16_000, "Pune", 1.0),
+            (40_000, "Pune", 1.0),
+        ];
+        let mut whole = state(sessions("10s"), "1h");
+        whole.apply(&placed(&events), None, &none()).unwrap();
+        let mut a = state(sessions("10s"), "1h");
+        let mut b = state(sessions("10s"), "1h");
+        a.apply(&placed(&[events[0], events[2]]), None, &none())
+            .unwrap();
+        b.apply(&placed(&[events[1], events[3]]), None, &none())
+            .unwrap();
+        let mut parts = a.partials(ALL);
+        parts.extend(b.partials(ALL));
+        assert_eq!(merge_partials(parts, true), whole.rows(ALL));
+        assert_eq!(whole.rows(ALL).len(), 2);
+    }
+
+    #[test]
+    fn late_session_events_are_reported() {
+        let mut s = state(sessions("10s"), "5s");
+        // Progress 100s - 5s lateness = watermark 95s; an event at 80s has window [80s, 90s).
+        let applied = s
+            .apply(
+                &placed(&[(80_000, "Pune", 1.0), (90_000, "Pune", 1.0)]),
+                Some(EventTime(100_000)),
+                &none(),
+            )
+            .unwrap();
+        assert_eq!(applied.late_rows, [0]);
+    }
+
+    #[test]
+    fn snapshots_restore_identical_state() {
+        for window in [tumbling(), sessions("10s")] {
+            let mut s = state(window, "1h");
+            s.apply(
+                &placed(&[
+                    (0, "Pune", 1.5),
+                    (5_000, "Agra", 2.0),
+                    (70_000, "Pune", 4.0),
+                ]),
+                None,
+                &none(),
+            )
+            .unwrap();
+            let snapshot = s.snapshot();
+            let restored = ViewState::restore(Arc::clone(s.program()), &snapshot).unwrap();
+            assert_eq!(restored.rows(ALL), s.rows(ALL));
+            assert_eq!(restored.size(), s.size());
+        }
     }
 }

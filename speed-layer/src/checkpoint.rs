@@ -1,0 +1,410 @@
+//! Checkpoints: the speed layer's state, per Kafka partition, in the object store.
+//!
+//! A checkpoint of partition `p` is the window state of every view over `p` plus the offset and
+//! event-time progress that state reflects. It is written as an immutable object and then
+//! published by creating the next manifest of the partition's chain (create-if-absent). Restoring
+//! reads the newest manifest, loads its object and seeks the partition to its offset, so every
+//! event is counted exactly once: those before the offset are in the state, those after are
+//! consumed again. Offsets committed to Kafka are never used for this.
+//!
+//! A crash before the manifest leaves an unreferenced object (garbage, pruned later) and the
+//! previous checkpoint in force. A worker that loses the create-if-absent race was fenced by a new
+//! owner of the partition.
+//!
+//! Uploads run on the Tokio runtime, off the consume thread; they are ordered per partition by a
+//! single writer task. On revocation the consume thread waits for the partition's final
+//! checkpoint before giving the partition up.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tandem_shared::layout;
+use tandem_shared::time::EventTime;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::state::ViewSnapshot;
+
+/// Format version of checkpoint objects.
+pub const FORMAT: u32 = 1;
+
+/// Errors of checkpointing. Transient (the store) or internal (a corrupt object).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("checkpoint store at `{path}`: {source}")]
+    Store {
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("checkpoint `{path}` is corrupt: {detail}")]
+    Corrupt { path: String, detail: String },
+    #[error("checkpoint manifest `{path}` already exists: the partition has a new owner")]
+    Fenced { path: String },
+    #[error("checkpoint writer stopped")]
+    WriterGone,
+    #[error("checkpoint of partition {partition} did not finish within {seconds}s")]
+    Timeout { partition: i32, seconds: u64 },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The state of one partition at one offset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionSnapshot {
+    pub format: u32,
+    /// Names and versions of the views; a checkpoint of other definitions is not restored.
+    pub fingerprint: String,
+    pub partition: i32,
+    /// The next offset to consume; `None` if nothing was consumed.
+    pub next_offset: Option<i64>,
+    pub max_event_time: Option<i64>,
+    pub views: Vec<ViewSnapshot>,
+}
+
+/// The published pointer to a checkpoint object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointManifest {
+    pub object: String,
+    pub partition: i32,
+    pub next_offset: Option<i64>,
+    pub max_event_time: Option<i64>,
+    pub fingerprint: String,
+    pub bytes: u64,
+    pub written_at: EventTime,
+}
+
+/// A test hook: `TANDEM_CRASH_AT=<point>` aborts the process at that point, so that tests can
+/// kill Tandem in the middle of a checkpoint deterministically.
+pub fn crash_point(point: &str) {
+    if std::env::var("TANDEM_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("TANDEM_CRASH_AT={point}: aborting");
+        std::process::abort();
+    }
+}
+
+struct Upload {
+    partition: i32,
+    seq: u64,
+    bytes: Vec<u8>,
+    manifest: CheckpointManifest,
+    done: Option<oneshot::Sender<Result<()>>>,
+}
+
+/// Writes and loads checkpoints of one consumer group's partitions.
+pub struct Checkpointer {
+    store: Arc<dyn ObjectStore>,
+    group: String,
+    topic: String,
+    runtime: tokio::runtime::Handle,
+    uploads: mpsc::Sender<Upload>,
+    /// Next sequence number per partition.
+    seqs: Mutex<HashMap<i32, u64>>,
+}
+
+impl std::fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer")
+            .field("group", &self.group)
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+fn chain(store: &Arc<dyn ObjectStore>, group: &str, topic: &str, partition: i32) -> Chain {
+    Chain {
+        store: Arc::clone(store),
+        dir: layout::checkpoint_manifest_dir(group, topic, partition),
+    }
+}
+
+/// The manifest chain of one partition (a small local copy of the batch layer's manifest
+/// chain: the two layers do not depend on each other).
+struct Chain {
+    store: Arc<dyn ObjectStore>,
+    dir: String,
+}
+
+impl Chain {
+    async fn sequences(&self) -> Result<Vec<u64>> {
+        use futures::TryStreamExt;
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&Path::from(self.dir.as_str())))
+            .try_collect()
+            .await
+            .map_err(|source| Error::Store {
+                path: self.dir.clone(),
+                source,
+            })?;
+        let mut seqs: Vec<u64> = objects
+            .iter()
+            .filter_map(|o| layout::manifest_seq(o.location.as_ref()))
+            .collect();
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    fn path(&self, seq: u64) -> String {
+        format!("{}/{seq:020}.json", self.dir)
+    }
+
+    async fn get(&self, path: &str) -> Result<bytes::Bytes> {
+        let err = |source| Error::Store {
+            path: path.to_owned(),
+            source,
+        };
+        self.store
+            .get(&Path::from(path))
+            .await
+            .map_err(err)?
+            .bytes()
+            .await
+            .map_err(err)
+    }
+
+    async fn latest(&self) -> Result<Option<(u64, CheckpointManifest)>> {
+        let Some(&seq) = self.sequences().await?.last() else {
+            return Ok(None);
+        };
+        let path = self.path(seq);
+        let bytes = self.get(&path).await?;
+        let manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+            path,
+            detail: e.to_string(),
+        })?;
+        Ok(Some((seq, manifest)))
+    }
+
+    async fn publish(&self, seq: u64, manifest: &CheckpointManifest) -> Result<()> {
+        let path = self.path(seq);
+        let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let opts = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&Path::from(path.as_str()), PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(Error::Fenced { path }),
+            Err(source) => Err(Error::Store { path, source }),
+        }
+    }
+
+    /// Deletes manifests and objects older than `keep_from`.
+    async fn prune(&self, keep_from: u64, data_dir: &str) {
+        use futures::TryStreamExt;
+        for dir in [self.dir.as_str(), data_dir] {
+            let Ok(objects) = self
+                .store
+                .list(Some(&Path::from(dir)))
+                .try_collect::<Vec<_>>()
+                .await
+            else {
+                continue;
+            };
+            for o in objects {
+                let name = o.location.filename().unwrap_or_default();
+                let seq = name
+                    .split(['-', '.'])
+                    .next()
+                    .and_then(|s| s.parse::<u64>().ok());
+                if seq.is_some_and(|s| s < keep_from) {
+                    let _ = self.store.delete(&o.location).await;
+                }
+            }
+        }
+    }
+}
+
+impl Checkpointer {
+    /// Starts the writer task on `runtime`.
+    pub fn start(
+        store: Arc<dyn ObjectStore>,
+        group: String,
+        topic: String,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Self> {
+        let (uploads, rx) = mpsc::channel(64);
+        runtime.spawn(write_loop(
+            Arc::clone(&store),
+            group.clone(),
+            topic.clone(),
+            rx,
+        ));
+        Arc::new(Self {
+            store,
+            group,
+            topic,
+            runtime,
+            uploads,
+            seqs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Loads the newest checkpoint of `partition`. Blocks; call from the consume thread.
+    pub fn load(&self, partition: i32) -> Result<Option<PartitionSnapshot>> {
+        let chain = chain(&self.store, &self.group, &self.topic, partition);
+        let found = self.runtime.block_on(async {
+            let Some((seq, manifest)) = chain.latest().await? else {
+                return Ok::<_, Error>(None);
+            };
+            let bytes = chain.get(&manifest.object).await?;
+            Ok(Some((seq, manifest, bytes)))
+        })?;
+        let Some((seq, manifest, bytes)) = found else {
+            self.seqs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(partition, 0);
+            return Ok(None);
+        };
+        self.seqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(partition, seq + 1);
+        let snapshot: PartitionSnapshot =
+            postcard::from_bytes(&bytes).map_err(|e| Error::Corrupt {
+                path: manifest.object.clone(),
+                detail: e.to_string(),
+            })?;
+        if snapshot.format != FORMAT {
+            return Err(Error::Corrupt {
+                path: manifest.object,
+                detail: format!("format {} is not {FORMAT}", snapshot.format),
+            });
+        }
+        Ok(Some(snapshot))
+    }
+
+    /// Queues a checkpoint. With `wait`, blocks until it is published (or failed).
+    pub fn submit(&self, snapshot: &PartitionSnapshot, wait: bool) -> Result<()> {
+        let partition = snapshot.partition;
+        let seq = {
+            let mut seqs = self.seqs.lock().unwrap_or_else(|e| e.into_inner());
+            let seq = seqs.entry(partition).or_insert(0);
+            let current = *seq;
+            *seq += 1;
+            current
+        };
+        let bytes = postcard::to_allocvec(snapshot).map_err(|e| Error::Corrupt {
+            path: format!("partition {partition}"),
+            detail: e.to_string(),
+        })?;
+        let object = layout::checkpoint_object(
+            &self.group,
+            &self.topic,
+            partition,
+            seq,
+            &uuid::Uuid::new_v4().simple().to_string(),
+        );
+        let manifest = CheckpointManifest {
+            object,
+            partition,
+            next_offset: snapshot.next_offset,
+            max_event_time: snapshot.max_event_time,
+            fingerprint: snapshot.fingerprint.clone(),
+            bytes: bytes.len() as u64,
+            written_at: EventTime(chrono::Utc::now().timestamp_millis()),
+        };
+        let (done, wait_for) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let upload = Upload {
+            partition,
+            seq,
+            bytes,
+            manifest,
+            done,
+        };
+        // Blocking send: a slow store slows consumption instead of queueing without bound.
+        self.uploads
+            .blocking_send(upload)
+            .map_err(|_| Error::WriterGone)?;
+        if let Some(rx) = wait_for {
+            const SECONDS: u64 = 60;
+            let result = self
+                .runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(SECONDS), rx).await });
+            return match result {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(Error::WriterGone),
+                Err(_) => Err(Error::Timeout {
+                    partition,
+                    seconds: SECONDS,
+                }),
+            };
+        }
+        Ok(())
+    }
+}
+
+async fn write_loop(
+    store: Arc<dyn ObjectStore>,
+    group: String,
+    topic: String,
+    mut rx: mpsc::Receiver<Upload>,
+) {
+    while let Some(upload) = rx.recv().await {
+        let started = std::time::Instant::now();
+        let size = upload.bytes.len();
+        let result = write_one(&store, &group, &topic, &upload).await;
+        match &result {
+            Ok(()) => {
+                metrics::histogram!("tandem_checkpoint_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::gauge!("tandem_checkpoint_bytes", "partition" => upload.partition.to_string())
+                    .set(size as f64);
+                metrics::counter!("tandem_checkpoints_total").increment(1);
+            }
+            Err(err) => {
+                metrics::counter!("tandem_checkpoint_errors_total").increment(1);
+                tracing::error!(partition = upload.partition, %err, "checkpoint failed");
+            }
+        }
+        if let Some(done) = upload.done {
+            let _ = done.send(result);
+        }
+    }
+}
+
+async fn write_one(
+    store: &Arc<dyn ObjectStore>,
+    group: &str,
+    topic: &str,
+    upload: &Upload,
+) -> Result<()> {
+    crash_point("checkpoint.before_object");
+    let object = &upload.manifest.object;
+    store
+        .put(
+            &Path::from(object.as_str()),
+            PutPayload::from(upload.bytes.clone()),
+        )
+        .await
+        .map_err(|source| Error::Store {
+            path: object.clone(),
+            source,
+        })?;
+    crash_point("checkpoint.after_object");
+    let chain = chain(store, group, topic, upload.partition);
+    chain.publish(upload.seq, &upload.manifest).await?;
+    crash_point("checkpoint.after_manifest");
+    let data_dir = format!(
+        "{}/data",
+        layout::checkpoint_dir(group, topic, upload.partition)
+    );
+    chain.prune(upload.seq.saturating_sub(1), &data_dir).await;
+    Ok(())
+}
