@@ -57,6 +57,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Only the embedded Kafka broker (librdkafka's mock cluster), for tests and experiments
+    /// that restart Tandem while keeping the topic.
+    Broker {
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+        /// Topics to create, as NAME:PARTITIONS (repeatable).
+        #[arg(long = "topic", value_name = "NAME:PARTITIONS")]
+        topics: Vec<String>,
+    },
 }
 
 const DEV_MARKER: &str = ".tandem-dev";
@@ -126,12 +135,30 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => {
             let config = Config::load(&config)?;
             println!("configuration is valid: {} view(s)", config.views.len());
+            Ok(())
+        }
+        Command::Broker { port, topics } => {
+            let mut parsed = Vec::new();
+            for t in &topics {
+                let (name, partitions) = t
+                    .split_once(':')
+                    .and_then(|(n, p)| Some((n, p.parse::<i32>().ok()?)))
+                    .with_context(|| format!("--topic {t}: expected NAME:PARTITIONS"))?;
+                parsed.push((name, partitions));
+            }
+            let stop = CancellationToken::new();
+            let kafka = EmbeddedKafka::start(port, &parsed, stop.clone()).await?;
+            println!("Kafka bootstrap: {}", kafka.bootstrap());
+            shutdown_signal().await;
+            stop.cancel();
+            drop(kafka);
             Ok(())
         }
         Command::Run { config, http } => {

@@ -1,9 +1,9 @@
 //! Test harness for Tandem's end-to-end tests: runs the real `tandem` binary.
 //!
-//! [`TestServer`] spawns `tandem dev` with a fixture configuration on free ports, waits for it to
-//! print its Kafka bootstrap and HTTP addresses, and stops it when dropped. The binary must be
-//! built (`cargo build --bin tandem`, which the README's test command does); a missing binary is
-//! a test failure, never a skip.
+//! [`TestServer`] spawns `tandem` (`dev`, `run` or `broker`) on free ports, waits for it to print
+//! its addresses, and kills it when dropped. The binary must be built (`cargo build --bin
+//! tandem`, which the README's test command does); a missing binary is a test failure, never a
+//! skip.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -41,32 +41,61 @@ pub fn tandem_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// A running `tandem dev` process.
+/// A running `tandem` process.
 #[derive(Debug)]
 pub struct TestServer {
     child: Child,
+    /// Kafka bootstrap address, if the process printed one.
     pub kafka: String,
+    /// `http://host:port`, if the process serves HTTP.
     pub http: String,
-    pub data: tempfile::TempDir,
     log: PathBuf,
 }
 
+/// What to wait for before a process counts as started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    Kafka,
+    Http,
+    Both,
+}
+
 impl TestServer {
-    /// Starts `tandem dev --config <fixture>` on free ports.
-    pub fn start(config: &Path) -> anyhow::Result<Self> {
-        let data = tempfile::tempdir()?;
-        let log = data.path().join("tandem.log");
+    /// Starts `tandem dev --config <config>` on free ports with data under `data`.
+    pub fn dev(config: &Path, data: &Path) -> anyhow::Result<Self> {
+        let mut args: Vec<String> = vec!["dev".into(), "--config".into()];
+        args.push(config.display().to_string());
+        args.extend(["--http", "127.0.0.1:0", "--kafka-port", "0", "--data"].map(String::from));
+        args.push(data.join("dev").display().to_string());
+        Self::spawn(&args, &[], data, Ready::Both)
+    }
+
+    /// Starts `tandem <args>` with extra environment variables, logging to `log_dir`.
+    pub fn spawn(
+        args: &[String],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+        ready: Ready,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(log_dir)?;
+        let log = log_dir.join(format!(
+            "tandem-{}-{}.log",
+            args.first().map_or("x", String::as_str),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
         let stderr = std::fs::File::create(&log)?;
-        let mut child = Command::new(tandem_binary()?)
-            .args(["dev", "--config"])
-            .arg(config)
-            .args(["--http", "127.0.0.1:0", "--kafka-port", "0", "--data"])
-            .arg(data.path().join("dev"))
+        let mut command = Command::new(tandem_binary()?);
+        command
+            .args(args)
             .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .context("spawning tandem")?;
+            .stderr(stderr);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().context("spawning tandem")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -78,13 +107,18 @@ impl TestServer {
         });
         let mut kafka = None;
         let mut http = None;
-        while kafka.is_none() || http.is_none() {
+        let done = |k: &Option<String>, h: &Option<String>| match ready {
+            Ready::Kafka => k.is_some(),
+            Ready::Http => h.is_some(),
+            Ready::Both => k.is_some() && h.is_some(),
+        };
+        while !done(&kafka, &http) {
             let line = match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) => line,
                 Err(_) => {
                     let _ = child.kill();
                     bail!(
-                        "tandem did not print its addresses within 60s; log:\n{}",
+                        "tandem {args:?} did not print its addresses within 60s; log:\n{}",
                         std::fs::read_to_string(&log).unwrap_or_default()
                     );
                 }
@@ -99,7 +133,6 @@ impl TestServer {
             child,
             kafka: kafka.unwrap_or_default(),
             http: http.unwrap_or_default(),
-            data,
             log,
         })
     }
@@ -108,12 +141,24 @@ impl TestServer {
         format!("{}{path}", self.http)
     }
 
-    /// The server's log so far (for failure messages).
+    /// The process's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Stops the server with SIGTERM and waits for its ordered shutdown.
+    /// Whether the process has exited (for example at a crash point).
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// Kills the process with SIGKILL: no shutdown code runs.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Stops the process with SIGTERM and waits for its ordered shutdown.
     pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status()?;

@@ -313,7 +313,8 @@ async fn dead_letters(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_through_kafka_to_a_merged_exact_answer() -> anyhow::Result<()> {
-    let server = TestServer::start(&fixture("orders.toml"))?;
+    let data = tempfile::tempdir()?;
+    let server = TestServer::dev(&fixture("orders.toml"), data.path())?;
     let result = scenario(&server).await;
     if result.is_err() {
         eprintln!("---- tandem log ----\n{}", server.log());
