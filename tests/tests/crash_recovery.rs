@@ -278,3 +278,103 @@ fn walk(dir: &Path) -> anyhow::Result<Vec<String>> {
     }
     Ok(out)
 }
+
+/// Adds two workers' answers: each event must be counted by exactly one of them.
+fn combine(a: &Answer, b: &Answer) -> BTreeMap<(i64, String), i64> {
+    let mut out = BTreeMap::new();
+    for (k, v) in a.iter().chain(b.iter()) {
+        *out.entry(k.clone()).or_insert(0) += v.0;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_move_between_workers_with_their_state() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let broker = TestServer::spawn(
+        &args(&[
+            "broker",
+            "--port",
+            "0",
+            "--topic",
+            "orders:4",
+            "--topic",
+            "orders.dlq:1",
+            "--topic",
+            "orders.late:1",
+        ]),
+        &[],
+        dir.path(),
+        Ready::Kafka,
+    )?;
+    let store = dir.path().join("store");
+    let config_path = dir.path().join("tandem.toml");
+    std::fs::write(&config_path, config(&broker.kafka, &store))?;
+    let run = args(&[
+        "run",
+        "--config",
+        &config_path.display().to_string(),
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.kafka)
+        .set("linger.ms", "5")
+        .create()?;
+    let client = reqwest::Client::new();
+    let now = chrono::Utc::now().timestamp_millis();
+    let base = now - now.rem_euclid(MINUTE) - 30 * MINUTE;
+
+    let a = TestServer::spawn(&run, &[], dir.path(), Ready::Http)?;
+    produce(&producer, base, 0..1_000).await?;
+    wait_for_total(&client, &a, 1_000, Duration::from_secs(60)).await?;
+
+    // A second worker joins the group: the partitions are split, each with its state.
+    let b = TestServer::spawn(&run, &[], dir.path(), Ready::Http)?;
+    produce(&producer, base, 1_000..2_000).await?;
+    let want: BTreeMap<(i64, String), i64> = expected(base, 2_000)
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (ra, rb) = (answer(&client, &a).await?, answer(&client, &b).await?);
+        let both = combine(&ra, &rb);
+        let seen: i64 = both.values().sum();
+        ensure!(
+            seen <= 2_000,
+            "{seen} events counted by the two workers, 2000 produced"
+        );
+        if seen == 2_000 && total(&ra) > 0 && total(&rb) > 0 {
+            ensure!(
+                both == want,
+                "split answers differ from the produced events"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "workers hold {} + {} of 2000 events\nA:\n{}\nB:\n{}",
+                total(&ra),
+                total(&rb),
+                a.log(),
+                b.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // The second worker leaves: its partitions come back to the first with their state.
+    let status = b.stop()?;
+    ensure!(status.success(), "worker B exited with {status}");
+    produce(&producer, base, 2_000..2_500).await?;
+    let got = wait_for_total(&client, &a, 2_500, Duration::from_secs(90))
+        .await
+        .with_context(|| a.log())?;
+    ensure!(
+        got == expected(base, 2_500),
+        "answers after hand-back differ from the produced events"
+    );
+    Ok(())
+}
