@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tandem_serving::app::{self, RunOptions};
+use tandem_serving::bench;
 use tandem_serving::broker::EmbeddedKafka;
 use tandem_serving::config::{self, Config};
 use tandem_serving::demo;
@@ -57,6 +58,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Only the embedded Kafka broker (librdkafka's mock cluster), for tests and experiments
     /// that restart Tandem while keeping the topic.
     Broker {
@@ -65,6 +71,22 @@ enum Command {
         /// Topics to create, as NAME:PARTITIONS (repeatable).
         #[arg(long = "topic", value_name = "NAME:PARTITIONS")]
         topics: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Speed-layer throughput (events per CPU-second) and event-to-queryable latency.
+    Speed {
+        /// Events for the throughput run.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        /// Events per second during the latency run.
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+        /// Length of the latency run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
     },
 }
 
@@ -143,6 +165,21 @@ async fn main() -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             println!("configuration is valid: {} view(s)", config.views.len());
             Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Speed {
+                    events,
+                    rate,
+                    seconds,
+                },
+        } => {
+            bench::run(bench::SpeedBench {
+                events,
+                rate,
+                seconds,
+            })
+            .await
         }
         Command::Broker { port, topics } => {
             let mut parsed = Vec::new();

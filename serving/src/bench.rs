@@ -1,0 +1,386 @@
+//! `tandem bench speed`: the speed layer's throughput and event-to-queryable latency.
+//!
+//! Throughput: `--events N` order events are produced to an embedded broker running in a child
+//! process (so its CPU is not counted), then the speed layer consumes them from the start of the
+//! topic; the figure is events divided by the CPU time this process spent consuming, decoding,
+//! windowing and checkpointing them (user + system time of all its threads, from /proc).
+//!
+//! Latency: the speed layer and the HTTP API keep running while a producer sends `--rate`
+//! events per second for `--seconds`; every 20 ms a probe event with a unique group value is
+//! produced and `GET /v1/views/...?city=<probe>` is polled until it is visible. The figure is the
+//! distribution of produce → visible times.
+//!
+//! The topic gets enough partitions that the broker's per-partition retention (about 5 MiB)
+//! keeps every event.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use object_store::memory::InMemory;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use tandem_batch_layer::{Recompute, Scheduler, ViewCatalog};
+use tandem_shared::coverage::StartRange;
+use tandem_shared::event::EventDecoder;
+use tandem_shared::time::{EventTime, Span};
+use tandem_speed_layer::clock::SystemClock;
+use tandem_speed_layer::program::ViewProgram;
+use tandem_speed_layer::{CheckpointSettings, SpeedConfig, SpeedLayer};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::reconcile::Reconciler;
+
+/// Options of `tandem bench speed`.
+#[derive(Debug, Clone)]
+pub struct SpeedBench {
+    pub events: u64,
+    pub rate: u64,
+    pub seconds: u64,
+}
+
+const CONFIG: &str = r#"
+[kafka]
+topic = "bench"
+idle_timeout = "5s"
+
+[storage]
+url = "memory://"
+
+[schema]
+time_field = "ts"
+fields = { order_id = "string", city = "string", user_id = "string", amount = "float64", event_type = "string" }
+
+[[views]]
+name = "orders_by_city"
+window = { tumbling = "1m" }
+group_by = ["city"]
+filter = "event_type = 'order_placed'"
+allowed_lateness = "10s"
+aggregates = ["count(*) AS orders", "sum(amount) AS revenue", "min(amount) AS min_amount",
+              "max(amount) AS max_amount", "avg(amount) AS avg_amount"]
+"#;
+
+const CITIES: [&str; 8] = [
+    "Chennai",
+    "Mumbai",
+    "Bengaluru",
+    "Berlin",
+    "Sao Paulo",
+    "Lagos",
+    "Tokyo",
+    "Toronto",
+];
+
+/// CPU time (user + system) of this process, all threads included.
+fn cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/self/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/self/stat")?
+            .parse::<f64>()?)
+    };
+    // Linux reports these in USER_HZ, which is 100 on every mainstream architecture.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+fn order(rng: &mut StdRng, seq: u64, ts: i64, city: &str) -> String {
+    let event_type = if rng.random_ratio(7, 10) {
+        "order_placed"
+    } else {
+        "payment_captured"
+    };
+    format!(
+        r#"{{"order_id":"o-{seq}","ts":{ts},"city":"{city}","user_id":"u-{}","amount":{:.2},"event_type":"{event_type}"}}"#,
+        rng.random_range(0..100_000),
+        rng.random_range(1.0..500.0f64),
+    )
+}
+
+fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "2")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?)
+}
+
+fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, payload: &str) {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match p.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((err, _)) => {
+                tracing::warn!(%err, "bench event not produced");
+                return;
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
+    let config = Config::parse(CONFIG, "bench")?;
+    // About 170 bytes per event; keep each partition under 4 MiB of the broker's 5 MiB.
+    let partitions = ((opts.events + opts.rate * opts.seconds) * 170 / (4 << 20) + 1).max(8);
+    let exe = std::env::current_exe()?;
+    let mut broker = Command::new(exe)
+        .args([
+            "broker",
+            "--port",
+            "0",
+            "--topic",
+            &format!("bench:{partitions}"),
+            "--topic",
+            "bench.dlq:1",
+            "--topic",
+            "bench.late:1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the broker process")?;
+    let stdout = broker.stdout.take().context("broker stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let brokers = line
+        .trim()
+        .strip_prefix("Kafka bootstrap: ")
+        .context("the broker did not print its address")?
+        .to_owned();
+    let result = bench(&config, &brokers, partitions, &opts).await;
+    let _ = broker.kill();
+    let _ = broker.wait();
+    result
+}
+
+async fn bench(
+    config: &Config,
+    brokers: &str,
+    partitions: u64,
+    opts: &SpeedBench,
+) -> anyhow::Result<()> {
+    println!(
+        "# tandem bench speed: {} events, {} partitions, then {} events/s for {}s",
+        opts.events, partitions, opts.rate, opts.seconds
+    );
+    // 1. Pre-produce the throughput stream: event times over the last 30 minutes, in order.
+    let p = producer(brokers)?;
+    let mut rng = StdRng::seed_from_u64(1);
+    let now = chrono::Utc::now().timestamp_millis();
+    let span = 30 * 60_000;
+    let started = Instant::now();
+    let mut placed = 0u64;
+    for i in 0..opts.events {
+        let ts = now - span + (i as i64 * span) / opts.events.max(1) as i64;
+        let city = CITIES[(i % 8) as usize];
+        let payload = order(&mut rng, i, ts, city);
+        if payload.contains("order_placed") {
+            placed += 1;
+        }
+        send(&p, "bench", &format!("u{}", i % 10_007), &payload);
+    }
+    p.flush(Duration::from_secs(120))?;
+    println!(
+        "produced {} events in {:.1}s",
+        opts.events,
+        started.elapsed().as_secs_f64()
+    );
+
+    // 2. Throughput: the speed layer consumes the whole stream.
+    let schema = Arc::new(config.schema.clone());
+    let programs = config
+        .views
+        .iter()
+        .map(|v| ViewProgram::compile(v, &schema))
+        .collect::<Result<Vec<_>, _>>()?;
+    let speed = SpeedLayer::new(programs);
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(InMemory::new());
+    let cancel = CancellationToken::new();
+    let cpu0 = cpu_seconds()?;
+    let wall0 = Instant::now();
+    let task = speed.start(
+        SpeedConfig {
+            brokers: brokers.to_owned(),
+            topic: "bench".into(),
+            group_id: "bench-speed".into(),
+            dead_letter_topic: "bench.dlq".into(),
+            late_topic: "bench.late".into(),
+            max_batch: config.max_batch,
+            idle_timeout: config.idle_timeout,
+            max_future: config.max_future,
+            memory_budget: config.memory_budget,
+            checkpoint: Some(CheckpointSettings {
+                store: Arc::clone(&store),
+                interval: config.checkpoint_interval.as_duration(),
+            }),
+            kafka_options: Default::default(),
+        },
+        Arc::new(EventDecoder::new(Arc::clone(&schema))),
+        Arc::new(SystemClock),
+        cancel.clone(),
+    )?;
+    let all = StartRange::new(EventTime::MIN, EventTime::MAX);
+    let counted = |speed: &SpeedLayer| -> u64 {
+        speed
+            .query("orders_by_city", all)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r.values[0].as_f64())
+            .sum::<f64>() as u64
+    };
+    loop {
+        let seen = counted(&speed);
+        if seen >= placed {
+            break;
+        }
+        if wall0.elapsed() > Duration::from_secs(600) {
+            bail!("only {seen} of {placed} events counted after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu = cpu_seconds()? - cpu0;
+    let wall = wall0.elapsed().as_secs_f64();
+    println!(
+        "throughput: {} events in {wall:.2}s wall, {cpu:.2}s CPU: {:.0} events per CPU-second, {:.0} events/s",
+        opts.events,
+        opts.events as f64 / cpu,
+        opts.events as f64 / wall
+    );
+
+    // 3. Latency under a steady load, through the HTTP API.
+    let catalog = Arc::new(ViewCatalog::new(Arc::clone(&store), config.views.clone()));
+    let recompute = Arc::new(Recompute {
+        store: Arc::clone(&store),
+        schema: Arc::clone(&schema),
+        topic: "bench".into(),
+        idle_timeout: Span::from_millis(5_000),
+        catalog: Arc::clone(&catalog),
+    });
+    let state = AppState {
+        views: Arc::new(
+            config
+                .views
+                .iter()
+                .map(|v| (v.name.clone(), v.clone()))
+                .collect(),
+        ),
+        reconciler: Reconciler::new(Arc::clone(&catalog), speed.clone()),
+        catalog,
+        speed: speed.clone(),
+        scheduler: Scheduler::new(recompute, config.views.clone(), None, 1)?,
+        metrics: None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop_http = cancel.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move { stop_http.cancelled().await })
+            .await
+    });
+
+    let load = producer(brokers)?;
+    let running = Arc::new(AtomicBool::new(true));
+    let sent = Arc::new(AtomicU64::new(0));
+    let load_thread = {
+        let running = Arc::clone(&running);
+        let sent = Arc::clone(&sent);
+        let rate = opts.rate;
+        std::thread::spawn(move || {
+            let mut rng = StdRng::seed_from_u64(2);
+            let start = Instant::now();
+            let mut i = 0u64;
+            while running.load(Ordering::Relaxed) {
+                // Pace in 1 ms steps: send what is due, then sleep.
+                let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+                while i < due {
+                    let ts = chrono::Utc::now().timestamp_millis();
+                    let payload = order(&mut rng, i, ts, CITIES[(i % 8) as usize]);
+                    send(&load, "bench", &format!("u{}", i % 10_007), &payload);
+                    i += 1;
+                }
+                sent.store(i, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    // Probes go out immediately (no lingering); delivery is not awaited, since visibility in
+    // the view is what is measured.
+    let probes: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .create()?;
+    let client = reqwest::Client::new();
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(opts.seconds);
+    let mut n = 0u64;
+    // Give the consumer a moment to reach the live end of the topic.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while Instant::now() < deadline {
+        n += 1;
+        let city = format!("probe-{n}");
+        let ts = chrono::Utc::now().timestamp_millis();
+        let from = ts - ts.rem_euclid(60_000);
+        let payload = format!(
+            r#"{{"order_id":"p-{n}","ts":{ts},"city":"{city}","user_id":"probe","amount":1.0,"event_type":"order_placed"}}"#
+        );
+        let url = format!("http://{addr}/v1/views/orders_by_city?city={city}&from={from}");
+        let sent_at = Instant::now();
+        send(&probes, "bench", &city, &payload);
+        loop {
+            let body: serde_json::Value = client.get(&url).send().await?.json().await?;
+            if body["rows"].as_array().is_some_and(|r| !r.is_empty()) {
+                latencies.push(sent_at.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            if sent_at.elapsed() > Duration::from_secs(10) {
+                bail!("probe {n} not visible after 10s");
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.store(false, Ordering::Relaxed);
+    let _ = load_thread.join();
+    let achieved = sent.load(Ordering::Relaxed) as f64 / opts.seconds as f64;
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "latency at {achieved:.0} events/s ({} probes): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(f64::NAN)
+    );
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    Ok(())
+}
