@@ -148,6 +148,7 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
             group_id: format!("{}-archive", kafka.group_prefix),
             roll_interval: config.roll_interval.as_duration(),
             roll_bytes: config.roll_bytes,
+            max_future: config.max_future,
             kafka_options: kafka.options.clone(),
         },
         Arc::clone(&store),

@@ -76,6 +76,20 @@ pub fn archive_manifest(topic: &str, partition: i32, seq: u64) -> String {
     format!("{}/{seq:020}.json", archive_manifest_dir(topic, partition))
 }
 
+/// Directory of the roll intents of one archive partition.
+pub fn archive_intent_dir(topic: &str, partition: i32) -> String {
+    format!("archive/{topic}/_pending/p{partition:05}")
+}
+
+/// The intent of one roll: written before its files, deleted after its manifest. An intent left
+/// behind by a crash names files that may be garbage.
+pub fn archive_intent(topic: &str, partition: i32, first: i64, last: i64) -> String {
+    format!(
+        "{}/o{first:020}-{last:020}.json",
+        archive_intent_dir(topic, partition)
+    )
+}
+
 /// Directory of the manifests of one view version.
 pub fn view_manifest_dir(view: &str, version: &str) -> String {
     format!("views/{view}/{version}/_manifest")

@@ -76,6 +76,9 @@ pub struct ArchiveConfig {
     pub roll_interval: Duration,
     /// Buffered bytes of one partition that trigger a roll.
     pub roll_bytes: usize,
+    /// Events more than this ahead of the wall clock are not archived (the speed layer
+    /// dead-letters them).
+    pub max_future: tandem_shared::time::Span,
     pub kafka_options: BTreeMap<String, String>,
 }
 
@@ -137,6 +140,11 @@ struct SealedRoll {
 struct PartitionState {
     manifest: PartitionManifest,
     seq: Option<u64>,
+    /// Whether intents left by earlier owners were cleaned up (only after our own first
+    /// publication, which proves they can no longer publish).
+    cleaned: bool,
+    /// Whether we already moved the consumer back to the manifest's offset once.
+    sought: bool,
     buffer: Option<Buffer>,
     pending: Option<SealedRoll>,
     last_message: Instant,
@@ -290,6 +298,8 @@ impl Archive {
                     PartitionState {
                         manifest,
                         seq,
+                        cleaned: false,
+                        sought: false,
                         buffer: None,
                         pending: None,
                         last_message: Instant::now(),
@@ -319,9 +329,21 @@ impl Archive {
             return;
         };
         if offset < state.manifest.next_offset {
+            // Already archived: the Kafka commit lagged behind the manifest (a crash between
+            // the two), so these offsets are replayed and skipped.
             metrics::counter!("tandem_archive_skipped_total").increment(1);
             return;
         }
+        if state.buffer.is_none() && offset > state.manifest.next_offset && !state.sought {
+            // Kafka's committed offset is ahead of the manifest (offsets reset by hand, say):
+            // resume from the manifest, which is the archive's own record of progress. Offsets
+            // may also have gaps (compaction, transaction markers), hence only once.
+            state.sought = true;
+            let next = state.manifest.next_offset;
+            self.seek(partition, next);
+            return;
+        }
+        state.sought = true;
         if let Some(buffer) = &state.buffer
             && offset <= buffer.last_offset
         {
@@ -337,7 +359,12 @@ impl Archive {
             bytes: 0,
         });
         buffer.last_offset = offset;
+        let future_limit = now().saturating_add(self.config.max_future);
         match m.payload().map(|p| self.decoder.decode(p)) {
+            Some(Ok(event)) if event.time > future_limit => {
+                metrics::counter!("tandem_archive_rejected_total", "reason" => "future")
+                    .increment(1);
+            }
             Some(Ok(event)) => {
                 let hour = layout::hour_start(event.time);
                 let decoder = &self.decoder;
@@ -353,7 +380,8 @@ impl Archive {
                 metrics::counter!("tandem_archive_events_total").increment(1);
             }
             Some(Err(_)) | None => {
-                metrics::counter!("tandem_archive_rejected_total").increment(1);
+                metrics::counter!("tandem_archive_rejected_total", "reason" => "malformed")
+                    .increment(1);
             }
         }
         let full = buffer.bytes >= roll_bytes;
@@ -528,6 +556,27 @@ impl Archive {
 
     async fn publish_roll(&mut self, partition: i32, roll: &SealedRoll) -> Result<()> {
         let topic = self.config.topic.clone();
+        // 1. The intent names the files before they exist, so a crash leaves a record of them.
+        let intent_path =
+            layout::archive_intent(&topic, partition, roll.first_offset, roll.last_offset);
+        let intent = Intent {
+            files: roll
+                .hours
+                .iter()
+                .map(|(hour, ..)| {
+                    layout::archive_file(
+                        &topic,
+                        *hour,
+                        partition,
+                        roll.first_offset,
+                        roll.last_offset,
+                    )
+                })
+                .collect(),
+        };
+        self.put_json(&intent_path, &intent).await?;
+        crash_point("archive.before_files");
+        // 2. The files.
         let mut files = Vec::with_capacity(roll.hours.len());
         for (hour, batch, min_time, max_time) in &roll.hours {
             let path = layout::archive_file(
@@ -558,6 +607,8 @@ impl Archive {
                 max_time: *max_time,
             });
         }
+        crash_point("archive.after_files");
+        // 3. The manifest: the point of publication.
         let chain = self.chain(partition);
         let count = self.partition_count;
         let Some(state) = self.partitions.get_mut(&partition) else {
@@ -582,9 +633,83 @@ impl Archive {
         state.seq = Some(seq);
         metrics::counter!("tandem_archive_rows_published_total").increment(rows);
         metrics::counter!("tandem_archive_bytes_published_total").increment(bytes);
+        crash_point("archive.after_manifest");
+        // 4. Housekeeping: the intent is fulfilled; older manifests and garbage go.
+        if let Err(err) = self.store.delete(&Path::from(intent_path.as_str())).await {
+            tracing::debug!(%err, "could not delete a fulfilled intent");
+        }
         // Keep the previous manifest for readers that listed just before this publication.
         chain.prune(seq.saturating_sub(1)).await;
+        self.collect_garbage(partition).await;
         Ok(())
+    }
+
+    async fn put_json<T: serde::Serialize>(&self, path: &str, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::Write {
+            path: path.to_owned(),
+            source: object_store::Error::Generic {
+                store: "archive",
+                source: Box::new(e),
+            },
+        })?;
+        self.store
+            .put(&Path::from(path), PutPayload::from(bytes))
+            .await
+            .map_err(|source| Error::Write {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Deletes files named by intents of interrupted rolls that no manifest lists. Runs once per
+    /// partition, after our first publication: earlier owners are fenced by then, so none of
+    /// their intents can still be published.
+    async fn collect_garbage(&mut self, partition: i32) {
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        if state.cleaned {
+            return;
+        }
+        state.cleaned = true;
+        let listed: std::collections::HashSet<String> = state
+            .manifest
+            .files
+            .iter()
+            .map(|f| f.path.clone())
+            .collect();
+        let dir = Path::from(layout::archive_intent_dir(&self.config.topic, partition));
+        let intents: Vec<_> =
+            match futures::TryStreamExt::try_collect(self.store.list(Some(&dir))).await {
+                Ok(v) => v,
+                Err(err) => {
+                    tracing::warn!(partition, %err, "cannot list roll intents");
+                    return;
+                }
+            };
+        for meta in intents {
+            let Ok(got) = self.store.get(&meta.location).await else {
+                continue;
+            };
+            let Ok(bytes) = got.bytes().await else {
+                continue;
+            };
+            if let Ok(intent) = serde_json::from_slice::<Intent>(&bytes) {
+                for file in intent.files.iter().filter(|f| !listed.contains(*f)) {
+                    match self.store.delete(&Path::from(file.as_str())).await {
+                        Ok(()) => {
+                            metrics::counter!("tandem_archive_garbage_files_deleted_total")
+                                .increment(1);
+                            tracing::info!(file, "deleted an unpublished archive file");
+                        }
+                        Err(object_store::Error::NotFound { .. }) => {}
+                        Err(err) => tracing::warn!(file, %err, "cannot delete garbage"),
+                    }
+                }
+            }
+            let _ = self.store.delete(&meta.location).await;
+        }
     }
 
     fn commit(&self, partition: i32, next_offset: i64) {
@@ -616,6 +741,21 @@ impl Archive {
         if let Err(err) = self.consumer.resume(&self.partition_list(partition)) {
             tracing::warn!(partition, %err, "could not resume partition");
         }
+    }
+}
+
+/// The files a roll is about to write.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Intent {
+    files: Vec<String>,
+}
+
+/// A test hook: `TANDEM_CRASH_AT=<point>` aborts the process at that point, so that tests can
+/// kill the archive in the middle of a roll deterministically.
+fn crash_point(point: &str) {
+    if std::env::var("TANDEM_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("TANDEM_CRASH_AT={point}: aborting");
+        std::process::abort();
     }
 }
 

@@ -1,0 +1,295 @@
+//! Exactly-once archive.
+//!
+//! Tandem is killed before, during and after a roll's file upload and manifest write (through
+//! the `TANDEM_CRASH_AT` hook and SIGKILL) while events are produced. Afterwards the rows the
+//! manifests name must be exactly the valid produced events, compared by Kafka partition and
+//! offset as the producer's delivery reports give them: none lost, none duplicated. Files left by
+//! interrupted rolls must be cleaned up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use tandem_tests::{Ready, TestServer};
+
+fn config(brokers: &str, store: &Path) -> String {
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+topic = "orders"
+options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+
+[storage]
+url = "file://{store}"
+
+[schema]
+time_field = "ts"
+fields = {{ city = "string", amount = "float64" }}
+
+[[views]]
+name = "by_city"
+window = {{ tumbling = "1m" }}
+group_by = ["city"]
+aggregates = ["count(*) AS n"]
+
+[archive]
+roll_interval = "1s"
+"#,
+        store = store.display()
+    )
+}
+
+/// Produces events `range` (every 50th malformed); returns (partition, offset, valid).
+async fn produce(
+    producer: &FutureProducer,
+    base: i64,
+    range: std::ops::Range<i64>,
+) -> anyhow::Result<Vec<(i32, i64, bool)>> {
+    let mut pending = Vec::new();
+    for i in range {
+        let valid = i % 50 != 49;
+        let payload = if valid {
+            json!({"ts": base + i * 100, "city": format!("c{}", i % 5), "amount": i}).to_string()
+        } else {
+            format!("not json {i}")
+        };
+        let key = format!("k{}", i % 31);
+        let delivery = producer
+            .send_result(FutureRecord::to("orders").key(&key).payload(&payload))
+            .map_err(|(e, _)| e)?;
+        pending.push((delivery, valid));
+    }
+    let mut out = Vec::new();
+    for (d, valid) in pending {
+        let delivery = d.await?.map_err(|(e, _)| e)?;
+        out.push((delivery.partition, delivery.offset, valid));
+    }
+    Ok(out)
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The newest manifest of each partition.
+fn manifests(store: &Path) -> anyhow::Result<BTreeMap<i32, Value>> {
+    let mut out = BTreeMap::new();
+    let root = store.join("archive/orders/_manifest");
+    let Ok(dirs) = std::fs::read_dir(&root) else {
+        return Ok(out);
+    };
+    for dir in dirs.flatten() {
+        let name = dir.file_name().to_string_lossy().into_owned();
+        let partition: i32 = name.trim_start_matches('p').parse()?;
+        let newest = files_under(&dir.path())
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .max();
+        if let Some(path) = newest {
+            out.insert(partition, serde_json::from_slice(&std::fs::read(path)?)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until every partition's manifest has passed its last produced offset.
+async fn wait_archived(
+    store: &Path,
+    produced: &[(i32, i64, bool)],
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<i32, Value>> {
+    let mut want: BTreeMap<i32, i64> = BTreeMap::new();
+    for (p, o, _) in produced {
+        let e = want.entry(*p).or_insert(0);
+        *e = (*e).max(o + 1);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let m = manifests(store)?;
+        let done = want.iter().all(|(p, next)| {
+            m.get(p)
+                .and_then(|m| m["next_offset"].as_i64())
+                .is_some_and(|n| n >= *next)
+        });
+        if done {
+            return Ok(m);
+        }
+        if Instant::now() > deadline {
+            bail!("archive did not catch up: want {want:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_exit(server: &mut TestServer, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if server.exited()?.is_some() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "tandem did not reach its crash point; log:\n{}",
+        server.log()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_holds_every_valid_event_exactly_once_across_crashes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let broker = TestServer::spawn(
+        &args(&[
+            "broker",
+            "--port",
+            "0",
+            "--topic",
+            "orders:3",
+            "--topic",
+            "orders.dlq:1",
+            "--topic",
+            "orders.late:1",
+        ]),
+        &[],
+        dir.path(),
+        Ready::Kafka,
+    )?;
+    let store = dir.path().join("store");
+    let config_path = dir.path().join("tandem.toml");
+    std::fs::write(&config_path, config(&broker.kafka, &store))?;
+    let run = args(&[
+        "run",
+        "--config",
+        &config_path.display().to_string(),
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    let start = |env: &[(&str, &str)]| TestServer::spawn(&run, env, dir.path(), Ready::Http);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.kafka)
+        .set("linger.ms", "5")
+        .create()?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let base = now - 3 * 3_600_000; // three hours ago: files land in several hour directories
+    let mut produced = Vec::new();
+
+    // 1. A clean run, then SIGKILL after everything is archived (the Kafka commit may lag).
+    let server = start(&[])?;
+    produced.extend(produce(&producer, base, 0..1_000).await?);
+    wait_archived(&store, &produced, Duration::from_secs(60)).await?;
+    server.kill()?;
+
+    // 2.-4. Crash at each step of a roll.
+    let mut next = 1_000;
+    for point in [
+        "archive.before_files",
+        "archive.after_files",
+        "archive.after_manifest",
+    ] {
+        let mut server = start(&[("TANDEM_CRASH_AT", point)])?;
+        produced.extend(produce(&producer, base, next..next + 500).await?);
+        next += 500;
+        wait_exit(&mut server, Duration::from_secs(60))
+            .await
+            .with_context(|| point.to_owned())?;
+    }
+    let garbage_before = files_under(&store.join("archive/orders"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .count();
+
+    // 5. SIGKILL while rolling.
+    let server = start(&[])?;
+    produced.extend(produce(&producer, base, next..next + 500).await?);
+    next += 500;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.kill()?;
+
+    // 6. A clean run archives the rest.
+    let server = start(&[])?;
+    produced.extend(produce(&producer, base, next..next + 500).await?);
+    let manifests = wait_archived(&store, &produced, Duration::from_secs(90))
+        .await
+        .with_context(|| server.log())?;
+
+    // Every row the manifests name, by (partition, offset).
+    let mut listed = BTreeSet::new();
+    let mut rows = Vec::new();
+    for m in manifests.values() {
+        for f in m["files"].as_array().context("files")? {
+            let path = store.join(f["path"].as_str().context("path")?);
+            listed.insert(path.clone());
+            let reader =
+                ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path)?)?.build()?;
+            for batch in reader {
+                let batch = batch?;
+                let partitions = batch
+                    .column_by_name("_kafka_partition")
+                    .context("partition column")?
+                    .as_primitive::<Int32Type>();
+                let offsets = batch
+                    .column_by_name("_kafka_offset")
+                    .context("offset column")?
+                    .as_primitive::<Int64Type>();
+                for i in 0..batch.num_rows() {
+                    rows.push((partitions.value(i), offsets.value(i)));
+                }
+            }
+        }
+    }
+    let archived: BTreeSet<(i32, i64)> = rows.iter().copied().collect();
+    ensure!(
+        archived.len() == rows.len(),
+        "{} duplicate rows in the archive",
+        rows.len() - archived.len()
+    );
+    let valid: BTreeSet<(i32, i64)> = produced
+        .iter()
+        .filter(|(_, _, v)| *v)
+        .map(|(p, o, _)| (*p, *o))
+        .collect();
+    let missing: Vec<_> = valid.difference(&archived).take(10).collect();
+    let extra: Vec<_> = archived.difference(&valid).take(10).collect();
+    ensure!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, unexpected {extra:?}"
+    );
+    ensure!(
+        valid.len() == 3_500 - 3_500 / 50,
+        "{} valid events",
+        valid.len()
+    );
+
+    // Files of interrupted rolls are gone once the new owner has published.
+    let unlisted: Vec<_> = files_under(&store.join("archive/orders"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet") && !listed.contains(p))
+        .collect();
+    ensure!(
+        unlisted.is_empty(),
+        "garbage left: {unlisted:?} (there were {garbage_before} files before)"
+    );
+    let status = server.stop()?;
+    ensure!(status.success(), "tandem exited with {status}");
+    Ok(())
+}
