@@ -64,6 +64,17 @@ pub struct Segment {
     pub covered: StartRange,
     pub rows: u64,
     pub published_at: EventTime,
+    /// The archive's next offset per partition when the job read it: what the segment includes.
+    #[serde(default)]
+    pub archive_offsets: BTreeMap<i32, i64>,
+}
+
+impl Segment {
+    /// How much of the archive the segment saw. Archive offsets only grow, so of two segments
+    /// the one that saw more was computed from a newer archive.
+    fn recency(&self) -> i128 {
+        self.archive_offsets.values().map(|o| i128::from(*o)).sum()
+    }
 }
 
 /// The published state of one view version: its segments, oldest first.
@@ -87,11 +98,17 @@ impl ViewManifest {
         out
     }
 
-    /// The manifest with `segment` added as the newest; segments it leaves with nothing to
-    /// answer are dropped.
+    /// The manifest with `segment` added in recency order (a job that read an older archive
+    /// never overrides one that read a newer archive, whatever order they finish in); segments
+    /// left with nothing to answer are dropped.
     pub fn with_segment(&self, segment: Segment) -> Self {
         let mut next = self.clone();
-        next.segments.push(segment);
+        let at = next
+            .segments
+            .iter()
+            .rposition(|s| s.recency() <= segment.recency())
+            .map_or(0, |i| i + 1);
+        next.segments.insert(at, segment);
         let live: Vec<String> = next
             .effective()
             .into_iter()
@@ -111,6 +128,7 @@ impl ViewManifest {
 #[derive(Debug, Clone, Default)]
 pub struct PublishedView {
     pub seq: Option<u64>,
+    pub manifest: ViewManifest,
     pub coverage: Coverage,
     /// Sorted in result order.
     pub rows: Vec<ViewRow>,
@@ -224,6 +242,7 @@ impl ViewCatalog {
         let next = Arc::new(PublishedView {
             seq: Some(seq),
             coverage: manifest.coverage(),
+            manifest,
             rows,
         });
         {
@@ -270,6 +289,7 @@ impl ViewCatalog {
         job: &str,
         covered: StartRange,
         batches: &[RecordBatch],
+        archive_offsets: BTreeMap<i32, i64>,
     ) -> Result<Publication> {
         let path = layout::view_segment(&view.name, &view.version.0, job);
         let bytes = write_parquet(batches).map_err(|detail| Error::Segment {
@@ -290,6 +310,7 @@ impl ViewCatalog {
             covered,
             rows,
             published_at: EventTime(Utc::now().timestamp_millis()),
+            archive_offsets,
         };
         let chain = self.chain(view);
         const ATTEMPTS: u32 = 10;
@@ -450,13 +471,48 @@ mod tests {
     use super::*;
 
     fn seg(name: &str, a: i64, b: i64) -> Segment {
+        seen(name, a, b, 0)
+    }
+
+    fn seen(name: &str, a: i64, b: i64, offset: i64) -> Segment {
         Segment {
             path: name.into(),
             job: name.into(),
             covered: StartRange::new(EventTime(a), EventTime(b)),
             rows: 0,
             published_at: EventTime(0),
+            archive_offsets: [(0, offset)].into_iter().collect(),
         }
+    }
+
+    #[test]
+    fn an_older_job_finishing_last_never_overrides_a_newer_one() {
+        // The job that read offsets up to 100 publishes after the one that read up to 200.
+        let m = ViewManifest::default()
+            .with_segment(seen("newer", 0, 100, 200))
+            .with_segment(seen("older", 0, 100, 100));
+        assert_eq!(
+            m.segments.len(),
+            1,
+            "the older segment is entirely shadowed"
+        );
+        assert_eq!(m.segments[0].path, "newer");
+        let m = ViewManifest::default()
+            .with_segment(seen("newer", 50, 100, 200))
+            .with_segment(seen("older", 0, 100, 100));
+        let eff: Vec<_> = m
+            .effective()
+            .into_iter()
+            .map(|(s, r)| (s.path.clone(), r))
+            .collect();
+        assert_eq!(eff[0].0, "newer");
+        assert_eq!(
+            eff[1],
+            (
+                "older".to_string(),
+                vec![StartRange::new(EventTime(0), EventTime(50))]
+            )
+        );
     }
 
     #[test]

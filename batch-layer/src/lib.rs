@@ -39,4 +39,6 @@ pub mod testing;
 pub use archive::{Archive, ArchiveConfig, ArchiveSnapshot};
 pub use catalog::{PublishedView, ViewCatalog};
 pub use recompute::Recompute;
-pub use scheduler::{JobRecord, JobRequest, JobStatus, Scheduler, SubmitError, Trigger};
+pub use scheduler::{
+    CancelError, JobRecord, JobRequest, JobStatus, Scheduler, SchedulerConfig, SubmitError, Trigger,
+};

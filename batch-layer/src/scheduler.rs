@@ -1,24 +1,38 @@
-//! Recompute jobs: submission, the queue, the cron schedule and job records.
+//! Recompute jobs: submission, the queue, the cron schedule, retries and job records.
 //!
-//! Jobs come from requests (`POST /v1/jobs`) and the cron schedule. They run one at a time, in
-//! submission order, on a dedicated runtime: DataFusion plans are CPU-heavy and must not starve
-//! the runtime that serves HTTP and consumes Kafka. The queue is bounded; a full queue refuses new
-//! jobs rather than growing.
+//! Sources of jobs: requests (`POST /v1/jobs`), the cron schedule (`batch.schedule`), and a
+//! backfill for every view version that has no published results yet (queued at start-up, so a
+//! changed definition is recomputed from the archive). A scheduled run is *incremental*: per
+//! view it recomputes the windows made dirty by rows archived after their publication (late
+//! events) and the windows that became ready since the last publication, never the clean ones.
+//!
+//! Jobs run on a dedicated runtime, at most `max_concurrent` at a time: DataFusion plans are
+//! CPU-heavy and must not starve the runtime that serves HTTP and consumes Kafka. The queue is
+//! bounded; a full queue refuses new jobs. A failed job is retried with exponential backoff up to
+//! `max_attempts`; since publication is a manifest swap at the very end, a failure never
+//! publishes anything. Records are written to the object store on every change and reloaded at
+//! start-up; jobs that were queued or running when the process stopped are queued again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tandem_shared::coverage::StartRange;
+use tandem_shared::layout;
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewDefinition;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::recompute::{Recompute, Requested, ViewOutcome};
+use crate::archive::ArchiveSnapshot;
+use crate::recompute::{self, Progress, Recompute, Requested, ViewOutcome, plan};
 
 /// Errors submitting a job. The first two are the user's; a full queue is transient.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,6 +43,15 @@ pub enum SubmitError {
     EmptyRange { from: EventTime, to: EventTime },
     #[error("the job queue is full ({capacity} jobs); try again later")]
     QueueFull { capacity: usize },
+}
+
+/// Errors cancelling a job. Both are the user's.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CancelError {
+    #[error("unknown job `{0}`")]
+    UnknownJob(String),
+    #[error("job `{id}` already {status}")]
+    Finished { id: String, status: &'static str },
 }
 
 /// Errors building the scheduler. Configuration.
@@ -71,14 +94,29 @@ impl JobStatus {
             JobStatus::Cancelled => "cancelled",
         }
     }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
 }
 
 /// What started a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
+    /// `POST /v1/jobs` or `tandem batch run`.
     Request,
+    /// The cron schedule: incremental (dirty and newly ready windows).
     Schedule,
+    /// A view version without published results, at start-up.
+    Backfill,
 }
 
 /// A request for a job: one view or all, over an optional range of window starts.
@@ -98,8 +136,17 @@ pub struct NotReady {
     pub to: EventTime,
 }
 
+/// How far a running job is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobProgress {
+    pub views_done: usize,
+    pub views_total: usize,
+    /// Fraction of the job's work done, from 0 to 1.
+    pub fraction: f64,
+}
+
 /// The record of a job, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: String,
     pub view: Option<String>,
@@ -110,13 +157,15 @@ pub struct JobRecord {
     pub created_at: EventTime,
     pub started_at: Option<EventTime>,
     pub finished_at: Option<EventTime>,
+    pub attempts: u32,
+    pub progress: JobProgress,
     pub rows_read: u64,
     pub files_scanned: u64,
     pub bytes_scanned: u64,
     pub windows_published: u64,
     /// Requested windows left to the speed layer because the archive was not complete for them.
     pub windows_not_ready: Vec<NotReady>,
-    /// Per-view detail.
+    /// Per-view (and, for scheduled runs, per-range) detail.
     pub views: Vec<ViewOutcome>,
     pub error: Option<String>,
 }
@@ -128,6 +177,29 @@ fn now() -> EventTime {
 /// Finished job records kept in memory.
 const KEEP_FINISHED: usize = 1000;
 
+/// Scheduler settings.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub schedule: Option<String>,
+    pub queue_capacity: usize,
+    pub max_concurrent: usize,
+    pub max_attempts: u32,
+    /// Backoff before the first retry; doubled for each further one.
+    pub retry_backoff: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            schedule: None,
+            queue_capacity: 64,
+            max_concurrent: 2,
+            max_attempts: 3,
+            retry_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
 /// The job scheduler. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
@@ -136,9 +208,10 @@ pub struct Scheduler {
 
 struct Inner {
     jobs: Mutex<BTreeMap<String, JobRecord>>,
+    tokens: Mutex<HashMap<String, CancellationToken>>,
     queue: mpsc::Sender<String>,
     receiver: Mutex<Option<mpsc::Receiver<String>>>,
-    capacity: usize,
+    config: SchedulerConfig,
     recompute: Arc<Recompute>,
     views: BTreeMap<String, ViewDefinition>,
     schedule: Option<cron::Schedule>,
@@ -148,8 +221,7 @@ struct Inner {
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scheduler")
-            .field("capacity", &self.capacity)
-            .field("schedule", &self.schedule.as_ref().map(|s| s.to_string()))
+            .field("config", &self.config)
             .finish()
     }
 }
@@ -167,10 +239,11 @@ impl Scheduler {
     pub fn new(
         recompute: Arc<Recompute>,
         views: impl IntoIterator<Item = ViewDefinition>,
-        schedule: Option<&str>,
-        capacity: usize,
+        config: SchedulerConfig,
     ) -> Result<Self, Error> {
-        let schedule = schedule
+        let schedule = config
+            .schedule
+            .as_deref()
             .map(|expr| {
                 cron::Schedule::from_str(expr).map_err(|source| Error::Cron {
                     expr: expr.to_owned(),
@@ -183,13 +256,14 @@ impl Scheduler {
             .thread_name("tandem-recompute")
             .enable_all()
             .build()?;
-        let (queue, receiver) = mpsc::channel(capacity);
+        let (queue, receiver) = mpsc::channel(config.queue_capacity.max(1));
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs: Mutex::new(BTreeMap::new()),
+                tokens: Mutex::new(HashMap::new()),
                 queue,
                 receiver: Mutex::new(Some(receiver)),
-                capacity,
+                config,
                 recompute,
                 views: views.into_iter().map(|v| (v.name.clone(), v)).collect(),
                 schedule,
@@ -200,6 +274,75 @@ impl Scheduler {
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, JobRecord>> {
         self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.recompute.store
+    }
+
+    /// Writes a job's record to the object store. Failures are logged: records are history.
+    async fn persist(&self, id: &str) {
+        let Some(record) = self.job(id) else { return };
+        let path = layout::job_record(id);
+        match serde_json::to_vec_pretty(&record) {
+            Ok(bytes) => {
+                if let Err(err) = self
+                    .store()
+                    .put(&Path::from(path.as_str()), PutPayload::from(bytes))
+                    .await
+                {
+                    tracing::warn!(job = id, %err, "cannot persist job record");
+                }
+            }
+            Err(err) => tracing::warn!(job = id, %err, "cannot encode job record"),
+        }
+    }
+
+    /// Loads job records from the object store; jobs that were queued or running are queued
+    /// again. Returns how many were re-queued.
+    pub async fn restore(&self) -> usize {
+        let prefix = Path::from(layout::job_dir());
+        let Ok(objects) = self
+            .store()
+            .list(Some(&prefix))
+            .try_collect::<Vec<_>>()
+            .await
+        else {
+            return 0;
+        };
+        let mut requeue = Vec::new();
+        for meta in objects {
+            let Ok(got) = self.store().get(&meta.location).await else {
+                continue;
+            };
+            let Ok(bytes) = got.bytes().await else {
+                continue;
+            };
+            let Ok(mut record) = serde_json::from_slice::<JobRecord>(&bytes) else {
+                tracing::warn!(path = %meta.location, "ignoring an unreadable job record");
+                continue;
+            };
+            if !record.status.is_finished() {
+                record.status = JobStatus::Queued;
+                record.error = Some("re-queued: Tandem restarted while the job was pending".into());
+                requeue.push(record.id.clone());
+            }
+            self.jobs().insert(record.id.clone(), record);
+        }
+        let mut queued = 0;
+        for id in requeue {
+            if self.inner.queue.try_send(id.clone()).is_ok() {
+                queued += 1;
+            } else {
+                self.finish(
+                    &id,
+                    JobStatus::Failed,
+                    Some("the job queue was full at start-up".into()),
+                );
+            }
+        }
+        self.trim_and_count();
+        queued
     }
 
     /// Validates and queues a job.
@@ -225,6 +368,8 @@ impl Scheduler {
             created_at: now(),
             started_at: None,
             finished_at: None,
+            attempts: 0,
+            progress: JobProgress::default(),
             rows_read: 0,
             files_scanned: 0,
             bytes_scanned: 0,
@@ -237,31 +382,118 @@ impl Scheduler {
         if self.inner.queue.try_send(id.clone()).is_err() {
             self.jobs().remove(&id);
             return Err(SubmitError::QueueFull {
-                capacity: self.inner.capacity,
+                capacity: self.inner.config.queue_capacity,
             });
         }
-        self.publish_counts();
+        self.trim_and_count();
+        let this = self.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { this.persist(&id).await });
+        }
         Ok(record)
+    }
+
+    /// Queues a backfill for every view version without published results.
+    pub fn backfill(&self) -> Vec<JobRecord> {
+        let missing: Vec<String> = self
+            .inner
+            .views
+            .keys()
+            .filter(|v| {
+                self.inner
+                    .recompute
+                    .catalog
+                    .get(v)
+                    .is_some_and(|p| p.seq.is_none())
+            })
+            .cloned()
+            .collect();
+        missing
+            .into_iter()
+            .filter_map(|view| {
+                self.submit(JobRequest {
+                    view: Some(view),
+                    from: None,
+                    to: None,
+                    trigger: Trigger::Backfill,
+                })
+                .ok()
+            })
+            .collect()
+    }
+
+    /// Cancels a queued or running job. A running job stops at its next chunk boundary and
+    /// publishes nothing.
+    pub fn cancel(&self, id: &str) -> Result<JobRecord, CancelError> {
+        let status = self
+            .job(id)
+            .map(|j| j.status)
+            .ok_or_else(|| CancelError::UnknownJob(id.to_owned()))?;
+        match status {
+            JobStatus::Queued => {
+                self.finish(
+                    id,
+                    JobStatus::Cancelled,
+                    Some("cancelled by request".into()),
+                );
+            }
+            JobStatus::Running => {
+                if let Some(token) = self
+                    .inner
+                    .tokens
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(id)
+                {
+                    token.cancel();
+                }
+            }
+            finished => {
+                return Err(CancelError::Finished {
+                    id: id.to_owned(),
+                    status: finished.as_str(),
+                });
+            }
+        }
+        self.job(id)
+            .ok_or_else(|| CancelError::UnknownJob(id.to_owned()))
     }
 
     pub fn job(&self, id: &str) -> Option<JobRecord> {
         self.jobs().get(id).cloned()
     }
 
-    /// All known jobs, newest first.
-    pub fn list(&self) -> Vec<JobRecord> {
+    /// Jobs, newest first, optionally filtered by status and view.
+    pub fn list(&self, status: Option<JobStatus>, view: Option<&str>) -> Vec<JobRecord> {
         // Ids are UUIDv7: their order is creation order.
-        self.jobs().values().rev().cloned().collect()
+        self.jobs()
+            .values()
+            .rev()
+            .filter(|j| status.is_none_or(|s| j.status == s))
+            .filter(|j| view.is_none_or(|v| j.view.as_deref() == Some(v)))
+            .cloned()
+            .collect()
     }
 
     fn update(&self, id: &str, f: impl FnOnce(&mut JobRecord)) {
         if let Some(job) = self.jobs().get_mut(id) {
             f(job);
         }
-        self.publish_counts();
+        self.trim_and_count();
     }
 
-    fn publish_counts(&self) {
+    fn finish(&self, id: &str, status: JobStatus, error: Option<String>) {
+        self.update(id, |j| {
+            j.status = status;
+            j.finished_at = Some(now());
+            j.error = error;
+            if status == JobStatus::Succeeded {
+                j.progress.fraction = 1.0;
+            }
+        });
+    }
+
+    fn trim_and_count(&self) {
         let mut counts: BTreeMap<JobStatus, u64> = JobStatus::ALL.iter().map(|s| (*s, 0)).collect();
         let mut jobs = self.jobs();
         for job in jobs.values() {
@@ -270,10 +502,9 @@ impl Scheduler {
         for (status, n) in counts {
             metrics::gauge!("tandem_jobs", "status" => status.as_str()).set(n as f64);
         }
-        // Forget the oldest finished jobs beyond the limit.
         let finished: Vec<String> = jobs
             .iter()
-            .filter(|(_, j)| j.finished_at.is_some())
+            .filter(|(_, j)| j.status.is_finished())
             .map(|(id, _)| id.clone())
             .collect();
         for id in finished
@@ -284,8 +515,8 @@ impl Scheduler {
         }
     }
 
-    /// Runs queued jobs and the cron schedule until `cancel` fires. A running job is finished
-    /// first, so that shutdown never leaves a half-published view.
+    /// Runs queued jobs and the cron schedule until `cancel` fires; then waits for running jobs
+    /// so that shutdown never leaves a half-published view.
     pub async fn run(self, cancel: CancellationToken) {
         let Some(mut receiver) = self
             .inner
@@ -297,14 +528,21 @@ impl Scheduler {
             tracing::error!("scheduler already running");
             return;
         };
+        let slots = Arc::new(Semaphore::new(self.inner.config.max_concurrent.max(1)));
+        let running = TaskTracker::new();
         loop {
             let next_cron = self.next_cron_delay();
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                id = receiver.recv() => match id {
-                    Some(id) => self.execute(&id).await,
-                    None => break,
-                },
+                id = receiver.recv() => {
+                    let Some(id) = id else { break };
+                    let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { break };
+                    let this = self.clone();
+                    running.spawn(async move {
+                        this.execute(&id).await;
+                        drop(permit);
+                    });
+                }
                 _ = tokio::time::sleep(next_cron.unwrap_or(Duration::from_secs(3600))), if next_cron.is_some() => {
                     let request = JobRequest { view: None, from: None, to: None, trigger: Trigger::Schedule };
                     match self.submit(request) {
@@ -314,14 +552,10 @@ impl Scheduler {
                 }
             }
         }
-        // Jobs still queued will not run in this process.
-        while let Ok(id) = receiver.try_recv() {
-            self.update(&id, |j| {
-                j.status = JobStatus::Cancelled;
-                j.finished_at = Some(now());
-                j.error = Some("cancelled: Tandem shut down before the job ran".into());
-            });
-        }
+        running.close();
+        running.wait().await;
+        // Jobs still queued stay queued in their records and run after the next start.
+        tracing::info!("scheduler stopped");
     }
 
     fn next_cron_delay(&self) -> Option<Duration> {
@@ -329,69 +563,184 @@ impl Scheduler {
         (next - Utc::now()).to_std().ok().or(Some(Duration::ZERO))
     }
 
+    /// The ranges a job recomputes for one view.
+    async fn ranges(&self, job: &JobRecord, view: &ViewDefinition) -> Vec<Requested> {
+        if job.trigger != Trigger::Schedule {
+            return vec![Requested {
+                from: job.from,
+                to: job.to,
+            }];
+        }
+        let recompute = &self.inner.recompute;
+        let published = recompute.catalog.get(&view.name).unwrap_or_default();
+        let mut ranges: Vec<Requested> =
+            match ArchiveSnapshot::load(&recompute.store, &recompute.topic).await {
+                Ok(snapshot) => plan::dirty_ranges(view, &published.manifest, &snapshot)
+                    .into_iter()
+                    .map(|StartRange { from, to }| Requested {
+                        from: Some(from),
+                        to: Some(to),
+                    })
+                    .collect(),
+                Err(err) => {
+                    tracing::warn!(view = %view.name, %err, "cannot look for dirty windows");
+                    Vec::new()
+                }
+            };
+        if !ranges.is_empty() {
+            tracing::info!(view = %view.name, dirty = ranges.len(), "recomputing windows with late rows");
+        }
+        ranges.push(Requested {
+            from: published.coverage.horizon(),
+            to: None,
+        });
+        ranges
+    }
+
     async fn execute(&self, id: &str) {
         let Some(job) = self.job(id) else { return };
-        self.update(id, |j| {
-            j.status = JobStatus::Running;
-            j.started_at = Some(now());
-        });
+        if job.status != JobStatus::Queued {
+            return; // cancelled while queued
+        }
+        let token = CancellationToken::new();
+        self.inner
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), token.clone());
         let views: Vec<ViewDefinition> = match &job.view {
             Some(v) => self.inner.views.get(v).cloned().into_iter().collect(),
             None => self.inner.views.values().cloned().collect(),
         };
-        let requested = Requested {
-            from: job.from,
-            to: job.to,
-        };
+        let total = views.len();
+        self.update(id, |j| {
+            j.status = JobStatus::Running;
+            j.started_at = Some(now());
+            j.attempts += 1;
+            // Counters restart with each attempt.
+            j.rows_read = 0;
+            j.files_scanned = 0;
+            j.bytes_scanned = 0;
+            j.windows_published = 0;
+            j.windows_not_ready.clear();
+            j.views.clear();
+            j.progress = JobProgress {
+                views_done: 0,
+                views_total: total,
+                fraction: 0.0,
+            };
+        });
+        self.persist(id).await;
+        let result = self.run_views(id, &job, &views, &token).await;
+        self.inner
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        match result {
+            Ok(()) => self.finish(id, JobStatus::Succeeded, None),
+            Err(recompute::Error::Cancelled) => {
+                self.finish(
+                    id,
+                    JobStatus::Cancelled,
+                    Some("cancelled by request".into()),
+                );
+            }
+            Err(err) => {
+                let attempts = self.job(id).map_or(0, |j| j.attempts);
+                if attempts < self.inner.config.max_attempts {
+                    let delay = self.inner.config.retry_backoff * 2u32.saturating_pow(attempts - 1);
+                    tracing::warn!(job = id, %err, attempts, ?delay, "recompute failed; retrying");
+                    self.update(id, |j| {
+                        j.status = JobStatus::Queued;
+                        j.error = Some(format!(
+                            "attempt {attempts} failed: {err}; retrying in {delay:?}"
+                        ));
+                    });
+                    let queue = self.inner.queue.clone();
+                    let id = id.to_owned();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = queue.send(id).await;
+                    });
+                } else {
+                    tracing::error!(job = id, %err, attempts, "recompute failed");
+                    self.finish(id, JobStatus::Failed, Some(err.to_string()));
+                }
+            }
+        }
+        self.persist(id).await;
+    }
+
+    async fn run_views(
+        &self,
+        id: &str,
+        job: &JobRecord,
+        views: &[ViewDefinition],
+        token: &CancellationToken,
+    ) -> Result<(), recompute::Error> {
         let handle = {
             let runtime = self.inner.runtime.lock().unwrap_or_else(|e| e.into_inner());
             runtime.as_ref().map(|rt| rt.handle().clone())
         };
-        let Some(handle) = handle else { return };
-        let mut error = None;
-        for view in views {
-            let recompute = Arc::clone(&self.inner.recompute);
-            let job_id = id.to_owned();
-            let task =
-                handle.spawn(async move { recompute.run_view(&view, requested, &job_id).await });
-            match task.await {
-                Ok(Ok(outcome)) => {
-                    tracing::info!(job = id, view = %outcome.view, windows = outcome.windows_published, "view recomputed");
-                    self.update(id, |j| {
-                        j.rows_read += outcome.rows_read;
-                        j.files_scanned += outcome.files_scanned;
-                        j.bytes_scanned += outcome.bytes_scanned;
-                        j.windows_published += outcome.windows_published;
-                        if let Some(StartRange { from, to }) = outcome.not_ready {
-                            j.windows_not_ready.push(NotReady {
-                                view: outcome.view.clone(),
-                                from,
-                                to,
-                            });
-                        }
-                        j.views.push(outcome);
-                    });
-                }
-                Ok(Err(err)) => {
-                    tracing::error!(job = id, %err, "recompute failed");
-                    error = Some(err.to_string());
-                    break;
-                }
-                Err(err) => {
-                    tracing::error!(job = id, %err, "recompute task failed");
-                    error = Some(format!("internal error: {err}"));
-                    break;
-                }
+        let Some(handle) = handle else {
+            return Err(recompute::Error::Cancelled);
+        };
+        let total = views.len().max(1);
+        for (done, view) in views.iter().enumerate() {
+            for requested in self.ranges(job, view).await {
+                let recompute = Arc::clone(&self.inner.recompute);
+                let view_def = view.clone();
+                let job_id = id.to_owned();
+                let token = token.clone();
+                let this = self.clone();
+                let segment = format!("{}-{}", job.id, uuid::Uuid::new_v4().simple());
+                let task = handle.spawn(async move {
+                    let report = move |p: Progress| {
+                        let within = if p.chunks_total == 0 {
+                            0.0
+                        } else {
+                            p.chunks_done as f64 / p.chunks_total as f64
+                        };
+                        this.update(&job_id, |j| {
+                            j.progress.fraction = (done as f64 + within) / total as f64;
+                        });
+                    };
+                    recompute
+                        .run_view(&view_def, requested, &segment, &token, &report)
+                        .await
+                });
+                let outcome = match task.await {
+                    Ok(result) => result?,
+                    Err(err) => {
+                        return Err(recompute::Error::Query {
+                            view: view.name.clone(),
+                            source: datafusion::error::DataFusionError::External(Box::new(err)),
+                        });
+                    }
+                };
+                tracing::info!(job = id, view = %outcome.view, windows = outcome.windows_published, "view recomputed");
+                self.update(id, |j| {
+                    j.rows_read += outcome.rows_read;
+                    j.files_scanned += outcome.files_scanned;
+                    j.bytes_scanned += outcome.bytes_scanned;
+                    j.windows_published += outcome.windows_published;
+                    if let Some(StartRange { from, to }) = outcome.not_ready {
+                        j.windows_not_ready.push(NotReady {
+                            view: outcome.view.clone(),
+                            from,
+                            to,
+                        });
+                    }
+                    j.views.push(outcome);
+                });
             }
+            self.update(id, |j| {
+                j.progress.views_done = done + 1;
+                j.progress.fraction = (done + 1) as f64 / total as f64;
+            });
+            self.persist(id).await;
         }
-        self.update(id, |j| {
-            j.finished_at = Some(now());
-            j.status = if error.is_some() {
-                JobStatus::Failed
-            } else {
-                JobStatus::Succeeded
-            };
-            j.error = error;
-        });
+        Ok(())
     }
 }

@@ -5,7 +5,8 @@
 //! | GET | `/v1/views` | configured views, their batch horizon and drift |
 //! | GET | `/v1/views/{name}?from=&to=&DIM=VALUE` | merged rows of windows starting in `[from, to)` |
 //! | POST | `/v1/jobs` | queue a recompute job `{"view"?, "from"?, "to"?}` |
-//! | GET | `/v1/jobs`, `/v1/jobs/{id}` | job records |
+//! | GET | `/v1/jobs?status=&view=`, `/v1/jobs/{id}` | job records |
+//! | DELETE | `/v1/jobs/{id}` | cancel a queued or running job |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/healthz` | liveness |
 //!
@@ -24,7 +25,9 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tandem_batch_layer::{JobRequest, Scheduler, SubmitError, Trigger, ViewCatalog};
+use tandem_batch_layer::{
+    CancelError, JobRequest, JobStatus, Scheduler, SubmitError, Trigger, ViewCatalog,
+};
 use tandem_shared::coverage::StartRange;
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewDefinition;
@@ -58,6 +61,8 @@ pub enum ApiError {
     BadBody(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("no route for {0}")]
     NotFound(String),
 }
@@ -71,6 +76,7 @@ impl ApiError {
             ApiError::BadParameter { .. } => (StatusCode::BAD_REQUEST, "bad_parameter"),
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         }
     }
 }
@@ -88,7 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/views", get(list_views))
         .route("/v1/views/{name}", get(query_view))
         .route("/v1/jobs", get(list_jobs).post(submit_job))
-        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}", get(get_job).delete(cancel_job))
         .route("/metrics", get(render_metrics))
         .route(
             "/healthz",
@@ -286,8 +292,50 @@ async fn get_job(
         .ok_or(ApiError::UnknownJob(id))
 }
 
-async fn list_jobs(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "jobs": state.scheduler.list() }))
+async fn list_jobs(
+    State(state): State<AppState>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let mut status = None;
+    let mut view = None;
+    for (key, value) in &params {
+        match key.as_str() {
+            "status" => {
+                status = Some(
+                    JobStatus::parse(value).ok_or_else(|| ApiError::BadParameter {
+                        name: "status".into(),
+                        problem: format!(
+                            "`{value}` is not one of queued, running, succeeded, failed, cancelled"
+                        ),
+                    })?,
+                );
+            }
+            "view" => {
+                if !state.views.contains_key(value) {
+                    return Err(ApiError::UnknownView(value.clone()));
+                }
+                view = Some(value.as_str());
+            }
+            other => {
+                return Err(ApiError::BadParameter {
+                    name: other.to_owned(),
+                    problem: "not a parameter of /v1/jobs; use status or view".into(),
+                });
+            }
+        }
+    }
+    Ok(Json(json!({ "jobs": state.scheduler.list(status, view) })))
+}
+
+async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match state.scheduler.cancel(&id) {
+        Ok(job) => Ok(Json(job).into_response()),
+        Err(CancelError::UnknownJob(id)) => Err(ApiError::UnknownJob(id)),
+        Err(e @ CancelError::Finished { .. }) => Err(ApiError::Conflict(e.to_string())),
+    }
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {
@@ -337,7 +385,15 @@ mod tests {
             idle_timeout: Span::from_millis(1000),
             catalog: Arc::clone(&catalog),
         });
-        let scheduler = Scheduler::new(recompute, config.views.clone(), None, 2).unwrap();
+        let scheduler = Scheduler::new(
+            recompute,
+            config.views.clone(),
+            tandem_batch_layer::SchedulerConfig {
+                queue_capacity: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         router(AppState {
             views: Arc::new(
                 config
@@ -504,5 +560,24 @@ mod tests {
         let (_, list) = call(&app, "GET", "/v1/jobs", "").await;
         assert_eq!(list["jobs"].as_array().unwrap().len(), 2);
         assert_eq!(list["jobs"][0]["id"], second["id"], "newest first");
+        let (_, list) = call(
+            &app,
+            "GET",
+            "/v1/jobs?view=orders_by_city&status=queued",
+            "",
+        )
+        .await;
+        assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+        let (status, _) = call(&app, "GET", "/v1/jobs?status=done", "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        // Cancelling a queued job; cancelling it again is a conflict.
+        let (status, cancelled) = call(&app, "DELETE", &format!("/v1/jobs/{id}"), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(cancelled["status"], "cancelled");
+        let (status, body) = call(&app, "DELETE", &format!("/v1/jobs/{id}"), "").await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        let (status, _) = call(&app, "DELETE", "/v1/jobs/nope", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 }

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tandem_batch_layer::{Archive, ArchiveConfig, Recompute, Scheduler, ViewCatalog};
+use tandem_batch_layer::{
+    Archive, ArchiveConfig, Recompute, Scheduler, SchedulerConfig, ViewCatalog,
+};
 use tandem_shared::event::EventDecoder;
 use tandem_speed_layer::clock::SystemClock;
 use tandem_speed_layer::program::ViewProgram;
@@ -166,9 +168,21 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     let scheduler = Scheduler::new(
         recompute,
         config.views.clone(),
-        config.schedule.as_deref(),
-        config.job_queue,
+        SchedulerConfig {
+            schedule: config.schedule.clone(),
+            queue_capacity: config.job_queue,
+            max_concurrent: config.max_concurrent_jobs,
+            max_attempts: config.max_attempts,
+            retry_backoff: config.retry_backoff.as_duration(),
+        },
     )?;
+    let requeued = scheduler.restore().await;
+    if requeued > 0 {
+        tracing::info!(requeued, "jobs from before the restart queued again");
+    }
+    for job in scheduler.backfill() {
+        tracing::info!(view = ?job.view, id = %job.id, "no published results for this view version: backfill queued");
+    }
     tracker.spawn(scheduler.clone().run(backend.child_token()));
     tracker.spawn(
         reconciler

@@ -296,7 +296,7 @@ async fn bench(
         reconciler: Reconciler::new(Arc::clone(&catalog), speed.clone()),
         catalog,
         speed: speed.clone(),
-        scheduler: Scheduler::new(recompute, config.views.clone(), None, 1)?,
+        scheduler: Scheduler::new(recompute, config.views.clone(), Default::default())?,
         metrics: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

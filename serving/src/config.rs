@@ -129,6 +129,9 @@ struct SchemaFile {
 struct BatchFile {
     schedule: Option<String>,
     job_queue: Option<usize>,
+    max_concurrent_jobs: Option<usize>,
+    max_attempts: Option<u32>,
+    retry_backoff: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -201,6 +204,9 @@ pub struct Config {
     pub schedule: Option<String>,
     pub idle_timeout: Span,
     pub job_queue: usize,
+    pub max_concurrent_jobs: usize,
+    pub max_attempts: u32,
+    pub retry_backoff: Span,
     pub roll_interval: Span,
     pub roll_bytes: usize,
     pub max_batch: usize,
@@ -304,6 +310,7 @@ impl Config {
         if kafka.partitions < 1 {
             return Err(invalid("kafka", "partitions", "must be at least 1"));
         }
+        let retry_backoff = span(&file.batch.retry_backoff, "2s", "batch", "retry_backoff")?;
         let checkpoint_interval = span(
             &file.speed.checkpoint_interval,
             "10s",
@@ -352,6 +359,9 @@ impl Config {
             schedule: file.batch.schedule,
             idle_timeout,
             job_queue: file.batch.job_queue.unwrap_or(64).max(1),
+            max_concurrent_jobs: file.batch.max_concurrent_jobs.unwrap_or(2).max(1),
+            max_attempts: file.batch.max_attempts.unwrap_or(3).max(1),
+            retry_backoff,
             roll_interval,
             roll_bytes: file.archive.roll_bytes.unwrap_or(64 << 20).max(1),
             max_batch,

@@ -457,7 +457,13 @@ async fn speed_and_batch_layers_agree_with_an_independent_oracle() {
 
         // Batch layer: a real recompute over the archive.
         let outcome = recompute
-            .run_view(&case.view, Requested::default(), &format!("job-{name}"))
+            .run_view(
+                &case.view,
+                Requested::default(),
+                &format!("job-{name}"),
+                &tokio_util::sync::CancellationToken::new(),
+                &|_| {},
+            )
             .await
             .unwrap();
         let covered = outcome.covered.expect("some windows are ready");

@@ -4,14 +4,23 @@
 //!  ArchiveSnapshot (partition manifests) ──► plan: covered / not-ready window starts (pure)
 //!        │ files pruned by event time (date/hour layout + per-file min/max)
 //!        ▼
-//!  DataFusion: ListingTable over exactly those files ──► window_query SQL ──► RecordBatches
+//!  DataFusion, one query per chunk of window starts (about an hour each), over exactly the
+//!  files the chunk needs ──► RecordBatches
 //!        ▼
-//!  ViewCatalog::publish: segment Parquet, then the next view manifest
+//!  ViewCatalog::publish: one segment Parquet, then the next view manifest
 //! ```
+//!
+//! Chunks give jobs progress and a place to stop when cancelled; nothing is published until
+//! every chunk succeeded. Session windows are computed in one query (sessions have no grid);
+//! a session is published only once it can no longer grow (see [`plan::sessions_covered_to`]).
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::common::cast::as_int64_array;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -25,9 +34,11 @@ use tandem_shared::coverage::StartRange;
 use tandem_shared::schema::EventSchema;
 use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::ViewDefinition;
+use tandem_shared::window::{WindowSpec, align_down};
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::archive::ArchiveSnapshot;
+use crate::archive::{ArchiveSnapshot, ArchivedFile};
 use crate::catalog::{self, ViewCatalog};
 use crate::manifest;
 
@@ -47,10 +58,10 @@ pub enum Error {
         view: String,
         source: DataFusionError,
     },
-    #[error("view `{view}`: {detail}")]
-    Unsupported { view: String, detail: String },
     #[error("publishing: {0}")]
     Publish(#[from] catalog::Error),
+    #[error("cancelled")]
+    Cancelled,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -70,6 +81,15 @@ pub struct ViewOutcome {
     pub result_rows: u64,
 }
 
+/// Progress of a running recompute, reported after each chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Progress {
+    pub chunks_done: usize,
+    pub chunks_total: usize,
+    pub files_read: u64,
+    pub rows_read: u64,
+}
+
 /// Everything a recompute needs; shared by all jobs.
 #[derive(Debug)]
 pub struct Recompute {
@@ -83,6 +103,22 @@ pub struct Recompute {
 
 const STORE_URL: &str = "tandem://store";
 
+/// Window starts per query: about an hour, and at least one window.
+fn chunks(view: &ViewDefinition, covered: StartRange) -> Vec<StartRange> {
+    let Some(slide) = view.window.slide() else {
+        return vec![covered];
+    };
+    let step = (3_600_000 / slide.millis()).max(1) * slide.millis();
+    let mut out = Vec::new();
+    let mut from = covered.from.millis();
+    while from < covered.to.millis() {
+        let to = (align_down(from, step) + step).min(covered.to.millis());
+        out.push(StartRange::new(EventTime(from), EventTime(to)));
+        from = to;
+    }
+    out
+}
+
 impl Recompute {
     fn session(&self) -> Result<SessionContext, DataFusionError> {
         let config = SessionConfig::new()
@@ -93,84 +129,235 @@ impl Recompute {
         Ok(ctx)
     }
 
+    /// Registers exactly `files` as the events table.
+    fn register(
+        &self,
+        ctx: &SessionContext,
+        files: &[&ArchivedFile],
+    ) -> Result<(), DataFusionError> {
+        let schema = self.schema.arrow_schema();
+        if files.is_empty() {
+            let table = MemTable::try_new(Arc::clone(&schema), vec![vec![]])?;
+            ctx.register_table(query::EVENTS_TABLE, Arc::new(table))?;
+            return Ok(());
+        }
+        let urls = files
+            .iter()
+            .map(|f| ListingTableUrl::parse(format!("{STORE_URL}/{}", f.path)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(schema);
+        ctx.register_table(
+            query::EVENTS_TABLE,
+            Arc::new(ListingTable::try_new(config)?),
+        )?;
+        Ok(())
+    }
+
+    async fn run_sql(
+        &self,
+        view: &ViewDefinition,
+        files: &[&ArchivedFile],
+        sql: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<RecordBatch>> {
+        let query_err = |source| Error::Query {
+            view: view.name.clone(),
+            source,
+        };
+        let ctx = self.session().map_err(query_err)?;
+        self.register(&ctx, files).map_err(query_err)?;
+        tracing::debug!(view = %view.name, %sql, "recompute query");
+        let run = async {
+            let df = ctx.sql(sql).await?;
+            let schema = Arc::new(df.schema().as_arrow().clone());
+            let mut batches = df.collect().await?;
+            if batches.is_empty() {
+                batches.push(RecordBatch::new_empty(schema));
+            }
+            Ok::<_, DataFusionError>(batches)
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => Err(Error::Cancelled),
+            result = run => result.map_err(query_err),
+        }
+    }
+
     /// Recomputes `view` for `requested` windows and publishes what is ready.
     pub async fn run_view(
         &self,
         view: &ViewDefinition,
         requested: Requested,
         job: &str,
+        cancel: &CancellationToken,
+        progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<ViewOutcome> {
         let snapshot = ArchiveSnapshot::load(&self.store, &self.topic).await?;
         let now = EventTime(Utc::now().timestamp_millis());
         let complete = snapshot.complete_until(now, self.idle_timeout);
-        let plan = plan::plan(
-            view,
-            requested,
-            plan::ArchiveExtent {
-                complete_until: complete,
-                earliest: snapshot.earliest_event_time(),
-                latest: snapshot.latest_event_time(),
-            },
-        );
+        let extent = plan::ArchiveExtent {
+            complete_until: complete,
+            earliest: snapshot.earliest_event_time(),
+            latest: snapshot.latest_event_time(),
+        };
         let mut outcome = ViewOutcome {
             view: view.name.clone(),
-            covered: plan.covered,
-            not_ready: plan.not_ready,
             ..Default::default()
         };
-        let (Some(covered), Some(scan)) = (plan.covered, plan.scan) else {
-            tracing::info!(view = %view.name, ?complete, "nothing ready to recompute");
+        let mut read: HashSet<&str> = HashSet::new();
+        let mut batches = Vec::new();
+        let covered = match view.window {
+            WindowSpec::Session { gap } => {
+                let Some(from) = requested.from.or(extent.earliest) else {
+                    return Ok(outcome);
+                };
+                let scan_from = from.saturating_sub(gap);
+                let files = snapshot.files_between(scan_from, EventTime::MAX);
+                let sql = query::session_query(
+                    view,
+                    &self.schema.time_field,
+                    self.schema.id_field.as_deref(),
+                    scan_from,
+                )
+                .unwrap_or_default();
+                progress(Progress {
+                    chunks_done: 0,
+                    chunks_total: 1,
+                    ..Default::default()
+                });
+                let all = self.run_sql(view, &files, &sql, cancel).await?;
+                read.extend(files.iter().map(|f| f.path.as_str()));
+                let sessions = session_bounds(&all).map_err(|source| Error::Query {
+                    view: view.name.clone(),
+                    source,
+                })?;
+                let covered_to = complete.map(|c| {
+                    let to = plan::sessions_covered_to(&sessions, c, view.allowed_lateness);
+                    requested.to.map_or(to, |t| to.min(t))
+                });
+                let covered = covered_to
+                    .map(|to| StartRange::new(from, to))
+                    .filter(|r| !r.is_empty());
+                outcome.not_ready = match (covered_to, requested.to) {
+                    (Some(c), Some(t)) if t > c => Some(StartRange::new(c.max(from), t)),
+                    (None, t) => Some(StartRange::new(from, t.unwrap_or(EventTime::MAX))),
+                    _ => None,
+                };
+                if let Some(c) = covered {
+                    batches = keep_starts(&all, c).map_err(|source| Error::Query {
+                        view: view.name.clone(),
+                        source,
+                    })?;
+                    outcome.windows_published =
+                        sessions.iter().filter(|(s, _)| c.contains(*s)).count() as u64;
+                }
+                covered
+            }
+            _ => {
+                let plan = plan::plan(view, requested, extent);
+                outcome.not_ready = plan.not_ready;
+                let Some(covered) = plan.covered else {
+                    tracing::info!(view = %view.name, ?complete, "nothing ready to recompute");
+                    return Ok(outcome);
+                };
+                let (Some(size), Some(slide)) = (view.window.size(), view.window.slide()) else {
+                    return Ok(outcome);
+                };
+                let parts = chunks(view, covered);
+                for (i, chunk) in parts.iter().enumerate() {
+                    let scan = StartRange::new(
+                        chunk.from,
+                        EventTime(chunk.to.millis() - slide.millis() + size.millis()),
+                    );
+                    let files = snapshot.files_between(scan.from, scan.to);
+                    let sql = query::window_query(
+                        view,
+                        &self.schema.time_field,
+                        self.schema.id_field.as_deref(),
+                        *chunk,
+                        scan,
+                    )
+                    .unwrap_or_default();
+                    batches.extend(self.run_sql(view, &files, &sql, cancel).await?);
+                    read.extend(files.iter().map(|f| f.path.as_str()));
+                    let (files_read, rows_read) = totals(&snapshot, &read);
+                    progress(Progress {
+                        chunks_done: i + 1,
+                        chunks_total: parts.len(),
+                        files_read,
+                        rows_read,
+                    });
+                }
+                outcome.windows_published = plan::window_count(view, covered);
+                Some(covered)
+            }
+        };
+        let scanned: Vec<&ArchivedFile> = snapshot
+            .files()
+            .filter(|f| read.contains(f.path.as_str()))
+            .collect();
+        outcome.files_scanned = scanned.len() as u64;
+        outcome.bytes_scanned = scanned.iter().map(|f| f.bytes).sum();
+        outcome.rows_read = scanned.iter().map(|f| f.rows).sum();
+        outcome.covered = covered;
+        let Some(covered) = covered else {
             return Ok(outcome);
         };
-        let files = snapshot.files_between(scan.from, scan.to);
-        outcome.files_scanned = files.len() as u64;
-        outcome.bytes_scanned = files.iter().map(|f| f.bytes).sum();
-        outcome.rows_read = files.iter().map(|f| f.rows).sum();
-
-        let sql =
-            query::window_query(view, &self.schema.time_field, covered, scan).ok_or_else(|| {
-                Error::Unsupported {
-                    view: view.name.clone(),
-                    detail: "session windows cannot be recomputed by this version".into(),
-                }
-            })?;
-        let query_err = |source| Error::Query {
-            view: view.name.clone(),
-            source,
-        };
-        let ctx = self.session().map_err(query_err)?;
-        let schema = self.schema.arrow_schema();
-        if files.is_empty() {
-            let table = MemTable::try_new(Arc::clone(&schema), vec![vec![]]).map_err(query_err)?;
-            ctx.register_table(query::EVENTS_TABLE, Arc::new(table))
-                .map_err(query_err)?;
-        } else {
-            let urls = files
-                .iter()
-                .map(|f| ListingTableUrl::parse(format!("{STORE_URL}/{}", f.path)))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(query_err)?;
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(".parquet");
-            let config = ListingTableConfig::new_with_multi_paths(urls)
-                .with_listing_options(options)
-                .with_schema(Arc::clone(&schema));
-            let table = ListingTable::try_new(config).map_err(query_err)?;
-            ctx.register_table(query::EVENTS_TABLE, Arc::new(table))
-                .map_err(query_err)?;
-        }
-        tracing::debug!(view = %view.name, %sql, "recompute query");
-        let df = ctx.sql(&sql).await.map_err(query_err)?;
-        let result_schema = Arc::new(df.schema().as_arrow().clone());
-        let mut batches = df.collect().await.map_err(query_err)?;
-        if batches.is_empty() {
-            batches.push(datafusion::arrow::array::RecordBatch::new_empty(
-                result_schema,
-            ));
-        }
         outcome.result_rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-        self.catalog.publish(view, job, covered, &batches).await?;
-        outcome.windows_published = plan::window_count(view, covered);
+        // The last moment to stop: after this the publication is all or nothing.
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let offsets: BTreeMap<i32, i64> = snapshot
+            .partitions
+            .iter()
+            .map(|(p, m)| (*p, m.next_offset))
+            .collect();
+        self.catalog
+            .publish(view, job, covered, &batches, offsets)
+            .await?;
         Ok(outcome)
     }
+}
+
+fn totals(snapshot: &ArchiveSnapshot, read: &HashSet<&str>) -> (u64, u64) {
+    let files: Vec<&ArchivedFile> = snapshot
+        .files()
+        .filter(|f| read.contains(f.path.as_str()))
+        .collect();
+    (files.len() as u64, files.iter().map(|f| f.rows).sum())
+}
+
+/// (start, end) of every session in query output.
+fn session_bounds(batches: &[RecordBatch]) -> Result<Vec<(EventTime, EventTime)>, DataFusionError> {
+    let mut out = Vec::new();
+    for b in batches {
+        let starts = as_int64_array(b.column(0))?;
+        let ends = as_int64_array(b.column(1))?;
+        for i in 0..b.num_rows() {
+            out.push((EventTime(starts.value(i)), EventTime(ends.value(i))));
+        }
+    }
+    Ok(out)
+}
+
+/// Rows whose window starts in `range`.
+fn keep_starts(
+    batches: &[RecordBatch],
+    range: StartRange,
+) -> Result<Vec<RecordBatch>, DataFusionError> {
+    batches
+        .iter()
+        .map(|b| {
+            let starts = as_int64_array(b.column(0))?;
+            let mask: BooleanArray = starts
+                .iter()
+                .map(|s| Some(s.is_some_and(|s| range.contains(EventTime(s)))))
+                .collect();
+            Ok(filter_record_batch(b, &mask)?)
+        })
+        .collect()
 }

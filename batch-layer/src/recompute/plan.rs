@@ -4,10 +4,13 @@
 //! view's allowed lateness (see [`ArchiveSnapshot::complete_until`]). Windows of the requested
 //! range that are not ready are left to the speed layer and reported.
 
-use tandem_shared::coverage::StartRange;
-use tandem_shared::time::EventTime;
+use tandem_shared::coverage::{Coverage, StartRange};
+use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::ViewDefinition;
-use tandem_shared::window::align_down;
+use tandem_shared::window::{WindowSpec, align_down};
+
+use crate::archive::ArchiveSnapshot;
+use crate::catalog::ViewManifest;
 
 /// The windows a job was asked for. `None` bounds mean "from the first archived event" and
 /// "up to the last ready window".
@@ -100,6 +103,68 @@ pub fn plan(view: &ViewDefinition, requested: Requested, archive: ArchiveExtent)
     }
 }
 
+/// For session views: the first session start that may not be published yet. A session is
+/// final when its end plus the allowed lateness is complete; no new session can start before
+/// `complete - lateness` (an event that early would be late). So everything before the smaller
+/// of that bound and the first non-final session's start is final.
+pub fn sessions_covered_to(
+    sessions: &[(EventTime, EventTime)],
+    complete: EventTime,
+    lateness: Span,
+) -> EventTime {
+    let bound = complete.saturating_sub(lateness);
+    sessions
+        .iter()
+        .filter(|(_, end)| end.saturating_add(lateness) > complete)
+        .map(|(start, _)| *start)
+        .fold(bound, EventTime::min)
+}
+
+/// Window starts whose windows can contain events with times in `[min, max]`.
+fn affected_starts(view: &ViewDefinition, min: EventTime, max: EventTime) -> StartRange {
+    match view.window {
+        WindowSpec::Session { .. } => StartRange::new(EventTime::MIN, EventTime(max.millis() + 1)),
+        _ => {
+            let (Some(size), Some(slide)) = (view.window.size(), view.window.slide()) else {
+                return StartRange::new(min, min);
+            };
+            let (size, slide) = (size.millis(), slide.millis());
+            StartRange::new(
+                EventTime(align_down(min.millis(), slide) - size + slide),
+                EventTime(align_down(max.millis(), slide) + slide),
+            )
+        }
+    }
+}
+
+/// Published windows made *dirty* by rows archived after their segment was computed (late
+/// events): each segment records the archive offsets it saw, and any archived file starting at
+/// or after them holds rows the segment lacks.
+pub fn dirty_ranges(
+    view: &ViewDefinition,
+    manifest: &ViewManifest,
+    snapshot: &ArchiveSnapshot,
+) -> Vec<StartRange> {
+    let mut dirty = Coverage::new();
+    for (segment, ranges) in manifest.effective() {
+        if segment.archive_offsets.is_empty() {
+            continue;
+        }
+        for (partition, m) in &snapshot.partitions {
+            let seen = segment.archive_offsets.get(partition).copied().unwrap_or(0);
+            for file in m.files.iter().filter(|f| f.first_offset >= seen) {
+                let affected = affected_starts(view, file.min_time, file.max_time);
+                for r in &ranges {
+                    let from = r.from.max(affected.from);
+                    let to = r.to.min(affected.to);
+                    dirty.insert(StartRange::new(from, to));
+                }
+            }
+        }
+    }
+    dirty.ranges().to_vec()
+}
+
 /// Number of windows with a start in `range` on the view's grid.
 pub fn window_count(view: &ViewDefinition, range: StartRange) -> u64 {
     match view.window.slide() {
@@ -148,6 +213,59 @@ mod tests {
             earliest: earliest.map(EventTime),
             latest: latest.map(EventTime),
         }
+    }
+
+    #[test]
+    fn sessions_are_covered_only_once_final() {
+        let s = |a: i64, b: i64| (EventTime(a), EventTime(b));
+        let lateness = Span::from_millis(10);
+        // Complete until 100: sessions ending by 90 are final.
+        let sessions = [s(0, 50), s(60, 95), s(70, 90)];
+        assert_eq!(
+            sessions_covered_to(&sessions, EventTime(100), lateness),
+            EventTime(60)
+        );
+        assert_eq!(
+            sessions_covered_to(&[s(0, 50)], EventTime(100), lateness),
+            EventTime(90)
+        );
+    }
+
+    #[test]
+    fn late_rows_make_their_published_windows_dirty() {
+        use crate::archive::{ArchivedFile, PartitionManifest};
+        use crate::catalog::Segment;
+        let v = view(tumbling(), "0s");
+        let file = |first: i64, min: i64, max: i64| ArchivedFile {
+            path: format!("f{first}"),
+            hour: EventTime(0),
+            first_offset: first,
+            last_offset: first + 9,
+            rows: 10,
+            bytes: 1,
+            min_time: EventTime(min),
+            max_time: EventTime(max),
+        };
+        let mut m = PartitionManifest::empty("t", 0, 1, EventTime(0));
+        m.files = vec![
+            file(0, 0, 5 * M),
+            file(10, 2 * M + 5, 2 * M + 9),
+            file(20, 9 * M, 9 * M + 1),
+        ];
+        let snapshot = ArchiveSnapshot {
+            partitions: [(0, m)].into_iter().collect(),
+        };
+        let manifest = ViewManifest::default().with_segment(Segment {
+            path: "s".into(),
+            job: "j".into(),
+            covered: r(0, 6 * M),
+            rows: 0,
+            published_at: EventTime(0),
+            archive_offsets: [(0, 10)].into_iter().collect(),
+        });
+        // The file at offset 10 holds late rows for window [2m, 3m); the one at 20 is beyond the
+        // published windows.
+        assert_eq!(dirty_ranges(&v, &manifest, &snapshot), [r(2 * M, 3 * M)]);
     }
 
     fn r(a: i64, b: i64) -> StartRange {

@@ -11,7 +11,9 @@
 use std::fmt::Write;
 
 use tandem_shared::coverage::StartRange;
+use tandem_shared::time::EventTime;
 use tandem_shared::view::{AggregateFunction, ViewDefinition};
+use tandem_shared::window::WindowSpec;
 
 /// The table name the archive is registered under.
 pub const EVENTS_TABLE: &str = "events";
@@ -34,11 +36,27 @@ fn aggregate_sql(function: AggregateFunction, argument: Option<&str>) -> String 
     }
 }
 
+/// The events a query reads. With an id field, an event id produced more than once counts once
+/// (the first copy by partition and offset); events without an id are all kept.
+pub fn events_source(id_field: Option<&str>) -> String {
+    match id_field {
+        None => EVENTS_TABLE.to_owned(),
+        Some(id) => {
+            let id = ident(id);
+            format!(
+                "(SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY {id} ORDER BY \"_kafka_partition\", \"_kafka_offset\") AS __copy \
+                 FROM {EVENTS_TABLE}) d WHERE __copy = 1 OR {id} IS NULL)"
+            )
+        }
+    }
+}
+
 /// SQL computing `view` exactly for window starts in `starts`, reading events in `scan`.
 /// Returns `None` for session windows, which are not fixed-size.
 pub fn window_query(
     view: &ViewDefinition,
     time_field: &str,
+    id_field: Option<&str>,
     starts: StartRange,
     scan: StartRange,
 ) -> Option<String> {
@@ -63,7 +81,8 @@ pub fn window_query(
     }
     // Innermost: events of the scan range with their time as integer milliseconds.
     let events = format!(
-        "SELECT *, CAST({t} AS BIGINT) AS __t FROM {EVENTS_TABLE} WHERE CAST({t} AS BIGINT) >= {} AND CAST({t} AS BIGINT) < {}",
+        "SELECT *, CAST({t} AS BIGINT) AS __t FROM {} e WHERE CAST({t} AS BIGINT) >= {} AND CAST({t} AS BIGINT) < {}",
+        events_source(id_field),
         scan.from.millis(),
         scan.to.millis()
     );
@@ -95,11 +114,66 @@ pub fn window_query(
     Some(sql)
 }
 
+/// SQL computing every session of `view` among events at or after `scan_from`: per group, events
+/// ordered by time start a new session when they follow the previous one by `gap` or more; a
+/// session's window is `[first, last + gap)`. The view's filter applies before sessionization, as
+/// in the speed layer. Sessions are keyed by a running count of session starts per group.
+pub fn session_query(
+    view: &ViewDefinition,
+    time_field: &str,
+    id_field: Option<&str>,
+    scan_from: EventTime,
+) -> Option<String> {
+    let WindowSpec::Session { gap } = view.window else {
+        return None;
+    };
+    let gap = gap.millis();
+    let t = ident(time_field);
+    let groups: Vec<String> = view.group_by.iter().map(|g| ident(g)).collect();
+    let over = if groups.is_empty() {
+        "ORDER BY __t".to_owned()
+    } else {
+        format!("PARTITION BY {} ORDER BY __t", groups.join(", "))
+    };
+    let filter = view
+        .filter
+        .as_ref()
+        .map(|f| format!(" AND ({f})"))
+        .unwrap_or_default();
+    let mut sql = String::new();
+    let _ = write!(
+        sql,
+        "SELECT min(__t) AS window_start, max(__t) + {gap} AS window_end"
+    );
+    for (i, g) in groups.iter().enumerate() {
+        let _ = write!(sql, ", {g} AS g{i}");
+    }
+    for (i, a) in view.aggregates.iter().enumerate() {
+        let _ = write!(
+            sql,
+            ", {} AS a{i}",
+            aggregate_sql(a.function, a.argument.as_deref())
+        );
+    }
+    let _ = write!(
+        sql,
+        " FROM (SELECT *, sum(__new) OVER ({over} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __sid FROM \
+         (SELECT *, CASE WHEN __t - lag(__t) OVER ({over}) < {gap} THEN 0 ELSE 1 END AS __new FROM \
+         (SELECT *, CAST({t} AS BIGINT) AS __t FROM {} e WHERE CAST({t} AS BIGINT) >= {}{filter}) e0) e1) e2 \
+         GROUP BY __sid",
+        events_source(id_field),
+        scan_from.millis()
+    );
+    for g in &groups {
+        let _ = write!(sql, ", {g}");
+    }
+    Some(sql)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tandem_shared::schema::{EventSchema, FieldType};
-    use tandem_shared::time::EventTime;
     use tandem_shared::view::ViewConfig;
     use tandem_shared::window::WindowConfig;
 
@@ -134,13 +208,13 @@ mod tests {
         )
         .unwrap();
         let range = StartRange::new(EventTime(0), EventTime(120_000));
-        let sql = window_query(&view, "ts", range, range).unwrap();
+        let sql = window_query(&view, "ts", None, range, range).unwrap();
         assert_eq!(
             sql,
             "SELECT __ws AS window_start, __ws + 60000 AS window_end, \"city\" AS g0, count(*) AS a0, \
              count(DISTINCT city) AS a1, percentile_cont(amount, 0.5) AS a2 FROM (SELECT *, \
              __t - (((__t % 60000) + 60000) % 60000) AS __ws FROM (SELECT *, CAST(\"ts\" AS BIGINT) AS __t \
-             FROM events WHERE CAST(\"ts\" AS BIGINT) >= 0 AND CAST(\"ts\" AS BIGINT) < 120000) e0) e \
+             FROM events e WHERE CAST(\"ts\" AS BIGINT) >= 0 AND CAST(\"ts\" AS BIGINT) < 120000) e0) e \
              WHERE __ws >= 0 AND __ws < 120000 AND (amount > 0) GROUP BY __ws, \"city\""
         );
     }
