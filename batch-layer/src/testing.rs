@@ -22,14 +22,17 @@ pub async fn seed_archive(
     partition_count: i32,
     batches: &[(i32, RecordBatch)],
 ) -> anyhow::Result<()> {
-    let mut manifests: BTreeMap<i32, PartitionManifest> = (0..partition_count)
-        .map(|p| {
-            (
-                p,
-                PartitionManifest::empty(topic, p, partition_count, EventTime(0)),
-            )
-        })
-        .collect();
+    // Extend what is already archived, as later rolls would.
+    let mut manifests: BTreeMap<i32, PartitionManifest> = BTreeMap::new();
+    for p in 0..partition_count {
+        let chain = ManifestChain::new(Arc::clone(store), layout::archive_manifest_dir(topic, p));
+        let current = chain
+            .latest::<PartitionManifest>()
+            .await?
+            .map(|(_, m)| m)
+            .unwrap_or_else(|| PartitionManifest::empty(topic, p, partition_count, EventTime(0)));
+        manifests.insert(p, current);
+    }
     for (partition, batch) in batches {
         let times = as_timestamp_millisecond_array(batch.column(0))?;
         let offsets = batch

@@ -323,6 +323,46 @@ impl Recompute {
     }
 }
 
+impl Recompute {
+    /// Windows of `view` published by `manifest` that late rows have made dirty.
+    pub async fn dirty_ranges(
+        &self,
+        view: &ViewDefinition,
+        manifest: &catalog::ViewManifest,
+    ) -> Result<Vec<StartRange>> {
+        let snapshot = ArchiveSnapshot::load(&self.store, &self.topic).await?;
+        let candidates = plan::dirty_candidates(view, manifest, &snapshot);
+        let Some(slide) = view.window.slide() else {
+            return Ok(plan::dirty_ranges(view, &candidates, |_| Vec::new()));
+        };
+        // The slide-aligned start of the last window of each row of each candidate file.
+        let slide = slide.millis();
+        let t = query::ident(&self.schema.time_field);
+        let sql = format!(
+            "SELECT DISTINCT CAST({t} AS BIGINT) - (((CAST({t} AS BIGINT) % {slide}) + {slide}) % {slide}) AS s FROM {}",
+            query::EVENTS_TABLE
+        );
+        let mut starts: std::collections::HashMap<String, Vec<EventTime>> = Default::default();
+        for (file, _) in &candidates {
+            let batches = self
+                .run_sql(view, &[*file], &sql, &CancellationToken::new())
+                .await?;
+            let mut found = Vec::new();
+            for b in &batches {
+                let s = as_int64_array(b.column(0)).map_err(|source| Error::Query {
+                    view: view.name.clone(),
+                    source,
+                })?;
+                found.extend(s.iter().flatten().map(EventTime));
+            }
+            starts.insert(file.path.clone(), found);
+        }
+        Ok(plan::dirty_ranges(view, &candidates, |f| {
+            starts.get(&f.path).cloned().unwrap_or_default()
+        }))
+    }
+}
+
 fn totals(snapshot: &ArchiveSnapshot, read: &HashSet<&str>) -> (u64, u64) {
     let files: Vec<&ArchivedFile> = snapshot
         .files()

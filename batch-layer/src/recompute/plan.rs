@@ -9,7 +9,7 @@ use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::ViewDefinition;
 use tandem_shared::window::{WindowSpec, align_down};
 
-use crate::archive::ArchiveSnapshot;
+use crate::archive::{ArchiveSnapshot, ArchivedFile};
 use crate::catalog::ViewManifest;
 
 /// The windows a job was asked for. `None` bounds mean "from the first archived event" and
@@ -137,15 +137,17 @@ fn affected_starts(view: &ViewDefinition, min: EventTime, max: EventTime) -> Sta
     }
 }
 
-/// Published windows made *dirty* by rows archived after their segment was computed (late
-/// events): each segment records the archive offsets it saw, and any archived file starting at
-/// or after them holds rows the segment lacks.
-pub fn dirty_ranges(
+/// Files holding rows archived after the segment answering some of their windows was
+/// computed (late events), with the published window starts they may touch. Each segment records
+/// the archive offsets it saw; a file starting at or after them holds rows the segment lacks.
+/// The ranges are bounded by the file's event-time range: exact for sessions' purposes, an
+/// over-approximation for fixed windows (see [`dirty_ranges`]).
+pub fn dirty_candidates<'a>(
     view: &ViewDefinition,
     manifest: &ViewManifest,
-    snapshot: &ArchiveSnapshot,
-) -> Vec<StartRange> {
-    let mut dirty = Coverage::new();
+    snapshot: &'a ArchiveSnapshot,
+) -> Vec<(&'a ArchivedFile, Coverage)> {
+    let mut out: Vec<(&'a ArchivedFile, Coverage)> = Vec::new();
     for (segment, ranges) in manifest.effective() {
         if segment.archive_offsets.is_empty() {
             continue;
@@ -154,10 +156,48 @@ pub fn dirty_ranges(
             let seen = segment.archive_offsets.get(partition).copied().unwrap_or(0);
             for file in m.files.iter().filter(|f| f.first_offset >= seen) {
                 let affected = affected_starts(view, file.min_time, file.max_time);
+                let mut hit = Coverage::new();
                 for r in &ranges {
-                    let from = r.from.max(affected.from);
-                    let to = r.to.min(affected.to);
-                    dirty.insert(StartRange::new(from, to));
+                    hit.insert(StartRange::new(
+                        r.from.max(affected.from),
+                        r.to.min(affected.to),
+                    ));
+                }
+                if hit.is_empty() {
+                    continue;
+                }
+                match out.iter_mut().find(|(f, _)| f.path == file.path) {
+                    Some((_, c)) => c.union(&hit),
+                    None => out.push((file, hit)),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Published windows made dirty by late rows, given the exact event times of each candidate
+/// file's rows as slide-aligned starts (`starts_of`): a window is dirty only if a late row
+/// falls in it. Sessions use the candidates' ranges as they are.
+pub fn dirty_ranges(
+    view: &ViewDefinition,
+    candidates: &[(&ArchivedFile, Coverage)],
+    starts_of: impl Fn(&ArchivedFile) -> Vec<EventTime>,
+) -> Vec<StartRange> {
+    let mut dirty = Coverage::new();
+    let (Some(size), Some(slide)) = (view.window.size(), view.window.slide()) else {
+        for (_, c) in candidates {
+            dirty.union(c);
+        }
+        return dirty.ranges().to_vec();
+    };
+    let (size, slide) = (size.millis(), slide.millis());
+    for (file, allowed) in candidates {
+        for last in starts_of(file) {
+            for h in 0..size / slide {
+                let start = EventTime(last.millis() - h * slide);
+                if allowed.contains(start) {
+                    dirty.insert(StartRange::new(start, EventTime(start.millis() + slide)));
                 }
             }
         }
@@ -265,7 +305,11 @@ mod tests {
         });
         // The file at offset 10 holds late rows for window [2m, 3m); the one at 20 is beyond the
         // published windows.
-        assert_eq!(dirty_ranges(&v, &manifest, &snapshot), [r(2 * M, 3 * M)]);
+        let candidates = dirty_candidates(&v, &manifest, &snapshot);
+        assert_eq!(candidates.len(), 1);
+        assert_eq!(candidates[0].0.first_offset, 10);
+        let starts = |_: &ArchivedFile| vec![EventTime(2 * M)];
+        assert_eq!(dirty_ranges(&v, &candidates, starts), [r(2 * M, 3 * M)]);
     }
 
     fn r(a: i64, b: i64) -> StartRange {
