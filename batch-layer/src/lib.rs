@@ -33,8 +33,6 @@ pub mod catalog;
 pub mod manifest;
 pub mod recompute;
 pub mod scheduler;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
 
 pub use archive::{Archive, ArchiveConfig, ArchiveSnapshot};
 pub use catalog::{PublishedView, ViewCatalog};

@@ -747,8 +747,8 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::import::import as seed_archive;
     use crate::catalog::ViewCatalog;
-    use crate::testing::seed_archive;
     use object_store::memory::InMemory;
     use tandem_shared::aggregate::AggregateValue;
     use tandem_shared::event::{EventBatchBuilder, EventDecoder};

@@ -15,11 +15,12 @@
 //! - [`merge`]: the seam between the layers (pure).
 //! - [`reconcile`]: speed-state release and drift measurement.
 //! - [`broker`], [`demo`]: the embedded Kafka broker and demo generator of `tandem dev`.
-//! - [`bench`]: `tandem bench speed`.
+//! - [`bench`]: `tandem bench speed`; [`batch_run`]: `tandem batch run`.
 //! - [`storage`]: opening the object store.
 
 pub mod api;
 pub mod app;
+pub mod batch_run;
 pub mod bench;
 pub mod broker;
 pub mod config;

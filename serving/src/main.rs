@@ -6,10 +6,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tandem_serving::app::{self, RunOptions};
-use tandem_serving::bench;
 use tandem_serving::broker::EmbeddedKafka;
 use tandem_serving::config::{self, Config};
 use tandem_serving::demo;
+use tandem_serving::{batch_run, bench};
+use tandem_shared::time::EventTime;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -58,6 +59,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Batch-layer commands.
+    Batch {
+        #[command(subcommand)]
+        what: BatchCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -72,6 +78,28 @@ enum Command {
         #[arg(long = "topic", value_name = "NAME:PARTITIONS")]
         topics: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BatchCommand {
+    /// Recomputes a view (or all views) from the archive now, with a progress bar.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// The view; all views without it.
+        #[arg(long)]
+        view: Option<String>,
+        /// First window start (RFC 3339 or epoch ms); the first archived event without it.
+        #[arg(long, value_parser = parse_time)]
+        from: Option<EventTime>,
+        /// End of the window starts (exclusive); the last ready window without it.
+        #[arg(long, value_parser = parse_time)]
+        to: Option<EventTime>,
+    },
+}
+
+fn parse_time(text: &str) -> Result<EventTime, String> {
+    EventTime::parse(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,6 +193,18 @@ async fn main() -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             println!("configuration is valid: {} view(s)", config.views.len());
             Ok(())
+        }
+        Command::Batch {
+            what:
+                BatchCommand::Run {
+                    config,
+                    view,
+                    from,
+                    to,
+                },
+        } => {
+            let config = Config::load(&config)?;
+            batch_run::run(&config, view.as_deref(), from, to).await
         }
         Command::Bench {
             what:

@@ -15,8 +15,9 @@ use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tandem_batch_layer::ViewCatalog;
+use tandem_batch_layer::archive::import;
 use tandem_batch_layer::recompute::{Recompute, Requested};
-use tandem_batch_layer::{ViewCatalog, testing};
 use tandem_shared::aggregate::AggregateValue;
 use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::event::{EventBatchBuilder, EventDecoder};
@@ -494,7 +495,7 @@ async fn speed_and_batch_layers_agree_with_an_independent_oracle() {
         .collect();
 
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    testing::seed_archive(&store, "orders", PARTITIONS, &batches)
+    import::import(&store, "orders", PARTITIONS, &batches)
         .await
         .unwrap();
 
@@ -625,9 +626,7 @@ async fn batch_counts_a_reproduced_event_once_when_the_schema_has_an_id() {
         .map(|(p, b)| (p as i32, b.finish()))
         .collect();
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    testing::seed_archive(&store, "orders", 2, &batches)
-        .await
-        .unwrap();
+    import::import(&store, "orders", 2, &batches).await.unwrap();
     let v = ViewDefinition::from_config(
         &ViewConfig {
             name: "totals".into(),

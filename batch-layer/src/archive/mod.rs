@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::manifest::{self, ManifestChain};
 
 pub(crate) mod file;
+pub mod import;
 pub mod snapshot;
 
 pub use snapshot::{ArchiveSnapshot, ArchivedFile, PartitionManifest};

@@ -1,4 +1,6 @@
-//! Test support: seeding an archive without Kafka, through the real file and manifest code.
+//! Importing events into the archive without Kafka, through the same file and manifest code as
+//! the archive task: for benchmarks, tests and bulk loads. Each batch holds the rows of one
+//! partition with their Kafka offsets; offsets must be beyond what the partition already holds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,17 +13,38 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tandem_shared::layout;
 use tandem_shared::time::EventTime;
 
-use crate::archive::{ArchivedFile, PartitionManifest, file};
+use super::{ArchivedFile, PartitionManifest, file};
 use crate::manifest::ManifestChain;
+
+/// Errors importing. Internal or the store's.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("partition {partition} is outside the topic's {count} partitions")]
+    Partition { partition: i32, count: i32 },
+    #[error("batch of partition {partition}: {source}")]
+    Batch {
+        partition: i32,
+        source: datafusion::error::DataFusionError,
+    },
+    #[error(transparent)]
+    Encode(#[from] file::Error),
+    #[error("writing `{path}`: {source}")]
+    Write {
+        path: String,
+        source: object_store::Error,
+    },
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::Error),
+}
 
 /// Archives `batches` (rows of one partition each, with their Kafka offsets) as the archive would:
 /// one file per partition and event hour, then one manifest per partition.
-pub async fn seed_archive(
+pub async fn import(
     store: &Arc<dyn ObjectStore>,
     topic: &str,
     partition_count: i32,
     batches: &[(i32, RecordBatch)],
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     // Extend what is already archived, as later rolls would.
     let mut manifests: BTreeMap<i32, PartitionManifest> = BTreeMap::new();
     for p in 0..partition_count {
@@ -34,12 +57,14 @@ pub async fn seed_archive(
         manifests.insert(p, current);
     }
     for (partition, batch) in batches {
-        let times = as_timestamp_millisecond_array(batch.column(0))?;
-        let offsets = batch
-            .column(batch.num_columns() - 1)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-            .ok_or_else(|| anyhow::anyhow!("offset column"))?;
+        let batch_err = |source| Error::Batch {
+            partition: *partition,
+            source,
+        };
+        let times = as_timestamp_millisecond_array(batch.column(0)).map_err(batch_err)?;
+        let offsets =
+            datafusion::common::cast::as_int64_array(batch.column(batch.num_columns() - 1))
+                .map_err(batch_err)?;
         let first = offsets.values().iter().copied().min().unwrap_or(0);
         let last = offsets.values().iter().copied().max().unwrap_or(0);
         let hours: std::collections::BTreeSet<EventTime> = times
@@ -47,17 +72,18 @@ pub async fn seed_archive(
             .iter()
             .map(|t| layout::hour_start(EventTime(*t)))
             .collect();
-        let manifest = manifests
-            .get_mut(partition)
-            .ok_or_else(|| anyhow::anyhow!("partition {partition} out of range"))?;
+        let manifest = manifests.get_mut(partition).ok_or(Error::Partition {
+            partition: *partition,
+            count: partition_count,
+        })?;
         for hour in hours {
             let mask: datafusion::arrow::array::BooleanArray = times
                 .values()
                 .iter()
                 .map(|t| Some(layout::hour_start(EventTime(*t)) == hour))
                 .collect();
-            let rows = filter_record_batch(batch, &mask)?;
-            let rows_times = as_timestamp_millisecond_array(rows.column(0))?;
+            let rows = filter_record_batch(batch, &mask).map_err(|e| batch_err(e.into()))?;
+            let rows_times = as_timestamp_millisecond_array(rows.column(0)).map_err(batch_err)?;
             let min = rows_times.values().iter().copied().min().unwrap_or(0);
             let max = rows_times.values().iter().copied().max().unwrap_or(0);
             let path = layout::archive_file(topic, hour, *partition, first, last);
@@ -65,7 +91,11 @@ pub async fn seed_archive(
             let size = bytes.len() as u64;
             store
                 .put(&Path::from(path.as_str()), PutPayload::from(bytes))
-                .await?;
+                .await
+                .map_err(|source| Error::Write {
+                    path: path.clone(),
+                    source,
+                })?;
             manifest.files.push(ArchivedFile {
                 path,
                 hour,
@@ -80,9 +110,10 @@ pub async fn seed_archive(
         }
         manifest.next_offset = manifest.next_offset.max(last + 1);
     }
-    for (p, manifest) in manifests {
+    for (p, mut manifest) in manifests {
         let chain = ManifestChain::new(Arc::clone(store), layout::archive_manifest_dir(topic, p));
         let seq = chain.sequences().await?.last().map_or(0, |s| s + 1);
+        manifest.published_at = EventTime(chrono::Utc::now().timestamp_millis());
         chain.publish(seq, &manifest).await?;
     }
     Ok(())
