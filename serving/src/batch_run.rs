@@ -69,8 +69,8 @@ pub async fn run(
         let report = {
             let bar = bar.clone();
             move |p: Progress| {
-                if p.chunks_total > 0 {
-                    bar.set_position((p.chunks_done * 1000 / p.chunks_total) as u64);
+                if let Some(per_mille) = (p.chunks_done * 1000).checked_div(p.chunks_total) {
+                    bar.set_position(per_mille as u64);
                 }
                 bar.set_message(format!("{} files, {} rows read", p.files_read, p.rows_read));
             }
