@@ -22,6 +22,7 @@ pub mod api;
 pub mod app;
 pub mod batch_run;
 pub mod bench;
+pub mod bench_batch;
 pub mod broker;
 pub mod config;
 pub mod demo;

@@ -9,7 +9,7 @@ use tandem_serving::app::{self, RunOptions};
 use tandem_serving::broker::EmbeddedKafka;
 use tandem_serving::config::{self, Config};
 use tandem_serving::demo;
-use tandem_serving::{batch_run, bench};
+use tandem_serving::{batch_run, bench, bench_batch};
 use tandem_shared::time::EventTime;
 use tokio_util::sync::CancellationToken;
 
@@ -116,6 +116,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// Batch-layer recompute throughput next to DuckDB over the same Parquet files.
+    Batch {
+        /// Events to import into the archive.
+        #[arg(long, default_value_t = 5_000_000)]
+        events: u64,
+        /// Working directory for the archive.
+        #[arg(long, default_value = "./tandem-bench")]
+        dir: PathBuf,
+        /// Python interpreter with the duckdb package.
+        #[arg(long, default_value = "python3")]
+        python: String,
+    },
 }
 
 const DEV_MARKER: &str = ".tandem-dev";
@@ -218,6 +230,21 @@ async fn main() -> anyhow::Result<()> {
                 events,
                 rate,
                 seconds,
+            })
+            .await
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Batch {
+                    events,
+                    dir,
+                    python,
+                },
+        } => {
+            bench_batch::run(bench_batch::BatchBench {
+                events,
+                dir,
+                python,
             })
             .await
         }

@@ -1,0 +1,309 @@
+//! `tandem bench batch`: recompute throughput next to DuckDB over the same Parquet files.
+//!
+//! Imports `--events` generated order events into a fresh archive (one day, 8 partitions, files
+//! per partition and hour, written by the archive's own encoder), recomputes four views with
+//! Tandem (DataFusion), then hands DuckDB the equivalent SQL over the same files, restricted to
+//! the windows Tandem published, and compares rows per second and result sizes.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tandem_batch_layer::ViewCatalog;
+use tandem_batch_layer::archive::import;
+use tandem_batch_layer::recompute::{Recompute, Requested};
+use tandem_shared::event::{EventBatchBuilder, EventDecoder};
+use tandem_shared::time::Span;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::storage;
+
+/// Options of `tandem bench batch`.
+#[derive(Debug, Clone)]
+pub struct BatchBench {
+    pub events: u64,
+    pub dir: PathBuf,
+    /// Python interpreter with the `duckdb` package.
+    pub python: String,
+}
+
+const CONFIG: &str = r#"
+[kafka]
+topic = "bench"
+
+[storage]
+url = "memory://"
+
+[schema]
+time_field = "ts"
+fields = { order_id = "string", city = "string", user_id = "string", amount = "float64", event_type = "string" }
+
+[[views]]
+name = "orders_by_city"
+window = { tumbling = "1m" }
+group_by = ["city"]
+filter = "event_type = 'order_placed'"
+aggregates = ["count(*) AS orders", "sum(amount) AS revenue", "min(amount) AS min_amount",
+              "max(amount) AS max_amount", "avg(amount) AS avg_amount"]
+
+[[views]]
+name = "buyers_per_city"
+window = { tumbling = "1h" }
+group_by = ["city"]
+aggregates = ["count(DISTINCT user_id) AS buyers"]
+
+[[views]]
+name = "revenue_hopping"
+window = { hopping = "1h", every = "15m" }
+group_by = ["event_type"]
+aggregates = ["count(*) AS events", "sum(amount) AS revenue"]
+
+[[views]]
+name = "p95_by_city"
+window = { tumbling = "1h" }
+group_by = ["city"]
+aggregates = ["percentile(amount, 0.95) AS p95"]
+"#;
+
+const CITIES: [&str; 8] = [
+    "Chennai",
+    "Mumbai",
+    "Bengaluru",
+    "Berlin",
+    "Sao Paulo",
+    "Lagos",
+    "Tokyo",
+    "Toronto",
+];
+const PARTITIONS: i32 = 8;
+const DAY: i64 = 86_400_000;
+
+/// DuckDB SQL equivalent to each view, over `files`, for window starts in [from, to).
+fn duckdb_sql(view: &str, files: &str, from: i64, to: i64) -> Option<String> {
+    let t = "epoch_ms(ts)";
+    let ws = |slide: i64| format!("{t} - ((({t} % {slide}) + {slide}) % {slide})");
+    Some(match view {
+        "orders_by_city" => format!(
+            "SELECT __ws, city, count(*), sum(amount), min(amount), max(amount), avg(amount) FROM \
+             (SELECT *, {} AS __ws FROM read_parquet({files})) WHERE event_type = 'order_placed' \
+             AND __ws >= {from} AND __ws < {to} GROUP BY __ws, city",
+            ws(60_000)
+        ),
+        "buyers_per_city" => format!(
+            "SELECT __ws, city, count(DISTINCT user_id) FROM (SELECT *, {} AS __ws FROM read_parquet({files})) \
+             WHERE __ws >= {from} AND __ws < {to} GROUP BY __ws, city",
+            ws(3_600_000)
+        ),
+        "revenue_hopping" => format!(
+            "SELECT __ws, event_type, count(*), sum(amount) FROM (SELECT *, {} - h * 900000 AS __ws \
+             FROM read_parquet({files}) CROSS JOIN (SELECT range AS h FROM range(4))) \
+             WHERE __ws >= {from} AND __ws < {to} GROUP BY __ws, event_type",
+            ws(900_000)
+        ),
+        "p95_by_city" => format!(
+            "SELECT __ws, city, quantile_cont(amount, 0.95) FROM (SELECT *, {} AS __ws FROM read_parquet({files})) \
+             WHERE __ws >= {from} AND __ws < {to} GROUP BY __ws, city",
+            ws(3_600_000)
+        ),
+        _ => return None,
+    })
+}
+
+const DUCKDB_SCRIPT: &str = r#"
+import json, sys, time
+import duckdb
+spec = json.load(open(sys.argv[1]))
+con = duckdb.connect()
+con.execute("SET threads = 2")
+out = []
+for v in spec:
+    con.execute(v["sql"]).fetchall()  # warm the file cache and the planner
+    start = time.perf_counter()
+    rows = con.execute(v["sql"]).fetchall()
+    out.append({"view": v["view"], "seconds": time.perf_counter() - start, "rows": len(rows)})
+print(json.dumps(out))
+"#;
+
+pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
+    let config = Config::parse(CONFIG, "bench")?;
+    let store_dir = opts.dir.join("store");
+    if store_dir.exists() {
+        std::fs::remove_dir_all(&store_dir)
+            .with_context(|| format!("clearing {}", store_dir.display()))?;
+    }
+    std::fs::create_dir_all(&store_dir)?;
+    let store_dir = std::fs::canonicalize(&store_dir)?;
+    let store = storage::open(&format!("file://{}", store_dir.display()))?;
+    let schema = Arc::new(config.schema.clone());
+    let decoder = EventDecoder::new(Arc::clone(&schema));
+
+    // 1. Import a day of events, in chunks so memory stays bounded.
+    println!("# tandem bench batch: {} events", opts.events);
+    let started = Instant::now();
+    let mut rng = StdRng::seed_from_u64(3);
+    let base = 1_795_219_200_000; // 2026-11-21T00:00:00Z
+    let chunk = 1_000_000u64;
+    let mut offsets = [0i64; PARTITIONS as usize];
+    let mut done = 0u64;
+    while done < opts.events {
+        let n = chunk.min(opts.events - done);
+        let mut builders: Vec<EventBatchBuilder> = (0..PARTITIONS)
+            .map(|_| EventBatchBuilder::new(&decoder, (n / 8) as usize + 1))
+            .collect();
+        for i in done..done + n {
+            let ts = base + (i as i64 * DAY) / opts.events as i64;
+            let user = rng.random_range(0..200_000u32);
+            let p = (user % PARTITIONS as u32) as usize;
+            let event_type = if rng.random_ratio(7, 10) {
+                "order_placed"
+            } else {
+                "payment_captured"
+            };
+            let json = format!(
+                r#"{{"order_id":"o-{i}","ts":{ts},"city":"{}","user_id":"u-{user}","amount":{:.2},"event_type":"{event_type}"}}"#,
+                CITIES[rng.random_range(0..CITIES.len())],
+                rng.random_range(1.0..500.0f64)
+            );
+            let event = decoder.decode(json.as_bytes()).context("generated event")?;
+            builders[p].append(&event, p as i32, offsets[p]);
+            offsets[p] += 1;
+        }
+        let batches: Vec<(i32, _)> = builders
+            .iter_mut()
+            .enumerate()
+            .map(|(p, b)| (p as i32, b.finish()))
+            .collect();
+        import::import(&store, "bench", PARTITIONS, &batches).await?;
+        done += n;
+    }
+    let files: Vec<String> = walk(&store_dir.join("archive/bench"))
+        .into_iter()
+        .filter(|p| p.ends_with(".parquet"))
+        .collect();
+    let bytes: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "imported {} events into {} Parquet files ({:.1} MiB) in {:.1}s",
+        opts.events,
+        files.len(),
+        bytes as f64 / (1 << 20) as f64,
+        started.elapsed().as_secs_f64()
+    );
+
+    // 2. Tandem recomputes every view.
+    let catalog = Arc::new(ViewCatalog::new(Arc::clone(&store), config.views.clone()));
+    let recompute = Recompute {
+        store: Arc::clone(&store),
+        schema,
+        topic: "bench".into(),
+        idle_timeout: Span::from_millis(60_000),
+        catalog,
+    };
+    let file_list = format!(
+        "[{}]",
+        files
+            .iter()
+            .map(|f| format!("'{f}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut spec = Vec::new();
+    let mut tandem = Vec::new();
+    for view in &config.views {
+        // Warm the page cache the same way DuckDB's warm-up run does.
+        recompute
+            .run_view(
+                view,
+                Requested::default(),
+                "warmup",
+                &CancellationToken::new(),
+                &|_| {},
+            )
+            .await?;
+        let started = Instant::now();
+        let outcome = recompute
+            .run_view(
+                view,
+                Requested::default(),
+                "bench",
+                &CancellationToken::new(),
+                &|_| {},
+            )
+            .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let covered = outcome.covered.context("nothing was published")?;
+        tandem.push((
+            view.name.clone(),
+            seconds,
+            outcome.rows_read,
+            outcome.result_rows,
+        ));
+        if let Some(sql) = duckdb_sql(
+            &view.name,
+            &file_list,
+            covered.from.millis(),
+            covered.to.millis(),
+        ) {
+            spec.push(serde_json::json!({"view": view.name, "sql": sql}));
+        }
+    }
+
+    // 3. DuckDB over the same files and windows.
+    let spec_path = opts.dir.join("duckdb-spec.json");
+    let script_path = opts.dir.join("duckdb_bench.py");
+    std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
+    std::fs::write(&script_path, DUCKDB_SCRIPT)?;
+    let output = Command::new(&opts.python)
+        .arg(&script_path)
+        .arg(&spec_path)
+        .output()
+        .with_context(|| {
+            format!(
+                "running {} (is duckdb installed? see scripts/bench)",
+                opts.python
+            )
+        })?;
+    if !output.status.success() {
+        bail!("duckdb failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let duck: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)?;
+    println!(
+        "| view | rows read | Tandem s | Tandem rows/s | DuckDB s | DuckDB rows/s | Tandem / DuckDB | result rows (Tandem, DuckDB) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, seconds, rows_read, result_rows) in tandem {
+        let d = duck.iter().find(|d| d["view"] == name.as_str());
+        let d_seconds = d.and_then(|d| d["seconds"].as_f64()).unwrap_or(f64::NAN);
+        let d_rows = d.and_then(|d| d["rows"].as_u64()).unwrap_or(0);
+        println!(
+            "| {name} | {rows_read} | {seconds:.3} | {:.0} | {d_seconds:.3} | {:.0} | {:.2}x | {result_rows}, {d_rows} |",
+            rows_read as f64 / seconds,
+            rows_read as f64 / d_seconds,
+            d_seconds / seconds,
+        );
+    }
+    Ok(())
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
