@@ -686,3 +686,77 @@ async fn batch_counts_a_reproduced_event_once_when_the_schema_has_an_id() {
     }
     assert!(want.len() >= 3, "several minutes were published");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recomputing_one_hour_reads_only_that_hours_files() {
+    // Three days of events, one every 30 seconds, over 4 partitions.
+    let schema = Arc::new(schema());
+    let decoder = EventDecoder::new(Arc::clone(&schema));
+    let mut builders: Vec<EventBatchBuilder> = (0..4)
+        .map(|_| EventBatchBuilder::new(&decoder, 4096))
+        .collect();
+    let mut offsets = [0i64; 4];
+    let n = 3 * 24 * 120;
+    for i in 0..n {
+        let p = (i % 4) as usize;
+        let json = format!(
+            r#"{{"ts":{},"city":"Lima","amount":1.0,"qty":1,"event_type":"order_placed"}}"#,
+            BASE + i * 30_000
+        );
+        builders[p].append(
+            &decoder.decode(json.as_bytes()).unwrap(),
+            p as i32,
+            offsets[p],
+        );
+        offsets[p] += 1;
+    }
+    let batches: Vec<(i32, _)> = builders
+        .iter_mut()
+        .enumerate()
+        .map(|(p, b)| (p as i32, b.finish()))
+        .collect();
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    import::import(&store, "orders", 4, &batches).await.unwrap();
+    let v = view("per_minute", tumbling("1m"), &[], None, &["count(*) AS n"]);
+    let catalog = Arc::new(ViewCatalog::new(Arc::clone(&store), [v.clone()]));
+    let recompute = Recompute {
+        store,
+        schema,
+        topic: "orders".into(),
+        idle_timeout: Span::from_millis(30_000),
+        catalog: Arc::clone(&catalog),
+    };
+    let hour = BASE + 30 * 3_600_000;
+    let outcome = recompute
+        .run_view(
+            &v,
+            Requested {
+                from: Some(EventTime(hour)),
+                to: Some(EventTime(hour + 3_600_000)),
+            },
+            "one-hour",
+            &CancellationToken::new(),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.covered,
+        Some(StartRange::new(
+            EventTime(hour),
+            EventTime(hour + 3_600_000)
+        ))
+    );
+    assert_eq!(outcome.windows_published, 60);
+    // One file per partition for that hour, and nothing else.
+    assert_eq!(outcome.files_scanned, 4, "{outcome:?}");
+    assert_eq!(outcome.rows_read, 120);
+    let published = catalog.get("per_minute").unwrap();
+    assert!(
+        published
+            .rows
+            .iter()
+            .all(|r| r.values[0] == AggregateValue::Int(2))
+    );
+    assert_eq!(published.rows.len(), 60);
+}

@@ -278,12 +278,21 @@ async fn dead_letters(
     server: &TestServer,
     want: usize,
 ) -> anyhow::Result<Vec<(Option<Vec<u8>>, BTreeMap<String, String>)>> {
+    read_topic(server, "orders.dlq", want).await
+}
+
+/// Reads `want` messages of `topic` from its start, with their headers.
+async fn read_topic(
+    server: &TestServer,
+    topic: &str,
+    want: usize,
+) -> anyhow::Result<Vec<(Option<Vec<u8>>, BTreeMap<String, String>)>> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &server.kafka)
-        .set("group.id", "e2e-dlq-reader")
+        .set("group.id", format!("e2e-reader-{topic}-{want}"))
         .set("auto.offset.reset", "earliest")
         .create()?;
-    consumer.subscribe(&["orders.dlq"])?;
+    consumer.subscribe(&[topic])?;
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while out.len() < want {
@@ -534,7 +543,127 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
         "drift: {report}"
     );
 
-    // 4. Bad requests get clear 4xx errors.
+    // 4. Late events: beyond the lateness (and in windows the batch layer already published) they
+    //    go to the late-events topic, per view, and are counted; they stay in the archive, so a
+    //    recompute of their window includes them. An event from the far future is dead-lettered.
+    let late_window = base + MINUTE;
+    let late: Vec<Order> = (0..3)
+        .map(|i| {
+            let ts = late_window + 1_000 + i;
+            Order {
+                key: format!("late-{i}"),
+                ts,
+                city: "Lagos",
+                amount: 2.5,
+                event_type: "order_placed",
+                payload: json!({"order_id": format!("late-{i}"), "ts": ts, "city": "Lagos", "user_id": "u-late",
+                                "amount": 2.5, "event_type": "order_placed"}).to_string(),
+            }
+        })
+        .collect();
+    let future_ts = chrono::Utc::now().timestamp_millis() + 2 * 3_600_000;
+    let future =
+        json!({"ts": future_ts, "city": "Lagos", "amount": 1.0, "event_type": "order_placed"})
+            .to_string();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &server.kafka)
+        .create()?;
+    for o in &late {
+        producer
+            .send(
+                FutureRecord::to("orders").key(&o.key).payload(&o.payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+    producer
+        .send(
+            FutureRecord::to("orders").key("future").payload(&future),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    let late_letters = read_topic(server, "orders.late", 6).await?;
+    let for_view = late_letters
+        .iter()
+        .filter(|(_, h)| h.get("view").map(String::as_str) == Some("orders_by_city"))
+        .count();
+    ensure!(
+        for_view == 3,
+        "late messages for orders_by_city: {for_view} of {late_letters:?}"
+    );
+    ensure!(
+        late_letters
+            .iter()
+            .all(|(_, h)| h.get("reason").is_some_and(|r| !r.is_empty()))
+    );
+    let all_dead = dead_letters(server, malformed.len() + 2).await?;
+    ensure!(
+        all_dead
+            .iter()
+            .any(|(_, h)| h.get("error_kind").map(String::as_str) == Some("future")),
+        "no dead letter for the future event"
+    );
+    let metrics = client
+        .get(server.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tandem_late_events_total{view=\"orders_by_city\"} 3")),
+        "late-event metric:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("late"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Recompute the late events' window: the batch answer now includes them.
+    let key = (late_window, "Lagos".to_owned());
+    let before = expected.get(&key).map_or(0, |e| e.orders);
+    eventually(Duration::from_secs(60), || async {
+        let resp = client
+            .post(server.url("/v1/jobs"))
+            .json(
+                &json!({"view": "orders_by_city", "from": late_window, "to": late_window + MINUTE}),
+            )
+            .send()
+            .await?;
+        let id = resp.json::<Value>().await?["id"]
+            .as_str()
+            .context("job id")?
+            .to_owned();
+        let done = eventually(Duration::from_secs(30), || async {
+            let j = get(&client, &server.url(&format!("/v1/jobs/{id}"))).await?;
+            ensure!(j["status"] == "succeeded", "job: {j}");
+            Ok(j)
+        })
+        .await?;
+        let body = get(
+            &client,
+            &format!(
+                "{url}?city=Lagos&from={late_window}&to={}",
+                late_window + MINUTE
+            ),
+        )
+        .await?;
+        let n = body["rows"][0]["values"]["orders"].as_i64().unwrap_or(0);
+        ensure!(
+            n == before + 3,
+            "window has {n} orders, want {} (job {done})",
+            before + 3
+        );
+        ensure!(body["rows"][0]["source"] == "batch");
+        Ok(())
+    })
+    .await
+    .context("recompute including late events")?;
+
+    // 5. Bad requests get clear 4xx errors.
     let resp = client
         .get(server.url("/v1/views/no_such_view"))
         .send()
@@ -555,4 +684,90 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
         .await?;
     ensure!(resp.status().as_u16() == 404);
     Ok(())
+}
+
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_speed_layer_pauses_at_its_memory_budget_and_resumes_when_batch_covers()
+-> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = TestServer::dev(&fixture("tight_budget.toml"), data.path())?;
+    let result = async {
+        let client = reqwest::Client::new();
+        let now = chrono::Utc::now().timestamp_millis();
+        let base = now - now.rem_euclid(MINUTE) - 30 * MINUTE;
+        let orders = stream(base, 3_000);
+        produce(&server, &orders).await?;
+        let expected = expected_orders_by_city(&orders);
+        let total: i64 = expected.values().map(|e| e.orders).sum();
+        let url = server.url("/v1/views/orders_by_city");
+
+        // The state hits its budget: consumption pauses short of the whole stream.
+        eventually(Duration::from_secs(60), || async {
+            let metrics = client
+                .get(server.url("/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?;
+            ensure!(
+                gauge(&metrics, "tandem_speed_paused") == Some(1.0),
+                "not paused yet"
+            );
+            Ok(())
+        })
+        .await?;
+        let body = get(&client, &url).await?;
+        let seen: i64 = rows_by_key(&body, "city")?
+            .values()
+            .filter_map(|(v, _)| v["orders"].as_i64())
+            .sum();
+        ensure!(seen < total, "paused, yet all {total} orders are counted");
+
+        // The batch layer covers the older windows; the speed layer lets them go and resumes.
+        eventually(Duration::from_secs(90), || async {
+            let resp = client
+                .post(server.url("/v1/jobs"))
+                .json(&json!({}))
+                .send()
+                .await?;
+            let id = resp.json::<Value>().await?["id"]
+                .as_str()
+                .context("job id")?
+                .to_owned();
+            eventually(Duration::from_secs(30), || async {
+                let j = get(&client, &server.url(&format!("/v1/jobs/{id}"))).await?;
+                ensure!(j["status"] == "succeeded", "job: {j}");
+                Ok(())
+            })
+            .await?;
+            let metrics = client
+                .get(server.url("/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?;
+            ensure!(
+                gauge(&metrics, "tandem_speed_paused") == Some(0.0),
+                "still paused"
+            );
+            let body = get(&client, &url).await?;
+            let rows = rows_by_key(&body, "city")?;
+            check_orders_by_city(&rows, &expected)
+        })
+        .await
+        .context("resuming after the batch layer covered windows")?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("---- tandem log ----\n{}", server.log());
+    }
+    result
 }
