@@ -205,6 +205,15 @@ impl SpeedLayer {
         Some(state::merge_partials(partials, sessions))
     }
 
+    /// Messages consumed so far, over the partitions this worker owns (the sum of their next
+    /// offsets): a cheap progress signal.
+    pub fn consumed(&self) -> i64 {
+        self.partitions_read()
+            .values()
+            .filter_map(|p| p.next_offset)
+            .sum()
+    }
+
     /// Budgeted bytes of all window state.
     pub fn state_bytes(&self) -> usize {
         self.partitions_read()
