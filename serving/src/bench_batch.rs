@@ -114,8 +114,12 @@ fn duckdb_sql(view: &str, files: &str, from: i64, to: i64) -> Option<String> {
     })
 }
 
+/// Timed runs per view and engine; the median is reported.
+const RUNS: usize = 5;
+
 const DUCKDB_SCRIPT: &str = r#"
 import json, sys, time
+RUNS = 5
 import duckdb
 spec = json.load(open(sys.argv[1]))
 con = duckdb.connect()
@@ -123,9 +127,13 @@ con.execute("SET threads = 2")
 out = []
 for v in spec:
     con.execute(v["sql"]).fetchall()  # warm the file cache and the planner
-    start = time.perf_counter()
-    rows = con.execute(v["sql"]).fetchall()
-    out.append({"view": v["view"], "seconds": time.perf_counter() - start, "rows": len(rows)})
+    times = []
+    for _ in range(RUNS):
+        start = time.perf_counter()
+        rows = con.execute(v["sql"]).fetchall()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    out.append({"view": v["view"], "seconds": times[len(times) // 2], "rows": len(rows)})
 print(json.dumps(out))
 "#;
 
@@ -228,18 +236,30 @@ pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
                 &|_| {},
             )
             .await?;
-        let started = Instant::now();
-        let outcome = recompute
-            .run_view(
-                view,
-                Requested::default(),
-                "bench",
-                &CancellationToken::new(),
-                &|_| {},
-            )
-            .await?;
-        let seconds = started.elapsed().as_secs_f64();
+        let mut times = Vec::with_capacity(RUNS);
+        let mut last = None;
+        for run in 0..RUNS {
+            let started = Instant::now();
+            let outcome = recompute
+                .run_view(
+                    view,
+                    Requested::default(),
+                    &format!("bench-{run}"),
+                    &CancellationToken::new(),
+                    &|_| {},
+                )
+                .await?;
+            times.push(started.elapsed().as_secs_f64());
+            last = Some(outcome);
+        }
+        times.sort_by(f64::total_cmp);
+        let seconds = times[RUNS / 2];
+        let outcome = last.context("no run")?;
         let covered = outcome.covered.context("nothing was published")?;
+        println!(
+            "{}: query {} ms, publish {} ms",
+            view.name, outcome.query_ms, outcome.publish_ms
+        );
         tandem.push((
             view.name.clone(),
             seconds,

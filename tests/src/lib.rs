@@ -14,10 +14,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 /// Path of a fixture file.
+///
+/// The crate directory is read at run time (`cargo test` sets `CARGO_MANIFEST_DIR`): a test
+/// binary reused from a shared target directory may have been compiled in another checkout.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    crate_dir.join("fixtures").join(name)
 }
 
 /// The `tandem` binary: `$TANDEM_BIN`, or `tandem` in the target directory of this test.
