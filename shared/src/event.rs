@@ -16,7 +16,6 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -87,8 +86,6 @@ pub struct DecodedEvent<'a> {
 pub struct EventDecoder {
     schema: Arc<EventSchema>,
     arrow: SchemaRef,
-    /// Declared field name -> position in `schema.fields`.
-    positions: HashMap<String, usize>,
 }
 
 /// What a key in the JSON object refers to.
@@ -101,18 +98,8 @@ enum Target {
 
 impl EventDecoder {
     pub fn new(schema: Arc<EventSchema>) -> Self {
-        let positions = schema
-            .fields
-            .iter()
-            .enumerate()
-            .map(|(i, (name, _))| (name.clone(), i))
-            .collect();
         let arrow = schema.arrow_schema();
-        Self {
-            schema,
-            arrow,
-            positions,
-        }
+        Self { schema, arrow }
     }
 
     pub fn schema(&self) -> &Arc<EventSchema> {
@@ -123,10 +110,11 @@ impl EventDecoder {
         &self.arrow
     }
 
+    /// A schema has a handful of fields: comparing names beats hashing every key.
     fn target(&self, key: &str) -> Target {
         if key == self.schema.time_field {
             Target::Time
-        } else if let Some(&i) = self.positions.get(key) {
+        } else if let Some(i) = self.schema.fields.iter().position(|(name, _)| name == key) {
             Target::Field(i)
         } else {
             Target::Ignored
@@ -140,7 +128,11 @@ impl EventDecoder {
             decoder: self,
             problem: &problem,
         };
-        let mut de = serde_json::Deserializer::from_slice(payload);
+        // One UTF-8 check of the whole payload is cheaper than serde_json's check per string.
+        let text = std::str::from_utf8(payload).map_err(|err| DecodeError::NotJson {
+            detail: format!("not UTF-8: {err}"),
+        })?;
+        let mut de = serde_json::Deserializer::from_str(text);
         let outcome = seed
             .deserialize(&mut de)
             .and_then(|event| de.end().map(|()| event));
@@ -152,6 +144,30 @@ impl EventDecoder {
                     detail: err.to_string(),
                 })),
         }
+    }
+}
+
+/// Resolves an object key to its [`Target`] without copying it (a `Cow<str>` key would be
+/// deserialized as an owned `String`).
+struct KeySeed<'d>(&'d EventDecoder);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Target;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Target;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.target(key))
     }
 }
 
@@ -179,8 +195,8 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
         let schema = &self.decoder.schema;
         let mut values = vec![Slot::Null; schema.fields.len()];
         let mut time = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match self.decoder.target(&key) {
+        while let Some(target) = map.next_key_seed(KeySeed(self.decoder))? {
+            match target {
                 Target::Ignored => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -569,6 +585,12 @@ mod tests {
     fn classifies_malformed_payloads() {
         let d = decoder();
         assert_eq!(d.decode(b"not json").unwrap_err().kind(), "not_json");
+        assert_eq!(
+            d.decode(b"{\"ts\":1000,\"city\":\"\xff\"}")
+                .unwrap_err()
+                .kind(),
+            "not_json"
+        );
         assert_eq!(d.decode(br#"{"ts":1000"#).unwrap_err().kind(), "not_json");
         assert_eq!(
             d.decode(br#"{"ts":1000} trailing"#).unwrap_err().kind(),

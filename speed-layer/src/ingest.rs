@@ -467,22 +467,27 @@ fn process(
 ) {
     let started = Instant::now();
     let future_limit = time.now.saturating_add(time.max_future);
-    let mut partitions: BTreeMap<i32, PartitionRows> = BTreeMap::new();
+    // `None` marks a partition polled before its revocation: the new owner re-reads it from
+    // the checkpoint's offset. (Rebalances run inside `poll`, so assignment cannot change
+    // while a micro-batch is processed; it is looked up once per partition.)
+    let mut partitions: BTreeMap<i32, Option<PartitionRows>> = BTreeMap::new();
     let mut decoded = 0u64;
     for (i, m) in messages.iter().enumerate() {
         let partition = m.partition();
-        // Polled before a revocation: the new owner re-reads it from the checkpoint's offset.
-        if !speed.assigned(partition) {
-            continue;
-        }
-        let rows = partitions
+        let Some(rows) = partitions
             .entry(partition)
-            .or_insert_with(|| PartitionRows {
-                builder: EventBatchBuilder::new(decoder, 256),
-                messages: Vec::new(),
-                times: Vec::new(),
-                last_offset: m.offset(),
-            });
+            .or_insert_with(|| {
+                speed.assigned(partition).then(|| PartitionRows {
+                    builder: EventBatchBuilder::new(decoder, 256),
+                    messages: Vec::new(),
+                    times: Vec::new(),
+                    last_offset: m.offset(),
+                })
+            })
+            .as_mut()
+        else {
+            continue;
+        };
         rows.last_offset = rows.last_offset.max(m.offset());
         let Some(payload) = m.payload() else {
             side.dead_letter(None, origin(topic, m), "empty", "message has no payload");
@@ -513,7 +518,10 @@ fn process(
         }
     }
     let watermark = progress.combined(time.now, time.idle_timeout);
-    for (partition, mut rows) in partitions {
+    for (partition, mut rows) in partitions
+        .into_iter()
+        .filter_map(|(p, rows)| Some((p, rows?)))
+    {
         let batch = (!rows.builder.is_empty()).then(|| rows.builder.finish());
         let max_time = rows.times.iter().copied().max();
         let outcomes = speed.apply(
@@ -551,8 +559,8 @@ fn process(
                 );
             }
         }
-        for t in &rows.times {
-            progress.observe(partition, *t, time.now);
+        if let Some(max_time) = max_time {
+            progress.observe(partition, max_time, time.now);
         }
     }
     metrics::counter!("tandem_speed_events_total").increment(decoded);

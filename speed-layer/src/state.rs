@@ -81,8 +81,12 @@ pub struct Partial {
 #[derive(Debug, Default)]
 struct WindowGroups {
     end: EventTime,
-    groups: HashMap<GroupKey, Vec<PartialAggregate>>,
+    groups: GroupMap<Vec<PartialAggregate>>,
 }
+
+/// Per-group state. Group keys are hashed for every event, so the map uses foldhash (randomly
+/// seeded like the default hasher, several times cheaper than SipHash on short keys).
+type GroupMap<V> = HashMap<GroupKey, V, foldhash::fast::RandomState>;
 
 #[derive(Debug)]
 struct Session {
@@ -95,7 +99,7 @@ enum Windows {
     /// Tumbling and hopping windows, by start.
     Fixed(BTreeMap<EventTime, WindowGroups>),
     /// Sessions per group, by start; sessions of one group never overlap.
-    Sessions(HashMap<GroupKey, BTreeMap<EventTime, Session>>),
+    Sessions(GroupMap<BTreeMap<EventTime, Session>>),
 }
 
 /// The speed layer's state of one view over one partition.
@@ -116,6 +120,18 @@ enum GroupColumn<'a> {
 }
 
 impl GroupColumn<'_> {
+    /// Stores the value of `row` in `slot`, reusing the slot's string buffer.
+    fn write(&self, row: usize, slot: &mut GroupValue) {
+        if let (GroupColumn::Str(a), GroupValue::Str(s)) = (self, &mut *slot)
+            && !a.is_null(row)
+        {
+            s.clear();
+            s.push_str(a.value(row));
+        } else {
+            *slot = self.value(row);
+        }
+    }
+
     fn value(&self, row: usize) -> GroupValue {
         macro_rules! get {
             ($a:expr, $wrap:expr) => {
@@ -194,7 +210,7 @@ fn merge_accs(into: &mut [PartialAggregate], from: &[PartialAggregate]) {
 impl ViewState {
     pub fn new(program: Arc<ViewProgram>) -> Self {
         let windows = match program.view.window {
-            WindowSpec::Session { .. } => Windows::Sessions(HashMap::new()),
+            WindowSpec::Session { .. } => Windows::Sessions(GroupMap::default()),
             _ => Windows::Fixed(BTreeMap::new()),
         };
         Self {
@@ -218,12 +234,12 @@ impl ViewState {
         (windows, self.groups, self.bytes)
     }
 
-    fn empty_accs(&self) -> Vec<PartialAggregate> {
-        self.program
+    fn empty_accs(program: &ViewProgram) -> Vec<PartialAggregate> {
+        program
             .view
             .aggregates
             .iter()
-            .zip(&self.program.arguments)
+            .zip(&program.arguments)
             .map(|(spec, arg)| {
                 PartialAggregate::new(
                     spec.function,
@@ -342,8 +358,14 @@ impl ViewState {
                 continue;
             }
             let t = EventTime(times.value(row));
-            key.clear();
-            key.extend(group_columns.iter().map(|c| c.value(row)));
+            if key.len() == group_columns.len() {
+                for (slot, c) in key.iter_mut().zip(&group_columns) {
+                    c.write(row, slot);
+                }
+            } else {
+                key.clear();
+                key.extend(group_columns.iter().map(|c| c.value(row)));
+            }
             let updated = match spec {
                 WindowSpec::Session { gap } => {
                     let own = Window {
@@ -380,17 +402,17 @@ impl ViewState {
     }
 
     fn update_fixed(&mut self, window: Window, key: &GroupKey, args: &[ArgColumn<'_>], row: usize) {
-        let fresh = self.empty_accs();
         let Windows::Fixed(windows) = &mut self.windows else {
             return;
         };
         let entry = windows.entry(window.start).or_insert_with(|| WindowGroups {
             end: window.end,
-            groups: HashMap::new(),
+            groups: GroupMap::default(),
         });
         let accs = match entry.groups.get_mut(key) {
             Some(accs) => accs,
             None => {
+                let fresh = Self::empty_accs(&self.program);
                 self.groups += 1;
                 self.bytes += entry_bytes(key, &fresh);
                 entry.groups.entry(key.clone()).or_insert(fresh)
@@ -409,11 +431,16 @@ impl ViewState {
         row: usize,
         covered: &Coverage,
     ) -> bool {
-        let fresh = self.empty_accs();
+        let fresh = Self::empty_accs(&self.program);
         let Windows::Sessions(groups) = &mut self.windows else {
             return false;
         };
-        let sessions = groups.entry(key.clone()).or_default();
+        if !groups.contains_key(key) {
+            groups.insert(key.clone(), BTreeMap::new());
+        }
+        let Some(sessions) = groups.get_mut(key) else {
+            return false;
+        };
         // Sessions overlapping [t, t + gap): they start before its end and end after its start.
         // Sessions of one group are disjoint, so walking back from the end finds them all.
         let overlapping: Vec<EventTime> = sessions
@@ -592,7 +619,7 @@ impl ViewState {
                         .entry(start)
                         .or_insert_with(|| WindowGroups {
                             end,
-                            groups: HashMap::new(),
+                            groups: GroupMap::default(),
                         })
                         .groups
                         .insert(e.group.clone(), accs);
