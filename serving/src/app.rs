@@ -1,6 +1,6 @@
 //! Wiring the layers into one process, and shutting them down in order.
 //!
-//! Start-up: open storage → compile every view for both layers (a bad expression stops start-up)
+//! Start-up: open storage → check the events topic and create missing side topics → compile every view for both layers (a bad expression stops start-up)
 //! → load published batch results → hand their coverage to the speed layer → start the speed
 //! layer, the archive, the job scheduler and reconciliation → serve HTTP.
 //!
@@ -29,6 +29,7 @@ use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::reconcile::Reconciler;
 use crate::storage;
+use crate::topics;
 
 /// Errors starting Tandem. Configuration or environment; start-up stops with the message.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,8 @@ pub enum Error {
     Archive(#[from] tandem_batch_layer::archive::Error),
     #[error(transparent)]
     Scheduler(#[from] tandem_batch_layer::scheduler::Error),
+    #[error(transparent)]
+    Topics(#[from] topics::Error),
     #[error("binding HTTP on {addr}: {source}")]
     Bind {
         addr: String,
@@ -96,6 +99,12 @@ impl Running {
 /// Starts every layer for `config`.
 pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Error> {
     let store = storage::open(&config.storage_url)?;
+    let found = topics::ensure(&config.kafka).await?;
+    tracing::info!(
+        topic = %config.kafka.topic,
+        partitions = found.partitions,
+        "events topic found"
+    );
     let schema = Arc::new(config.schema.clone());
     let programs = config
         .views

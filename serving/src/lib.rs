@@ -17,6 +17,7 @@
 //! - [`broker`], [`demo`]: the embedded Kafka broker and demo generator of `tandem dev`.
 //! - [`bench`]: `tandem bench speed`; [`batch_run`]: `tandem batch run`.
 //! - [`storage`]: opening the object store.
+//! - [`topics`]: the events topic checked and the side topics created at start-up.
 
 pub mod api;
 pub mod app;
@@ -29,3 +30,4 @@ pub mod demo;
 pub mod merge;
 pub mod reconcile;
 pub mod storage;
+pub mod topics;
