@@ -182,3 +182,59 @@ impl Drop for TestServer {
         let _ = self.child.wait();
     }
 }
+
+/// A real Kafka-protocol broker (tansu, in memory) for tests of `tandem run` outside the
+/// embedded mock cluster. The binary is `$TANSU_BIN` or `tansu` on the `PATH`; `scripts/test`
+/// installs it. A missing binary is a test failure.
+#[derive(Debug)]
+pub struct ExternalBroker {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub bootstrap: String,
+}
+
+impl ExternalBroker {
+    pub fn start(log_dir: &Path) -> anyhow::Result<Self> {
+        let binary = std::env::var("TANSU_BIN").unwrap_or_else(|_| "tansu".to_owned());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        std::fs::create_dir_all(log_dir)?;
+        let log = log_dir.join("tansu.log");
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(log_dir.join("tansu.err"))?)
+            .spawn()
+            .with_context(|| {
+                format!("starting `{binary}` (install it with scripts/test or set TANSU_BIN)")
+            })?;
+        let broker = Self {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&broker.bootstrap).is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!("tansu did not listen on {} within 30s", broker.bootstrap);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(broker)
+    }
+}
+
+impl Drop for ExternalBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

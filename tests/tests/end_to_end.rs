@@ -11,12 +11,14 @@ use anyhow::{Context, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
-use tandem_tests::{TestServer, fixture};
+use tandem_tests::{ExternalBroker, Ready, TestServer, fixture};
 
 const MINUTE: i64 = 60_000;
 const CITIES: [&str; 5] = ["Chennai", "Mumbai", "Berlin", "Lagos", "Tokyo"];
@@ -226,6 +228,62 @@ async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
     Ok(body)
 }
 
+/// The same scenario through `tandem run` against a real Kafka-protocol broker (tansu) instead
+/// of the embedded mock cluster: consumer groups, offset commits, headers and topic creation as a
+/// production deployment exercises them. Tandem must create its side topics itself (the broker
+/// does not create topics on first use), and refuses to start without the events topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tandem_run_against_a_real_kafka_protocol_broker() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let broker = ExternalBroker::start(data.path())?;
+    let config = std::fs::read_to_string(fixture("orders.toml"))?.replacen(
+        "[kafka]\n",
+        &format!("[kafka]\nbrokers = \"{}\"\n", broker.bootstrap),
+        1,
+    );
+    let config_path = data.path().join("tandem.toml");
+    std::fs::write(&config_path, config)?;
+    let run: Vec<String> = ["run", "--config", &config_path.display().to_string()]
+        .into_iter()
+        .chain(["--http", "127.0.0.1:0"])
+        .map(String::from)
+        .collect();
+
+    // Without the events topic, start-up stops and says which topic is missing.
+    let missing = std::process::Command::new(tandem_tests::tandem_binary()?)
+        .args(&run)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    ensure!(
+        !missing.status.success() && stderr.contains("topic `orders` does not exist"),
+        "expected a missing-topic error, got {}: {stderr}",
+        missing.status
+    );
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()?;
+    for result in admin
+        .create_topics(
+            &[NewTopic::new("orders", 4, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
+    }
+    let mut server = TestServer::spawn(&run, &[], data.path(), Ready::Http)?;
+    server.kafka = broker.bootstrap.clone();
+    let result = scenario(&server).await;
+    if result.is_err() {
+        eprintln!("---- tandem log ----\n{}", server.log());
+    }
+    result?;
+    let status = server.stop()?;
+    ensure!(status.success(), "tandem exited with {status}");
+    Ok(())
+}
+
 async fn produce(server: &TestServer, orders: &[Order]) -> anyhow::Result<()> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &server.kafka)
@@ -431,10 +489,21 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
         dead as usize == malformed.len() + 1,
         "dead-letter metric says {dead}"
     );
-    ensure!(
-        metrics.contains("tandem_consumer_lag{"),
-        "consumer lag metric missing"
-    );
+    // Consumer lag comes from librdkafka's statistics, emitted every second.
+    eventually(Duration::from_secs(10), || async {
+        let metrics = client
+            .get(server.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        ensure!(
+            metrics.contains("tandem_consumer_lag{"),
+            "consumer lag metric missing"
+        );
+        Ok(())
+    })
+    .await?;
 
     // 3. A batch job recomputes exactly; covered windows switch to the batch layer with the same
     //    values and the rest stay with the speed layer. The archive may still be rolling, so
