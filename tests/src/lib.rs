@@ -73,6 +73,31 @@ impl TestServer {
         Self::spawn(&args, &[], data, Ready::Both)
     }
 
+    /// Starts `tandem broker` (the embedded broker alone, so that `tandem` processes can be
+    /// killed and restarted against the same topics) with `topics` as `NAME:PARTITIONS`.
+    pub fn broker(topics: &[&str], log_dir: &Path) -> anyhow::Result<Self> {
+        let mut args: Vec<String> = ["broker", "--port", "0"].map(String::from).to_vec();
+        for topic in topics {
+            args.extend(["--topic".to_owned(), (*topic).to_owned()]);
+        }
+        Self::spawn(&args, &[], log_dir, Ready::Kafka)
+    }
+
+    /// Waits for the process to exit by itself (at a `TANDEM_CRASH_AT` crash point).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.exited()?.is_some() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "tandem did not reach its crash point within {timeout:?}; log:\n{}",
+            self.log()
+        )
+    }
+
     /// Starts `tandem <args>` with extra environment variables, logging to `log_dir`.
     pub fn spawn(
         args: &[String],

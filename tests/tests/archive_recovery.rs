@@ -140,40 +140,11 @@ async fn wait_archived(
     }
 }
 
-async fn wait_exit(server: &mut TestServer, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if server.exited()?.is_some() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!(
-        "tandem did not reach its crash point; log:\n{}",
-        server.log()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_holds_every_valid_event_exactly_once_across_crashes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let broker = TestServer::spawn(
-        &args(&[
-            "broker",
-            "--port",
-            "0",
-            "--topic",
-            "orders:3",
-            "--topic",
-            "orders.dlq:1",
-            "--topic",
-            "orders.late:1",
-        ]),
-        &[],
-        dir.path(),
-        Ready::Kafka,
-    )?;
+    let broker = TestServer::broker(&["orders:3", "orders.dlq:1", "orders.late:1"], dir.path())?;
     let store = dir.path().join("store");
     let config_path = dir.path().join("tandem.toml");
     std::fs::write(&config_path, config(&broker.kafka, &store))?;
@@ -209,7 +180,8 @@ async fn archive_holds_every_valid_event_exactly_once_across_crashes() -> anyhow
         let mut server = start(&[("TANDEM_CRASH_AT", point)])?;
         produced.extend(produce(&producer, base, next..next + 500).await?);
         next += 500;
-        wait_exit(&mut server, Duration::from_secs(60))
+        server
+            .wait_exit(Duration::from_secs(60))
             .await
             .with_context(|| point.to_owned())?;
     }

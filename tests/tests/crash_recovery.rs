@@ -150,40 +150,11 @@ async fn wait_for_total(
     }
 }
 
-async fn wait_exit(server: &mut TestServer, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if server.exited()?.is_some() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!(
-        "tandem did not reach its crash point within {timeout:?}; log:\n{}",
-        server.log()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speed_layer_survives_kills_without_losing_or_double_counting() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let broker = TestServer::spawn(
-        &args(&[
-            "broker",
-            "--port",
-            "0",
-            "--topic",
-            "orders:4",
-            "--topic",
-            "orders.dlq:1",
-            "--topic",
-            "orders.late:1",
-        ]),
-        &[],
-        dir.path(),
-        Ready::Kafka,
-    )?;
+    let broker = TestServer::broker(&["orders:4", "orders.dlq:1", "orders.late:1"], dir.path())?;
     let store = dir.path().join("store");
     let config_path = dir.path().join("tandem.toml");
     std::fs::write(&config_path, config(&broker.kafka, &store))?;
@@ -214,16 +185,16 @@ async fn speed_layer_survives_kills_without_losing_or_double_counting() -> anyho
     // 2. Abort after writing a checkpoint object but before publishing its manifest.
     let mut server = start(&[("TANDEM_CRASH_AT", "checkpoint.after_object")])?;
     produce(&producer, base, 1_000..2_000).await?;
-    wait_exit(&mut server, Duration::from_secs(60)).await?;
+    server.wait_exit(Duration::from_secs(60)).await?;
 
     // 3. Abort before writing the checkpoint object.
     let mut server = start(&[("TANDEM_CRASH_AT", "checkpoint.before_object")])?;
     produce(&producer, base, 2_000..3_000).await?;
-    wait_exit(&mut server, Duration::from_secs(60)).await?;
+    server.wait_exit(Duration::from_secs(60)).await?;
 
     // 4. Abort right after publishing a manifest (the checkpoint is complete).
     let mut server = start(&[("TANDEM_CRASH_AT", "checkpoint.after_manifest")])?;
-    wait_exit(&mut server, Duration::from_secs(60)).await?;
+    server.wait_exit(Duration::from_secs(60)).await?;
 
     // 5. SIGKILL while consuming a new batch of events.
     let server = start(&[])?;
@@ -292,22 +263,7 @@ fn combine(a: &Answer, b: &Answer) -> BTreeMap<(i64, String), i64> {
 async fn partitions_move_between_workers_with_their_state() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let broker = TestServer::spawn(
-        &args(&[
-            "broker",
-            "--port",
-            "0",
-            "--topic",
-            "orders:4",
-            "--topic",
-            "orders.dlq:1",
-            "--topic",
-            "orders.late:1",
-        ]),
-        &[],
-        dir.path(),
-        Ready::Kafka,
-    )?;
+    let broker = TestServer::broker(&["orders:4", "orders.dlq:1", "orders.late:1"], dir.path())?;
     let store = dir.path().join("store");
     let config_path = dir.path().join("tandem.toml");
     std::fs::write(&config_path, config(&broker.kafka, &store))?;

@@ -220,6 +220,16 @@ fn check_orders_by_city(
     Ok(())
 }
 
+/// The Prometheus text of `GET /metrics`.
+async fn metrics_text(client: &reqwest::Client, server: &TestServer) -> anyhow::Result<String> {
+    Ok(client
+        .get(server.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
 async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
     let resp = client.get(url).send().await?;
     let status = resp.status();
@@ -474,12 +484,7 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
             );
         }
     }
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_text(&client, server).await?;
     let dead: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("tandem_dead_letter_events_total"))
@@ -491,12 +496,7 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
     );
     // Consumer lag comes from librdkafka's statistics, emitted every second.
     eventually(Duration::from_secs(10), || async {
-        let metrics = client
-            .get(server.url("/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let metrics = metrics_text(&client, server).await?;
         ensure!(
             metrics.contains("tandem_consumer_lag{"),
             "consumer lag metric missing"
@@ -674,12 +674,7 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
             .any(|(_, h)| h.get("error_kind").map(String::as_str) == Some("future")),
         "no dead letter for the future event"
     );
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_text(&client, server).await?;
     ensure!(
         metrics
             .lines()
@@ -779,12 +774,7 @@ async fn the_speed_layer_pauses_at_its_memory_budget_and_resumes_when_batch_cove
 
         // The state hits its budget: consumption pauses short of the whole stream.
         eventually(Duration::from_secs(60), || async {
-            let metrics = client
-                .get(server.url("/metrics"))
-                .send()
-                .await?
-                .text()
-                .await?;
+            let metrics = metrics_text(&client, &server).await?;
             ensure!(
                 gauge(&metrics, "tandem_speed_paused") == Some(1.0),
                 "not paused yet"
@@ -816,12 +806,7 @@ async fn the_speed_layer_pauses_at_its_memory_budget_and_resumes_when_batch_cove
                 Ok(())
             })
             .await?;
-            let metrics = client
-                .get(server.url("/metrics"))
-                .send()
-                .await?
-                .text()
-                .await?;
+            let metrics = metrics_text(&client, &server).await?;
             ensure!(
                 gauge(&metrics, "tandem_speed_paused") == Some(0.0),
                 "still paused"
