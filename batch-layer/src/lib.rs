@@ -19,7 +19,6 @@
 //! - [`recompute`]: planning (which windows are ready), SQL generation and execution.
 //! - [`catalog`]: publication and loading of exact view results.
 //! - [`scheduler`]: job queue, cron schedule and job records.
-//! - [`manifest`]: the create-if-absent manifest chain every publication goes through.
 //!
 //! # Invariants
 //! - A manifest is the only point of publication; objects it does not name are invisible.
@@ -30,7 +29,6 @@
 
 pub mod archive;
 pub mod catalog;
-pub mod manifest;
 pub mod recompute;
 pub mod scheduler;
 

@@ -1,33 +1,28 @@
-//! The serving layer: one HTTP answer from two layers, and the `tandem` process.
+//! The serving layer: one answer from two layers, reconciliation, and the HTTP API.
 //!
 //! ```text
-//!   GET /v1/views/{name} ──► api ──► catalog snapshot (batch rows + coverage)
-//!                                 └► speed layer rows
-//!                                 └► merge: covered windows from batch, the rest from speed
-//!   POST /v1/jobs ─────────► scheduler (batch layer) ──► publication ──► catalog
-//!                                                                          │ change
-//!                                          reconcile: release covered speed state, measure drift
+//!   GET /v1/views/{name} ──► api (parse) ──► seam::answer ──► catalog snapshot (coverage + exact rows)
+//!                                                 │        └► speed layer rows (fresh)
+//!                                                 ▼ re-check, then merge: covered windows from
+//!                           api (render) ◄── Answer  batch, every other window from speed
+//!   POST /v1/jobs ──────► scheduler (batch layer) ──► publication ──► catalog
+//!                                                                      │ change
+//!                        reconcile: release covered speed state, measure drift
 //! ```
 //!
-//! - [`config`]: the TOML contract and its validation.
-//! - [`app`]: wiring and ordered shutdown.
-//! - [`api`]: the axum router.
-//! - [`merge`]: the seam between the layers (pure).
-//! - [`reconcile`]: speed-state release and drift measurement.
-//! - [`broker`], [`demo`]: the embedded Kafka broker and demo generator of `tandem dev`.
-//! - [`bench`]: `tandem bench speed`; [`batch_run`]: `tandem batch run`.
-//! - [`storage`]: opening the object store.
-//! - [`topics`]: the events topic checked and the side topics created at start-up.
+//! - [`seam`]: the one function that answers a view query from both layers, and the pure merge.
+//! - [`reconcile`]: speed-state release and drift measurement after each publication.
+//! - [`api`]: the axum router; handlers parse and render, with `Serialize` response types.
+//!
+//! # Invariants
+//! - A window is answered by exactly one layer in one answer: the coverage read for the answer
+//!   decides, for batch rows and speed rows alike.
+//! - The speed layer releases a window only after the catalog installed the publication that
+//!   covers it, so a reader never finds a window in neither layer.
 
 pub mod api;
-pub mod app;
-pub mod batch_run;
-pub mod bench;
-pub mod bench_batch;
-pub mod broker;
-pub mod config;
-pub mod demo;
-pub mod merge;
 pub mod reconcile;
-pub mod storage;
-pub mod topics;
+pub mod seam;
+
+pub use api::{AppState, router};
+pub use reconcile::Reconciler;

@@ -162,11 +162,11 @@ impl Reconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_shared::aggregate::AggregateValue;
     use tandem_shared::row::GroupValue;
-    use tandem_shared::schema::{EventSchema, FieldType};
-    use tandem_shared::view::ViewConfig;
-    use tandem_shared::window::{Window, WindowConfig};
+    use tandem_shared::schema::FieldType;
+    use tandem_shared::testing;
+    use tandem_shared::value::AggregateValue;
+    use tandem_shared::window::Window;
 
     fn row(start: i64, city: &str, n: i64) -> ViewRow {
         ViewRow {
@@ -181,23 +181,15 @@ mod tests {
 
     #[test]
     fn drift_compares_matching_rows_and_counts_one_sided_ones() {
-        let schema =
-            EventSchema::new("ts", vec![("city".into(), FieldType::String)], None).unwrap();
-        let view = ViewDefinition::from_config(
-            &ViewConfig {
-                name: "v".into(),
-                window: WindowConfig {
-                    tumbling: Some("1m".into()),
-                    ..Default::default()
-                },
-                group_by: vec!["city".into()],
-                filter: None,
-                allowed_lateness: None,
-                aggregates: vec!["count(*) AS n".into()],
-            },
+        let schema = testing::schema(&[("city", FieldType::String)]);
+        let view = testing::view(
             &schema,
-        )
-        .unwrap();
+            "v",
+            testing::tumbling("1m"),
+            &["city"],
+            None,
+            &["count(*) AS n"],
+        );
         let batch = vec![row(0, "A", 100), row(0, "B", 5), row(9, "Z", 1)];
         let released = vec![row(0, "A", 98), row(0, "C", 1)];
         let r = measure(&view, &batch, &released);

@@ -532,19 +532,13 @@ mod tests {
     use arrow_array::types::{Float64Type, TimestampMillisecondType};
 
     fn decoder() -> EventDecoder {
-        let schema = EventSchema::new(
-            "ts",
-            vec![
-                ("city".into(), FieldType::String),
-                ("amount".into(), FieldType::Float64),
-                ("qty".into(), FieldType::Int64),
-                ("paid".into(), FieldType::Bool),
-                ("shipped_at".into(), FieldType::Timestamp),
-            ],
-            None,
-        )
-        .unwrap();
-        EventDecoder::new(Arc::new(schema))
+        EventDecoder::new(crate::testing::schema(&[
+            ("city", FieldType::String),
+            ("amount", FieldType::Float64),
+            ("qty", FieldType::Int64),
+            ("paid", FieldType::Bool),
+            ("shipped_at", FieldType::Timestamp),
+        ]))
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub fn archive_manifest_dir(topic: &str, partition: i32) -> String {
 
 /// The manifest with sequence number `seq` of one archive partition.
 pub fn archive_manifest(topic: &str, partition: i32, seq: u64) -> String {
-    format!("{}/{seq:020}.json", archive_manifest_dir(topic, partition))
+    manifest_file(&archive_manifest_dir(topic, partition), seq)
 }
 
 /// Directory of the roll intents of one archive partition.
@@ -97,7 +97,7 @@ pub fn view_manifest_dir(view: &str, version: &str) -> String {
 
 /// The manifest with sequence number `seq` of one view version.
 pub fn view_manifest(view: &str, version: &str, seq: u64) -> String {
-    format!("{}/{seq:020}.json", view_manifest_dir(view, version))
+    manifest_file(&view_manifest_dir(view, version), seq)
 }
 
 /// An immutable result segment of one view version, written by one job.
@@ -137,6 +137,11 @@ pub fn job_dir() -> String {
 /// The record of one job.
 pub fn job_record(id: &str) -> String {
     format!("jobs/{id}.json")
+}
+
+/// The manifest with sequence number `seq` of the chain in `dir`.
+pub fn manifest_file(dir: &str, seq: u64) -> String {
+    format!("{dir}/{seq:020}.json")
 }
 
 /// Parses the sequence number out of a manifest file name such as `…/00000000000000000007.json`.

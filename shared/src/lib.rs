@@ -17,19 +17,26 @@
 //!   use, so an event is malformed for every layer or for none.
 //! - [`view`] and [`window`]: view definitions. Filter and aggregate-argument expressions are kept
 //!   as SQL text and evaluated by DataFusion in both layers.
-//! - [`aggregate`]: mergeable partial aggregates (update / merge / evaluate), sketches included.
+//! - [`value`]: final aggregate values, one JSON shape whichever layer computed them.
+//! - [`error`]: whose problem an error is (user, transient, internal).
 //! - [`coverage`]: the windows the batch layer has published; the single source of truth for
 //!   which layer answers a window.
 //! - [`row`]: the rows the layers hand to the serving layer.
 //! - [`layout`]: every object-store key.
 //! - [`time`]: event time in epoch milliseconds and spans of it.
+//! - [`clock`]: wall-clock time, injected into both layers so time-dependent decisions are
+//!   testable without sleeping.
 
-pub mod aggregate;
+pub mod clock;
 pub mod coverage;
+pub mod error;
 pub mod event;
 pub mod layout;
 pub mod row;
 pub mod schema;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod time;
+pub mod value;
 pub mod view;
 pub mod window;

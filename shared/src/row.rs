@@ -6,8 +6,8 @@ use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::AggregateValue;
 use crate::time::EventTime;
+use crate::value::AggregateValue;
 use crate::window::Window;
 
 /// One value of a group-by dimension.

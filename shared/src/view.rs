@@ -353,33 +353,22 @@ impl ViewDefinition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::FieldType;
+    use crate::testing;
 
-    fn schema() -> EventSchema {
-        EventSchema::new(
-            "ts",
-            vec![
-                ("city".into(), FieldType::String),
-                ("amount".into(), FieldType::Float64),
-                ("user_id".into(), FieldType::String),
-            ],
-            None,
-        )
-        .unwrap()
+    fn schema() -> std::sync::Arc<EventSchema> {
+        testing::orders_schema()
     }
 
     fn config() -> ViewConfig {
-        ViewConfig {
-            name: "orders_by_city".into(),
-            window: WindowConfig {
-                tumbling: Some("1m".into()),
-                ..Default::default()
-            },
-            group_by: vec!["city".into()],
-            filter: Some("amount > 0".into()),
-            allowed_lateness: Some("10s".into()),
-            aggregates: vec!["count(*) AS orders".into(), "sum(amount) AS revenue".into()],
-        }
+        let mut c = testing::view_config(
+            "orders_by_city",
+            testing::tumbling("1m"),
+            &["city"],
+            Some("amount > 0"),
+            &["count(*) AS orders", "sum(amount) AS revenue"],
+        );
+        c.allowed_lateness = Some("10s".into());
+        c
     }
 
     #[test]

@@ -19,11 +19,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use tandem_shared::layout;
 use tandem_shared::time::EventTime;
+use tandem_store::fault::crash_point;
+use tandem_store::manifest::{self, ManifestChain};
+use tandem_store::object;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::state::ViewSnapshot;
@@ -34,11 +36,10 @@ pub const FORMAT: u32 = 1;
 /// Errors of checkpointing. Transient (the store) or internal (a corrupt object).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("checkpoint store at `{path}`: {source}")]
-    Store {
-        path: String,
-        source: object_store::Error,
-    },
+    #[error("checkpoint: {0}")]
+    Store(#[from] object::Error),
+    #[error("checkpoint manifest: {0}")]
+    Manifest(manifest::Error),
     #[error("checkpoint `{path}` is corrupt: {detail}")]
     Corrupt { path: String, detail: String },
     #[error("checkpoint manifest `{path}` already exists: the partition has a new owner")]
@@ -50,6 +51,15 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<manifest::Error> for Error {
+    fn from(err: manifest::Error) -> Self {
+        match err {
+            manifest::Error::Conflict { path } => Error::Fenced { path },
+            other => Error::Manifest(other),
+        }
+    }
+}
 
 /// The state of one partition at one offset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,15 +84,6 @@ pub struct CheckpointManifest {
     pub fingerprint: String,
     pub bytes: u64,
     pub written_at: EventTime,
-}
-
-/// A test hook: `TANDEM_CRASH_AT=<point>` aborts the process at that point, so that tests can
-/// kill Tandem in the middle of a checkpoint deterministically.
-pub fn crash_point(point: &str) {
-    if std::env::var("TANDEM_CRASH_AT").is_ok_and(|p| p == point) {
-        eprintln!("TANDEM_CRASH_AT={point}: aborting");
-        std::process::abort();
-    }
 }
 
 struct Upload {
@@ -113,114 +114,27 @@ impl std::fmt::Debug for Checkpointer {
     }
 }
 
-fn chain(store: &Arc<dyn ObjectStore>, group: &str, topic: &str, partition: i32) -> Chain {
-    Chain {
-        store: Arc::clone(store),
-        dir: layout::checkpoint_manifest_dir(group, topic, partition),
-    }
+fn chain(store: &Arc<dyn ObjectStore>, group: &str, topic: &str, partition: i32) -> ManifestChain {
+    ManifestChain::new(
+        Arc::clone(store),
+        layout::checkpoint_manifest_dir(group, topic, partition),
+    )
 }
 
-/// The manifest chain of one partition (a small local copy of the batch layer's manifest
-/// chain: the two layers do not depend on each other).
-struct Chain {
-    store: Arc<dyn ObjectStore>,
-    dir: String,
-}
-
-impl Chain {
-    async fn sequences(&self) -> Result<Vec<u64>> {
-        use futures::TryStreamExt;
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&Path::from(self.dir.as_str())))
-            .try_collect()
-            .await
-            .map_err(|source| Error::Store {
-                path: self.dir.clone(),
-                source,
-            })?;
-        let mut seqs: Vec<u64> = objects
-            .iter()
-            .filter_map(|o| layout::manifest_seq(o.location.as_ref()))
-            .collect();
-        seqs.sort_unstable();
-        Ok(seqs)
-    }
-
-    fn path(&self, seq: u64) -> String {
-        format!("{}/{seq:020}.json", self.dir)
-    }
-
-    async fn get(&self, path: &str) -> Result<bytes::Bytes> {
-        let err = |source| Error::Store {
-            path: path.to_owned(),
-            source,
-        };
-        self.store
-            .get(&Path::from(path))
-            .await
-            .map_err(err)?
-            .bytes()
-            .await
-            .map_err(err)
-    }
-
-    async fn latest(&self) -> Result<Option<(u64, CheckpointManifest)>> {
-        let Some(&seq) = self.sequences().await?.last() else {
-            return Ok(None);
-        };
-        let path = self.path(seq);
-        let bytes = self.get(&path).await?;
-        let manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-            path,
-            detail: e.to_string(),
-        })?;
-        Ok(Some((seq, manifest)))
-    }
-
-    async fn publish(&self, seq: u64, manifest: &CheckpointManifest) -> Result<()> {
-        let path = self.path(seq);
-        let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Corrupt {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        let opts = object_store::PutOptions {
-            mode: object_store::PutMode::Create,
-            ..Default::default()
-        };
-        match self
-            .store
-            .put_opts(&Path::from(path.as_str()), PutPayload::from(bytes), opts)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(Error::Fenced { path }),
-            Err(source) => Err(Error::Store { path, source }),
-        }
-    }
-
-    /// Deletes manifests and objects older than `keep_from`.
-    async fn prune(&self, keep_from: u64, data_dir: &str) {
-        use futures::TryStreamExt;
-        for dir in [self.dir.as_str(), data_dir] {
-            let Ok(objects) = self
-                .store
-                .list(Some(&Path::from(dir)))
-                .try_collect::<Vec<_>>()
-                .await
-            else {
-                continue;
-            };
-            for o in objects {
-                let name = o.location.filename().unwrap_or_default();
-                let seq = name
-                    .split(['-', '.'])
-                    .next()
-                    .and_then(|s| s.parse::<u64>().ok());
-                if seq.is_some_and(|s| s < keep_from) {
-                    let _ = self.store.delete(&o.location).await;
-                }
-            }
+/// Deletes checkpoint objects of a partition older than sequence `keep_from`. Failures only
+/// leave garbage behind.
+async fn prune_objects(store: &Arc<dyn ObjectStore>, dir: &str, keep_from: u64) {
+    let Ok(objects) = object::list(store, dir).await else {
+        return;
+    };
+    for o in objects {
+        let name = o.location.filename().unwrap_or_default();
+        let seq = name
+            .split(['-', '.'])
+            .next()
+            .and_then(|s| s.parse::<u64>().ok());
+        if seq.is_some_and(|s| s < keep_from) {
+            let _ = object::delete(store, o.location.as_ref()).await;
         }
     }
 }
@@ -254,10 +168,10 @@ impl Checkpointer {
     pub fn load(&self, partition: i32) -> Result<Option<PartitionSnapshot>> {
         let chain = chain(&self.store, &self.group, &self.topic, partition);
         let found = self.runtime.block_on(async {
-            let Some((seq, manifest)) = chain.latest().await? else {
+            let Some((seq, manifest)) = chain.latest::<CheckpointManifest>().await? else {
                 return Ok::<_, Error>(None);
             };
-            let bytes = chain.get(&manifest.object).await?;
+            let bytes = object::read(&self.store, &manifest.object).await?;
             Ok(Some((seq, manifest, bytes)))
         })?;
         let Some((seq, manifest, bytes)) = found else {
@@ -386,17 +300,7 @@ async fn write_one(
     upload: &Upload,
 ) -> Result<()> {
     crash_point("checkpoint.before_object");
-    let object = &upload.manifest.object;
-    store
-        .put(
-            &Path::from(object.as_str()),
-            PutPayload::from(upload.bytes.clone()),
-        )
-        .await
-        .map_err(|source| Error::Store {
-            path: object.clone(),
-            source,
-        })?;
+    object::write(store, &upload.manifest.object, upload.bytes.clone()).await?;
     crash_point("checkpoint.after_object");
     let chain = chain(store, group, topic, upload.partition);
     chain.publish(upload.seq, &upload.manifest).await?;
@@ -405,6 +309,9 @@ async fn write_one(
         "{}/data",
         layout::checkpoint_dir(group, topic, upload.partition)
     );
-    chain.prune(upload.seq.saturating_sub(1), &data_dir).await;
+    // Keep the previous checkpoint for a reader that listed just before this one.
+    let keep_from = upload.seq.saturating_sub(1);
+    chain.prune(keep_from).await;
+    prune_objects(store, &data_dir, keep_from).await;
     Ok(())
 }

@@ -18,11 +18,11 @@ pub enum Error {
     Create(#[from] KafkaError),
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Counts deliveries that failed after librdkafka's own retries.
 #[derive(Debug, Default)]
-pub struct DeliveryContext;
+pub(crate) struct DeliveryContext;
 
 impl ClientContext for DeliveryContext {}
 
@@ -39,7 +39,7 @@ impl ProducerContext for DeliveryContext {
 
 /// Where a sidelined event came from.
 #[derive(Debug, Clone, Copy)]
-pub struct Origin<'a> {
+pub(crate) struct Origin<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
@@ -47,7 +47,7 @@ pub struct Origin<'a> {
 }
 
 /// Producer of dead-letter and late-event messages.
-pub struct SideTopics {
+pub(crate) struct SideTopics {
     producer: ThreadedProducer<DeliveryContext>,
     dead_letter_topic: String,
     late_topic: String,
@@ -63,7 +63,11 @@ impl std::fmt::Debug for SideTopics {
 }
 
 impl SideTopics {
-    pub fn new(brokers: &str, dead_letter_topic: String, late_topic: String) -> Result<Self> {
+    pub(crate) fn new(
+        brokers: &str,
+        dead_letter_topic: String,
+        late_topic: String,
+    ) -> Result<Self> {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("linger.ms", "5")
@@ -77,7 +81,7 @@ impl SideTopics {
     }
 
     /// Sends an event to the dead-letter topic; a message without payload stays without one.
-    pub fn dead_letter(
+    pub(crate) fn dead_letter(
         &self,
         payload: Option<&[u8]>,
         origin: Origin<'_>,
@@ -98,7 +102,7 @@ impl SideTopics {
         self.send(&self.dead_letter_topic, payload, origin.key, headers);
     }
 
-    pub fn late(&self, payload: &[u8], origin: Origin<'_>, view: &str, reason: &str) {
+    pub(crate) fn late(&self, payload: &[u8], origin: Origin<'_>, view: &str, reason: &str) {
         metrics::counter!("tandem_late_events_total", "view" => view.to_owned()).increment(1);
         let headers = origin_headers(origin)
             .insert(Header {
@@ -139,7 +143,7 @@ impl SideTopics {
     }
 
     /// Waits for queued messages to be delivered.
-    pub fn flush(&self, timeout: Duration) {
+    pub(crate) fn flush(&self, timeout: Duration) {
         if let Err(err) = rdkafka::producer::Producer::flush(&self.producer, timeout) {
             tracing::warn!(%err, "side-topic producer did not flush in time");
         }

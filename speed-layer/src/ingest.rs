@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use object_store::ObjectStore;
 use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -29,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::SpeedLayer;
 use crate::checkpoint::Checkpointer;
-use crate::clock::Clock;
 use crate::dead_letter::{Origin, SideTopics};
 use crate::watermark::PartitionProgress;
+use tandem_shared::clock::Clock;
 
 /// Errors starting the consumer. Configuration or transient broker errors.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +43,7 @@ pub enum Error {
     SideTopics(#[from] crate::dead_letter::Error),
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Where and how often to checkpoint.
 #[derive(Debug, Clone)]
@@ -85,7 +84,7 @@ enum AssignmentChange {
 
 /// Consumer callbacks: lag and caught-up tracking from statistics, and rebalances with
 /// checkpoint hand-over. Callbacks run inside `poll`, on the consume thread.
-pub struct SpeedContext {
+pub(crate) struct SpeedContext {
     group: String,
     speed: SpeedLayer,
     checkpointer: Option<Arc<Checkpointer>>,
@@ -103,28 +102,10 @@ impl std::fmt::Debug for SpeedContext {
 
 impl ClientContext for SpeedContext {
     fn stats(&self, statistics: Statistics) {
-        for topic in statistics.topics.values() {
-            let mut caught_up = self.caught_up.lock().unwrap_or_else(|e| e.into_inner());
-            for (partition, stats) in &topic.partitions {
-                if *partition >= 0 && stats.hi_offset >= 0 {
-                    let done = if stats.app_offset >= 0 {
-                        stats.app_offset >= stats.hi_offset
-                    } else {
-                        stats.hi_offset == stats.lo_offset
-                    };
-                    caught_up.insert(*partition, done);
-                }
-                // Lag behind the log end by what this process has consumed, not by committed
-                // offsets (which are only progress information here).
-                if *partition >= 0 && stats.hi_offset >= 0 && stats.app_offset >= 0 {
-                    metrics::gauge!(
-                        "tandem_consumer_lag",
-                        "group" => self.group.clone(),
-                        "partition" => partition.to_string()
-                    )
-                    .set((stats.hi_offset - stats.app_offset).max(0) as f64);
-                }
-            }
+        let positions = tandem_store::kafka::record_lag(&self.group, &statistics);
+        let mut caught_up = self.caught_up.lock().unwrap_or_else(|e| e.into_inner());
+        for p in positions {
+            caught_up.insert(p.partition, p.caught_up);
         }
     }
 }
@@ -241,29 +222,24 @@ impl Ingest {
                 tokio::runtime::Handle::current(),
             )
         });
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.brokers)
-            .set("group.id", &config.group_id)
-            // Progress lives in checkpoints; offsets in Kafka would only be a second, weaker copy.
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("partition.assignment.strategy", "range,roundrobin")
-            .set("fetch.wait.max.ms", "10")
-            .set("statistics.interval.ms", "1000");
-        for (k, v) in &config.kafka_options {
-            client.set(k, v);
-        }
-        let consumer: BaseConsumer<SpeedContext> = client
-            .create_with_context(SpeedContext {
-                group: config.group_id.clone(),
-                speed: speed.clone(),
-                checkpointer: checkpointer.clone(),
-                changes: Default::default(),
-                caught_up: Default::default(),
-            })
-            .map_err(Error::Consumer)?;
+        let consumer: BaseConsumer<SpeedContext> = tandem_store::kafka::consumer_config(
+            &config.brokers,
+            &config.group_id,
+            &[
+                ("partition.assignment.strategy", "range,roundrobin"),
+                // Freshness: a fetch returns within 10 ms even when little has arrived.
+                ("fetch.wait.max.ms", "10"),
+            ],
+            &config.kafka_options,
+        )
+        .create_with_context(SpeedContext {
+            group: config.group_id.clone(),
+            speed: speed.clone(),
+            checkpointer: checkpointer.clone(),
+            changes: Default::default(),
+            caught_up: Default::default(),
+        })
+        .map_err(Error::Consumer)?;
         consumer
             .subscribe(&[config.topic.as_str()])
             .map_err(|source| Error::Subscribe {

@@ -6,13 +6,13 @@
 
 use std::sync::Arc;
 
+use crate::aggregate::ArgumentType;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::DFSchema;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
-use tandem_shared::aggregate::ArgumentType;
 use tandem_shared::schema::EventSchema;
 use tandem_shared::view::{AggregateSpec, ViewDefinition};
 
@@ -192,40 +192,21 @@ fn compile_argument(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_shared::schema::FieldType;
-    use tandem_shared::view::ViewConfig;
-    use tandem_shared::window::WindowConfig;
+    use tandem_shared::testing;
 
-    pub(crate) fn schema() -> EventSchema {
-        EventSchema::new(
-            "ts",
-            vec![
-                ("city".into(), FieldType::String),
-                ("amount".into(), FieldType::Float64),
-                ("qty".into(), FieldType::Int64),
-                ("event_type".into(), FieldType::String),
-            ],
-            None,
-        )
-        .unwrap()
+    fn schema() -> Arc<EventSchema> {
+        testing::orders_schema()
     }
 
     fn view(filter: Option<&str>, aggregates: &[&str]) -> ViewDefinition {
-        ViewDefinition::from_config(
-            &ViewConfig {
-                name: "v".into(),
-                window: WindowConfig {
-                    tumbling: Some("1m".into()),
-                    ..Default::default()
-                },
-                group_by: vec!["city".into()],
-                filter: filter.map(str::to_owned),
-                allowed_lateness: None,
-                aggregates: aggregates.iter().map(|s| s.to_string()).collect(),
-            },
+        testing::view(
             &schema(),
+            "v",
+            testing::tumbling("1m"),
+            &["city"],
+            filter,
+            aggregates,
         )
-        .unwrap()
     }
 
     #[test]

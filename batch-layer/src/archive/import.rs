@@ -8,13 +8,14 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::common::cast::as_timestamp_millisecond_array;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::ObjectStore;
+use tandem_shared::clock::{Clock, SystemClock};
 use tandem_shared::layout;
 use tandem_shared::time::EventTime;
 
 use super::{ArchivedFile, PartitionManifest, file};
-use crate::manifest::ManifestChain;
+use tandem_store::manifest::{self, ManifestChain};
+use tandem_store::object;
 
 /// Errors importing. Internal or the store's.
 #[derive(Debug, thiserror::Error)]
@@ -28,13 +29,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Encode(#[from] file::Error),
-    #[error("writing `{path}`: {source}")]
-    Write {
-        path: String,
-        source: object_store::Error,
-    },
     #[error(transparent)]
-    Manifest(#[from] crate::manifest::Error),
+    Write(#[from] object::Error),
+    #[error(transparent)]
+    Manifest(#[from] manifest::Error),
 }
 
 /// Archives `batches` (rows of one partition each, with their Kafka offsets) as the archive would:
@@ -89,13 +87,7 @@ pub async fn import(
             let path = layout::archive_file(topic, hour, *partition, first, last);
             let bytes = file::encode(&rows)?;
             let size = bytes.len() as u64;
-            store
-                .put(&Path::from(path.as_str()), PutPayload::from(bytes))
-                .await
-                .map_err(|source| Error::Write {
-                    path: path.clone(),
-                    source,
-                })?;
+            object::write(store, &path, bytes).await?;
             manifest.files.push(ArchivedFile {
                 path,
                 hour,
@@ -112,8 +104,8 @@ pub async fn import(
     }
     for (p, mut manifest) in manifests {
         let chain = ManifestChain::new(Arc::clone(store), layout::archive_manifest_dir(topic, p));
-        let seq = chain.sequences().await?.last().map_or(0, |s| s + 1);
-        manifest.published_at = EventTime(chrono::Utc::now().timestamp_millis());
+        let seq = chain.next_seq().await?;
+        manifest.published_at = SystemClock.now();
         chain.publish(seq, &manifest).await?;
     }
     Ok(())

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use tandem_shared::layout;
 use tandem_shared::time::{EventTime, Span};
 
-use crate::manifest::{self, ManifestChain};
+use tandem_store::manifest::{self, ManifestChain};
+use tandem_store::object;
 
 /// One archived Parquet file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +85,7 @@ impl ArchiveSnapshot {
         let listing = store
             .list_with_delimiter(Some(&prefix))
             .await
-            .map_err(|source| manifest::Error::Store {
+            .map_err(|source| object::Error {
                 path: prefix.to_string(),
                 source,
             })?;

@@ -17,7 +17,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use chrono::Utc;
 use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Schema};
@@ -31,7 +30,9 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
+use tandem_shared::clock::Clock;
 use tandem_shared::coverage::StartRange;
+use tandem_shared::error::ErrorKind;
 use tandem_shared::schema::EventSchema;
 use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::ViewDefinition;
@@ -41,7 +42,7 @@ use url::Url;
 
 use crate::archive::{ArchiveSnapshot, ArchivedFile};
 use crate::catalog::{self, ViewCatalog};
-use crate::manifest;
+use tandem_store::manifest;
 
 pub mod plan;
 pub mod query;
@@ -63,6 +64,54 @@ pub enum Error {
     Publish(#[from] catalog::Error),
     #[error("cancelled")]
     Cancelled,
+}
+
+impl Error {
+    /// Whose problem the failure is; the scheduler retries only transient ones.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Archive(e) => e.kind(),
+            Error::Query { source, .. } => query_error_kind(source),
+            Error::Publish(e) => e.kind(),
+            Error::Cancelled => ErrorKind::User,
+        }
+    }
+}
+
+/// Classifies a DataFusion error. A view's expressions are the user's, so an error evaluating
+/// them on real data (a division by zero, a failed cast) or planning them is the user's; the
+/// store failing under the query is transient; anything else is internal.
+fn query_error_kind(error: &DataFusionError) -> ErrorKind {
+    use datafusion::arrow::error::ArrowError;
+    match error {
+        DataFusionError::ArrowError(e, _) => match e.as_ref() {
+            ArrowError::DivideByZero
+            | ArrowError::CastError(_)
+            | ArrowError::ParseError(_)
+            | ArrowError::ComputeError(_)
+            | ArrowError::ArithmeticOverflow(_)
+            | ArrowError::InvalidArgumentError(_) => ErrorKind::User,
+            ArrowError::IoError(..) | ArrowError::ExternalError(_) => ErrorKind::Transient,
+            _ => ErrorKind::Internal,
+        },
+        DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => {
+            ErrorKind::User
+        }
+        DataFusionError::ObjectStore(_)
+        | DataFusionError::IoError(_)
+        | DataFusionError::ParquetError(_)
+        | DataFusionError::ExecutionJoin(_)
+        | DataFusionError::ResourcesExhausted(_)
+        | DataFusionError::External(_) => ErrorKind::Transient,
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            query_error_kind(inner)
+        }
+        DataFusionError::Shared(inner) => query_error_kind(inner),
+        DataFusionError::Collection(errors) => {
+            errors.first().map_or(ErrorKind::Internal, query_error_kind)
+        }
+        _ => ErrorKind::Internal,
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -100,12 +149,13 @@ pub struct Progress {
 /// Everything a recompute needs; shared by all jobs.
 #[derive(Debug)]
 pub struct Recompute {
-    pub store: Arc<dyn ObjectStore>,
-    pub schema: Arc<EventSchema>,
-    pub topic: String,
+    store: Arc<dyn ObjectStore>,
+    schema: Arc<EventSchema>,
+    topic: String,
     /// A partition quiet for this long no longer holds archive completeness back.
-    pub idle_timeout: Span,
-    pub catalog: Arc<ViewCatalog>,
+    idle_timeout: Span,
+    catalog: Arc<ViewCatalog>,
+    clock: Arc<dyn Clock>,
 }
 
 const STORE_URL: &str = "tandem://store";
@@ -146,6 +196,39 @@ fn chunks(
 }
 
 impl Recompute {
+    /// Recomputes views of `catalog` from the archive of `topic` in `store`, publishing to
+    /// `catalog`. `idle_timeout` is the archive's: a partition quiet for that long no longer
+    /// holds completeness back.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        schema: Arc<EventSchema>,
+        topic: impl Into<String>,
+        idle_timeout: Span,
+        catalog: Arc<ViewCatalog>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            schema,
+            topic: topic.into(),
+            idle_timeout,
+            catalog,
+            clock,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn catalog(&self) -> &Arc<ViewCatalog> {
+        &self.catalog
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     fn session(&self) -> Result<SessionContext, DataFusionError> {
         let config = SessionConfig::new()
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -235,7 +318,7 @@ impl Recompute {
     ) -> Result<ViewOutcome> {
         let started = std::time::Instant::now();
         let snapshot = ArchiveSnapshot::load(&self.store, &self.topic).await?;
-        let now = EventTime(Utc::now().timestamp_millis());
+        let now = self.clock.now();
         let complete = snapshot.complete_until(now, self.idle_timeout);
         let extent = plan::ArchiveExtent {
             complete_until: complete,
@@ -364,7 +447,7 @@ impl Recompute {
             .map(|(p, m)| (*p, m.next_offset))
             .collect();
         self.catalog
-            .publish(view, job, covered, &batches, offsets)
+            .publish(view, job, covered, &batches, offsets, now)
             .await?;
         outcome.publish_ms = publishing.elapsed().as_millis() as u64;
         Ok(outcome)

@@ -218,33 +218,21 @@ pub fn window_count(view: &ViewDefinition, range: StartRange) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_shared::schema::{EventSchema, FieldType};
-    use tandem_shared::view::ViewConfig;
+    use tandem_shared::schema::FieldType;
+    use tandem_shared::testing;
     use tandem_shared::window::WindowConfig;
 
     const M: i64 = 60_000;
 
     fn view(window: WindowConfig, lateness: &str) -> ViewDefinition {
-        let schema = EventSchema::new("ts", vec![("x".into(), FieldType::Int64)], None).unwrap();
-        ViewDefinition::from_config(
-            &ViewConfig {
-                name: "v".into(),
-                window,
-                group_by: vec![],
-                filter: None,
-                allowed_lateness: Some(lateness.into()),
-                aggregates: vec!["count(*)".into()],
-            },
-            &schema,
-        )
-        .unwrap()
+        let schema = testing::schema(&[("x", FieldType::Int64)]);
+        let mut config = testing::view_config("v", window, &[], None, &["count(*)"]);
+        config.allowed_lateness = Some(lateness.into());
+        testing::define(&config, &schema)
     }
 
     fn tumbling() -> WindowConfig {
-        WindowConfig {
-            tumbling: Some("1m".into()),
-            ..Default::default()
-        }
+        testing::tumbling("1m")
     }
 
     fn extent(complete: Option<i64>, earliest: Option<i64>, latest: Option<i64>) -> ArchiveExtent {
@@ -375,14 +363,7 @@ mod tests {
 
     #[test]
     fn hopping_windows_scan_the_full_extent_of_the_last_window() {
-        let v = view(
-            WindowConfig {
-                hopping: Some("5m".into()),
-                every: Some("1m".into()),
-                ..Default::default()
-            },
-            "0s",
-        );
+        let v = view(testing::hopping("5m", "1m"), "0s");
         // Complete until 20m: the last ready window is [15m,20m).
         let p = plan(
             &v,

@@ -185,40 +185,22 @@ pub fn session_query(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_shared::schema::{EventSchema, FieldType};
-    use tandem_shared::view::ViewConfig;
-    use tandem_shared::window::WindowConfig;
+    use tandem_shared::testing;
 
     #[test]
     fn tumbling_query_groups_by_integer_window_start() {
-        let schema = EventSchema::new(
-            "ts",
-            vec![
-                ("city".into(), FieldType::String),
-                ("amount".into(), FieldType::Float64),
+        let view = testing::view(
+            &testing::orders_schema(),
+            "v",
+            testing::tumbling("1m"),
+            &["city"],
+            Some("amount > 0"),
+            &[
+                "count(*) AS n",
+                "count(DISTINCT city) AS c",
+                "percentile(amount, 0.5) AS p",
             ],
-            None,
-        )
-        .unwrap();
-        let view = ViewDefinition::from_config(
-            &ViewConfig {
-                name: "v".into(),
-                window: WindowConfig {
-                    tumbling: Some("1m".into()),
-                    ..Default::default()
-                },
-                group_by: vec!["city".into()],
-                filter: Some("amount > 0".into()),
-                allowed_lateness: None,
-                aggregates: vec![
-                    "count(*) AS n".into(),
-                    "count(DISTINCT city) AS c".into(),
-                    "percentile(amount, 0.5) AS p".into(),
-                ],
-            },
-            &schema,
-        )
-        .unwrap();
+        );
         let range = StartRange::new(EventTime(0), EventTime(120_000));
         let sql = window_query(&view, "ts", None, range, range).unwrap();
         assert_eq!(

@@ -1,33 +1,42 @@
-//! Manifest chains: the point of publication for everything the batch layer writes.
+//! Manifest chains: the point of publication for everything Tandem writes.
 //!
-//! A chain is a directory of JSON manifests named by a zero-padded sequence number. Data objects
-//! are written first (immutable, or deterministic so a rewrite is identical); then the next
-//! manifest is created with a create-if-absent put. The newest manifest is the published state.
+//! A chain is a directory of JSON manifests named by a zero-padded sequence number
+//! ([`layout::manifest_file`]). Data objects are written first (immutable, or deterministic so a
+//! rewrite is identical); then the next manifest is created with a create-if-absent put. The
+//! newest manifest is the published state. The archive (one chain per partition), the view
+//! catalog (one per view version) and the speed layer's checkpoints (one per partition and
+//! consumer group) all publish this way.
 //!
-//! Consistency needs of the store: create-if-absent must be atomic (two writers creating the same
-//! sequence number: exactly one wins) and a listing must show a created object. The local
-//! filesystem, the in-memory store and S3 (conditional writes) provide both. A writer that loses
-//! the race has been fenced: it must reload the chain before publishing again.
+//! # What the store must guarantee
+//! - Create-if-absent is atomic: of two writers creating the same sequence number, exactly one
+//!   wins and the other gets `AlreadyExists`.
+//! - A listing shows every object whose creation returned (read-after-write for listings).
+//!
+//! The local filesystem, the in-memory store and S3 (conditional writes) provide both. A writer
+//! that loses the race has been fenced: it must reload the chain before publishing again.
+//!
+//! # Pruning
+//! Readers always take the newest manifest, so older ones are garbage once a newer one is
+//! published. Writers keep the previous manifest too ([`ManifestChain::prune`] with
+//! `seq - 1`), for a reader that listed the chain just before the newest was created.
 
 use std::sync::Arc;
 
-use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tandem_shared::error::ErrorKind;
 use tandem_shared::layout;
+
+use crate::object;
 
 /// Errors reading or publishing a manifest chain.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Transient or configuration: the store failed.
-    #[error("object store at `{path}`: {source}")]
-    Store {
-        path: String,
-        source: object_store::Error,
-    },
-    /// Internal: a manifest we wrote does not parse.
+    #[error(transparent)]
+    Store(#[from] object::Error),
+    /// A manifest does not parse (or a value does not serialize).
     #[error("manifest `{path}` is corrupt: {source}")]
     Corrupt {
         path: String,
@@ -36,6 +45,17 @@ pub enum Error {
     /// Another writer published this sequence number first.
     #[error("manifest `{path}` already exists: another writer published first")]
     Conflict { path: String },
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Store(e) => e.kind(),
+            Error::Corrupt { .. } => ErrorKind::Internal,
+            // Reloading and publishing again can succeed.
+            Error::Conflict { .. } => ErrorKind::Transient,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -55,22 +75,13 @@ impl ManifestChain {
         }
     }
 
-    fn path(&self, seq: u64) -> String {
-        format!("{}/{seq:020}.json", self.dir)
+    pub fn dir(&self) -> &str {
+        &self.dir
     }
 
     /// Sequence numbers present, ascending.
     pub async fn sequences(&self) -> Result<Vec<u64>> {
-        let prefix = Path::from(self.dir.as_str());
-        let objects: Vec<_> =
-            self.store
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|source| Error::Store {
-                    path: self.dir.clone(),
-                    source,
-                })?;
+        let objects = object::list(&self.store, &self.dir).await?;
         let mut seqs: Vec<u64> = objects
             .iter()
             .filter_map(|o| layout::manifest_seq(o.location.as_ref()))
@@ -79,26 +90,18 @@ impl ManifestChain {
         Ok(seqs)
     }
 
+    /// The sequence number the next publication takes.
+    pub async fn next_seq(&self) -> Result<u64> {
+        Ok(self.sequences().await?.last().map_or(0, |s| s + 1))
+    }
+
     /// The newest manifest and its sequence number, if any.
     pub async fn latest<T: DeserializeOwned>(&self) -> Result<Option<(u64, T)>> {
         let Some(&seq) = self.sequences().await?.last() else {
             return Ok(None);
         };
-        let path = self.path(seq);
-        let bytes = self
-            .store
-            .get(&Path::from(path.as_str()))
-            .await
-            .map_err(|source| Error::Store {
-                path: path.clone(),
-                source,
-            })?
-            .bytes()
-            .await
-            .map_err(|source| Error::Store {
-                path: path.clone(),
-                source,
-            })?;
+        let path = layout::manifest_file(&self.dir, seq);
+        let bytes = object::read(&self.store, &path).await?;
         let value =
             serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt { path, source })?;
         Ok(Some((seq, value)))
@@ -106,7 +109,7 @@ impl ManifestChain {
 
     /// Publishes `value` as manifest `seq`, failing with [`Error::Conflict`] if it exists.
     pub async fn publish<T: Serialize>(&self, seq: u64, value: &T) -> Result<()> {
-        let path = self.path(seq);
+        let path = layout::manifest_file(&self.dir, seq);
         let bytes = serde_json::to_vec_pretty(value).map_err(|source| Error::Corrupt {
             path: path.clone(),
             source,
@@ -122,20 +125,19 @@ impl ManifestChain {
         {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => Err(Error::Conflict { path }),
-            Err(source) => Err(Error::Store { path, source }),
+            Err(source) => Err(object::Error { path, source }.into()),
         }
     }
 
-    /// Deletes manifests older than `keep_from`. Readers always take the newest, so older ones
-    /// are garbage once a newer one is published; failures only leave garbage behind.
+    /// Deletes manifests older than `keep_from`. Failures only leave garbage behind.
     pub async fn prune(&self, keep_from: u64) {
         let Ok(seqs) = self.sequences().await else {
             return;
         };
         for seq in seqs.into_iter().filter(|s| *s < keep_from) {
-            let path = Path::from(self.path(seq).as_str());
-            if let Err(err) = self.store.delete(&path).await {
-                tracing::debug!(%path, %err, "could not prune manifest");
+            let path = layout::manifest_file(&self.dir, seq);
+            if let Err(err) = object::delete(&self.store, &path).await {
+                tracing::debug!(%err, "could not prune manifest");
             }
         }
     }
@@ -150,6 +152,7 @@ mod tests {
     async fn newest_manifest_wins_and_a_sequence_is_published_once() {
         let chain = ManifestChain::new(Arc::new(InMemory::new()), "x/_manifest");
         assert_eq!(chain.latest::<u32>().await.unwrap(), None);
+        assert_eq!(chain.next_seq().await.unwrap(), 0);
         chain.publish(0, &10u32).await.unwrap();
         chain.publish(1, &11u32).await.unwrap();
         assert!(matches!(
@@ -157,6 +160,7 @@ mod tests {
             Err(Error::Conflict { .. })
         ));
         assert_eq!(chain.latest::<u32>().await.unwrap(), Some((1, 11)));
+        assert_eq!(chain.next_seq().await.unwrap(), 2);
         chain.prune(1).await;
         assert_eq!(chain.sequences().await.unwrap(), [1]);
     }
@@ -175,5 +179,18 @@ mod tests {
             chain.latest::<String>().await.unwrap(),
             Some((3, "a".to_owned()))
         );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_manifest_is_an_internal_error() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        object::write(&store, &layout::manifest_file("m", 0), "not json")
+            .await
+            .unwrap();
+        let err = ManifestChain::new(store, "m")
+            .latest::<u32>()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
     }
 }

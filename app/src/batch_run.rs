@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use tandem_batch_layer::ViewCatalog;
-use tandem_batch_layer::recompute::{Progress, Recompute, Requested};
+use tandem_batch_layer::recompute::{Progress, Requested};
+use tandem_shared::clock::SystemClock;
 use tandem_shared::time::EventTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::storage;
+use crate::wiring;
 
 /// Recomputes `view` (or every view) for window starts in `[from, to)`.
 pub async fn run(
@@ -39,16 +39,10 @@ pub async fn run(
         ],
         None => config.views.clone(),
     };
-    let store = storage::open(&config.storage_url)?;
-    let catalog = Arc::new(ViewCatalog::new(Arc::clone(&store), config.views.clone()));
+    let store = tandem_store::open(&config.storage_url)?;
+    let catalog = wiring::catalog(config, &store);
     catalog.refresh_all().await?;
-    let recompute = Recompute {
-        store,
-        schema: Arc::new(config.schema.clone()),
-        topic: config.kafka.topic.clone(),
-        idle_timeout: config.idle_timeout,
-        catalog,
-    };
+    let recompute = wiring::recompute(config, &store, &catalog, Arc::new(SystemClock));
     let cancel = CancellationToken::new();
     let on_interrupt = cancel.clone();
     tokio::spawn(async move {

@@ -1,15 +1,13 @@
 //! The `tandem` binary.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tandem_serving::app::{self, RunOptions};
-use tandem_serving::broker::EmbeddedKafka;
-use tandem_serving::config::{self, Config};
-use tandem_serving::demo;
-use tandem_serving::{batch_run, bench, bench_batch};
+use tandem::config::Config;
+use tandem::dev::{self, DevOptions, EmbeddedKafka};
+use tandem::process::{self, RunOptions};
+use tandem::{batch_run, bench};
 use tandem_shared::time::EventTime;
 use tokio_util::sync::CancellationToken;
 
@@ -127,37 +125,10 @@ enum BenchCommand {
         /// Python interpreter with the duckdb package.
         #[arg(long, default_value = "python3")]
         python: String,
+        /// The DuckDB side of the comparison.
+        #[arg(long, default_value = "scripts/duckdb_bench.py")]
+        script: PathBuf,
     },
-}
-
-const DEV_MARKER: &str = ".tandem-dev";
-
-/// Prepares the data directory of `tandem dev`. The embedded broker starts empty every time, so
-/// archive state from an earlier run (whose offsets no longer exist) is cleared.
-fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    if dir.exists() {
-        let marked = dir.join(DEV_MARKER).exists();
-        let empty = std::fs::read_dir(dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .next()
-            .is_none();
-        if !marked && !empty {
-            bail!(
-                "{} is not empty and was not created by `tandem dev`; choose another --data directory",
-                dir.display()
-            );
-        }
-        let store = dir.join("store");
-        if store.exists() {
-            std::fs::remove_dir_all(&store)
-                .with_context(|| format!("clearing {}", store.display()))?;
-        }
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join(DEV_MARKER), "created by tandem dev\n")?;
-    let store = dir.join("store");
-    std::fs::create_dir_all(&store)?;
-    Ok(std::fs::canonicalize(store)?)
 }
 
 async fn shutdown_signal() {
@@ -226,7 +197,7 @@ async fn main() -> anyhow::Result<()> {
                     seconds,
                 },
         } => {
-            bench::run(bench::SpeedBench {
+            bench::speed::run(bench::speed::SpeedBench {
                 events,
                 rate,
                 seconds,
@@ -239,12 +210,14 @@ async fn main() -> anyhow::Result<()> {
                     events,
                     dir,
                     python,
+                    script,
                 },
         } => {
-            bench_batch::run(bench_batch::BatchBench {
+            bench::batch::run(bench::batch::BatchBench {
                 events,
                 dir,
                 python,
+                script,
             })
             .await
         }
@@ -267,7 +240,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run { config, http } => {
             let config = Config::load(&config)?;
-            let running = app::start(
+            let running = process::start(
                 &config,
                 RunOptions {
                     http,
@@ -289,55 +262,15 @@ async fn main() -> anyhow::Result<()> {
             kafka_port,
             data,
         } => {
-            let mut config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::parse(config::DEMO, "built-in demo configuration")?,
+            let options = DevOptions {
+                config,
+                demo,
+                demo_rate,
+                http,
+                kafka_port,
+                data,
             };
-            let store = prepare_data_dir(&data)?;
-            config.storage_url = format!("file://{}", store.display());
-            let stop_broker = CancellationToken::new();
-            let topics = [
-                (config.kafka.topic.as_str(), config.kafka.partitions),
-                (config.kafka.dead_letter_topic.as_str(), 1),
-                (config.kafka.late_topic.as_str(), 1),
-            ];
-            let kafka = EmbeddedKafka::start(kafka_port, &topics, stop_broker.clone()).await?;
-            config.kafka.brokers = kafka.bootstrap();
-            println!("Kafka bootstrap: {}", kafka.bootstrap());
-            let running = app::start(
-                &config,
-                RunOptions {
-                    http,
-                    metrics: Some(install_metrics()?),
-                },
-            )
-            .await?;
-            println!("HTTP: http://{}", running.http);
-            let stop_demo = CancellationToken::new();
-            let generator = demo.then(|| {
-                tokio::spawn(demo::run(
-                    config.kafka.brokers.clone(),
-                    config.kafka.topic.clone(),
-                    demo_rate,
-                    stop_demo.clone(),
-                ))
-            });
-            if let Some(view) = config.views.first() {
-                println!(
-                    "Try: curl -s 'http://{}/v1/views/{}'",
-                    running.http, view.name
-                );
-            }
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            stop_demo.cancel();
-            if let Some(g) = generator {
-                let _ = tokio::time::timeout(Duration::from_secs(10), g).await;
-            }
-            running.shutdown().await?;
-            stop_broker.cancel();
-            drop(kafka);
-            Ok(())
+            dev::run(options, Some(install_metrics()?), shutdown_signal()).await
         }
     }
 }

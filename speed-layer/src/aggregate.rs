@@ -1,4 +1,4 @@
-//! Mergeable partial aggregates: the state a view keeps per window and group.
+//! Mergeable partial aggregates: the state the speed layer keeps per window and group.
 //!
 //! The contract follows DataFusion's `Accumulator`: `update` folds in one input value, `merge`
 //! combines two partial states of disjoint inputs, `evaluate` produces the final value. Merge is
@@ -18,7 +18,9 @@ use datasketches::hll::{HllSketch, HllType, HllUnion};
 use datasketches::kll::{KllFloat, KllSketch};
 use serde::{Deserialize, Serialize};
 
-use crate::view::AggregateFunction;
+use tandem_shared::error::ErrorKind;
+use tandem_shared::value::AggregateValue;
+use tandem_shared::view::AggregateFunction;
 
 /// log2 of the HyperLogLog register count. 2^14 registers give the (order-independent)
 /// composite estimator a relative standard error of 1.04 / sqrt(2^14) ≈ 0.81%, under the 1% the
@@ -40,6 +42,12 @@ pub enum Error {
     Sketch { detail: String },
 }
 
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Internal
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The type of an aggregate's argument after DataFusion type checking.
@@ -59,35 +67,6 @@ pub enum Input<'a> {
     Float(f64),
     /// Any other non-null value, as bytes that identify it (for distinct counting).
     Bytes(&'a [u8]),
-}
-
-/// A final aggregate value.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum AggregateValue {
-    Int(i64),
-    Float(f64),
-    Null,
-}
-
-impl AggregateValue {
-    pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            AggregateValue::Int(v) => Some(*v as f64),
-            AggregateValue::Float(v) => Some(*v),
-            AggregateValue::Null => None,
-        }
-    }
-}
-
-impl fmt::Display for AggregateValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AggregateValue::Int(v) => write!(f, "{v}"),
-            AggregateValue::Float(v) => write!(f, "{v}"),
-            AggregateValue::Null => f.write_str("null"),
-        }
-    }
 }
 
 /// Partial state of one aggregate over one window and group.

@@ -1,10 +1,10 @@
-//! Wall-clock time, injected so that idleness and future-event checks are testable without
-//! sleeping.
+//! Wall-clock time, injected into both layers so that idleness, future-event checks, archive
+//! completeness and job timestamps are testable without sleeping.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use tandem_shared::time::EventTime;
+use crate::time::EventTime;
 
 /// A source of wall-clock time in epoch milliseconds.
 pub trait Clock: Send + Sync + std::fmt::Debug {

@@ -1,41 +1,39 @@
-//! Wiring the layers into one process, and shutting them down in order.
+//! One Tandem process: the layers started in order, and shut down in order.
 //!
-//! Start-up: open storage → check the events topic and create missing side topics → compile every view for both layers (a bad expression stops start-up)
-//! → load published batch results → hand their coverage to the speed layer → start the speed
-//! layer, the archive, the job scheduler and reconciliation → serve HTTP.
+//! ```text
+//!  start: open storage → check the events topic, create missing side topics
+//!         → compile every view for both layers (a bad expression stops start-up)
+//!         → load published batch results → hand their coverage to the speed layer
+//!         → start speed layer, archive, job scheduler, reconciliation → serve HTTP
+//!  shutdown: backend (cancel, await: archive publishes its buffers, scheduler finishes a
+//!            running job, speed layer checkpoints and flushes side topics) → HTTP frontend
+//! ```
 //!
-//! Shutdown (the InfluxDB 3 model): the backend is cancelled first and awaited — the archive
-//! writes and publishes what it buffered, the scheduler finishes a running job, the speed layer
-//! flushes its side topics — and only then does the HTTP frontend stop.
+//! Shutdown follows the InfluxDB 3 model: the backend is cancelled first and awaited, and only
+//! then does the HTTP frontend stop, so nothing a reader can see is left half-published.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tandem_batch_layer::{
-    Archive, ArchiveConfig, Recompute, Scheduler, SchedulerConfig, ViewCatalog,
-};
+use tandem_batch_layer::{Archive, Scheduler};
+use tandem_serving::{AppState, Reconciler, router};
+use tandem_shared::clock::{Clock, SystemClock};
 use tandem_shared::event::EventDecoder;
-use tandem_speed_layer::clock::SystemClock;
-use tandem_speed_layer::program::ViewProgram;
-use tandem_speed_layer::{CheckpointSettings, SpeedConfig, SpeedLayer};
+use tandem_speed_layer::SpeedLayer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::reconcile::Reconciler;
-use crate::storage;
-use crate::topics;
+use crate::{topics, wiring};
 
 /// Errors starting Tandem. Configuration or environment; start-up stops with the message.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Storage(#[from] storage::Error),
+    Storage(#[from] tandem_store::backend::Error),
     #[error(transparent)]
     View(#[from] tandem_speed_layer::program::Error),
     #[error("loading published views: {0}")]
@@ -71,7 +69,7 @@ pub struct Running {
     backend: CancellationToken,
     frontend: CancellationToken,
     tracker: TaskTracker,
-    server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+    server: Server,
 }
 
 impl Running {
@@ -98,23 +96,18 @@ impl Running {
 
 /// Starts every layer for `config`.
 pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Error> {
-    let store = storage::open(&config.storage_url)?;
+    let store = tandem_store::open(&config.storage_url)?;
     let found = topics::ensure(&config.kafka).await?;
     tracing::info!(
         topic = %config.kafka.topic,
         partitions = found.partitions,
         "events topic found"
     );
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let schema = Arc::new(config.schema.clone());
-    let programs = config
-        .views
-        .iter()
-        .map(|v| ViewProgram::compile(v, &schema))
-        .collect::<Result<Vec<_>, _>>()?;
-
-    let catalog = Arc::new(ViewCatalog::new(Arc::clone(&store), config.views.clone()));
+    let speed = SpeedLayer::compile(&config.views, &schema)?;
+    let catalog = wiring::catalog(config, &store);
     catalog.refresh_all().await?;
-    let speed = SpeedLayer::new(programs);
     let reconciler = Reconciler::new(Arc::clone(&catalog), speed.clone());
     // Before consuming: windows the batch layer already covers are not rebuilt.
     reconciler.reconcile();
@@ -123,27 +116,11 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     let frontend = CancellationToken::new();
     let tracker = TaskTracker::new();
     let decoder = Arc::new(EventDecoder::new(Arc::clone(&schema)));
-    let kafka = &config.kafka;
 
     let speed_task = speed.start(
-        SpeedConfig {
-            brokers: kafka.brokers.clone(),
-            topic: kafka.topic.clone(),
-            group_id: format!("{}-speed", kafka.group_prefix),
-            dead_letter_topic: kafka.dead_letter_topic.clone(),
-            late_topic: kafka.late_topic.clone(),
-            max_batch: config.max_batch,
-            idle_timeout: config.idle_timeout,
-            max_future: config.max_future,
-            memory_budget: config.memory_budget,
-            checkpoint: Some(CheckpointSettings {
-                store: Arc::clone(&store),
-                interval: config.checkpoint_interval.as_duration(),
-            }),
-            kafka_options: kafka.options.clone(),
-        },
+        wiring::speed_config(config, &store),
         Arc::clone(&decoder),
-        Arc::new(SystemClock),
+        Arc::clone(&clock),
         backend.child_token(),
     )?;
     tracker.spawn(async move {
@@ -153,38 +130,15 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     });
 
     let archive = Archive::new(
-        ArchiveConfig {
-            brokers: kafka.brokers.clone(),
-            topic: kafka.topic.clone(),
-            group_id: format!("{}-archive", kafka.group_prefix),
-            roll_interval: config.roll_interval.as_duration(),
-            roll_bytes: config.roll_bytes,
-            max_future: config.max_future,
-            kafka_options: kafka.options.clone(),
-        },
+        wiring::archive_config(config),
         Arc::clone(&store),
         Arc::clone(&decoder),
+        Arc::clone(&clock),
     )?;
     tracker.spawn(archive.run(backend.child_token()));
 
-    let recompute = Arc::new(Recompute {
-        store: Arc::clone(&store),
-        schema: Arc::clone(&schema),
-        topic: kafka.topic.clone(),
-        idle_timeout: config.idle_timeout,
-        catalog: Arc::clone(&catalog),
-    });
-    let scheduler = Scheduler::new(
-        recompute,
-        config.views.clone(),
-        SchedulerConfig {
-            schedule: config.schedule.clone(),
-            queue_capacity: config.job_queue,
-            max_concurrent: config.max_concurrent_jobs,
-            max_attempts: config.max_attempts,
-            retry_backoff: config.retry_backoff.as_duration(),
-        },
-    )?;
+    let recompute = Arc::new(wiring::recompute(config, &store, &catalog, clock));
+    let scheduler = Scheduler::new(recompute, wiring::scheduler_config(config))?;
     let requeued = scheduler.restore().await;
     if requeued > 0 {
         tracing::info!(requeued, "jobs from before the restart queued again");
@@ -212,36 +166,8 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         });
     }
 
-    let state = AppState {
-        views: Arc::new(
-            config
-                .views
-                .iter()
-                .map(|v| (v.name.clone(), v.clone()))
-                .collect::<BTreeMap<_, _>>(),
-        ),
-        catalog,
-        speed,
-        scheduler,
-        reconciler,
-        metrics: options.metrics,
-    };
-    let listener = TcpListener::bind(&options.http)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: options.http.clone(),
-            source,
-        })?;
-    let http = listener.local_addr().map_err(|source| Error::Bind {
-        addr: options.http.clone(),
-        source,
-    })?;
-    let stop = frontend.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    let state = AppState::new(catalog, speed, scheduler, reconciler, options.metrics);
+    let (http, server) = serve(&options.http, state, frontend.clone()).await?;
     Ok(Running {
         http,
         backend,
@@ -249,4 +175,27 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         tracker,
         server,
     })
+}
+
+/// The HTTP server task; it ends when its stop token fires.
+pub type Server = tokio::task::JoinHandle<Result<(), std::io::Error>>;
+
+/// Serves the API on `addr` until `stop` fires.
+pub async fn serve(
+    addr: &str,
+    state: AppState,
+    stop: CancellationToken,
+) -> Result<(SocketAddr, Server), Error> {
+    let bind_err = |source| Error::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let http = listener.local_addr().map_err(bind_err)?;
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    Ok((http, server))
 }

@@ -1,4 +1,4 @@
-//! Opening the object store named by `storage.url`.
+//! Which object store a URL names: the local filesystem (the default), memory, or S3.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +9,8 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
 
-/// Errors opening storage. Configuration.
+/// Errors opening storage. The user's configuration (or, for a directory that cannot be created,
+/// the environment).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("storage.url `{url}`: {problem}")]

@@ -18,13 +18,15 @@ use rand::{Rng, SeedableRng};
 use tandem_batch_layer::ViewCatalog;
 use tandem_batch_layer::archive::import;
 use tandem_batch_layer::recompute::{Recompute, Requested};
-use tandem_shared::aggregate::AggregateValue;
+use tandem_shared::clock::SystemClock;
 use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::event::{EventBatchBuilder, EventDecoder};
 use tandem_shared::row::{GroupValue, ViewRow};
 use tandem_shared::schema::{EventSchema, FieldType};
+use tandem_shared::testing;
 use tandem_shared::time::{EventTime, Span};
-use tandem_shared::view::{ViewConfig, ViewDefinition};
+use tandem_shared::value::AggregateValue;
+use tandem_shared::view::ViewDefinition;
 use tandem_shared::window::WindowConfig;
 use tandem_speed_layer::program::ViewProgram;
 use tandem_speed_layer::state::ViewState;
@@ -77,20 +79,15 @@ fn events(n: usize) -> Vec<Event> {
         .collect()
 }
 
-fn schema() -> EventSchema {
-    EventSchema::new(
-        "ts",
-        vec![
-            ("city".into(), FieldType::String),
-            ("user_id".into(), FieldType::String),
-            ("amount".into(), FieldType::Float64),
-            ("qty".into(), FieldType::Int64),
-            ("coupon".into(), FieldType::String),
-            ("event_type".into(), FieldType::String),
-        ],
-        None,
-    )
-    .unwrap()
+fn schema() -> Arc<EventSchema> {
+    testing::schema(&[
+        ("city", FieldType::String),
+        ("user_id", FieldType::String),
+        ("amount", FieldType::Float64),
+        ("qty", FieldType::Int64),
+        ("coupon", FieldType::String),
+        ("event_type", FieldType::String),
+    ])
 }
 
 fn view(
@@ -100,25 +97,29 @@ fn view(
     filter: Option<&str>,
     aggs: &[&str],
 ) -> ViewDefinition {
-    ViewDefinition::from_config(
-        &ViewConfig {
-            name: name.into(),
-            window,
-            group_by: group_by.iter().map(|s| s.to_string()).collect(),
-            filter: filter.map(str::to_owned),
-            allowed_lateness: Some("5s".into()),
-            aggregates: aggs.iter().map(|s| s.to_string()).collect(),
-        },
-        &schema(),
-    )
-    .unwrap()
+    let mut config = testing::view_config(name, window, group_by, filter, aggs);
+    config.allowed_lateness = Some("5s".into());
+    testing::define(&config, &schema())
 }
 
 fn tumbling(size: &str) -> WindowConfig {
-    WindowConfig {
-        tumbling: Some(size.into()),
-        ..Default::default()
-    }
+    testing::tumbling(size)
+}
+
+/// Recompute over `store`'s archive of topic `orders`, publishing to `catalog`.
+fn recompute(
+    store: &Arc<dyn ObjectStore>,
+    schema: &Arc<EventSchema>,
+    catalog: &Arc<ViewCatalog>,
+) -> Recompute {
+    Recompute::new(
+        Arc::clone(store),
+        Arc::clone(schema),
+        "orders",
+        Span::from_millis(30_000),
+        Arc::clone(catalog),
+        Arc::new(SystemClock),
+    )
 }
 
 /// One exact expected value, as the oracle computes it.
@@ -404,11 +405,7 @@ fn cases(events: &[Event]) -> Vec<Case> {
         Case {
             view: view(
                 "types_hopping",
-                WindowConfig {
-                    hopping: Some("5m".into()),
-                    every: Some("1m".into()),
-                    ..Default::default()
-                },
+                testing::hopping("5m", "1m"),
                 &["event_type"],
                 None,
                 &[
@@ -429,10 +426,7 @@ fn cases(events: &[Event]) -> Vec<Case> {
         Case {
             view: view(
                 "big_spender_sessions",
-                WindowConfig {
-                    session_gap: Some("5m".into()),
-                    ..Default::default()
-                },
+                testing::sessions("5m"),
                 &["city"],
                 Some("amount > 495"),
                 &[
@@ -473,7 +467,7 @@ fn cases(events: &[Event]) -> Vec<Case> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speed_and_batch_layers_agree_with_an_independent_oracle() {
     let events = events(60_000);
-    let schema = Arc::new(schema());
+    let schema = schema();
     let decoder = EventDecoder::new(Arc::clone(&schema));
 
     // Per-partition batches with Kafka offsets, as both consumers would build them.
@@ -504,13 +498,7 @@ async fn speed_and_batch_layers_agree_with_an_independent_oracle() {
         Arc::clone(&store),
         cases.iter().map(|c| c.view.clone()),
     ));
-    let recompute = Recompute {
-        store: Arc::clone(&store),
-        schema: Arc::clone(&schema),
-        topic: "orders".into(),
-        idle_timeout: Span::from_millis(30_000),
-        catalog: Arc::clone(&catalog),
-    };
+    let recompute = recompute(&store, &schema, &catalog);
 
     for case in &cases {
         let name = &case.view.name;
@@ -581,16 +569,12 @@ async fn speed_and_batch_layers_agree_with_an_independent_oracle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_counts_a_reproduced_event_once_when_the_schema_has_an_id() {
-    let schema = Arc::new(
-        EventSchema::new(
-            "ts",
-            vec![
-                ("order_id".into(), FieldType::String),
-                ("amount".into(), FieldType::Float64),
-            ],
-            Some("order_id".into()),
-        )
-        .unwrap(),
+    let schema = testing::schema_with_id(
+        &[
+            ("order_id", FieldType::String),
+            ("amount", FieldType::Float64),
+        ],
+        Some("order_id"),
     );
     let decoder = EventDecoder::new(Arc::clone(&schema));
     // 300 orders one second apart; every 7th is produced twice (the copy on the other
@@ -627,26 +611,16 @@ async fn batch_counts_a_reproduced_event_once_when_the_schema_has_an_id() {
         .collect();
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     import::import(&store, "orders", 2, &batches).await.unwrap();
-    let v = ViewDefinition::from_config(
-        &ViewConfig {
-            name: "totals".into(),
-            window: tumbling("1m"),
-            group_by: vec![],
-            filter: None,
-            allowed_lateness: None,
-            aggregates: vec!["count(*) AS n".into(), "sum(amount) AS total".into()],
-        },
+    let v = testing::view(
         &schema,
-    )
-    .unwrap();
+        "totals",
+        tumbling("1m"),
+        &[],
+        None,
+        &["count(*) AS n", "sum(amount) AS total"],
+    );
     let catalog = Arc::new(ViewCatalog::new(Arc::clone(&store), [v.clone()]));
-    let recompute = Recompute {
-        store,
-        schema,
-        topic: "orders".into(),
-        idle_timeout: Span::from_millis(30_000),
-        catalog: Arc::clone(&catalog),
-    };
+    let recompute = recompute(&store, &schema, &catalog);
     let outcome = recompute
         .run_view(
             &v,
@@ -690,7 +664,7 @@ async fn batch_counts_a_reproduced_event_once_when_the_schema_has_an_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recomputing_one_hour_reads_only_that_hours_files() {
     // Three days of events, one every 30 seconds, over 4 partitions.
-    let schema = Arc::new(schema());
+    let schema = schema();
     let decoder = EventDecoder::new(Arc::clone(&schema));
     let mut builders: Vec<EventBatchBuilder> = (0..4)
         .map(|_| EventBatchBuilder::new(&decoder, 4096))
@@ -719,13 +693,7 @@ async fn recomputing_one_hour_reads_only_that_hours_files() {
     import::import(&store, "orders", 4, &batches).await.unwrap();
     let v = view("per_minute", tumbling("1m"), &[], None, &["count(*) AS n"]);
     let catalog = Arc::new(ViewCatalog::new(Arc::clone(&store), [v.clone()]));
-    let recompute = Recompute {
-        store,
-        schema,
-        topic: "orders".into(),
-        idle_timeout: Span::from_millis(30_000),
-        catalog: Arc::clone(&catalog),
-    };
+    let recompute = recompute(&store, &schema, &catalog);
     let hour = BASE + 30 * 3_600_000;
     let outcome = recompute
         .run_view(

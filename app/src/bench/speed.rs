@@ -20,24 +20,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use tandem_batch_layer::{Recompute, Scheduler, ViewCatalog};
+use tandem_batch_layer::Scheduler;
+use tandem_serving::{AppState, Reconciler};
+use tandem_shared::clock::SystemClock;
 use tandem_shared::coverage::StartRange;
 use tandem_shared::event::EventDecoder;
-use tandem_shared::time::{EventTime, Span};
-use tandem_speed_layer::clock::SystemClock;
-use tandem_speed_layer::program::ViewProgram;
-use tandem_speed_layer::{CheckpointSettings, SpeedConfig, SpeedLayer};
+use tandem_shared::time::EventTime;
+use tandem_speed_layer::SpeedLayer;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use super::{CITIES, SCHEMA, order_json};
 use crate::config::Config;
-use crate::reconcile::Reconciler;
+use crate::{process, wiring};
 
 /// Options of `tandem bench speed`.
 #[derive(Debug, Clone)]
@@ -51,13 +52,11 @@ const CONFIG: &str = r#"
 [kafka]
 topic = "bench"
 idle_timeout = "5s"
+dead_letter_topic = "bench.dlq"
+late_topic = "bench.late"
 
 [storage]
 url = "memory://"
-
-[schema]
-time_field = "ts"
-fields = { order_id = "string", city = "string", user_id = "string", amount = "float64", event_type = "string" }
 
 [[views]]
 name = "orders_by_city"
@@ -68,17 +67,6 @@ allowed_lateness = "10s"
 aggregates = ["count(*) AS orders", "sum(amount) AS revenue", "min(amount) AS min_amount",
               "max(amount) AS max_amount", "avg(amount) AS avg_amount"]
 "#;
-
-const CITIES: [&str; 8] = [
-    "Chennai",
-    "Mumbai",
-    "Bengaluru",
-    "Berlin",
-    "Sao Paulo",
-    "Lagos",
-    "Tokyo",
-    "Toronto",
-];
 
 /// CPU time (user + system) of this process, all threads included.
 fn cpu_seconds() -> anyhow::Result<f64> {
@@ -105,11 +93,9 @@ fn order(rng: &mut StdRng, seq: u64, ts: i64, city: &str) -> String {
     } else {
         "payment_captured"
     };
-    format!(
-        r#"{{"order_id":"o-{seq}","ts":{ts},"city":"{city}","user_id":"u-{}","amount":{:.2},"event_type":"{event_type}"}}"#,
-        rng.random_range(0..100_000),
-        rng.random_range(1.0..500.0f64),
-    )
+    let user = format!("u-{}", rng.random_range(0..100_000));
+    let amount = rng.random_range(1.0..500.0f64);
+    order_json(seq, ts, city, &user, amount, event_type)
 }
 
 fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
@@ -148,7 +134,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// Runs the benchmark and prints its report.
 pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
-    let config = Config::parse(CONFIG, "bench")?;
+    let config = Config::parse(&format!("{CONFIG}{SCHEMA}"), "bench")?;
     // About 170 bytes per event; keep each partition under 4 MiB of the broker's 5 MiB.
     let partitions = (opts.events * 170 / (4 << 20) + 1).max(8);
     // The latency run gets a topic of its own: the broker's fetch path slows down as a
@@ -186,38 +172,17 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
     result
 }
 
-fn speed_config(
-    config: &Config,
-    brokers: &str,
-    topic: &str,
-    store: &Arc<dyn object_store::ObjectStore>,
-) -> SpeedConfig {
-    SpeedConfig {
-        brokers: brokers.to_owned(),
-        topic: topic.into(),
-        group_id: format!("{topic}-speed"),
-        dead_letter_topic: "bench.dlq".into(),
-        late_topic: "bench.late".into(),
-        max_batch: config.max_batch,
-        idle_timeout: config.idle_timeout,
-        max_future: config.max_future,
-        memory_budget: config.memory_budget,
-        checkpoint: Some(CheckpointSettings {
-            store: Arc::clone(store),
-            interval: config.checkpoint_interval.as_duration(),
-        }),
-        kafka_options: Default::default(),
-    }
+/// The bench configuration pointed at `brokers` and `topic` (consumer group `<topic>-speed`).
+fn on_topic(config: &Config, brokers: &str, topic: &str) -> Config {
+    let mut config = config.clone();
+    config.kafka.brokers = brokers.to_owned();
+    config.kafka.topic = topic.to_owned();
+    config.kafka.group_prefix = topic.to_owned();
+    config
 }
 
 fn speed_layer(config: &Config) -> anyhow::Result<SpeedLayer> {
-    let schema = config.schema.clone();
-    let programs = config
-        .views
-        .iter()
-        .map(|v| ViewProgram::compile(v, &schema))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(SpeedLayer::new(programs))
+    Ok(SpeedLayer::compile(&config.views, &config.schema)?)
 }
 
 /// Orders counted by the view, over all windows.
@@ -258,12 +223,12 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
     );
 
     let speed = speed_layer(config)?;
-    let store: Arc<dyn object_store::ObjectStore> = Arc::new(InMemory::new());
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let cancel = CancellationToken::new();
     let cpu0 = cpu_seconds()?;
     let wall0 = Instant::now();
     let task = speed.start(
-        speed_config(config, brokers, "bench", &store),
+        wiring::speed_config(&on_topic(config, brokers, "bench"), &store),
         Arc::new(EventDecoder::new(Arc::new(config.schema.clone()))),
         Arc::new(SystemClock),
         cancel.clone(),
@@ -301,46 +266,24 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
 
 /// Measures produce → visible-over-HTTP latency under a steady load on a fresh topic.
 async fn latency(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::Result<()> {
-    let speed = speed_layer(config)?;
-    let schema = Arc::new(config.schema.clone());
-    let store: Arc<dyn object_store::ObjectStore> = Arc::new(InMemory::new());
+    let config = on_topic(config, brokers, "live");
+    let speed = speed_layer(&config)?;
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let cancel = CancellationToken::new();
     let task = speed.start(
-        speed_config(config, brokers, "live", &store),
-        Arc::new(EventDecoder::new(Arc::clone(&schema))),
+        wiring::speed_config(&config, &store),
+        Arc::new(EventDecoder::new(Arc::new(config.schema.clone()))),
         Arc::new(SystemClock),
         cancel.clone(),
     )?;
-    let catalog = Arc::new(ViewCatalog::new(Arc::clone(&store), config.views.clone()));
-    let recompute = Arc::new(Recompute {
-        store: Arc::clone(&store),
-        schema,
-        topic: "live".into(),
-        idle_timeout: Span::from_millis(5_000),
-        catalog: Arc::clone(&catalog),
-    });
-    let state = AppState {
-        views: Arc::new(
-            config
-                .views
-                .iter()
-                .map(|v| (v.name.clone(), v.clone()))
-                .collect(),
-        ),
-        reconciler: Reconciler::new(Arc::clone(&catalog), speed.clone()),
-        catalog,
-        speed: speed.clone(),
-        scheduler: Scheduler::new(recompute, config.views.clone(), Default::default())?,
-        metrics: None,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stop_http = cancel.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move { stop_http.cancelled().await })
-            .await
-    });
+    // The API as `tandem run` serves it, with a batch layer that publishes nothing: the probes
+    // are answered by the speed layer through the seam.
+    let catalog = wiring::catalog(&config, &store);
+    let recompute = wiring::recompute(&config, &store, &catalog, Arc::new(SystemClock));
+    let scheduler = Scheduler::new(Arc::new(recompute), wiring::scheduler_config(&config))?;
+    let reconciler = Reconciler::new(Arc::clone(&catalog), speed.clone());
+    let state = AppState::new(catalog, speed.clone(), scheduler, reconciler, None);
+    let (addr, _server) = process::serve("127.0.0.1:0", state, cancel.clone()).await?;
 
     // The steady load batches like a high-throughput producer would (50 ms linger): the embedded
     // broker finds a fetch offset by scanning a partition's batches, so thousands of tiny

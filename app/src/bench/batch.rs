@@ -2,8 +2,9 @@
 //!
 //! Imports `--events` generated order events into a fresh archive (one day, 8 partitions, files
 //! per partition and hour, written by the archive's own encoder), recomputes four views with
-//! Tandem (DataFusion), then hands DuckDB the equivalent SQL over the same files, restricted to
-//! the windows Tandem published, and compares rows per second and result sizes.
+//! Tandem (DataFusion), then hands DuckDB (`scripts/duckdb_bench.py`) the equivalent SQL over the
+//! same files, restricted to the windows Tandem published, and compares rows per second and
+//! result sizes.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,15 +14,15 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tandem_batch_layer::ViewCatalog;
 use tandem_batch_layer::archive::import;
-use tandem_batch_layer::recompute::{Recompute, Requested};
+use tandem_batch_layer::recompute::Requested;
+use tandem_shared::clock::SystemClock;
 use tandem_shared::event::{EventBatchBuilder, EventDecoder};
-use tandem_shared::time::Span;
 use tokio_util::sync::CancellationToken;
 
+use super::{CITIES, SCHEMA, order_json};
 use crate::config::Config;
-use crate::storage;
+use crate::wiring;
 
 /// Options of `tandem bench batch`.
 #[derive(Debug, Clone)]
@@ -30,18 +31,17 @@ pub struct BatchBench {
     pub dir: PathBuf,
     /// Python interpreter with the `duckdb` package.
     pub python: String,
+    /// The DuckDB side of the comparison (`scripts/duckdb_bench.py`).
+    pub script: PathBuf,
 }
 
 const CONFIG: &str = r#"
 [kafka]
 topic = "bench"
+idle_timeout = "1m"
 
 [storage]
 url = "memory://"
-
-[schema]
-time_field = "ts"
-fields = { order_id = "string", city = "string", user_id = "string", amount = "float64", event_type = "string" }
 
 [[views]]
 name = "orders_by_city"
@@ -70,16 +70,6 @@ group_by = ["city"]
 aggregates = ["percentile(amount, 0.95) AS p95"]
 "#;
 
-const CITIES: [&str; 8] = [
-    "Chennai",
-    "Mumbai",
-    "Bengaluru",
-    "Berlin",
-    "Sao Paulo",
-    "Lagos",
-    "Tokyo",
-    "Toronto",
-];
 const PARTITIONS: i32 = 8;
 const DAY: i64 = 86_400_000;
 
@@ -119,28 +109,8 @@ fn duckdb_sql(view: &str, files: &str, from: i64, to: i64) -> Option<String> {
 /// Timed runs per view and engine; the median is reported.
 const RUNS: usize = 5;
 
-const DUCKDB_SCRIPT: &str = r#"
-import json, sys, time
-RUNS = 5
-import duckdb
-spec = json.load(open(sys.argv[1]))
-con = duckdb.connect()
-con.execute("SET threads = 2")
-out = []
-for v in spec:
-    con.execute(v["sql"]).fetchall()  # warm the file cache and the planner
-    times = []
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        rows = con.execute(v["sql"]).fetchall()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    out.append({"view": v["view"], "seconds": times[len(times) // 2], "rows": len(rows)})
-print(json.dumps(out))
-"#;
-
 pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
-    let config = Config::parse(CONFIG, "bench")?;
+    let config = Config::parse(&format!("{CONFIG}{SCHEMA}"), "bench")?;
     let store_dir = opts.dir.join("store");
     if store_dir.exists() {
         std::fs::remove_dir_all(&store_dir)
@@ -148,7 +118,7 @@ pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&store_dir)?;
     let store_dir = std::fs::canonicalize(&store_dir)?;
-    let store = storage::open(&format!("file://{}", store_dir.display()))?;
+    let store = tandem_store::open(&format!("file://{}", store_dir.display()))?;
     let schema = Arc::new(config.schema.clone());
     let decoder = EventDecoder::new(Arc::clone(&schema));
 
@@ -174,11 +144,9 @@ pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
             } else {
                 "payment_captured"
             };
-            let json = format!(
-                r#"{{"order_id":"o-{i}","ts":{ts},"city":"{}","user_id":"u-{user}","amount":{:.2},"event_type":"{event_type}"}}"#,
-                CITIES[rng.random_range(0..CITIES.len())],
-                rng.random_range(1.0..500.0f64)
-            );
+            let city = CITIES[rng.random_range(0..CITIES.len())];
+            let amount = rng.random_range(1.0..500.0f64);
+            let json = order_json(i, ts, city, &format!("u-{user}"), amount, event_type);
             let event = decoder.decode(json.as_bytes()).context("generated event")?;
             builders[p].append(&event, p as i32, offsets[p]);
             offsets[p] += 1;
@@ -209,14 +177,8 @@ pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
     );
 
     // 2. Tandem recomputes every view.
-    let catalog = Arc::new(ViewCatalog::new(Arc::clone(&store), config.views.clone()));
-    let recompute = Recompute {
-        store: Arc::clone(&store),
-        schema,
-        topic: "bench".into(),
-        idle_timeout: Span::from_millis(60_000),
-        catalog,
-    };
+    let catalog = wiring::catalog(&config, &store);
+    let recompute = wiring::recompute(&config, &store, &catalog, Arc::new(SystemClock));
     let file_list = format!(
         "[{}]",
         files
@@ -280,11 +242,9 @@ pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
 
     // 3. DuckDB over the same files and windows.
     let spec_path = opts.dir.join("duckdb-spec.json");
-    let script_path = opts.dir.join("duckdb_bench.py");
     std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
-    std::fs::write(&script_path, DUCKDB_SCRIPT)?;
     let output = Command::new(&opts.python)
-        .arg(&script_path)
+        .arg(&opts.script)
         .arg(&spec_path)
         .output()
         .with_context(|| {

@@ -1,0 +1,33 @@
+//! `tandem bench`: the layers measured on generated order events.
+//!
+//! - [`speed`]: events per CPU-second through the speed layer, and produce → queryable latency.
+//! - [`batch`]: recompute throughput next to DuckDB over the same Parquet files.
+
+pub mod batch;
+pub mod speed;
+
+/// The schema both benchmarks generate events for, as configuration text.
+const SCHEMA: &str = r#"
+[schema]
+time_field = "ts"
+fields = { order_id = "string", city = "string", user_id = "string", amount = "float64", event_type = "string" }
+"#;
+
+/// Cities of generated orders.
+const CITIES: [&str; 8] = [
+    "Chennai",
+    "Mumbai",
+    "Bengaluru",
+    "Berlin",
+    "Sao Paulo",
+    "Lagos",
+    "Tokyo",
+    "Toronto",
+];
+
+/// The JSON of one generated order event.
+fn order_json(seq: u64, ts: i64, city: &str, user: &str, amount: f64, event_type: &str) -> String {
+    format!(
+        r#"{{"order_id":"o-{seq}","ts":{ts},"city":"{city}","user_id":"{user}","amount":{amount:.2},"event_type":"{event_type}"}}"#
+    )
+}

@@ -1,0 +1,122 @@
+//! `tandem dev`: everything in one process, with an embedded Kafka broker, local storage and an
+//! optional demo event generator.
+//!
+//! ```text
+//!  EmbeddedKafka (mock cluster + forwarder on 127.0.0.1:PORT) ◄── demo generator (--demo)
+//!        │ bootstrap address into the configuration
+//!        ▼
+//!  process::start (every layer, storage under --data) ──► HTTP
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::process::{self, RunOptions};
+
+pub mod broker;
+pub mod demo;
+
+pub use broker::EmbeddedKafka;
+
+/// Options of `tandem dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Configuration file; the built-in demo configuration without it.
+    pub config: Option<PathBuf>,
+    pub demo: bool,
+    pub demo_rate: u32,
+    pub http: String,
+    pub kafka_port: u16,
+    pub data: PathBuf,
+}
+
+const DEV_MARKER: &str = ".tandem-dev";
+
+/// Prepares the data directory of `tandem dev`. The embedded broker starts empty every time, so
+/// archive state from an earlier run (whose offsets no longer exist) is cleared.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    if dir.exists() {
+        let marked = dir.join(DEV_MARKER).exists();
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_none();
+        if !marked && !empty {
+            bail!(
+                "{} is not empty and was not created by `tandem dev`; choose another --data directory",
+                dir.display()
+            );
+        }
+        let store = dir.join("store");
+        if store.exists() {
+            std::fs::remove_dir_all(&store)
+                .with_context(|| format!("clearing {}", store.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join(DEV_MARKER), "created by tandem dev\n")?;
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store)?;
+    Ok(std::fs::canonicalize(store)?)
+}
+
+/// Runs `tandem dev` until `shutdown` completes.
+pub async fn run(
+    options: DevOptions,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut config = match &options.config {
+        Some(path) => Config::load(path)?,
+        None => Config::parse(config::DEMO, "built-in demo configuration")?,
+    };
+    let store = prepare_data_dir(&options.data)?;
+    config.storage_url = format!("file://{}", store.display());
+    let stop_broker = CancellationToken::new();
+    let topics = [
+        (config.kafka.topic.as_str(), config.kafka.partitions),
+        (config.kafka.dead_letter_topic.as_str(), 1),
+        (config.kafka.late_topic.as_str(), 1),
+    ];
+    let kafka = EmbeddedKafka::start(options.kafka_port, &topics, stop_broker.clone()).await?;
+    config.kafka.brokers = kafka.bootstrap();
+    println!("Kafka bootstrap: {}", kafka.bootstrap());
+    let running = process::start(
+        &config,
+        RunOptions {
+            http: options.http.clone(),
+            metrics,
+        },
+    )
+    .await?;
+    println!("HTTP: http://{}", running.http);
+    let stop_demo = CancellationToken::new();
+    let generator = options.demo.then(|| {
+        tokio::spawn(demo::run(
+            config.kafka.brokers.clone(),
+            config.kafka.topic.clone(),
+            options.demo_rate,
+            stop_demo.clone(),
+        ))
+    });
+    if let Some(view) = config.views.first() {
+        println!(
+            "Try: curl -s 'http://{}/v1/views/{}'",
+            running.http, view.name
+        );
+    }
+    shutdown.await;
+    tracing::info!("shutting down");
+    stop_demo.cancel();
+    if let Some(g) = generator {
+        let _ = tokio::time::timeout(Duration::from_secs(10), g).await;
+    }
+    running.shutdown().await?;
+    stop_broker.cancel();
+    drop(kafka);
+    Ok(())
+}

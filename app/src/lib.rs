@@ -1,0 +1,28 @@
+//! The `tandem` binary's library: configuration, wiring, the process lifecycle and the tooling
+//! around it (embedded broker, demo generator, benchmarks).
+//!
+//! ```text
+//!  tandem.toml ──► config (parse, validate) ──► wiring (each layer's settings)
+//!                                                   │
+//!   run / dev ──► process::start: topics ─► speed layer, archive, scheduler, reconciler ─► HTTP
+//!                 process::Running::shutdown: backend first, then the HTTP frontend
+//!   dev ────────► dev: embedded Kafka (mock cluster) + demo generator around process::start
+//!   batch run ──► batch_run: one recompute with a progress bar, no Kafka
+//!   bench ──────► bench::speed (embedded broker in a child process), bench::batch (vs DuckDB)
+//! ```
+//!
+//! - [`config`]: the TOML contract and its validation.
+//! - [`wiring`]: configuration into components, in one place.
+//! - [`process`]: start-up and ordered shutdown of one process.
+//! - [`topics`]: the events topic checked and the side topics created at start-up.
+//! - [`batch_run`]: `tandem batch run`.
+//! - [`dev`]: `tandem dev` and `tandem broker` (the embedded broker, the demo generator).
+//! - [`bench`]: `tandem bench speed` and `tandem bench batch`.
+
+pub mod batch_run;
+pub mod bench;
+pub mod config;
+pub mod dev;
+pub mod process;
+pub mod topics;
+pub mod wiring;

@@ -1,0 +1,80 @@
+//! The configuration turned into each component: the one place the app is wired. `tandem run`,
+//! `tandem dev`, `tandem batch run` and the benchmarks all build their parts here, so a setting
+//! means the same thing in each.
+
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use tandem_batch_layer::{ArchiveConfig, Recompute, SchedulerConfig, ViewCatalog};
+use tandem_shared::clock::Clock;
+use tandem_speed_layer::{CheckpointSettings, SpeedConfig};
+
+use crate::config::Config;
+
+/// The speed layer's consumer settings; checkpoints go to `store`.
+pub fn speed_config(config: &Config, store: &Arc<dyn ObjectStore>) -> SpeedConfig {
+    let kafka = &config.kafka;
+    SpeedConfig {
+        brokers: kafka.brokers.clone(),
+        topic: kafka.topic.clone(),
+        group_id: format!("{}-speed", kafka.group_prefix),
+        dead_letter_topic: kafka.dead_letter_topic.clone(),
+        late_topic: kafka.late_topic.clone(),
+        max_batch: config.max_batch,
+        idle_timeout: config.idle_timeout,
+        max_future: config.max_future,
+        memory_budget: config.memory_budget,
+        checkpoint: Some(CheckpointSettings {
+            store: Arc::clone(store),
+            interval: config.checkpoint_interval.as_duration(),
+        }),
+        kafka_options: kafka.options.clone(),
+    }
+}
+
+/// The archive's settings.
+pub fn archive_config(config: &Config) -> ArchiveConfig {
+    let kafka = &config.kafka;
+    ArchiveConfig {
+        brokers: kafka.brokers.clone(),
+        topic: kafka.topic.clone(),
+        group_id: format!("{}-archive", kafka.group_prefix),
+        roll_interval: config.roll_interval.as_duration(),
+        roll_bytes: config.roll_bytes,
+        max_future: config.max_future,
+        kafka_options: kafka.options.clone(),
+    }
+}
+
+/// The catalog of the configured views in `store` (nothing loaded yet).
+pub fn catalog(config: &Config, store: &Arc<dyn ObjectStore>) -> Arc<ViewCatalog> {
+    Arc::new(ViewCatalog::new(Arc::clone(store), config.views.clone()))
+}
+
+/// Recompute over the archive of the events topic in `store`, publishing to `catalog`.
+pub fn recompute(
+    config: &Config,
+    store: &Arc<dyn ObjectStore>,
+    catalog: &Arc<ViewCatalog>,
+    clock: Arc<dyn Clock>,
+) -> Recompute {
+    Recompute::new(
+        Arc::clone(store),
+        Arc::new(config.schema.clone()),
+        config.kafka.topic.clone(),
+        config.idle_timeout,
+        Arc::clone(catalog),
+        clock,
+    )
+}
+
+/// The job scheduler's settings.
+pub fn scheduler_config(config: &Config) -> SchedulerConfig {
+    SchedulerConfig {
+        schedule: config.schedule.clone(),
+        queue_capacity: config.job_queue,
+        max_concurrent: config.max_concurrent_jobs,
+        max_attempts: config.max_attempts,
+        retry_backoff: config.retry_backoff.as_duration(),
+    }
+}

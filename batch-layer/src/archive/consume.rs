@@ -1,0 +1,256 @@
+//! Consuming the topic: loading a partition's manifest when it is first seen, admitting and
+//! buffering messages, rolling due buffers, and publishing idle partitions.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tandem_shared::layout;
+use tandem_store::ManifestChain;
+
+use super::roll::{self, Admission, Buffer, PartitionState};
+use super::{Archive, PartitionManifest};
+
+/// Publishes the archive consumer's lag.
+#[derive(Debug)]
+pub struct ArchiveContext {
+    pub(super) group: String,
+}
+
+impl ClientContext for ArchiveContext {
+    fn stats(&self, statistics: Statistics) {
+        tandem_store::kafka::record_lag(&self.group, &statistics);
+    }
+}
+
+impl ConsumerContext for ArchiveContext {}
+
+impl Archive {
+    pub(super) async fn refresh_partition_count(&mut self) {
+        let consumer = Arc::clone(&self.consumer);
+        let topic = self.config.topic.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map(|md| {
+                    md.topics()
+                        .iter()
+                        .find(|t| t.name() == topic)
+                        .map_or(0, |t| t.partitions().len() as i32)
+                })
+        })
+        .await;
+        match result {
+            Ok(Ok(n)) if n > 0 => self.partition_count = self.partition_count.max(n),
+            Ok(Ok(_)) => tracing::warn!(topic = %self.config.topic, "topic has no partitions yet"),
+            Ok(Err(err)) => tracing::warn!(%err, "archive could not fetch topic metadata"),
+            Err(err) => tracing::warn!(%err, "metadata task failed"),
+        }
+    }
+
+    pub(super) fn chain(&self, partition: i32) -> ManifestChain {
+        ManifestChain::new(
+            Arc::clone(&self.store),
+            layout::archive_manifest_dir(&self.config.topic, partition),
+        )
+    }
+
+    /// Loads the partition's manifest the first time the partition is seen.
+    pub(super) async fn ensure_loaded(&mut self, partition: i32) -> bool {
+        if self.partitions.contains_key(&partition) {
+            return true;
+        }
+        match self.chain(partition).latest::<PartitionManifest>().await {
+            Ok(found) => {
+                let (seq, manifest) = match found {
+                    Some((seq, m)) => (Some(seq), m),
+                    None => (
+                        None,
+                        PartitionManifest::empty(
+                            &self.config.topic,
+                            partition,
+                            self.partition_count,
+                            self.clock.now(),
+                        ),
+                    ),
+                };
+                self.partitions.insert(
+                    partition,
+                    PartitionState::new(manifest, seq, Instant::now()),
+                );
+                true
+            }
+            Err(err) => {
+                tracing::warn!(partition, %err, "cannot load archive manifest; will retry");
+                false
+            }
+        }
+    }
+
+    pub(super) async fn on_message(&mut self, m: &OwnedMessage) {
+        let partition = m.partition();
+        let offset = m.offset();
+        if !self.ensure_loaded(partition).await {
+            // Could not read the manifest: re-read this message later rather than guess.
+            self.seek(partition, offset);
+            return;
+        }
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        let buffered_to = state.buffer.as_ref().map(|b| b.last_offset);
+        match roll::admit(
+            offset,
+            state.manifest.next_offset,
+            buffered_to,
+            state.sought,
+        ) {
+            Admission::Archived => {
+                metrics::counter!("tandem_archive_skipped_total").increment(1);
+                return;
+            }
+            Admission::SeekTo(next) => {
+                state.sought = true;
+                self.seek(partition, next);
+                return;
+            }
+            Admission::Duplicate => {
+                state.sought = true;
+                return;
+            }
+            Admission::Append => state.sought = true,
+        }
+        state.last_message = Instant::now();
+        let woke_up = state.manifest.idle_since.is_some();
+        let buffer = state
+            .buffer
+            .get_or_insert_with(|| Buffer::new(offset, Instant::now()));
+        buffer.last_offset = offset;
+        let future_limit = self.clock.now().saturating_add(self.config.max_future);
+        // Malformed and future events are not archived (the speed layer dead-letters them), but
+        // their offsets are covered by the next manifest all the same, so they are never re-read.
+        match m.payload().map(|p| (p.len(), self.decoder.decode(p))) {
+            Some((_, Ok(event))) if event.time > future_limit => {
+                metrics::counter!("tandem_archive_rejected_total", "reason" => "future")
+                    .increment(1);
+            }
+            Some((bytes, Ok(event))) => {
+                buffer.append(&self.decoder, &event, partition, offset, bytes);
+                metrics::counter!("tandem_archive_events_total").increment(1);
+            }
+            Some((_, Err(_))) | None => {
+                metrics::counter!("tandem_archive_rejected_total", "reason" => "malformed")
+                    .increment(1);
+            }
+        }
+        let full = buffer.bytes >= self.config.roll_bytes;
+        if woke_up {
+            // The partition was published as idle; say it is busy before anything relies on it.
+            self.publish_progress(partition, None).await;
+        }
+        if full {
+            self.roll(partition).await;
+        }
+    }
+
+    pub(super) async fn on_tick(&mut self) {
+        let interval = self.config.roll_interval;
+        let now = Instant::now();
+        let due: Vec<i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, s)| roll::roll_due(s, interval, now))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.roll(p).await;
+        }
+        self.mark_idle(interval).await;
+    }
+
+    /// Publishes an idle marker for assigned partitions that are fully archived and quiet.
+    async fn mark_idle(&mut self, quiet_for: Duration) {
+        let assigned: Vec<i32> = match self.consumer.assignment() {
+            Ok(list) => list
+                .elements()
+                .iter()
+                .filter(|e| e.topic() == self.config.topic)
+                .map(|e| e.partition())
+                .collect(),
+            Err(_) => return,
+        };
+        for p in assigned {
+            if !self.ensure_loaded(p).await {
+                continue;
+            }
+            let Some(state) = self.partitions.get(&p) else {
+                continue;
+            };
+            if !roll::idle_candidate(state, quiet_for, Instant::now()) {
+                continue;
+            }
+            let next_offset = state.manifest.next_offset;
+            let consumer = Arc::clone(&self.consumer);
+            let topic = self.config.topic.clone();
+            let watermarks = tokio::task::spawn_blocking(move || {
+                consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))
+            })
+            .await;
+            let Ok(Ok((_, high))) = watermarks else {
+                continue;
+            };
+            // Everything the partition holds is archived: nothing can hold completeness back
+            // until a new event arrives (which clears the marker before it is buffered).
+            if high <= next_offset {
+                let now = self.clock.now();
+                self.publish_progress(p, Some(now)).await;
+            }
+        }
+    }
+
+    pub(super) fn seek(&self, partition: i32, offset: i64) {
+        if let Err(err) = self.consumer.seek(
+            &self.config.topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(5),
+        ) {
+            tracing::debug!(partition, offset, %err, "seek failed (partition probably revoked)");
+        }
+    }
+
+    /// Another writer published first: reload and continue from its offset.
+    pub(super) async fn fenced(&mut self, partition: i32) {
+        metrics::counter!("tandem_archive_fenced_total").increment(1);
+        self.partitions.remove(&partition);
+        if self.ensure_loaded(partition).await
+            && let Some(state) = self.partitions.get(&partition)
+        {
+            self.seek(partition, state.manifest.next_offset);
+        }
+    }
+
+    fn partition_list(&self, partition: i32) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.config.topic, partition);
+        tpl
+    }
+
+    /// Stops reading a partition until its pending roll is published (bounds memory).
+    pub(super) fn pause(&self, partition: i32) {
+        metrics::counter!("tandem_archive_paused_total").increment(1);
+        if let Err(err) = self.consumer.pause(&self.partition_list(partition)) {
+            tracing::warn!(partition, %err, "could not pause partition");
+        }
+    }
+
+    pub(super) fn resume(&self, partition: i32) {
+        if let Err(err) = self.consumer.resume(&self.partition_list(partition)) {
+            tracing::warn!(partition, %err, "could not resume partition");
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The archive's per-partition state and the decisions about it: what to do with a message,
+//! when a buffer rolls, and what the next partition manifest says. Pure: no I/O.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use tandem_shared::event::{DecodedEvent, EventBatchBuilder, EventDecoder};
+use tandem_shared::layout;
+use tandem_shared::time::EventTime;
+
+use super::snapshot::{ArchivedFile, PartitionManifest};
+
+/// Rows of one event hour, waiting for their file.
+pub(super) struct HourBuffer {
+    builder: EventBatchBuilder,
+    min_time: EventTime,
+    max_time: EventTime,
+}
+
+/// Events of one partition read since its last roll.
+pub(super) struct Buffer {
+    pub(super) first_offset: i64,
+    pub(super) last_offset: i64,
+    hours: BTreeMap<EventTime, HourBuffer>,
+    pub(super) opened: Instant,
+    pub(super) bytes: usize,
+}
+
+impl Buffer {
+    pub(super) fn new(offset: i64, now: Instant) -> Self {
+        Self {
+            first_offset: offset,
+            last_offset: offset,
+            hours: BTreeMap::new(),
+            opened: now,
+            bytes: 0,
+        }
+    }
+
+    /// Adds a decoded event of `payload_bytes` to the file of its event hour.
+    pub(super) fn append(
+        &mut self,
+        decoder: &EventDecoder,
+        event: &DecodedEvent<'_>,
+        partition: i32,
+        offset: i64,
+        payload_bytes: usize,
+    ) {
+        let hour = layout::hour_start(event.time);
+        let h = self.hours.entry(hour).or_insert_with(|| HourBuffer {
+            builder: EventBatchBuilder::new(decoder, 1024),
+            min_time: event.time,
+            max_time: event.time,
+        });
+        h.builder.append(event, partition, offset);
+        h.min_time = h.min_time.min(event.time);
+        h.max_time = h.max_time.max(event.time);
+        self.bytes += payload_bytes;
+    }
+
+    /// The buffer's rows, final: one batch per event hour.
+    pub(super) fn seal(self) -> SealedRoll {
+        SealedRoll {
+            first_offset: self.first_offset,
+            last_offset: self.last_offset,
+            hours: self
+                .hours
+                .into_iter()
+                .map(|(hour, mut h)| SealedHour {
+                    hour,
+                    batch: h.builder.finish(),
+                    min_time: h.min_time,
+                    max_time: h.max_time,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The rows of one event hour of a sealed roll.
+pub(super) struct SealedHour {
+    pub(super) hour: EventTime,
+    pub(super) batch: RecordBatch,
+    pub(super) min_time: EventTime,
+    pub(super) max_time: EventTime,
+}
+
+/// A buffer whose rows are final, ready to be written (kept until its publication succeeds).
+pub(super) struct SealedRoll {
+    pub(super) first_offset: i64,
+    pub(super) last_offset: i64,
+    pub(super) hours: Vec<SealedHour>,
+}
+
+impl SealedRoll {
+    /// The file each hour of this roll is written to (deterministic: a replay of the same
+    /// offsets overwrites the same files).
+    pub(super) fn files(&self, topic: &str, partition: i32) -> Vec<String> {
+        self.hours
+            .iter()
+            .map(|h| {
+                layout::archive_file(
+                    topic,
+                    h.hour,
+                    partition,
+                    self.first_offset,
+                    self.last_offset,
+                )
+            })
+            .collect()
+    }
+}
+
+/// The archive's state of one partition.
+pub(super) struct PartitionState {
+    pub(super) manifest: PartitionManifest,
+    pub(super) seq: Option<u64>,
+    /// Whether intents left by earlier owners were cleaned up (only after our own first
+    /// publication, which proves they can no longer publish).
+    pub(super) cleaned: bool,
+    /// Whether we already moved the consumer back to the manifest's offset once.
+    pub(super) sought: bool,
+    pub(super) buffer: Option<Buffer>,
+    pub(super) pending: Option<SealedRoll>,
+    pub(super) last_message: Instant,
+    pub(super) retry_at: Option<Instant>,
+    pub(super) paused: bool,
+}
+
+impl PartitionState {
+    pub(super) fn new(manifest: PartitionManifest, seq: Option<u64>, now: Instant) -> Self {
+        Self {
+            manifest,
+            seq,
+            cleaned: false,
+            sought: false,
+            buffer: None,
+            pending: None,
+            last_message: now,
+            retry_at: None,
+            paused: false,
+        }
+    }
+
+    /// The sequence number of the next manifest this writer publishes.
+    pub(super) fn next_seq(&self) -> u64 {
+        self.seq.map_or(0, |s| s + 1)
+    }
+}
+
+/// What to do with the message at an offset of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admission {
+    /// Below the manifest's offset: archived already (the Kafka commit lagged behind the
+    /// manifest, a crash between the two).
+    Archived,
+    /// Kafka's position is ahead of the manifest (offsets reset by hand, say): move back to the
+    /// manifest, the archive's own record of progress.
+    SeekTo(i64),
+    /// At or below what the buffer already holds (a replay after a seek).
+    Duplicate,
+    /// Buffer it.
+    Append,
+}
+
+/// Decides what to do with `offset`, given the manifest's next offset, the last buffered offset
+/// and whether the consumer was already moved once (offsets may have gaps from compaction or
+/// transaction markers, so a position ahead of the manifest is corrected only once).
+pub(super) fn admit(
+    offset: i64,
+    next_offset: i64,
+    buffered_to: Option<i64>,
+    sought: bool,
+) -> Admission {
+    if offset < next_offset {
+        Admission::Archived
+    } else if buffered_to.is_none() && offset > next_offset && !sought {
+        Admission::SeekTo(next_offset)
+    } else if buffered_to.is_some_and(|last| offset <= last) {
+        Admission::Duplicate
+    } else {
+        Admission::Append
+    }
+}
+
+/// Whether a partition's buffer is due to be written: it is older than the roll interval, or a
+/// failed roll waits for its retry time.
+pub(super) fn roll_due(state: &PartitionState, interval: Duration, now: Instant) -> bool {
+    state
+        .buffer
+        .as_ref()
+        .is_some_and(|b| now.duration_since(b.opened) >= interval)
+        || (state.pending.is_some() && state.retry_at.is_none_or(|t| now >= t))
+}
+
+/// Whether an assigned partition may be published as idle, before asking Kafka whether
+/// everything it holds is archived: nothing buffered or pending, not idle already, and quiet for
+/// `quiet_for`.
+pub(super) fn idle_candidate(state: &PartitionState, quiet_for: Duration, now: Instant) -> bool {
+    state.buffer.is_none()
+        && state.pending.is_none()
+        && state.manifest.idle_since.is_none()
+        && now.duration_since(state.last_message) >= quiet_for
+}
+
+/// The manifest after a roll wrote `files`: they are listed, the offset moves past the roll, and
+/// the partition is busy.
+pub(super) fn rolled(
+    current: &PartitionManifest,
+    files: Vec<ArchivedFile>,
+    next_offset: i64,
+    partition_count: i32,
+    now: EventTime,
+) -> PartitionManifest {
+    let mut next = current.clone();
+    next.max_event_time = files
+        .iter()
+        .map(|f| f.max_time)
+        .chain(next.max_event_time)
+        .max();
+    next.files.extend(files);
+    next.next_offset = next_offset;
+    next.idle_since = None;
+    next.partition_count = next.partition_count.max(partition_count);
+    next.published_at = now;
+    next
+}
+
+/// The manifest that only changes the idle marker.
+pub(super) fn progressed(
+    current: &PartitionManifest,
+    idle_since: Option<EventTime>,
+    partition_count: i32,
+    now: EventTime,
+) -> PartitionManifest {
+    let mut next = current.clone();
+    next.idle_since = idle_since;
+    next.partition_count = next.partition_count.max(partition_count);
+    next.published_at = now;
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_admitted_once_from_the_manifests_offset() {
+        use Admission::*;
+        // Replayed offsets the manifest already covers are skipped.
+        assert_eq!(admit(4, 10, None, false), Archived);
+        // Kafka is ahead of the manifest: go back, but only once (gaps are legal).
+        assert_eq!(admit(15, 10, None, false), SeekTo(10));
+        assert_eq!(admit(15, 10, None, true), Append);
+        assert_eq!(admit(10, 10, None, false), Append);
+        // A replay inside the buffer is a duplicate.
+        assert_eq!(admit(12, 10, Some(13), true), Duplicate);
+        assert_eq!(admit(14, 10, Some(13), true), Append);
+    }
+
+    fn file(max: i64) -> ArchivedFile {
+        ArchivedFile {
+            path: format!("f{max}"),
+            hour: EventTime(0),
+            first_offset: 0,
+            last_offset: 9,
+            rows: 10,
+            bytes: 100,
+            min_time: EventTime(0),
+            max_time: EventTime(max),
+        }
+    }
+
+    #[test]
+    fn a_roll_lists_its_files_moves_the_offset_and_clears_idleness() {
+        let mut current = PartitionManifest::empty("t", 0, 2, EventTime(0));
+        current.idle_since = Some(EventTime(5));
+        current.max_event_time = Some(EventTime(700));
+        let next = rolled(&current, vec![file(500), file(900)], 10, 4, EventTime(42));
+        assert_eq!(next.files.len(), 2);
+        assert_eq!(next.next_offset, 10);
+        assert_eq!(next.idle_since, None);
+        assert_eq!(next.max_event_time, Some(EventTime(900)));
+        assert_eq!(next.partition_count, 4);
+        assert_eq!(next.published_at, EventTime(42));
+        let idle = progressed(&next, Some(EventTime(50)), 3, EventTime(60));
+        assert_eq!(idle.files, next.files, "an idle marker changes no files");
+        assert_eq!(idle.idle_since, Some(EventTime(50)));
+        assert_eq!(idle.partition_count, 4, "the partition count never shrinks");
+    }
+
+    #[test]
+    fn buffers_roll_by_age_and_failed_rolls_wait_for_their_retry() {
+        let start = Instant::now();
+        let manifest = PartitionManifest::empty("t", 0, 1, EventTime(0));
+        let mut state = PartitionState::new(manifest, None, start);
+        let interval = Duration::from_secs(30);
+        assert!(!roll_due(&state, interval, start + interval));
+        state.buffer = Some(Buffer::new(0, start));
+        assert!(!roll_due(&state, interval, start + Duration::from_secs(29)));
+        assert!(roll_due(&state, interval, start + interval));
+        state.buffer = None;
+        state.pending = Some(SealedRoll {
+            first_offset: 0,
+            last_offset: 0,
+            hours: Vec::new(),
+        });
+        state.retry_at = Some(start + Duration::from_secs(2));
+        assert!(!roll_due(&state, interval, start + Duration::from_secs(1)));
+        assert!(roll_due(&state, interval, start + Duration::from_secs(2)));
+        assert!(
+            !idle_candidate(&state, interval, start + interval),
+            "a roll is pending"
+        );
+        state.pending = None;
+        assert!(idle_candidate(&state, interval, start + interval));
+        assert!(!idle_candidate(
+            &state,
+            interval,
+            start + Duration::from_secs(1)
+        ));
+    }
+}

@@ -1,0 +1,156 @@
+//! Segment I/O: a job's result as one Parquet object, and back into view rows.
+
+use bytes::Bytes;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::error::ArrowError;
+use datafusion::common::ScalarValue;
+use datafusion::error::DataFusionError;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::errors::ParquetError;
+use tandem_shared::row::{GroupValue, ViewRow};
+use tandem_shared::time::EventTime;
+use tandem_shared::value::AggregateValue;
+use tandem_shared::view::{AggregateFunction, ViewDefinition};
+use tandem_shared::window::Window;
+
+/// Errors encoding or decoding a segment. Internal: segments are written by Tandem from query
+/// output of the view's own shape.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("a segment needs a schema; the query returned no batches")]
+    NoBatches,
+    #[error("Parquet: {0}")]
+    Parquet(#[from] ParquetError),
+    #[error("Arrow: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("expected {expected} columns, found {found}")]
+    Columns { expected: usize, found: usize },
+    #[error("reading column {column}: {source}")]
+    Value {
+        column: usize,
+        source: DataFusionError,
+    },
+    #[error("column {column} is null")]
+    Null { column: &'static str },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Encodes query output as one Parquet object.
+pub(crate) fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let first = batches.first().ok_or(Error::NoBatches)?;
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, first.schema(), None)?;
+    for b in batches {
+        writer.write(b)?;
+    }
+    writer.close()?;
+    Ok(out)
+}
+
+/// Decodes a segment object into record batches.
+pub(crate) fn decode(bytes: Bytes) -> Result<Vec<RecordBatch>> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn scalar_i64(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::Int8(x) => x.map(i64::from),
+        ScalarValue::Int16(x) => x.map(i64::from),
+        ScalarValue::Int32(x) => x.map(i64::from),
+        ScalarValue::Int64(x) => *x,
+        ScalarValue::UInt8(x) => x.map(i64::from),
+        ScalarValue::UInt16(x) => x.map(i64::from),
+        ScalarValue::UInt32(x) => x.map(i64::from),
+        ScalarValue::UInt64(x) => x.and_then(|v| i64::try_from(v).ok()),
+        _ => None,
+    }
+}
+
+fn scalar_f64(v: &ScalarValue) -> Option<f64> {
+    match v {
+        ScalarValue::Float16(x) => x.map(f64::from),
+        ScalarValue::Float32(x) => x.map(f64::from),
+        ScalarValue::Float64(x) => *x,
+        ScalarValue::Decimal128(Some(x), _, scale) => {
+            Some(*x as f64 / 10f64.powi(i32::from(*scale)))
+        }
+        other => scalar_i64(other).map(|i| i as f64),
+    }
+}
+
+fn group_value(v: ScalarValue) -> GroupValue {
+    if v.is_null() {
+        return GroupValue::Null;
+    }
+    match v {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => GroupValue::Str(s),
+        ScalarValue::Boolean(Some(b)) => GroupValue::Bool(b),
+        ScalarValue::Float64(Some(f)) => GroupValue::Float(f),
+        ScalarValue::TimestampMillisecond(Some(t), _) => GroupValue::Time(EventTime(t)),
+        other => match scalar_i64(&other) {
+            Some(i) => GroupValue::Int(i),
+            None => GroupValue::Str(other.to_string()),
+        },
+    }
+}
+
+/// Converts query output (`window_start, window_end, g0.., a0..`) into rows.
+pub(crate) fn decode_rows(view: &ViewDefinition, batches: &[RecordBatch]) -> Result<Vec<ViewRow>> {
+    let groups = view.group_by.len();
+    let expected = 2 + groups + view.aggregates.len();
+    let mut out = Vec::new();
+    for batch in batches {
+        if batch.num_columns() != expected {
+            return Err(Error::Columns {
+                expected,
+                found: batch.num_columns(),
+            });
+        }
+        let scalar = |column: usize, row: usize| {
+            ScalarValue::try_from_array(batch.column(column).as_ref(), row)
+                .map_err(|source| Error::Value { column, source })
+        };
+        for row in 0..batch.num_rows() {
+            let start = scalar_i64(&scalar(0, row)?).ok_or(Error::Null {
+                column: "window_start",
+            })?;
+            let end = scalar_i64(&scalar(1, row)?).ok_or(Error::Null {
+                column: "window_end",
+            })?;
+            let group = (0..groups)
+                .map(|g| scalar(2 + g, row).map(group_value))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut values = Vec::with_capacity(view.aggregates.len());
+            for (i, agg) in view.aggregates.iter().enumerate() {
+                let col = 2 + groups + i;
+                let v = scalar(col, row)?;
+                let is_int = batch.column(col).data_type().is_integer();
+                values.push(match agg.function {
+                    _ if v.is_null() => AggregateValue::Null,
+                    AggregateFunction::Count | AggregateFunction::CountDistinct => {
+                        scalar_i64(&v).map_or(AggregateValue::Null, AggregateValue::Int)
+                    }
+                    AggregateFunction::Avg | AggregateFunction::Percentile { .. } => {
+                        scalar_f64(&v).map_or(AggregateValue::Null, AggregateValue::Float)
+                    }
+                    _ if is_int => scalar_i64(&v).map_or(AggregateValue::Null, AggregateValue::Int),
+                    _ => scalar_f64(&v).map_or(AggregateValue::Null, AggregateValue::Float),
+                });
+            }
+            out.push(ViewRow {
+                window: Window {
+                    start: EventTime(start),
+                    end: EventTime(end),
+                },
+                group,
+                values,
+            });
+        }
+    }
+    Ok(out)
+}

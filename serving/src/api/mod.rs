@@ -1,0 +1,261 @@
+//! The HTTP API. Handlers only parse requests and render responses; answering a view query is
+//! the seam's job ([`crate::seam::answer`]), jobs are the scheduler's.
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | GET | `/v1/views` | configured views, their batch horizon and drift |
+//! | GET | `/v1/views/{name}?from=&to=&DIM=VALUE` | merged rows of windows starting in `[from, to)` |
+//! | POST | `/v1/jobs` | queue a recompute job `{"view"?, "from"?, "to"?}` |
+//! | GET | `/v1/jobs?status=&view=`, `/v1/jobs/{id}` | job records |
+//! | DELETE | `/v1/jobs/{id}` | cancel a queued or running job |
+//! | GET | `/metrics` | Prometheus text |
+//! | GET | `/healthz` | liveness |
+//!
+//! Errors are JSON `{"error": {"code", "message"}}` (see [`ApiError`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use tandem_batch_layer::{JobRecord, JobRequest, JobStatus, Scheduler, Trigger, ViewCatalog};
+use tandem_shared::coverage::StartRange;
+use tandem_shared::time::EventTime;
+use tandem_shared::view::ViewDefinition;
+use tandem_speed_layer::SpeedLayer;
+
+use crate::reconcile::Reconciler;
+use crate::seam::{self, DimensionFilter, ViewQuery};
+
+mod error;
+mod response;
+#[cfg(test)]
+mod tests;
+
+pub use error::ApiError;
+pub use response::{Health, JobList, RowBody, ViewList, ViewRows, ViewSummary};
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    catalog: Arc<ViewCatalog>,
+    speed: SpeedLayer,
+    scheduler: Scheduler,
+    reconciler: Reconciler,
+    metrics: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    /// The API over `catalog` (which also names the views) and `speed`; `metrics` renders
+    /// `/metrics` when given.
+    pub fn new(
+        catalog: Arc<ViewCatalog>,
+        speed: SpeedLayer,
+        scheduler: Scheduler,
+        reconciler: Reconciler,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
+        Self {
+            catalog,
+            speed,
+            scheduler,
+            reconciler,
+            metrics,
+        }
+    }
+
+    fn view(&self, name: &str) -> Result<&ViewDefinition, ApiError> {
+        self.catalog
+            .view(name)
+            .ok_or_else(|| ApiError::UnknownView(name.to_owned()))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/views", get(list_views))
+        .route("/v1/views/{name}", get(query_view))
+        .route("/v1/jobs", get(list_jobs).post(submit_job))
+        .route("/v1/jobs/{id}", get(get_job).delete(cancel_job))
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(|| async { Json(Health { status: "ok" }) }))
+        .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(uri.path().to_owned()) })
+        .with_state(state)
+}
+
+async fn list_views(State(state): State<AppState>) -> Json<ViewList> {
+    let views = state
+        .catalog
+        .views()
+        .map(|v| {
+            let published = state.catalog.get(&v.name).unwrap_or_default();
+            ViewSummary::new(
+                v,
+                published.coverage.horizon(),
+                state.reconciler.report(&v.name),
+            )
+        })
+        .collect();
+    Json(ViewList { views })
+}
+
+fn parse_time(name: &str, text: &str) -> Result<EventTime, ApiError> {
+    EventTime::parse(text).map_err(|e| ApiError::BadParameter {
+        name: name.to_owned(),
+        problem: e.to_string(),
+    })
+}
+
+/// Reads `from`, `to` and dimension filters of a view query from the query string.
+fn parse_view_query(
+    view: &ViewDefinition,
+    params: &BTreeMap<String, String>,
+) -> Result<ViewQuery, ApiError> {
+    let mut from = EventTime::MIN;
+    let mut to = EventTime::MAX;
+    let mut filters = Vec::new();
+    for (key, value) in params {
+        match key.as_str() {
+            "from" => from = parse_time("from", value)?,
+            "to" => to = parse_time("to", value)?,
+            dim => match view.group_by.iter().position(|g| g == dim) {
+                Some(position) => filters.push(DimensionFilter {
+                    position,
+                    value: value.clone(),
+                }),
+                None => {
+                    return Err(ApiError::BadParameter {
+                        name: dim.to_owned(),
+                        problem: format!(
+                            "not a parameter of view `{}`; use from, to or a dimension ({})",
+                            view.name,
+                            if view.group_by.is_empty() {
+                                "this view has none".to_owned()
+                            } else {
+                                view.group_by.join(", ")
+                            }
+                        ),
+                    });
+                }
+            },
+        }
+    }
+    if from >= to {
+        return Err(ApiError::BadParameter {
+            name: "from".into(),
+            problem: format!("`from` ({from}) must be before `to` ({to})"),
+        });
+    }
+    Ok(ViewQuery {
+        view: view.name.clone(),
+        range: StartRange::new(from, to),
+        filters,
+    })
+}
+
+async fn query_view(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Result<Json<ViewRows>, ApiError> {
+    let view = state.view(&name)?;
+    let query = parse_view_query(view, &params)?;
+    let answer = seam::answer(state.catalog.as_ref(), &state.speed, &query)?;
+    Ok(Json(ViewRows::new(view, answer)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobBody {
+    view: Option<String>,
+    from: Option<EventTime>,
+    to: Option<EventTime>,
+}
+
+async fn submit_job(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<JobRecord>), ApiError> {
+    let body: JobBody = if body.iter().all(u8::is_ascii_whitespace) {
+        JobBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadBody(e.to_string()))?
+    };
+    let job = state.scheduler.submit(JobRequest {
+        view: body.view,
+        from: body.from,
+        to: body.to,
+        trigger: Trigger::Request,
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, ApiError> {
+    state
+        .scheduler
+        .job(&id)
+        .map(Json)
+        .ok_or(ApiError::UnknownJob(id))
+}
+
+async fn list_jobs(
+    State(state): State<AppState>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Result<Json<JobList>, ApiError> {
+    let mut status = None;
+    let mut view = None;
+    for (key, value) in &params {
+        match key.as_str() {
+            "status" => {
+                status = Some(
+                    JobStatus::parse(value).ok_or_else(|| ApiError::BadParameter {
+                        name: "status".into(),
+                        problem: format!(
+                            "`{value}` is not one of queued, running, succeeded, failed, cancelled"
+                        ),
+                    })?,
+                );
+            }
+            "view" => view = Some(state.view(value)?.name.as_str()),
+            other => {
+                return Err(ApiError::BadParameter {
+                    name: other.to_owned(),
+                    problem: "not a parameter of /v1/jobs; use status or view".into(),
+                });
+            }
+        }
+    }
+    Ok(Json(JobList {
+        jobs: state.scheduler.list(status, view),
+    }))
+}
+
+async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, ApiError> {
+    Ok(Json(state.scheduler.cancel(&id)?))
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            handle.render(),
+        )
+            .into_response(),
+        None => ApiError::Unavailable("metrics are not enabled".into()).into_response(),
+    }
+}

@@ -1,0 +1,233 @@
+//! The router against an in-memory store, without a socket (`oneshot`).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use object_store::memory::InMemory;
+use serde_json::{Value, json};
+use tandem_batch_layer::{Recompute, Scheduler, SchedulerConfig, ViewCatalog};
+use tandem_shared::clock::SystemClock;
+use tandem_shared::testing;
+use tandem_shared::time::Span;
+use tandem_speed_layer::SpeedLayer;
+use tower::ServiceExt;
+
+use super::{AppState, router};
+use crate::reconcile::Reconciler;
+
+fn app() -> Router {
+    let schema = testing::orders_schema();
+    let views = [
+        testing::view(
+            &schema,
+            "orders_by_city",
+            testing::tumbling("1m"),
+            &["city"],
+            Some("event_type = 'order_placed'"),
+            &["count(*) AS orders", "sum(amount) AS revenue"],
+        ),
+        testing::view(
+            &schema,
+            "events_by_type",
+            testing::tumbling("1m"),
+            &["event_type"],
+            None,
+            &["count(*) AS events", "count(DISTINCT user_id) AS users"],
+        ),
+    ];
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(InMemory::new());
+    let catalog = Arc::new(ViewCatalog::new(Arc::clone(&store), views.clone()));
+    let speed = SpeedLayer::compile(&views, &schema).unwrap();
+    let recompute = Arc::new(Recompute::new(
+        store,
+        schema,
+        "orders",
+        Span::from_millis(1000),
+        Arc::clone(&catalog),
+        Arc::new(SystemClock),
+    ));
+    let scheduler = Scheduler::new(
+        recompute,
+        SchedulerConfig {
+            queue_capacity: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let reconciler = Reconciler::new(Arc::clone(&catalog), speed.clone());
+    router(AppState::new(catalog, speed, scheduler, reconciler, None))
+}
+
+async fn call(app: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::from(body.to_owned()))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn lists_views_and_answers_an_empty_view() {
+    let app = app();
+    let (status, body) = call(&app, "GET", "/v1/views", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<_> = body["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("events_by_type"), json!("orders_by_city")]);
+    let (status, body) = call(
+        &app,
+        "GET",
+        "/v1/views/orders_by_city?city=Chennai&from=0&to=2026-11-21T10:00:00Z",
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["rows"], json!([]));
+    assert_eq!(body["batch_horizon"], Value::Null);
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors() {
+    let app = app();
+    for (method, uri, body, status, code) in [
+        (
+            "GET",
+            "/v1/views/nope",
+            "",
+            StatusCode::NOT_FOUND,
+            "unknown_view",
+        ),
+        (
+            "GET",
+            "/v1/views/orders_by_city?from=noon",
+            "",
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+        ),
+        (
+            "GET",
+            "/v1/views/orders_by_city?from=10&to=5",
+            "",
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+        ),
+        (
+            "GET",
+            "/v1/views/orders_by_city?country=IN",
+            "",
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            "{\"view\": 3}",
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            "{\"views\": \"x\"}",
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            "{\"view\": \"nope\"}",
+            StatusCode::NOT_FOUND,
+            "unknown_view",
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            "{\"from\": 10, \"to\": 5}",
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+        ),
+        (
+            "GET",
+            "/v1/jobs/123",
+            "",
+            StatusCode::NOT_FOUND,
+            "unknown_job",
+        ),
+        (
+            "GET",
+            "/v2/anything",
+            "",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ] {
+        let (got, body) = call(&app, method, uri, body).await;
+        assert_eq!(got, status, "{method} {uri}: {body}");
+        assert_eq!(body["error"]["code"], code, "{method} {uri}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+}
+
+#[tokio::test]
+async fn jobs_are_queued_listed_and_refused_when_the_queue_is_full() {
+    let app = app();
+    let (status, job) = call(&app, "POST", "/v1/jobs", "").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(job["status"], "queued");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let (status, got) = call(&app, "GET", &format!("/v1/jobs/{id}"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["id"], json!(id));
+    let (_, second) = call(
+        &app,
+        "POST",
+        "/v1/jobs",
+        "{\"view\": \"orders_by_city\", \"from\": \"2026-11-21T10:00:00Z\"}",
+    )
+    .await;
+    assert_eq!(second["view"], "orders_by_city");
+    assert_eq!(second["from"], "2026-11-21T10:00:00Z");
+    // The scheduler is not running and holds two jobs: the third is refused.
+    let (status, body) = call(&app, "POST", "/v1/jobs", "{}").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (_, list) = call(&app, "GET", "/v1/jobs", "").await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(list["jobs"][0]["id"], second["id"], "newest first");
+    let (_, list) = call(
+        &app,
+        "GET",
+        "/v1/jobs?view=orders_by_city&status=queued",
+        "",
+    )
+    .await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+    let (status, _) = call(&app, "GET", "/v1/jobs?status=done", "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Cancelling a queued job; cancelling it again is a conflict.
+    let (status, cancelled) = call(&app, "DELETE", &format!("/v1/jobs/{id}"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cancelled["status"], "cancelled");
+    let (status, body) = call(&app, "DELETE", &format!("/v1/jobs/{id}"), "").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _) = call(&app, "DELETE", "/v1/jobs/nope", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -1,0 +1,371 @@
+//! The seam: one answer from two layers.
+//!
+//! ```text
+//!  answer(query):  1. batch = catalog snapshot (coverage + exact rows)
+//!                  2. speed = speed-layer rows of the range
+//!                  3. re-check: a newer publication since 1? take it and re-read speed
+//!                  4. merge (pure): covered windows from batch, the rest from speed
+//! ```
+//!
+//! For every window the batch layer's coverage decides the source: a covered window is answered
+//! only from the batch layer's exact rows, any other window only from the speed layer's rows. The
+//! same coverage value is used for both sides of one answer, so a window is never counted twice
+//! and never missing.
+//!
+//! Why the re-check: the speed layer releases windows once the batch layer covers them. If a
+//! publication lands between reading the batch snapshot and reading the speed rows, the speed
+//! layer may already have released windows the older snapshot does not cover; reading both again
+//! with the newer snapshot closes that gap (a release always follows the publication it answers).
+
+use std::sync::Arc;
+
+use tandem_batch_layer::{PublishedView, ViewCatalog};
+use tandem_shared::coverage::{Coverage, StartRange};
+use tandem_shared::error::ErrorKind;
+use tandem_shared::row::{Source, ViewRow};
+use tandem_shared::time::EventTime;
+use tandem_shared::view::ViewVersion;
+use tandem_speed_layer::SpeedLayer;
+
+/// Errors answering a view query. The user's.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("unknown view `{0}`")]
+    UnknownView(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::User
+    }
+}
+
+/// The batch layer's side of the seam: exact rows and the coverage they come with.
+pub trait PublishedViews {
+    /// The view's published state; `None` for an unknown view.
+    fn published(&self, view: &str) -> Option<Arc<PublishedView>>;
+    /// The view's definition version; `None` for an unknown view.
+    fn version(&self, view: &str) -> Option<ViewVersion>;
+}
+
+impl PublishedViews for ViewCatalog {
+    fn published(&self, view: &str) -> Option<Arc<PublishedView>> {
+        self.get(view)
+    }
+
+    fn version(&self, view: &str) -> Option<ViewVersion> {
+        self.view(view).map(|v| v.version.clone())
+    }
+}
+
+/// The speed layer's side of the seam: fresh rows of the windows it still holds.
+pub trait FreshViews {
+    /// Rows of windows starting in `range`; `None` for an unknown view.
+    fn fresh(&self, view: &str, range: StartRange) -> Option<Vec<ViewRow>>;
+}
+
+impl FreshViews for SpeedLayer {
+    fn fresh(&self, view: &str, range: StartRange) -> Option<Vec<ViewRow>> {
+        self.query(view, range)
+    }
+}
+
+/// What a caller asks of one view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewQuery {
+    pub view: String,
+    /// Window starts to answer.
+    pub range: StartRange,
+    /// Equality filters on group-by dimensions.
+    pub filters: Vec<DimensionFilter>,
+}
+
+/// One answer from both layers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub version: ViewVersion,
+    /// Window starts below this are answered by the batch layer (its coverage's horizon).
+    pub batch_horizon: Option<EventTime>,
+    /// In result order: by window start, window end, group.
+    pub rows: Vec<AnsweredRow>,
+}
+
+/// Answers `query` from the batch layer where it covers a window and from the speed layer
+/// elsewhere.
+pub fn answer(
+    batch: &impl PublishedViews,
+    speed: &impl FreshViews,
+    query: &ViewQuery,
+) -> Result<Answer, Error> {
+    let unknown = || Error::UnknownView(query.view.clone());
+    let version = batch.version(&query.view).ok_or_else(unknown)?;
+    let mut published = batch.published(&query.view).ok_or_else(unknown)?;
+    let mut fresh = speed.fresh(&query.view, query.range).unwrap_or_default();
+    let latest = batch.published(&query.view).ok_or_else(unknown)?;
+    if latest.seq != published.seq {
+        published = latest;
+        fresh = speed.fresh(&query.view, query.range).unwrap_or_default();
+    }
+    let rows = merge(
+        &published.coverage,
+        published.rows_in(query.range),
+        fresh,
+        &query.filters,
+        query.range,
+    );
+    Ok(Answer {
+        version,
+        batch_horizon: published.coverage.horizon(),
+        rows,
+    })
+}
+
+/// A row of a query answer with the layer it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnsweredRow {
+    pub row: ViewRow,
+    pub source: Source,
+}
+
+/// A filter on one group-by dimension: its position and the value as query text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DimensionFilter {
+    pub position: usize,
+    pub value: String,
+}
+
+/// Merges batch rows (already restricted to `range`) and speed rows for the windows in `range`.
+/// Pure.
+pub fn merge(
+    coverage: &Coverage,
+    batch_rows: &[ViewRow],
+    speed_rows: Vec<ViewRow>,
+    filters: &[DimensionFilter],
+    range: StartRange,
+) -> Vec<AnsweredRow> {
+    let keep = |row: &ViewRow| {
+        range.contains(row.window.start)
+            && filters.iter().all(|f| {
+                row.group
+                    .get(f.position)
+                    .is_some_and(|v| v.matches_text(&f.value))
+            })
+    };
+    let mut out: Vec<AnsweredRow> = batch_rows
+        .iter()
+        .filter(|r| coverage.contains(r.window.start) && keep(r))
+        .map(|r| AnsweredRow {
+            row: r.clone(),
+            source: Source::Batch,
+        })
+        .chain(
+            speed_rows
+                .into_iter()
+                .filter(|r| !coverage.contains(r.window.start) && keep(r))
+                .map(|row| AnsweredRow {
+                    row,
+                    source: Source::Speed,
+                }),
+        )
+        .collect();
+    out.sort_by(|a, b| ViewRow::order(&a.row, &b.row));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use tandem_shared::row::GroupValue;
+    use tandem_shared::value::AggregateValue;
+    use tandem_shared::window::Window;
+
+    const M: i64 = 60_000;
+
+    fn row(minute: i64, city: &str, n: i64) -> ViewRow {
+        ViewRow {
+            window: Window {
+                start: EventTime(minute * M),
+                end: EventTime((minute + 1) * M),
+            },
+            group: vec![GroupValue::Str(city.into())],
+            values: vec![AggregateValue::Int(n)],
+        }
+    }
+
+    fn all() -> StartRange {
+        StartRange::new(EventTime::MIN, EventTime::MAX)
+    }
+
+    #[test]
+    fn covered_windows_come_from_batch_and_the_rest_from_speed() {
+        let coverage = Coverage::from_ranges([StartRange::new(EventTime(0), EventTime(2 * M))]);
+        let batch = vec![row(0, "A", 10), row(1, "A", 11), row(1, "B", 1)];
+        // The speed layer still holds minute 1 (not yet released) and minutes 2 and 3.
+        let speed = vec![row(1, "A", 9), row(2, "A", 5), row(3, "B", 7)];
+        let out = merge(&coverage, &batch, speed, &[], all());
+        let got: Vec<_> = out
+            .iter()
+            .map(|a| {
+                (
+                    a.row.window.start.millis() / M,
+                    a.row.group[0].to_string(),
+                    a.row.values[0],
+                    a.source,
+                )
+            })
+            .collect();
+        use AggregateValue::Int;
+        assert_eq!(
+            got,
+            [
+                (0, "A".into(), Int(10), Source::Batch),
+                (1, "A".into(), Int(11), Source::Batch),
+                (1, "B".into(), Int(1), Source::Batch),
+                (2, "A".into(), Int(5), Source::Speed),
+                (3, "B".into(), Int(7), Source::Speed),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_window_is_counted_twice_or_lost_at_any_horizon() {
+        // Both layers hold every window (as right before a release); for every possible horizon
+        // each window must appear exactly once.
+        let windows: Vec<i64> = (0..6).collect();
+        let batch: Vec<_> = windows.iter().map(|m| row(*m, "A", 100 + m)).collect();
+        let speed: Vec<_> = windows.iter().map(|m| row(*m, "A", *m)).collect();
+        for horizon in 0..=6 {
+            let coverage =
+                Coverage::from_ranges([StartRange::new(EventTime(0), EventTime(horizon * M))]);
+            let out = merge(&coverage, &batch, speed.clone(), &[], all());
+            assert_eq!(out.len(), windows.len(), "horizon {horizon}");
+            for (i, a) in out.iter().enumerate() {
+                let expect = if (i as i64) < horizon {
+                    Source::Batch
+                } else {
+                    Source::Speed
+                };
+                assert_eq!(a.source, expect, "horizon {horizon} window {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn filters_by_dimension_and_range() {
+        let coverage = Coverage::new();
+        let speed = vec![row(0, "A", 1), row(0, "B", 2), row(5, "A", 3)];
+        let f = [DimensionFilter {
+            position: 0,
+            value: "A".into(),
+        }];
+        let out = merge(
+            &coverage,
+            &[],
+            speed,
+            &f,
+            StartRange::new(EventTime(0), EventTime(M)),
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].row.values[0], AggregateValue::Int(1));
+    }
+
+    /// A catalog whose publication changes between two reads, and a speed layer that has
+    /// already released what the newer publication covers.
+    struct Racing {
+        reads: Mutex<u32>,
+        before: Arc<PublishedView>,
+        after: Arc<PublishedView>,
+    }
+
+    impl PublishedViews for Racing {
+        fn published(&self, _: &str) -> Option<Arc<PublishedView>> {
+            let mut reads = self.reads.lock().unwrap();
+            *reads += 1;
+            Some(if *reads == 1 {
+                Arc::clone(&self.before)
+            } else {
+                Arc::clone(&self.after)
+            })
+        }
+
+        fn version(&self, _: &str) -> Option<ViewVersion> {
+            Some(ViewVersion("v1".into()))
+        }
+    }
+
+    struct Released(Vec<ViewRow>);
+
+    impl FreshViews for Released {
+        fn fresh(&self, _: &str, _: StartRange) -> Option<Vec<ViewRow>> {
+            Some(self.0.clone())
+        }
+    }
+
+    fn published(seq: u64, minutes: i64, rows: Vec<ViewRow>) -> Arc<PublishedView> {
+        Arc::new(PublishedView {
+            seq: Some(seq),
+            coverage: Coverage::from_ranges([StartRange::new(
+                EventTime(0),
+                EventTime(minutes * M),
+            )]),
+            rows,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_publication_between_the_two_reads_is_answered_from_the_newer_snapshot() {
+        // Before: batch covers minute 0. After: minutes 0 and 1, and the speed layer has already
+        // released minute 1. Answering minute 1 from the old snapshot would lose it.
+        let batch = Racing {
+            reads: Mutex::new(0),
+            before: published(1, 1, vec![row(0, "A", 10)]),
+            after: published(2, 2, vec![row(0, "A", 10), row(1, "A", 11)]),
+        };
+        let speed = Released(vec![row(2, "A", 5)]);
+        let query = ViewQuery {
+            view: "v".into(),
+            range: all(),
+            filters: Vec::new(),
+        };
+        let answer = answer(&batch, &speed, &query).unwrap();
+        let got: Vec<_> = answer
+            .rows
+            .iter()
+            .map(|a| (a.row.window.start.millis() / M, a.row.values[0], a.source))
+            .collect();
+        use AggregateValue::Int;
+        assert_eq!(
+            got,
+            [
+                (0, Int(10), Source::Batch),
+                (1, Int(11), Source::Batch),
+                (2, Int(5), Source::Speed),
+            ]
+        );
+        assert_eq!(answer.batch_horizon, Some(EventTime(2 * M)));
+    }
+
+    #[test]
+    fn an_unknown_view_is_the_users_error() {
+        struct Empty;
+        impl PublishedViews for Empty {
+            fn published(&self, _: &str) -> Option<Arc<PublishedView>> {
+                None
+            }
+            fn version(&self, _: &str) -> Option<ViewVersion> {
+                None
+            }
+        }
+        let query = ViewQuery {
+            view: "nope".into(),
+            range: all(),
+            filters: Vec::new(),
+        };
+        let err = answer(&Empty, &Released(Vec::new()), &query).unwrap_err();
+        assert_eq!(err, Error::UnknownView("nope".into()));
+        assert_eq!(err.kind(), ErrorKind::User);
+    }
+}

@@ -1,0 +1,476 @@
+//! The speed layer's engine: the state of every view over every partition this worker owns,
+//! and the operations the consume thread, the checkpointer and the serving layer call on it.
+//!
+//! State is one `RwLock` over partition → view → window state. The consume thread takes the
+//! write lock once per partition per micro-batch; queries take the read lock and merge partials
+//! of all partitions; the serving layer's release of covered windows takes the write lock.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::array::RecordBatch;
+use tandem_shared::coverage::{Coverage, StartRange};
+use tandem_shared::event::EventDecoder;
+use tandem_shared::row::ViewRow;
+use tandem_shared::schema::EventSchema;
+use tandem_shared::time::EventTime;
+use tandem_shared::view::ViewDefinition;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint;
+use crate::ingest::{self, SpeedConfig};
+use crate::program::{self, ViewProgram};
+use crate::state::{self, Partial, ViewState};
+
+/// What applying a batch did to one view, by batch row.
+#[derive(Debug, Default)]
+pub(crate) struct ViewOutcome {
+    pub late: Vec<usize>,
+    /// Rows an expression failed on, with the error.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// The state of every view over one Kafka partition, and the offset it reflects.
+#[derive(Debug)]
+pub(crate) struct PartitionState {
+    views: Vec<ViewState>,
+    /// The next offset to consume; `None` before anything was consumed.
+    next_offset: Option<i64>,
+    max_event_time: Option<EventTime>,
+    /// Changed since the last checkpoint.
+    dirty: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    programs: Vec<Arc<ViewProgram>>,
+    names: BTreeMap<String, usize>,
+    fingerprint: String,
+    coverage: RwLock<Vec<Coverage>>,
+    partitions: RwLock<BTreeMap<i32, PartitionState>>,
+}
+
+/// Handle to the speed layer's state. Cheap to clone; all clones share state.
+#[derive(Debug, Clone)]
+pub struct SpeedLayer {
+    inner: Arc<Inner>,
+}
+
+impl SpeedLayer {
+    /// Compiles `views` against `schema` and creates the layer for them; a bad expression is the
+    /// user's error and names the view. Nothing is consumed until [`SpeedLayer::start`].
+    pub fn compile(views: &[ViewDefinition], schema: &EventSchema) -> Result<Self, program::Error> {
+        let programs = views
+            .iter()
+            .map(|v| ViewProgram::compile(v, schema))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::new(programs))
+    }
+
+    /// Creates the layer for compiled views. Nothing is consumed until [`SpeedLayer::start`].
+    pub fn new(programs: Vec<ViewProgram>) -> Self {
+        let programs: Vec<Arc<ViewProgram>> = programs.into_iter().map(Arc::new).collect();
+        let names = programs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.view.name.clone(), i))
+            .collect();
+        let fingerprint = programs
+            .iter()
+            .map(|p| format!("{}@{}", p.view.name, p.view.version))
+            .collect::<Vec<_>>()
+            .join(",");
+        let coverage = RwLock::new(vec![Coverage::new(); programs.len()]);
+        Self {
+            inner: Arc::new(Inner {
+                programs,
+                names,
+                fingerprint,
+                coverage,
+                partitions: RwLock::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// Starts consuming on a dedicated blocking thread; the returned task ends after `cancel`
+    /// fires, final checkpoints are written and side-topic messages are flushed.
+    pub fn start(
+        &self,
+        config: SpeedConfig,
+        decoder: Arc<EventDecoder>,
+        clock: Arc<dyn tandem_shared::clock::Clock>,
+        cancel: CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, ingest::Error> {
+        let ingest = ingest::Ingest::new(self.clone(), config, decoder, clock)?;
+        Ok(tokio::task::spawn_blocking(move || ingest.run(cancel)))
+    }
+
+    pub(crate) fn programs(&self) -> &[Arc<ViewProgram>] {
+        &self.inner.programs
+    }
+
+    fn partitions_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<i32, PartitionState>> {
+        self.inner
+            .partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn partitions_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<i32, PartitionState>> {
+        self.inner
+            .partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn coverage_read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Coverage>> {
+        self.inner
+            .coverage
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rows of `view` whose window starts in `range`, merged over all partitions; `None` for an
+    /// unknown view.
+    pub fn query(&self, view: &str, range: StartRange) -> Option<Vec<ViewRow>> {
+        let index = *self.inner.names.get(view)?;
+        let sessions = matches!(
+            self.inner.programs[index].view.window,
+            tandem_shared::window::WindowSpec::Session { .. }
+        );
+        let partials: Vec<Partial> = self
+            .partitions_read()
+            .values()
+            .flat_map(|p| p.views[index].partials(range))
+            .collect();
+        Some(state::merge_partials(partials, sessions))
+    }
+
+    /// Hands the batch layer's coverage of `view` to the speed layer: covered windows are
+    /// dropped and returned (for drift measurement), and later events for them are late.
+    pub fn release(&self, view: &str, coverage: &Coverage) -> Option<Vec<ViewRow>> {
+        let index = *self.inner.names.get(view)?;
+        let sessions = matches!(
+            self.inner.programs[index].view.window,
+            tandem_shared::window::WindowSpec::Session { .. }
+        );
+        let covered = {
+            let mut all = self
+                .inner
+                .coverage
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            all[index].union(coverage);
+            all[index].clone()
+        };
+        let mut partials = Vec::new();
+        let mut partitions = self.partitions_write();
+        for p in partitions.values_mut() {
+            let released = p.views[index].release(&covered);
+            if !released.is_empty() {
+                p.dirty = true;
+            }
+            partials.extend(released);
+        }
+        drop(partitions);
+        self.publish_size();
+        Some(state::merge_partials(partials, sessions))
+    }
+
+    /// Messages consumed so far, over the partitions this worker owns (the sum of their next
+    /// offsets): a cheap progress signal.
+    pub fn consumed(&self) -> i64 {
+        self.partitions_read()
+            .values()
+            .filter_map(|p| p.next_offset)
+            .sum()
+    }
+
+    /// Budgeted bytes of all window state.
+    pub fn state_bytes(&self) -> usize {
+        self.partitions_read()
+            .values()
+            .flat_map(|p| p.views.iter())
+            .map(|v| v.size().2)
+            .sum()
+    }
+
+    pub(crate) fn publish_size(&self) {
+        let partitions = self.partitions_read();
+        for (i, program) in self.inner.programs.iter().enumerate() {
+            let (mut windows, mut groups, mut bytes) = (0, 0, 0);
+            for p in partitions.values() {
+                let (w, g, b) = p.views[i].size();
+                windows += w;
+                groups += g;
+                bytes += b;
+            }
+            let view = program.view.name.clone();
+            metrics::gauge!("tandem_speed_open_windows", "view" => view.clone())
+                .set(windows as f64);
+            metrics::gauge!("tandem_speed_groups", "view" => view.clone()).set(groups as f64);
+            metrics::gauge!("tandem_speed_state_bytes", "view" => view).set(bytes as f64);
+        }
+    }
+
+    /// Installs a partition's state: restored from `snapshot` if it matches the current views,
+    /// empty otherwise. Returns the offset to resume from.
+    pub(crate) fn assign(
+        &self,
+        partition: i32,
+        snapshot: Option<checkpoint::PartitionSnapshot>,
+    ) -> Option<i64> {
+        let fresh = || PartitionState {
+            views: self
+                .inner
+                .programs
+                .iter()
+                .map(|p| ViewState::new(Arc::clone(p)))
+                .collect(),
+            next_offset: None,
+            max_event_time: None,
+            dirty: false,
+        };
+        let state = match snapshot {
+            Some(s) if s.fingerprint == self.inner.fingerprint => {
+                let views: Result<Vec<ViewState>, _> = self
+                    .inner
+                    .programs
+                    .iter()
+                    .zip(&s.views)
+                    .map(|(p, v)| ViewState::restore(Arc::clone(p), v))
+                    .collect();
+                match views {
+                    Ok(views) => PartitionState {
+                        views,
+                        next_offset: s.next_offset,
+                        max_event_time: s.max_event_time.map(EventTime),
+                        dirty: false,
+                    },
+                    Err(err) => {
+                        tracing::error!(partition, %err, "checkpoint unusable; rebuilding the partition from the topic");
+                        fresh()
+                    }
+                }
+            }
+            Some(_) => {
+                tracing::warn!(
+                    partition,
+                    "checkpoint was written for other view definitions; rebuilding the partition from the topic"
+                );
+                fresh()
+            }
+            None => fresh(),
+        };
+        let offset = state.next_offset;
+        self.partitions_write().insert(partition, state);
+        self.publish_size();
+        offset
+    }
+
+    /// Removes a partition's state (revoked).
+    pub(crate) fn revoke(&self, partition: i32) {
+        self.partitions_write().remove(&partition);
+        self.publish_size();
+    }
+
+    pub(crate) fn assigned(&self, partition: i32) -> bool {
+        self.partitions_read().contains_key(&partition)
+    }
+
+    pub(crate) fn assigned_partitions(&self) -> Vec<i32> {
+        self.partitions_read().keys().copied().collect()
+    }
+
+    pub(crate) fn max_event_time(&self, partition: i32) -> Option<EventTime> {
+        self.partitions_read()
+            .get(&partition)
+            .and_then(|p| p.max_event_time)
+    }
+
+    /// A snapshot of a partition's state, if it changed since the last one (or `force`).
+    pub(crate) fn snapshot(
+        &self,
+        partition: i32,
+        force: bool,
+    ) -> Option<checkpoint::PartitionSnapshot> {
+        let mut partitions = self.partitions_write();
+        let p = partitions.get_mut(&partition)?;
+        if !p.dirty && !force {
+            return None;
+        }
+        p.dirty = false;
+        Some(checkpoint::PartitionSnapshot {
+            format: checkpoint::FORMAT,
+            fingerprint: self.inner.fingerprint.clone(),
+            partition,
+            next_offset: p.next_offset,
+            max_event_time: p.max_event_time.map(|t| t.millis()),
+            views: p.views.iter().map(ViewState::snapshot).collect(),
+        })
+    }
+
+    /// Applies one partition's batch to every view and advances its offset past `last_offset`.
+    /// If an expression fails on the batch (a division by zero in one event, say), retries row
+    /// by row so that only the rows it fails on are rejected.
+    pub(crate) fn apply(
+        &self,
+        partition: i32,
+        batch: Option<&RecordBatch>,
+        watermark: Option<EventTime>,
+        last_offset: i64,
+        max_event_time: Option<EventTime>,
+    ) -> Vec<ViewOutcome> {
+        let coverage = self.coverage_read().clone();
+        let mut partitions = self.partitions_write();
+        let Some(p) = partitions.get_mut(&partition) else {
+            return Vec::new();
+        };
+        p.next_offset = Some(last_offset + 1);
+        p.max_event_time = p.max_event_time.max(max_event_time);
+        p.dirty = true;
+        let Some(batch) = batch else {
+            return Vec::new();
+        };
+        p.views
+            .iter_mut()
+            .zip(&coverage)
+            .map(
+                |(view, covered)| match view.apply(batch, watermark, covered) {
+                    Ok(applied) => ViewOutcome {
+                        late: applied.late_rows,
+                        rejected: Vec::new(),
+                    },
+                    Err(_) if batch.num_rows() > 1 => {
+                        let mut outcome = ViewOutcome::default();
+                        for row in 0..batch.num_rows() {
+                            match view.apply(&batch.slice(row, 1), watermark, covered) {
+                                Ok(applied) if !applied.late_rows.is_empty() => {
+                                    outcome.late.push(row)
+                                }
+                                Ok(_) => {}
+                                Err(err) => outcome.rejected.push((row, err.to_string())),
+                            }
+                        }
+                        outcome
+                    }
+                    Err(err) => ViewOutcome {
+                        late: Vec::new(),
+                        rejected: vec![(0, err.to_string())],
+                    },
+                },
+            )
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_shared::schema::FieldType;
+    use tandem_shared::testing;
+    use tandem_shared::value::AggregateValue;
+
+    fn setup(filter: &str) -> (SpeedLayer, EventDecoder) {
+        let schema = testing::schema(&[("a", FieldType::Int64), ("b", FieldType::Int64)]);
+        let view = testing::view(
+            &schema,
+            "ratio",
+            testing::tumbling("1m"),
+            &[],
+            Some(filter),
+            &["count(*) AS n", "sum(a) AS a"],
+        );
+        let speed = SpeedLayer::compile(&[view], &schema).unwrap();
+        (speed, EventDecoder::new(schema))
+    }
+
+    fn batch(decoder: &EventDecoder, partition: i32, rows: &[&str]) -> RecordBatch {
+        testing::batch(decoder, partition, 0, rows)
+    }
+
+    const ALL: StartRange = StartRange {
+        from: EventTime::MIN,
+        to: EventTime::MAX,
+    };
+
+    #[test]
+    fn an_expression_error_rejects_only_the_rows_it_fails_on() {
+        let (speed, decoder) = setup("a / b > 1");
+        speed.assign(0, None);
+        let b = batch(
+            &decoder,
+            0,
+            &[
+                r#"{"ts":1,"a":4,"b":2}"#,
+                r#"{"ts":2,"a":4,"b":0}"#,
+                r#"{"ts":3,"a":9,"b":3}"#,
+            ],
+        );
+        let outcome = speed.apply(0, Some(&b), None, 2, None);
+        assert_eq!(outcome[0].rejected.len(), 1);
+        assert_eq!(outcome[0].rejected[0].0, 1);
+        assert!(
+            outcome[0].rejected[0]
+                .1
+                .to_lowercase()
+                .contains("divide by zero"),
+            "{:?}",
+            outcome[0].rejected
+        );
+        let rows = speed.query("ratio", ALL).unwrap();
+        assert_eq!(rows[0].values[0], AggregateValue::Int(2));
+    }
+
+    #[test]
+    fn queries_merge_partitions_and_checkpoints_restore_them() {
+        let (speed, decoder) = setup("a > 0");
+        speed.assign(0, None);
+        speed.assign(1, None);
+        speed.apply(
+            0,
+            Some(&batch(
+                &decoder,
+                0,
+                &[r#"{"ts":1,"a":1}"#, r#"{"ts":2,"a":2}"#],
+            )),
+            None,
+            1,
+            Some(EventTime(2)),
+        );
+        speed.apply(
+            1,
+            Some(&batch(&decoder, 1, &[r#"{"ts":3,"a":4}"#])),
+            None,
+            0,
+            Some(EventTime(3)),
+        );
+        let rows = speed.query("ratio", ALL).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0].values,
+            [AggregateValue::Int(3), AggregateValue::Int(7)]
+        );
+
+        // Partition 1 moves to another worker with its checkpoint.
+        let snapshot = speed.snapshot(1, false).unwrap();
+        assert_eq!(snapshot.next_offset, Some(1));
+        assert!(speed.snapshot(1, false).is_none(), "nothing changed since");
+        speed.revoke(1);
+        assert_eq!(
+            speed.query("ratio", ALL).unwrap()[0].values[0],
+            AggregateValue::Int(2)
+        );
+        let (other, _) = setup("a > 0");
+        assert_eq!(other.assign(1, Some(snapshot.clone())), Some(1));
+        assert_eq!(
+            other.query("ratio", ALL).unwrap()[0].values[1],
+            AggregateValue::Int(4)
+        );
+
+        // A checkpoint of other view definitions is not restored.
+        let (changed, _) = setup("a > 1");
+        assert_eq!(changed.assign(1, Some(snapshot)), None);
+        assert!(changed.query("ratio", ALL).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,72 @@
+//! The partial → final merge: partials of any number of partitions into final rows, the same
+//! shape as DataFusion's two-phase aggregation.
+
+use std::collections::HashMap;
+
+use tandem_shared::row::{GroupKey, ViewRow};
+use tandem_shared::window::Window;
+
+use super::Partial;
+use crate::aggregate::PartialAggregate;
+
+/// Combines partial states of disjoint inputs. Both come from the same view program, so their
+/// kinds always match; a mismatch is a bug and is logged.
+pub(super) fn merge_accs(into: &mut [PartialAggregate], from: &[PartialAggregate]) {
+    for (a, b) in into.iter_mut().zip(from) {
+        if let Err(err) = a.merge(b) {
+            tracing::error!(%err, "merging partial aggregates of one view");
+        }
+    }
+}
+
+/// Merges partials (of any number of partitions) into final rows, in result order. For session
+/// views, fragments of one group that overlap are one session.
+pub fn merge_partials(partials: Vec<Partial>, sessions: bool) -> Vec<ViewRow> {
+    let mut merged: Vec<Partial> = if sessions {
+        let mut by_group: HashMap<GroupKey, Vec<Partial>> = HashMap::new();
+        for p in partials {
+            by_group.entry(p.group.clone()).or_default().push(p);
+        }
+        let mut out = Vec::new();
+        for (_, mut fragments) in by_group {
+            fragments.sort_by_key(|p| p.window.start);
+            let mut current: Option<Partial> = None;
+            for f in fragments {
+                match &mut current {
+                    Some(c) if f.window.start < c.window.end => {
+                        c.window.end = c.window.end.max(f.window.end);
+                        merge_accs(&mut c.accs, &f.accs);
+                    }
+                    _ => {
+                        if let Some(done) = current.replace(f) {
+                            out.push(done);
+                        }
+                    }
+                }
+            }
+            out.extend(current);
+        }
+        out
+    } else {
+        let mut by_key: HashMap<(Window, GroupKey), Partial> = HashMap::new();
+        for p in partials {
+            match by_key.get_mut(&(p.window, p.group.clone())) {
+                Some(existing) => merge_accs(&mut existing.accs, &p.accs),
+                None => {
+                    by_key.insert((p.window, p.group.clone()), p);
+                }
+            }
+        }
+        by_key.into_values().collect()
+    };
+    let mut rows: Vec<ViewRow> = merged
+        .drain(..)
+        .map(|p| ViewRow {
+            window: p.window,
+            group: p.group,
+            values: p.accs.iter().map(PartialAggregate::evaluate).collect(),
+        })
+        .collect();
+    rows.sort_by(ViewRow::order);
+    rows
+}

@@ -1,0 +1,89 @@
+//! Serializable copies of window state, for checkpoints.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tandem_shared::coverage::StartRange;
+use tandem_shared::row::GroupKey;
+use tandem_shared::time::EventTime;
+
+use super::{Error, GroupMap, Result, Session, ViewState, WindowGroups, Windows, entry_bytes};
+use crate::aggregate::PartialAggregate;
+use crate::program::ViewProgram;
+
+impl ViewState {
+    /// A serializable copy of the state.
+    pub fn snapshot(&self) -> ViewSnapshot {
+        let entries = self
+            .partials(StartRange::new(EventTime::MIN, EventTime::MAX))
+            .into_iter()
+            .map(|p| EntrySnapshot {
+                start: p.window.start.millis(),
+                end: p.window.end.millis(),
+                group: p.group,
+                accs: p.accs.iter().map(PartialAggregate::to_bytes).collect(),
+            })
+            .collect();
+        ViewSnapshot {
+            view: self.program.view.name.clone(),
+            version: self.program.view.version.0.clone(),
+            entries,
+        }
+    }
+
+    /// Rebuilds state from a snapshot of the same view version.
+    pub fn restore(program: Arc<ViewProgram>, snapshot: &ViewSnapshot) -> Result<Self> {
+        let mut state = Self::new(program);
+        let view = state.program.view.name.clone();
+        for e in &snapshot.entries {
+            let accs = e
+                .accs
+                .iter()
+                .map(|b| PartialAggregate::from_bytes(b))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| Error::Restore {
+                    view: view.clone(),
+                    source,
+                })?;
+            state.groups += 1;
+            state.bytes += entry_bytes(&e.group, &accs);
+            let (start, end) = (EventTime(e.start), EventTime(e.end));
+            match &mut state.windows {
+                Windows::Fixed(windows) => {
+                    windows
+                        .entry(start)
+                        .or_insert_with(|| WindowGroups {
+                            end,
+                            groups: GroupMap::default(),
+                        })
+                        .groups
+                        .insert(e.group.clone(), accs);
+                }
+                Windows::Sessions(groups) => {
+                    groups
+                        .entry(e.group.clone())
+                        .or_default()
+                        .insert(start, Session { end, accs });
+                }
+            }
+        }
+        Ok(state)
+    }
+}
+
+/// Serializable state of one view over one partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewSnapshot {
+    pub view: String,
+    pub version: String,
+    pub entries: Vec<EntrySnapshot>,
+}
+
+/// One window and group of a [`ViewSnapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntrySnapshot {
+    pub start: i64,
+    pub end: i64,
+    pub group: GroupKey,
+    pub accs: Vec<Vec<u8>>,
+}

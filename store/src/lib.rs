@@ -1,0 +1,35 @@
+//! How Tandem uses the systems below both layers: the object store and the Kafka consumer.
+//!
+//! ```text
+//!  speed layer ──checkpoint objects──┐          ┌──partition manifests── archive
+//!                                    ▼          ▼
+//!                ManifestChain: write immutable objects, then create manifest <seq>
+//!                (create-if-absent: the one point of publication; the loser is fenced)
+//!                                    ▲
+//!  view catalog ──segments───────────┘
+//!
+//!  backend::open(storage.url) ──► Arc<dyn ObjectStore>: file:// (default), memory://, s3://
+//!  kafka::consumer_config / record_lag ◄── the speed and archive consumers
+//!  fault::crash_point ◄── every publication protocol, for recovery tests
+//! ```
+//!
+//! - [`manifest`]: the generic manifest chain and what the store must guarantee for it.
+//! - [`object`]: single-object reads and writes with the path in every error.
+//! - [`backend`]: opening the store a URL names.
+//! - [`kafka`]: the consumer configuration and lag statistics both consumers share.
+//! - [`fault`]: crash points and, with the `testing` feature, a store that fails on purpose.
+//!
+//! # Invariants
+//! - An object is visible to readers only once a manifest names it; every writer publishes by
+//!   creating the next manifest of a chain, never by overwriting one.
+//! - Paths come from `tandem_shared::layout`; nothing here formats a key of its own except the
+//!   manifest file name inside a chain's directory.
+
+pub mod backend;
+pub mod fault;
+pub mod kafka;
+pub mod manifest;
+pub mod object;
+
+pub use backend::open;
+pub use manifest::ManifestChain;
