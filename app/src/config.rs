@@ -376,30 +376,8 @@ impl Config {
 mod tests {
     use super::*;
 
-    const ISSUE_EXAMPLE: &str = r#"
-[kafka]
-brokers = "127.0.0.1:9092"
-topic = "orders"
-
-[storage]
-url = "file:///var/lib/tandem"
-
-[schema]
-time_field = "ts"
-fields = { order_id = "string", city = "string", user_id = "string", amount = "float64", event_type = "string" }
-
-[[views]]
-name = "orders_by_city"
-window = { tumbling = "1m" }
-group_by = ["city"]
-filter = "event_type = 'order_placed'"
-allowed_lateness = "10s"
-aggregates = ["count(*) AS orders", "sum(amount) AS revenue", "min(amount) AS min_amount",
-              "max(amount) AS max_amount", "avg(amount) AS avg_amount"]
-
-[batch]
-schedule = "0 */10 * * * *"
-"#;
+    /// The documented example (the configuration `deploy/` ships).
+    const ISSUE_EXAMPLE: &str = include_str!("../../deploy/tandem.toml");
 
     #[test]
     fn parses_the_documented_example_with_defaults() {

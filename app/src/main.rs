@@ -25,26 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Everything in one process, with an embedded Kafka broker and local storage.
-    Dev {
-        /// Configuration file; the built-in demo configuration without it.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Produce realistic demo order events to the topic.
-        #[arg(long)]
-        demo: bool,
-        /// Demo events per second.
-        #[arg(long, default_value_t = 200)]
-        demo_rate: u32,
-        /// HTTP listen address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        http: String,
-        /// Port of the embedded Kafka broker's bootstrap address on 127.0.0.1.
-        #[arg(long, default_value_t = 9092)]
-        kafka_port: u16,
-        /// Directory for the archive and published views.
-        #[arg(long, default_value = "./tandem-data")]
-        data: PathBuf,
-    },
+    Dev(DevOptions),
     /// All layers against the configured Kafka brokers and storage.
     Run {
         #[arg(long)]
@@ -254,22 +235,7 @@ async fn main() -> anyhow::Result<()> {
             running.shutdown().await?;
             Ok(())
         }
-        Command::Dev {
-            config,
-            demo,
-            demo_rate,
-            http,
-            kafka_port,
-            data,
-        } => {
-            let options = DevOptions {
-                config,
-                demo,
-                demo_rate,
-                http,
-                kafka_port,
-                data,
-            };
+        Command::Dev(options) => {
             dev::run(options, Some(install_metrics()?), shutdown_signal()).await
         }
     }

@@ -12,6 +12,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::FutureProducer;
 
 /// Path of a fixture file.
 ///
@@ -205,6 +207,55 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A standalone embedded broker and a `tandem run` configuration against it, for tests that
+/// kill and restart Tandem (or run several workers) while the topics and the store stay.
+#[derive(Debug)]
+pub struct RunFixture {
+    pub broker: TestServer,
+    /// The object store's directory.
+    pub store: PathBuf,
+    run: Vec<String>,
+    dir: PathBuf,
+}
+
+impl RunFixture {
+    /// Starts a broker with `topics` (`NAME:PARTITIONS`) and writes `fixtures/recovery.toml`
+    /// pointed at it and at a store, all under `dir`.
+    pub fn new(dir: &Path, topics: &[&str]) -> anyhow::Result<Self> {
+        let broker = TestServer::broker(topics, dir)?;
+        let store = dir.join("store");
+        let config_path = dir.join("tandem.toml");
+        let config = std::fs::read_to_string(fixture("recovery.toml"))?
+            .replace("@BROKERS@", &broker.kafka)
+            .replace("@STORE@", &store.display().to_string());
+        std::fs::write(&config_path, config)?;
+        let run = ["run", "--config", &config_path.display().to_string()]
+            .into_iter()
+            .chain(["--http", "127.0.0.1:0"])
+            .map(str::to_owned)
+            .collect();
+        Ok(Self {
+            broker,
+            store,
+            run,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Starts `tandem run` with extra environment variables and waits for its HTTP address.
+    pub fn start(&self, env: &[(&str, &str)]) -> anyhow::Result<TestServer> {
+        TestServer::spawn(&self.run, env, &self.dir, Ready::Http)
+    }
+
+    /// A producer to the broker.
+    pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+        Ok(ClientConfig::new()
+            .set("bootstrap.servers", &self.broker.kafka)
+            .set("linger.ms", "5")
+            .create()?)
     }
 }
 

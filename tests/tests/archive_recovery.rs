@@ -14,38 +14,9 @@ use anyhow::{Context, bail, ensure};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
-use tandem_tests::{Ready, TestServer};
-
-fn config(brokers: &str, store: &Path) -> String {
-    format!(
-        r#"
-[kafka]
-brokers = "{brokers}"
-topic = "orders"
-options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
-
-[storage]
-url = "file://{store}"
-
-[schema]
-time_field = "ts"
-fields = {{ city = "string", amount = "float64" }}
-
-[[views]]
-name = "by_city"
-window = {{ tumbling = "1m" }}
-group_by = ["city"]
-aggregates = ["count(*) AS n"]
-
-[archive]
-roll_interval = "1s"
-"#,
-        store = store.display()
-    )
-}
+use tandem_tests::RunFixture;
 
 /// Produces events `range` (every 50th malformed); returns (partition, offset, valid).
 async fn produce(
@@ -143,23 +114,10 @@ async fn wait_archived(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_holds_every_valid_event_exactly_once_across_crashes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let broker = TestServer::broker(&["orders:3", "orders.dlq:1", "orders.late:1"], dir.path())?;
-    let store = dir.path().join("store");
-    let config_path = dir.path().join("tandem.toml");
-    std::fs::write(&config_path, config(&broker.kafka, &store))?;
-    let run = args(&[
-        "run",
-        "--config",
-        &config_path.display().to_string(),
-        "--http",
-        "127.0.0.1:0",
-    ]);
-    let start = |env: &[(&str, &str)]| TestServer::spawn(&run, env, dir.path(), Ready::Http);
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.kafka)
-        .set("linger.ms", "5")
-        .create()?;
+    let fixture = RunFixture::new(dir.path(), &["orders:3", "orders.dlq:1", "orders.late:1"])?;
+    let start = |env: &[(&str, &str)]| fixture.start(env);
+    let store = fixture.store.clone();
+    let producer = fixture.producer()?;
     let now = chrono::Utc::now().timestamp_millis();
     let base = now - 3 * 3_600_000; // three hours ago: files land in several hour directories
     let mut produced = Vec::new();

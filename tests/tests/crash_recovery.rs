@@ -11,44 +11,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
-use tandem_tests::{Ready, TestServer};
+use tandem_tests::{RunFixture, TestServer};
 
 const MINUTE: i64 = 60_000;
+const TOPICS: &[&str] = &["orders:4", "orders.dlq:1", "orders.late:1"];
 const CITIES: [&str; 4] = ["Chennai", "Berlin", "Lagos", "Lima"];
-
-fn config(brokers: &str, store: &Path) -> String {
-    format!(
-        r#"
-[kafka]
-brokers = "{brokers}"
-topic = "orders"
-idle_timeout = "2s"
-# Restarted members must not wait long for their dead predecessors to leave the group.
-options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
-
-[storage]
-url = "file://{store}"
-
-[schema]
-time_field = "ts"
-fields = {{ city = "string", amount = "float64" }}
-
-[[views]]
-name = "by_city"
-window = {{ tumbling = "1m" }}
-group_by = ["city"]
-allowed_lateness = "1h"
-aggregates = ["count(*) AS n", "sum(amount) AS total", "max(amount) AS biggest"]
-
-[speed]
-checkpoint_interval = "1s"
-"#,
-        store = store.display()
-    )
-}
 
 /// Event `i`: deterministic, amounts in quarters so that sums are exact in any order.
 fn event(i: i64, base: i64) -> (String, i64, &'static str, f64) {
@@ -153,24 +122,10 @@ async fn wait_for_total(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speed_layer_survives_kills_without_losing_or_double_counting() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let broker = TestServer::broker(&["orders:4", "orders.dlq:1", "orders.late:1"], dir.path())?;
-    let store = dir.path().join("store");
-    let config_path = dir.path().join("tandem.toml");
-    std::fs::write(&config_path, config(&broker.kafka, &store))?;
-    let run = args(&[
-        "run",
-        "--config",
-        &config_path.display().to_string(),
-        "--http",
-        "127.0.0.1:0",
-    ]);
-    let start = |env: &[(&str, &str)]| TestServer::spawn(&run, env, dir.path(), Ready::Http);
-
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.kafka)
-        .set("linger.ms", "5")
-        .create()?;
+    let fixture = RunFixture::new(dir.path(), TOPICS)?;
+    let start = |env: &[(&str, &str)]| fixture.start(env);
+    let store = &fixture.store;
+    let producer = fixture.producer()?;
     let client = reqwest::Client::new();
     let now = chrono::Utc::now().timestamp_millis();
     let base = now - now.rem_euclid(MINUTE) - 30 * MINUTE;
@@ -262,32 +217,18 @@ fn combine(a: &Answer, b: &Answer) -> BTreeMap<(i64, String), i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_move_between_workers_with_their_state() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let broker = TestServer::broker(&["orders:4", "orders.dlq:1", "orders.late:1"], dir.path())?;
-    let store = dir.path().join("store");
-    let config_path = dir.path().join("tandem.toml");
-    std::fs::write(&config_path, config(&broker.kafka, &store))?;
-    let run = args(&[
-        "run",
-        "--config",
-        &config_path.display().to_string(),
-        "--http",
-        "127.0.0.1:0",
-    ]);
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.kafka)
-        .set("linger.ms", "5")
-        .create()?;
+    let fixture = RunFixture::new(dir.path(), TOPICS)?;
+    let producer = fixture.producer()?;
     let client = reqwest::Client::new();
     let now = chrono::Utc::now().timestamp_millis();
     let base = now - now.rem_euclid(MINUTE) - 30 * MINUTE;
 
-    let a = TestServer::spawn(&run, &[], dir.path(), Ready::Http)?;
+    let a = fixture.start(&[])?;
     produce(&producer, base, 0..1_000).await?;
     wait_for_total(&client, &a, 1_000, Duration::from_secs(60)).await?;
 
     // A second worker joins the group: the partitions are split, each with its state.
-    let b = TestServer::spawn(&run, &[], dir.path(), Ready::Http)?;
+    let b = fixture.start(&[])?;
     produce(&producer, base, 1_000..2_000).await?;
     let want: BTreeMap<(i64, String), i64> = expected(base, 2_000)
         .into_iter()

@@ -14,13 +14,13 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tandem_batch_layer::archive::import;
+use tandem_batch_layer::archive::import::{self, PartitionBatches};
 use tandem_batch_layer::recompute::Requested;
 use tandem_shared::clock::SystemClock;
-use tandem_shared::event::{EventBatchBuilder, EventDecoder};
+use tandem_shared::event::EventDecoder;
 use tokio_util::sync::CancellationToken;
 
-use super::{CITIES, SCHEMA, order_json};
+use super::{CITIES, ORDERS_BY_CITY, SCHEMA, order_json};
 use crate::config::Config;
 use crate::wiring;
 
@@ -42,14 +42,6 @@ idle_timeout = "1m"
 
 [storage]
 url = "memory://"
-
-[[views]]
-name = "orders_by_city"
-window = { tumbling = "1m" }
-group_by = ["city"]
-filter = "event_type = 'order_placed'"
-aggregates = ["count(*) AS orders", "sum(amount) AS revenue", "min(amount) AS min_amount",
-              "max(amount) AS max_amount", "avg(amount) AS avg_amount"]
 
 [[views]]
 name = "buyers_per_city"
@@ -110,7 +102,7 @@ fn duckdb_sql(view: &str, files: &str, from: i64, to: i64) -> Option<String> {
 const RUNS: usize = 5;
 
 pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
-    let config = Config::parse(&format!("{CONFIG}{SCHEMA}"), "bench")?;
+    let config = Config::parse(&format!("{SCHEMA}{ORDERS_BY_CITY}{CONFIG}"), "bench")?;
     let store_dir = opts.dir.join("store");
     if store_dir.exists() {
         std::fs::remove_dir_all(&store_dir)
@@ -128,17 +120,14 @@ pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(3);
     let base = 1_795_219_200_000; // 2026-11-21T00:00:00Z
     let chunk = 1_000_000u64;
-    let mut offsets = [0i64; PARTITIONS as usize];
+    let mut batches = PartitionBatches::new(&decoder, PARTITIONS, chunk as usize / 8 + 1);
     let mut done = 0u64;
     while done < opts.events {
         let n = chunk.min(opts.events - done);
-        let mut builders: Vec<EventBatchBuilder> = (0..PARTITIONS)
-            .map(|_| EventBatchBuilder::new(&decoder, (n / 8) as usize + 1))
-            .collect();
         for i in done..done + n {
             let ts = base + (i as i64 * DAY) / opts.events as i64;
             let user = rng.random_range(0..200_000u32);
-            let p = (user % PARTITIONS as u32) as usize;
+            let p = (user % PARTITIONS as u32) as i32;
             let event_type = if rng.random_ratio(7, 10) {
                 "order_placed"
             } else {
@@ -148,15 +137,9 @@ pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
             let amount = rng.random_range(1.0..500.0f64);
             let json = order_json(i, ts, city, &format!("u-{user}"), amount, event_type);
             let event = decoder.decode(json.as_bytes()).context("generated event")?;
-            builders[p].append(&event, p as i32, offsets[p]);
-            offsets[p] += 1;
+            batches.append(&event, p);
         }
-        let batches: Vec<(i32, _)> = builders
-            .iter_mut()
-            .enumerate()
-            .map(|(p, b)| (p as i32, b.finish()))
-            .collect();
-        import::import(&store, "bench", PARTITIONS, &batches).await?;
+        import::import(&store, "bench", PARTITIONS, &batches.finish()).await?;
         done += n;
     }
     let files: Vec<String> = walk(&store_dir.join("archive/bench"))

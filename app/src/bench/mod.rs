@@ -13,6 +13,18 @@ time_field = "ts"
 fields = { order_id = "string", city = "string", user_id = "string", amount = "float64", event_type = "string" }
 "#;
 
+/// The view both benchmarks compute: orders per city and minute.
+const ORDERS_BY_CITY: &str = r#"
+[[views]]
+name = "orders_by_city"
+window = { tumbling = "1m" }
+group_by = ["city"]
+filter = "event_type = 'order_placed'"
+allowed_lateness = "10s"
+aggregates = ["count(*) AS orders", "sum(amount) AS revenue", "min(amount) AS min_amount",
+              "max(amount) AS max_amount", "avg(amount) AS avg_amount"]
+"#;
+
 /// Cities of generated orders.
 const CITIES: [&str; 8] = [
     "Chennai",

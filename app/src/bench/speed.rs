@@ -36,7 +36,7 @@ use tandem_shared::time::EventTime;
 use tandem_speed_layer::SpeedLayer;
 use tokio_util::sync::CancellationToken;
 
-use super::{CITIES, SCHEMA, order_json};
+use super::{CITIES, ORDERS_BY_CITY, SCHEMA, order_json};
 use crate::config::Config;
 use crate::{process, wiring};
 
@@ -57,15 +57,6 @@ late_topic = "bench.late"
 
 [storage]
 url = "memory://"
-
-[[views]]
-name = "orders_by_city"
-window = { tumbling = "1m" }
-group_by = ["city"]
-filter = "event_type = 'order_placed'"
-allowed_lateness = "10s"
-aggregates = ["count(*) AS orders", "sum(amount) AS revenue", "min(amount) AS min_amount",
-              "max(amount) AS max_amount", "avg(amount) AS avg_amount"]
 "#;
 
 /// CPU time (user + system) of this process, all threads included.
@@ -134,7 +125,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// Runs the benchmark and prints its report.
 pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
-    let config = Config::parse(&format!("{CONFIG}{SCHEMA}"), "bench")?;
+    let config = Config::parse(&format!("{CONFIG}{SCHEMA}{ORDERS_BY_CITY}"), "bench")?;
     // About 170 bytes per event; keep each partition under 4 MiB of the broker's 5 MiB.
     let partitions = (opts.events * 170 / (4 << 20) + 1).max(8);
     // The latency run gets a topic of its own: the broker's fetch path slows down as a

@@ -23,14 +23,25 @@ pub mod demo;
 pub use broker::EmbeddedKafka;
 
 /// Options of `tandem dev`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct DevOptions {
     /// Configuration file; the built-in demo configuration without it.
+    #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Produce realistic demo order events to the topic.
+    #[arg(long)]
     pub demo: bool,
+    /// Demo events per second.
+    #[arg(long, default_value_t = 200)]
     pub demo_rate: u32,
+    /// HTTP listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: String,
+    /// Port of the embedded Kafka broker's bootstrap address on 127.0.0.1.
+    #[arg(long, default_value_t = 9092)]
     pub kafka_port: u16,
+    /// Directory for the archive and published views.
+    #[arg(long, default_value = "./tandem-data")]
     pub data: PathBuf,
 }
 

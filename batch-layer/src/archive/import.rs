@@ -10,6 +10,7 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::common::cast::as_timestamp_millisecond_array;
 use object_store::ObjectStore;
 use tandem_shared::clock::{Clock, SystemClock};
+use tandem_shared::event::{DecodedEvent, EventBatchBuilder, EventDecoder};
 use tandem_shared::layout;
 use tandem_shared::time::EventTime;
 
@@ -33,6 +34,51 @@ pub enum Error {
     Write(#[from] object::Error),
     #[error(transparent)]
     Manifest(#[from] manifest::Error),
+}
+
+/// Events grouped into one batch per partition, with offsets counted per partition as Kafka
+/// would assign them, ready for [`import`]. Offsets continue across [`PartitionBatches::finish`],
+/// so a long import can be made in bounded chunks.
+#[derive(Debug)]
+pub struct PartitionBatches {
+    builders: Vec<EventBatchBuilder>,
+    next_offsets: Vec<i64>,
+}
+
+impl PartitionBatches {
+    /// Batches for partitions `0..partitions`, each with room for `capacity` rows to start with.
+    pub fn new(decoder: &EventDecoder, partitions: i32, capacity: usize) -> Self {
+        let n = usize::try_from(partitions).unwrap_or(0);
+        Self {
+            builders: (0..n)
+                .map(|_| EventBatchBuilder::new(decoder, capacity))
+                .collect(),
+            next_offsets: vec![0; n],
+        }
+    }
+
+    /// Appends `event` to `partition` at the partition's next offset. Returns `false` (and
+    /// appends nothing) for a partition outside `0..partitions`.
+    pub fn append(&mut self, event: &DecodedEvent<'_>, partition: i32) -> bool {
+        let Some(p) = usize::try_from(partition)
+            .ok()
+            .filter(|p| *p < self.builders.len())
+        else {
+            return false;
+        };
+        self.builders[p].append(event, partition, self.next_offsets[p]);
+        self.next_offsets[p] += 1;
+        true
+    }
+
+    /// The batches so far, one per partition; the builders start over, offsets continue.
+    pub fn finish(&mut self) -> Vec<(i32, RecordBatch)> {
+        self.builders
+            .iter_mut()
+            .enumerate()
+            .map(|(p, b)| (p as i32, b.finish()))
+            .collect()
+    }
 }
 
 /// Archives `batches` (rows of one partition each, with their Kafka offsets) as the archive would:

@@ -4,12 +4,10 @@
 //! order within the allowed lateness, plus malformed messages), and checks every answer against
 //! values computed independently here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -23,202 +21,9 @@ use tandem_tests::{ExternalBroker, Ready, TestServer, fixture};
 const MINUTE: i64 = 60_000;
 const CITIES: [&str; 5] = ["Chennai", "Mumbai", "Berlin", "Lagos", "Tokyo"];
 
-#[derive(Debug, Clone)]
-struct Order {
-    key: String,
-    ts: i64,
-    city: &'static str,
-    amount: f64,
-    event_type: &'static str,
-    payload: String,
-}
+mod orders;
 
-/// A deterministic stream over 20 minutes, produced in index order with event times up to 5s
-/// behind the stream's front (the views allow 10s of lateness). Amounts are multiples of 0.25,
-/// which binary floating point represents exactly, so sums are exact in any order.
-fn stream(base: i64, n: usize) -> Vec<Order> {
-    let mut rng = StdRng::seed_from_u64(42);
-    (0..n)
-        .map(|i| {
-            let ts = base + i as i64 * 400 - rng.random_range(0..5_000);
-            let city = CITIES[rng.random_range(0..CITIES.len())];
-            let amount = f64::from(rng.random_range(1..2_000u32)) * 0.25;
-            let event_type = match rng.random_range(0..10) {
-                0..7 => "order_placed",
-                7..9 => "payment_captured",
-                _ => "order_cancelled",
-            };
-            let user = format!("u-{:04}", rng.random_range(0..500));
-            // Alternate the two accepted time formats.
-            let ts_json = if i % 2 == 0 {
-                json!(ts)
-            } else {
-                json!(chrono::DateTime::from_timestamp_millis(ts).map(|d| d.to_rfc3339()))
-            };
-            let payload = json!({
-                "order_id": format!("o-{i}"),
-                "ts": ts_json,
-                "city": city,
-                "user_id": user,
-                "amount": amount,
-                "event_type": event_type,
-                "ignored_extra": {"nested": true},
-            })
-            .to_string();
-            Order {
-                key: user,
-                ts,
-                city,
-                amount,
-                event_type,
-                payload,
-            }
-        })
-        .collect()
-}
-
-fn malformed() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("not json at all", "not_json"),
-        ("{\"ts\": 1795255200000, \"city\": ", "not_json"),
-        ("[1, 2, 3]", "not_object"),
-        ("{\"city\": \"Chennai\", \"amount\": 1.5}", "missing_time"),
-        (
-            "{\"ts\": \"half past nine\", \"city\": \"Chennai\"}",
-            "bad_time",
-        ),
-        (
-            "{\"ts\": 1795255200000, \"amount\": \"12.50\"}",
-            "wrong_type",
-        ),
-        ("{\"ts\": 1795255200000, \"city\": 7}", "wrong_type"),
-    ]
-}
-
-/// Expected values of `orders_by_city`, computed directly from the produced events.
-#[derive(Debug, Default, Clone, PartialEq)]
-struct Expected {
-    orders: i64,
-    revenue: f64,
-    min: f64,
-    max: f64,
-}
-
-fn expected_orders_by_city(orders: &[Order]) -> BTreeMap<(i64, String), Expected> {
-    let mut out: BTreeMap<(i64, String), Expected> = BTreeMap::new();
-    for o in orders.iter().filter(|o| o.event_type == "order_placed") {
-        let window = o.ts - o.ts.rem_euclid(MINUTE);
-        let e = out.entry((window, o.city.to_owned())).or_insert(Expected {
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-            ..Default::default()
-        });
-        e.orders += 1;
-        e.revenue += o.amount;
-        e.min = e.min.min(o.amount);
-        e.max = e.max.max(o.amount);
-    }
-    out
-}
-
-fn expected_events_by_type(orders: &[Order]) -> BTreeMap<(i64, String), (i64, f64)> {
-    let mut out: BTreeMap<(i64, String), (i64, f64)> = BTreeMap::new();
-    for o in orders {
-        let window = o.ts - o.ts.rem_euclid(5 * MINUTE);
-        let e = out.entry((window, o.event_type.to_owned())).or_default();
-        e.0 += 1;
-        e.1 += o.amount;
-    }
-    out
-}
-
-fn millis(v: &Value) -> anyhow::Result<i64> {
-    let s = v.as_str().context("timestamp is not a string")?;
-    Ok(chrono::DateTime::parse_from_rfc3339(s)?.timestamp_millis())
-}
-
-/// Rows of a view keyed by (window start, first group value), with their source.
-fn rows_by_key(
-    body: &Value,
-    dimension: &str,
-) -> anyhow::Result<BTreeMap<(i64, String), (Value, String)>> {
-    let mut out = BTreeMap::new();
-    let rows = body["rows"].as_array().context("no rows array")?;
-    let mut last: Option<(i64, String)> = None;
-    for row in rows {
-        let key = (
-            millis(&row["window_start"])?,
-            row["group"][dimension]
-                .as_str()
-                .context("group value")?
-                .to_owned(),
-        );
-        ensure!(
-            millis(&row["window_end"])? > key.0,
-            "window_end must follow window_start: {row}"
-        );
-        if let Some(prev) = &last {
-            ensure!(
-                prev < &key,
-                "rows must be ordered by window_start then group: {prev:?} then {key:?}"
-            );
-        }
-        last = Some(key.clone());
-        let source = row["source"].as_str().context("source")?.to_owned();
-        ensure!(
-            out.insert(key.clone(), (row["values"].clone(), source))
-                .is_none(),
-            "window and group {key:?} appears twice"
-        );
-    }
-    Ok(out)
-}
-
-fn check_orders_by_city(
-    got: &BTreeMap<(i64, String), (Value, String)>,
-    expected: &BTreeMap<(i64, String), Expected>,
-) -> anyhow::Result<()> {
-    let got_keys: BTreeSet<_> = got.keys().collect();
-    let want_keys: BTreeSet<_> = expected.keys().collect();
-    ensure!(
-        got_keys == want_keys,
-        "windows and groups differ: missing {:?}, unexpected {:?}",
-        want_keys.difference(&got_keys).take(5).collect::<Vec<_>>(),
-        got_keys.difference(&want_keys).take(5).collect::<Vec<_>>()
-    );
-    for (key, want) in expected {
-        let (values, source) = &got[key];
-        let ctx = || format!("{key:?} from {source}: {values}");
-        ensure!(
-            values["orders"].as_i64() == Some(want.orders),
-            "orders: {}",
-            ctx()
-        );
-        ensure!(
-            values["revenue"].as_f64() == Some(want.revenue),
-            "revenue: {}",
-            ctx()
-        );
-        ensure!(
-            values["min_amount"].as_f64() == Some(want.min),
-            "min: {}",
-            ctx()
-        );
-        ensure!(
-            values["max_amount"].as_f64() == Some(want.max),
-            "max: {}",
-            ctx()
-        );
-        let avg = values["avg_amount"].as_f64().context("avg")?;
-        let want_avg = want.revenue / want.orders as f64;
-        ensure!(
-            (avg - want_avg).abs() <= 1e-9 * want_avg.abs(),
-            "avg: {}",
-            ctx()
-        );
-    }
-    Ok(())
-}
+use orders::*;
 
 /// The Prometheus text of `GET /metrics`.
 async fn metrics_text(client: &reqwest::Client, server: &TestServer) -> anyhow::Result<String> {
@@ -284,6 +89,11 @@ async fn tandem_run_against_a_real_kafka_protocol_broker() -> anyhow::Result<()>
     }
     let mut server = TestServer::spawn(&run, &[], data.path(), Ready::Http)?;
     server.kafka = broker.bootstrap.clone();
+    run_scenario(server).await
+}
+
+/// Runs the scenario against `server` (its log on failure), then stops it in order.
+async fn run_scenario(server: TestServer) -> anyhow::Result<()> {
     let result = scenario(&server).await;
     if result.is_err() {
         eprintln!("---- tandem log ----\n{}", server.log());
@@ -392,14 +202,7 @@ async fn read_topic(
 async fn events_through_kafka_to_a_merged_exact_answer() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let server = TestServer::dev(&fixture("orders.toml"), data.path())?;
-    let result = scenario(&server).await;
-    if result.is_err() {
-        eprintln!("---- tandem log ----\n{}", server.log());
-    }
-    result?;
-    let status = server.stop()?;
-    ensure!(status.success(), "tandem exited with {status}");
-    Ok(())
+    run_scenario(server).await
 }
 
 async fn scenario(server: &TestServer) -> anyhow::Result<()> {
@@ -416,10 +219,7 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
     eventually(Duration::from_secs(60), || async {
         let body = get(&client, &url).await?;
         let rows = rows_by_key(&body, "city")?;
-        let seen: i64 = rows
-            .values()
-            .filter_map(|(v, _)| v["orders"].as_i64())
-            .sum();
+        let seen = orders_in(&rows);
         ensure!(
             seen == total_orders,
             "speed layer has {seen} of {total_orders} orders"
@@ -570,10 +370,7 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
         rows.values().any(|(_, s)| s == "speed"),
         "the last window must still be speed"
     );
-    let merged_total: i64 = rows
-        .values()
-        .filter_map(|(v, _)| v["orders"].as_i64())
-        .sum();
+    let merged_total = orders_in(&rows);
     ensure!(
         merged_total == total_orders,
         "merged total {merged_total} != {total_orders}"
@@ -783,10 +580,7 @@ async fn the_speed_layer_pauses_at_its_memory_budget_and_resumes_when_batch_cove
         })
         .await?;
         let body = get(&client, &url).await?;
-        let seen: i64 = rows_by_key(&body, "city")?
-            .values()
-            .filter_map(|(v, _)| v["orders"].as_i64())
-            .sum();
+        let seen = orders_in(&rows_by_key(&body, "city")?);
         ensure!(seen < total, "paused, yet all {total} orders are counted");
 
         // The batch layer covers the older windows; the speed layer lets them go and resumes.
