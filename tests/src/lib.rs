@@ -1,9 +1,18 @@
 //! Test harness for Tandem's end-to-end tests: runs the real `tandem` binary.
 //!
+//! ```text
+//!  TestServer::dev / ::broker / ::spawn ──► `tandem <command>` on free ports (log to a file)
+//!  RunFixture: standalone broker + fixtures/recovery.toml ──► `tandem run`, killed and restarted
+//!  ExternalBroker: tansu, a Kafka-protocol broker other than librdkafka's mock
+//! ```
+//!
 //! [`TestServer`] spawns `tandem` (`dev`, `run` or `broker`) on free ports, waits for it to print
-//! its addresses, and kills it when dropped. The binary must be built (`cargo build --bin
-//! tandem`, which the README's test command does); a missing binary is a test failure, never a
-//! skip.
+//! its addresses, and kills it when dropped. The binary must be built: `cargo test --workspace`
+//! builds it (the `tandem` package's own CLI tests need it), which the README's test command
+//! runs; a missing binary is a test failure, never a skip.
+//!
+//! Beside the end-to-end tests, `tests/layers_agree/` checks the speed and batch layers against
+//! an independent oracle in-process.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -39,7 +48,7 @@ pub fn tandem_binary() -> anyhow::Result<PathBuf> {
     let bin = profile_dir.join("tandem");
     if !bin.exists() {
         bail!(
-            "{} does not exist: build it first with `cargo build --bin tandem` (or set TANDEM_BIN)",
+            "{} does not exist: build it first with `cargo test --workspace --no-run` or `cargo build --bin tandem` (or set TANDEM_BIN)",
             bin.display()
         );
     }
