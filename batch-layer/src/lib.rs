@@ -20,6 +20,10 @@
 //! - [`catalog`]: publication and loading of exact view results.
 //! - [`scheduler`]: job queue, cron schedule and job records.
 //!
+//! Publication goes through `tandem_store`'s manifest chains; time comes from an injected
+//! `tandem_shared::clock::Clock`. Errors say whose problem they are (`kind()`), which is what the
+//! scheduler's retry decision reads.
+//!
 //! # Invariants
 //! - A manifest is the only point of publication; objects it does not name are invisible.
 //! - A window is published as exact only when the archive is complete past its end plus the

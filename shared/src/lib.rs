@@ -1,8 +1,9 @@
 //! The contract between Tandem's layers.
 //!
 //! Everything in this crate crosses a layer boundary: on the wire (the JSON events on Kafka), on
-//! disk (the object-store layout), or in a query (view definitions, partial aggregates, rows and
-//! the batch layer's coverage). Nothing here does I/O.
+//! disk (the object-store layout), or in a query (view definitions, final values, rows and the
+//! batch layer's coverage). Nothing here does I/O. Partial aggregates and sketches are the speed
+//! layer's own and live there.
 //!
 //! ```text
 //!  Kafka topic ──JSON──► event::EventDecoder ──Arrow batch──► speed layer (window state)
@@ -26,6 +27,7 @@
 //! - [`time`]: event time in epoch milliseconds and spans of it.
 //! - [`clock`]: wall-clock time, injected into both layers so time-dependent decisions are
 //!   testable without sleeping.
+//! - `testing` (feature `testing`): fixtures for the other crates' tests.
 
 pub mod clock;
 pub mod coverage;

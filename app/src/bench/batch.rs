@@ -40,9 +40,6 @@ const CONFIG: &str = r#"
 topic = "bench"
 idle_timeout = "1m"
 
-[storage]
-url = "memory://"
-
 [[views]]
 name = "buyers_per_city"
 window = { tumbling = "1h" }

@@ -6,8 +6,12 @@
 pub mod batch;
 pub mod speed;
 
-/// The schema both benchmarks generate events for, as configuration text.
+/// The storage and schema both benchmarks use, as configuration text: the store is replaced
+/// where a benchmark needs files.
 const SCHEMA: &str = r#"
+[storage]
+url = "memory://"
+
 [schema]
 time_field = "ts"
 fields = { order_id = "string", city = "string", user_id = "string", amount = "float64", event_type = "string" }

@@ -54,9 +54,6 @@ topic = "bench"
 idle_timeout = "5s"
 dead_letter_topic = "bench.dlq"
 late_topic = "bench.late"
-
-[storage]
-url = "memory://"
 "#;
 
 /// CPU time (user + system) of this process, all threads included.

@@ -137,6 +137,37 @@ async fn produce(server: &TestServer, orders: &[Order]) -> anyhow::Result<()> {
 }
 
 /// Polls `check` until it succeeds or `timeout` passes, returning the last error on timeout.
+/// Submits a job (`POST /v1/jobs` with `body`), checks it is accepted and queued, and waits up
+/// to 30 s for it to succeed; returns its record.
+async fn run_job(
+    client: &reqwest::Client,
+    server: &TestServer,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let resp = client
+        .post(server.url("/v1/jobs"))
+        .json(&body)
+        .send()
+        .await?;
+    ensure!(
+        resp.status().as_u16() == 202,
+        "POST /v1/jobs: {}",
+        resp.status()
+    );
+    let job: Value = resp.json().await?;
+    ensure!(job["status"] == "queued", "new job: {job}");
+    let id = job["id"].as_str().context("job id")?.to_owned();
+    eventually(Duration::from_secs(30), || async {
+        let j = get(client, &server.url(&format!("/v1/jobs/{id}"))).await?;
+        match j["status"].as_str() {
+            Some("succeeded") => Ok(j),
+            Some("failed") => bail!("job failed: {j}"),
+            _ => bail!("job not finished: {j}"),
+        }
+    })
+    .await
+}
+
 async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
@@ -311,28 +342,7 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
     let last_window =
         (orders.iter().map(|o| o.ts).max().unwrap_or(base)).div_euclid(MINUTE) * MINUTE;
     let body = eventually(Duration::from_secs(90), || async {
-        let resp = client
-            .post(server.url("/v1/jobs"))
-            .json(&json!({}))
-            .send()
-            .await?;
-        ensure!(
-            resp.status().as_u16() == 202,
-            "POST /v1/jobs: {}",
-            resp.status()
-        );
-        let job: Value = resp.json().await?;
-        ensure!(job["status"] == "queued", "new job: {job}");
-        let id = job["id"].as_str().context("job id")?.to_owned();
-        let done = eventually(Duration::from_secs(30), || async {
-            let j = get(&client, &server.url(&format!("/v1/jobs/{id}"))).await?;
-            match j["status"].as_str() {
-                Some("succeeded") => Ok(j),
-                Some("failed") => bail!("job failed: {j}"),
-                _ => bail!("job not finished: {j}"),
-            }
-        })
-        .await?;
+        let done = run_job(&client, server, json!({})).await?;
         let body = get(&client, &url).await?;
         let horizon = millis(&body["batch_horizon"]).context("no batch horizon yet")?;
         ensure!(
@@ -487,23 +497,9 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
     let key = (late_window, "Lagos".to_owned());
     let before = expected.get(&key).map_or(0, |e| e.orders);
     eventually(Duration::from_secs(60), || async {
-        let resp = client
-            .post(server.url("/v1/jobs"))
-            .json(
-                &json!({"view": "orders_by_city", "from": late_window, "to": late_window + MINUTE}),
-            )
-            .send()
-            .await?;
-        let id = resp.json::<Value>().await?["id"]
-            .as_str()
-            .context("job id")?
-            .to_owned();
-        let done = eventually(Duration::from_secs(30), || async {
-            let j = get(&client, &server.url(&format!("/v1/jobs/{id}"))).await?;
-            ensure!(j["status"] == "succeeded", "job: {j}");
-            Ok(j)
-        })
-        .await?;
+        let job =
+            json!({"view": "orders_by_city", "from": late_window, "to": late_window + MINUTE});
+        let done = run_job(&client, server, job).await?;
         let body = get(
             &client,
             &format!(
@@ -585,21 +581,7 @@ async fn the_speed_layer_pauses_at_its_memory_budget_and_resumes_when_batch_cove
 
         // The batch layer covers the older windows; the speed layer lets them go and resumes.
         eventually(Duration::from_secs(90), || async {
-            let resp = client
-                .post(server.url("/v1/jobs"))
-                .json(&json!({}))
-                .send()
-                .await?;
-            let id = resp.json::<Value>().await?["id"]
-                .as_str()
-                .context("job id")?
-                .to_owned();
-            eventually(Duration::from_secs(30), || async {
-                let j = get(&client, &server.url(&format!("/v1/jobs/{id}"))).await?;
-                ensure!(j["status"] == "succeeded", "job: {j}");
-                Ok(())
-            })
-            .await?;
+            run_job(&client, &server, json!({})).await?;
             let metrics = metrics_text(&client, &server).await?;
             ensure!(
                 gauge(&metrics, "tandem_speed_paused") == Some(0.0),
