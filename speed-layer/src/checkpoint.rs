@@ -167,24 +167,27 @@ impl Checkpointer {
     /// Loads the newest checkpoint of `partition`. Blocks; call from the consume thread.
     pub fn load(&self, partition: i32) -> Result<Option<PartitionSnapshot>> {
         let chain = chain(&self.store, &self.group, &self.topic, partition);
-        let found = self.runtime.block_on(async {
-            let Some((seq, manifest)) = chain.latest::<CheckpointManifest>().await? else {
-                return Ok::<_, Error>(None);
-            };
-            let bytes = object::read(&self.store, &manifest.object).await?;
-            Ok(Some((seq, manifest, bytes)))
-        })?;
-        let Some((seq, manifest, bytes)) = found else {
-            self.seqs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(partition, 0);
-            return Ok(None);
-        };
+        // The sequence continues past the newest manifest present, even if that manifest or its
+        // object cannot be read: otherwise every later checkpoint would lose the
+        // create-if-absent race to it, and a restart would restore older state.
+        let newest = self.runtime.block_on(chain.sequences())?.last().copied();
         self.seqs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(partition, seq + 1);
+            .insert(partition, newest.map_or(0, |s| s + 1));
+        if newest.is_none() {
+            return Ok(None);
+        }
+        let found = self.runtime.block_on(async {
+            let Some((_, manifest)) = chain.latest::<CheckpointManifest>().await? else {
+                return Ok::<_, Error>(None);
+            };
+            let bytes = object::read(&self.store, &manifest.object).await?;
+            Ok(Some((manifest, bytes)))
+        })?;
+        let Some((manifest, bytes)) = found else {
+            return Ok(None);
+        };
         let snapshot: PartitionSnapshot =
             postcard::from_bytes(&bytes).map_err(|e| Error::Corrupt {
                 path: manifest.object.clone(),
@@ -314,4 +317,56 @@ async fn write_one(
     chain.prune(keep_from).await;
     prune_objects(store, &data_dir, keep_from).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn snapshot(next_offset: i64) -> PartitionSnapshot {
+        PartitionSnapshot {
+            format: FORMAT,
+            fingerprint: "v@1".into(),
+            partition: 3,
+            next_offset: Some(next_offset),
+            max_event_time: None,
+            views: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_unreadable_checkpoint_never_makes_later_ones_lose_to_it() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let started = || {
+            Checkpointer::start(
+                Arc::clone(&store),
+                "g".into(),
+                "t".into(),
+                runtime.handle().clone(),
+            )
+        };
+        let first = started();
+        assert_eq!(first.load(3).unwrap(), None);
+        first.submit(&snapshot(10), true).unwrap();
+        first.submit(&snapshot(20), true).unwrap();
+
+        // A corrupt manifest lands above them (a torn write by another tool, say).
+        let dir = layout::checkpoint_manifest_dir("g", "t", 3);
+        runtime
+            .block_on(object::write(&store, &layout::manifest_file(&dir, 7), "{"))
+            .unwrap();
+        let restarted = started();
+        let err = restarted.load(3).unwrap_err();
+        assert!(matches!(err, Error::Manifest(_)), "{err}");
+        // The next checkpoint goes above the corrupt one and is the one restored.
+        restarted.submit(&snapshot(30), true).unwrap();
+        let again = started();
+        assert_eq!(again.load(3).unwrap().unwrap().next_offset, Some(30));
+    }
 }
