@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::KafkaConfig;
@@ -60,12 +59,10 @@ pub async fn ensure(kafka: &KafkaConfig) -> Result<Topics, Error> {
         brokers: brokers.clone(),
         source,
     };
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &kafka.brokers);
-    for (key, value) in &kafka.options {
-        config.set(key, value);
-    }
-    let admin: AdminClient<DefaultClientContext> = config.create().map_err(kafka_err)?;
+    let admin: AdminClient<DefaultClientContext> =
+        tandem_store::kafka::client_config(&kafka.brokers, &[], &kafka.options)
+            .create()
+            .map_err(kafka_err)?;
     let mut names = vec![kafka.topic.clone()];
     for side in [&kafka.dead_letter_topic, &kafka.late_topic] {
         if !names.contains(side) {

@@ -3,6 +3,7 @@
 //! dropped silently: each message keeps its original payload and key and carries the reason and
 //! its origin (topic, partition, offset) in headers, and every send is counted.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientContext;
@@ -63,16 +64,24 @@ impl std::fmt::Debug for SideTopics {
 }
 
 impl SideTopics {
+    /// The producer's configuration: the user's `kafka.options` apply, so side-topic messages
+    /// reach a secured cluster like everything else.
+    fn client_config(brokers: &str, options: &BTreeMap<String, String>) -> ClientConfig {
+        tandem_store::kafka::client_config(
+            brokers,
+            &[("linger.ms", "5"), ("message.timeout.ms", "300000")],
+            options,
+        )
+    }
+
     pub(crate) fn new(
         brokers: &str,
         dead_letter_topic: String,
         late_topic: String,
+        options: &BTreeMap<String, String>,
     ) -> Result<Self> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "300000")
-            .create_with_context(DeliveryContext)?;
+        let producer =
+            Self::client_config(brokers, options).create_with_context(DeliveryContext)?;
         Ok(Self {
             producer,
             dead_letter_topic,
@@ -164,4 +173,21 @@ fn origin_headers(origin: Origin<'_>) -> OwnedHeaders {
             key: "source_offset",
             value: Some(&origin.offset.to_string()),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_side_topic_producer_gets_the_users_kafka_options() {
+        let options: BTreeMap<String, String> =
+            [("security.protocol".to_owned(), "ssl".to_owned())]
+                .into_iter()
+                .collect();
+        let c = SideTopics::client_config("b:9092", &options);
+        assert_eq!(c.get("security.protocol"), Some("ssl"));
+        assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
+        assert_eq!(c.get("linger.ms"), Some("5"));
+    }
 }

@@ -250,6 +250,7 @@ impl Ingest {
             &config.brokers,
             config.dead_letter_topic.clone(),
             config.late_topic.clone(),
+            &config.kafka_options,
         )?;
         Ok(Self {
             speed,

@@ -1,4 +1,9 @@
-//! The Kafka consumer set-up both layers share, and the lag statistics they publish.
+//! The Kafka client set-up every Tandem client shares, and the lag statistics the consumers
+//! publish.
+//!
+//! Every client (both consumers, the side-topic producer, the admin client) is configured through
+//! [`client_config`], so the user's `kafka.options` (TLS, SASL, …) reach all of them: a client
+//! that missed them would fail, or lose messages, on a secured cluster.
 //!
 //! The speed layer and the archive each consume the events topic in their own consumer group.
 //! Both keep their progress in the object store (checkpoints, partition manifests), not in
@@ -11,23 +16,15 @@ use std::collections::BTreeMap;
 use rdkafka::config::ClientConfig;
 use rdkafka::statistics::Statistics;
 
-/// Properties of every Tandem consumer. `tuning` holds a consumer's own settings; the user's
-/// `kafka.options` come last, so they override anything set here.
-pub fn consumer_config(
+/// Properties of any Tandem client: the brokers, the client's own `tuning`, then the user's
+/// `kafka.options`, which come last so they override anything set here.
+pub fn client_config(
     brokers: &str,
-    group_id: &str,
     tuning: &[(&str, &str)],
     options: &BTreeMap<String, String>,
 ) -> ClientConfig {
     let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group_id)
-        // Progress lives in the object store; offsets in Kafka would be a second, weaker copy.
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", "1000");
+    client.set("bootstrap.servers", brokers);
     for (key, value) in tuning {
         client.set(*key, *value);
     }
@@ -35,6 +32,26 @@ pub fn consumer_config(
         client.set(key, value);
     }
     client
+}
+
+/// Properties of every Tandem consumer: [`client_config`] with the group and the settings both
+/// consumers share, then the consumer's own `tuning`.
+pub fn consumer_config(
+    brokers: &str,
+    group_id: &str,
+    tuning: &[(&str, &str)],
+    options: &BTreeMap<String, String>,
+) -> ClientConfig {
+    let shared = [
+        ("group.id", group_id),
+        // Progress lives in the object store; offsets in Kafka would be a second, weaker copy.
+        ("enable.auto.commit", "false"),
+        ("auto.offset.reset", "earliest"),
+        ("enable.partition.eof", "false"),
+        ("statistics.interval.ms", "1000"),
+    ];
+    let all: Vec<(&str, &str)> = shared.iter().chain(tuning).copied().collect();
+    client_config(brokers, &all, options)
 }
 
 /// Where one partition's consumer stands, from a statistics report.
@@ -93,6 +110,25 @@ pub fn record_lag(group: &str, statistics: &Statistics) -> Vec<PartitionPosition
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_client_gets_the_users_options() {
+        let options: BTreeMap<String, String> = [
+            ("security.protocol".to_owned(), "sasl_ssl".to_owned()),
+            ("sasl.mechanism".to_owned(), "PLAIN".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        let producer = client_config("b:9092", &[("linger.ms", "5")], &options);
+        let consumer = consumer_config("b:9092", "g", &[], &options);
+        for c in [&producer, &consumer] {
+            assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
+            assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+            assert_eq!(c.get("sasl.mechanism"), Some("PLAIN"));
+        }
+        assert_eq!(producer.get("linger.ms"), Some("5"));
+        assert_eq!(producer.get("group.id"), None);
+    }
 
     #[test]
     fn user_options_override_the_defaults() {
