@@ -2,8 +2,8 @@
 //!
 //! Every error enum that crosses a layer boundary says which of three kinds each variant is, so the
 //! code that receives it can act without reading messages: the job scheduler retries only
-//! transient failures, and the HTTP layer answers 4xx for the user's mistakes, 503 for transient
-//! ones and 500 (without details) for internal ones.
+//! transient failures, and the HTTP layer answers 4xx for the user's mistakes and 503 for
+//! transient ones.
 
 use std::fmt;
 

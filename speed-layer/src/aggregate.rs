@@ -18,7 +18,6 @@ use datasketches::hll::{HllSketch, HllType, HllUnion};
 use datasketches::kll::{KllFloat, KllSketch};
 use serde::{Deserialize, Serialize};
 
-use tandem_shared::error::ErrorKind;
 use tandem_shared::value::AggregateValue;
 use tandem_shared::view::AggregateFunction;
 
@@ -40,12 +39,6 @@ pub enum Error {
     },
     #[error("corrupt sketch state: {detail}")]
     Sketch { detail: String },
-}
-
-impl Error {
-    pub fn kind(&self) -> ErrorKind {
-        ErrorKind::Internal
-    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -35,7 +35,6 @@ use object_store::ObjectStore;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use tandem_shared::clock::Clock;
-use tandem_shared::error::ErrorKind;
 use tandem_shared::event::EventDecoder;
 use tandem_shared::time::Span;
 use tandem_store::{manifest, object};
@@ -72,17 +71,6 @@ pub enum Error {
     Encode { partition: i32, source: file::Error },
     #[error(transparent)]
     Manifest(#[from] manifest::Error),
-}
-
-impl Error {
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Error::Consumer(_) => ErrorKind::Transient,
-            Error::Write(e) => e.kind(),
-            Error::Intent { .. } | Error::Encode { .. } => ErrorKind::Internal,
-            Error::Manifest(e) => e.kind(),
-        }
-    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

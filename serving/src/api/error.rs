@@ -1,6 +1,6 @@
 //! API errors: a JSON body `{"error": {"code", "message"}}` whose status says whose problem it
 //! is. The caller's mistakes are 4xx with a message that says what to change; a transient
-//! failure is 503; an internal one is 500 with the details logged, never returned.
+//! failure (a full job queue) is 503.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -26,9 +26,6 @@ pub enum ApiError {
     Conflict(String),
     #[error("no route for {0}")]
     NotFound(String),
-    /// A bug or corrupt state: the detail is logged, the caller gets a generic message.
-    #[error("internal error")]
-    Internal(String),
 }
 
 impl ApiError {
@@ -36,7 +33,6 @@ impl ApiError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ApiError::Unavailable(_) => ErrorKind::Transient,
-            ApiError::Internal(_) => ErrorKind::Internal,
             _ => ErrorKind::User,
         }
     }
@@ -50,7 +46,6 @@ impl ApiError {
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
@@ -68,9 +63,6 @@ struct ErrorDetail<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error answering a request");
-        }
         let (status, code) = self.status();
         let body = ErrorBody {
             error: ErrorDetail {
@@ -85,13 +77,15 @@ impl IntoResponse for ApiError {
 impl From<tandem_batch_layer::SubmitError> for ApiError {
     fn from(err: tandem_batch_layer::SubmitError) -> Self {
         use tandem_batch_layer::SubmitError;
+        if err.kind().is_retryable() {
+            return ApiError::Unavailable(err.to_string());
+        }
         match err {
             SubmitError::UnknownView(v) => ApiError::UnknownView(v),
-            e @ SubmitError::EmptyRange { .. } => ApiError::BadParameter {
+            e => ApiError::BadParameter {
                 name: "from".into(),
                 problem: e.to_string(),
             },
-            e @ SubmitError::QueueFull { .. } => ApiError::Unavailable(e.to_string()),
         }
     }
 }
@@ -111,5 +105,36 @@ impl From<crate::seam::Error> for ApiError {
         match err {
             crate::seam::Error::UnknownView(v) => ApiError::UnknownView(v),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_class_follows_whose_problem_it_is() {
+        let errors = [
+            ApiError::UnknownView("v".into()),
+            ApiError::UnknownJob("j".into()),
+            ApiError::BadParameter {
+                name: "from".into(),
+                problem: "p".into(),
+            },
+            ApiError::BadBody("b".into()),
+            ApiError::Unavailable("queue full".into()),
+            ApiError::Conflict("c".into()),
+            ApiError::NotFound("/x".into()),
+        ];
+        for err in errors {
+            let (status, _) = err.status();
+            match err.kind() {
+                ErrorKind::User => assert!(status.is_client_error(), "{err:?}: {status}"),
+                ErrorKind::Transient => assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE),
+                ErrorKind::Internal => assert!(status.is_server_error(), "{err:?}: {status}"),
+            }
+        }
+        let full = tandem_batch_layer::SubmitError::QueueFull { capacity: 2 };
+        assert!(matches!(ApiError::from(full), ApiError::Unavailable(_)));
     }
 }
