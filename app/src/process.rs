@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tandem_batch_layer::{Archive, Scheduler};
-use tandem_serving::{AppState, Reconciler, router};
+use tandem_serving::{AppState, HttpPolicy, Reconciler, router};
 use tandem_shared::clock::{Clock, SystemClock};
 use tandem_shared::event::EventDecoder;
 use tandem_speed_layer::SpeedLayer;
@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, HttpConfig};
 use crate::{topics, wiring};
 
 /// Errors starting Tandem. Configuration or environment; start-up stops with the message.
@@ -53,6 +53,11 @@ pub enum Error {
     },
     #[error("HTTP server: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(
+        "refusing to serve an open API on {addr}, which is not a loopback address: configure \
+         [[http.tokens]], or set http.allow_anonymous = true to allow anyone who reaches it"
+    )]
+    Exposed { addr: String },
 }
 
 /// Process-level options that are not part of the configuration file.
@@ -96,6 +101,7 @@ impl Running {
 
 /// Starts every layer for `config`.
 pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Error> {
+    check_exposure(&options.http, &config.http).await?;
     let store = tandem_store::open(&config.storage_url)?;
     let found = topics::ensure(&config.kafka).await?;
     tracing::info!(
@@ -167,7 +173,7 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     }
 
     let state = AppState::new(catalog, speed, scheduler, reconciler, options.metrics);
-    let (http, server) = serve(&options.http, state, frontend.clone()).await?;
+    let (http, server) = serve(&options.http, state, &config.http.policy, frontend.clone()).await?;
     Ok(Running {
         http,
         backend,
@@ -180,10 +186,31 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
 /// The HTTP server task; it ends when its stop token fires.
 pub type Server = tokio::task::JoinHandle<Result<(), std::io::Error>>;
 
-/// Serves the API on `addr` until `stop` fires.
+/// An API without tokens listens only on loopback, unless the configuration allows anyone.
+async fn check_exposure(addr: &str, http: &HttpConfig) -> Result<(), Error> {
+    if !http.policy.access.is_open() || http.allow_anonymous {
+        return Ok(());
+    }
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: addr.to_owned(),
+            source,
+        })?
+        .collect();
+    if resolved.is_empty() || resolved.iter().any(|a| !a.ip().is_loopback()) {
+        return Err(Error::Exposed {
+            addr: addr.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Serves the API on `addr`, behind `policy`, until `stop` fires.
 pub async fn serve(
     addr: &str,
     state: AppState,
+    policy: &HttpPolicy,
     stop: CancellationToken,
 ) -> Result<(SocketAddr, Server), Error> {
     let bind_err = |source| Error::Bind {
@@ -192,10 +219,37 @@ pub async fn serve(
     };
     let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
     let http = listener.local_addr().map_err(bind_err)?;
+    let app = router(state, policy);
     let server = tokio::spawn(async move {
-        axum::serve(listener, router(state))
+        axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
     });
     Ok((http, server))
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_serving::{Access, Scope, Token};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_open_api_listens_beyond_loopback_only_when_allowed() {
+        let open = HttpConfig::default();
+        assert!(check_exposure("127.0.0.1:0", &open).await.is_ok());
+        assert!(check_exposure("[::1]:0", &open).await.is_ok());
+        let err = check_exposure("0.0.0.0:8080", &open).await.unwrap_err();
+        assert!(matches!(err, Error::Exposed { .. }), "{err}");
+        assert!(err.to_string().contains("http.allow_anonymous"));
+        let allowed = HttpConfig {
+            allow_anonymous: true,
+            ..HttpConfig::default()
+        };
+        assert!(check_exposure("0.0.0.0:8080", &allowed).await.is_ok());
+        let mut closed = HttpConfig::default();
+        closed.policy.access =
+            Access::with_tokens(vec![Token::from_secret("t", Scope::Read, "v").unwrap()]);
+        assert!(check_exposure("0.0.0.0:8080", &closed).await.is_ok());
+    }
 }

@@ -3,17 +3,30 @@
 use std::process::Command;
 
 fn tandem(args: &[&str]) -> std::process::Output {
+    tandem_with_env(args, &[])
+}
+
+fn tandem_with_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(args)
+        .env_remove("TANDEM_TOKEN_DASHBOARDS")
+        .env_remove("TANDEM_TOKEN_ADMIN")
+        .envs(env.iter().copied())
         .output()
         .expect("the tandem binary runs")
 }
+
+/// The deploy configuration names these token variables.
+const TOKENS: [(&str, &str); 2] = [
+    ("TANDEM_TOKEN_DASHBOARDS", "read-token"),
+    ("TANDEM_TOKEN_ADMIN", "admin-token"),
+];
 
 #[test]
 fn the_demo_and_deploy_configurations_are_valid() {
     for file in ["demo.toml", "../deploy/tandem.toml"] {
         let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
-        let out = tandem(&["check", "--config", &path]);
+        let out = tandem_with_env(&["check", "--config", &path], &TOKENS);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -63,4 +76,30 @@ fn a_missing_configuration_file_is_named() {
     let out = tandem(&["check", "--config", "/nonexistent/tandem.toml"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tandem.toml"));
+}
+
+#[test]
+fn a_token_variable_that_is_not_set_is_named_without_a_value() {
+    let path = format!("{}/../deploy/tandem.toml", env!("CARGO_MANIFEST_DIR"));
+    let out = tandem_with_env(&["check", "--config", &path], &TOKENS[..1]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("TANDEM_TOKEN_ADMIN"), "{stderr}");
+    assert!(
+        !stderr.contains("read-token"),
+        "token values never appear: {stderr}"
+    );
+}
+
+#[test]
+fn run_refuses_an_open_api_beyond_loopback() {
+    // The demo configuration has no tokens. Refused before any broker or store is contacted.
+    let path = format!("{}/demo.toml", env!("CARGO_MANIFEST_DIR"));
+    let out = tandem(&["run", "--config", &path, "--http", "0.0.0.0:0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("0.0.0.0:0") && stderr.contains("allow_anonymous"),
+        "{stderr}"
+    );
 }

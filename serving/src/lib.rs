@@ -12,6 +12,7 @@
 //!
 //! - [`seam`]: the one function that answers a view query from both layers, and the pure merge.
 //! - [`reconcile`]: speed-state release and drift measurement after each publication.
+//! - [`access`]: bearer tokens with scopes, and request limits, in front of every route.
 //! - [`api`]: the axum router; handlers parse and render, with `Serialize` response types.
 //!
 //! # Invariants
@@ -20,9 +21,11 @@
 //! - The speed layer releases a window only after the catalog installed the publication that
 //!   covers it, so a reader never finds a window in neither layer.
 
+pub mod access;
 pub mod api;
 pub mod reconcile;
 pub mod seam;
 
+pub use access::{Access, HttpLimits, HttpPolicy, Scope, Token};
 pub use api::{AppState, router};
 pub use reconcile::Reconciler;

@@ -271,7 +271,13 @@ async fn latency(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::R
     let scheduler = Scheduler::new(Arc::new(recompute), wiring::scheduler_config(&config))?;
     let reconciler = Reconciler::new(Arc::clone(&catalog), speed.clone());
     let state = AppState::new(catalog, speed.clone(), scheduler, reconciler, None);
-    let (addr, _server) = process::serve("127.0.0.1:0", state, cancel.clone()).await?;
+    let (addr, _server) = process::serve(
+        "127.0.0.1:0",
+        state,
+        &tandem_serving::HttpPolicy::default(),
+        cancel.clone(),
+    )
+    .await?;
 
     // The steady load batches like a high-throughput producer would (50 ms linger): the embedded
     // broker finds a fetch offset by scanning a partition's batches, so thousands of tiny

@@ -26,6 +26,16 @@ pub enum ApiError {
     Conflict(String),
     #[error("no route for {0}")]
     NotFound(String),
+    /// No token, or one that matches none configured.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A token whose scope does not allow the route.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the request took longer than {0:?}")]
+    TimedOut(std::time::Duration),
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
 }
 
 impl ApiError {
@@ -46,6 +56,10 @@ impl ApiError {
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::TimedOut(_) => (StatusCode::REQUEST_TIMEOUT, "timed_out"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
         }
     }
 }
@@ -70,7 +84,30 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
+        if status == StatusCode::UNAUTHORIZED {
+            return (
+                status,
+                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                Json(body),
+            )
+                .into_response();
+        }
         (status, Json(body)).into_response()
+    }
+}
+
+impl From<crate::access::Denied> for ApiError {
+    fn from(denied: crate::access::Denied) -> Self {
+        use crate::access::Denied;
+        match denied {
+            Denied::Missing => {
+                ApiError::Unauthorized("this route needs `Authorization: Bearer <token>`".into())
+            }
+            Denied::Unknown => ApiError::Unauthorized("the bearer token is not valid".into()),
+            Denied::Scope { token, needed } => ApiError::Forbidden(format!(
+                "token `{token}` may not do this: it needs the `{needed}` scope"
+            )),
+        }
     }
 }
 
@@ -125,6 +162,10 @@ mod tests {
             ApiError::Unavailable("queue full".into()),
             ApiError::Conflict("c".into()),
             ApiError::NotFound("/x".into()),
+            ApiError::Unauthorized("u".into()),
+            ApiError::Forbidden("f".into()),
+            ApiError::TimedOut(std::time::Duration::from_secs(1)),
+            ApiError::TooLarge(10),
         ];
         for err in errors {
             let (status, _) = err.status();

@@ -11,14 +11,16 @@
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/healthz` | liveness |
 //!
-//! Errors are JSON `{"error": {"code", "message"}}` (see [`ApiError`]).
+//! Errors are JSON `{"error": {"code", "message"}}` (see [`ApiError`]). With tokens
+//! configured, every route but the probes needs a bearer token ([`crate::access`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -29,7 +31,11 @@ use tandem_shared::coverage::StartRange;
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewDefinition;
 use tandem_speed_layer::SpeedLayer;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
+use crate::access::{self, HttpLimits, HttpPolicy};
 use crate::reconcile::Reconciler;
 use crate::seam::{self, DimensionFilter, ViewQuery};
 
@@ -77,7 +83,48 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The API behind `policy`'s access rules and limits.
+pub fn router(state: AppState, policy: &HttpPolicy) -> Router {
+    front_door(routes(state), policy)
+}
+
+/// Access rules and limits around `routes` (any routes: tests wrap a slow one).
+fn front_door(routes: Router, policy: &HttpPolicy) -> Router {
+    let limits = policy.limits.clone();
+    routes
+        .layer(middleware::from_fn_with_state(
+            policy.access.clone(),
+            access::guard,
+        ))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        .layer(GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests.max(1),
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(middleware::map_response_with_state(limits, limit_errors))
+}
+
+/// The limit layers answer with a bare status; give those answers the API's JSON error body.
+async fn limit_errors(State(limits): State<HttpLimits>, response: Response) -> Response {
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json {
+        return response;
+    }
+    match response.status() {
+        StatusCode::REQUEST_TIMEOUT => ApiError::TimedOut(limits.request_timeout).into_response(),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(limits.max_body_bytes).into_response(),
+        _ => response,
+    }
+}
+
+fn routes(state: AppState) -> Router {
     Router::new()
         .route("/v1/views", get(list_views))
         .route("/v1/views/{name}", get(query_view))

@@ -16,9 +16,14 @@ use tandem_speed_layer::SpeedLayer;
 use tower::ServiceExt;
 
 use super::{AppState, router};
+use crate::access::{Access, HttpLimits, HttpPolicy, Scope, Token};
 use crate::reconcile::Reconciler;
 
 fn app() -> Router {
+    app_with(&HttpPolicy::default())
+}
+
+fn app_with(policy: &HttpPolicy) -> Router {
     let schema = testing::orders_schema();
     let views = [
         testing::view(
@@ -58,15 +63,28 @@ fn app() -> Router {
     )
     .unwrap();
     let reconciler = Reconciler::new(Arc::clone(&catalog), speed.clone());
-    router(AppState::new(catalog, speed, scheduler, reconciler, None))
+    router(
+        AppState::new(catalog, speed, scheduler, reconciler, None),
+        policy,
+    )
 }
 
 async fn call(app: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
-    let request = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Body::from(body.to_owned()))
-        .unwrap();
+    call_as(app, None, method, uri, body).await
+}
+
+async fn call_as(
+    app: &Router,
+    token: Option<&str>,
+    method: &str,
+    uri: &str,
+    body: &str,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request.body(Body::from(body.to_owned())).unwrap();
     let response = app.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -230,4 +248,127 @@ async fn jobs_are_queued_listed_and_refused_when_the_queue_is_full() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let (status, _) = call(&app, "DELETE", "/v1/jobs/nope", "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn with_tokens_every_route_but_the_probes_needs_one_of_enough_scope() {
+    let policy = HttpPolicy {
+        access: Access::with_tokens(vec![
+            Token::from_secret("dashboards", Scope::Read, "r-token").unwrap(),
+            Token::from_secret("ops", Scope::Admin, "a-token").unwrap(),
+        ]),
+        limits: HttpLimits::default(),
+    };
+    let app = app_with(&policy);
+    for (token, method, uri, status, code) in [
+        (None, "GET", "/healthz", StatusCode::OK, ""),
+        (
+            None,
+            "GET",
+            "/v1/views",
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            None,
+            "GET",
+            "/metrics",
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            Some("nope"),
+            "GET",
+            "/v1/views",
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (Some("r-token"), "GET", "/v1/views", StatusCode::OK, ""),
+        (Some("r-token"), "GET", "/v1/jobs", StatusCode::OK, ""),
+        (
+            Some("r-token"),
+            "POST",
+            "/v1/jobs",
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            Some("r-token"),
+            "DELETE",
+            "/v1/jobs/x",
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            None,
+            "POST",
+            "/v1/jobs",
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            Some("a-token"),
+            "POST",
+            "/v1/jobs",
+            StatusCode::ACCEPTED,
+            "",
+        ),
+        (Some("a-token"), "GET", "/v1/views", StatusCode::OK, ""),
+    ] {
+        let (got, body) = call_as(&app, token, method, uri, "").await;
+        assert_eq!(got, status, "{token:?} {method} {uri}: {body}");
+        if !code.is_empty() {
+            assert_eq!(body["error"]["code"], code, "{method} {uri}: {body}");
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                !message.contains("r-token") && !message.contains("a-token"),
+                "{message}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_a_json_413() {
+    let policy = HttpPolicy {
+        access: Access::open(),
+        limits: HttpLimits {
+            max_body_bytes: 64,
+            ..HttpLimits::default()
+        },
+    };
+    let app = app_with(&policy);
+    let body = format!("{{\"view\": \"{}\"}}", "x".repeat(200));
+    let (status, got) = call(&app, "POST", "/v1/jobs", &body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{got}");
+    assert_eq!(got["error"]["code"], "too_large");
+    let (status, _) = call(&app, "POST", "/v1/jobs", "{}").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "a small body still passes");
+}
+
+#[tokio::test]
+async fn a_request_slower_than_the_timeout_is_a_json_408() {
+    use axum::routing::get;
+    let limits = HttpLimits {
+        request_timeout: std::time::Duration::from_millis(20),
+        ..HttpLimits::default()
+    };
+    // The real routes answer at once; a slow route behind the same front door shows it.
+    let slow = Router::new().route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            "late"
+        }),
+    );
+    let slow = super::front_door(
+        slow,
+        &HttpPolicy {
+            access: Access::open(),
+            limits,
+        },
+    );
+    let (status, body) = call(&slow, "GET", "/slow", "").await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(body["error"]["code"], "timed_out");
 }
