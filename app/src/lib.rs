@@ -14,6 +14,8 @@
 //! - [`config`]: the TOML contract and its validation.
 //! - [`wiring`]: configuration into components, in one place.
 //! - [`process`]: start-up and ordered shutdown of one process.
+//! - [`supervise`]: failed layer tasks restarted with backoff, or the process gives up.
+//! - [`probe`]: readiness conditions no task reports itself (assignment, object store).
 //! - [`topics`]: the events topic checked and the side topics created at start-up.
 //! - [`batch_run`]: `tandem batch run`.
 //! - [`dev`]: `tandem dev` and `tandem broker` (the embedded broker, the demo generator).
@@ -23,6 +25,8 @@ pub mod batch_run;
 pub mod bench;
 pub mod config;
 pub mod dev;
+pub mod probe;
 pub mod process;
+pub mod supervise;
 pub mod topics;
 pub mod wiring;

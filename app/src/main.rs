@@ -230,10 +230,19 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             println!("HTTP: http://{}", running.http);
-            shutdown_signal().await;
+            let fatal = running.fatal();
+            let failed = tokio::select! {
+                _ = shutdown_signal() => None,
+                reason = fatal.wait() => Some(reason),
+            };
             tracing::info!("shutting down");
             running.shutdown().await?;
-            Ok(())
+            match failed {
+                Some(reason) => {
+                    anyhow::bail!("stopped because a layer task kept failing: {reason}")
+                }
+                None => Ok(()),
+            }
         }
         Command::Dev(options) => {
             dev::run(options, Some(install_metrics()?), shutdown_signal()).await

@@ -4,7 +4,8 @@
 //!  start: open storage → check the events topic, create missing side topics
 //!         → compile every view for both layers (a bad expression stops start-up)
 //!         → load published batch results → hand their coverage to the speed layer
-//!         → start speed layer, archive, job scheduler, reconciliation → serve HTTP
+//!         → start speed layer, archive, job scheduler, reconciliation (each supervised:
+//!           restarted with backoff when it fails) and the readiness probes → serve HTTP
 //!  shutdown: backend (cancel, await: archive publishes its buffers, scheduler finishes a
 //!            running job, speed layer checkpoints and flushes side topics) → HTTP frontend
 //! ```
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tandem_batch_layer::{Archive, Scheduler};
-use tandem_serving::{AppState, HttpPolicy, Reconciler, router};
+use tandem_serving::{AppState, HttpPolicy, Readiness, Reconciler, router};
 use tandem_shared::clock::{Clock, SystemClock};
 use tandem_shared::event::EventDecoder;
 use tandem_speed_layer::SpeedLayer;
@@ -27,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, HttpConfig};
+use crate::probe::{self, COMPONENTS};
+use crate::supervise::{Fatal, RestartPolicy, Supervisor};
 use crate::{topics, wiring};
 
 /// Errors starting Tandem. Configuration or environment; start-up stops with the message.
@@ -71,6 +74,7 @@ pub struct RunOptions {
 #[derive(Debug)]
 pub struct Running {
     pub http: SocketAddr,
+    fatal: Fatal,
     backend: CancellationToken,
     frontend: CancellationToken,
     tracker: TaskTracker,
@@ -78,6 +82,12 @@ pub struct Running {
 }
 
 impl Running {
+    /// Completes, with the reason, when a layer task failed too often in a row: the caller
+    /// shuts down and exits non-zero so that its own supervisor restarts the process.
+    pub fn fatal(&self) -> Fatal {
+        self.fatal.clone()
+    }
+
     /// Ordered shutdown: backend first (flushing), then the HTTP frontend.
     pub async fn shutdown(self) -> Result<(), Error> {
         self.backend.cancel();
@@ -123,25 +133,60 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     let tracker = TaskTracker::new();
     let decoder = Arc::new(EventDecoder::new(Arc::clone(&schema)));
 
-    let speed_task = speed.start(
-        wiring::speed_config(config, &store),
-        Arc::clone(&decoder),
-        Arc::clone(&clock),
-        backend.child_token(),
-    )?;
-    tracker.spawn(async move {
-        if let Err(err) = speed_task.await {
-            tracing::error!(%err, "speed layer task failed");
-        }
-    });
+    let readiness = Readiness::new(COMPONENTS);
+    let supervisor = Supervisor::new(readiness.clone(), RestartPolicy::default());
 
-    let archive = Archive::new(
-        wiring::archive_config(config),
+    let speed_config = wiring::speed_config(config, &store);
+    let speed_run = speed.clone();
+    let speed_decoder = Arc::clone(&decoder);
+    let speed_clock = Arc::clone(&clock);
+    tracker.spawn(supervisor.clone().run(
+        "speed",
+        move |cancel| {
+            let task = speed_run
+                .start(
+                    speed_config.clone(),
+                    Arc::clone(&speed_decoder),
+                    Arc::clone(&speed_clock),
+                    cancel,
+                )
+                .map_err(|e| e.to_string())?;
+            Ok(async move { task.await.map_err(|e| e.to_string()) })
+        },
+        backend.child_token(),
+    ));
+
+    // The archive's consumer is created here so a configuration error stops start-up.
+    let archive_config = wiring::archive_config(config);
+    let archive_store = Arc::clone(&store);
+    let archive_decoder = Arc::clone(&decoder);
+    let archive_clock = Arc::clone(&clock);
+    let mut first_archive = Some(Archive::new(
+        archive_config.clone(),
         Arc::clone(&store),
         Arc::clone(&decoder),
         Arc::clone(&clock),
-    )?;
-    tracker.spawn(archive.run(backend.child_token()));
+    )?);
+    tracker.spawn(supervisor.clone().run(
+        "archive",
+        move |cancel| {
+            let archive = match first_archive.take() {
+                Some(archive) => archive,
+                None => Archive::new(
+                    archive_config.clone(),
+                    Arc::clone(&archive_store),
+                    Arc::clone(&archive_decoder),
+                    Arc::clone(&archive_clock),
+                )
+                .map_err(|e| e.to_string())?,
+            };
+            Ok(async move {
+                archive.run(cancel).await;
+                Ok(())
+            })
+        },
+        backend.child_token(),
+    ));
 
     let recompute = Arc::new(wiring::recompute(config, &store, &catalog, clock));
     let scheduler = Scheduler::new(recompute, wiring::scheduler_config(config))?;
@@ -152,12 +197,36 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     for job in scheduler.backfill() {
         tracing::info!(view = ?job.view, id = %job.id, "no published results for this view version: backfill queued");
     }
-    tracker.spawn(scheduler.clone().run(backend.child_token()));
-    tracker.spawn(
-        reconciler
-            .clone()
-            .run(backend.child_token(), Duration::from_secs(10)),
-    );
+    let scheduler_run = scheduler.clone();
+    tracker.spawn(supervisor.clone().run(
+        "scheduler",
+        move |cancel| {
+            let run = scheduler_run.clone().run(cancel);
+            Ok(async move {
+                run.await;
+                Ok(())
+            })
+        },
+        backend.child_token(),
+    ));
+    let reconciler_run = reconciler.clone();
+    tracker.spawn(supervisor.clone().run(
+        "reconciler",
+        move |cancel| {
+            let run = reconciler_run.clone().run(cancel, Duration::from_secs(10));
+            Ok(async move {
+                run.await;
+                Ok(())
+            })
+        },
+        backend.child_token(),
+    ));
+    tracker.spawn(probe::run(
+        readiness.clone(),
+        speed.clone(),
+        Arc::clone(&store),
+        backend.child_token(),
+    ));
 
     if let Some(handle) = options.metrics.clone() {
         let cancel = backend.child_token();
@@ -172,10 +241,18 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         });
     }
 
-    let state = AppState::new(catalog, speed, scheduler, reconciler, options.metrics);
+    let state = AppState::new(
+        catalog,
+        speed,
+        scheduler,
+        reconciler,
+        options.metrics,
+        readiness,
+    );
     let (http, server) = serve(&options.http, state, &config.http.policy, frontend.clone()).await?;
     Ok(Running {
         http,
+        fatal: supervisor.fatal(),
         backend,
         frontend,
         tracker,

@@ -13,6 +13,7 @@
 //! - [`seam`]: the one function that answers a view query from both layers, and the pure merge.
 //! - [`reconcile`]: speed-state release and drift measurement after each publication.
 //! - [`access`]: bearer tokens with scopes, and request limits, in front of every route.
+//! - [`readiness`]: each component's condition, read by `/readyz`.
 //! - [`api`]: the axum router; handlers parse and render, with `Serialize` response types.
 //!
 //! # Invariants
@@ -23,9 +24,11 @@
 
 pub mod access;
 pub mod api;
+pub mod readiness;
 pub mod reconcile;
 pub mod seam;
 
 pub use access::{Access, HttpLimits, HttpPolicy, Scope, Token};
 pub use api::{AppState, router};
+pub use readiness::Readiness;
 pub use reconcile::Reconciler;

@@ -94,6 +94,9 @@ impl SpeedLayer {
 
     /// Starts consuming on a dedicated blocking thread; the returned task ends after `cancel`
     /// fires, final checkpoints are written and side-topic messages are flushed.
+    ///
+    /// Partition state left by an earlier run (one that failed) is dropped first: each
+    /// partition is restored from its checkpoint again when it is assigned.
     pub fn start(
         &self,
         config: SpeedConfig,
@@ -102,6 +105,8 @@ impl SpeedLayer {
         cancel: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, ingest::Error> {
         let ingest = ingest::Ingest::new(self.clone(), config, decoder, clock)?;
+        self.partitions_write().clear();
+        self.publish_size();
         Ok(tokio::task::spawn_blocking(move || ingest.run(cancel)))
     }
 
@@ -276,6 +281,11 @@ impl SpeedLayer {
 
     pub(crate) fn assigned(&self, partition: i32) -> bool {
         self.partitions_read().contains_key(&partition)
+    }
+
+    /// Partitions the consumer holds now.
+    pub fn assigned_partition_count(&self) -> usize {
+        self.partitions_read().len()
     }
 
     pub(crate) fn assigned_partitions(&self) -> Vec<i32> {

@@ -270,7 +270,14 @@ async fn latency(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::R
     let recompute = wiring::recompute(&config, &store, &catalog, Arc::new(SystemClock));
     let scheduler = Scheduler::new(Arc::new(recompute), wiring::scheduler_config(&config))?;
     let reconciler = Reconciler::new(Arc::clone(&catalog), speed.clone());
-    let state = AppState::new(catalog, speed.clone(), scheduler, reconciler, None);
+    let state = AppState::new(
+        catalog,
+        speed.clone(),
+        scheduler,
+        reconciler,
+        None,
+        tandem_serving::Readiness::default(),
+    );
     let (addr, _server) = process::serve(
         "127.0.0.1:0",
         state,

@@ -120,7 +120,11 @@ pub async fn run(
             running.http, view.name
         );
     }
-    shutdown.await;
+    let fatal = running.fatal();
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        reason = fatal.wait() => Some(reason),
+    };
     tracing::info!("shutting down");
     stop_demo.cancel();
     if let Some(g) = generator {
@@ -129,5 +133,8 @@ pub async fn run(
     running.shutdown().await?;
     stop_broker.cancel();
     drop(kafka);
-    Ok(())
+    match failed {
+        Some(reason) => anyhow::bail!("stopped because a layer task kept failing: {reason}"),
+        None => Ok(()),
+    }
 }

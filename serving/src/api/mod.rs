@@ -10,6 +10,7 @@
 //! | DELETE | `/v1/jobs/{id}` | cancel a queued or running job |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/healthz` | liveness |
+//! | GET | `/readyz` | readiness: 503 with the reasons while a component is not ready |
 //!
 //! Errors are JSON `{"error": {"code", "message"}}` (see [`ApiError`]). With tokens
 //! configured, every route but the probes needs a bearer token ([`crate::access`]).
@@ -36,6 +37,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::access::{self, HttpLimits, HttpPolicy};
+use crate::readiness::Readiness;
 use crate::reconcile::Reconciler;
 use crate::seam::{self, DimensionFilter, ViewQuery};
 
@@ -45,7 +47,7 @@ mod response;
 mod tests;
 
 pub use error::ApiError;
-pub use response::{Health, JobList, RowBody, ViewList, ViewRows, ViewSummary};
+pub use response::{Health, JobList, Ready, RowBody, ViewList, ViewRows, ViewSummary};
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -55,17 +57,19 @@ pub struct AppState {
     scheduler: Scheduler,
     reconciler: Reconciler,
     metrics: Option<PrometheusHandle>,
+    readiness: Readiness,
 }
 
 impl AppState {
     /// The API over `catalog` (which also names the views) and `speed`; `metrics` renders
-    /// `/metrics` when given.
+    /// `/metrics` when given; `readiness` answers `/readyz`.
     pub fn new(
         catalog: Arc<ViewCatalog>,
         speed: SpeedLayer,
         scheduler: Scheduler,
         reconciler: Reconciler,
         metrics: Option<PrometheusHandle>,
+        readiness: Readiness,
     ) -> Self {
         Self {
             catalog,
@@ -73,6 +77,7 @@ impl AppState {
             scheduler,
             reconciler,
             metrics,
+            readiness,
         }
     }
 
@@ -132,6 +137,7 @@ fn routes(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(get_job).delete(cancel_job))
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { Json(Health { status: "ok" }) }))
+        .route("/readyz", get(readyz))
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(uri.path().to_owned()) })
         .with_state(state)
 }
@@ -291,6 +297,27 @@ async fn cancel_job(
     Path(id): Path<String>,
 ) -> Result<Json<JobRecord>, ApiError> {
     Ok(Json(state.scheduler.cancel(&id)?))
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
+    let reasons = state.readiness.reasons();
+    if reasons.is_empty() {
+        (
+            StatusCode::OK,
+            Json(Ready {
+                status: "ready",
+                reasons,
+            }),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Ready {
+                status: "not_ready",
+                reasons,
+            }),
+        )
+    }
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {

@@ -146,3 +146,10 @@ pub struct JobList {
 pub struct Health {
     pub status: &'static str,
 }
+
+/// `GET /readyz`: `ready`, or `not_ready` with each component's reason.
+#[derive(Debug, Serialize)]
+pub struct Ready {
+    pub status: &'static str,
+    pub reasons: Vec<crate::readiness::Reason>,
+}

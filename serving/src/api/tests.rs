@@ -17,6 +17,7 @@ use tower::ServiceExt;
 
 use super::{AppState, router};
 use crate::access::{Access, HttpLimits, HttpPolicy, Scope, Token};
+use crate::readiness::Readiness;
 use crate::reconcile::Reconciler;
 
 fn app() -> Router {
@@ -24,6 +25,10 @@ fn app() -> Router {
 }
 
 fn app_with(policy: &HttpPolicy) -> Router {
+    app_with_readiness(policy, Readiness::default())
+}
+
+fn app_with_readiness(policy: &HttpPolicy, readiness: Readiness) -> Router {
     let schema = testing::orders_schema();
     let views = [
         testing::view(
@@ -64,7 +69,7 @@ fn app_with(policy: &HttpPolicy) -> Router {
     .unwrap();
     let reconciler = Reconciler::new(Arc::clone(&catalog), speed.clone());
     router(
-        AppState::new(catalog, speed, scheduler, reconciler, None),
+        AppState::new(catalog, speed, scheduler, reconciler, None, readiness),
         policy,
     )
 }
@@ -371,4 +376,31 @@ async fn a_request_slower_than_the_timeout_is_a_json_408() {
     let (status, body) = call(&slow, "GET", "/slow", "").await;
     assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
     assert_eq!(body["error"]["code"], "timed_out");
+}
+
+#[tokio::test]
+async fn readyz_is_503_with_the_reasons_until_every_component_is_ready() {
+    let readiness = Readiness::new(["speed", "storage"]);
+    let policy = HttpPolicy {
+        access: Access::with_tokens(vec![Token::from_secret("t", Scope::Read, "v").unwrap()]),
+        limits: HttpLimits::default(),
+    };
+    let app = app_with_readiness(&policy, readiness.clone());
+    // Open even with tokens configured.
+    let (status, body) = call(&app, "GET", "/readyz", "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["reasons"].as_array().unwrap().len(), 2);
+    readiness.ready("speed");
+    readiness.not_ready("storage", "object store unreachable: connection refused");
+    let (status, body) = call(&app, "GET", "/readyz", "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body["reasons"],
+        json!([{"component": "storage", "reason": "object store unreachable: connection refused"}])
+    );
+    readiness.ready("storage");
+    let (status, body) = call(&app, "GET", "/readyz", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ready");
 }

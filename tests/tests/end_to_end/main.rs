@@ -264,6 +264,21 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
     .await
     .context("speed-layer answer")?;
 
+    // Every layer task runs, the consumer holds partitions, the store answers: ready.
+    let readyz = server.url("/readyz");
+    eventually(Duration::from_secs(30), || async {
+        let response = client.get(&readyz).send().await?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await?;
+        ensure!(
+            status == reqwest::StatusCode::OK && body["status"] == "ready",
+            "/readyz: {status} {body}"
+        );
+        Ok(())
+    })
+    .await
+    .context("readiness")?;
+
     // Dimension filters and ranges narrow the answer.
     let chennai = get(
         &client,
