@@ -13,6 +13,7 @@
 //! - [`seam`]: the one function that answers a view query from both layers, and the pure merge.
 //! - [`reconcile`]: speed-state release and drift measurement after each publication.
 //! - [`access`]: bearer tokens with scopes, and request limits, in front of every route.
+//! - [`page`]: answers a page at a time, with a position cursor.
 //! - [`readiness`]: each component's condition, read by `/readyz`.
 //! - [`api`]: the axum router; handlers parse and render, with `Serialize` response types.
 //!
@@ -24,6 +25,7 @@
 
 pub mod access;
 pub mod api;
+pub mod page;
 pub mod readiness;
 pub mod reconcile;
 pub mod seam;

@@ -4,7 +4,7 @@
 //! | method | path | |
 //! |---|---|---|
 //! | GET | `/v1/views` | configured views, their batch horizon and drift |
-//! | GET | `/v1/views/{name}?from=&to=&DIM=VALUE` | merged rows of windows starting in `[from, to)` |
+//! | GET | `/v1/views/{name}?from=&to=&DIM=VALUE&limit=&cursor=` | merged rows of windows starting in `[from, to)`, a page at a time |
 //! | POST | `/v1/jobs` | queue a recompute job `{"view"?, "from"?, "to"?}` |
 //! | GET | `/v1/jobs?status=&view=`, `/v1/jobs/{id}` | job records |
 //! | DELETE | `/v1/jobs/{id}` | cancel a queued or running job |
@@ -37,6 +37,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::access::{self, HttpLimits, HttpPolicy};
+use crate::page::{self, Cursor};
 use crate::readiness::Readiness;
 use crate::reconcile::Reconciler;
 use crate::seam::{self, DimensionFilter, ViewQuery};
@@ -165,18 +166,49 @@ fn parse_time(name: &str, text: &str) -> Result<EventTime, ApiError> {
     })
 }
 
-/// Reads `from`, `to` and dimension filters of a view query from the query string.
+/// Which page of an answer to return.
+#[derive(Debug)]
+struct Paging {
+    limit: usize,
+    after: Option<Cursor>,
+}
+
+/// Reads `from`, `to`, dimension filters, `limit` and `cursor` of a view query from the query
+/// string.
 fn parse_view_query(
     view: &ViewDefinition,
     params: &BTreeMap<String, String>,
-) -> Result<ViewQuery, ApiError> {
+) -> Result<(ViewQuery, Paging), ApiError> {
     let mut from = EventTime::MIN;
     let mut to = EventTime::MAX;
     let mut filters = Vec::new();
+    let mut paging = Paging {
+        limit: page::DEFAULT_LIMIT,
+        after: None,
+    };
     for (key, value) in params {
         match key.as_str() {
             "from" => from = parse_time("from", value)?,
             "to" => to = parse_time("to", value)?,
+            "limit" => {
+                paging.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=page::MAX_LIMIT).contains(n))
+                    .ok_or_else(|| ApiError::BadParameter {
+                        name: "limit".into(),
+                        problem: format!(
+                            "`{value}` is not a number of rows from 1 to {}",
+                            page::MAX_LIMIT
+                        ),
+                    })?;
+            }
+            "cursor" => {
+                paging.after = Some(Cursor::decode(value).map_err(|e| ApiError::BadParameter {
+                    name: "cursor".into(),
+                    problem: e.to_string(),
+                })?);
+            }
             dim => match view.group_by.iter().position(|g| g == dim) {
                 Some(position) => filters.push(DimensionFilter {
                     position,
@@ -186,7 +218,7 @@ fn parse_view_query(
                     return Err(ApiError::BadParameter {
                         name: dim.to_owned(),
                         problem: format!(
-                            "not a parameter of view `{}`; use from, to or a dimension ({})",
+                            "not a parameter of view `{}`; use from, to, limit, cursor or a dimension ({})",
                             view.name,
                             if view.group_by.is_empty() {
                                 "this view has none".to_owned()
@@ -205,11 +237,16 @@ fn parse_view_query(
             problem: format!("`from` ({from}) must be before `to` ({to})"),
         });
     }
-    Ok(ViewQuery {
+    // Rows before the cursor's window start are not needed.
+    if let Some(after) = &paging.after {
+        from = from.max(after.start);
+    }
+    let query = ViewQuery {
         view: view.name.clone(),
-        range: StartRange::new(from, to),
+        range: StartRange::new(from, to.max(from)),
         filters,
-    })
+    };
+    Ok((query, paging))
 }
 
 async fn query_view(
@@ -218,9 +255,11 @@ async fn query_view(
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Result<Json<ViewRows>, ApiError> {
     let view = state.view(&name)?;
-    let query = parse_view_query(view, &params)?;
-    let answer = seam::answer(state.catalog.as_ref(), &state.speed, &query)?;
-    Ok(Json(ViewRows::new(view, answer)))
+    let (query, paging) = parse_view_query(view, &params)?;
+    let mut answer = seam::answer(state.catalog.as_ref(), &state.speed, &query)?;
+    let (rows, next) = page::cut(answer.rows, paging.after.as_ref(), paging.limit);
+    answer.rows = rows;
+    Ok(Json(ViewRows::new(view, answer, next.map(|c| c.encode()))))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -77,6 +77,8 @@ pub struct ViewRows {
     pub version: ViewVersion,
     pub batch_horizon: Option<EventTime>,
     pub rows: Vec<RowBody>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// One window and group of an answer, with the layer it came from.
@@ -95,7 +97,7 @@ pub struct RowBody {
 }
 
 impl ViewRows {
-    pub fn new(view: &ViewDefinition, answer: Answer) -> Self {
+    pub fn new(view: &ViewDefinition, answer: Answer, next_cursor: Option<String>) -> Self {
         let approximate: Vec<String> = view
             .aggregates
             .iter()
@@ -131,6 +133,7 @@ impl ViewRows {
             version: answer.version,
             batch_horizon: answer.batch_horizon,
             rows,
+            next_cursor,
         }
     }
 }

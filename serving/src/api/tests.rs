@@ -185,6 +185,27 @@ async fn bad_requests_get_json_errors() {
         ),
         (
             "GET",
+            "/v1/views/orders_by_city?limit=0",
+            "",
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+        ),
+        (
+            "GET",
+            "/v1/views/orders_by_city?limit=100001",
+            "",
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+        ),
+        (
+            "GET",
+            "/v1/views/orders_by_city?cursor=nothex",
+            "",
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+        ),
+        (
+            "GET",
             "/v1/jobs/123",
             "",
             StatusCode::NOT_FOUND,

@@ -264,6 +264,44 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
     .await
     .context("speed-layer answer")?;
 
+    // Paging: `limit` rows at a time, following `next_cursor`, gives the whole answer once.
+    let whole = get(&client, &url).await?;
+    ensure!(
+        whole["next_cursor"].is_null(),
+        "one page: {}",
+        whole["next_cursor"]
+    );
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page_url = match &cursor {
+            None => format!("{url}?limit=7"),
+            Some(c) => format!("{url}?limit=7&cursor={c}"),
+        };
+        let page = get(&client, &page_url).await?;
+        let rows = page["rows"].as_array().context("rows")?;
+        ensure!(rows.len() <= 7, "page of {}", rows.len());
+        paged.extend(
+            rows.iter()
+                .map(|r| (r["window_start"].clone(), r["group"].clone())),
+        );
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+        ensure!(pages < 10_000, "paging does not end");
+    }
+    let unpaged: Vec<_> = whole["rows"]
+        .as_array()
+        .context("rows")?
+        .iter()
+        .map(|r| (r["window_start"].clone(), r["group"].clone()))
+        .collect();
+    ensure!(pages > 1, "{} rows fit in one page of 7", unpaged.len());
+    ensure!(paged == unpaged, "pages differ from the whole answer");
+
     // Every layer task runs, the consumer holds partitions, the store answers: ready.
     let readyz = server.url("/readyz");
     eventually(Duration::from_secs(30), || async {
