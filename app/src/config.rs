@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tandem_serving::{Access, HttpLimits, HttpPolicy, Scope, Token};
 use tandem_shared::schema::{EventSchema, FieldType};
-use tandem_shared::time::Span;
+use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::{ViewConfig, ViewDefinition};
 
 /// Configuration errors. Always the user's: start-up stops with the message.
@@ -48,6 +48,13 @@ pub enum Error {
     NoViews { path: String },
     #[error("{path}: {section}.{key}: {source}")]
     Span {
+        path: String,
+        section: &'static str,
+        key: &'static str,
+        source: tandem_shared::time::Error,
+    },
+    #[error("{path}: {section}.{key}: {source}")]
+    Time {
         path: String,
         section: &'static str,
         key: &'static str,
@@ -149,6 +156,8 @@ struct SchemaFile {
     time_field: String,
     fields: BTreeMap<String, FieldType>,
     id_field: Option<String>,
+    /// Earlier event times are dead-lettered (`past`); default 2000-01-01T00:00:00Z.
+    min_time: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -289,6 +298,18 @@ impl Config {
             path: path.clone(),
             source,
         })?;
+        let schema = match &file.schema.min_time {
+            None => schema,
+            Some(text) => {
+                let min_time = EventTime::parse(text).map_err(|source| Error::Time {
+                    path: path.clone(),
+                    section: "schema",
+                    key: "min_time",
+                    source,
+                })?;
+                schema.with_min_time(min_time)
+            }
+        };
         if file.views.is_empty() {
             return Err(Error::NoViews { path });
         }
@@ -597,6 +618,23 @@ mod tests {
         // Without an [http] table the API is open, with default limits.
         let c = Config::parse(DEMO, "demo").unwrap();
         assert!(c.http.policy.access.is_open());
+    }
+
+    #[test]
+    fn schema_min_time_defaults_to_2000_and_is_checked() {
+        let c = parse(ISSUE_EXAMPLE, "t.toml").unwrap();
+        assert_eq!(c.schema.min_time.to_string(), "2000-01-01T00:00:00Z");
+        let set = ISSUE_EXAMPLE.replace(
+            "time_field = \"ts\"",
+            "time_field = \"ts\"\nmin_time = \"2020-01-01T00:00:00Z\"",
+        );
+        let c = parse(&set, "t.toml").unwrap();
+        assert_eq!(c.schema.min_time.to_string(), "2020-01-01T00:00:00Z");
+        let bad = ISSUE_EXAMPLE.replace(
+            "time_field = \"ts\"",
+            "time_field = \"ts\"\nmin_time = \"long ago\"",
+        );
+        assert!(err(&bad).contains("schema.min_time"), "{}", err(&bad));
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
+use crate::time::EventTime;
+
 /// Column holding the Kafka partition an event was read from.
 pub const PARTITION_COLUMN: &str = "_kafka_partition";
 /// Column holding the Kafka offset of an event within its partition.
@@ -84,6 +86,9 @@ pub struct EventSchema {
     pub fields: Vec<(String, FieldType)>,
     /// Optional event id, used by the batch layer to count a re-produced event once.
     pub id_field: Option<String>,
+    /// Events before this time are dead-lettered (reason `past`).
+    #[serde(default = "EventSchema::default_min_time")]
+    pub min_time: EventTime,
 }
 
 impl EventSchema {
@@ -96,9 +101,21 @@ impl EventSchema {
             time_field: time_field.into(),
             fields: fields.into_iter().collect(),
             id_field,
+            min_time: Self::default_min_time(),
         };
         schema.validate()?;
         Ok(schema)
+    }
+
+    /// 2000-01-01T00:00:00Z: earlier event times are almost always a bug in the producer.
+    pub fn default_min_time() -> EventTime {
+        EventTime(946_684_800_000)
+    }
+
+    /// The same schema with events before `min_time` dead-lettered.
+    pub fn with_min_time(mut self, min_time: EventTime) -> Self {
+        self.min_time = min_time;
+        self
     }
 
     fn validate(&self) -> Result<()> {

@@ -8,6 +8,7 @@ use arrow_array::RecordBatch;
 
 use crate::event::{EventBatchBuilder, EventDecoder};
 use crate::schema::{EventSchema, FieldType};
+use crate::time::EventTime;
 use crate::view::{ViewConfig, ViewDefinition};
 use crate::window::WindowConfig;
 
@@ -24,7 +25,9 @@ pub fn schema_with_id(fields: &[(&str, FieldType)], id_field: Option<&str>) -> A
     let fields = fields.iter().map(|(name, ty)| ((*name).to_owned(), *ty));
     Arc::new(
         EventSchema::new(TIME_FIELD, fields, id_field.map(str::to_owned))
-            .expect("fixture schema is valid"),
+            .expect("fixture schema is valid")
+            // Fixtures use small epoch times; `past` is tested on its own.
+            .with_min_time(EventTime::EARLIEST),
     )
 }
 

@@ -23,6 +23,10 @@ pub enum Error {
     Span { input: String },
     #[error("duration `{input}` must be greater than zero")]
     ZeroSpan { input: String },
+    #[error(
+        "`{input}` is outside the supported range of event times (0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z)"
+    )]
+    OutOfRange { input: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -32,8 +36,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct EventTime(pub i64);
 
 impl EventTime {
+    /// Unbounded below and above: sentinels of open ranges, never an event's time.
     pub const MIN: EventTime = EventTime(i64::MIN);
     pub const MAX: EventTime = EventTime(i64::MAX);
+    /// The first and last event times Tandem accepts (what RFC 3339 can write). Every window
+    /// computation over times in this range is far from the limits of `i64`.
+    pub const EARLIEST: EventTime = EventTime(-62_135_596_800_000);
+    pub const LATEST: EventTime = EventTime(253_402_300_799_999);
+
+    /// Whether the time is in `[EARLIEST, LATEST]`.
+    pub fn is_supported(self) -> bool {
+        (Self::EARLIEST..=Self::LATEST).contains(&self)
+    }
 
     pub fn from_millis(ms: i64) -> Self {
         Self(ms)
@@ -43,8 +57,20 @@ impl EventTime {
         self.0
     }
 
-    /// Parses RFC 3339 (any offset, converted to UTC) or integer epoch milliseconds.
+    /// Parses a time given by a user: RFC 3339 (any offset, converted to UTC) or integer epoch
+    /// milliseconds, in the supported range ([`EventTime::EARLIEST`] to [`EventTime::LATEST`]).
     pub fn parse(input: &str) -> Result<Self> {
+        let time = Self::parse_any(input)?;
+        if !time.is_supported() {
+            return Err(Error::OutOfRange {
+                input: input.to_owned(),
+            });
+        }
+        Ok(time)
+    }
+
+    /// Parses any time Tandem itself may have written, including the open-range sentinels.
+    fn parse_any(input: &str) -> Result<Self> {
         let trimmed = input.trim();
         if let Ok(ms) = trimmed.parse::<i64>() {
             return Ok(Self(ms));
@@ -95,7 +121,7 @@ impl<'de> Deserialize<'de> for EventTime {
         }
         match Repr::deserialize(d)? {
             Repr::Millis(ms) => Ok(Self(ms)),
-            Repr::Text(s) => Self::parse(&s).map_err(serde::de::Error::custom),
+            Repr::Text(s) => Self::parse_any(&s).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -182,6 +208,28 @@ mod tests {
             EventTime::parse("yesterday"),
             Err(Error::Timestamp { .. })
         ));
+    }
+
+    #[test]
+    fn user_times_must_be_in_the_supported_range_but_documents_round_trip_sentinels() {
+        assert_eq!(
+            EventTime::parse("0001-01-01T00:00:00Z").unwrap(),
+            EventTime::EARLIEST
+        );
+        assert_eq!(
+            EventTime::parse("9999-12-31T23:59:59.999Z").unwrap(),
+            EventTime::LATEST
+        );
+        for input in ["-9223372036854775808", "253402300800000", "-62135596800001"] {
+            assert!(
+                matches!(EventTime::parse(input), Err(Error::OutOfRange { .. })),
+                "{input}"
+            );
+        }
+        for t in [EventTime::MIN, EventTime::MAX, EventTime(0)] {
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(serde_json::from_str::<EventTime>(&json).unwrap(), t);
+        }
     }
 
     #[test]

@@ -130,8 +130,9 @@ impl fmt::Display for WindowSpec {
 }
 
 /// Largest multiple of `step` that is `<= t` (floor, also for times before the epoch).
+/// Saturates at `i64::MIN` (only the open-range sentinel is that far out).
 pub fn align_down(t: i64, step: i64) -> i64 {
-    t - t.rem_euclid(step)
+    t.saturating_sub(t.rem_euclid(step.max(1)))
 }
 
 impl WindowSpec {
@@ -160,16 +161,21 @@ impl WindowSpec {
             WindowSpec::Session { .. } => (1, 0),
         };
         let t = t.millis();
-        // Windows containing t start in (t - size, t] on the slide grid.
+        // Windows containing t start in (t - size, t] on the slide grid. Checked: a time so
+        // close to the limits of i64 that a window start overflows has no windows (the decoder
+        // only admits times in [EventTime::EARLIEST, EventTime::LATEST]).
         let (first, count) = if slide == 0 {
             (0, 0)
         } else {
             let last = align_down(t, slide);
             let count = size / slide;
-            (last - (count - 1) * slide, count)
+            (count - 1)
+                .checked_mul(slide)
+                .and_then(|back| last.checked_sub(back))
+                .map_or((0, 0), |first| (first, count))
         };
         (0..count).map(move |i| {
-            let start = first + i * slide;
+            let start = first.saturating_add(i.saturating_mul(slide));
             Window {
                 start: EventTime(start),
                 end: EventTime(start.saturating_add(size)),
@@ -278,5 +284,29 @@ mod tests {
         .unwrap();
         assert_eq!(w.windows_of(EventTime(5)).count(), 0);
         assert_eq!(w.size(), None);
+    }
+
+    proptest::proptest! {
+        /// No event time, however extreme, overflows window assignment (debug builds check).
+        #[test]
+        fn window_assignment_never_overflows(
+            t in proptest::num::i64::ANY,
+            size_steps in 1i64..=60,
+            every in 1i64..=86_400_000,
+        ) {
+            let spec = WindowSpec::Hopping {
+                size: Span::from_millis(every.saturating_mul(size_steps)),
+                every: Span::from_millis(every),
+            };
+            for w in spec.windows_of(EventTime(t)) {
+                proptest::prop_assert!(w.start <= w.end);
+            }
+            let supported = EventTime(t).is_supported();
+            if supported {
+                proptest::prop_assert!(spec.windows_of(EventTime(t)).all(|w| w.contains(EventTime(t))));
+            }
+            let _ = spec.window_at(EventTime(t));
+            let _ = align_down(t, every);
+        }
     }
 }

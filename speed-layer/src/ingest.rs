@@ -22,7 +22,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use tandem_shared::event::{EventBatchBuilder, EventDecoder};
+use tandem_shared::event::{EventBatchBuilder, EventDecoder, future_limit};
 use tandem_shared::time::{EventTime, Span};
 use tokio_util::sync::CancellationToken;
 
@@ -443,7 +443,6 @@ fn process(
     messages: &[BorrowedMessage<'_>],
 ) {
     let started = Instant::now();
-    let future_limit = time.now.saturating_add(time.max_future);
     // `None` marks a partition polled before its revocation: the new owner re-reads it from
     // the checkpoint's offset. (Rebalances run inside `poll`, so assignment cannot change
     // while a micro-batch is processed; it is looked up once per partition.)
@@ -470,16 +469,20 @@ fn process(
             side.dead_letter(None, origin(topic, m), "empty", "message has no payload");
             continue;
         };
+        let record_time = m.timestamp().to_millis();
         match decoder.decode(payload) {
-            Ok(event) if event.time > future_limit => side.dead_letter(
-                Some(payload),
-                origin(topic, m),
-                "future",
-                &format!(
-                    "event time {} is more than {} ahead of the wall clock ({})",
-                    event.time, time.max_future, time.now
+            Ok(event) if event.time > future_limit(record_time, time.now, time.max_future) => side
+                .dead_letter(
+                    Some(payload),
+                    origin(topic, m),
+                    "future",
+                    &format!(
+                        "event time {} is more than {} ahead of the message's Kafka timestamp ({})",
+                        event.time,
+                        time.max_future,
+                        record_time.map_or(time.now, EventTime)
+                    ),
                 ),
-            ),
             Ok(event) => {
                 rows.builder.append(&event, partition, m.offset());
                 rows.messages.push(i);

@@ -130,7 +130,11 @@ impl Archive {
             .buffer
             .get_or_insert_with(|| Buffer::new(offset, Instant::now()));
         buffer.last_offset = offset;
-        let future_limit = self.clock.now().saturating_add(self.config.max_future);
+        let future_limit = tandem_shared::event::future_limit(
+            m.timestamp().to_millis(),
+            self.clock.now(),
+            self.config.max_future,
+        );
         // Malformed and future events are not archived (the speed layer dead-letters them), but
         // their offsets are covered by the next manifest all the same, so they are never re-read.
         match m.payload().map(|p| (p.len(), self.decoder.decode(p))) {

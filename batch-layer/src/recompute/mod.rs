@@ -176,14 +176,21 @@ fn chunks(
     };
     let (slide, size) = (slide.millis(), size.millis());
     let step = (3_600_000 / slide).max(1) * slide;
-    let scan = |from: i64, to: i64| StartRange::new(EventTime(from), EventTime(to - slide + size));
+    let scan = |from: i64, to: i64| {
+        StartRange::new(
+            EventTime(from),
+            EventTime(to.saturating_sub(slide).saturating_add(size)),
+        )
+    };
     let mut out = Vec::new();
     let mut from = covered.from.millis();
     while from < covered.to.millis() {
-        let mut to = (align_down(from, step) + step).min(covered.to.millis());
+        let mut to = align_down(from, step)
+            .saturating_add(step)
+            .min(covered.to.millis());
         // Grow the chunk hour by hour while it stays under the row target.
         while to < covered.to.millis() {
-            let next = (to + step).min(covered.to.millis());
+            let next = to.saturating_add(step).min(covered.to.millis());
             if rows_in(scan(from, next)) > CHUNK_ROWS {
                 break;
             }
@@ -333,9 +340,12 @@ impl Recompute {
         let mut batches = Vec::new();
         let covered = match view.window {
             WindowSpec::Session { gap } => {
-                let Some(from) = requested.from.or(extent.earliest) else {
+                // Sessions start at events: none starts before the earliest archived one, so
+                // an earlier requested start is clamped to it.
+                let Some(earliest) = extent.earliest else {
                     return Ok(outcome);
                 };
+                let from = requested.from.map_or(earliest, |f| f.max(earliest));
                 let scan_from = from.saturating_sub(gap);
                 let files = snapshot.files_between(scan_from, EventTime::MAX);
                 let sql = query::session_query(
@@ -398,7 +408,13 @@ impl Recompute {
                 for (i, chunk) in parts.iter().enumerate() {
                     let scan = StartRange::new(
                         chunk.from,
-                        EventTime(chunk.to.millis() - slide.millis() + size.millis()),
+                        EventTime(
+                            chunk
+                                .to
+                                .millis()
+                                .saturating_sub(slide.millis())
+                                .saturating_add(size.millis()),
+                        ),
                     );
                     let files = snapshot.files_between(scan.from, scan.to);
                     let sql = query::window_query(

@@ -59,14 +59,29 @@ pub fn plan(view: &ViewDefinition, requested: Requested, archive: ArchiveExtent)
     // First window start whose window is not ready: a window [s, s + size) is ready iff
     // s + size + lateness <= complete_until.
     let ready_to = complete_until.map(|c| {
-        let last_ready = c.millis() - view.allowed_lateness.millis() - size;
-        EventTime(align_down(last_ready, slide) + slide)
+        let last_ready = c
+            .millis()
+            .saturating_sub(view.allowed_lateness.millis())
+            .saturating_sub(size);
+        EventTime(align_down(last_ready, slide).saturating_add(slide))
     });
-    let from = match requested.from.or_else(|| {
-        // The first window containing the earliest event starts up to size - slide earlier.
-        earliest.map(|e| EventTime(e.millis() - size + slide))
-    }) {
-        Some(f) => EventTime(align_down(f.millis(), slide)),
+    // The first window containing the earliest event starts up to size - slide earlier. A
+    // requested start before it is clamped to it: no window before it holds an archived event,
+    // and walking them would only cost time.
+    let archive_from = earliest.map(|e| {
+        EventTime(align_down(
+            e.millis().saturating_sub(size).saturating_add(slide),
+            slide,
+        ))
+    });
+    let from = match (requested.from, archive_from) {
+        (Some(f), Some(a)) => Some(EventTime(align_down(f.millis(), slide)).max(a)),
+        (None, a) => a,
+        // Nothing archived: nothing to compute.
+        (Some(_), None) => None,
+    };
+    let from = match from {
+        Some(f) => f,
         None => {
             return Plan {
                 covered: None,
@@ -79,8 +94,9 @@ pub fn plan(view: &ViewDefinition, requested: Requested, archive: ArchiveExtent)
     // end, the request reaches the last window holding an archived event.
     let to = requested
         .to
-        .map(|t| EventTime(align_down(t.millis() - 1, slide) + slide));
-    let archived_to = latest.map(|l| EventTime(align_down(l.millis(), slide) + slide));
+        .map(|t| EventTime(align_down(t.millis().saturating_sub(1), slide).saturating_add(slide)));
+    let archived_to =
+        latest.map(|l| EventTime(align_down(l.millis(), slide).saturating_add(slide)));
     let covered_to = match (to, ready_to) {
         (Some(t), Some(r)) => Some(t.min(r)),
         (None, r) => r,
@@ -95,7 +111,12 @@ pub fn plan(view: &ViewDefinition, requested: Requested, archive: ArchiveExtent)
         _ => None,
     }
     .filter(|r| !r.is_empty());
-    let scan = covered.map(|c| StartRange::new(c.from, EventTime(c.to.millis() - slide + size)));
+    let scan = covered.map(|c| {
+        StartRange::new(
+            c.from,
+            EventTime(c.to.millis().saturating_sub(slide).saturating_add(size)),
+        )
+    });
     Plan {
         covered,
         not_ready,
@@ -123,15 +144,21 @@ pub fn sessions_covered_to(
 /// Window starts whose windows can contain events with times in `[min, max]`.
 fn affected_starts(view: &ViewDefinition, min: EventTime, max: EventTime) -> StartRange {
     match view.window {
-        WindowSpec::Session { .. } => StartRange::new(EventTime::MIN, EventTime(max.millis() + 1)),
+        WindowSpec::Session { .. } => {
+            StartRange::new(EventTime::MIN, EventTime(max.millis().saturating_add(1)))
+        }
         _ => {
             let (Some(size), Some(slide)) = (view.window.size(), view.window.slide()) else {
                 return StartRange::new(min, min);
             };
             let (size, slide) = (size.millis(), slide.millis());
             StartRange::new(
-                EventTime(align_down(min.millis(), slide) - size + slide),
-                EventTime(align_down(max.millis(), slide) + slide),
+                EventTime(
+                    align_down(min.millis(), slide)
+                        .saturating_sub(size)
+                        .saturating_add(slide),
+                ),
+                EventTime(align_down(max.millis(), slide).saturating_add(slide)),
             )
         }
     }
@@ -195,9 +222,12 @@ pub fn dirty_ranges(
     for (file, allowed) in candidates {
         for last in starts_of(file) {
             for h in 0..size / slide {
-                let start = EventTime(last.millis() - h * slide);
+                let start = EventTime(last.millis().saturating_sub(h.saturating_mul(slide)));
                 if allowed.contains(start) {
-                    dirty.insert(StartRange::new(start, EventTime(start.millis() + slide)));
+                    dirty.insert(StartRange::new(
+                        start,
+                        EventTime(start.millis().saturating_add(slide)),
+                    ));
                 }
             }
         }
@@ -209,7 +239,8 @@ pub fn dirty_ranges(
 pub fn window_count(view: &ViewDefinition, range: StartRange) -> u64 {
     match view.window.slide() {
         Some(slide) if !range.is_empty() => {
-            ((range.to.millis() - range.from.millis()) / slide.millis()).max(0) as u64
+            let span = i128::from(range.to.millis()) - i128::from(range.from.millis());
+            u64::try_from(span / i128::from(slide.millis())).unwrap_or(0)
         }
         _ => 0,
     }
@@ -371,7 +402,7 @@ mod tests {
                 from: Some(EventTime(10 * M)),
                 to: None,
             },
-            extent(Some(20 * M), None, None),
+            extent(Some(20 * M), Some(10 * M), None),
         );
         assert_eq!(p.covered, Some(r(10 * M, 16 * M)));
         assert_eq!(p.scan, Some(r(10 * M, 20 * M)));
@@ -386,8 +417,65 @@ mod tests {
                 from: Some(EventTime(M + 5)),
                 to: Some(EventTime(3 * M + 5)),
             },
-            extent(Some(100 * M), None, None),
+            extent(Some(100 * M), Some(0), None),
         );
         assert_eq!(p.covered, Some(r(M, 4 * M)));
+    }
+
+    #[test]
+    fn a_start_before_the_archive_is_clamped_to_its_first_window() {
+        let v = view(testing::hopping("5m", "1m"), "0s");
+        let year_one = EventTime::EARLIEST;
+        let p = plan(
+            &v,
+            Requested {
+                from: Some(year_one),
+                to: None,
+            },
+            extent(Some(100 * M), Some(50 * M + 7), Some(60 * M)),
+        );
+        // The first window holding the event at 50m starts at 46m.
+        assert_eq!(p.covered, Some(r(46 * M, 96 * M)));
+        assert_eq!(window_count(&v, p.covered.unwrap()), 50);
+        // Nothing archived: nothing to compute, whatever the request.
+        let p = plan(
+            &v,
+            Requested {
+                from: Some(year_one),
+                to: None,
+            },
+            extent(Some(100 * M), None, None),
+        );
+        assert_eq!(p.covered, None);
+        assert_eq!(
+            window_count(&v, StartRange::new(EventTime::MIN, EventTime::MAX)),
+            u64::try_from(u128::from(u64::MAX) / 60_000).unwrap()
+        );
+    }
+
+    proptest::proptest! {
+        /// No request or archive extent, however extreme, overflows planning (debug builds
+        /// check), and the covered range never starts before the archive's first window.
+        #[test]
+        fn planning_never_overflows(
+            from in proptest::option::of(proptest::num::i64::ANY),
+            to in proptest::option::of(proptest::num::i64::ANY),
+            complete in proptest::option::of(proptest::num::i64::ANY),
+            earliest in proptest::option::of(proptest::num::i64::ANY),
+            latest in proptest::option::of(proptest::num::i64::ANY),
+        ) {
+            let v = view(testing::hopping("5m", "1m"), "10s");
+            let p = plan(
+                &v,
+                Requested { from: from.map(EventTime), to: to.map(EventTime) },
+                extent(complete, earliest, latest),
+            );
+            if let (Some(c), Some(e)) = (p.covered, earliest) {
+                proptest::prop_assert!(c.from.millis() >= e.saturating_sub(5 * M));
+            }
+            if let Some(c) = p.covered {
+                let _ = window_count(&v, c);
+            }
+        }
     }
 }

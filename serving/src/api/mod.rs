@@ -266,8 +266,24 @@ async fn query_view(
 #[serde(deny_unknown_fields)]
 struct JobBody {
     view: Option<String>,
-    from: Option<EventTime>,
-    to: Option<EventTime>,
+    /// RFC 3339 text or epoch milliseconds, checked like query parameters.
+    from: Option<serde_json::Value>,
+    to: Option<serde_json::Value>,
+}
+
+/// A time in a request body: RFC 3339 text or epoch milliseconds, in the supported range.
+fn body_time(name: &str, value: Option<&serde_json::Value>) -> Result<Option<EventTime>, ApiError> {
+    let text = match value {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        Some(other) => {
+            return Err(ApiError::BadBody(format!(
+                "`{name}` must be an RFC 3339 string or epoch milliseconds, not {other}"
+            )));
+        }
+    };
+    parse_time(name, &text).map(Some)
 }
 
 async fn submit_job(
@@ -279,10 +295,12 @@ async fn submit_job(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadBody(e.to_string()))?
     };
+    let from = body_time("from", body.from.as_ref())?;
+    let to = body_time("to", body.to.as_ref())?;
     let job = state.scheduler.submit(JobRequest {
         view: body.view,
-        from: body.from,
-        to: body.to,
+        from,
+        to,
         trigger: Trigger::Request,
     })?;
     Ok((StatusCode::ACCEPTED, Json(job)))

@@ -24,7 +24,7 @@ use chrono::DateTime;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use crate::schema::{EventSchema, FieldType};
-use crate::time::EventTime;
+use crate::time::{EventTime, Span};
 
 mod batch;
 
@@ -41,6 +41,14 @@ pub enum DecodeError {
     MissingTime { field: String },
     #[error("time field `{field}`: {detail}")]
     BadTime { field: String, detail: String },
+    #[error(
+        "time field `{field}`: {time} is before the earliest accepted time {min} (schema.min_time)"
+    )]
+    Past {
+        field: String,
+        time: EventTime,
+        min: EventTime,
+    },
     #[error("field `{field}`: expected {expected}, got {got}")]
     WrongType {
         field: String,
@@ -57,9 +65,19 @@ impl DecodeError {
             DecodeError::NotObject => "not_object",
             DecodeError::MissingTime { .. } => "missing_time",
             DecodeError::BadTime { .. } => "bad_time",
+            DecodeError::Past { .. } => "past",
             DecodeError::WrongType { .. } => "wrong_type",
         }
     }
+}
+
+/// The latest event time a message may carry: `max_future` past the Kafka record's timestamp,
+/// so that the speed layer, the archive and any replay decide the same way for the same
+/// message; past `now` only for a record without a timestamp.
+pub fn future_limit(record_timestamp: Option<i64>, now: EventTime, max_future: Span) -> EventTime {
+    record_timestamp
+        .map_or(now, EventTime)
+        .saturating_add(max_future)
 }
 
 /// One decoded field value, borrowing strings from the payload where it can.
@@ -223,6 +241,21 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
             }
         }
         match time {
+            Some(ms) if ms > EventTime::LATEST.millis() => Err(fail(
+                self.problem,
+                DecodeError::BadTime {
+                    field: schema.time_field.clone(),
+                    detail: format!("{ms} is after {}", EventTime::LATEST),
+                },
+            )),
+            Some(ms) if ms < schema.min_time.millis() => Err(fail(
+                self.problem,
+                DecodeError::Past {
+                    field: schema.time_field.clone(),
+                    time: EventTime(ms),
+                    min: schema.min_time,
+                },
+            )),
             Some(ms) => Ok(DecodedEvent {
                 time: EventTime(ms),
                 values,
@@ -515,5 +548,28 @@ mod tests {
         assert_eq!(amount.value(0), 1.5);
         assert!(amount.is_null(1));
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn times_before_min_time_are_past_and_beyond_the_range_are_bad() {
+        let schema = Arc::new(
+            EventSchema::new("ts", vec![("city".to_owned(), FieldType::String)], None).unwrap(),
+        );
+        let d = EventDecoder::new(schema);
+        let err = d
+            .decode(br#"{"ts": "1999-12-31T23:59:59.999Z"}"#)
+            .unwrap_err();
+        assert_eq!(err.kind(), "past", "{err}");
+        assert!(err.to_string().contains("2000-01-01"), "{err}");
+        assert!(d.decode(br#"{"ts": "2000-01-01T00:00:00Z"}"#).is_ok());
+        for ts in [
+            "-9223372036854775808",
+            "9223372036854775807",
+            "253402300800000",
+        ] {
+            let payload = format!("{{\"ts\": {ts}}}");
+            let kind = d.decode(payload.as_bytes()).unwrap_err().kind();
+            assert!(kind == "past" || kind == "bad_time", "{ts}: {kind}");
+        }
     }
 }

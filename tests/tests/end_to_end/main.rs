@@ -513,6 +513,33 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
         )
         .await
         .map_err(|(e, _)| e)?;
+    // `max_future` counts from the record's Kafka timestamp, not the wall clock: a message
+    // produced (or replayed) with a timestamp 3 hours ago whose event time is 30 minutes ago
+    // is 2.5 hours in its own future. And an event before schema.min_time is `past`.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let replayed =
+        json!({"ts": now_ms - 30 * MINUTE, "city": "Lagos", "amount": 1.0, "event_type": "order_placed"})
+            .to_string();
+    producer
+        .send(
+            FutureRecord::to("orders")
+                .key("replayed")
+                .payload(&replayed)
+                .timestamp(now_ms - 180 * MINUTE),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    let ancient =
+        json!({"ts": "1999-12-31T23:59:59Z", "city": "Lagos", "amount": 1.0, "event_type": "order_placed"})
+            .to_string();
+    producer
+        .send(
+            FutureRecord::to("orders").key("ancient").payload(&ancient),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
     let late_letters = read_topic(server, "orders.late", 6).await?;
     let for_view = late_letters
         .iter()
@@ -527,12 +554,20 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
             .iter()
             .all(|(_, h)| h.get("reason").is_some_and(|r| !r.is_empty()))
     );
-    let all_dead = dead_letters(server, malformed.len() + 2).await?;
-    ensure!(
+    let all_dead = dead_letters(server, malformed.len() + 4).await?;
+    let kinds = |kind: &str| {
         all_dead
             .iter()
-            .any(|(_, h)| h.get("error_kind").map(String::as_str) == Some("future")),
-        "no dead letter for the future event"
+            .filter(|(_, h)| h.get("error_kind").map(String::as_str) == Some(kind))
+            .count()
+    };
+    ensure!(
+        kinds("future") == 2,
+        "dead letters for the future and the replayed event: {all_dead:?}"
+    );
+    ensure!(
+        kinds("past") == 1,
+        "dead letter for the ancient event: {all_dead:?}"
     );
     let metrics = metrics_text(&client, server).await?;
     ensure!(
