@@ -87,6 +87,15 @@ struct File {
     speed: SpeedFile,
     #[serde(default)]
     http: HttpFile,
+    #[serde(default)]
+    serving: ServingFile,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServingFile {
+    /// Bound of the cache of published row groups.
+    cache_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -258,6 +267,8 @@ pub struct Config {
     pub checkpoint_interval: Span,
     pub max_future: Span,
     pub memory_budget: usize,
+    /// Bound of the serving layer's cache of published rows.
+    pub cache_bytes: usize,
 }
 
 /// The configuration `tandem dev` uses without `--config`.
@@ -407,6 +418,16 @@ impl Config {
             return Err(invalid("speed", "max_batch", "must be at least 1"));
         }
         let http = http_config(file.http, &path, env)?;
+        let cache_bytes = match &file.serving.cache_bytes {
+            None => tandem_batch_layer::catalog::DEFAULT_CACHE_BYTES,
+            Some(size) => parse_size(size).ok_or_else(|| {
+                invalid(
+                    "serving",
+                    "cache_bytes",
+                    "expected bytes or a size such as \"256MiB\"",
+                )
+            })?,
+        };
         Ok(Config {
             http,
             kafka: KafkaConfig {
@@ -437,6 +458,7 @@ impl Config {
             checkpoint_interval,
             max_future,
             memory_budget,
+            cache_bytes,
         })
     }
 }
@@ -577,6 +599,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.memory_budget, 64 << 20);
+        assert_eq!(c.cache_bytes, 64 << 20, "the default");
+        let c = parse(
+            &format!("{ISSUE_EXAMPLE}\n[serving]\ncache_bytes = \"1GiB\"\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.cache_bytes, 1 << 30);
         assert_eq!(c.max_future.millis(), 3_600_000);
         assert_eq!(c.checkpoint_interval.millis(), 10_000);
     }

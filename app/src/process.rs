@@ -126,7 +126,7 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     catalog.refresh_all().await?;
     let reconciler = Reconciler::new(Arc::clone(&catalog), speed.clone());
     // Before consuming: windows the batch layer already covers are not rebuilt.
-    reconciler.reconcile();
+    reconciler.reconcile().await;
 
     let backend = CancellationToken::new();
     let frontend = CancellationToken::new();

@@ -48,7 +48,11 @@ pub fn archive_config(config: &Config) -> ArchiveConfig {
 
 /// The catalog of the configured views in `store` (nothing loaded yet).
 pub fn catalog(config: &Config, store: &Arc<dyn ObjectStore>) -> Arc<ViewCatalog> {
-    Arc::new(ViewCatalog::new(Arc::clone(store), config.views.clone()))
+    Arc::new(ViewCatalog::with_cache_bytes(
+        Arc::clone(store),
+        config.views.clone(),
+        config.cache_bytes,
+    ))
 }
 
 /// Recompute over the archive of the events topic in `store`, publishing to `catalog`.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tandem_batch_layer::ViewCatalog;
+use tandem_shared::coverage::StartRange;
 use tandem_shared::row::{GroupKey, ViewRow};
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewDefinition;
@@ -104,8 +105,9 @@ impl Reconciler {
             .cloned()
     }
 
-    /// Releases every window the batch layer covers from the speed layer.
-    pub fn reconcile(&self) {
+    /// Releases every window the batch layer covers from the speed layer, and measures the
+    /// released rows against the batch layer's exact rows of the same windows.
+    pub async fn reconcile(&self) {
         for view in self.catalog.views() {
             let Some(published) = self.catalog.get(&view.name) else {
                 continue;
@@ -119,7 +121,21 @@ impl Reconciler {
             if released.is_empty() {
                 continue;
             }
-            let report = measure(view, &published.rows, &released);
+            let (Some(first), Some(last)) = (
+                released.iter().map(|r| r.window.start).min(),
+                released.iter().map(|r| r.window.start).max(),
+            ) else {
+                continue;
+            };
+            let span = StartRange::new(first, EventTime(last.millis().saturating_add(1)));
+            let exact = match self.catalog.rows(&published, span).await {
+                Ok(rows) => rows,
+                Err(err) => {
+                    tracing::warn!(view = %view.name, %err, "released speed state; drift not measured: reading published rows failed");
+                    continue;
+                }
+            };
+            let report = measure(view, &exact, &released);
             for (value, drift) in &report.max_relative_drift {
                 metrics::gauge!("tandem_reconcile_max_relative_drift", "view" => view.name.clone(), "value" => value.clone())
                     .set(*drift);
@@ -147,7 +163,7 @@ impl Reconciler {
                     if changed.is_err() {
                         break;
                     }
-                    self.reconcile();
+                    self.reconcile().await;
                 }
                 _ = tick.tick() => {
                     if let Err(err) = self.catalog.refresh_all().await {

@@ -1,10 +1,12 @@
 //! The seam: one answer from two layers.
 //!
 //! ```text
-//!  answer(query):  1. batch = catalog snapshot (coverage + exact rows)
+//!  answer(query):  1. batch = catalog snapshot (coverage + which segment answers what)
 //!                  2. speed = speed-layer rows of the range
 //!                  3. re-check: a newer publication since 1? take it and re-read speed
-//!                  4. merge (pure): covered windows from batch, the rest from speed
+//!                  4. exact rows of the range from the snapshot's segments (immutable: no
+//!                     lock is held while they are read)
+//!                  5. merge (pure): covered windows from batch, the rest from speed
 //! ```
 //!
 //! For every window the batch layer's coverage decides the source: a covered window is answered
@@ -27,16 +29,22 @@ use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewVersion;
 use tandem_speed_layer::SpeedLayer;
 
-/// Errors answering a view query. The user's.
+/// Errors answering a view query.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     #[error("unknown view `{0}`")]
     UnknownView(String),
+    /// Reading published rows failed; its kind says whether to retry.
+    #[error("reading published rows: {message}")]
+    Batch { kind: ErrorKind, message: String },
 }
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
-        ErrorKind::User
+        match self {
+            Error::UnknownView(_) => ErrorKind::User,
+            Error::Batch { kind, .. } => *kind,
+        }
     }
 }
 
@@ -46,6 +54,12 @@ pub trait PublishedViews {
     fn published(&self, view: &str) -> Option<Arc<PublishedView>>;
     /// The view's definition version; `None` for an unknown view.
     fn version(&self, view: &str) -> Option<ViewVersion>;
+    /// Exact rows of `published` whose windows start in `range`, in result order.
+    fn rows(
+        &self,
+        published: &PublishedView,
+        range: StartRange,
+    ) -> impl Future<Output = Result<Vec<ViewRow>, Error>> + Send;
 }
 
 impl PublishedViews for ViewCatalog {
@@ -55,6 +69,22 @@ impl PublishedViews for ViewCatalog {
 
     fn version(&self, view: &str) -> Option<ViewVersion> {
         self.view(view).map(|v| v.version.clone())
+    }
+
+    async fn rows(
+        &self,
+        published: &PublishedView,
+        range: StartRange,
+    ) -> Result<Vec<ViewRow>, Error> {
+        if published.seq.is_none() {
+            return Ok(Vec::new());
+        }
+        ViewCatalog::rows(self, published, range)
+            .await
+            .map_err(|err| Error::Batch {
+                kind: err.kind(),
+                message: err.to_string(),
+            })
     }
 }
 
@@ -92,7 +122,7 @@ pub struct Answer {
 
 /// Answers `query` from the batch layer where it covers a window and from the speed layer
 /// elsewhere.
-pub fn answer(
+pub async fn answer(
     batch: &impl PublishedViews,
     speed: &impl FreshViews,
     query: &ViewQuery,
@@ -106,9 +136,10 @@ pub fn answer(
         published = latest;
         fresh = speed.fresh(&query.view, query.range).unwrap_or_default();
     }
+    let exact = batch.rows(&published, query.range).await?;
     let rows = merge(
         &published.coverage,
-        published.rows_in(query.range),
+        &exact,
         fresh,
         &query.filters,
         query.range,
@@ -277,6 +308,8 @@ mod tests {
         reads: Mutex<u32>,
         before: Arc<PublishedView>,
         after: Arc<PublishedView>,
+        /// Exact rows per publication sequence.
+        rows: Vec<(u64, Vec<ViewRow>)>,
     }
 
     impl PublishedViews for Racing {
@@ -293,6 +326,20 @@ mod tests {
         fn version(&self, _: &str) -> Option<ViewVersion> {
             Some(ViewVersion("v1".into()))
         }
+
+        async fn rows(
+            &self,
+            published: &PublishedView,
+            range: StartRange,
+        ) -> Result<Vec<ViewRow>, Error> {
+            Ok(self
+                .rows
+                .iter()
+                .filter(|(seq, _)| Some(*seq) == published.seq)
+                .flat_map(|(_, rows)| rows.iter().filter(|r| range.contains(r.window.start)))
+                .cloned()
+                .collect())
+        }
     }
 
     struct Released(Vec<ViewRow>);
@@ -303,26 +350,29 @@ mod tests {
         }
     }
 
-    fn published(seq: u64, minutes: i64, rows: Vec<ViewRow>) -> Arc<PublishedView> {
+    fn published(seq: u64, minutes: i64) -> Arc<PublishedView> {
         Arc::new(PublishedView {
             seq: Some(seq),
             coverage: Coverage::from_ranges([StartRange::new(
                 EventTime(0),
                 EventTime(minutes * M),
             )]),
-            rows,
             ..Default::default()
         })
     }
 
-    #[test]
-    fn a_publication_between_the_two_reads_is_answered_from_the_newer_snapshot() {
+    #[tokio::test]
+    async fn a_publication_between_the_two_reads_is_answered_from_the_newer_snapshot() {
         // Before: batch covers minute 0. After: minutes 0 and 1, and the speed layer has already
         // released minute 1. Answering minute 1 from the old snapshot would lose it.
         let batch = Racing {
             reads: Mutex::new(0),
-            before: published(1, 1, vec![row(0, "A", 10)]),
-            after: published(2, 2, vec![row(0, "A", 10), row(1, "A", 11)]),
+            before: published(1, 1),
+            after: published(2, 2),
+            rows: vec![
+                (1, vec![row(0, "A", 10)]),
+                (2, vec![row(0, "A", 10), row(1, "A", 11)]),
+            ],
         };
         let speed = Released(vec![row(2, "A", 5)]);
         let query = ViewQuery {
@@ -330,7 +380,7 @@ mod tests {
             range: all(),
             filters: Vec::new(),
         };
-        let answer = answer(&batch, &speed, &query).unwrap();
+        let answer = answer(&batch, &speed, &query).await.unwrap();
         let got: Vec<_> = answer
             .rows
             .iter()
@@ -348,8 +398,8 @@ mod tests {
         assert_eq!(answer.batch_horizon, Some(EventTime(2 * M)));
     }
 
-    #[test]
-    fn an_unknown_view_is_the_users_error() {
+    #[tokio::test]
+    async fn an_unknown_view_is_the_users_error() {
         struct Empty;
         impl PublishedViews for Empty {
             fn published(&self, _: &str) -> Option<Arc<PublishedView>> {
@@ -358,13 +408,18 @@ mod tests {
             fn version(&self, _: &str) -> Option<ViewVersion> {
                 None
             }
+            async fn rows(&self, _: &PublishedView, _: StartRange) -> Result<Vec<ViewRow>, Error> {
+                Ok(Vec::new())
+            }
         }
         let query = ViewQuery {
             view: "nope".into(),
             range: all(),
             filters: Vec::new(),
         };
-        let err = answer(&Empty, &Released(Vec::new()), &query).unwrap_err();
+        let err = answer(&Empty, &Released(Vec::new()), &query)
+            .await
+            .unwrap_err();
         assert_eq!(err, Error::UnknownView("nope".into()));
         assert_eq!(err.kind(), ErrorKind::User);
     }

@@ -5,17 +5,25 @@
 //!                                                   │ then
 //!                   manifest::ViewManifest::with_segment ──► next view manifest (create-if-absent)
 //!                                                   │ then
-//!  refresh: newest manifest ─► effective ranges per segment ─► segment::decode_rows ─► PublishedView
-//!                                                   │ swapped atomically, announced on a watch
+//!  refresh: newest manifest ─► PublishedView (manifest + coverage; no rows), swapped
+//!                                                   │ atomically, announced on a watch
+//!                                                   ▼
+//!  rows(published, range): effective segments overlapping the range ─► cache: footers and
+//!          the row groups whose window_start statistics overlap ─► rows, in result order
 //!                                                   ▼
 //!                                         serving layer (seam, reconciliation)
 //! ```
+//!
+//! Memory does not grow with history: the catalog holds manifests, and rows only in the
+//! segment cache, bounded in bytes. Segments are written sorted by window start in row groups
+//! of [`ROW_GROUP_ROWS`], so a query for an hour reads a few row groups of a day's segment.
 //!
 //! The manifest is the only point of publication: a job that fails before it publishes changes
 //! nothing a reader can see.
 //!
 //! - [`manifest`]: which segment answers which windows (pure).
 //! - `segment`: segment objects to and from view rows.
+//! - [`cache`]: row groups read on demand, through a byte-bounded cache.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -32,6 +40,9 @@ use tandem_store::manifest::{self as chain, ManifestChain};
 use tandem_store::object;
 use tokio::sync::watch;
 
+use self::cache::{CacheUsage, SegmentCache};
+
+pub mod cache;
 pub mod manifest;
 pub mod segment;
 
@@ -53,6 +64,8 @@ pub enum Error {
     },
     #[error("unknown view `{0}`")]
     UnknownView(String),
+    #[error(transparent)]
+    Read(#[from] cache::Error),
     /// Concurrent publications kept winning; the job should be retried.
     #[error("view `{view}`: gave up publishing after {attempts} conflicting attempts")]
     Contended { view: String, attempts: u32 },
@@ -64,6 +77,8 @@ impl Error {
             Error::Manifest(e) => e.kind(),
             Error::Store(e) => e.kind(),
             Error::Contended { .. } => ErrorKind::Transient,
+            Error::Read(cache::Error::Read { .. }) => ErrorKind::Transient,
+            Error::Read(cache::Error::Decode { .. }) => ErrorKind::Internal,
             Error::Segment { .. } | Error::UnknownView(_) => ErrorKind::Internal,
         }
     }
@@ -71,23 +86,19 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A view's published exact results, as served.
+/// Rows per row group of a segment: the unit a query reads and the cache holds.
+pub const ROW_GROUP_ROWS: usize = 4096;
+
+/// Default bound of the segment cache.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// A view's published exact results, as served: which segment answers which windows. Rows
+/// are read on demand ([`ViewCatalog::rows`]).
 #[derive(Debug, Clone, Default)]
 pub struct PublishedView {
     pub seq: Option<u64>,
     pub manifest: ViewManifest,
     pub coverage: Coverage,
-    /// Sorted in result order.
-    pub rows: Vec<ViewRow>,
-}
-
-impl PublishedView {
-    /// Rows whose window starts in `range`.
-    pub fn rows_in(&self, range: StartRange) -> &[ViewRow] {
-        let lo = self.rows.partition_point(|r| r.window.start < range.from);
-        let hi = self.rows.partition_point(|r| r.window.start < range.to);
-        &self.rows[lo..hi.max(lo)]
-    }
 }
 
 /// What a publication did.
@@ -105,6 +116,7 @@ pub struct ViewCatalog {
     views: BTreeMap<String, ViewDefinition>,
     published: RwLock<HashMap<String, Arc<PublishedView>>>,
     changes: watch::Sender<u64>,
+    cache: SegmentCache,
 }
 
 impl ViewCatalog {
@@ -112,12 +124,61 @@ impl ViewCatalog {
         store: Arc<dyn ObjectStore>,
         views: impl IntoIterator<Item = ViewDefinition>,
     ) -> Self {
+        Self::with_cache_bytes(store, views, DEFAULT_CACHE_BYTES)
+    }
+
+    /// A catalog whose segment cache holds at most `cache_bytes`.
+    pub fn with_cache_bytes(
+        store: Arc<dyn ObjectStore>,
+        views: impl IntoIterator<Item = ViewDefinition>,
+        cache_bytes: usize,
+    ) -> Self {
         Self {
+            cache: SegmentCache::new(Arc::clone(&store), cache_bytes),
             store,
             views: views.into_iter().map(|v| (v.name.clone(), v)).collect(),
             published: RwLock::new(HashMap::new()),
             changes: watch::Sender::new(0),
         }
+    }
+
+    /// What the segment cache holds.
+    pub fn cache_usage(&self) -> CacheUsage {
+        self.cache.usage()
+    }
+
+    /// Rows of `published` whose window starts in `range`, in result order: for each window,
+    /// from the segment that answers it. Reads only segments and row groups the range needs.
+    pub async fn rows(&self, published: &PublishedView, range: StartRange) -> Result<Vec<ViewRow>> {
+        let def = self
+            .views
+            .get(&published.manifest.view)
+            .ok_or_else(|| Error::UnknownView(published.manifest.view.clone()))?;
+        let mut rows = Vec::new();
+        for (segment, ranges) in published.manifest.effective() {
+            let wanted: Vec<StartRange> = ranges
+                .iter()
+                .map(|r| StartRange::new(r.from.max(range.from), r.to.min(range.to)))
+                .filter(|r| !r.is_empty())
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            rows.extend(self.cache.rows(def, &segment.path, &wanted).await?);
+        }
+        rows.sort_by(ViewRow::order);
+        Ok(rows)
+    }
+
+    /// [`ViewCatalog::rows`] of the view's current publication.
+    pub async fn current_rows(&self, view: &str, range: StartRange) -> Result<Vec<ViewRow>> {
+        let published = self
+            .get(view)
+            .ok_or_else(|| Error::UnknownView(view.to_owned()))?;
+        if published.seq.is_none() {
+            return Ok(Vec::new());
+        }
+        self.rows(&published, range).await
     }
 
     pub fn view(&self, name: &str) -> Option<&ViewDefinition> {
@@ -169,29 +230,10 @@ impl ViewCatalog {
         if self.get(view).and_then(|p| p.seq).is_some_and(|s| s >= seq) {
             return Ok(false);
         }
-        let mut rows = Vec::new();
-        for (segment, ranges) in manifest.effective() {
-            if ranges.is_empty() {
-                continue;
-            }
-            let batches = self.read_segment(&segment.path).await?;
-            let coverage = Coverage::from_ranges(ranges);
-            let decoded = segment::decode_rows(def, &batches).map_err(|source| Error::Segment {
-                path: segment.path.clone(),
-                source,
-            })?;
-            for row in decoded {
-                if coverage.contains(row.window.start) {
-                    rows.push(row);
-                }
-            }
-        }
-        rows.sort_by(ViewRow::order);
         let next = Arc::new(PublishedView {
             seq: Some(seq),
             coverage: manifest.coverage(),
             manifest,
-            rows,
         });
         {
             let mut published = self.published.write().unwrap_or_else(|e| e.into_inner());
@@ -209,14 +251,6 @@ impl ViewCatalog {
         Ok(true)
     }
 
-    async fn read_segment(&self, path: &str) -> Result<Vec<RecordBatch>> {
-        let bytes = object::read(&self.store, path).await?;
-        segment::decode(bytes).map_err(|source| Error::Segment {
-            path: path.to_owned(),
-            source,
-        })
-    }
-
     /// Writes a job's result as a segment and publishes it, then installs it in memory.
     pub async fn publish(
         &self,
@@ -228,7 +262,7 @@ impl ViewCatalog {
         published_at: EventTime,
     ) -> Result<Publication> {
         let path = layout::view_segment(&view.name, &view.version.0, job);
-        let bytes = segment::encode(batches).map_err(|source| Error::Segment {
+        let bytes = segment::encode(batches, ROW_GROUP_ROWS).map_err(|source| Error::Segment {
             path: path.clone(),
             source,
         })?;

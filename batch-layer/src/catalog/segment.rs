@@ -1,13 +1,13 @@
 //! Segment I/O: a job's result as one Parquet object, and back into view rows.
 
-use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
 use tandem_shared::row::{GroupValue, ViewRow};
 use tandem_shared::time::EventTime;
 use tandem_shared::value::AggregateValue;
@@ -37,22 +37,27 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Encodes query output as one Parquet object.
-pub(crate) fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>> {
+/// Encodes query output (`window_start, window_end, ...`) as one Parquet object, sorted by
+/// window start in row groups of `row_group_rows`, so that each row group's `window_start`
+/// statistics bound a narrow range of windows.
+pub(crate) fn encode(batches: &[RecordBatch], row_group_rows: usize) -> Result<Vec<u8>> {
     let first = batches.first().ok_or(Error::NoBatches)?;
+    let schema = first.schema();
+    let all = concat_batches(&schema, batches)?;
+    let sorted = if all.num_columns() > 0 && all.num_rows() > 0 {
+        let order = sort_to_indices(all.column(0), None, None)?;
+        take_record_batch(&all, &order)?
+    } else {
+        all
+    };
+    let properties = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .build();
     let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, first.schema(), None)?;
-    for b in batches {
-        writer.write(b)?;
-    }
+    let mut writer = ArrowWriter::try_new(&mut out, schema, Some(properties))?;
+    writer.write(&sorted)?;
     writer.close()?;
     Ok(out)
-}
-
-/// Decodes a segment object into record batches.
-pub(crate) fn decode(bytes: Bytes) -> Result<Vec<RecordBatch>> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
 fn scalar_i64(v: &ScalarValue) -> Option<i64> {

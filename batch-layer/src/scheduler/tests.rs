@@ -233,8 +233,11 @@ async fn scheduled_runs_recompute_dirty_and_new_windows_only() {
         "only the dirty minute and the newly ready ones"
     );
     let published = catalog.get("sales").unwrap();
-    let minute2 = published
-        .rows
+    let rows = catalog
+        .rows(&published, StartRange::new(EventTime::MIN, EventTime::MAX))
+        .await
+        .unwrap();
+    let minute2 = rows
         .iter()
         .find(|r| r.window.start == EventTime(BASE + 2 * M))
         .unwrap();

@@ -141,6 +141,9 @@ impl From<crate::seam::Error> for ApiError {
     fn from(err: crate::seam::Error) -> Self {
         match err {
             crate::seam::Error::UnknownView(v) => ApiError::UnknownView(v),
+            // A published segment that cannot be read: the store is failing, or (internal) a
+            // segment is damaged; either way the caller can only try again later.
+            e @ crate::seam::Error::Batch { .. } => ApiError::Unavailable(e.to_string()),
         }
     }
 }

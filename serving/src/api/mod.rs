@@ -256,7 +256,7 @@ async fn query_view(
 ) -> Result<Json<ViewRows>, ApiError> {
     let view = state.view(&name)?;
     let (query, paging) = parse_view_query(view, &params)?;
-    let mut answer = seam::answer(state.catalog.as_ref(), &state.speed, &query)?;
+    let mut answer = seam::answer(state.catalog.as_ref(), &state.speed, &query).await?;
     let (rows, next) = page::cut(answer.rows, paging.after.as_ref(), paging.limit);
     answer.rows = rows;
     Ok(Json(ViewRows::new(view, answer, next.map(|c| c.encode()))))
