@@ -177,6 +177,8 @@ struct BatchFile {
     max_concurrent_jobs: Option<usize>,
     max_attempts: Option<u32>,
     retry_backoff: Option<String>,
+    retention: Option<String>,
+    maintenance_interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -261,6 +263,9 @@ pub struct Config {
     pub max_concurrent_jobs: usize,
     pub max_attempts: u32,
     pub retry_backoff: Span,
+    /// Retired segments, old view versions and finished job records are kept this long.
+    pub retention: Span,
+    pub maintenance_interval: Span,
     pub roll_interval: Span,
     pub roll_bytes: usize,
     pub max_batch: usize,
@@ -389,6 +394,20 @@ impl Config {
             return Err(invalid("kafka", "partitions", "must be at least 1"));
         }
         let retry_backoff = span(&file.batch.retry_backoff, "2s", "batch", "retry_backoff")?;
+        let retention = span(&file.batch.retention, "7d", "batch", "retention")?;
+        let maintenance_interval = span(
+            &file.batch.maintenance_interval,
+            "10m",
+            "batch",
+            "maintenance_interval",
+        )?;
+        if maintenance_interval.millis() == 0 {
+            return Err(invalid(
+                "batch",
+                "maintenance_interval",
+                "must be greater than zero",
+            ));
+        }
         let checkpoint_interval = span(
             &file.speed.checkpoint_interval,
             "10s",
@@ -452,6 +471,8 @@ impl Config {
             max_concurrent_jobs: file.batch.max_concurrent_jobs.unwrap_or(2).max(1),
             max_attempts: file.batch.max_attempts.unwrap_or(3).max(1),
             retry_backoff,
+            retention,
+            maintenance_interval,
             roll_interval,
             roll_bytes: file.archive.roll_bytes.unwrap_or(64 << 20).max(1),
             max_batch,
@@ -608,6 +629,8 @@ mod tests {
         assert_eq!(c.cache_bytes, 1 << 30);
         assert_eq!(c.max_future.millis(), 3_600_000);
         assert_eq!(c.checkpoint_interval.millis(), 10_000);
+        assert_eq!(c.retention.millis(), 7 * 86_400_000);
+        assert_eq!(c.maintenance_interval.millis(), 600_000);
     }
 
     #[test]

@@ -80,5 +80,7 @@ pub fn scheduler_config(config: &Config) -> SchedulerConfig {
         max_concurrent: config.max_concurrent_jobs,
         max_attempts: config.max_attempts,
         retry_backoff: config.retry_backoff.as_duration(),
+        retention: config.retention,
+        maintenance_interval: config.maintenance_interval.as_duration(),
     }
 }

@@ -3,7 +3,14 @@
 //! A recompute job writes its result as an immutable segment and then publishes the next view
 //! manifest, which lists the segments in recency order, each with the window starts it covers.
 //! For every window the newest segment covering it is the answer; segments entirely shadowed by
-//! newer ones are dropped from the manifest.
+//! newer ones are dropped from the manifest and *retired*: listed with the time they stopped
+//! answering, so their objects are deleted only after the retention period (a reader holding
+//! an older manifest can still read them meanwhile).
+//!
+//! Compaction merges the small segments of one closed UTC day into one: the merged segment is
+//! made of *pieces*, each the effective ranges of one former segment with the archive offsets
+//! that segment saw, and takes the place of the newest of them, so every window keeps its
+//! answer and late-data detection stays exact.
 
 use std::collections::BTreeMap;
 
@@ -11,26 +18,73 @@ use serde::{Deserialize, Serialize};
 use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::time::EventTime;
 
-/// One job's result for a range of window starts.
+/// One job's result for a range of window starts (or, compacted, several former segments').
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
     pub path: String,
     pub job: String,
+    /// The window starts the segment answers (the hull of its pieces, when it has any).
     pub covered: StartRange,
     pub rows: u64,
     pub published_at: EventTime,
     /// The archive's next offset per partition when the job read it: what the segment includes.
     #[serde(default)]
     pub archive_offsets: BTreeMap<i32, i64>,
+    /// A compacted segment's parts; empty for a job's segment (one piece: `covered`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<Piece>,
+}
+
+/// Window starts of a segment computed from one reading of the archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    pub range: StartRange,
+    pub archive_offsets: BTreeMap<i32, i64>,
 }
 
 impl Segment {
+    /// The segment's pieces: its own range and offsets, unless compacted.
+    pub fn pieces(&self) -> Vec<Piece> {
+        if self.pieces.is_empty() {
+            vec![Piece {
+                range: self.covered,
+                archive_offsets: self.archive_offsets.clone(),
+            }]
+        } else {
+            self.pieces.clone()
+        }
+    }
+
     /// How much of the archive the segment saw. Archive offsets only grow, so of two segments
     /// the one that saw more was computed from a newer archive.
     fn recency(&self) -> i128 {
-        self.archive_offsets.values().map(|o| i128::from(*o)).sum()
+        self.pieces()
+            .iter()
+            .map(|p| p.archive_offsets.values().map(|o| i128::from(*o)).sum())
+            .max()
+            .unwrap_or(0)
     }
 }
+
+/// A segment no longer in the manifest, and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retired {
+    pub path: String,
+    pub retired_at: EventTime,
+}
+
+/// Small segments of one closed day to merge into one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compaction {
+    /// Start of the UTC day.
+    pub day: EventTime,
+    /// Paths of the segments merged, oldest first.
+    pub members: Vec<String>,
+    /// What the merged segment answers: each member's effective ranges with its offsets.
+    pub pieces: Vec<Piece>,
+}
+
+const DAY: i64 = 86_400_000;
 
 /// The published state of one view version: its segments, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +92,9 @@ pub struct ViewManifest {
     pub view: String,
     pub version: String,
     pub segments: Vec<Segment>,
+    /// Segments that no longer answer anything, until retention deletes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<Retired>,
 }
 
 impl ViewManifest {
@@ -46,8 +103,15 @@ impl ViewManifest {
         let mut claimed = Coverage::new();
         let mut out = Vec::with_capacity(self.segments.len());
         for seg in self.segments.iter().rev() {
-            let mine: Vec<StartRange> = claimed.gaps(seg.covered);
-            claimed.insert(seg.covered);
+            let mut mine: Vec<StartRange> = Vec::new();
+            let pieces = seg.pieces();
+            for piece in &pieces {
+                mine.extend(claimed.gaps(piece.range));
+            }
+            for piece in &pieces {
+                claimed.insert(piece.range);
+            }
+            mine.sort_by_key(|r| r.from);
             out.push((seg, mine));
         }
         out
@@ -63,6 +127,7 @@ impl ViewManifest {
             .iter()
             .rposition(|s| s.recency() <= segment.recency())
             .map_or(0, |i| i + 1);
+        let now = segment.published_at;
         next.segments.insert(at, segment);
         let live: Vec<String> = next
             .effective()
@@ -70,13 +135,129 @@ impl ViewManifest {
             .filter(|(_, ranges)| !ranges.is_empty())
             .map(|(s, _)| s.path.clone())
             .collect();
-        next.segments.retain(|s| live.contains(&s.path));
+        let (kept, dropped): (Vec<Segment>, Vec<Segment>) = next
+            .segments
+            .into_iter()
+            .partition(|s| live.contains(&s.path));
+        next.segments = kept;
+        next.retired.extend(dropped.into_iter().map(|s| Retired {
+            path: s.path,
+            retired_at: now,
+        }));
         next
     }
 
     pub fn coverage(&self) -> Coverage {
-        Coverage::from_ranges(self.segments.iter().map(|s| s.covered))
+        Coverage::from_ranges(
+            self.segments
+                .iter()
+                .flat_map(|s| s.pieces().into_iter().map(|p| p.range)),
+        )
     }
+
+    /// Days before `before` (start of a UTC day) with at least `min_segments` segments that
+    /// each lie within the day: what compaction should merge. Pure.
+    pub fn compactions(&self, before: EventTime, min_segments: usize) -> Vec<Compaction> {
+        let mut by_day: BTreeMap<i64, Vec<(&Segment, Vec<StartRange>)>> = BTreeMap::new();
+        for (segment, ranges) in self.effective() {
+            let day = tandem_shared::window::align_down(segment.covered.from.millis(), DAY);
+            let within = segment.covered.to.millis() <= day.saturating_add(DAY)
+                && segment.covered.to <= before;
+            if within && !ranges.is_empty() {
+                by_day.entry(day).or_default().push((segment, ranges));
+            }
+        }
+        let mut out = Vec::new();
+        for (day, mut members) in by_day {
+            if members.len() < min_segments.max(2) {
+                continue;
+            }
+            members.reverse(); // effective() is newest first
+            out.push(Compaction {
+                day: EventTime(day),
+                members: members.iter().map(|(s, _)| s.path.clone()).collect(),
+                pieces: pieces_of(&members),
+            });
+        }
+        out
+    }
+
+    /// The manifest with `compaction`'s members replaced by `merged` at the place of the
+    /// newest member (so every window keeps its answer), the members retired at `now`.
+    /// `None` if the members are no longer all in this manifest.
+    pub fn compacted(
+        &self,
+        compaction: &Compaction,
+        merged: Segment,
+        now: EventTime,
+    ) -> Option<Self> {
+        let positions: Vec<usize> = compaction
+            .members
+            .iter()
+            .map(|m| self.segments.iter().position(|s| &s.path == m))
+            .collect::<Option<_>>()?;
+        // The members must still answer exactly what the plan merged: a segment published
+        // meanwhile in between them (from an older archive reading) would otherwise lose.
+        let effective = self.effective();
+        let members: Vec<(&Segment, Vec<StartRange>)> = compaction
+            .members
+            .iter()
+            .filter_map(|m| effective.iter().find(|(s, _)| &s.path == m).cloned())
+            .collect();
+        if pieces_of(&members) != compaction.pieces {
+            return None;
+        }
+        let newest = *positions.iter().max()?;
+        let mut next = self.clone();
+        next.segments[newest] = merged;
+        let mut removed: Vec<usize> = positions.into_iter().filter(|p| *p != newest).collect();
+        removed.sort_unstable();
+        for p in removed.into_iter().rev() {
+            next.segments.remove(p);
+        }
+        next.retired
+            .extend(compaction.members.iter().map(|path| Retired {
+                path: path.clone(),
+                retired_at: now,
+            }));
+        Some(next)
+    }
+
+    /// Retired segments retired before `cutoff`: their objects may be deleted.
+    pub fn expired(&self, cutoff: EventTime) -> Vec<String> {
+        self.retired
+            .iter()
+            .filter(|r| r.retired_at < cutoff)
+            .map(|r| r.path.clone())
+            .collect()
+    }
+
+    /// The manifest without the retired entries of `paths` (deleted).
+    pub fn forget(&self, paths: &[String]) -> Self {
+        let mut next = self.clone();
+        next.retired.retain(|r| !paths.contains(&r.path));
+        next
+    }
+}
+
+/// Each segment's effective ranges, cut along its own pieces, in window order.
+fn pieces_of(members: &[(&Segment, Vec<StartRange>)]) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    for (segment, ranges) in members {
+        for piece in segment.pieces() {
+            for r in ranges {
+                let range = StartRange::new(r.from.max(piece.range.from), r.to.min(piece.range.to));
+                if !range.is_empty() {
+                    pieces.push(Piece {
+                        range,
+                        archive_offsets: piece.archive_offsets.clone(),
+                    });
+                }
+            }
+        }
+    }
+    pieces.sort_by_key(|p| p.range.from);
+    pieces
 }
 
 #[cfg(test)]
@@ -95,6 +276,7 @@ mod tests {
             rows: 0,
             published_at: EventTime(0),
             archive_offsets: [(0, offset)].into_iter().collect(),
+            pieces: Vec::new(),
         }
     }
 
@@ -154,5 +336,122 @@ mod tests {
         let m = m.with_segment(seg("c", 0, 200));
         assert_eq!(m.segments.len(), 1, "c shadows a and b entirely");
         assert_eq!(m.coverage().horizon(), Some(EventTime(200)));
+    }
+
+    const H: i64 = 3_600_000;
+
+    fn answers(m: &ViewManifest, at: i64) -> Option<(String, BTreeMap<i32, i64>)> {
+        m.effective().into_iter().find_map(|(s, ranges)| {
+            ranges.iter().any(|r| r.contains(EventTime(at))).then(|| {
+                let piece = s
+                    .pieces()
+                    .into_iter()
+                    .find(|p| p.range.contains(EventTime(at)))
+                    .unwrap();
+                (s.path.clone(), piece.archive_offsets)
+            })
+        })
+    }
+
+    #[test]
+    fn compaction_merges_a_closed_day_and_every_window_keeps_its_answer() {
+        // Day 0: hourly segments, one overridden in part by a later recompute; a segment of
+        // day 1 (not closed yet) and one spanning both days stay as they are.
+        let mut m = ViewManifest::default();
+        for h in 0..6 {
+            m = m.with_segment(seen(&format!("h{h}"), h * H, (h + 1) * H, 10 * (h + 1)));
+        }
+        m = m.with_segment(seen("fix", 2 * H, 3 * H + H / 2, 100));
+        m = m.with_segment(seen("span", 23 * H, 25 * H, 110));
+        m = m.with_segment(seen("d1", 30 * H, 31 * H, 120));
+        let before: Vec<_> = (0..32).map(|h| answers(&m, h * H + 1)).collect();
+        let plans = m.compactions(EventTime(24 * H), 2);
+        assert_eq!(plans.len(), 1, "{plans:?}");
+        let plan = &plans[0];
+        assert_eq!(plan.day, EventTime(0));
+        assert_eq!(
+            plan.members.len(),
+            6,
+            "h2 is shadowed by fix entirely; h3 in part"
+        );
+        let merged = Segment {
+            path: "merged".into(),
+            job: "compaction".into(),
+            covered: StartRange::new(
+                plan.pieces[0].range.from,
+                plan.pieces.last().unwrap().range.to,
+            ),
+            rows: 0,
+            published_at: EventTime(0),
+            archive_offsets: BTreeMap::new(),
+            pieces: plan.pieces.clone(),
+        };
+        let c = m.compacted(plan, merged, EventTime(99)).unwrap();
+        assert_eq!(c.segments.len(), 3, "merged, span, d1");
+        for (h, was) in before.iter().enumerate() {
+            let now = answers(&c, h as i64 * H + 1);
+            match (was, &now) {
+                (Some((path, offsets)), Some((new_path, new_offsets))) => {
+                    assert_eq!(offsets, new_offsets, "hour {h}: same archive offsets");
+                    if path == "span" || path == "d1" {
+                        assert_eq!(path, new_path);
+                    } else {
+                        assert_eq!(new_path, "merged", "hour {h}");
+                    }
+                }
+                (None, None) => {}
+                other => panic!("hour {h}: {other:?}"),
+            }
+        }
+        assert_eq!(c.coverage(), m.coverage());
+        assert_eq!(
+            c.retired
+                .iter()
+                .filter(|r| r.retired_at == EventTime(99))
+                .count(),
+            6
+        );
+        // A member that changed meanwhile makes the compaction stale: shadowed entirely, or
+        // overridden in part by a segment from an older archive reading that sits between
+        // the members.
+        let moved = m.with_segment(seen("late", 0, 6 * H, 200));
+        assert!(
+            moved
+                .compacted(plan, c.segments[0].clone(), EventTime(99))
+                .is_none()
+        );
+        let between = m.with_segment(seen("between", 0, H / 2, 15));
+        assert!(
+            between
+                .compacted(plan, c.segments[0].clone(), EventTime(99))
+                .is_none()
+        );
+        // Nothing more to merge, and a later job still lands in recency order.
+        assert!(c.compactions(EventTime(24 * H), 2).is_empty());
+        let later = c.with_segment(seen("later", H, 2 * H, 300));
+        assert_eq!(answers(&later, H + 1).unwrap().0, "later");
+    }
+
+    #[test]
+    fn retired_segments_expire_after_the_cutoff() {
+        let m = ViewManifest::default()
+            .with_segment(Segment {
+                published_at: EventTime(10),
+                ..seg("a", 0, 100)
+            })
+            .with_segment(Segment {
+                published_at: EventTime(20),
+                ..seg("b", 0, 100)
+            });
+        assert_eq!(
+            m.retired,
+            [Retired {
+                path: "a".into(),
+                retired_at: EventTime(20)
+            }]
+        );
+        assert!(m.expired(EventTime(20)).is_empty());
+        assert_eq!(m.expired(EventTime(21)), ["a"]);
+        assert!(m.forget(&["a".into()]).retired.is_empty());
     }
 }

@@ -24,6 +24,8 @@
 //! - [`manifest`]: which segment answers which windows (pure).
 //! - `segment`: segment objects to and from view rows.
 //! - [`cache`]: row groups read on demand, through a byte-bounded cache.
+//! - `maintenance`: compaction of closed days, deletion of retired segments and of old view
+//!   versions after the retention period.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -43,9 +45,11 @@ use tokio::sync::watch;
 use self::cache::{CacheUsage, SegmentCache};
 
 pub mod cache;
+mod maintenance;
 pub mod manifest;
 pub mod segment;
 
+pub use maintenance::Maintenance;
 pub use manifest::{Segment, ViewManifest};
 
 /// Errors reading or publishing views.
@@ -275,6 +279,7 @@ impl ViewCatalog {
             rows,
             published_at,
             archive_offsets,
+            pieces: Vec::new(),
         };
         let chain = self.chain(view);
         const ATTEMPTS: u32 = 10;
@@ -287,6 +292,7 @@ impl ViewCatalog {
                         view: view.name.clone(),
                         version: view.version.0.clone(),
                         segments: Vec::new(),
+                        retired: Vec::new(),
                     },
                 ),
             };

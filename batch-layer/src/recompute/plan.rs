@@ -176,26 +176,37 @@ pub fn dirty_candidates<'a>(
 ) -> Vec<(&'a ArchivedFile, Coverage)> {
     let mut out: Vec<(&'a ArchivedFile, Coverage)> = Vec::new();
     for (segment, ranges) in manifest.effective() {
-        if segment.archive_offsets.is_empty() {
-            continue;
-        }
-        for (partition, m) in &snapshot.partitions {
-            let seen = segment.archive_offsets.get(partition).copied().unwrap_or(0);
-            for file in m.files.iter().filter(|f| f.first_offset >= seen) {
-                let affected = affected_starts(view, file.min_time, file.max_time);
-                let mut hit = Coverage::new();
-                for r in &ranges {
-                    hit.insert(StartRange::new(
-                        r.from.max(affected.from),
-                        r.to.min(affected.to),
-                    ));
-                }
-                if hit.is_empty() {
-                    continue;
-                }
-                match out.iter_mut().find(|(f, _)| f.path == file.path) {
-                    Some((_, c)) => c.union(&hit),
-                    None => out.push((file, hit)),
+        // Each piece of a (compacted) segment saw the archive up to its own offsets.
+        for piece in segment.pieces() {
+            if piece.archive_offsets.is_empty() {
+                continue;
+            }
+            let ranges: Vec<StartRange> = ranges
+                .iter()
+                .map(|r| StartRange::new(r.from.max(piece.range.from), r.to.min(piece.range.to)))
+                .filter(|r| !r.is_empty())
+                .collect();
+            if ranges.is_empty() {
+                continue;
+            }
+            for (partition, m) in &snapshot.partitions {
+                let seen = piece.archive_offsets.get(partition).copied().unwrap_or(0);
+                for file in m.files.iter().filter(|f| f.first_offset >= seen) {
+                    let affected = affected_starts(view, file.min_time, file.max_time);
+                    let mut hit = Coverage::new();
+                    for r in &ranges {
+                        hit.insert(StartRange::new(
+                            r.from.max(affected.from),
+                            r.to.min(affected.to),
+                        ));
+                    }
+                    if hit.is_empty() {
+                        continue;
+                    }
+                    match out.iter_mut().find(|(f, _)| f.path == file.path) {
+                        Some((_, c)) => c.union(&hit),
+                        None => out.push((file, hit)),
+                    }
                 }
             }
         }
@@ -321,6 +332,7 @@ mod tests {
             rows: 0,
             published_at: EventTime(0),
             archive_offsets: [(0, 10)].into_iter().collect(),
+            pieces: Vec::new(),
         });
         // The file at offset 10 holds late rows for window [2m, 3m); the one at 20 is beyond the
         // published windows.

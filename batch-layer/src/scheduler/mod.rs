@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use chrono::DateTime;
 use tandem_shared::error::ErrorKind;
-use tandem_shared::time::EventTime;
+use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::ViewDefinition;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -103,6 +103,11 @@ pub struct SchedulerConfig {
     pub max_attempts: u32,
     /// Backoff before the first retry; doubled for each further one.
     pub retry_backoff: Duration,
+    /// Retired segments, old view versions and finished job records older than this are
+    /// deleted.
+    pub retention: Span,
+    /// How often published views are compacted and old objects collected.
+    pub maintenance_interval: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -113,6 +118,8 @@ impl Default for SchedulerConfig {
             max_concurrent: 2,
             max_attempts: 3,
             retry_backoff: Duration::from_secs(2),
+            retention: Span::from_millis(7 * 86_400_000),
+            maintenance_interval: Duration::from_secs(600),
         }
     }
 }
@@ -329,6 +336,10 @@ impl Scheduler {
         };
         let slots = Arc::new(Semaphore::new(self.inner.config.max_concurrent.max(1)));
         let running = TaskTracker::new();
+        let every = self.inner.config.maintenance_interval;
+        let mut maintenance = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let maintaining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             let next_cron = self.next_cron_delay();
             tokio::select! {
@@ -341,6 +352,17 @@ impl Scheduler {
                         this.execute(&id).await;
                         drop(permit);
                     });
+                }
+                _ = maintenance.tick() => {
+                    // One round at a time, beside the jobs (both publish by manifest swap).
+                    if !maintaining.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        let this = self.clone();
+                        let flag = Arc::clone(&maintaining);
+                        running.spawn(async move {
+                            this.maintain().await;
+                            flag.store(false, std::sync::atomic::Ordering::SeqCst);
+                        });
+                    }
                 }
                 _ = tokio::time::sleep(next_cron.unwrap_or(Duration::from_secs(3600))), if next_cron.is_some() => {
                     let request = JobRequest { view: None, from: None, to: None, trigger: Trigger::Schedule };
@@ -355,6 +377,27 @@ impl Scheduler {
         running.wait().await;
         // Jobs still queued stay queued in their records and run after the next start.
         tracing::info!("scheduler stopped");
+    }
+
+    /// One maintenance round: compaction and retention of published views, and deletion of
+    /// finished job records older than the retention. Failures are logged and retried next
+    /// round: nothing a reader sees depends on it.
+    pub async fn maintain(&self) {
+        let now = self.now();
+        let retention = self.inner.config.retention;
+        if let Err(err) = self
+            .inner
+            .recompute
+            .catalog()
+            .maintain(now, retention, 2)
+            .await
+        {
+            tracing::warn!(%err, "catalog maintenance failed");
+        }
+        let deleted = self.inner.book.collect(now.saturating_sub(retention)).await;
+        if deleted > 0 {
+            tracing::info!(deleted, "job records past the retention deleted");
+        }
     }
 
     /// Time until the next cron firing, from the injected clock.

@@ -121,6 +121,36 @@ impl JobBook {
         }
     }
 
+    /// Deletes the records of jobs finished before `cutoff`, from the store and from memory.
+    /// Records in the store this process does not hold are judged by their last write.
+    /// Returns how many were deleted.
+    pub(crate) async fn collect(&self, cutoff: EventTime) -> usize {
+        let Ok(objects) = object::list(&self.store, &layout::job_dir()).await else {
+            return 0;
+        };
+        let mut deleted = 0;
+        for meta in objects {
+            let path = meta.location.as_ref();
+            let id = path
+                .rsplit('/')
+                .next()
+                .and_then(|f| f.strip_suffix(".json"))
+                .unwrap_or_default()
+                .to_owned();
+            let expired = match self.get(&id) {
+                Some(job) => {
+                    job.status.is_finished() && job.finished_at.is_some_and(|t| t < cutoff)
+                }
+                None => meta.last_modified.timestamp_millis() < cutoff.millis(),
+            };
+            if expired && object::delete(&self.store, path).await.is_ok() {
+                self.jobs().remove(&id);
+                deleted += 1;
+            }
+        }
+        deleted
+    }
+
     /// Loads every record from the object store. Jobs that were queued or running when the
     /// process stopped are marked queued again; their ids are returned, oldest first.
     pub(crate) async fn load(&self) -> Vec<String> {

@@ -140,6 +140,24 @@ async fn a_bad_expression_fails_the_job_at_once_and_its_record_survives_a_restar
     assert_eq!(restarted.restore().await, 1);
     assert_eq!(restarted.job(&done.id).unwrap().status, JobStatus::Failed);
     assert_eq!(restarted.list(Some(JobStatus::Queued), None).len(), 1);
+
+    // Retention: finished records older than the cutoff go, from the store and from memory;
+    // a queued one stays whatever its age.
+    let far = EventTime(i64::MAX / 2);
+    assert_eq!(restarted.inner.book.collect(EventTime(0)).await, 0);
+    assert_eq!(restarted.inner.book.collect(far).await, 1);
+    assert!(restarted.job(&done.id).is_none());
+    assert!(
+        object::read(&store, &layout::job_record(&done.id))
+            .await
+            .is_err()
+    );
+    assert!(restarted.job(&pending.id).is_some());
+    assert!(
+        object::read(&store, &layout::job_record(&pending.id))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
