@@ -423,6 +423,8 @@ impl SlotSeed<'_> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy;
+
     use super::*;
     use arrow_array::Array;
     use arrow_array::cast::AsArray;
@@ -570,6 +572,34 @@ mod tests {
             let payload = format!("{{\"ts\": {ts}}}");
             let kind = d.decode(payload.as_bytes()).unwrap_err().kind();
             assert!(kind == "past" || kind == "bad_time", "{ts}: {kind}");
+        }
+    }
+
+    proptest::proptest! {
+        /// No byte string panics the decoder: it is either an event or a reason.
+        #[test]
+        fn no_byte_string_panics_the_decoder(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let d = decoder();
+            match d.decode(&bytes) {
+                Ok(event) => proptest::prop_assert!(event.time.is_supported()),
+                Err(err) => proptest::prop_assert!(!err.kind().is_empty()),
+            }
+        }
+
+        /// Nor does any JSON object built from the schema's own keys with arbitrary values.
+        #[test]
+        fn no_object_of_known_keys_panics_the_decoder(
+            ts in proptest::prop_oneof![
+                proptest::num::i64::ANY.prop_map(|n| n.to_string()),
+                proptest::num::f64::ANY.prop_map(|f| format!("{f:?}")),
+                ".{0,40}".prop_map(|s| format!("{s:?}")),
+                proptest::strategy::Just("null".to_owned()),
+            ],
+            amount in ".{0,12}",
+            qty in proptest::num::i64::ANY,
+        ) {
+            let payload = format!(r#"{{"ts": {ts}, "amount": {amount:?}, "qty": {qty}, "city": [1], "shipped_at": {ts}}}"#);
+            let _ = decoder().decode(payload.as_bytes());
         }
     }
 }
