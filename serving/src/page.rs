@@ -111,6 +111,7 @@ mod tests {
                 values: vec![],
             },
             source: Source::Speed,
+            complete: true,
         }
     }
 

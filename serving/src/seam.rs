@@ -137,13 +137,18 @@ pub async fn answer(
         fresh = speed.fresh(&query.view, query.range).unwrap_or_default();
     }
     let exact = batch.rows(&published, query.range).await?;
-    let rows = merge(
+    let mut rows = merge(
         &published.coverage,
         &exact,
         fresh,
         &query.filters,
         query.range,
     );
+    if !published.incomplete.is_empty() {
+        for r in rows.iter_mut().filter(|r| r.source == Source::Batch) {
+            r.complete = !published.incomplete.contains(r.row.window.start);
+        }
+    }
     Ok(Answer {
         version,
         batch_horizon: published.coverage.horizon(),
@@ -156,6 +161,8 @@ pub async fn answer(
 pub struct AnsweredRow {
     pub row: ViewRow,
     pub source: Source,
+    /// False for a batch row of a window the archive lost events of (an offset gap).
+    pub complete: bool,
 }
 
 /// A filter on one group-by dimension: its position and the value as query text.
@@ -186,6 +193,7 @@ pub fn merge(
         .iter()
         .filter(|r| coverage.contains(r.window.start) && keep(r))
         .map(|r| AnsweredRow {
+            complete: true,
             row: r.clone(),
             source: Source::Batch,
         })
@@ -194,6 +202,7 @@ pub fn merge(
                 .into_iter()
                 .filter(|r| !coverage.contains(r.window.start) && keep(r))
                 .map(|row| AnsweredRow {
+                    complete: true,
                     row,
                     source: Source::Speed,
                 }),

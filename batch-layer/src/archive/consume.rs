@@ -13,7 +13,7 @@ use tandem_shared::layout;
 use tandem_store::ManifestChain;
 
 use super::roll::{self, Admission, Buffer, PartitionState};
-use super::{Archive, PartitionManifest};
+use super::{Archive, OffsetGap, PartitionManifest};
 
 /// Publishes the archive consumer's lag.
 #[derive(Debug)]
@@ -99,16 +99,26 @@ impl Archive {
             self.seek(partition, offset);
             return;
         }
-        let Some(state) = self.partitions.get_mut(&partition) else {
+        let Some(state) = self.partitions.get(&partition) else {
             return;
         };
         let buffered_to = state.buffer.as_ref().map(|b| b.last_offset);
-        match roll::admit(
-            offset,
-            state.manifest.next_offset,
-            buffered_to,
-            state.sought,
-        ) {
+        let next_offset = state.manifest.next_offset;
+        let admission = roll::admit(offset, next_offset, buffered_to, state.sought);
+        // A message past the one expected: were the offsets between deleted by the broker?
+        let expected = buffered_to.map_or(next_offset, |b| b + 1);
+        let gap = if admission == Admission::Append && offset > expected {
+            match self.low_watermark(partition).await {
+                Some(low) => roll::gap(expected, offset, low),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        match admission {
             Admission::Archived => {
                 metrics::counter!("tandem_archive_skipped_total").increment(1);
                 return;
@@ -130,6 +140,29 @@ impl Archive {
             .buffer
             .get_or_insert_with(|| Buffer::new(offset, Instant::now()));
         buffer.last_offset = offset;
+        if let Some((from_offset, to_offset)) = gap {
+            let before_time = m
+                .payload()
+                .and_then(|p| self.decoder.decode(p).ok())
+                .map(|e| e.time);
+            let after_time = buffer.max_time().max(state.manifest.max_event_time);
+            tracing::error!(
+                partition,
+                from_offset,
+                to_offset,
+                "offsets were deleted by the broker before the archive read them: their events are lost to the batch layer"
+            );
+            metrics::counter!("tandem_archive_offset_gaps_total").increment(1);
+            metrics::counter!("tandem_archive_lost_offsets_total")
+                .increment(u64::try_from(to_offset - from_offset).unwrap_or(0));
+            state.manifest.gaps.push(OffsetGap {
+                from_offset,
+                to_offset,
+                after_time,
+                before_time,
+                detected_at: self.clock.now(),
+            });
+        }
         let future_limit = tandem_shared::event::future_limit(
             m.timestamp().to_millis(),
             self.clock.now(),
@@ -213,6 +246,24 @@ impl Archive {
                 let now = self.clock.now();
                 self.publish_progress(p, Some(now)).await;
             }
+        }
+    }
+
+    /// The first offset the broker still holds for `partition`, if it answers.
+    async fn low_watermark(&self, partition: i32) -> Option<i64> {
+        let consumer = Arc::clone(&self.consumer);
+        let topic = self.config.topic.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))
+        })
+        .await;
+        match found {
+            Ok(Ok((low, _))) => Some(low),
+            Ok(Err(err)) => {
+                tracing::warn!(partition, %err, "cannot read the partition's watermarks");
+                None
+            }
+            Err(_) => None,
         }
     }
 

@@ -49,7 +49,7 @@ mod roll;
 pub mod snapshot;
 
 pub use consume::ArchiveContext;
-pub use snapshot::{ArchiveSnapshot, ArchivedFile, PartitionManifest};
+pub use snapshot::{ArchiveSnapshot, ArchivedFile, OffsetGap, PartitionManifest};
 
 /// Errors of the archive.
 #[derive(Debug, thiserror::Error)]

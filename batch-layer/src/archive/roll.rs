@@ -38,6 +38,11 @@ impl Buffer {
         }
     }
 
+    /// Latest event time buffered.
+    pub(super) fn max_time(&self) -> Option<EventTime> {
+        self.hours.values().map(|h| h.max_time).max()
+    }
+
     /// Adds a decoded event of `payload_bytes` to the file of its event hour.
     pub(super) fn append(
         &mut self,
@@ -184,6 +189,13 @@ pub(super) fn admit(
     }
 }
 
+/// The offsets lost before `offset`, if the message arrived past the `expected` one and the
+/// broker's log now starts (`low_watermark`) past it: deleted, not merely skipped (transaction
+/// markers and compaction also leave holes, but below the log start nothing is left).
+pub(super) fn gap(expected: i64, offset: i64, low_watermark: i64) -> Option<(i64, i64)> {
+    (offset > expected && low_watermark > expected).then(|| (expected, low_watermark.min(offset)))
+}
+
 /// Whether a partition's buffer is due to be written: it is older than the roll interval, or a
 /// failed roll waits for its retry time.
 pub(super) fn roll_due(state: &PartitionState, interval: Duration, now: Instant) -> bool {
@@ -244,6 +256,18 @@ pub(super) fn progressed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gap_is_only_offsets_the_broker_no_longer_holds() {
+        // Next expected 10; the log now starts at 50 and the message is at 50: 10..50 lost.
+        assert_eq!(gap(10, 50, 50), Some((10, 50)));
+        // A hole from transaction markers: the log still starts below it.
+        assert_eq!(gap(10, 12, 0), None);
+        // In order: nothing.
+        assert_eq!(gap(10, 10, 10), None);
+        // The log start moved past the message we got (deleted meanwhile): up to the message.
+        assert_eq!(gap(10, 30, 40), Some((10, 30)));
+    }
 
     #[test]
     fn messages_are_admitted_once_from_the_manifests_offset() {

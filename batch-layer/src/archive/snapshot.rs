@@ -35,6 +35,31 @@ pub struct ArchivedFile {
     pub max_time: EventTime,
 }
 
+/// Offsets the broker deleted before the archive read them (retention outran the archive):
+/// their events are lost to the batch layer. The lost events' times are unknown; they are
+/// taken to lie between the partition's latest archived event time before the gap and the
+/// event time of the first message after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetGap {
+    /// First missing offset.
+    pub from_offset: i64,
+    /// First offset after the gap.
+    pub to_offset: i64,
+    pub after_time: Option<EventTime>,
+    pub before_time: Option<EventTime>,
+    pub detected_at: EventTime,
+}
+
+impl OffsetGap {
+    /// Event times the missing events may have.
+    pub fn times(&self) -> (EventTime, EventTime) {
+        (
+            self.after_time.unwrap_or(EventTime::MIN),
+            self.before_time.unwrap_or(EventTime::MAX),
+        )
+    }
+}
+
 /// The published state of one partition of the archive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionManifest {
@@ -51,6 +76,9 @@ pub struct PartitionManifest {
     pub files: Vec<ArchivedFile>,
     /// Wall-clock time of publication.
     pub published_at: EventTime,
+    /// Data lost before it was archived.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<OffsetGap>,
 }
 
 impl PartitionManifest {
@@ -64,6 +92,7 @@ impl PartitionManifest {
             idle_since: None,
             files: Vec::new(),
             published_at: now,
+            gaps: Vec::new(),
         }
     }
 
@@ -114,6 +143,11 @@ impl ArchiveSnapshot {
             .map(|m| m.partition_count)
             .max()
             .unwrap_or(0)
+    }
+
+    /// Every offset gap of every partition.
+    pub fn gaps(&self) -> impl Iterator<Item = &OffsetGap> {
+        self.partitions.values().flat_map(|m| m.gaps.iter())
     }
 
     pub fn files(&self) -> impl Iterator<Item = &ArchivedFile> {

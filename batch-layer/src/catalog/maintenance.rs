@@ -141,6 +141,7 @@ impl ViewCatalog {
             published_at: now,
             archive_offsets: Default::default(),
             pieces: plan.pieces.clone(),
+            incomplete: Vec::new(),
         };
         let chain = self.chain(view);
         let Some((seq, manifest)) = chain.latest::<ViewManifest>().await? else {
@@ -272,6 +273,7 @@ mod tests {
     use tandem_shared::schema::FieldType;
     use tandem_shared::testing;
 
+    use super::super::JobResult;
     use super::*;
 
     const H: i64 = 3_600_000;
@@ -315,45 +317,32 @@ mod tests {
         let v = view();
         let catalog = ViewCatalog::new(Arc::clone(&store), [v.clone()]);
         // Hourly publications of day 0, one hour recomputed later, and one of day 1.
+        let publish = |job: String, h: i64, n: i64, offset: i64, at: i64| {
+            let catalog = &catalog;
+            let v = &v;
+            async move {
+                let batch = [hour(h, n)];
+                catalog
+                    .publish(
+                        v,
+                        JobResult {
+                            job: &job,
+                            covered: StartRange::new(EventTime(h * H), EventTime((h + 1) * H)),
+                            incomplete: Vec::new(),
+                            batches: &batch,
+                            archive_offsets: BTreeMap::from([(0, offset)]),
+                            published_at: EventTime(at),
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
         for h in 0..6 {
-            let covered = StartRange::new(EventTime(h * H), EventTime((h + 1) * H));
-            let offsets = BTreeMap::from([(0, 10 * (h + 1))]);
-            catalog
-                .publish(
-                    &v,
-                    &format!("j{h}"),
-                    covered,
-                    &[hour(h, h)],
-                    offsets,
-                    EventTime(h * H),
-                )
-                .await
-                .unwrap();
+            publish(format!("j{h}"), h, h, 10 * (h + 1), h * H).await;
         }
-        let fix = StartRange::new(EventTime(2 * H), EventTime(3 * H));
-        catalog
-            .publish(
-                &v,
-                "fix",
-                fix,
-                &[hour(2, 100)],
-                BTreeMap::from([(0, 100)]),
-                EventTime(7 * H),
-            )
-            .await
-            .unwrap();
-        let day1 = StartRange::new(EventTime(25 * H), EventTime(26 * H));
-        catalog
-            .publish(
-                &v,
-                "d1",
-                day1,
-                &[hour(25, 7)],
-                BTreeMap::from([(0, 110)]),
-                EventTime(26 * H),
-            )
-            .await
-            .unwrap();
+        publish("fix".into(), 2, 100, 100, 7 * H).await;
+        publish("d1".into(), 25, 7, 110, 26 * H).await;
         let before = catalog.current_rows("v", ALL).await.unwrap();
         assert_eq!(before.len(), 14);
         let published = catalog.get("v").unwrap();

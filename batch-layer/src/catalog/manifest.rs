@@ -33,6 +33,10 @@ pub struct Segment {
     /// A compacted segment's parts; empty for a job's segment (one piece: `covered`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pieces: Vec<Piece>,
+    /// Window starts whose events the archive lost in part (offset gaps): answered, but not
+    /// exact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incomplete: Vec<StartRange>,
 }
 
 /// Window starts of a segment computed from one reading of the archive.
@@ -147,6 +151,19 @@ impl ViewManifest {
         next
     }
 
+    /// Window starts answered by segments that call them incomplete.
+    pub fn incomplete(&self) -> Coverage {
+        let mut out = Coverage::new();
+        for (segment, ranges) in self.effective() {
+            for bad in &segment.incomplete {
+                for r in &ranges {
+                    out.insert(StartRange::new(r.from.max(bad.from), r.to.min(bad.to)));
+                }
+            }
+        }
+        out
+    }
+
     pub fn coverage(&self) -> Coverage {
         Coverage::from_ranges(
             self.segments
@@ -188,7 +205,7 @@ impl ViewManifest {
     pub fn compacted(
         &self,
         compaction: &Compaction,
-        merged: Segment,
+        mut merged: Segment,
         now: EventTime,
     ) -> Option<Self> {
         let positions: Vec<usize> = compaction
@@ -207,6 +224,16 @@ impl ViewManifest {
         if pieces_of(&members) != compaction.pieces {
             return None;
         }
+        // What the members called incomplete stays so, where they still answered.
+        let mut incomplete = Coverage::new();
+        for (segment, ranges) in &members {
+            for bad in &segment.incomplete {
+                for r in ranges {
+                    incomplete.insert(StartRange::new(r.from.max(bad.from), r.to.min(bad.to)));
+                }
+            }
+        }
+        merged.incomplete = incomplete.ranges().to_vec();
         let newest = *positions.iter().max()?;
         let mut next = self.clone();
         next.segments[newest] = merged;
@@ -277,6 +304,7 @@ mod tests {
             published_at: EventTime(0),
             archive_offsets: [(0, offset)].into_iter().collect(),
             pieces: Vec::new(),
+            incomplete: Vec::new(),
         }
     }
 
@@ -385,6 +413,7 @@ mod tests {
             published_at: EventTime(0),
             archive_offsets: BTreeMap::new(),
             pieces: plan.pieces.clone(),
+            incomplete: Vec::new(),
         };
         let c = m.compacted(plan, merged, EventTime(99)).unwrap();
         assert_eq!(c.segments.len(), 3, "merged, span, d1");

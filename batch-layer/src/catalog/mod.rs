@@ -103,6 +103,23 @@ pub struct PublishedView {
     pub seq: Option<u64>,
     pub manifest: ViewManifest,
     pub coverage: Coverage,
+    /// Covered window starts whose archive lost events (offset gaps): not exact.
+    pub incomplete: Coverage,
+}
+
+/// A job's result for one view, to publish.
+#[derive(Debug)]
+pub struct JobResult<'a> {
+    pub job: &'a str,
+    /// The window starts the result answers.
+    pub covered: StartRange,
+    /// Of those, the ones the archive lost events of (offset gaps).
+    pub incomplete: Vec<StartRange>,
+    /// Query output: `window_start, window_end, groups.., aggregates..`.
+    pub batches: &'a [RecordBatch],
+    /// The archive's next offset per partition when the job read it.
+    pub archive_offsets: BTreeMap<i32, i64>,
+    pub published_at: EventTime,
 }
 
 /// What a publication did.
@@ -237,6 +254,7 @@ impl ViewCatalog {
         let next = Arc::new(PublishedView {
             seq: Some(seq),
             coverage: manifest.coverage(),
+            incomplete: manifest.incomplete(),
             manifest,
         });
         {
@@ -259,12 +277,16 @@ impl ViewCatalog {
     pub async fn publish(
         &self,
         view: &ViewDefinition,
-        job: &str,
-        covered: StartRange,
-        batches: &[RecordBatch],
-        archive_offsets: BTreeMap<i32, i64>,
-        published_at: EventTime,
+        result: JobResult<'_>,
     ) -> Result<Publication> {
+        let JobResult {
+            job,
+            covered,
+            incomplete,
+            batches,
+            archive_offsets,
+            published_at,
+        } = result;
         let path = layout::view_segment(&view.name, &view.version.0, job);
         let bytes = segment::encode(batches, ROW_GROUP_ROWS).map_err(|source| Error::Segment {
             path: path.clone(),
@@ -280,6 +302,7 @@ impl ViewCatalog {
             published_at,
             archive_offsets,
             pieces: Vec::new(),
+            incomplete,
         };
         let chain = self.chain(view);
         const ATTEMPTS: u32 = 10;

@@ -117,7 +117,7 @@ fn query_error_kind(error: &DataFusionError) -> ErrorKind {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What recomputing one view did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewOutcome {
     pub view: String,
     /// Window starts published.
@@ -135,6 +135,35 @@ pub struct ViewOutcome {
     /// Milliseconds spent writing the segment and publishing the manifest.
     #[serde(default)]
     pub publish_ms: u64,
+    /// False when some published windows may lack events the archive lost (offset gaps).
+    #[serde(default = "complete_by_default")]
+    pub complete: bool,
+    /// Published window starts that are not exact because of offset gaps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incomplete: Vec<StartRange>,
+}
+
+fn complete_by_default() -> bool {
+    true
+}
+
+impl Default for ViewOutcome {
+    fn default() -> Self {
+        Self {
+            view: String::new(),
+            covered: None,
+            not_ready: None,
+            windows_published: 0,
+            files_scanned: 0,
+            bytes_scanned: 0,
+            rows_read: 0,
+            result_rows: 0,
+            query_ms: 0,
+            publish_ms: 0,
+            complete: true,
+            incomplete: Vec::new(),
+        }
+    }
 }
 
 /// Progress of a running recompute, reported after each chunk.
@@ -462,8 +491,23 @@ impl Recompute {
             .iter()
             .map(|(p, m)| (*p, m.next_offset))
             .collect();
+        outcome.incomplete = plan::incomplete(view, covered, snapshot.gaps().map(|g| g.times()));
+        outcome.complete = outcome.incomplete.is_empty();
+        if !outcome.complete {
+            tracing::warn!(view = %view.name, incomplete = ?outcome.incomplete, "publishing windows the archive lost events of (offset gaps): not exact");
+        }
         self.catalog
-            .publish(view, job, covered, &batches, offsets, now)
+            .publish(
+                view,
+                catalog::JobResult {
+                    job,
+                    covered,
+                    incomplete: outcome.incomplete.clone(),
+                    batches: &batches,
+                    archive_offsets: offsets,
+                    published_at: now,
+                },
+            )
             .await?;
         outcome.publish_ms = publishing.elapsed().as_millis() as u64;
         Ok(outcome)

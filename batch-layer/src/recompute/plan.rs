@@ -141,6 +141,30 @@ pub fn sessions_covered_to(
         .fold(bound, EventTime::min)
 }
 
+/// Window starts of `covered` whose windows may have held events the archive lost (an offset
+/// gap's time bounds, see `OffsetGap::times`). Sessions: any session within a gap of them.
+pub fn incomplete(
+    view: &ViewDefinition,
+    covered: StartRange,
+    gaps: impl IntoIterator<Item = (EventTime, EventTime)>,
+) -> Vec<StartRange> {
+    let mut out = Coverage::new();
+    for (min, max) in gaps {
+        let affected = match view.window {
+            WindowSpec::Session { gap } => StartRange::new(
+                min.saturating_sub(gap),
+                max.saturating_add(Span::from_millis(1)),
+            ),
+            _ => affected_starts(view, min, max),
+        };
+        out.insert(StartRange::new(
+            covered.from.max(affected.from),
+            covered.to.min(affected.to),
+        ));
+    }
+    out.ranges().to_vec()
+}
+
 /// Window starts whose windows can contain events with times in `[min, max]`.
 fn affected_starts(view: &ViewDefinition, min: EventTime, max: EventTime) -> StartRange {
     match view.window {
@@ -333,6 +357,7 @@ mod tests {
             published_at: EventTime(0),
             archive_offsets: [(0, 10)].into_iter().collect(),
             pieces: Vec::new(),
+            incomplete: Vec::new(),
         });
         // The file at offset 10 holds late rows for window [2m, 3m); the one at 20 is beyond the
         // published windows.
@@ -463,6 +488,20 @@ mod tests {
             window_count(&v, StartRange::new(EventTime::MIN, EventTime::MAX)),
             u64::try_from(u128::from(u64::MAX) / 60_000).unwrap()
         );
+    }
+
+    #[test]
+    fn windows_overlapping_a_gap_are_incomplete() {
+        let v = view(testing::hopping("5m", "1m"), "0s");
+        let covered = r(0, 60 * M);
+        // Lost events between 20m and 21m30s: windows starting 16m..21m hold some of them.
+        let gaps = [(EventTime(20 * M), EventTime(21 * M + 30_000))];
+        assert_eq!(incomplete(&v, covered, gaps), [r(16 * M, 22 * M)]);
+        // Outside the covered range: nothing.
+        assert!(incomplete(&v, r(30 * M, 60 * M), gaps).is_empty());
+        // An unbounded gap (no event time known after it) reaches the end of what is covered.
+        let open = [(EventTime(50 * M), EventTime::MAX)];
+        assert_eq!(incomplete(&v, covered, open), [r(46 * M, 60 * M)]);
     }
 
     proptest::proptest! {

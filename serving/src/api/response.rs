@@ -91,6 +91,8 @@ pub struct RowBody {
     /// Aggregate name → value.
     pub values: BTreeMap<String, AggregateValue>,
     pub source: Source,
+    /// False when the archive lost events of this window (an offset gap): not exact.
+    pub complete: bool,
     /// Values the speed layer only estimates (sketches), on rows it answered.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub approximate: Vec<String>,
@@ -107,26 +109,33 @@ impl ViewRows {
         let rows = answer
             .rows
             .into_iter()
-            .map(|AnsweredRow { row, source }| RowBody {
-                window_start: row.window.start,
-                window_end: row.window.end,
-                group: view
-                    .group_by
-                    .iter()
-                    .zip(&row.group)
-                    .map(|(name, v)| (name.clone(), v.to_json()))
-                    .collect(),
-                values: view
-                    .value_names()
-                    .map(str::to_owned)
-                    .zip(row.values)
-                    .collect(),
-                source,
-                approximate: match source {
-                    Source::Speed => approximate.clone(),
-                    Source::Batch => Vec::new(),
+            .map(
+                |AnsweredRow {
+                     row,
+                     source,
+                     complete,
+                 }| RowBody {
+                    complete,
+                    window_start: row.window.start,
+                    window_end: row.window.end,
+                    group: view
+                        .group_by
+                        .iter()
+                        .zip(&row.group)
+                        .map(|(name, v)| (name.clone(), v.to_json()))
+                        .collect(),
+                    values: view
+                        .value_names()
+                        .map(str::to_owned)
+                        .zip(row.values)
+                        .collect(),
+                    source,
+                    approximate: match source {
+                        Source::Speed => approximate.clone(),
+                        Source::Batch => Vec::new(),
+                    },
                 },
-            })
+            )
             .collect();
         Self {
             view: view.name.clone(),
