@@ -729,4 +729,26 @@ mod tests {
         let e = err(&bad_type);
         assert!(e.contains("money"), "{e}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+
+        /// No text panics the configuration parser: arbitrary text, and the demo configuration
+        /// with a random edit (so that parsing gets deep into validation).
+        #[test]
+        fn no_configuration_text_panics_the_parser(
+            text in ".{0,200}",
+            at in 0usize..4096,
+            cut in 0usize..8,
+            insert in "[a-z0-9_=\"\\[\\]{}., :*()'-]{0,8}",
+        ) {
+            let _ = Config::parse_with_env(&text, "fuzz", &any_env);
+            let mut edited: Vec<char> = DEMO.chars().collect();
+            let at = at % edited.len();
+            let end = (at + cut).min(edited.len());
+            edited.splice(at..end, insert.chars());
+            let edited: String = edited.into_iter().collect();
+            let _ = Config::parse_with_env(&edited, "fuzz", &any_env);
+        }
+    }
 }
