@@ -13,6 +13,8 @@
 //! sees a half-compacted view, and a reader holding an older manifest keeps finding its
 //! segments for the whole retention period.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
@@ -26,7 +28,7 @@ use tandem_shared::view::ViewDefinition;
 use tandem_store::manifest::Error as ChainError;
 use tandem_store::object;
 
-use super::manifest::{Compaction, Segment, ViewManifest};
+use super::manifest::{Compaction, Segment, ViewManifest, coalesce};
 use super::{Error, ROW_GROUP_ROWS, Result, ViewCatalog, segment};
 
 const DAY: i64 = 86_400_000;
@@ -47,15 +49,21 @@ impl ViewCatalog {
     /// Compacts and collects every view: closed days (before the UTC day of `now`) with at
     /// least `min_segments` small segments are merged; retired segments and other versions
     /// older than `retention` are deleted.
+    ///
+    /// `clean(view, day)` gives the archive's offsets if every published window of the day is
+    /// clean (no archived row after the offsets its piece saw falls in it); such a day's merged
+    /// segment is one piece per contiguous run, stamped with those offsets. Otherwise the
+    /// merged segment keeps every former segment's piece.
     pub async fn maintain(
         &self,
         now: EventTime,
         retention: Span,
         min_segments: usize,
+        clean: &(dyn Fn(&str, StartRange) -> Option<BTreeMap<i32, i64>> + Sync),
     ) -> Result<Maintenance> {
         let mut done = Maintenance::default();
         for view in self.views.values() {
-            let (merged, compacted) = self.compact(view, now, min_segments).await?;
+            let (merged, compacted) = self.compact(view, now, min_segments, clean).await?;
             done.merged += merged;
             done.compacted += compacted;
             done.deleted_segments += self.delete_expired(view, now, retention).await?;
@@ -72,6 +80,7 @@ impl ViewCatalog {
         view: &ViewDefinition,
         now: EventTime,
         min_segments: usize,
+        clean: &(dyn Fn(&str, StartRange) -> Option<BTreeMap<i32, i64>> + Sync),
     ) -> Result<(usize, usize)> {
         let chain = self.chain(view);
         let Some((_, manifest)) = chain.latest::<ViewManifest>().await? else {
@@ -81,7 +90,9 @@ impl ViewCatalog {
         let mut merged = 0;
         let mut compacted = 0;
         for plan in manifest.compactions(today, min_segments) {
-            if let Some(n) = self.merge(view, &plan, now).await? {
+            let day = StartRange::new(plan.day, plan.day.saturating_add(Span::from_millis(DAY)));
+            let offsets = clean(&view.name, day);
+            if let Some(n) = self.merge(view, &plan, offsets, now).await? {
                 merged += n;
                 compacted += 1;
             }
@@ -97,6 +108,7 @@ impl ViewCatalog {
         &self,
         view: &ViewDefinition,
         plan: &Compaction,
+        clean_offsets: Option<BTreeMap<i32, i64>>,
         now: EventTime,
     ) -> Result<Option<usize>> {
         let mut batches = Vec::new();
@@ -139,8 +151,11 @@ impl ViewCatalog {
             covered: StartRange::new(first.range.from, last.range.to),
             rows,
             published_at: now,
-            archive_offsets: Default::default(),
-            pieces: plan.pieces.clone(),
+            archive_offsets: clean_offsets.clone().unwrap_or_default(),
+            pieces: match &clean_offsets {
+                Some(offsets) => coalesce(&plan.pieces, offsets),
+                None => plan.pieces.clone(),
+            },
             incomplete: Vec::new(),
         };
         let chain = self.chain(view);
@@ -355,7 +370,10 @@ mod tests {
 
         // Day 1 is open at 26h: day 0 is merged, day 1 is not. Nothing is old enough to go.
         let week = Span::from_millis(7 * 24 * H);
-        let done = catalog.maintain(EventTime(26 * H), week, 2).await.unwrap();
+        let done = catalog
+            .maintain(EventTime(26 * H), week, 2, &|_, _| None)
+            .await
+            .unwrap();
         assert_eq!(
             (done.merged, done.compacted, done.deleted_segments),
             (6, 1, 0)
@@ -373,7 +391,10 @@ mod tests {
             );
         }
         // A second round finds nothing to merge.
-        let done = catalog.maintain(EventTime(27 * H), week, 2).await.unwrap();
+        let done = catalog
+            .maintain(EventTime(27 * H), week, 2, &|_, _| None)
+            .await
+            .unwrap();
         assert_eq!(done, Maintenance::default());
 
         // A stale version of the view: deleted once untouched for the retention period.
@@ -381,7 +402,7 @@ mod tests {
             .await
             .unwrap();
         let wall = EventTime(chrono::Utc::now().timestamp_millis());
-        let done = catalog.maintain(wall, week, 2).await.unwrap();
+        let done = catalog.maintain(wall, week, 2, &|_, _| None).await.unwrap();
         assert_eq!(done.deleted_version_objects, 0, "written just now");
         assert_eq!(
             done.deleted_segments, 7,
@@ -397,13 +418,63 @@ mod tests {
         assert!(catalog.get("v").unwrap().manifest.retired.is_empty());
         assert_eq!(catalog.current_rows("v", ALL).await.unwrap(), before);
         let later = wall.saturating_add(Span::from_millis(8 * 24 * H));
-        let done = catalog.maintain(later, week, 2).await.unwrap();
+        let done = catalog
+            .maintain(later, week, 2, &|_, _| None)
+            .await
+            .unwrap();
         assert_eq!(done.deleted_version_objects, 1);
         assert!(
             object::read(&store, "views/v/old-version/segments/x.parquet")
                 .await
                 .is_err()
         );
+        assert_eq!(catalog.current_rows("v", ALL).await.unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn a_clean_day_becomes_one_piece_stamped_with_the_archive_offsets() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let v = view();
+        let catalog = ViewCatalog::new(Arc::clone(&store), [v.clone()]);
+        for h in 0..3 {
+            let batch = [hour(h, h)];
+            catalog
+                .publish(
+                    &v,
+                    JobResult {
+                        job: &format!("j{h}"),
+                        covered: StartRange::new(EventTime(h * H), EventTime((h + 1) * H)),
+                        incomplete: Vec::new(),
+                        batches: &batch,
+                        archive_offsets: BTreeMap::from([(0, h)]),
+                        published_at: EventTime(h * H),
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let before = catalog.current_rows("v", ALL).await.unwrap();
+        let now = BTreeMap::from([(0, 500)]);
+        let clean = |view: &str, day: StartRange| {
+            assert_eq!(view, "v");
+            assert_eq!(day, StartRange::new(EventTime(0), EventTime(24 * H)));
+            Some(now.clone())
+        };
+        let week = Span::from_millis(7 * 24 * H);
+        let done = catalog
+            .maintain(EventTime(30 * H), week, 2, &clean)
+            .await
+            .unwrap();
+        assert_eq!(done.compacted, 1);
+        let m = catalog.get("v").unwrap().manifest.clone();
+        assert_eq!(m.segments.len(), 1);
+        let pieces = m.segments[0].pieces();
+        assert_eq!(pieces.len(), 1, "{pieces:?}");
+        assert_eq!(
+            pieces[0].range,
+            StartRange::new(EventTime(0), EventTime(3 * H))
+        );
+        assert_eq!(pieces[0].archive_offsets, now);
         assert_eq!(catalog.current_rows("v", ALL).await.unwrap(), before);
     }
 }

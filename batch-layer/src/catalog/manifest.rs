@@ -267,6 +267,24 @@ impl ViewManifest {
     }
 }
 
+/// `pieces` (in window order) with adjacent ones joined and every one stamped with `offsets`:
+/// for a day whose windows are all clean (no archived row after a piece's offsets falls in its
+/// windows), each window's result is what a recompute at `offsets` would give, so one piece per
+/// contiguous run says the same with less. Keeps a compacted manifest small.
+pub fn coalesce(pieces: &[Piece], offsets: &BTreeMap<i32, i64>) -> Vec<Piece> {
+    let mut out: Vec<Piece> = Vec::new();
+    for p in pieces {
+        match out.last_mut() {
+            Some(last) if last.range.to == p.range.from => last.range.to = p.range.to,
+            _ => out.push(Piece {
+                range: p.range,
+                archive_offsets: offsets.clone(),
+            }),
+        }
+    }
+    out
+}
+
 /// Each segment's effective ranges, cut along its own pieces, in window order.
 fn pieces_of(members: &[(&Segment, Vec<StartRange>)]) -> Vec<Piece> {
     let mut pieces = Vec::new();
@@ -482,5 +500,16 @@ mod tests {
         assert!(m.expired(EventTime(20)).is_empty());
         assert_eq!(m.expired(EventTime(21)), ["a"]);
         assert!(m.forget(&["a".into()]).retired.is_empty());
+    }
+
+    #[test]
+    fn clean_pieces_coalesce_into_runs_with_the_current_offsets() {
+        let piece = |a: i64, b: i64, o: i64| Piece {
+            range: StartRange::new(EventTime(a), EventTime(b)),
+            archive_offsets: BTreeMap::from([(0, o)]),
+        };
+        let now = BTreeMap::from([(0, 99)]);
+        let out = coalesce(&[piece(0, 1, 1), piece(1, 2, 2), piece(3, 4, 3)], &now);
+        assert_eq!(out, [piece(0, 2, 99), piece(3, 4, 99)]);
     }
 }

@@ -166,6 +166,22 @@ impl Default for ViewOutcome {
     }
 }
 
+/// Which published windows late rows made dirty, per view, and the archive's offsets.
+#[derive(Debug, Clone, Default)]
+pub struct Cleanliness {
+    pub dirty: BTreeMap<String, Vec<StartRange>>,
+    pub offsets: BTreeMap<i32, i64>,
+}
+
+impl Cleanliness {
+    /// The archive's offsets if no published window of `view` in `range` is dirty.
+    pub fn clean(&self, view: &str, range: StartRange) -> Option<BTreeMap<i32, i64>> {
+        let dirty = self.dirty.get(view)?;
+        let overlaps = dirty.iter().any(|d| d.from < range.to && range.from < d.to);
+        (!overlaps).then(|| self.offsets.clone())
+    }
+}
+
 /// Progress of a running recompute, reported after each chunk.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Progress {
@@ -522,7 +538,39 @@ impl Recompute {
         manifest: &catalog::ViewManifest,
     ) -> Result<Vec<StartRange>> {
         let snapshot = ArchiveSnapshot::load(&self.store, &self.topic).await?;
-        let candidates = plan::dirty_candidates(view, manifest, &snapshot);
+        self.dirty_in(view, manifest, &snapshot).await
+    }
+
+    /// For maintenance: the dirty published windows of every view, and the archive's offsets
+    /// now (what a clean window's result is consistent with).
+    pub async fn cleanliness(&self) -> Result<Cleanliness> {
+        let snapshot = ArchiveSnapshot::load(&self.store, &self.topic).await?;
+        let offsets = snapshot
+            .partitions
+            .iter()
+            .map(|(p, m)| (*p, m.next_offset))
+            .collect();
+        let mut dirty = BTreeMap::new();
+        for view in self.catalog.views() {
+            let Some(published) = self.catalog.get(&view.name) else {
+                continue;
+            };
+            if published.seq.is_none() {
+                continue;
+            }
+            let ranges = self.dirty_in(view, &published.manifest, &snapshot).await?;
+            dirty.insert(view.name.clone(), ranges);
+        }
+        Ok(Cleanliness { dirty, offsets })
+    }
+
+    async fn dirty_in(
+        &self,
+        view: &ViewDefinition,
+        manifest: &catalog::ViewManifest,
+        snapshot: &ArchiveSnapshot,
+    ) -> Result<Vec<StartRange>> {
+        let candidates = plan::dirty_candidates(view, manifest, snapshot);
         let Some(slide) = view.window.slide() else {
             return Ok(plan::dirty_ranges(view, &candidates, |_| Vec::new()));
         };

@@ -385,11 +385,20 @@ impl Scheduler {
     pub async fn maintain(&self) {
         let now = self.now();
         let retention = self.inner.config.retention;
+        // Without knowing which windows are dirty, compaction keeps every piece.
+        let cleanliness = match self.inner.recompute.cleanliness().await {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(%err, "cannot tell clean windows; compacting without coalescing");
+                Default::default()
+            }
+        };
+        let clean = |view: &str, range| cleanliness.clean(view, range);
         if let Err(err) = self
             .inner
             .recompute
             .catalog()
-            .maintain(now, retention, 2)
+            .maintain(now, retention, 2, &clean)
             .await
         {
             tracing::warn!(%err, "catalog maintenance failed");
