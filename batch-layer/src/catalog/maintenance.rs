@@ -33,6 +33,10 @@ use super::{Error, ROW_GROUP_ROWS, Result, ViewCatalog, segment};
 
 const DAY: i64 = 86_400_000;
 
+/// `clean(view, day)`: the archive's offsets if no published window of the view in the day is
+/// dirty.
+pub type CleanDays<'a> = dyn Fn(&str, StartRange) -> Option<BTreeMap<i32, i64>> + Sync + 'a;
+
 /// What one maintenance round did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Maintenance {
@@ -59,7 +63,7 @@ impl ViewCatalog {
         now: EventTime,
         retention: Span,
         min_segments: usize,
-        clean: &(dyn Fn(&str, StartRange) -> Option<BTreeMap<i32, i64>> + Sync),
+        clean: &CleanDays<'_>,
     ) -> Result<Maintenance> {
         let mut done = Maintenance::default();
         for view in self.views.values() {
@@ -80,7 +84,7 @@ impl ViewCatalog {
         view: &ViewDefinition,
         now: EventTime,
         min_segments: usize,
-        clean: &(dyn Fn(&str, StartRange) -> Option<BTreeMap<i32, i64>> + Sync),
+        clean: &CleanDays<'_>,
     ) -> Result<(usize, usize)> {
         let chain = self.chain(view);
         let Some((_, manifest)) = chain.latest::<ViewManifest>().await? else {
