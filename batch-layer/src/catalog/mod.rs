@@ -49,7 +49,7 @@ mod maintenance;
 pub mod manifest;
 pub mod segment;
 
-pub use maintenance::Maintenance;
+pub use maintenance::{CleanDays, Maintenance};
 pub use manifest::{Segment, ViewManifest};
 
 /// Errors reading or publishing views.
