@@ -110,6 +110,23 @@ enum BenchCommand {
         #[arg(long, default_value = "scripts/duckdb_bench.py")]
         script: PathBuf,
     },
+    /// Cost over history: days of archive and minute-by-minute publications, then serving
+    /// memory, the time to publish one more job and one-hour query latency, day 1 vs day N.
+    History {
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Working directory for the store.
+        #[arg(long, default_value = "./tandem-bench-history")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        events_per_minute: u32,
+        /// One-hour queries per measurement.
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+        /// Internal: the serving process the benchmark measures.
+        #[arg(long, hide = true)]
+        serve_only: bool,
+    },
 }
 
 async fn shutdown_signal() {
@@ -199,6 +216,25 @@ async fn main() -> anyhow::Result<()> {
                 dir,
                 python,
                 script,
+            })
+            .await
+        }
+        Command::Bench {
+            what:
+                BenchCommand::History {
+                    days,
+                    dir,
+                    events_per_minute,
+                    queries,
+                    serve_only,
+                },
+        } => {
+            bench::history::run(bench::history::HistoryBench {
+                days,
+                dir,
+                events_per_minute,
+                queries,
+                serve_only,
             })
             .await
         }
