@@ -1,7 +1,7 @@
 //! Segment I/O: a job's result as one Parquet object, and back into view rows.
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
+use datafusion::arrow::compute::{cast, concat_batches, sort_to_indices, take_record_batch};
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
@@ -43,7 +43,25 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub(crate) fn encode(batches: &[RecordBatch], row_group_rows: usize) -> Result<Vec<u8>> {
     let first = batches.first().ok_or(Error::NoBatches)?;
     let schema = first.schema();
-    let all = concat_batches(&schema, batches)?;
+    // Batches of one segment may come from segments written at different times (compaction),
+    // whose column types can differ in representation (Utf8 and Utf8View, say): cast each to
+    // the first one's schema.
+    let aligned = batches
+        .iter()
+        .map(|b| {
+            if b.schema().fields() == schema.fields() {
+                return Ok(b.clone());
+            }
+            let columns = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| cast(c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()?;
+            RecordBatch::try_new(schema.clone(), columns)
+        })
+        .collect::<Result<Vec<_>, ArrowError>>()?;
+    let all = concat_batches(&schema, &aligned)?;
     let sorted = if all.num_columns() > 0 && all.num_rows() > 0 {
         let order = sort_to_indices(all.column(0), None, None)?;
         take_record_batch(&all, &order)?
@@ -158,4 +176,45 @@ pub(crate) fn decode_rows(view: &ViewDefinition, batches: &[RecordBatch]) -> Res
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Array, Int64Array, StringArray, StringViewArray};
+
+    use super::*;
+
+    #[test]
+    fn batches_of_differently_typed_strings_encode_as_one_segment() {
+        let plain = RecordBatch::try_from_iter([
+            (
+                "window_start",
+                Arc::new(Int64Array::from(vec![60_000])) as _,
+            ),
+            (
+                "city",
+                Arc::new(StringArray::from(vec!["A"])) as Arc<dyn Array>,
+            ),
+        ])
+        .unwrap();
+        let view = RecordBatch::try_from_iter([
+            ("window_start", Arc::new(Int64Array::from(vec![0])) as _),
+            (
+                "city",
+                Arc::new(StringViewArray::from(vec!["B"])) as Arc<dyn Array>,
+            ),
+        ])
+        .unwrap();
+        let bytes = encode(&[plain, view], 10).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            bytes::Bytes::from(bytes),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, 2);
+    }
 }
