@@ -166,11 +166,18 @@ impl ViewCatalog {
         let Some((seq, manifest)) = chain.latest::<ViewManifest>().await? else {
             return Ok(None);
         };
-        let Some(next) = manifest.compacted(plan, merged, now) else {
+        // The members' paths in one object, so the manifest names the retirement once.
+        let list_path = format!(
+            "views/{}/{}/retired/{}.json",
+            view.name, view.version.0, merged.job
+        );
+        let Some(next) = manifest.compacted(plan, merged, now, &list_path) else {
             // A member changed: the merged object was never published.
             let _ = object::delete(&self.store, &path).await;
             return Ok(None);
         };
+        let list = serde_json::to_vec(&plan.members).unwrap_or_default();
+        object::write(&self.store, &list_path, list).await?;
         match chain.publish(seq + 1, &next).await {
             Ok(()) => {
                 chain.prune(seq).await;
@@ -180,6 +187,7 @@ impl ViewCatalog {
             }
             Err(ChainError::Conflict { .. }) => {
                 let _ = object::delete(&self.store, &path).await;
+                let _ = object::delete(&self.store, &list_path).await;
                 Ok(None)
             }
             Err(err) => Err(err.into()),
@@ -201,11 +209,25 @@ impl ViewCatalog {
             return Ok(0);
         }
         // Objects first: if the manifest swap then fails, the next round deletes nothing
-        // twice (a missing object is fine) and forgets them then.
-        for path in &expired {
-            object::delete(&self.store, path).await?;
+        // twice (a missing object is fine) and forgets them then. A list's members go before
+        // the list.
+        let mut deleted = 0;
+        for entry in &expired {
+            if entry.list {
+                if let Ok(bytes) = object::read(&self.store, &entry.path).await {
+                    let members: Vec<String> = serde_json::from_slice(&bytes).unwrap_or_default();
+                    for member in &members {
+                        object::delete(&self.store, member).await?;
+                    }
+                    deleted += members.len();
+                }
+            } else {
+                deleted += 1;
+            }
+            object::delete(&self.store, &entry.path).await?;
         }
-        match chain.publish(seq + 1, &manifest.forget(&expired)).await {
+        let paths: Vec<String> = expired.iter().map(|r| r.path.clone()).collect();
+        match chain.publish(seq + 1, &manifest.forget(&paths)).await {
             Ok(()) => {
                 chain.prune(seq).await;
                 self.refresh(&view.name).await?;
@@ -213,7 +235,7 @@ impl ViewCatalog {
             Err(ChainError::Conflict { .. }) => {}
             Err(err) => return Err(err.into()),
         }
-        Ok(expired.len())
+        Ok(deleted)
     }
 
     /// Deletes other versions of `view` whose every object is older than the retention.
@@ -386,11 +408,21 @@ mod tests {
         assert_eq!(published.manifest.segments.len(), 2);
         assert_eq!(catalog.current_rows("v", ALL).await.unwrap(), before);
         assert_eq!(published.coverage.horizon(), Some(EventTime(26 * H)));
-        let retired = published.manifest.retired.clone();
-        assert_eq!(retired.len(), 7);
+        let entries = published.manifest.retired.clone();
+        assert_eq!(entries.len(), 2, "j2 (shadowed) and the compaction's list");
+        let list = entries.iter().find(|r| r.list).unwrap().clone();
+        let members: Vec<String> =
+            serde_json::from_slice(&object::read(&store, &list.path).await.unwrap()).unwrap();
+        assert_eq!(members.len(), 6);
+        let retired: Vec<String> = entries
+            .iter()
+            .filter(|r| !r.list)
+            .map(|r| r.path.clone())
+            .chain(members)
+            .collect();
         for r in &retired {
             assert!(
-                object::read(&store, &r.path).await.is_ok(),
+                object::read(&store, r).await.is_ok(),
                 "kept during retention"
             );
         }
@@ -413,12 +445,12 @@ mod tests {
             "retired long before the wall clock's week"
         );
         for r in &retired {
-            assert!(
-                object::read(&store, &r.path).await.is_err(),
-                "{} deleted",
-                r.path
-            );
+            assert!(object::read(&store, r).await.is_err(), "{r} deleted");
         }
+        assert!(
+            object::read(&store, &list.path).await.is_err(),
+            "the list too"
+        );
         assert!(catalog.get("v").unwrap().manifest.retired.is_empty());
         assert_eq!(catalog.current_rows("v", ALL).await.unwrap(), before);
         let later = wall.saturating_add(Span::from_millis(8 * 24 * H));

@@ -75,6 +75,10 @@ impl Segment {
 pub struct Retired {
     pub path: String,
     pub retired_at: EventTime,
+    /// `path` is an object listing the retired segments (a compaction's members), so that a
+    /// manifest names one entry per compaction, not one per segment.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub list: bool,
 }
 
 /// Small segments of one closed day to merge into one.
@@ -147,6 +151,7 @@ impl ViewManifest {
         next.retired.extend(dropped.into_iter().map(|s| Retired {
             path: s.path,
             retired_at: now,
+            list: false,
         }));
         next
     }
@@ -200,13 +205,15 @@ impl ViewManifest {
     }
 
     /// The manifest with `compaction`'s members replaced by `merged` at the place of the
-    /// newest member (so every window keeps its answer), the members retired at `now`.
-    /// `None` if the members are no longer all in this manifest.
+    /// newest member (so every window keeps its answer), the members retired at `now` through
+    /// the object `retired_list` that lists them. `None` if the members are no longer all in
+    /// this manifest.
     pub fn compacted(
         &self,
         compaction: &Compaction,
         mut merged: Segment,
         now: EventTime,
+        retired_list: &str,
     ) -> Option<Self> {
         let positions: Vec<usize> = compaction
             .members
@@ -242,20 +249,20 @@ impl ViewManifest {
         for p in removed.into_iter().rev() {
             next.segments.remove(p);
         }
-        next.retired
-            .extend(compaction.members.iter().map(|path| Retired {
-                path: path.clone(),
-                retired_at: now,
-            }));
+        next.retired.push(Retired {
+            path: retired_list.to_owned(),
+            retired_at: now,
+            list: true,
+        });
         Some(next)
     }
 
     /// Retired segments retired before `cutoff`: their objects may be deleted.
-    pub fn expired(&self, cutoff: EventTime) -> Vec<String> {
+    pub fn expired(&self, cutoff: EventTime) -> Vec<Retired> {
         self.retired
             .iter()
             .filter(|r| r.retired_at < cutoff)
-            .map(|r| r.path.clone())
+            .cloned()
             .collect()
     }
 
@@ -433,7 +440,7 @@ mod tests {
             pieces: plan.pieces.clone(),
             incomplete: Vec::new(),
         };
-        let c = m.compacted(plan, merged, EventTime(99)).unwrap();
+        let c = m.compacted(plan, merged, EventTime(99), "list").unwrap();
         assert_eq!(c.segments.len(), 3, "merged, span, d1");
         for (h, was) in before.iter().enumerate() {
             let now = answers(&c, h as i64 * H + 1);
@@ -451,26 +458,26 @@ mod tests {
             }
         }
         assert_eq!(c.coverage(), m.coverage());
+        let listed: Vec<_> = c.retired.iter().filter(|r| r.list).collect();
         assert_eq!(
-            c.retired
-                .iter()
-                .filter(|r| r.retired_at == EventTime(99))
-                .count(),
-            6
+            listed.len(),
+            1,
+            "one entry per compaction, whatever its size"
         );
+        assert_eq!(listed[0].retired_at, EventTime(99));
         // A member that changed meanwhile makes the compaction stale: shadowed entirely, or
         // overridden in part by a segment from an older archive reading that sits between
         // the members.
         let moved = m.with_segment(seen("late", 0, 6 * H, 200));
         assert!(
             moved
-                .compacted(plan, c.segments[0].clone(), EventTime(99))
+                .compacted(plan, c.segments[0].clone(), EventTime(99), "list")
                 .is_none()
         );
         let between = m.with_segment(seen("between", 0, H / 2, 15));
         assert!(
             between
-                .compacted(plan, c.segments[0].clone(), EventTime(99))
+                .compacted(plan, c.segments[0].clone(), EventTime(99), "list")
                 .is_none()
         );
         // Nothing more to merge, and a later job still lands in recency order.
@@ -494,11 +501,12 @@ mod tests {
             m.retired,
             [Retired {
                 path: "a".into(),
-                retired_at: EventTime(20)
+                retired_at: EventTime(20),
+                list: false,
             }]
         );
         assert!(m.expired(EventTime(20)).is_empty());
-        assert_eq!(m.expired(EventTime(21)), ["a"]);
+        assert_eq!(m.expired(EventTime(21))[0].path, "a");
         assert!(m.forget(&["a".into()]).retired.is_empty());
     }
 
