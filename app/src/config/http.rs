@@ -1,0 +1,177 @@
+//! The `[http]` table: bearer tokens (values from the environment or as SHA-256 digests) and
+//! request limits, validated into the serving layer's `HttpPolicy`.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+use tandem_serving::{Access, HttpLimits, HttpPolicy, Scope, Token};
+use tandem_shared::time::Span;
+
+use super::{ByteSize, Error, Result, parse_size};
+
+/// HTTP settings: the access policy and limits, and whether an open API may listen beyond
+/// loopback.
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    pub policy: HttpPolicy,
+    pub allow_anonymous: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HttpFile {
+    #[serde(default)]
+    tokens: Vec<TokenFile>,
+    /// Allows `tandem run` to listen on a non-loopback address without tokens.
+    #[serde(default)]
+    allow_anonymous: bool,
+    request_timeout: Option<String>,
+    max_concurrent_requests: Option<usize>,
+    max_body_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TokenFile {
+    name: String,
+    scope: Scope,
+    /// The environment variable holding the token's value.
+    env: Option<String>,
+    /// Or the hex SHA-256 digest of the token's value.
+    sha256: Option<String>,
+}
+
+pub(super) fn http_config(
+    file: HttpFile,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<HttpConfig> {
+    let invalid = |key, problem: String| Error::Invalid {
+        path: path.to_owned(),
+        section: "http",
+        key,
+        problem,
+    };
+    let mut tokens = Vec::with_capacity(file.tokens.len());
+    let mut names = BTreeSet::new();
+    for t in &file.tokens {
+        if !names.insert(t.name.as_str()) {
+            return Err(invalid(
+                "tokens",
+                format!("a token named `{}` is already defined", t.name),
+            ));
+        }
+        let token = match (&t.env, &t.sha256) {
+            (Some(var), None) => {
+                let value = env(var).ok_or_else(|| {
+                    invalid(
+                        "tokens",
+                        format!("token `{}`: environment variable {var} is not set", t.name),
+                    )
+                })?;
+                Token::from_secret(&t.name, t.scope, &value)
+            }
+            (None, Some(hex)) => Token::from_sha256(&t.name, t.scope, hex),
+            _ => {
+                return Err(invalid(
+                    "tokens",
+                    format!("token `{}`: give exactly one of env or sha256", t.name),
+                ));
+            }
+        }
+        .map_err(|e| invalid("tokens", e.to_string()))?;
+        tokens.push(token);
+    }
+    let defaults = HttpLimits::default();
+    let request_timeout = match &file.request_timeout {
+        None => defaults.request_timeout,
+        Some(text) => {
+            let span = Span::parse(text).map_err(|source| Error::Span {
+                path: path.to_owned(),
+                section: "http",
+                key: "request_timeout",
+                source,
+            })?;
+            if span.millis() == 0 {
+                return Err(invalid(
+                    "request_timeout",
+                    "must be greater than zero".into(),
+                ));
+            }
+            std::time::Duration::from_millis(span.millis().unsigned_abs())
+        }
+    };
+    let max_concurrent_requests = file
+        .max_concurrent_requests
+        .unwrap_or(defaults.max_concurrent_requests);
+    if max_concurrent_requests == 0 {
+        return Err(invalid(
+            "max_concurrent_requests",
+            "must be at least 1".into(),
+        ));
+    }
+    let max_body_bytes = match &file.max_body_bytes {
+        None => defaults.max_body_bytes,
+        Some(size) => parse_size(size).ok_or_else(|| {
+            invalid(
+                "max_body_bytes",
+                "expected bytes or a size such as \"1MiB\"".into(),
+            )
+        })?,
+    };
+    Ok(HttpConfig {
+        policy: HttpPolicy {
+            access: Access::with_tokens(tokens),
+            limits: HttpLimits {
+                request_timeout,
+                max_concurrent_requests,
+                max_body_bytes,
+            },
+        },
+        allow_anonymous: file.allow_anonymous,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, DEMO};
+
+    #[test]
+    fn tokens_come_from_the_environment_or_a_digest_and_limits_have_defaults() {
+        let text = format!(
+            "{DEMO}\n[http]\nrequest_timeout = \"5s\"\nmax_body_bytes = \"64KiB\"\n\
+             [[http.tokens]]\nname = \"dashboards\"\nscope = \"read\"\nenv = \"TOKEN_A\"\n\
+             [[http.tokens]]\nname = \"ops\"\nscope = \"admin\"\nsha256 = \"{}\"\n",
+            "ab".repeat(32)
+        );
+        let env = |name: &str| (name == "TOKEN_A").then(|| "secret-a".to_owned());
+        let c = Config::parse_with_env(&text, "t.toml", &env).unwrap();
+        let access = &c.http.policy.access;
+        assert!(!access.is_open());
+        let get = axum::http::Method::GET;
+        assert_eq!(
+            access.decide(&get, "/v1/views", Some("secret-a")),
+            Ok(Some("dashboards"))
+        );
+        assert_eq!(c.http.policy.limits.max_body_bytes, 64 << 10);
+        assert_eq!(c.http.policy.limits.request_timeout.as_secs(), 5);
+        assert_eq!(c.http.policy.limits.max_concurrent_requests, 512);
+        assert!(!c.http.allow_anonymous);
+
+        let no_env = |_: &str| None;
+        let e = Config::parse_with_env(&text, "t.toml", &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TOKEN_A") && e.contains("dashboards"), "{e}");
+        let both = text.replace("env = \"TOKEN_A\"", "env = \"TOKEN_A\"\nsha256 = \"00\"");
+        let e = Config::parse_with_env(&both, "t.toml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exactly one"), "{e}");
+        let scope = text.replace("scope = \"read\"", "scope = \"root\"");
+        assert!(Config::parse_with_env(&scope, "t.toml", &env).is_err());
+        // Without an [http] table the API is open, with default limits.
+        let c = Config::parse(DEMO, "demo").unwrap();
+        assert!(c.http.policy.access.is_open());
+    }
+}
