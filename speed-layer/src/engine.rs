@@ -2,8 +2,11 @@
 //! and the operations the consume thread, the checkpointer and the serving layer call on it.
 //!
 //! State is one `RwLock` over partition → view → window state. The consume thread takes the
-//! write lock once per partition per micro-batch; queries take the read lock and merge partials
-//! of all partitions; the serving layer's release of covered windows takes the write lock.
+//! write lock once per partition per micro-batch. A query holds the read lock only to pin the
+//! windows in its range (a pointer copy per window, see [`crate::state`]) and merges them after
+//! releasing it, so the consume thread never waits for a query's work; a window a query has
+//! pinned is copied before it changes. Checkpoints pin the same way and serialize unlocked. The
+//! serving layer's release of covered windows takes the write lock.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -20,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint;
 use crate::ingest::{self, SpeedConfig};
 use crate::program::{self, ViewProgram};
-use crate::state::{self, Partial, ViewState};
+use crate::state::{self, Partial, Pinned, ViewState};
 
 /// What applying a batch did to one view, by batch row.
 #[derive(Debug, Default)]
@@ -138,17 +141,32 @@ impl SpeedLayer {
     /// Rows of `view` whose window starts in `range`, merged over all partitions; `None` for an
     /// unknown view.
     pub fn query(&self, view: &str, range: StartRange) -> Option<Vec<ViewRow>> {
+        let pinned = self.pin(view, range)?;
+        Some(Self::rows_of(&pinned))
+    }
+
+    /// The first half of a query: the windows of `view` in `range` of every partition, pinned
+    /// under the read lock (pointer copies only); `None` for an unknown view.
+    pub(crate) fn pin(&self, view: &str, range: StartRange) -> Option<Vec<Pinned>> {
         let index = *self.inner.names.get(view)?;
-        let sessions = matches!(
-            self.inner.programs[index].view.window,
-            tandem_shared::window::WindowSpec::Session { .. }
-        );
-        let partials: Vec<Partial> = self
-            .partitions_read()
-            .values()
-            .flat_map(|p| p.views[index].partials(range))
-            .collect();
-        Some(state::merge_partials(partials, sessions))
+        Some(
+            self.partitions_read()
+                .values()
+                .map(|p| p.views[index].pin(range))
+                .collect(),
+        )
+    }
+
+    /// The second half of a query, with no lock held: pinned windows merged into rows.
+    pub(crate) fn rows_of(pinned: &[Pinned]) -> Vec<ViewRow> {
+        let sessions = pinned.first().is_some_and(|p| {
+            matches!(
+                p.program().view.window,
+                tandem_shared::window::WindowSpec::Session { .. }
+            )
+        });
+        let partials: Vec<Partial> = pinned.iter().flat_map(Pinned::partials).collect();
+        state::merge_partials(partials, sessions)
     }
 
     /// Hands the batch layer's coverage of `view` to the speed layer: covered windows are
@@ -304,19 +322,25 @@ impl SpeedLayer {
         partition: i32,
         force: bool,
     ) -> Option<checkpoint::PartitionSnapshot> {
-        let mut partitions = self.partitions_write();
-        let p = partitions.get_mut(&partition)?;
-        if !p.dirty && !force {
-            return None;
-        }
-        p.dirty = false;
+        let all = StartRange::new(EventTime::MIN, EventTime::MAX);
+        let (next_offset, max_event_time, pinned) = {
+            let mut partitions = self.partitions_write();
+            let p = partitions.get_mut(&partition)?;
+            if !p.dirty && !force {
+                return None;
+            }
+            p.dirty = false;
+            let pinned: Vec<Pinned> = p.views.iter().map(|v| v.pin(all)).collect();
+            (p.next_offset, p.max_event_time, pinned)
+        };
+        // Serialized with no lock held.
         Some(checkpoint::PartitionSnapshot {
             format: checkpoint::FORMAT,
             fingerprint: self.inner.fingerprint.clone(),
             partition,
-            next_offset: p.next_offset,
-            max_event_time: p.max_event_time.map(|t| t.millis()),
-            views: p.views.iter().map(ViewState::snapshot).collect(),
+            next_offset,
+            max_event_time: max_event_time.map(|t| t.millis()),
+            views: pinned.iter().map(Pinned::snapshot).collect(),
         })
     }
 
@@ -430,6 +454,47 @@ mod tests {
         );
         let rows = speed.query("ratio", ALL).unwrap();
         assert_eq!(rows[0].values[0], AggregateValue::Int(2));
+    }
+
+    #[test]
+    fn a_query_in_progress_never_holds_up_ingestion() {
+        let (speed, decoder) = setup("a > 0");
+        speed.assign(0, None);
+        let first = batch(&decoder, 0, &[r#"{"ts":1,"a":1}"#]);
+        speed.apply(0, Some(&first), None, 0, Some(EventTime(1)));
+
+        // A query has pinned its windows and is still merging them...
+        let pinned = speed.pin("ratio", ALL).unwrap();
+        // ...while the consume thread applies the next micro-batch. It runs on another thread
+        // with a deadline, so a lock kept by the reader fails the test instead of hanging it.
+        let (done, finished) = std::sync::mpsc::channel();
+        let consume = speed.clone();
+        let next = batch(&decoder, 0, &[r#"{"ts":2,"a":5}"#]);
+        std::thread::spawn(move || {
+            consume.apply(0, Some(&next), None, 1, Some(EventTime(2)));
+            done.send(()).ok();
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the micro-batch was applied while a query held pinned windows");
+
+        // The query in progress answers the window as it pinned it; the next query sees the
+        // micro-batch, and so does a checkpoint.
+        let old = SpeedLayer::rows_of(&pinned);
+        assert_eq!(
+            old[0].values,
+            [AggregateValue::Int(1), AggregateValue::Int(1)]
+        );
+        let new = speed.query("ratio", ALL).unwrap();
+        assert_eq!(
+            new[0].values,
+            [AggregateValue::Int(2), AggregateValue::Int(6)]
+        );
+        let snapshot = speed.snapshot(0, false).unwrap();
+        assert_eq!(snapshot.next_offset, Some(2));
+        assert_eq!(snapshot.views[0].entries[0].accs.len(), 2);
+        drop(pinned);
+        assert_eq!(speed.query("ratio", ALL).unwrap(), new);
     }
 
     #[test]

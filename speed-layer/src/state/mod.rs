@@ -14,15 +14,19 @@
 //!   is after the view's watermark). An event with no such window is late.
 //! - Session windows (per group) are `[first event, last event + gap)`; an event joins every
 //!   session its own window `[t, t + gap)` overlaps, merging them.
+//! - Readers never hold up the consume thread: a query *pins* the windows it reads (shares them
+//!   behind `Arc`s, a pointer copy per window) and merges them after every lock is released. The
+//!   consume thread changes a window in place when nobody has it pinned and copies it first when
+//!   somebody has (copy on write), so a query sees each window as of one micro-batch.
 //!
 //! ```text
 //!  RecordBatch ─► columns: filter mask + arguments (DataFusion), typed once per batch
 //!       │ per selected row: group key, windows_of(t) vs watermark and coverage
 //!       ▼
-//!  Windows: Fixed(start → group → accs) | Sessions(group → start → session)
-//!       │ partials(range) / release(coverage)           │ snapshot / restore
-//!       ▼                                               ▼
-//!  merge: partials of all partitions → ViewRow      checkpoints
+//!  Windows: Fixed(start → Arc<group → accs>) | Sessions(shard → Arc<group → start → session>)
+//!       │ pin(range): Arc clones under the lock          │ release(coverage)
+//!       ▼                                                ▼
+//!  Pinned ─► partials ─► merge over partitions → ViewRow; snapshot → checkpoints
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -90,7 +94,7 @@ pub struct Partial {
     pub accs: Vec<PartialAggregate>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct WindowGroups {
     end: EventTime,
     groups: GroupMap<Vec<PartialAggregate>>,
@@ -100,18 +104,31 @@ struct WindowGroups {
 /// seeded like the default hasher, several times cheaper than SipHash on short keys).
 type GroupMap<V> = HashMap<GroupKey, V, foldhash::fast::RandomState>;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Session {
     end: EventTime,
     accs: Vec<PartialAggregate>,
 }
 
+/// Sessions of some groups, by start; sessions of one group never overlap.
+type SessionShard = GroupMap<BTreeMap<EventTime, Session>>;
+
+/// Session state is split by group hash into this many shards, so that a write to a pinned
+/// shard copies a small part of the state.
+const SESSION_SHARDS: usize = 64;
+
 #[derive(Debug)]
 enum Windows {
-    /// Tumbling and hopping windows, by start.
-    Fixed(BTreeMap<EventTime, WindowGroups>),
-    /// Sessions per group, by start; sessions of one group never overlap.
-    Sessions(GroupMap<BTreeMap<EventTime, Session>>),
+    /// Tumbling and hopping windows, by start; each shared with the readers that pinned it.
+    Fixed(BTreeMap<EventTime, Arc<WindowGroups>>),
+    /// Sessions in [`SESSION_SHARDS`] shards by group hash.
+    Sessions(Vec<Arc<SessionShard>>),
+}
+
+/// The session shard of a group: a fixed hash, so that it is the same in every process.
+fn shard_of(key: &GroupKey) -> usize {
+    use std::hash::BuildHasher;
+    (foldhash::fast::FixedState::default().hash_one(key) % SESSION_SHARDS as u64) as usize
 }
 
 /// The speed layer's state of one view over one partition.
@@ -150,7 +167,11 @@ fn update_accs(accs: &mut [PartialAggregate], args: &[ArgColumn<'_>], row: usize
 impl ViewState {
     pub fn new(program: Arc<ViewProgram>) -> Self {
         let windows = match program.view.window {
-            WindowSpec::Session { .. } => Windows::Sessions(GroupMap::default()),
+            WindowSpec::Session { .. } => Windows::Sessions(
+                (0..SESSION_SHARDS)
+                    .map(|_| Arc::new(SessionShard::default()))
+                    .collect(),
+            ),
             _ => Windows::Fixed(BTreeMap::new()),
         };
         Self {
@@ -169,7 +190,11 @@ impl ViewState {
     pub fn size(&self) -> (usize, usize, usize) {
         let windows = match &self.windows {
             Windows::Fixed(w) => w.len(),
-            Windows::Sessions(s) => s.values().map(BTreeMap::len).sum(),
+            Windows::Sessions(shards) => shards
+                .iter()
+                .flat_map(|s| s.values())
+                .map(BTreeMap::len)
+                .sum(),
         };
         (windows, self.groups, self.bytes)
     }
@@ -250,10 +275,14 @@ impl ViewState {
         let Windows::Fixed(windows) = &mut self.windows else {
             return;
         };
-        let entry = windows.entry(window.start).or_insert_with(|| WindowGroups {
-            end: window.end,
-            groups: GroupMap::default(),
+        let entry = windows.entry(window.start).or_insert_with(|| {
+            Arc::new(WindowGroups {
+                end: window.end,
+                groups: GroupMap::default(),
+            })
         });
+        // Copies the window only if a reader has it pinned.
+        let entry = Arc::make_mut(entry);
         let accs = match entry.groups.get_mut(key) {
             Some(accs) => accs,
             None => {
@@ -277,9 +306,11 @@ impl ViewState {
         covered: &Coverage,
     ) -> bool {
         let fresh = Self::empty_accs(&self.program);
-        let Windows::Sessions(groups) = &mut self.windows else {
+        let Windows::Sessions(shards) = &mut self.windows else {
             return false;
         };
+        // Copies the shard only if a reader has it pinned.
+        let groups = Arc::make_mut(&mut shards[shard_of(key)]);
         if !groups.contains_key(key) {
             groups.insert(key.clone(), BTreeMap::new());
         }
@@ -325,43 +356,34 @@ impl ViewState {
         true
     }
 
+    /// Shares the windows whose start lies in `range` with a reader: a pointer copy per window
+    /// (per shard for sessions). Later changes to this state do not show in the result.
+    pub fn pin(&self, range: StartRange) -> Pinned {
+        let windows = if range.is_empty() {
+            PinnedWindows::Fixed(Vec::new())
+        } else {
+            match &self.windows {
+                Windows::Fixed(windows) => PinnedWindows::Fixed(
+                    windows
+                        .range(range.from..range.to)
+                        .map(|(start, w)| (*start, Arc::clone(w)))
+                        .collect(),
+                ),
+                Windows::Sessions(shards) => {
+                    PinnedWindows::Sessions(shards.iter().map(Arc::clone).collect())
+                }
+            }
+        };
+        Pinned {
+            program: Arc::clone(&self.program),
+            range,
+            windows,
+        }
+    }
+
     /// Partial states of windows whose start lies in `range`.
     pub fn partials(&self, range: StartRange) -> Vec<Partial> {
-        let mut out = Vec::new();
-        if range.is_empty() {
-            return out;
-        }
-        match &self.windows {
-            Windows::Fixed(windows) => {
-                for (start, w) in windows.range(range.from..range.to) {
-                    for (key, accs) in &w.groups {
-                        out.push(Partial {
-                            window: Window {
-                                start: *start,
-                                end: w.end,
-                            },
-                            group: key.clone(),
-                            accs: accs.clone(),
-                        });
-                    }
-                }
-            }
-            Windows::Sessions(groups) => {
-                for (key, sessions) in groups {
-                    for (start, s) in sessions.range(range.from..range.to) {
-                        out.push(Partial {
-                            window: Window {
-                                start: *start,
-                                end: s.end,
-                            },
-                            group: key.clone(),
-                            accs: s.accs.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        out
+        self.pin(range).partials()
     }
 
     /// Final rows of this state alone (for a single partition).
@@ -385,6 +407,7 @@ impl ViewState {
                     .collect();
                 for start in covered {
                     if let Some(w) = windows.remove(&start) {
+                        let w = Arc::try_unwrap(w).unwrap_or_else(|shared| (*shared).clone());
                         for (key, accs) in w.groups {
                             self.groups -= 1;
                             self.bytes = self.bytes.saturating_sub(entry_bytes(&key, &accs));
@@ -397,28 +420,94 @@ impl ViewState {
                     }
                 }
             }
-            Windows::Sessions(groups) => {
-                for (key, sessions) in groups.iter_mut() {
-                    let covered: Vec<EventTime> = sessions
-                        .keys()
-                        .copied()
-                        .filter(|s| coverage.contains(*s))
-                        .collect();
-                    for start in covered {
-                        if let Some(s) = sessions.remove(&start) {
-                            self.groups -= 1;
-                            self.bytes = self.bytes.saturating_sub(entry_bytes(key, &s.accs));
-                            out.push(Partial {
-                                window: Window { start, end: s.end },
-                                group: key.clone(),
-                                accs: s.accs,
-                            });
+            Windows::Sessions(shards) => {
+                for shard in shards.iter_mut() {
+                    let any = shard
+                        .values()
+                        .any(|sessions| sessions.keys().any(|s| coverage.contains(*s)));
+                    if !any {
+                        continue;
+                    }
+                    let groups = Arc::make_mut(shard);
+                    for (key, sessions) in groups.iter_mut() {
+                        let covered: Vec<EventTime> = sessions
+                            .keys()
+                            .copied()
+                            .filter(|s| coverage.contains(*s))
+                            .collect();
+                        for start in covered {
+                            if let Some(s) = sessions.remove(&start) {
+                                self.groups -= 1;
+                                self.bytes = self.bytes.saturating_sub(entry_bytes(key, &s.accs));
+                                out.push(Partial {
+                                    window: Window { start, end: s.end },
+                                    group: key.clone(),
+                                    accs: s.accs,
+                                });
+                            }
                         }
                     }
+                    groups.retain(|_, s| !s.is_empty());
                 }
-                groups.retain(|_, s| !s.is_empty());
             }
         }
         out
+    }
+}
+
+/// Windows of one view over one partition, shared with the live state as of the moment they were
+/// pinned ([`ViewState::pin`]): read without any lock.
+#[derive(Debug)]
+pub struct Pinned {
+    program: Arc<ViewProgram>,
+    range: StartRange,
+    windows: PinnedWindows,
+}
+
+#[derive(Debug)]
+enum PinnedWindows {
+    Fixed(Vec<(EventTime, Arc<WindowGroups>)>),
+    Sessions(Vec<Arc<SessionShard>>),
+}
+
+impl Pinned {
+    /// Partial states of the pinned windows whose start lies in the pinned range.
+    pub fn partials(&self) -> Vec<Partial> {
+        let mut out = Vec::new();
+        match &self.windows {
+            PinnedWindows::Fixed(windows) => {
+                for (start, w) in windows {
+                    for (key, accs) in &w.groups {
+                        out.push(Partial {
+                            window: Window {
+                                start: *start,
+                                end: w.end,
+                            },
+                            group: key.clone(),
+                            accs: accs.clone(),
+                        });
+                    }
+                }
+            }
+            PinnedWindows::Sessions(shards) => {
+                for (key, sessions) in shards.iter().flat_map(|s| s.iter()) {
+                    for (start, s) in sessions.range(self.range.from..self.range.to) {
+                        out.push(Partial {
+                            window: Window {
+                                start: *start,
+                                end: s.end,
+                            },
+                            group: key.clone(),
+                            accs: s.accs.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn program(&self) -> &Arc<ViewProgram> {
+        &self.program
     }
 }

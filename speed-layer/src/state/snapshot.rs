@@ -7,15 +7,26 @@ use tandem_shared::coverage::StartRange;
 use tandem_shared::row::GroupKey;
 use tandem_shared::time::EventTime;
 
-use super::{Error, GroupMap, Result, Session, ViewState, WindowGroups, Windows, entry_bytes};
+use super::{
+    Error, GroupMap, Pinned, Result, Session, ViewState, WindowGroups, Windows, entry_bytes,
+    shard_of,
+};
 use crate::aggregate::PartialAggregate;
 use crate::program::ViewProgram;
 
 impl ViewState {
     /// A serializable copy of the state.
     pub fn snapshot(&self) -> ViewSnapshot {
+        self.pin(StartRange::new(EventTime::MIN, EventTime::MAX))
+            .snapshot()
+    }
+}
+
+impl Pinned {
+    /// A serializable copy of the pinned windows (pin the whole range for a checkpoint).
+    pub fn snapshot(&self) -> ViewSnapshot {
         let entries = self
-            .partials(StartRange::new(EventTime::MIN, EventTime::MAX))
+            .partials()
             .into_iter()
             .map(|p| EntrySnapshot {
                 start: p.window.start.millis(),
@@ -25,12 +36,14 @@ impl ViewState {
             })
             .collect();
         ViewSnapshot {
-            view: self.program.view.name.clone(),
-            version: self.program.view.version.0.clone(),
+            view: self.program().view.name.clone(),
+            version: self.program().view.version.0.clone(),
             entries,
         }
     }
+}
 
+impl ViewState {
     /// Rebuilds state from a snapshot of the same view version.
     pub fn restore(program: Arc<ViewProgram>, snapshot: &ViewSnapshot) -> Result<Self> {
         let mut state = Self::new(program);
@@ -50,17 +63,16 @@ impl ViewState {
             let (start, end) = (EventTime(e.start), EventTime(e.end));
             match &mut state.windows {
                 Windows::Fixed(windows) => {
-                    windows
-                        .entry(start)
-                        .or_insert_with(|| WindowGroups {
+                    let window = windows.entry(start).or_insert_with(|| {
+                        Arc::new(WindowGroups {
                             end,
                             groups: GroupMap::default(),
                         })
-                        .groups
-                        .insert(e.group.clone(), accs);
+                    });
+                    Arc::make_mut(window).groups.insert(e.group.clone(), accs);
                 }
-                Windows::Sessions(groups) => {
-                    groups
+                Windows::Sessions(shards) => {
+                    Arc::make_mut(&mut shards[shard_of(&e.group)])
                         .entry(e.group.clone())
                         .or_default()
                         .insert(start, Session { end, accs });

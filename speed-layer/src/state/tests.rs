@@ -269,3 +269,37 @@ fn snapshots_restore_identical_state() {
         assert_eq!(restored.size(), s.size());
     }
 }
+
+#[test]
+fn pinned_windows_keep_their_values_while_the_state_moves_on() {
+    use AggregateValue::Int;
+    // Tumbling and session views alike: a reader's pinned copy is one consistent state, and the
+    // live state (changed, then released) is unaffected by the pin.
+    for window in [tumbling(), sessions("10s")] {
+        let mut s = state(window, "1h");
+        s.apply(&placed(&[(1_000, "Pune", 2.0)]), None, &none())
+            .unwrap();
+        let pinned = s.pin(ALL);
+        let before = merge_partials(pinned.partials(), s.is_sessions());
+
+        s.apply(
+            &placed(&[(2_000, "Pune", 3.0), (3_000, "Delhi", 1.0)]),
+            None,
+            &none(),
+        )
+        .unwrap();
+        let after = s.rows(ALL);
+        assert_eq!(merge_partials(pinned.partials(), s.is_sessions()), before);
+        assert_eq!(before.len(), 1);
+        assert_eq!(before[0].values[0], Int(1));
+        assert_eq!(after.len(), 2);
+        let pune = after.iter().find(|r| r.group[0] == before[0].group[0]);
+        assert_eq!(pune.unwrap().values[0], Int(2));
+
+        let mut covered = Coverage::new();
+        covered.insert(StartRange::new(EventTime::MIN, EventTime::MAX));
+        assert_eq!(s.release(&covered).len(), 2);
+        assert!(s.rows(ALL).is_empty());
+        assert_eq!(merge_partials(pinned.partials(), s.is_sessions()), before);
+    }
+}
