@@ -41,6 +41,7 @@ pub fn archive_config(config: &Config) -> ArchiveConfig {
         group_id: format!("{}-archive", kafka.group_prefix),
         roll_interval: config.roll_interval.as_duration(),
         roll_bytes: config.roll_bytes,
+        seal_files: config.seal_files,
         max_future: config.max_future,
         kafka_options: kafka.options.clone(),
     }

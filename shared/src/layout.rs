@@ -76,6 +76,20 @@ pub fn archive_manifest(topic: &str, partition: i32, seq: u64) -> String {
     manifest_file(&archive_manifest_dir(topic, partition), seq)
 }
 
+/// Directory of the sealed file lists of one archive partition.
+pub fn archive_list_dir(topic: &str, partition: i32) -> String {
+    format!("archive/{topic}/_lists/p{partition:05}")
+}
+
+/// A sealed list of archived files of one partition, those with offsets in `[first, last]`:
+/// written once, named by the partition manifests that follow.
+pub fn archive_file_list(topic: &str, partition: i32, first: i64, last: i64) -> String {
+    format!(
+        "{}/o{first:020}-{last:020}.json",
+        archive_list_dir(topic, partition)
+    )
+}
+
 /// Directory of the roll intents of one archive partition.
 pub fn archive_intent_dir(topic: &str, partition: i32) -> String {
     format!("archive/{topic}/_pending/p{partition:05}")

@@ -4,7 +4,8 @@
 //! the `TANDEM_CRASH_AT` hook and SIGKILL) while events are produced. Afterwards the rows the
 //! manifests name must be exactly the valid produced events, compared by Kafka partition and
 //! offset as the producer's delivery reports give them: none lost, none duplicated. Files left by
-//! interrupted rolls must be cleaned up.
+//! interrupted rolls must be cleaned up. The fixture seals every roll's files into a file list
+//! (`archive.seal_files = 1`), so the files are named by lists the manifests name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -133,6 +134,7 @@ async fn archive_holds_every_valid_event_exactly_once_across_crashes() -> anyhow
     for point in [
         "archive.before_files",
         "archive.after_files",
+        "archive.after_list",
         "archive.after_manifest",
     ] {
         let mut server = start(&[("TANDEM_CRASH_AT", point)])?;
@@ -162,11 +164,25 @@ async fn archive_holds_every_valid_event_exactly_once_across_crashes() -> anyhow
         .await
         .with_context(|| server.log())?;
 
-    // Every row the manifests name, by (partition, offset).
+    // Every row the manifests name (themselves or through their file lists), by (partition,
+    // offset).
     let mut listed = BTreeSet::new();
+    let mut lists = BTreeSet::new();
     let mut rows = Vec::new();
     for m in manifests.values() {
-        for f in m["files"].as_array().context("files")? {
+        let mut files: Vec<Value> = m["files"].as_array().context("files")?.clone();
+        for list in m["lists"].as_array().into_iter().flatten() {
+            let path = store.join(list["path"].as_str().context("list path")?);
+            let sealed: Vec<Value> = serde_json::from_slice(&std::fs::read(&path)?)?;
+            ensure!(
+                sealed.len() as u64 == list["files"].as_u64().context("list files")?,
+                "list {path:?} holds {} files",
+                sealed.len()
+            );
+            lists.insert(path);
+            files.extend(sealed);
+        }
+        for f in &files {
             let path = store.join(f["path"].as_str().context("path")?);
             listed.insert(path.clone());
             let reader =
@@ -187,6 +203,7 @@ async fn archive_holds_every_valid_event_exactly_once_across_crashes() -> anyhow
             }
         }
     }
+    ensure!(lists.len() > 3, "the fixture seals every roll: {lists:?}");
     let archived: BTreeSet<(i32, i64)> = rows.iter().copied().collect();
     ensure!(
         archived.len() == rows.len(),
@@ -205,7 +222,7 @@ async fn archive_holds_every_valid_event_exactly_once_across_crashes() -> anyhow
         "missing {missing:?}, unexpected {extra:?}"
     );
     ensure!(
-        valid.len() == 3_500 - 3_500 / 50,
+        valid.len() == 4_000 - 4_000 / 50,
         "{} valid events",
         valid.len()
     );
@@ -218,6 +235,14 @@ async fn archive_holds_every_valid_event_exactly_once_across_crashes() -> anyhow
     ensure!(
         unlisted.is_empty(),
         "garbage left: {unlisted:?} (there were {garbage_before} files before)"
+    );
+    let unnamed: Vec<_> = files_under(&store.join("archive/orders/_lists"))
+        .into_iter()
+        .filter(|p| !lists.contains(p))
+        .collect();
+    ensure!(
+        unnamed.is_empty(),
+        "file lists no manifest names: {unnamed:?}"
     );
     let status = server.stop()?;
     ensure!(status.success(), "tandem exited with {status}");

@@ -166,6 +166,7 @@ struct BatchFile {
 struct ArchiveFile {
     roll_interval: Option<String>,
     roll_bytes: Option<usize>,
+    seal_files: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -240,6 +241,8 @@ pub struct Config {
     pub maintenance_interval: Span,
     pub roll_interval: Span,
     pub roll_bytes: usize,
+    /// Files a partition manifest lists before it seals them into a file list.
+    pub seal_files: usize,
     pub max_batch: usize,
     pub checkpoint_interval: Span,
     pub max_future: Span,
@@ -447,6 +450,11 @@ impl Config {
             maintenance_interval,
             roll_interval,
             roll_bytes: file.archive.roll_bytes.unwrap_or(64 << 20).max(1),
+            seal_files: file
+                .archive
+                .seal_files
+                .unwrap_or(tandem_batch_layer::archive::SEAL_AT)
+                .max(1),
             max_batch,
             checkpoint_interval,
             max_future,

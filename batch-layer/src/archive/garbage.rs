@@ -1,7 +1,7 @@
 //! Garbage collection: files of interrupted rolls that no manifest lists.
 //!
-//! Every roll writes an intent naming its files before it writes them, and deletes the intent
-//! after its manifest is published. An intent left behind by a crash names files that may be
+//! Every roll writes an intent naming its files (and the file list it seals, if any) before it
+//! writes them, and deletes the intent after its manifest is published. An intent left behind by a crash names files that may be
 //! garbage: those its partition's manifest does not list. They are deleted once per partition,
 //! after this writer's first publication: earlier owners are fenced by then, so none of their
 //! intents can still be published.
@@ -40,12 +40,7 @@ impl Archive {
             return;
         }
         state.cleaned = true;
-        let listed: HashSet<&str> = state
-            .manifest
-            .files
-            .iter()
-            .map(|f| f.path.as_str())
-            .collect();
+        let manifest = state.manifest.clone();
         let dir = layout::archive_intent_dir(&self.config.topic, partition);
         let intents = match object::list(&self.store, &dir).await {
             Ok(v) => v,
@@ -54,6 +49,26 @@ impl Archive {
                 return;
             }
         };
+        if intents.is_empty() {
+            return;
+        }
+        // A crash is rare: only then are the sealed lists read, since an interrupted roll's
+        // files may have been sealed into one by the manifest it did publish.
+        let files = match manifest.all_files(&self.store).await {
+            Ok(files) => files,
+            Err(err) => {
+                tracing::warn!(partition, %err, "cannot read the archive's file lists");
+                if let Some(state) = self.partitions.get_mut(&partition) {
+                    state.cleaned = false;
+                }
+                return;
+            }
+        };
+        let listed: HashSet<&str> = files
+            .iter()
+            .map(|f| f.path.as_str())
+            .chain(manifest.lists.iter().map(|l| l.path.as_str()))
+            .collect();
         for meta in intents {
             let Ok(bytes) = object::read(&self.store, meta.location.as_ref()).await else {
                 continue;

@@ -145,6 +145,14 @@ pub async fn import(
                 max_time: EventTime(max),
             });
             manifest.max_event_time = manifest.max_event_time.max(Some(EventTime(max)));
+            if let Some((path, files)) = manifest.seal(super::SEAL_AT) {
+                let list =
+                    serde_json::to_vec(&files).map_err(|source| manifest::Error::Corrupt {
+                        path: path.clone(),
+                        source,
+                    })?;
+                object::write(store, &path, list).await?;
+            }
         }
         manifest.next_offset = manifest.next_offset.max(last + 1);
     }

@@ -49,7 +49,9 @@ mod roll;
 pub mod snapshot;
 
 pub use consume::ArchiveContext;
-pub use snapshot::{ArchiveSnapshot, ArchivedFile, OffsetGap, PartitionManifest};
+pub use snapshot::{
+    ArchiveSnapshot, ArchivedFile, FileList, OffsetGap, PartitionManifest, SEAL_AT, between,
+};
 
 /// Errors of the archive.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,9 @@ pub struct ArchiveConfig {
     pub roll_interval: Duration,
     /// Buffered bytes of one partition that trigger a roll.
     pub roll_bytes: usize,
+    /// Files a partition manifest lists before it seals them into a file list
+    /// ([`SEAL_AT`] by default).
+    pub seal_files: usize,
     /// Events more than this ahead of the wall clock are not archived (the speed layer
     /// dead-letters them).
     pub max_future: Span,

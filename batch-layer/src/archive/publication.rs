@@ -2,7 +2,8 @@
 //! manifest that only marks the partition idle or busy again.
 //!
 //! ```text
-//!  roll: seal buffer ─► 1. intent (names the files) ─► 2. files ─► 3. manifest <seq> (publication)
+//!  roll: seal buffer ─► 1. intent (names the files) ─► 2. files (+ a sealed file list, every
+//!        SEAL_AT files) ─► 3. manifest <seq> (publication)
 //!                     ─► 4. delete intent, prune old manifests, collect garbage once ─► commit offset
 //! ```
 
@@ -106,8 +107,21 @@ impl Archive {
         let intent_path =
             layout::archive_intent(&topic, partition, sealed.first_offset, sealed.last_offset);
         let paths = sealed.files(&topic, partition);
+        let Some(state) = self.partitions.get(&partition) else {
+            return Ok(());
+        };
+        // A file list this roll seals is written before the manifest: the intent names it too.
+        let seal_at = self.config.seal_files;
+        let list_path = state.manifest.list_sealed_by(
+            seal_at,
+            paths.len(),
+            sealed.first_offset,
+            sealed.last_offset,
+        );
+        let mut intent_files = paths.clone();
+        intent_files.extend(list_path.clone());
         let intent = serde_json::to_vec(&Intent {
-            files: paths.clone(),
+            files: intent_files,
         })
         .map_err(|source| Error::Intent {
             path: intent_path.clone(),
@@ -137,12 +151,24 @@ impl Archive {
         // 3. The manifest: the point of publication.
         let chain = self.chain(partition);
         let (count, now) = (self.partition_count, self.clock.now());
-        let Some(state) = self.partitions.get_mut(&partition) else {
+        let Some(state) = self.partitions.get(&partition) else {
             return Ok(());
         };
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let bytes: u64 = files.iter().map(|f| f.bytes).sum();
-        let next = roll::rolled(&state.manifest, files, sealed.last_offset + 1, count, now);
+        let mut next = roll::rolled(&state.manifest, files, sealed.last_offset + 1, count, now);
+        if let Some((path, sealed_files)) = next.seal(seal_at) {
+            debug_assert_eq!(Some(&path), list_path.as_ref());
+            let list = serde_json::to_vec(&sealed_files).map_err(|source| Error::Intent {
+                path: path.clone(),
+                source,
+            })?;
+            object::write(&self.store, &path, list).await?;
+            crash_point("archive.after_list");
+        }
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return Ok(());
+        };
         let seq = state.next_seq();
         chain.publish(seq, &next).await?;
         state.manifest = next;

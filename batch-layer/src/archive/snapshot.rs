@@ -1,8 +1,18 @@
 //! What the archive holds: per-partition manifests and the decisions derived from them.
 //!
 //! Each Kafka partition has its own manifest chain (`archive/<topic>/_manifest/p<partition>/`).
-//! A partition manifest lists every Parquet file archived from that partition and the offset the
-//! archive resumes from; files that no manifest lists are garbage from an interrupted roll.
+//! A partition manifest names every Parquet file archived from that partition and the offset the
+//! archive resumes from; files that no manifest names are garbage from an interrupted roll.
+//!
+//! A manifest is rewritten at every roll, so it must not grow with history: it lists the recent
+//! files itself and, once they are [`SEAL_AT`], seals them into an immutable *file list* object
+//! (`archive/<topic>/_lists/p<partition>/…`) that it names with a summary (offsets, event-time
+//! range, rows). Readers load only the lists whose event-time or offset range they need.
+//!
+//! ```text
+//!  manifest <seq>: next_offset, max_event_time, gaps, files: [recent ≤ SEAL_AT],
+//!                  lists: [{path, offsets, min/max time, rows}, …] ─► list object: [files]
+//! ```
 //!
 //! Completeness: an event-time instant `T` is *complete* in the archive when every partition
 //! has archived an event at or after `T`, or is idle (fully archived and quiet for longer than
@@ -33,6 +43,44 @@ pub struct ArchivedFile {
     pub bytes: u64,
     pub min_time: EventTime,
     pub max_time: EventTime,
+}
+
+/// Files a manifest lists itself before they are sealed into a file list, by default.
+pub const SEAL_AT: usize = 256;
+
+/// The summary of a sealed, immutable list of archived files of one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileList {
+    pub path: String,
+    pub files: u64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub min_time: EventTime,
+    pub max_time: EventTime,
+}
+
+impl FileList {
+    /// Reads the files of the list.
+    pub async fn load(&self, store: &Arc<dyn ObjectStore>) -> manifest::Result<Vec<ArchivedFile>> {
+        let bytes = object::read(store, &self.path).await?;
+        serde_json::from_slice(&bytes).map_err(|source| manifest::Error::Corrupt {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Files holding events in `[from, to)`, by each file's event-time range.
+pub fn between(
+    files: &[ArchivedFile],
+    from: EventTime,
+    to: EventTime,
+) -> impl Iterator<Item = &ArchivedFile> {
+    files
+        .iter()
+        .filter(move |f| f.max_time >= from && f.min_time < to)
 }
 
 /// Offsets the broker deleted before the archive read them (retention outran the archive):
@@ -73,7 +121,11 @@ pub struct PartitionManifest {
     pub max_event_time: Option<EventTime>,
     /// Wall-clock time since which the partition has been fully archived with nothing new.
     pub idle_since: Option<EventTime>,
+    /// Files archived since the last sealed list, at most [`SEAL_AT`] after a publication.
     pub files: Vec<ArchivedFile>,
+    /// Sealed lists of earlier files, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lists: Vec<FileList>,
     /// Wall-clock time of publication.
     pub published_at: EventTime,
     /// Data lost before it was archived.
@@ -91,13 +143,91 @@ impl PartitionManifest {
             max_event_time: None,
             idle_since: None,
             files: Vec::new(),
+            lists: Vec::new(),
             published_at: now,
             gaps: Vec::new(),
         }
     }
 
+    /// Rows of every archived file, listed or sealed.
     pub fn rows(&self) -> u64 {
-        self.files.iter().map(|f| f.rows).sum()
+        self.files.iter().map(|f| f.rows).sum::<u64>()
+            + self.lists.iter().map(|l| l.rows).sum::<u64>()
+    }
+
+    /// Files archived, listed or sealed.
+    pub fn file_count(&self) -> u64 {
+        self.files.len() as u64 + self.lists.iter().map(|l| l.files).sum::<u64>()
+    }
+
+    /// Seals the listed files into a file list once there are `at` of them: the manifest names
+    /// the list instead, and the caller writes the returned list object before publishing the
+    /// manifest. Pure.
+    pub fn seal(&mut self, at: usize) -> Option<(String, Vec<ArchivedFile>)> {
+        if self.files.len() < at {
+            return None;
+        }
+        let files = std::mem::take(&mut self.files);
+        let first_offset = files.iter().map(|f| f.first_offset).min().unwrap_or(0);
+        let last_offset = files.iter().map(|f| f.last_offset).max().unwrap_or(0);
+        let path =
+            layout::archive_file_list(&self.topic, self.partition, first_offset, last_offset);
+        self.lists.push(FileList {
+            path: path.clone(),
+            files: files.len() as u64,
+            first_offset,
+            last_offset,
+            rows: files.iter().map(|f| f.rows).sum(),
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            min_time: files
+                .iter()
+                .map(|f| f.min_time)
+                .min()
+                .unwrap_or(EventTime::MIN),
+            max_time: files
+                .iter()
+                .map(|f| f.max_time)
+                .max()
+                .unwrap_or(EventTime::MAX),
+        });
+        Some((path, files))
+    }
+
+    /// The file list that [`PartitionManifest::seal`]`(at)` will write after a roll adds
+    /// `new_files` files with offsets `[first, last]`, if it seals then.
+    pub fn list_sealed_by(
+        &self,
+        at: usize,
+        new_files: usize,
+        first: i64,
+        last: i64,
+    ) -> Option<String> {
+        (self.files.len() + new_files >= at).then(|| {
+            let first = self
+                .files
+                .iter()
+                .map(|f| f.first_offset)
+                .fold(first, i64::min);
+            let last = self
+                .files
+                .iter()
+                .map(|f| f.last_offset)
+                .fold(last, i64::max);
+            layout::archive_file_list(&self.topic, self.partition, first, last)
+        })
+    }
+
+    /// Every file of the partition, reading all its sealed lists.
+    pub async fn all_files(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+    ) -> manifest::Result<Vec<ArchivedFile>> {
+        let mut out = Vec::new();
+        for list in &self.lists {
+            out.extend(list.load(store).await?);
+        }
+        out.extend(self.files.iter().cloned());
+        Ok(out)
     }
 }
 
@@ -150,16 +280,22 @@ impl ArchiveSnapshot {
         self.partitions.values().flat_map(|m| m.gaps.iter())
     }
 
-    pub fn files(&self) -> impl Iterator<Item = &ArchivedFile> {
-        self.partitions.values().flat_map(|m| m.files.iter())
+    /// Event-time ranges of every file and sealed list.
+    fn time_ranges(&self) -> impl Iterator<Item = (EventTime, EventTime)> {
+        self.partitions.values().flat_map(|m| {
+            m.files
+                .iter()
+                .map(|f| (f.min_time, f.max_time))
+                .chain(m.lists.iter().map(|l| (l.min_time, l.max_time)))
+        })
     }
 
     pub fn earliest_event_time(&self) -> Option<EventTime> {
-        self.files().map(|f| f.min_time).min()
+        self.time_ranges().map(|(min, _)| min).min()
     }
 
     pub fn latest_event_time(&self) -> Option<EventTime> {
-        self.files().map(|f| f.max_time).max()
+        self.time_ranges().map(|(_, max)| max).max()
     }
 
     /// The latest complete event time (see the module docs), or `None` if nothing is complete.
@@ -187,11 +323,46 @@ impl ArchiveSnapshot {
         busy_min.or(any_max)
     }
 
-    /// Files holding events in `[from, to)`, pruned by each file's event-time range.
-    pub fn files_between(&self, from: EventTime, to: EventTime) -> Vec<&ArchivedFile> {
-        self.files()
-            .filter(|f| f.max_time >= from && f.min_time < to)
-            .collect()
+    /// Files holding events in `[from, to)`, pruned by each file's (and each sealed list's)
+    /// event-time range: only the lists that overlap are read.
+    pub async fn files_between(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        from: EventTime,
+        to: EventTime,
+    ) -> manifest::Result<Vec<ArchivedFile>> {
+        let mut out = Vec::new();
+        for m in self.partitions.values() {
+            for list in m
+                .lists
+                .iter()
+                .filter(|l| l.max_time >= from && l.min_time < to)
+            {
+                out.extend(between(&list.load(store).await?, from, to).cloned());
+            }
+            out.extend(between(&m.files, from, to).cloned());
+        }
+        Ok(out)
+    }
+
+    /// Files of `partition` holding offsets at or after `offset`: only the sealed lists that
+    /// reach it are read.
+    pub async fn files_from(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        partition: i32,
+        offset: i64,
+    ) -> manifest::Result<Vec<ArchivedFile>> {
+        let Some(m) = self.partitions.get(&partition) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for list in m.lists.iter().filter(|l| l.last_offset >= offset) {
+            out.extend(list.load(store).await?);
+        }
+        out.extend(m.files.iter().cloned());
+        out.retain(|f| f.first_offset >= offset);
+        Ok(out)
     }
 }
 
@@ -214,6 +385,108 @@ mod tests {
     }
 
     const IDLE: Span = Span::ZERO;
+
+    fn file(first: i64, min: i64, max: i64) -> ArchivedFile {
+        ArchivedFile {
+            path: format!("f{first}"),
+            hour: EventTime(0),
+            first_offset: first,
+            last_offset: first + 9,
+            rows: 10,
+            bytes: 100,
+            min_time: EventTime(min),
+            max_time: EventTime(max),
+        }
+    }
+
+    #[test]
+    fn a_manifest_seals_its_files_into_a_list_it_names() {
+        let mut m = manifest(4, Some(0), None);
+        m.files = (0..3)
+            .map(|i| file(i * 10, i * 100, i * 100 + 50))
+            .collect();
+        assert_eq!(m.list_sealed_by(5, 1, 30, 39), None);
+        assert_eq!(m.seal(5), None);
+        let predicted = m.list_sealed_by(4, 1, 30, 39);
+        m.files.push(file(30, 300, 350));
+        let (path, sealed) = m.seal(4).unwrap();
+        assert_eq!(Some(path.clone()), predicted);
+        assert_eq!(path, layout::archive_file_list("t", 4, 0, 39));
+        assert_eq!(sealed.len(), 4);
+        assert!(m.files.is_empty());
+        let list = &m.lists[0];
+        assert_eq!(
+            (
+                list.files,
+                list.rows,
+                list.bytes,
+                list.first_offset,
+                list.last_offset
+            ),
+            (4, 40, 400, 0, 39)
+        );
+        assert_eq!(
+            (list.min_time, list.max_time),
+            (EventTime(0), EventTime(350))
+        );
+        m.files.push(file(40, 400, 450));
+        assert_eq!((m.rows(), m.file_count()), (50, 5));
+        // Old manifests (no lists) still read.
+        let mut json = serde_json::to_value(manifest(0, None, None)).unwrap();
+        assert!(json.get("lists").is_none());
+        json.as_object_mut().unwrap().remove("lists");
+        let old: PartitionManifest = serde_json::from_value(json).unwrap();
+        assert!(old.lists.is_empty());
+    }
+
+    #[tokio::test]
+    async fn readers_read_only_the_lists_their_range_needs() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let mut m = manifest(0, Some(0), None);
+        m.partition_count = 1;
+        // Three sealed lists of two files each, then two listed files. The middle list is never
+        // written: a reader that reads it fails, so a passing read shows it was pruned.
+        for (i, write) in [(0, true), (1, false), (2, true)] {
+            m.files = vec![
+                file(i * 20, i * 1_000, i * 1_000 + 400),
+                file(i * 20 + 10, i * 1_000 + 500, i * 1_000 + 900),
+            ];
+            let (path, files) = m.seal(2).unwrap();
+            if write {
+                object::write(&store, &path, serde_json::to_vec(&files).unwrap())
+                    .await
+                    .unwrap();
+            }
+        }
+        m.files = vec![file(60, 3_000, 3_400)];
+        let s = snapshot(vec![m]);
+        assert_eq!(s.earliest_event_time(), Some(EventTime(0)));
+        assert_eq!(s.latest_event_time(), Some(EventTime(3_400)));
+
+        let offsets = |files: Vec<ArchivedFile>| -> Vec<i64> {
+            files.iter().map(|f| f.first_offset).collect()
+        };
+        let early = s
+            .files_between(&store, EventTime(450), EventTime(600))
+            .await;
+        assert_eq!(offsets(early.unwrap()), [10]);
+        let late = s
+            .files_between(&store, EventTime(2_450), EventTime::MAX)
+            .await;
+        assert_eq!(offsets(late.unwrap()), [50, 60]);
+        assert!(
+            s.files_between(&store, EventTime(0), EventTime::MAX)
+                .await
+                .is_err(),
+            "the whole range needs the missing list"
+        );
+        assert_eq!(
+            offsets(s.files_from(&store, 0, 50).await.unwrap()),
+            [50, 60]
+        );
+        assert_eq!(offsets(s.files_from(&store, 0, 60).await.unwrap()), [60]);
+        assert!(s.files_from(&store, 0, 0).await.is_err());
+    }
 
     #[test]
     fn completeness_is_the_slowest_busy_partition() {

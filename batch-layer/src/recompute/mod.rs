@@ -40,7 +40,7 @@ use tandem_shared::window::{WindowSpec, align_down};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::archive::{ArchiveSnapshot, ArchivedFile};
+use crate::archive::{self, ArchiveSnapshot, ArchivedFile};
 use crate::catalog::{self, ViewCatalog};
 use tandem_store::manifest;
 
@@ -211,6 +211,21 @@ const CHUNK_ROWS: u64 = 20_000_000;
 
 /// Splits `covered` into chunks of whole hours (at least one window each) holding about
 /// [`CHUNK_ROWS`] archived rows, using `rows_in(scan)` to count the rows a chunk reads.
+/// The event times a computation of the windows starting in `starts` reads: from the first start
+/// to the end of the last window.
+fn scan_of(starts: StartRange, size: Span, slide: Span) -> StartRange {
+    StartRange::new(
+        starts.from,
+        EventTime(
+            starts
+                .to
+                .millis()
+                .saturating_sub(slide.millis())
+                .saturating_add(size.millis()),
+        ),
+    )
+}
+
 fn chunks(
     view: &ViewDefinition,
     covered: StartRange,
@@ -381,7 +396,9 @@ impl Recompute {
             view: view.name.clone(),
             ..Default::default()
         };
-        let mut read: HashSet<&str> = HashSet::new();
+        // The files this run may read (loaded once), and those it did.
+        let pool: Vec<ArchivedFile>;
+        let mut read: HashSet<String> = HashSet::new();
         let mut batches = Vec::new();
         let covered = match view.window {
             WindowSpec::Session { gap } => {
@@ -392,7 +409,10 @@ impl Recompute {
                 };
                 let from = requested.from.map_or(earliest, |f| f.max(earliest));
                 let scan_from = from.saturating_sub(gap);
-                let files = snapshot.files_between(scan_from, EventTime::MAX);
+                pool = snapshot
+                    .files_between(&self.store, scan_from, EventTime::MAX)
+                    .await?;
+                let files: Vec<&ArchivedFile> = pool.iter().collect();
                 let sql = query::session_query(
                     view,
                     &self.schema.time_field,
@@ -406,7 +426,7 @@ impl Recompute {
                     ..Default::default()
                 });
                 let all = self.run_sql(view, &files, &sql, cancel).await?;
-                read.extend(files.iter().map(|f| f.path.as_str()));
+                read.extend(files.iter().map(|f| f.path.clone()));
                 let sessions = session_bounds(&all).map_err(|source| Error::Query {
                     view: view.name.clone(),
                     source,
@@ -443,25 +463,20 @@ impl Recompute {
                 let (Some(size), Some(slide)) = (view.window.size(), view.window.slide()) else {
                     return Ok(outcome);
                 };
+                // Every file the chunks may read, with only the sealed lists that overlap read.
+                let whole = scan_of(covered, size, slide);
+                pool = snapshot
+                    .files_between(&self.store, whole.from, whole.to)
+                    .await?;
                 let parts = chunks(view, covered, |scan| {
-                    snapshot
-                        .files_between(scan.from, scan.to)
-                        .iter()
+                    archive::between(&pool, scan.from, scan.to)
                         .map(|f| f.rows)
                         .sum()
                 });
                 for (i, chunk) in parts.iter().enumerate() {
-                    let scan = StartRange::new(
-                        chunk.from,
-                        EventTime(
-                            chunk
-                                .to
-                                .millis()
-                                .saturating_sub(slide.millis())
-                                .saturating_add(size.millis()),
-                        ),
-                    );
-                    let files = snapshot.files_between(scan.from, scan.to);
+                    let scan = scan_of(*chunk, size, slide);
+                    let files: Vec<&ArchivedFile> =
+                        archive::between(&pool, scan.from, scan.to).collect();
                     let sql = query::window_query(
                         view,
                         &self.schema.time_field,
@@ -471,8 +486,8 @@ impl Recompute {
                     )
                     .unwrap_or_default();
                     batches.extend(self.run_sql(view, &files, &sql, cancel).await?);
-                    read.extend(files.iter().map(|f| f.path.as_str()));
-                    let (files_read, rows_read) = totals(&snapshot, &read);
+                    read.extend(files.iter().map(|f| f.path.clone()));
+                    let (files_read, rows_read) = totals(&pool, &read);
                     progress(Progress {
                         chunks_done: i + 1,
                         chunks_total: parts.len(),
@@ -484,8 +499,8 @@ impl Recompute {
                 Some(covered)
             }
         };
-        let scanned: Vec<&ArchivedFile> = snapshot
-            .files()
+        let scanned: Vec<&ArchivedFile> = pool
+            .iter()
             .filter(|f| read.contains(f.path.as_str()))
             .collect();
         outcome.files_scanned = scanned.len() as u64;
@@ -570,7 +585,18 @@ impl Recompute {
         manifest: &catalog::ViewManifest,
         snapshot: &ArchiveSnapshot,
     ) -> Result<Vec<StartRange>> {
-        let candidates = plan::dirty_candidates(view, manifest, snapshot);
+        // Only files archived after the oldest offsets a published piece saw can be late rows:
+        // the sealed lists before those are not read.
+        let mut files = BTreeMap::new();
+        for partition in snapshot.partitions.keys() {
+            if let Some(offset) = plan::oldest_seen(manifest, *partition) {
+                files.insert(
+                    *partition,
+                    snapshot.files_from(&self.store, *partition, offset).await?,
+                );
+            }
+        }
+        let candidates = plan::dirty_candidates(view, manifest, &files);
         let Some(slide) = view.window.slide() else {
             return Ok(plan::dirty_ranges(view, &candidates, |_| Vec::new()));
         };
@@ -602,9 +628,9 @@ impl Recompute {
     }
 }
 
-fn totals(snapshot: &ArchiveSnapshot, read: &HashSet<&str>) -> (u64, u64) {
-    let files: Vec<&ArchivedFile> = snapshot
-        .files()
+fn totals(pool: &[ArchivedFile], read: &HashSet<String>) -> (u64, u64) {
+    let files: Vec<&ArchivedFile> = pool
+        .iter()
         .filter(|f| read.contains(f.path.as_str()))
         .collect();
     (files.len() as u64, files.iter().map(|f| f.rows).sum())

@@ -1,15 +1,17 @@
 //! Deciding what a recompute job may publish. Pure: no I/O.
 //!
 //! A window may be published as covered only when the archive is complete past its end plus the
-//! view's allowed lateness (see [`ArchiveSnapshot::complete_until`]). Windows of the requested
+//! view's allowed lateness (see [`crate::archive::ArchiveSnapshot::complete_until`]). Windows of the requested
 //! range that are not ready are left to the speed layer and reported.
+
+use std::collections::BTreeMap;
 
 use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::ViewDefinition;
 use tandem_shared::window::{WindowSpec, align_down};
 
-use crate::archive::{ArchiveSnapshot, ArchivedFile};
+use crate::archive::ArchivedFile;
 use crate::catalog::ViewManifest;
 
 /// The windows a job was asked for. `None` bounds mean "from the first archived event" and
@@ -188,15 +190,28 @@ fn affected_starts(view: &ViewDefinition, min: EventTime, max: EventTime) -> Sta
     }
 }
 
+/// The oldest archive offset of `partition` that a published piece of `manifest` saw: files
+/// from there on may hold rows a piece lacks. `None` if no piece recorded offsets.
+pub fn oldest_seen(manifest: &ViewManifest, partition: i32) -> Option<i64> {
+    manifest
+        .effective()
+        .into_iter()
+        .flat_map(|(segment, _)| segment.pieces())
+        .filter(|piece| !piece.archive_offsets.is_empty())
+        .map(|piece| piece.archive_offsets.get(&partition).copied().unwrap_or(0))
+        .min()
+}
+
 /// Files holding rows archived after the segment answering some of their windows was
 /// computed (late events), with the published window starts they may touch. Each segment records
 /// the archive offsets it saw; a file starting at or after them holds rows the segment lacks.
 /// The ranges are bounded by the file's event-time range: exact for sessions' purposes, an
 /// over-approximation for fixed windows (see [`dirty_ranges`]).
+/// `files` holds, per partition, at least the files from [`oldest_seen`] on.
 pub fn dirty_candidates<'a>(
     view: &ViewDefinition,
     manifest: &ViewManifest,
-    snapshot: &'a ArchiveSnapshot,
+    files: &'a BTreeMap<i32, Vec<ArchivedFile>>,
 ) -> Vec<(&'a ArchivedFile, Coverage)> {
     let mut out: Vec<(&'a ArchivedFile, Coverage)> = Vec::new();
     for (segment, ranges) in manifest.effective() {
@@ -213,9 +228,9 @@ pub fn dirty_candidates<'a>(
             if ranges.is_empty() {
                 continue;
             }
-            for (partition, m) in &snapshot.partitions {
+            for (partition, files) in files {
                 let seen = piece.archive_offsets.get(partition).copied().unwrap_or(0);
-                for file in m.files.iter().filter(|f| f.first_offset >= seen) {
+                for file in files.iter().filter(|f| f.first_offset >= seen) {
                     let affected = affected_starts(view, file.min_time, file.max_time);
                     let mut hit = Coverage::new();
                     for r in &ranges {
@@ -346,9 +361,8 @@ mod tests {
             file(10, 2 * M + 5, 2 * M + 9),
             file(20, 9 * M, 9 * M + 1),
         ];
-        let snapshot = ArchiveSnapshot {
-            partitions: [(0, m)].into_iter().collect(),
-        };
+        assert_eq!(oldest_seen(&ViewManifest::default(), 0), None);
+        let files: BTreeMap<i32, Vec<ArchivedFile>> = [(0, m.files)].into_iter().collect();
         let manifest = ViewManifest::default().with_segment(Segment {
             path: "s".into(),
             job: "j".into(),
@@ -361,7 +375,7 @@ mod tests {
         });
         // The file at offset 10 holds late rows for window [2m, 3m); the one at 20 is beyond the
         // published windows.
-        let candidates = dirty_candidates(&v, &manifest, &snapshot);
+        let candidates = dirty_candidates(&v, &manifest, &files);
         assert_eq!(candidates.len(), 1);
         assert_eq!(candidates[0].0.first_offset, 10);
         let starts = |_: &ArchivedFile| vec![EventTime(2 * M)];
