@@ -127,6 +127,34 @@ enum BenchCommand {
         #[arg(long, hide = true)]
         serve_only: bool,
     },
+    /// View queries from a separate load process while the speed layer ingests: query latency,
+    /// and ingestion with and without the query load.
+    Load {
+        /// Events per second produced throughout.
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+        /// View queries per second in the loaded phase.
+        #[arg(long, default_value_t = 5_000)]
+        queries: u64,
+        /// Length of each phase (idle, then loaded).
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Concurrent connections of the load process.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
+    /// Internal: the load process of `tandem bench load`.
+    #[command(hide = true)]
+    QueryLoad {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        queries: u64,
+        #[arg(long)]
+        seconds: u64,
+        #[arg(long)]
+        connections: usize,
+    },
 }
 
 async fn shutdown_signal() {
@@ -235,6 +263,40 @@ async fn main() -> anyhow::Result<()> {
                 events_per_minute,
                 queries,
                 serve_only,
+            })
+            .await
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Load {
+                    rate,
+                    queries,
+                    seconds,
+                    connections,
+                },
+        } => {
+            bench::load::run(bench::load::LoadBench {
+                rate,
+                queries,
+                seconds,
+                connections,
+            })
+            .await
+        }
+        Command::Bench {
+            what:
+                BenchCommand::QueryLoad {
+                    url,
+                    queries,
+                    seconds,
+                    connections,
+                },
+        } => {
+            bench::load::query_load(bench::load::QueryLoad {
+                url,
+                queries,
+                seconds,
+                connections,
             })
             .await
         }

@@ -3,9 +3,12 @@
 //! - [`speed`]: events per CPU-second through the speed layer, and produce → queryable latency.
 //! - [`batch`]: recompute throughput next to DuckDB over the same Parquet files.
 //! - [`history`]: serving memory, publication time and query latency on day 1 and day N.
+//! - [`load`]: view query latency from a separate load process while the speed layer ingests,
+//!   and ingestion with and without that query load.
 
 pub mod batch;
 pub mod history;
+pub mod load;
 pub mod speed;
 
 /// The storage and schema both benchmarks use, as configuration text: the store is replaced

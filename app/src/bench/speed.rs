@@ -112,7 +112,7 @@ fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, pa
     }
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -128,24 +128,12 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
     // The latency run gets a topic of its own: the broker's fetch path slows down as a
     // partition's log grows, and the throughput backlog should not weigh on the live path.
     let live_partitions = (opts.rate * opts.seconds * 170 / (4 << 20) + 1).max(8);
-    let exe = std::env::current_exe()?;
-    let mut broker = Command::new(exe)
-        .args(["broker", "--port", "0"])
-        .args(["--topic", &format!("bench:{partitions}")])
-        .args(["--topic", &format!("live:{live_partitions}")])
-        .args(["--topic", "bench.dlq:1", "--topic", "bench.late:1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the broker process")?;
-    let stdout = broker.stdout.take().context("broker stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let brokers = line
-        .trim()
-        .strip_prefix("Kafka bootstrap: ")
-        .context("the broker did not print its address")?
-        .to_owned();
+    let (mut broker, brokers) = spawn_broker(&[
+        &format!("bench:{partitions}"),
+        &format!("live:{live_partitions}"),
+        "bench.dlq:1",
+        "bench.late:1",
+    ])?;
     println!(
         "# tandem bench speed: {} events on {partitions} partitions, then {} events/s for {}s on {live_partitions} partitions",
         opts.events, opts.rate, opts.seconds
@@ -160,8 +148,30 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
     result
 }
 
+/// Starts the embedded broker in a child process (so that its CPU is not counted) with `topics`
+/// (`NAME:PARTITIONS`); returns it and its bootstrap address.
+pub(super) fn spawn_broker(topics: &[&str]) -> anyhow::Result<(std::process::Child, String)> {
+    let exe = std::env::current_exe()?;
+    let mut broker = Command::new(exe)
+        .args(["broker", "--port", "0"])
+        .args(topics.iter().flat_map(|t| ["--topic", t]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the broker process")?;
+    let stdout = broker.stdout.take().context("broker stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let brokers = line
+        .trim()
+        .strip_prefix("Kafka bootstrap: ")
+        .context("the broker did not print its address")?
+        .to_owned();
+    Ok((broker, brokers))
+}
+
 /// The bench configuration pointed at `brokers` and `topic` (consumer group `<topic>-speed`).
-fn on_topic(config: &Config, brokers: &str, topic: &str) -> Config {
+pub(super) fn on_topic(config: &Config, brokers: &str, topic: &str) -> Config {
     let mut config = config.clone();
     config.kafka.brokers = brokers.to_owned();
     config.kafka.topic = topic.to_owned();
@@ -252,23 +262,27 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
     Ok(())
 }
 
-/// Measures produce → visible-over-HTTP latency under a steady load on a fresh topic.
-async fn latency(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::Result<()> {
-    let config = on_topic(config, brokers, "live");
-    let speed = speed_layer(&config)?;
+/// The speed layer consuming `config`'s topic and the HTTP API as `tandem run` serves it, with a
+/// batch layer that publishes nothing: queries are answered by the speed layer through the seam.
+pub(super) async fn serve_speed(
+    config: &Config,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    SpeedLayer,
+    tokio::task::JoinHandle<()>,
+)> {
+    let speed = speed_layer(config)?;
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let cancel = CancellationToken::new();
     let task = speed.start(
-        wiring::speed_config(&config, &store),
+        wiring::speed_config(config, &store),
         Arc::new(EventDecoder::new(Arc::new(config.schema.clone()))),
         Arc::new(SystemClock),
         cancel.clone(),
     )?;
-    // The API as `tandem run` serves it, with a batch layer that publishes nothing: the probes
-    // are answered by the speed layer through the seam.
-    let catalog = wiring::catalog(&config, &store);
-    let recompute = wiring::recompute(&config, &store, &catalog, Arc::new(SystemClock));
-    let scheduler = Scheduler::new(Arc::new(recompute), wiring::scheduler_config(&config))?;
+    let catalog = wiring::catalog(config, &store);
+    let recompute = wiring::recompute(config, &store, &catalog, Arc::new(SystemClock));
+    let scheduler = Scheduler::new(Arc::new(recompute), wiring::scheduler_config(config))?;
     let reconciler = Reconciler::new(Arc::clone(&catalog), speed.clone());
     let state = AppState::new(
         catalog,
@@ -285,7 +299,32 @@ async fn latency(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::R
         cancel.clone(),
     )
     .await?;
+    Ok((addr, speed, task))
+}
 
+/// Events produced at a steady rate by a thread of their own, until stopped.
+pub(super) struct SteadyLoad {
+    running: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SteadyLoad {
+    /// Events sent so far.
+    pub(super) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Stops producing; returns the events sent.
+    pub(super) fn stop(self) -> u64 {
+        self.running.store(false, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts producing generated orders to `topic` at `rate` events per second.
+pub(super) fn steady_load(brokers: &str, topic: &str, rate: u64) -> anyhow::Result<SteadyLoad> {
     // The steady load batches like a high-throughput producer would (50 ms linger): the embedded
     // broker finds a fetch offset by scanning a partition's batches, so thousands of tiny
     // batches would measure the broker rather than Tandem. Probes are sent unbatched.
@@ -297,10 +336,10 @@ async fn latency(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::R
         .create()?;
     let running = Arc::new(AtomicBool::new(true));
     let sent = Arc::new(AtomicU64::new(0));
-    let load_thread = {
+    let thread = {
         let running = Arc::clone(&running);
         let sent = Arc::clone(&sent);
-        let rate = opts.rate;
+        let topic = topic.to_owned();
         std::thread::spawn(move || {
             let mut rng = StdRng::seed_from_u64(2);
             let start = Instant::now();
@@ -311,7 +350,7 @@ async fn latency(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::R
                 while i < due {
                     let ts = chrono::Utc::now().timestamp_millis();
                     let payload = order(&mut rng, i, ts, CITIES[(i % 8) as usize]);
-                    send(&load, "live", &format!("u{}", i % 10_007), &payload);
+                    send(&load, &topic, &format!("u{}", i % 10_007), &payload);
                     i += 1;
                 }
                 sent.store(i, Ordering::Relaxed);
@@ -319,6 +358,19 @@ async fn latency(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::R
             }
         })
     };
+    Ok(SteadyLoad {
+        running,
+        sent,
+        thread,
+    })
+}
+
+/// Measures produce → visible-over-HTTP latency under a steady load on a fresh topic.
+async fn latency(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::Result<()> {
+    let config = on_topic(config, brokers, "live");
+    let cancel = CancellationToken::new();
+    let (addr, _speed, task) = serve_speed(&config, &cancel).await?;
+    let load = steady_load(brokers, "live", opts.rate)?;
     // Probes go out immediately (no lingering); delivery is not awaited, since visibility in
     // the view is what is measured.
     let probes: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -355,9 +407,7 @@ async fn latency(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::R
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    running.store(false, Ordering::Relaxed);
-    let _ = load_thread.join();
-    let achieved = sent.load(Ordering::Relaxed) as f64 / (opts.seconds + 3) as f64;
+    let achieved = load.stop() as f64 / (opts.seconds + 3) as f64;
     if std::env::var_os("TANDEM_BENCH_TRACE").is_some() {
         let trace: Vec<String> = latencies.iter().map(|l| format!("{l:.0}")).collect();
         println!("latencies in order (ms): {}", trace.join(" "));
