@@ -21,8 +21,8 @@ pub use flaky::FlakyStore;
 #[cfg(any(test, feature = "testing"))]
 mod flaky {
     use std::fmt;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     use futures::stream::BoxStream;
     use object_store::path::Path;
@@ -31,12 +31,15 @@ mod flaky {
         PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
     };
 
-    /// Wraps a store and fails its next `n` reads (`get`) with a generic, transient error;
-    /// everything else passes through. For tests of retry decisions.
+    /// Wraps a store and fails its next `n` reads (`get`), or every write to matching paths
+    /// while a write outage lasts, with a generic, transient error; everything else passes
+    /// through. For tests of retry decisions and outages.
     #[derive(Debug)]
     pub struct FlakyStore {
         inner: Arc<dyn ObjectStore>,
         failing_reads: AtomicUsize,
+        failing_writes: Mutex<Option<String>>,
+        failed_writes: AtomicUsize,
     }
 
     impl FlakyStore {
@@ -44,7 +47,46 @@ mod flaky {
             Self {
                 inner,
                 failing_reads: AtomicUsize::new(0),
+                failing_writes: Mutex::new(None),
+                failed_writes: AtomicUsize::new(0),
             }
+        }
+
+        /// Starts a write outage: every put to a path containing `pattern` fails (`""`: every
+        /// put) until [`FlakyStore::end_write_outage`].
+        pub fn start_write_outage(&self, pattern: &str) {
+            *self
+                .failing_writes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(pattern.to_owned());
+        }
+
+        pub fn end_write_outage(&self) {
+            *self
+                .failing_writes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
+        }
+
+        /// Writes failed by outages so far.
+        pub fn failed_writes(&self) -> usize {
+            self.failed_writes.load(Ordering::SeqCst)
+        }
+
+        fn write_fails(&self, location: &Path) -> Option<object_store::Error> {
+            let failing = self
+                .failing_writes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let pattern = failing.as_deref()?;
+            if !location.as_ref().contains(pattern) {
+                return None;
+            }
+            self.failed_writes.fetch_add(1, Ordering::SeqCst);
+            Some(object_store::Error::Generic {
+                store: "flaky",
+                source: format!("injected outage writing {location}").into(),
+            })
         }
 
         /// Makes the next `n` reads fail.
@@ -72,6 +114,9 @@ mod flaky {
             payload: PutPayload,
             opts: PutOptions,
         ) -> Result<PutResult> {
+            if let Some(err) = self.write_fails(location) {
+                return Err(err);
+            }
             self.inner.put_opts(location, payload, opts).await
         }
 
@@ -80,6 +125,9 @@ mod flaky {
             location: &Path,
             opts: PutMultipartOptions,
         ) -> Result<Box<dyn MultipartUpload>> {
+            if let Some(err) = self.write_fails(location) {
+                return Err(err);
+            }
             self.inner.put_multipart_opts(location, opts).await
         }
 
@@ -140,5 +188,15 @@ mod tests {
         }
         assert_eq!(&object::read(&store, "a").await.unwrap()[..], b"x");
         assert_eq!(flaky.failing_reads(), 0);
+
+        flaky.start_write_outage("_manifest");
+        object::write(&store, "data/b", "y").await.unwrap();
+        let err = object::write(&store, "x/_manifest/0", "z")
+            .await
+            .unwrap_err();
+        assert!(err.kind().is_retryable(), "{err}");
+        flaky.end_write_outage();
+        object::write(&store, "x/_manifest/0", "z").await.unwrap();
+        assert_eq!(flaky.failed_writes(), 1);
     }
 }
