@@ -317,6 +317,27 @@ impl ExternalBroker {
     }
 }
 
+impl ExternalBroker {
+    /// Stops the broker process (SIGSTOP): connections stay open and nothing is answered, as
+    /// with a broker that hangs or a network partition. Nothing is lost.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Continues a paused broker (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} failed: {status}");
+        Ok(())
+    }
+}
+
 impl Drop for ExternalBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();

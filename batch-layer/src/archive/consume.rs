@@ -27,7 +27,28 @@ impl ClientContext for ArchiveContext {
     }
 }
 
-impl ConsumerContext for ArchiveContext {}
+impl ConsumerContext for ArchiveContext {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        let partitions = |tpl: &rdkafka::TopicPartitionList| -> Vec<i32> {
+            tpl.elements().iter().map(|e| e.partition()).collect()
+        };
+        match rebalance {
+            rdkafka::consumer::Rebalance::Assign(tpl) => {
+                tracing::info!(group = %self.group, partitions = ?partitions(tpl), "archive partitions assigned");
+            }
+            rdkafka::consumer::Rebalance::Revoke(tpl) => {
+                tracing::info!(group = %self.group, partitions = ?partitions(tpl), "archive partitions revoked");
+            }
+            rdkafka::consumer::Rebalance::Error(err) => {
+                tracing::warn!(group = %self.group, %err, "archive rebalance error");
+            }
+        }
+    }
+}
 
 impl Archive {
     pub(super) async fn refresh_partition_count(&mut self) {
@@ -224,20 +245,34 @@ impl Archive {
             if !self.ensure_loaded(p).await {
                 continue;
             }
-            let Some(state) = self.partitions.get(&p) else {
+            let Some(state) = self.partitions.get_mut(&p) else {
                 continue;
             };
-            if !roll::idle_candidate(state, quiet_for, Instant::now()) {
+            let now = Instant::now();
+            if roll::idle_recheck_due(state, quiet_for, now) {
+                state.idle_checked = now;
+                let next_offset = state.manifest.next_offset;
+                if let Some(high) = self.high_watermark(p).await
+                    && roll::behind(next_offset, high)
+                {
+                    // Nothing arrived although the broker holds more: the partition is busy
+                    // again until the archive has it all.
+                    tracing::warn!(
+                        partition = p,
+                        next_offset,
+                        high,
+                        "partition marked idle but the broker holds messages the archive has not received; marking it busy"
+                    );
+                    metrics::counter!("tandem_archive_idle_revoked_total").increment(1);
+                    self.publish_progress(p, None).await;
+                }
+                continue;
+            }
+            if !roll::idle_candidate(state, quiet_for, now) {
                 continue;
             }
             let next_offset = state.manifest.next_offset;
-            let consumer = Arc::clone(&self.consumer);
-            let topic = self.config.topic.clone();
-            let watermarks = tokio::task::spawn_blocking(move || {
-                consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))
-            })
-            .await;
-            let Ok(Ok((_, high))) = watermarks else {
+            let Some(high) = self.high_watermark(p).await else {
                 continue;
             };
             // Everything the partition holds is archived: nothing can hold completeness back
@@ -246,6 +281,20 @@ impl Archive {
                 let now = self.clock.now();
                 self.publish_progress(p, Some(now)).await;
             }
+        }
+    }
+
+    /// The broker's log end for `partition`, if it answers.
+    async fn high_watermark(&self, partition: i32) -> Option<i64> {
+        let consumer = Arc::clone(&self.consumer);
+        let topic = self.config.topic.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))
+        })
+        .await;
+        match found {
+            Ok(Ok((_, high))) => Some(high),
+            _ => None,
         }
     }
 

@@ -126,7 +126,10 @@ impl Archive {
         let consumer: StreamConsumer<ArchiveContext> = tandem_store::kafka::consumer_config(
             &config.brokers,
             &config.group_id,
-            &[],
+            // A fetch waits at most 100 ms for data (librdkafka's default is 500): against
+            // tansu 0.6.0, fetches waiting 500 ms stopped being answered for good in about one
+            // run of three, and the archive received nothing more.
+            &[("fetch.wait.max.ms", "100")],
             &config.kafka_options,
         )
         .create_with_context(ArchiveContext {

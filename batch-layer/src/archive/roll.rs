@@ -131,6 +131,8 @@ pub(super) struct PartitionState {
     pub(super) last_message: Instant,
     pub(super) retry_at: Option<Instant>,
     pub(super) paused: bool,
+    /// When an idle marker was last checked against the broker's log end.
+    pub(super) idle_checked: Instant,
 }
 
 impl PartitionState {
@@ -145,6 +147,7 @@ impl PartitionState {
             last_message: now,
             retry_at: None,
             paused: false,
+            idle_checked: now,
         }
     }
 
@@ -214,6 +217,21 @@ pub(super) fn idle_candidate(state: &PartitionState, quiet_for: Duration, now: I
         && state.pending.is_none()
         && state.manifest.idle_since.is_none()
         && now.duration_since(state.last_message) >= quiet_for
+}
+
+/// Whether a partition published as idle is due to be checked against the broker's log end:
+/// a consumer that stops receiving (a broker that never answers a fetch, say) must not leave a
+/// partition idle, and so complete, while the broker holds messages the archive lacks.
+pub(super) fn idle_recheck_due(state: &PartitionState, interval: Duration, now: Instant) -> bool {
+    state.manifest.idle_since.is_some()
+        && state.buffer.is_none()
+        && state.pending.is_none()
+        && now.duration_since(state.idle_checked) >= interval
+}
+
+/// Whether the broker holds messages past what the archive has (`high` is the log end).
+pub(super) fn behind(next_offset: i64, high: i64) -> bool {
+    high > next_offset
 }
 
 /// The manifest after a roll wrote `files`: they are listed, the offset moves past the roll, and
@@ -344,5 +362,31 @@ mod tests {
             interval,
             start + Duration::from_secs(1)
         ));
+    }
+
+    #[test]
+    fn idle_partitions_are_checked_against_the_log_end_once_per_interval() {
+        let start = Instant::now();
+        let manifest = PartitionManifest::empty("t", 0, 1, EventTime(0));
+        let mut state = PartitionState::new(manifest, None, start);
+        let interval = Duration::from_secs(30);
+        assert!(
+            !idle_recheck_due(&state, interval, start + interval),
+            "not idle"
+        );
+        state.manifest.idle_since = Some(EventTime(1));
+        assert!(!idle_recheck_due(
+            &state,
+            interval,
+            start + Duration::from_secs(29)
+        ));
+        assert!(idle_recheck_due(&state, interval, start + interval));
+        state.buffer = Some(Buffer::new(0, start));
+        assert!(
+            !idle_recheck_due(&state, interval, start + interval),
+            "a message arrived: the roll clears the marker"
+        );
+        assert!(behind(10, 11));
+        assert!(!behind(10, 10));
     }
 }

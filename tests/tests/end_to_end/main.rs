@@ -89,14 +89,12 @@ async fn tandem_run_against_a_real_kafka_protocol_broker() -> anyhow::Result<()>
     }
     let mut server = TestServer::spawn(&run, &[], data.path(), Ready::Http)?;
     server.kafka = broker.bootstrap.clone();
-    // (tansu 0.6.0: after a record with an explicit old timestamp, our archive consumer's
-    // fetches stalled in about one run of three; the rule is shown on the embedded broker.)
-    run_scenario(server, false).await
+    run_scenario(server).await
 }
 
 /// Runs the scenario against `server` (its log on failure), then stops it in order.
-async fn run_scenario(server: TestServer, old_timestamps: bool) -> anyhow::Result<()> {
-    let result = scenario(&server, old_timestamps).await;
+async fn run_scenario(server: TestServer) -> anyhow::Result<()> {
+    let result = scenario(&server).await;
     if result.is_err() {
         eprintln!("---- tandem log ----\n{}", server.log());
     }
@@ -235,12 +233,12 @@ async fn read_topic(
 async fn events_through_kafka_to_a_merged_exact_answer() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let server = TestServer::dev(&fixture("orders.toml"), data.path())?;
-    run_scenario(server, true).await
+    run_scenario(server).await
 }
 
-/// `old_timestamps`: also produce a record whose Kafka timestamp is hours old, to show that
-/// `max_future` counts from the record's timestamp.
-async fn scenario(server: &TestServer, old_timestamps: bool) -> anyhow::Result<()> {
+/// One record's Kafka timestamp is hours old, to show that `max_future` counts from the
+/// record's timestamp.
+async fn scenario(server: &TestServer) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let now = chrono::Utc::now().timestamp_millis();
     let base = now - now.rem_euclid(MINUTE) - 30 * MINUTE;
@@ -524,18 +522,16 @@ async fn scenario(server: &TestServer, old_timestamps: bool) -> anyhow::Result<(
     let replayed =
         json!({"ts": now_ms - 30 * MINUTE, "city": "Lagos", "amount": 1.0, "event_type": "order_placed"})
             .to_string();
-    if old_timestamps {
-        producer
-            .send(
-                FutureRecord::to("orders")
-                    .key("replayed")
-                    .payload(&replayed)
-                    .timestamp(now_ms - 180 * MINUTE),
-                Duration::from_secs(5),
-            )
-            .await
-            .map_err(|(e, _)| e)?;
-    }
+    producer
+        .send(
+            FutureRecord::to("orders")
+                .key("replayed")
+                .payload(&replayed)
+                .timestamp(now_ms - 180 * MINUTE),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
     let ancient =
         json!({"ts": "1999-12-31T23:59:59Z", "city": "Lagos", "amount": 1.0, "event_type": "order_placed"})
             .to_string();
@@ -560,8 +556,7 @@ async fn scenario(server: &TestServer, old_timestamps: bool) -> anyhow::Result<(
             .iter()
             .all(|(_, h)| h.get("reason").is_some_and(|r| !r.is_empty()))
     );
-    let replayed_letters = usize::from(old_timestamps);
-    let all_dead = dead_letters(server, malformed.len() + 3 + replayed_letters).await?;
+    let all_dead = dead_letters(server, malformed.len() + 4).await?;
     let kinds = |kind: &str| {
         all_dead
             .iter()
@@ -569,7 +564,7 @@ async fn scenario(server: &TestServer, old_timestamps: bool) -> anyhow::Result<(
             .count()
     };
     ensure!(
-        kinds("future") == 1 + replayed_letters,
+        kinds("future") == 2,
         "dead letters for the future and the replayed event: {all_dead:?}"
     );
     ensure!(
