@@ -3,8 +3,15 @@
 //!
 //! ```text
 //!  rows(segment, range) ─► footer (cached) ─► row groups whose window_start statistics
-//!      overlap the range ─► each: cached decoded rows, or a ranged read of that row group
-//!      ─► least recently used entries evicted while the cache is over its budget
+//!      overlap the range ─► each: cached Arrow batches, or a ranged read of that row group
+//!      ─► rows whose window_start is in range, filtered in Arrow, decoded into ViewRows
+//!  least recently used entries evicted while the cache is over its budget
+//! ```
+//!
+//! Row groups are cached columnar, as read: compact (several times smaller than decoded rows)
+//! and measured exactly by Arrow; a query decodes only the rows it answers.
+//!
+//! ```text
 //! ```
 //!
 //! Segments are immutable, so a cached entry never goes stale; an entry of a segment that is no
@@ -14,6 +21,9 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::Int64Type;
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
 use lru::LruCache;
@@ -25,9 +35,8 @@ use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::statistics::Statistics;
 use tandem_shared::coverage::StartRange;
-use tandem_shared::row::{GroupValue, ViewRow};
+use tandem_shared::row::ViewRow;
 use tandem_shared::time::EventTime;
-use tandem_shared::value::AggregateValue;
 use tandem_shared::view::ViewDefinition;
 
 use super::segment;
@@ -58,7 +67,7 @@ enum Key {
 #[derive(Debug, Clone)]
 enum Entry {
     Footer(ArrowReaderMetadata),
-    Group(Arc<Vec<ViewRow>>),
+    Group(Arc<Vec<RecordBatch>>),
 }
 
 #[derive(Debug)]
@@ -141,11 +150,10 @@ impl SegmentCache {
 
     async fn group(
         &self,
-        view: &ViewDefinition,
         path: &str,
         footer: &ArrowReaderMetadata,
         index: usize,
-    ) -> Result<Arc<Vec<ViewRow>>, Error> {
+    ) -> Result<Arc<Vec<RecordBatch>>, Error> {
         let key = Key::Group(path.to_owned(), index);
         if let Some(Entry::Group(rows)) = self.get(&key) {
             metrics::counter!("tandem_catalog_cache_hits_total").increment(1);
@@ -165,14 +173,14 @@ impl SegmentCache {
                 .try_collect()
                 .await
                 .map_err(read)?;
-        let rows = segment::decode_rows(view, &batches).map_err(|source| Error::Decode {
-            path: path.to_owned(),
-            source,
-        })?;
-        let bytes = rows.iter().map(row_bytes).sum::<usize>() + 64;
-        let rows = Arc::new(rows);
-        self.put(key, Entry::Group(Arc::clone(&rows)), bytes);
-        Ok(rows)
+        let bytes = batches
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum::<usize>()
+            + 64;
+        let batches = Arc::new(batches);
+        self.put(key, Entry::Group(Arc::clone(&batches)), bytes);
+        Ok(batches)
     }
 
     /// Rows of the segment at `path` whose window starts in one of `ranges` (sorted,
@@ -200,12 +208,17 @@ impl SegmentCache {
             {
                 continue;
             }
-            let rows = self.group(view, path, &footer, index).await?;
-            out.extend(
-                rows.iter()
-                    .filter(|r| ranges.iter().any(|range| range.contains(r.window.start)))
-                    .cloned(),
-            );
+            let batches = self.group(path, &footer, index).await?;
+            let decode = |source| Error::Decode {
+                path: path.to_owned(),
+                source,
+            };
+            let wanted = batches
+                .iter()
+                .map(|b| in_ranges(b, ranges))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(decode)?;
+            out.extend(segment::decode_rows(view, &wanted).map_err(decode)?);
         }
         Ok(out)
     }
@@ -265,22 +278,19 @@ fn start_bounds(statistics: &Statistics) -> Option<(EventTime, EventTime)> {
     }
 }
 
-/// Approximate heap and inline bytes of a decoded row.
-fn row_bytes(row: &ViewRow) -> usize {
-    let group: usize = row
-        .group
+/// The rows of `batch` whose window start (its first column) lies in one of `ranges`.
+fn in_ranges(batch: &RecordBatch, ranges: &[StartRange]) -> Result<RecordBatch, segment::Error> {
+    let starts = batch
+        .column(0)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or(segment::Error::Null {
+            column: "window_start",
+        })?;
+    let keep: BooleanArray = starts
         .iter()
-        .map(|g| {
-            std::mem::size_of::<GroupValue>()
-                + match g {
-                    GroupValue::Str(s) => s.capacity(),
-                    _ => 0,
-                }
-        })
-        .sum();
-    std::mem::size_of::<ViewRow>()
-        + group
-        + row.values.len() * std::mem::size_of::<AggregateValue>()
+        .map(|s| Some(s.is_some_and(|s| ranges.iter().any(|r| r.contains(EventTime(s))))))
+        .collect();
+    Ok(filter_record_batch(batch, &keep)?)
 }
 
 #[cfg(test)]
