@@ -344,3 +344,58 @@ impl Drop for ExternalBroker {
         let _ = self.child.wait();
     }
 }
+
+/// Polls `check` every 250 ms until it succeeds or `timeout` passes, returning the last error on
+/// timeout.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return Ok(v),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// Submits a job (`POST /v1/jobs` with `body`), checks it is accepted (202) and queued, and waits
+/// up to `timeout` for it to succeed; returns its record.
+pub async fn run_job(
+    client: &reqwest::Client,
+    server: &TestServer,
+    body: serde_json::Value,
+    timeout: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let resp = client
+        .post(server.url("/v1/jobs"))
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().as_u16() == 202,
+        "POST /v1/jobs: {}",
+        resp.status()
+    );
+    let job: serde_json::Value = resp.json().await?;
+    anyhow::ensure!(job["status"] == "queued", "new job: {job}");
+    let id = job["id"].as_str().context("job id")?.to_owned();
+    eventually(timeout, || async {
+        let j: serde_json::Value = client
+            .get(server.url(&format!("/v1/jobs/{id}")))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        match j["status"].as_str() {
+            Some("succeeded") => Ok(j),
+            Some("failed") => bail!("job failed: {j}"),
+            _ => bail!("job not finished: {j}"),
+        }
+    })
+    .await
+}

@@ -8,15 +8,15 @@
 //! those computed here from the produced events.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
-use tandem_tests::{ExternalBroker, Ready, TestServer};
+use tandem_tests::{ExternalBroker, Ready, TestServer, eventually, run_job};
 
 const MINUTE: i64 = 60_000;
 
@@ -96,48 +96,6 @@ async fn rows(
     Ok(out)
 }
 
-/// Runs a job for `per_minute` and waits for it to succeed.
-async fn run_job(client: &reqwest::Client, server: &TestServer) -> anyhow::Result<Value> {
-    let job: Value = client
-        .post(server.url("/v1/jobs"))
-        .json(&json!({"view": "per_minute"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let id = job["id"].as_str().context("job id")?.to_owned();
-    until(Duration::from_secs(60), || async {
-        let j: Value = client
-            .get(server.url(&format!("/v1/jobs/{id}")))
-            .send()
-            .await?
-            .json()
-            .await?;
-        match j["status"].as_str() {
-            Some("succeeded") => Ok(j),
-            Some("failed") => bail!("job failed: {j}"),
-            _ => bail!("job not finished: {j}"),
-        }
-    })
-    .await
-}
-
-async fn until<T, F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(v) => return Ok(v),
-            Err(err) if Instant::now() > deadline => return Err(err),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_mid_stream_loses_nothing() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
@@ -189,7 +147,7 @@ async fn outage(broker: &ExternalBroker, server: &mut TestServer) -> anyhow::Res
         |rows: &BTreeMap<i64, (i64, i64, String)>| rows.values().map(|r| r.0).sum::<i64>();
 
     send(&producer, &first).await?;
-    until(Duration::from_secs(60), || async {
+    eventually(Duration::from_secs(60), || async {
         let n = counted(&rows(&client, server).await?);
         ensure!(n == 600, "the speed layer counts {n} of 600");
         Ok(())
@@ -225,7 +183,7 @@ async fn outage(broker: &ExternalBroker, server: &mut TestServer) -> anyhow::Res
         e.0 += 1;
         e.1 += amount;
     }
-    until(Duration::from_secs(90), || async {
+    eventually(Duration::from_secs(90), || async {
         let now = rows(&client, server).await?;
         let got: BTreeMap<i64, (i64, i64)> = now.iter().map(|(k, v)| (*k, (v.0, v.1))).collect();
         ensure!(got == oracle, "speed layer: {got:?}, expected {oracle:?}");
@@ -235,8 +193,14 @@ async fn outage(broker: &ExternalBroker, server: &mut TestServer) -> anyhow::Res
 
     // ...and exactly in the batch layer: jobs publish the windows the archive has completed
     // (all but the last, once every partition is archived and idle).
-    let now = until(Duration::from_secs(120), || async {
-        let job = run_job(&client, server).await?;
+    let now = eventually(Duration::from_secs(120), || async {
+        let job = run_job(
+            &client,
+            server,
+            json!({"view": "per_minute"}),
+            Duration::from_secs(60),
+        )
+        .await?;
         let now = rows(&client, server).await?;
         let batch = now.values().filter(|v| v.2 == "batch").count();
         ensure!(

@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::speed::{on_topic, percentile, serve_speed, spawn_broker, steady_load};
+use super::speed::{CONFIG, on_topic, percentile, serve_speed, spawn_broker, steady_load};
 use super::{CITIES, ORDERS_BY_CITY, SCHEMA};
 use crate::config::Config;
 
@@ -59,14 +59,6 @@ struct LoadReport {
     max_ms: f64,
 }
 
-const CONFIG: &str = r#"
-[kafka]
-topic = "live"
-idle_timeout = "5s"
-dead_letter_topic = "live.dlq"
-late_topic = "live.late"
-"#;
-
 /// Ingestion over one phase.
 #[derive(Debug)]
 struct Ingestion {
@@ -91,7 +83,7 @@ async fn phase(
 /// Runs the benchmark and prints its report.
 pub async fn run(opts: LoadBench) -> anyhow::Result<()> {
     let config = Config::parse(&format!("{CONFIG}{SCHEMA}{ORDERS_BY_CITY}"), "bench")?;
-    let (mut broker, brokers) = spawn_broker(&["live:8", "live.dlq:1", "live.late:1"])?;
+    let (mut broker, brokers) = spawn_broker(&["live:8", "bench.dlq:1", "bench.late:1"])?;
     println!(
         "# tandem bench load: {} events/s; {} s idle, then {} s with {} queries/s over {} connections from a separate process",
         opts.rate, opts.seconds, opts.seconds, opts.queries, opts.connections

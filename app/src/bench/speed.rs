@@ -48,7 +48,8 @@ pub struct SpeedBench {
     pub seconds: u64,
 }
 
-const CONFIG: &str = r#"
+/// The speed benchmarks' Kafka settings (the topic is replaced per run by [`on_topic`]).
+pub(super) const CONFIG: &str = r#"
 [kafka]
 topic = "bench"
 idle_timeout = "5s"

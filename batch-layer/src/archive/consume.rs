@@ -129,8 +129,8 @@ impl Archive {
         // A message past the one expected: were the offsets between deleted by the broker?
         let expected = buffered_to.map_or(next_offset, |b| b + 1);
         let gap = if admission == Admission::Append && offset > expected {
-            match self.low_watermark(partition).await {
-                Some(low) => roll::gap(expected, offset, low),
+            match self.watermarks(partition).await {
+                Some((low, _)) => roll::gap(expected, offset, low),
                 None => None,
             }
         } else {
@@ -252,7 +252,7 @@ impl Archive {
             if roll::idle_recheck_due(state, quiet_for, now) {
                 state.idle_checked = now;
                 let next_offset = state.manifest.next_offset;
-                if let Some(high) = self.high_watermark(p).await
+                if let Some((_, high)) = self.watermarks(p).await
                     && roll::behind(next_offset, high)
                 {
                     // Nothing arrived although the broker holds more: the partition is busy
@@ -272,7 +272,7 @@ impl Archive {
                 continue;
             }
             let next_offset = state.manifest.next_offset;
-            let Some(high) = self.high_watermark(p).await else {
+            let Some((_, high)) = self.watermarks(p).await else {
                 continue;
             };
             // Everything the partition holds is archived: nothing can hold completeness back
@@ -284,8 +284,8 @@ impl Archive {
         }
     }
 
-    /// The broker's log end for `partition`, if it answers.
-    async fn high_watermark(&self, partition: i32) -> Option<i64> {
+    /// The broker's first offset and log end for `partition`, if it answers.
+    async fn watermarks(&self, partition: i32) -> Option<(i64, i64)> {
         let consumer = Arc::clone(&self.consumer);
         let topic = self.config.topic.clone();
         let found = tokio::task::spawn_blocking(move || {
@@ -293,21 +293,7 @@ impl Archive {
         })
         .await;
         match found {
-            Ok(Ok((_, high))) => Some(high),
-            _ => None,
-        }
-    }
-
-    /// The first offset the broker still holds for `partition`, if it answers.
-    async fn low_watermark(&self, partition: i32) -> Option<i64> {
-        let consumer = Arc::clone(&self.consumer);
-        let topic = self.config.topic.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))
-        })
-        .await;
-        match found {
-            Ok(Ok((low, _))) => Some(low),
+            Ok(Ok(marks)) => Some(marks),
             Ok(Err(err)) => {
                 tracing::warn!(partition, %err, "cannot read the partition's watermarks");
                 None

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -16,7 +16,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
-use tandem_tests::{ExternalBroker, Ready, TestServer, fixture};
+use tandem_tests::{ExternalBroker, Ready, TestServer, eventually, fixture, run_job};
 
 const MINUTE: i64 = 60_000;
 const CITIES: [&str; 5] = ["Chennai", "Mumbai", "Berlin", "Lagos", "Tokyo"];
@@ -134,53 +134,6 @@ async fn produce(server: &TestServer, orders: &[Order]) -> anyhow::Result<()> {
         d.await?.map_err(|(e, _)| e)?;
     }
     Ok(())
-}
-
-/// Polls `check` until it succeeds or `timeout` passes, returning the last error on timeout.
-/// Submits a job (`POST /v1/jobs` with `body`), checks it is accepted and queued, and waits up
-/// to 30 s for it to succeed; returns its record.
-async fn run_job(
-    client: &reqwest::Client,
-    server: &TestServer,
-    body: Value,
-) -> anyhow::Result<Value> {
-    let resp = client
-        .post(server.url("/v1/jobs"))
-        .json(&body)
-        .send()
-        .await?;
-    ensure!(
-        resp.status().as_u16() == 202,
-        "POST /v1/jobs: {}",
-        resp.status()
-    );
-    let job: Value = resp.json().await?;
-    ensure!(job["status"] == "queued", "new job: {job}");
-    let id = job["id"].as_str().context("job id")?.to_owned();
-    eventually(Duration::from_secs(30), || async {
-        let j = get(client, &server.url(&format!("/v1/jobs/{id}"))).await?;
-        match j["status"].as_str() {
-            Some("succeeded") => Ok(j),
-            Some("failed") => bail!("job failed: {j}"),
-            _ => bail!("job not finished: {j}"),
-        }
-    })
-    .await
-}
-
-async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
 }
 
 async fn dead_letters(
@@ -397,7 +350,7 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
     let last_window =
         (orders.iter().map(|o| o.ts).max().unwrap_or(base)).div_euclid(MINUTE) * MINUTE;
     let body = eventually(Duration::from_secs(90), || async {
-        let done = run_job(&client, server, json!({})).await?;
+        let done = run_job(&client, server, json!({}), Duration::from_secs(30)).await?;
         let body = get(&client, &url).await?;
         let horizon = millis(&body["batch_horizon"]).context("no batch horizon yet")?;
         ensure!(
@@ -589,7 +542,7 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
     let late = eventually(Duration::from_secs(60), || async {
         let job =
             json!({"view": "orders_by_city", "from": late_window, "to": late_window + MINUTE});
-        let done = run_job(&client, server, job).await?;
+        let done = run_job(&client, server, job, Duration::from_secs(30)).await?;
         let body = get(
             &client,
             &format!(
@@ -681,7 +634,7 @@ async fn the_speed_layer_pauses_at_its_memory_budget_and_resumes_when_batch_cove
 
         // The batch layer covers the older windows; the speed layer lets them go and resumes.
         eventually(Duration::from_secs(90), || async {
-            run_job(&client, &server, json!({})).await?;
+            run_job(&client, &server, json!({}), Duration::from_secs(30)).await?;
             let metrics = metrics_text(&client, &server).await?;
             ensure!(
                 gauge(&metrics, "tandem_speed_paused") == Some(0.0),
