@@ -6,8 +6,11 @@
 //! later (a backlog is read partition by partition) would all be late. A partition that has not
 //! delivered anything yet holds progress back entirely.
 //!
-//! A partition is *idle* when it is fully consumed and has delivered nothing for `idle_timeout`;
-//! an idle partition stops holding progress back. If every partition is idle the stream has
+//! A partition is *idle* when it is fully consumed and has delivered nothing for `idle_timeout`.
+//! "Fully consumed" is what the partition's leader said in the last few seconds: while a broker
+//! is unreachable its partitions are not idle, so after an outage the partition that answers
+//! first cannot carry progress past events the other ones still hold. An idle partition
+//! stops holding progress back. If every partition is idle the stream has
 //! stopped, and progress is the largest event time seen anywhere.
 //!
 //! Each view subtracts its allowed lateness from the combined progress to get its watermark.

@@ -54,6 +54,12 @@ pub fn consumer_config(
     client_config(brokers, &all, options)
 }
 
+/// How recently a partition's leader must have answered for its log end (and so "caught up") to
+/// be believed. A consumer's fetch is answered at least every `fetch.wait.max.ms` (at most
+/// 500 ms in Tandem's consumers), so a longer silence means an outage: the log end in the report
+/// is stale, and the partition may hold events this process has not heard of.
+const HEARD_WITHIN_MICROS: i64 = 5_000_000;
+
 /// Where one partition's consumer stands, from a statistics report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionPosition {
@@ -61,12 +67,22 @@ pub struct PartitionPosition {
     /// Messages between what this process consumed and the log end; `None` before the first
     /// message was consumed.
     pub lag: Option<i64>,
-    /// Whether everything the partition holds has been consumed.
+    /// Whether everything the partition holds has been consumed, as its leader said recently
+    /// (false while the leader is silent: a partition is not known to be idle during an outage).
     pub caught_up: bool,
 }
 
 /// Positions of every partition in `statistics`.
 pub fn positions(statistics: &Statistics) -> Vec<PartitionPosition> {
+    let heard: BTreeMap<i32, bool> = statistics
+        .brokers
+        .values()
+        .filter(|b| b.nodeid >= 0)
+        .map(|b| {
+            let recent = b.state == "UP" && (0..=HEARD_WITHIN_MICROS).contains(&b.rxidle);
+            (b.nodeid, recent)
+        })
+        .collect();
     let mut out = Vec::new();
     for topic in statistics.topics.values() {
         for (partition, stats) in &topic.partitions {
@@ -77,13 +93,14 @@ pub fn positions(statistics: &Statistics) -> Vec<PartitionPosition> {
             // Lag behind the log end by what this process has consumed, not by committed
             // offsets (which are only progress information here).
             let consumed = (stats.app_offset >= 0).then_some(stats.app_offset);
+            let at_end = match consumed {
+                Some(c) => c >= stats.hi_offset,
+                None => stats.hi_offset == stats.lo_offset,
+            };
             out.push(PartitionPosition {
                 partition: *partition,
                 lag: consumed.map(|c| (stats.hi_offset - c).max(0)),
-                caught_up: match consumed {
-                    Some(c) => c >= stats.hi_offset,
-                    None => stats.hi_offset == stats.lo_offset,
-                },
+                caught_up: at_end && heard.get(&stats.leader).copied().unwrap_or(false),
             });
         }
     }
@@ -144,10 +161,11 @@ mod tests {
 
     #[test]
     fn positions_measure_lag_from_what_was_consumed() {
-        use rdkafka::statistics::{Partition, Topic};
+        use rdkafka::statistics::{Broker, Partition, Topic};
         let partition = |id: i32, app_offset: i64, lo_offset: i64, hi_offset: i64| {
             let p = Partition {
                 partition: id,
+                leader: 1,
                 app_offset,
                 lo_offset,
                 hi_offset,
@@ -165,11 +183,18 @@ mod tests {
             .collect(),
             ..Default::default()
         };
-        let stats = Statistics {
-            topics: [("t".to_owned(), topic)].into_iter().collect(),
+        let broker = |state: &str, rxidle: i64| Broker {
+            nodeid: 1,
+            state: state.to_owned(),
+            rxidle,
             ..Default::default()
         };
-        let mut got = positions(&stats);
+        let stats = |broker: Broker| Statistics {
+            topics: [("t".to_owned(), topic.clone())].into_iter().collect(),
+            brokers: [("b:9092/1".to_owned(), broker)].into_iter().collect(),
+            ..Default::default()
+        };
+        let mut got = positions(&stats(broker("UP", 20_000)));
         got.sort_by_key(|p| p.partition);
         assert_eq!(
             got,
@@ -186,5 +211,17 @@ mod tests {
                 },
             ]
         );
+        // A leader silent for longer than a fetch wait, reconnecting, or never heard on this
+        // connection: its last log end is stale, so no partition it leads is known caught up.
+        for silent in [
+            broker("UP", HEARD_WITHIN_MICROS + 1),
+            broker("CONNECT", 20_000),
+            broker("UP", -1),
+        ] {
+            let got = positions(&stats(silent));
+            assert_eq!(got.len(), 2);
+            assert!(got.iter().all(|p| !p.caught_up), "{got:?}");
+            assert!(got.iter().any(|p| p.lag == Some(3)), "{got:?}");
+        }
     }
 }
