@@ -126,6 +126,9 @@ enum BenchCommand {
         /// Internal: the serving process the benchmark measures.
         #[arg(long, hide = true)]
         serve_only: bool,
+        /// The serving process's segment cache bound in MiB (default: `serving.cache_bytes`).
+        #[arg(long)]
+        cache_mib: Option<u64>,
     },
     /// View queries from a separate load process while the speed layer ingests: query latency,
     /// and ingestion with and without the query load.
@@ -255,6 +258,7 @@ async fn main() -> anyhow::Result<()> {
                     events_per_minute,
                     queries,
                     serve_only,
+                    cache_mib,
                 },
         } => {
             bench::history::run(bench::history::HistoryBench {
@@ -263,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
                 events_per_minute,
                 queries,
                 serve_only,
+                cache_mib,
             })
             .await
         }

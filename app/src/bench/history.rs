@@ -52,6 +52,9 @@ pub struct HistoryBench {
     pub queries: usize,
     /// Child mode: load the catalog under `dir`, answer queries, print one JSON line.
     pub serve_only: bool,
+    /// The serving process's segment cache bound (`serving.cache_bytes`), in MiB; the
+    /// configuration's default when `None`.
+    pub cache_mib: Option<u64>,
 }
 
 fn config(dir: &std::path::Path) -> anyhow::Result<Config> {
@@ -154,6 +157,8 @@ struct Served {
     p99_ms: f64,
     queries: usize,
     rows: usize,
+    /// What the segment cache holds at the end.
+    cache_mib: f64,
 }
 
 fn rss_mib() -> f64 {
@@ -170,7 +175,10 @@ fn rss_mib() -> f64 {
 
 /// Child mode: a fresh process loads the published views and answers one-hour queries.
 async fn serve(opts: &HistoryBench) -> anyhow::Result<()> {
-    let config = config(&std::fs::canonicalize(&opts.dir)?)?;
+    let mut config = config(&std::fs::canonicalize(&opts.dir)?)?;
+    if let Some(mib) = opts.cache_mib {
+        config.cache_bytes = usize::try_from(mib << 20)?;
+    }
     let store = tandem_store::open(&config.storage_url)?;
     let started = Instant::now();
     let catalog = wiring::catalog(&config, &store);
@@ -213,6 +221,7 @@ async fn serve(opts: &HistoryBench) -> anyhow::Result<()> {
         p99_ms: pct(0.99),
         queries: latencies.len(),
         rows,
+        cache_mib: catalog.cache_usage().bytes as f64 / f64::from(1 << 20),
     };
     println!("{}", serde_json::to_string(&served)?);
     Ok(())
@@ -225,6 +234,11 @@ fn serve_in_child(opts: &HistoryBench) -> anyhow::Result<Served> {
         .arg(&opts.dir)
         .args(["--days", &opts.days.to_string()])
         .args(["--queries", &opts.queries.to_string()])
+        .args(
+            opts.cache_mib
+                .map(|mib| vec!["--cache-mib".to_owned(), mib.to_string()])
+                .unwrap_or_default(),
+        )
         .output()?;
     anyhow::ensure!(
         out.status.success(),
