@@ -19,6 +19,7 @@
 //! - [`recompute`]: planning (which windows are ready), SQL generation and execution.
 //! - [`catalog`]: publication and loading of exact view results.
 //! - [`scheduler`]: job queue, cron schedule and job records.
+//! - [`tables`]: the archive as the SQL `events` table, with time pruning from query filters.
 //!
 //! Publication goes through `tandem_store`'s manifest chains; time comes from an injected
 //! `tandem_shared::clock::Clock`. Errors say whose problem they are (`kind()`), which is what the
@@ -35,6 +36,7 @@ pub mod archive;
 pub mod catalog;
 pub mod recompute;
 pub mod scheduler;
+pub mod tables;
 
 pub use archive::{Archive, ArchiveConfig, ArchiveSnapshot};
 pub use catalog::{PublishedView, ViewCatalog};

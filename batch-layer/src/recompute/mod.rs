@@ -19,13 +19,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::common::cast::as_int64_array;
-use datafusion::datasource::MemTable;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
@@ -38,10 +32,10 @@ use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::ViewDefinition;
 use tandem_shared::window::{WindowSpec, align_down};
 use tokio_util::sync::CancellationToken;
-use url::Url;
 
 use crate::archive::{self, ArchiveSnapshot, ArchivedFile};
 use crate::catalog::{self, ViewCatalog};
+use crate::tables;
 use tandem_store::manifest;
 
 mod dirty;
@@ -190,8 +184,6 @@ pub struct Recompute {
     clock: Arc<dyn Clock>,
 }
 
-const STORE_URL: &str = "tandem://store";
-
 /// Rows one query should read: big enough that per-query costs (planning, opening files)
 /// vanish, small enough that progress moves and a cancellation takes effect soon.
 const CHUNK_ROWS: u64 = 20_000_000;
@@ -287,8 +279,7 @@ impl Recompute {
         let config = SessionConfig::new()
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
         let ctx = SessionContext::new_with_config(config);
-        let url = Url::parse(STORE_URL).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        ctx.register_object_store(&url, Arc::clone(&self.store));
+        tables::register_store(&ctx, &self.store)?;
         Ok(ctx)
     }
 
@@ -298,37 +289,8 @@ impl Recompute {
         ctx: &SessionContext,
         files: &[&ArchivedFile],
     ) -> Result<(), DataFusionError> {
-        // Strings are read as views: DataFusion decodes Parquet byte arrays into views without
-        // copying them, which is measurably faster for filters and grouping on strings.
-        let schema = Arc::new(Schema::new(
-            self.schema
-                .arrow_schema()
-                .fields()
-                .iter()
-                .map(|f| match f.data_type() {
-                    DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
-                    _ => f.as_ref().clone(),
-                })
-                .collect::<Vec<_>>(),
-        ));
-        if files.is_empty() {
-            let table = MemTable::try_new(Arc::clone(&schema), vec![vec![]])?;
-            ctx.register_table(query::EVENTS_TABLE, Arc::new(table))?;
-            return Ok(());
-        }
-        let urls = files
-            .iter()
-            .map(|f| ListingTableUrl::parse(format!("{STORE_URL}/{}", f.path)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(schema);
-        ctx.register_table(
-            query::EVENTS_TABLE,
-            Arc::new(ListingTable::try_new(config)?),
-        )?;
+        let table = tables::events::files_table(tables::events::read_schema(&self.schema), files)?;
+        ctx.register_table(query::EVENTS_TABLE, table)?;
         Ok(())
     }
 
