@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tandem_batch_layer::{Archive, Scheduler};
+use tandem_serving::sql::SqlEngine;
 use tandem_serving::{AppState, HttpPolicy, Readiness, Reconciler, router};
 use tandem_shared::clock::{Clock, SystemClock};
 use tandem_shared::event::EventDecoder;
@@ -49,6 +50,8 @@ pub enum Error {
     Scheduler(#[from] tandem_batch_layer::scheduler::Error),
     #[error(transparent)]
     Topics(#[from] topics::Error),
+    #[error("preparing SQL: {0}")]
+    Sql(#[from] tandem_serving::sql::Error),
     #[error("binding HTTP on {addr}: {source}")]
     Bind {
         addr: String,
@@ -241,6 +244,15 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         });
     }
 
+    let sql = SqlEngine::new(
+        Arc::clone(&catalog),
+        Some(Arc::new(speed.clone())),
+        Arc::clone(&store),
+        &config.kafka.topic,
+        Arc::new(config.schema.clone()),
+        config.http.sql,
+    )
+    .await?;
     let state = AppState::new(
         catalog,
         speed,
@@ -248,7 +260,8 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         reconciler,
         options.metrics,
         readiness,
-    );
+    )
+    .with_sql(sql);
     let (http, server) = serve(&options.http, state, &config.http.policy, frontend.clone()).await?;
     Ok(Running {
         http,

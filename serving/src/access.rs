@@ -144,6 +144,8 @@ impl Access {
         match path {
             "/healthz" | "/readyz" => None,
             _ if method == Method::GET || method == Method::HEAD => Some(Scope::Read),
+            // Queries only: the SQL interface refuses anything that changes state.
+            "/v1/sql" if method == Method::POST => Some(Scope::Read),
             _ => Some(Scope::Admin),
         }
     }
@@ -282,6 +284,12 @@ mod tests {
                 needed: Scope::Admin
             })
         );
+        // SQL is a query: a read token may post it, a request without a token may not.
+        assert_eq!(
+            access.decide(&post, "/v1/sql", Some("read-secret")),
+            Ok(Some("dashboards"))
+        );
+        assert_eq!(access.decide(&post, "/v1/sql", None), Err(Denied::Missing));
         assert_eq!(
             access.decide(&delete, "/v1/jobs/x", Some("admin-secret")),
             Ok(Some("ops"))

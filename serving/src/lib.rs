@@ -5,6 +5,7 @@
 //!                                                 │        └► speed layer rows (fresh)
 //!                                                 ▼ re-check, then merge: covered windows from
 //!                           api (render) ◄── Answer  batch, every other window from speed
+//!   POST /v1/sql ──► sql (DataFusion) ──► view tables (seam::answer) + events (archive)
 //!   POST /v1/jobs ──────► scheduler (batch layer) ──► publication ──► catalog
 //!                                                                      │ change
 //!                        reconcile: release covered speed state, measure drift
@@ -15,6 +16,7 @@
 //! - [`access`]: bearer tokens with scopes, and request limits, in front of every route.
 //! - [`page`]: answers a page at a time, with a position cursor.
 //! - [`readiness`]: each component's condition, read by `/readyz`.
+//! - [`sql`]: read-only SQL over the views (through the seam) and the archive's `events`.
 //! - [`api`]: the axum router; handlers parse and render, with `Serialize` response types.
 //!
 //! # Invariants
@@ -29,6 +31,7 @@ pub mod page;
 pub mod readiness;
 pub mod reconcile;
 pub mod seam;
+pub mod sql;
 
 pub use access::{Access, HttpLimits, HttpPolicy, Scope, Token};
 pub use api::{AppState, router};

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use serde::Deserialize;
+use tandem_serving::sql::SqlLimits;
 use tandem_serving::{Access, HttpLimits, HttpPolicy, Scope, Token};
 use tandem_shared::time::Span;
 
@@ -15,6 +16,8 @@ use super::{ByteSize, Error, Result, parse_size};
 pub struct HttpConfig {
     pub policy: HttpPolicy,
     pub allow_anonymous: bool,
+    /// Bounds on each `POST /v1/sql` query.
+    pub sql: SqlLimits,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -28,6 +31,12 @@ pub(super) struct HttpFile {
     request_timeout: Option<String>,
     max_concurrent_requests: Option<usize>,
     max_body_bytes: Option<ByteSize>,
+    /// A SQL query that runs longer is stopped (408).
+    query_timeout: Option<String>,
+    /// A SQL query's memory pool.
+    query_memory: Option<ByteSize>,
+    /// The most rows a SQL answer may have.
+    query_rows: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,24 +92,37 @@ pub(super) fn http_config(
         tokens.push(token);
     }
     let defaults = HttpLimits::default();
-    let request_timeout = match &file.request_timeout {
-        None => defaults.request_timeout,
+    let duration = |key: &'static str, text: &Option<String>, default| match text {
+        None => Ok(default),
         Some(text) => {
             let span = Span::parse(text).map_err(|source| Error::Span {
                 path: path.to_owned(),
                 section: "http",
-                key: "request_timeout",
+                key,
                 source,
             })?;
             if span.millis() == 0 {
-                return Err(invalid(
-                    "request_timeout",
-                    "must be greater than zero".into(),
-                ));
+                return Err(invalid(key, "must be greater than zero".into()));
             }
-            std::time::Duration::from_millis(span.millis().unsigned_abs())
+            Ok(std::time::Duration::from_millis(
+                span.millis().unsigned_abs(),
+            ))
         }
     };
+    let size = |key: &'static str, text: &Option<ByteSize>, default| match text {
+        None => Ok(default),
+        Some(size) => parse_size(size).filter(|n| *n > 0).ok_or_else(|| {
+            invalid(
+                key,
+                "expected a positive number of bytes or a size such as \"1MiB\"".into(),
+            )
+        }),
+    };
+    let request_timeout = duration(
+        "request_timeout",
+        &file.request_timeout,
+        defaults.request_timeout,
+    )?;
     let max_concurrent_requests = file
         .max_concurrent_requests
         .unwrap_or(defaults.max_concurrent_requests);
@@ -110,14 +132,24 @@ pub(super) fn http_config(
             "must be at least 1".into(),
         ));
     }
-    let max_body_bytes = match &file.max_body_bytes {
-        None => defaults.max_body_bytes,
-        Some(size) => parse_size(size).ok_or_else(|| {
-            invalid(
-                "max_body_bytes",
-                "expected bytes or a size such as \"1MiB\"".into(),
-            )
-        })?,
+    let max_body_bytes = size(
+        "max_body_bytes",
+        &file.max_body_bytes,
+        defaults.max_body_bytes,
+    )?;
+    let sql_defaults = SqlLimits::default();
+    let max_rows = file.query_rows.unwrap_or(sql_defaults.max_rows);
+    if max_rows == 0 {
+        return Err(invalid("query_rows", "must be at least 1".into()));
+    }
+    let sql = SqlLimits {
+        timeout: duration("query_timeout", &file.query_timeout, sql_defaults.timeout)?,
+        memory_bytes: size(
+            "query_memory",
+            &file.query_memory,
+            sql_defaults.memory_bytes,
+        )?,
+        max_rows,
     };
     Ok(HttpConfig {
         policy: HttpPolicy {
@@ -129,12 +161,14 @@ pub(super) fn http_config(
             },
         },
         allow_anonymous: file.allow_anonymous,
+        sql,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::{Config, DEMO};
+    use tandem_serving::sql::SqlLimits;
 
     #[test]
     fn tokens_come_from_the_environment_or_a_digest_and_limits_have_defaults() {
@@ -157,6 +191,31 @@ mod tests {
         assert_eq!(c.http.policy.limits.request_timeout.as_secs(), 5);
         assert_eq!(c.http.policy.limits.max_concurrent_requests, 512);
         assert!(!c.http.allow_anonymous);
+        assert_eq!(c.http.sql, SqlLimits::default());
+        let sql = text.replace(
+            "[http]\n",
+            "[http]\nquery_timeout = \"2s\"\nquery_memory = \"8MiB\"\nquery_rows = 10\n",
+        );
+        let c = Config::parse_with_env(&sql, "t.toml", &env).unwrap();
+        assert_eq!(
+            c.http.sql,
+            SqlLimits {
+                timeout: std::time::Duration::from_secs(2),
+                memory_bytes: 8 << 20,
+                max_rows: 10
+            }
+        );
+        for bad in [
+            "query_timeout = \"0s\"",
+            "query_memory = 0",
+            "query_rows = 0",
+        ] {
+            let text = text.replace("[http]\n", &format!("[http]\n{bad}\n"));
+            assert!(
+                Config::parse_with_env(&text, "t.toml", &env).is_err(),
+                "{bad}"
+            );
+        }
 
         let no_env = |_: &str| None;
         let e = Config::parse_with_env(&text, "t.toml", &no_env)

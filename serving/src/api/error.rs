@@ -36,6 +36,11 @@ pub enum ApiError {
     TimedOut(std::time::Duration),
     #[error("the request body is larger than {0} bytes")]
     TooLarge(usize),
+    #[error("{0}")]
+    Sql(#[from] crate::sql::Error),
+    /// The server failed; the message says where.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -43,6 +48,8 @@ impl ApiError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ApiError::Unavailable(_) => ErrorKind::Transient,
+            ApiError::Sql(e) => e.kind(),
+            ApiError::Internal(_) => ErrorKind::Internal,
             _ => ErrorKind::User,
         }
     }
@@ -60,6 +67,20 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::TimedOut(_) => (StatusCode::REQUEST_TIMEOUT, "timed_out"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Sql(e) => {
+                use crate::sql::Error;
+                match e {
+                    Error::Syntax { .. } => (StatusCode::BAD_REQUEST, "syntax"),
+                    Error::Plan { .. } => (StatusCode::BAD_REQUEST, "plan"),
+                    Error::ReadOnly(_) => (StatusCode::BAD_REQUEST, "read_only"),
+                    Error::Execution(_) => (StatusCode::BAD_REQUEST, "query_failed"),
+                    Error::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timed_out"),
+                    Error::Memory { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "memory_limit"),
+                    Error::TooManyRows(_) => (StatusCode::PAYLOAD_TOO_LARGE, "row_limit"),
+                    Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                }
+            }
         }
     }
 }
@@ -73,6 +94,9 @@ struct ErrorBody<'a> {
 struct ErrorDetail<'a> {
     code: &'a str,
     message: String,
+    /// Where in a SQL text the problem is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<crate::sql::Position>,
 }
 
 impl IntoResponse for ApiError {
@@ -82,6 +106,10 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code,
                 message: self.to_string(),
+                position: match &self {
+                    ApiError::Sql(e) => e.position(),
+                    _ => None,
+                },
             },
         };
         if status == StatusCode::UNAUTHORIZED {

@@ -8,6 +8,7 @@
 //! | POST | `/v1/jobs` | queue a recompute job `{"view"?, "from"?, "to"?}` |
 //! | GET | `/v1/jobs?status=&view=`, `/v1/jobs/{id}` | job records |
 //! | DELETE | `/v1/jobs/{id}` | cancel a queued or running job |
+//! | POST | `/v1/sql` | read-only SQL `{"sql"}` over the views and `events`: JSON, CSV or Arrow IPC by `Accept` |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/healthz` | liveness |
 //! | GET | `/readyz` | readiness: 503 with the reasons while a component is not ready |
@@ -23,7 +24,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -41,6 +42,7 @@ use crate::page::{self, Cursor};
 use crate::readiness::Readiness;
 use crate::reconcile::Reconciler;
 use crate::seam::{self, DimensionFilter, ViewQuery};
+use crate::sql::{self, SqlEngine};
 
 mod error;
 mod response;
@@ -59,6 +61,7 @@ pub struct AppState {
     reconciler: Reconciler,
     metrics: Option<PrometheusHandle>,
     readiness: Readiness,
+    sql: Option<SqlEngine>,
 }
 
 impl AppState {
@@ -79,7 +82,14 @@ impl AppState {
             reconciler,
             metrics,
             readiness,
+            sql: None,
         }
+    }
+
+    /// Answers `POST /v1/sql` with `engine` (without one, the route says SQL is not set up).
+    pub fn with_sql(mut self, engine: SqlEngine) -> Self {
+        self.sql = Some(engine);
+        self
     }
 
     fn view(&self, name: &str) -> Result<&ViewDefinition, ApiError> {
@@ -135,6 +145,7 @@ fn routes(state: AppState) -> Router {
         .route("/v1/views", get(list_views))
         .route("/v1/views/{name}", get(query_view))
         .route("/v1/jobs", get(list_jobs).post(submit_job))
+        .route("/v1/sql", post(run_sql))
         .route("/v1/jobs/{id}", get(get_job).delete(cancel_job))
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { Json(Health { status: "ok" }) }))
@@ -157,6 +168,43 @@ async fn list_views(State(state): State<AppState>) -> Json<ViewList> {
         })
         .collect();
     Json(ViewList { views })
+}
+
+/// The body of `POST /v1/sql`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+}
+
+/// Runs a read-only query; the `Accept` header picks JSON (default), CSV or an Arrow IPC stream.
+async fn run_sql(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let engine = state
+        .sql
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("/v1/sql (SQL is not set up in this process)".into()))?;
+    let request: SqlRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadBody(e.to_string()))?;
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let answer = engine.query(&request.sql).await?;
+    let internal = |e: datafusion::arrow::error::ArrowError| ApiError::Internal(e.to_string());
+    let content_type = axum::http::header::CONTENT_TYPE;
+    if accept.contains(sql::render::CSV) {
+        let body = sql::render::csv(&answer).map_err(internal)?;
+        return Ok(([(content_type, "text/csv; charset=utf-8")], body).into_response());
+    }
+    if accept.contains(sql::render::ARROW_STREAM) {
+        let body = sql::render::arrow_stream(&answer).map_err(internal)?;
+        return Ok(([(content_type, sql::render::ARROW_STREAM)], body).into_response());
+    }
+    Ok(Json(sql::render::json(&answer).map_err(internal)?).into_response())
 }
 
 fn parse_time(name: &str, text: &str) -> Result<EventTime, ApiError> {

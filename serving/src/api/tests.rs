@@ -29,6 +29,17 @@ fn app_with(policy: &HttpPolicy) -> Router {
 }
 
 fn app_with_readiness(policy: &HttpPolicy, readiness: Readiness) -> Router {
+    router(state(readiness).0, policy)
+}
+
+/// The API's state over an in-memory store, with the store and schema it was built from.
+fn state(
+    readiness: Readiness,
+) -> (
+    AppState,
+    Arc<dyn object_store::ObjectStore>,
+    Arc<tandem_shared::schema::EventSchema>,
+) {
     let schema = testing::orders_schema();
     let views = [
         testing::view(
@@ -52,8 +63,8 @@ fn app_with_readiness(policy: &HttpPolicy, readiness: Readiness) -> Router {
     let catalog = Arc::new(ViewCatalog::new(Arc::clone(&store), views.clone()));
     let speed = SpeedLayer::compile(&views, &schema).unwrap();
     let recompute = Arc::new(Recompute::new(
-        store,
-        schema,
+        Arc::clone(&store),
+        Arc::clone(&schema),
         "orders",
         Span::from_millis(1000),
         Arc::clone(&catalog),
@@ -68,9 +79,10 @@ fn app_with_readiness(policy: &HttpPolicy, readiness: Readiness) -> Router {
     )
     .unwrap();
     let reconciler = Reconciler::new(Arc::clone(&catalog), speed.clone());
-    router(
+    (
         AppState::new(catalog, speed, scheduler, reconciler, None, readiness),
-        policy,
+        store,
+        schema,
     )
 }
 
@@ -452,4 +464,104 @@ async fn readyz_is_503_with_the_reasons_until_every_component_is_ready() {
     let (status, body) = call(&app, "GET", "/readyz", "").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "ready");
+}
+
+#[tokio::test]
+async fn sql_answers_queries_in_three_formats_and_refuses_the_rest() {
+    let (state, store, schema) = state(Readiness::default());
+    let engine = crate::sql::SqlEngine::new(
+        Arc::clone(&state.catalog),
+        Some(Arc::new(state.speed.clone())),
+        store,
+        "orders",
+        schema,
+        crate::sql::SqlLimits::default(),
+    )
+    .await
+    .unwrap();
+    let read = Token::from_secret("dashboards", Scope::Read, "read-secret").unwrap();
+    let policy = HttpPolicy {
+        access: Access::with_tokens(vec![read]),
+        limits: HttpLimits::default(),
+    };
+    let app = router(state.with_sql(engine), &policy);
+    let sql = |q: &str| json!({ "sql": q }).to_string();
+    let query = sql("SELECT count(*) AS n, 'x' AS s FROM events");
+
+    // A read token may query; no token may not.
+    let (status, _) = call(&app, "POST", "/v1/sql", &query).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = call_as(&app, Some("read-secret"), "POST", "/v1/sql", &query).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"columns": [{"name": "n", "type": "Int64"}, {"name": "s", "type": "Utf8"}], "rows": [[0, "x"]]})
+    );
+
+    // CSV and Arrow IPC by Accept.
+    for (accept, prefix) in [
+        ("text/csv", b"n,s\n0,x\n".as_slice()),
+        (
+            "application/vnd.apache.arrow.stream",
+            b"\xff\xff\xff\xff".as_slice(),
+        ),
+    ] {
+        let request = Request::builder()
+            .method("POST")
+            .uri("/v1/sql")
+            .header("authorization", "Bearer read-secret")
+            .header("accept", accept)
+            .body(Body::from(query.clone()))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(content_type.starts_with(accept), "{content_type}");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(bytes.starts_with(prefix), "{accept}: {bytes:?}");
+    }
+
+    // Mistakes are 4xx with a code, and a position where the parser gives one.
+    let cases = [
+        (
+            sql("DROP TABLE events"),
+            StatusCode::BAD_REQUEST,
+            "read_only",
+        ),
+        (sql("SELECT (1"), StatusCode::BAD_REQUEST, "syntax"),
+        (
+            sql("SELECT nope FROM events"),
+            StatusCode::BAD_REQUEST,
+            "plan",
+        ),
+        (
+            "{\"query\": 1}".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, answer) = call_as(&app, Some("read-secret"), "POST", "/v1/sql", &body).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {answer}"
+        );
+    }
+    let (_, answer) = call_as(
+        &app,
+        Some("read-secret"),
+        "POST",
+        "/v1/sql",
+        &sql("SELECT city FROM events WHERE ORDER BY 1"),
+    )
+    .await;
+    assert_eq!(
+        answer["error"]["position"],
+        json!({"line": 1, "column": 37}),
+        "{answer}"
+    );
 }

@@ -1,0 +1,327 @@
+//! SQL over the views and the archive, read only and bounded.
+//!
+//! ```text
+//!  sql ─► plan (DataFusion) ─► read-only check ─► execute under a memory pool, a row cap
+//!          │ tables:                              and a timeout ─► columns + Arrow batches
+//!          ├ <view> : ViewTable (the seam: batch where covered, speed elsewhere)
+//!          └ events : the archive (batch layer), exact up to its last roll
+//! ```
+//!
+//! Every query gets its own session: a table reads the current publication and archive
+//! snapshot when it is scanned, so there is nothing to keep in sync between queries.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::parser::ParserError;
+use futures::StreamExt;
+use object_store::ObjectStore;
+use tandem_batch_layer::ViewCatalog;
+use tandem_batch_layer::recompute::query::EVENTS_TABLE;
+use tandem_batch_layer::tables::{self, EventsTable};
+use tandem_shared::error::ErrorKind;
+use tandem_shared::schema::EventSchema;
+
+use crate::seam::FreshViews;
+
+pub mod render;
+mod views;
+
+pub use views::{Fresh, ViewTable};
+
+/// Bounds on one query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlLimits {
+    /// A query that runs longer is stopped (408).
+    pub timeout: Duration,
+    /// DataFusion's memory pool for the query; an operator that needs more fails the query (413).
+    pub memory_bytes: usize,
+    /// A result with more rows is refused (413): add a `LIMIT` or aggregate.
+    pub max_rows: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            memory_bytes: 256 << 20,
+            max_rows: 100_000,
+        }
+    }
+}
+
+/// Where in the SQL text a problem is (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Position {
+    pub line: u64,
+    pub column: u64,
+}
+
+/// Errors of a SQL query.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{message}")]
+    Syntax {
+        message: String,
+        position: Option<Position>,
+    },
+    #[error("{message}")]
+    Plan {
+        message: String,
+        position: Option<Position>,
+    },
+    #[error("only queries are allowed: {0} is not")]
+    ReadOnly(&'static str),
+    #[error("the query ran longer than {0:?} (http.query_timeout)")]
+    Timeout(Duration),
+    #[error("the query needs more memory than {limit} bytes (http.query_memory): {message}")]
+    Memory { limit: usize, message: String },
+    #[error(
+        "the result has more than {0} rows (http.query_rows): add a LIMIT, a narrower filter or an aggregate"
+    )]
+    TooManyRows(usize),
+    #[error("the query failed: {0}")]
+    Execution(String),
+    /// Reading the store failed, or a table could not be prepared.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Internal(_) => ErrorKind::Internal,
+            _ => ErrorKind::User,
+        }
+    }
+
+    /// The position of a syntax or planning error, if DataFusion reported one.
+    pub fn position(&self) -> Option<Position> {
+        match self {
+            Error::Syntax { position, .. } | Error::Plan { position, .. } => *position,
+            _ => None,
+        }
+    }
+}
+
+/// `Line: L, Column: C` as the SQL parser writes it.
+fn parse_position(message: &str) -> Option<Position> {
+    let rest = &message[message.rfind("Line: ")? + "Line: ".len()..];
+    let (line, rest) = rest.split_once(", Column: ")?;
+    let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some(Position {
+        line: line.trim().parse().ok()?,
+        column: column.parse().ok()?,
+    })
+}
+
+fn position_of(error: &DataFusionError) -> Option<Position> {
+    if let Some(span) = error.diagnostic().and_then(|d| d.span) {
+        return Some(Position {
+            line: span.start.line,
+            column: span.start.column,
+        });
+    }
+    parse_position(&error.to_string())
+}
+
+/// Sorts a DataFusion error by whose problem it is.
+fn classify(error: DataFusionError, limits: &SqlLimits) -> Error {
+    let position = position_of(&error);
+    match error.find_root() {
+        DataFusionError::SQL(parser, _) => Error::Syntax {
+            message: match parser.as_ref() {
+                ParserError::ParserError(m) | ParserError::TokenizerError(m) => m.clone(),
+                other => other.to_string(),
+            },
+            position,
+        },
+        DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_) => Error::Plan {
+            message: error.strip_backtrace(),
+            position,
+        },
+        DataFusionError::ResourcesExhausted(message) => Error::Memory {
+            limit: limits.memory_bytes,
+            message: message.clone(),
+        },
+        DataFusionError::ObjectStore(_)
+        | DataFusionError::IoError(_)
+        | DataFusionError::External(_)
+        | DataFusionError::Internal(_) => Error::Internal(error.strip_backtrace()),
+        _ => Error::Execution(error.strip_backtrace()),
+    }
+}
+
+/// What a refused plan does.
+fn refused(plan: &LogicalPlan) -> &'static str {
+    match plan {
+        LogicalPlan::Ddl(_) => "a definition (CREATE, DROP, ...)",
+        LogicalPlan::Dml(_) => "a change (INSERT, UPDATE, DELETE)",
+        LogicalPlan::Copy(_) => "COPY",
+        LogicalPlan::Statement(_) => "a statement (SET, transactions, ...)",
+        _ => "this statement",
+    }
+}
+
+/// A query's answer: the columns and the rows as Arrow batches.
+#[derive(Debug, Clone)]
+pub struct SqlAnswer {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl SqlAnswer {
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// Answers SQL over the views of `catalog` (with `speed` for fresh windows, if given) and the
+/// archive of `topic` in `store`.
+#[derive(Debug, Clone)]
+pub struct SqlEngine {
+    catalog: Arc<ViewCatalog>,
+    speed: Fresh,
+    store: Arc<dyn ObjectStore>,
+    topic: String,
+    schema: Arc<EventSchema>,
+    /// Each view's row columns, typed once at start-up.
+    view_rows: BTreeMap<String, SchemaRef>,
+    limits: SqlLimits,
+}
+
+impl SqlEngine {
+    pub async fn new(
+        catalog: Arc<ViewCatalog>,
+        speed: Option<Arc<dyn FreshViews + Send + Sync>>,
+        store: Arc<dyn ObjectStore>,
+        topic: &str,
+        schema: Arc<EventSchema>,
+        limits: SqlLimits,
+    ) -> Result<Self, Error> {
+        let mut view_rows = BTreeMap::new();
+        for view in catalog.views() {
+            let rows = tables::results::view_schema(view, &schema)
+                .await
+                .map_err(|e| Error::Internal(format!("typing view {}: {e}", view.name)))?;
+            view_rows.insert(view.name.clone(), rows);
+        }
+        Ok(Self {
+            catalog,
+            speed: Fresh(speed),
+            store,
+            topic: topic.to_owned(),
+            schema,
+            view_rows,
+            limits,
+        })
+    }
+
+    pub fn limits(&self) -> SqlLimits {
+        self.limits
+    }
+
+    fn session(&self) -> Result<SessionContext, DataFusionError> {
+        // No spilling: a query that needs more than its pool fails (413) rather than writing
+        // temporary files from the serving process.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.limits.memory_bytes, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()?;
+        let config = SessionConfig::new()
+            .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .with_information_schema(true);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        tables::register_store(&ctx, &self.store)?;
+        ctx.register_table(
+            EVENTS_TABLE,
+            Arc::new(EventsTable::new(
+                Arc::clone(&self.store),
+                &self.topic,
+                &self.schema,
+            )),
+        )?;
+        for view in self.catalog.views() {
+            if view.name == EVENTS_TABLE {
+                continue;
+            }
+            let Some(rows) = self.view_rows.get(&view.name) else {
+                continue;
+            };
+            ctx.register_table(
+                view.name.as_str(),
+                Arc::new(ViewTable::new(
+                    view.clone(),
+                    rows,
+                    Arc::clone(&self.catalog),
+                    self.speed.clone(),
+                )),
+            )?;
+        }
+        Ok(ctx)
+    }
+
+    /// Plans, checks and runs one query (see the module docs).
+    pub async fn query(&self, sql: &str) -> Result<SqlAnswer, Error> {
+        let limits = self.limits;
+        let run = async {
+            let ctx = self
+                .session()
+                .map_err(|e| Error::Internal(e.strip_backtrace()))?;
+            let plan = ctx
+                .state()
+                .create_logical_plan(sql)
+                .await
+                .map_err(|e| classify(e, &limits))?;
+            let read_only = SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false);
+            if read_only.verify_plan(&plan).is_err() {
+                return Err(Error::ReadOnly(refused(&plan)));
+            }
+            let frame = ctx
+                .execute_logical_plan(plan)
+                .await
+                .map_err(|e| classify(e, &limits))?;
+            // One row past the cap is enough to know the cap is exceeded.
+            let frame = frame
+                .limit(0, Some(limits.max_rows.saturating_add(1)))
+                .map_err(|e| classify(e, &limits))?;
+            let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+            let mut stream = frame
+                .execute_stream()
+                .await
+                .map_err(|e| classify(e, &limits))?;
+            let mut batches = Vec::new();
+            let mut rows = 0usize;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| classify(e, &limits))?;
+                rows += batch.num_rows();
+                if rows > limits.max_rows {
+                    return Err(Error::TooManyRows(limits.max_rows));
+                }
+                batches.push(batch);
+            }
+            Ok(SqlAnswer { schema, batches })
+        };
+        tokio::time::timeout(limits.timeout, run)
+            .await
+            .map_err(|_| Error::Timeout(limits.timeout))?
+    }
+}
+
+#[cfg(test)]
+mod tests;
