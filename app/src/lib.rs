@@ -8,6 +8,7 @@
 //!                 process::Running::shutdown: backend first, then the HTTP frontend
 //!   dev ────────► dev: embedded Kafka (mock cluster) + demo generator around process::start
 //!   batch run ──► batch_run: one recompute with a progress bar, no Kafka
+//!   sql ────────► sql: one read-only query against the store (the serving layer's engine)
 //!   bench ──────► bench::speed (embedded broker in a child process), bench::batch (vs DuckDB)
 //! ```
 //!
@@ -18,6 +19,7 @@
 //! - [`probe`]: readiness conditions no task reports itself (assignment, object store).
 //! - [`topics`]: the events topic checked and the side topics created at start-up.
 //! - [`batch_run`]: `tandem batch run`.
+//! - [`sql`]: `tandem sql`.
 //! - [`dev`]: `tandem dev` and `tandem broker` (the embedded broker, the demo generator).
 //! - [`bench`]: `tandem bench speed` and `tandem bench batch`.
 
@@ -27,6 +29,7 @@ pub mod config;
 pub mod dev;
 pub mod probe;
 pub mod process;
+pub mod sql;
 pub mod supervise;
 pub mod topics;
 pub mod wiring;

@@ -33,6 +33,17 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: String,
     },
+    /// Runs one read-only SQL query against the store: the views (as published by the batch
+    /// layer) and `events` (the archive).
+    Sql {
+        #[arg(long)]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: tandem::sql::Format,
+        /// The query, e.g. "SELECT city, sum(orders) FROM orders_by_city GROUP BY city".
+        query: String,
+    },
     /// Validates a configuration file and exits.
     Check {
         #[arg(long)]
@@ -201,6 +212,14 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Sql {
+            config,
+            format,
+            query,
+        } => {
+            let config = Config::load(&config)?;
+            tandem::sql::run(&config, &query, format).await
+        }
         Command::Check { config } => {
             let config = Config::load(&config)?;
             println!("configuration is valid: {} view(s)", config.views.len());

@@ -47,7 +47,14 @@ const CITIES: [&str; 8] = [
 ];
 
 /// The JSON of one generated order event.
-fn order_json(seq: u64, ts: i64, city: &str, user: &str, amount: f64, event_type: &str) -> String {
+pub(crate) fn order_json(
+    seq: u64,
+    ts: i64,
+    city: &str,
+    user: &str,
+    amount: f64,
+    event_type: &str,
+) -> String {
     format!(
         r#"{{"order_id":"o-{seq}","ts":{ts},"city":"{city}","user_id":"{user}","amount":{amount:.2},"event_type":"{event_type}"}}"#
     )
