@@ -4,7 +4,8 @@
 //! per partition and hour, written by the archive's own encoder), recomputes four views with
 //! Tandem (DataFusion), then hands DuckDB (`scripts/duckdb_bench.py`) the equivalent SQL over the
 //! same files, restricted to the windows Tandem published, and compares rows per second and
-//! result sizes.
+//! result sizes. Then SQL (`bench::sql`): a rollup of the published minutes, and five archive
+//! queries through Tandem's `events` table next to DuckDB.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -220,7 +221,15 @@ pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
         }
     }
 
-    // 3. DuckDB over the same files and windows.
+    // 3. SQL: a rollup over the published minutes, and archive queries through `events`.
+    let sql_results = super::sql::run(&config, &store, base).await?;
+    for q in super::sql::archive_queries(base) {
+        spec.push(
+            serde_json::json!({"view": q.name, "sql": q.duckdb.replace("FILES", &file_list)}),
+        );
+    }
+
+    // 4. DuckDB over the same files and windows.
     let spec_path = opts.dir.join("duckdb-spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
     let output = Command::new(&opts.python)
@@ -250,6 +259,20 @@ pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
             rows_read as f64 / seconds,
             rows_read as f64 / d_seconds,
             d_seconds / seconds,
+        );
+    }
+    println!();
+    println!(
+        "| archive query (SQL) | Tandem s | DuckDB s | Tandem / DuckDB time | rows (Tandem, DuckDB) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (name, seconds, rows) in sql_results {
+        let d = duck.iter().find(|d| d["view"] == name);
+        let d_seconds = d.and_then(|d| d["seconds"].as_f64()).unwrap_or(f64::NAN);
+        let d_rows = d.and_then(|d| d["rows"].as_u64()).unwrap_or(0);
+        println!(
+            "| {name} | {seconds:.3} | {d_seconds:.3} | {:.2}x | {rows}, {d_rows} |",
+            seconds / d_seconds
         );
     }
     Ok(())

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod history;
 pub mod load;
 pub mod speed;
+mod sql;
 
 /// The storage and schema both benchmarks use, as configuration text: the store is replaced
 /// where a benchmark needs files.

@@ -17,6 +17,7 @@ use std::time::Duration;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -188,7 +189,7 @@ impl SqlAnswer {
 
 /// Answers SQL over the views of `catalog` (with `speed` for fresh windows, if given) and the
 /// archive of `topic` in `store`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqlEngine {
     catalog: Arc<ViewCatalog>,
     speed: Fresh,
@@ -198,6 +199,32 @@ pub struct SqlEngine {
     /// Each view's row columns, typed once at start-up.
     view_rows: BTreeMap<String, SchemaRef>,
     limits: SqlLimits,
+    /// Parquet footers, file statistics and file listings, shared by every query's session:
+    /// archive files are immutable, so what one query read about a file holds for the next.
+    caches: CacheManagerConfig,
+}
+
+impl std::fmt::Debug for SqlEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlEngine")
+            .field("topic", &self.topic)
+            .field("views", &self.view_rows.keys().collect::<Vec<_>>())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Caches that outlive one query's session (see [`SqlEngine`]).
+fn shared_caches() -> Result<CacheManagerConfig, DataFusionError> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(4 << 20))
+        .build()?;
+    let caches = &runtime.cache_manager;
+    Ok(CacheManagerConfig::default()
+        .with_file_metadata_cache(Some(caches.get_file_metadata_cache()))
+        .with_file_statistics_cache(caches.get_file_statistic_cache())
+        .with_list_files_cache(caches.get_list_files_cache())
+        .with_list_files_cache_limit(4 << 20))
 }
 
 impl SqlEngine {
@@ -224,6 +251,7 @@ impl SqlEngine {
             schema,
             view_rows,
             limits,
+            caches: shared_caches().map_err(|e| Error::Internal(e.strip_backtrace()))?,
         })
     }
 
@@ -236,6 +264,7 @@ impl SqlEngine {
         // temporary files from the serving process.
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.limits.memory_bytes, 1.0)
+            .with_cache_manager(self.caches.clone())
             .with_disk_manager_builder(
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )

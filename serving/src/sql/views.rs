@@ -12,8 +12,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
+    StringBuilder, TimestampMillisecondArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::ScalarValue;
@@ -113,101 +115,119 @@ impl ViewTable {
     }
 }
 
-fn group_scalar(value: &GroupValue) -> ScalarValue {
-    match value {
-        GroupValue::Null => ScalarValue::Null,
-        GroupValue::Bool(b) => ScalarValue::Boolean(Some(*b)),
-        GroupValue::Int(i) => ScalarValue::Int64(Some(*i)),
-        GroupValue::Float(f) => ScalarValue::Float64(Some(*f)),
-        GroupValue::Str(s) => ScalarValue::Utf8(Some(s.clone())),
-        GroupValue::Time(t) => {
-            ScalarValue::TimestampMillisecond(Some(t.millis()), Some("UTC".into()))
+/// A dimension column from rows' group values at `index`, in `data_type`.
+fn dimension(rows: &[AnsweredRow], index: usize, data_type: &DataType) -> ArrayRef {
+    fn value(r: &AnsweredRow, index: usize) -> &GroupValue {
+        r.row.group.get(index).unwrap_or(&GroupValue::Null)
+    }
+    let value = |r| value(r, index);
+    match data_type {
+        DataType::Int64 => Arc::new(Int64Array::from_iter(rows.iter().map(|r| match value(r) {
+            GroupValue::Int(i) => Some(*i),
+            _ => None,
+        }))),
+        DataType::Float64 => Arc::new(Float64Array::from_iter(rows.iter().map(|r| {
+            match value(r) {
+                GroupValue::Float(f) => Some(*f),
+                GroupValue::Int(i) => Some(*i as f64),
+                _ => None,
+            }
+        }))),
+        DataType::Boolean => Arc::new(BooleanArray::from_iter(rows.iter().map(|r| {
+            match value(r) {
+                GroupValue::Bool(b) => Some(*b),
+                _ => None,
+            }
+        }))),
+        DataType::Timestamp(_, _) => Arc::new(
+            TimestampMillisecondArray::from_iter(rows.iter().map(|r| match value(r) {
+                GroupValue::Time(t) => Some(t.millis()),
+                _ => None,
+            }))
+            .with_timezone("UTC"),
+        ),
+        _ => {
+            let mut out = StringBuilder::with_capacity(rows.len(), rows.len() * 8);
+            for r in rows {
+                match value(r) {
+                    GroupValue::Null => out.append_null(),
+                    GroupValue::Str(s) => out.append_value(s),
+                    other => out.append_value(other.to_string()),
+                }
+            }
+            Arc::new(out.finish())
         }
     }
 }
 
-fn value_scalar(value: &AggregateValue, data_type: &DataType) -> ScalarValue {
-    match (value, data_type) {
-        (AggregateValue::Int(i), DataType::Int64) => ScalarValue::Int64(Some(*i)),
-        (AggregateValue::Int(i), _) => ScalarValue::Float64(Some(*i as f64)),
-        // An estimate of an integer (a sketch's count) is answered as the nearest integer.
-        (AggregateValue::Float(f), DataType::Int64) => ScalarValue::Int64(Some(f.round() as i64)),
-        (AggregateValue::Float(f), _) => ScalarValue::Float64(Some(*f)),
-        (AggregateValue::Null, _) => ScalarValue::Null,
-    }
-}
-
-/// One column from scalars, in `data_type` (nulls and mixed representations cast).
-fn column(values: Vec<ScalarValue>, data_type: &DataType) -> Result<ArrayRef, DataFusionError> {
-    if values.is_empty() {
-        return Ok(datafusion::arrow::array::new_empty_array(data_type));
-    }
-    let values = values.into_iter().map(|v| {
-        if v.is_null() {
-            ScalarValue::try_from(data_type)
-        } else {
-            Ok(v)
-        }
-    });
-    let values = values.collect::<Result<Vec<_>, _>>()?;
-    let array = ScalarValue::iter_to_array(values)?;
-    Ok(if array.data_type() == data_type {
-        array
+/// A value column from rows' values at `index`: `Int64` or `Float64` (see `answered_type`). An
+/// estimate of an integer (a sketch's count) is answered as the nearest integer.
+fn value(rows: &[AnsweredRow], index: usize, data_type: &DataType) -> ArrayRef {
+    let get = |r: &AnsweredRow| r.row.values.get(index).copied();
+    if *data_type == DataType::Int64 {
+        Arc::new(Int64Array::from_iter(rows.iter().map(|r| match get(r) {
+            Some(AggregateValue::Int(i)) => Some(i),
+            Some(AggregateValue::Float(f)) => Some(f.round() as i64),
+            _ => None,
+        })))
     } else {
-        cast(&array, data_type)?
-    })
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|r| get(r).and_then(|v| v.as_f64())),
+        ))
+    }
 }
 
-/// Answered rows as one batch of `schema` (see [`ViewTable`]).
+/// The column at `index` of `schema` (see [`ViewTable`]) from answered rows.
+fn column(
+    rows: &[AnsweredRow],
+    view: &ViewDefinition,
+    schema: &SchemaRef,
+    index: usize,
+) -> ArrayRef {
+    let dims = view.group_by.len();
+    let values = view.aggregates.len();
+    let time = |t: fn(&AnsweredRow) -> EventTime| -> ArrayRef {
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| t(r).millis()))
+                .with_timezone("UTC"),
+        )
+    };
+    let data_type = schema.field(index).data_type();
+    match index {
+        0 => time(|r| r.row.window.start),
+        1 => time(|r| r.row.window.end),
+        i if i < 2 + dims => dimension(rows, i - 2, data_type),
+        i if i < 2 + dims + values => value(rows, i - 2 - dims, data_type),
+        i if i == 2 + dims + values => Arc::new(StringArray::from_iter_values(rows.iter().map(
+            |r| match r.source {
+                Source::Batch => "batch",
+                Source::Speed => "speed",
+            },
+        ))),
+        _ => Arc::new(BooleanArray::from_iter(
+            rows.iter().map(|r| Some(r.complete)),
+        )),
+    }
+}
+
+/// Answered rows as one batch of the `projection` of `schema`.
 fn to_batch(
     rows: &[AnsweredRow],
     view: &ViewDefinition,
     schema: &SchemaRef,
+    projection: Option<&Vec<usize>>,
 ) -> Result<RecordBatch, DataFusionError> {
-    let types: Vec<&DataType> = schema.fields().iter().map(|f| f.data_type()).collect();
-    let time = |f: fn(&AnsweredRow) -> EventTime, t: &DataType| {
-        column(
-            rows.iter()
-                .map(|r| ScalarValue::TimestampMillisecond(Some(f(r).millis()), Some("UTC".into())))
-                .collect(),
-            t,
-        )
-    };
-    let mut columns = vec![
-        time(|r| r.row.window.start, types[0])?,
-        time(|r| r.row.window.end, types[1])?,
-    ];
-    let dims = view.group_by.len();
-    for i in 0..dims {
-        let values = rows
-            .iter()
-            .map(|r| r.row.group.get(i).map_or(ScalarValue::Null, group_scalar))
-            .collect();
-        columns.push(column(values, types[2 + i])?);
-    }
-    for i in 0..view.aggregates.len() {
-        let t = types[2 + dims + i];
-        let values = rows
-            .iter()
-            .map(|r| {
-                r.row
-                    .values
-                    .get(i)
-                    .map_or(ScalarValue::Null, |v| value_scalar(v, t))
-            })
-            .collect();
-        columns.push(column(values, t)?);
-    }
-    columns.push(Arc::new(StringArray::from_iter_values(rows.iter().map(
-        |r| match r.source {
-            Source::Batch => "batch",
-            Source::Speed => "speed",
-        },
-    ))));
-    columns.push(Arc::new(BooleanArray::from_iter(
-        rows.iter().map(|r| Some(r.complete)),
-    )));
-    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+    let all: Vec<usize> = (0..schema.fields().len()).collect();
+    let projection = projection.unwrap_or(&all);
+    let projected = Arc::new(schema.project(projection)?);
+    let columns = projection
+        .iter()
+        .map(|i| column(rows, view, schema, *i))
+        .collect();
+    let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+    Ok(RecordBatch::try_new_with_options(
+        projected, columns, &options,
+    )?)
 }
 
 #[async_trait]
@@ -251,11 +271,12 @@ impl TableProvider for ViewTable {
         let answer = seam::answer(self.catalog.as_ref(), &self.speed, &query)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let batch = to_batch(&answer.rows, &self.view, &self.schema)?;
+        let batch = to_batch(&answer.rows, &self.view, &self.schema, projection)?;
+        let projected = batch.schema();
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![batch]],
-            Arc::clone(&self.schema),
-            projection.cloned(),
+            projected,
+            None,
         )?)
     }
 }
