@@ -139,7 +139,7 @@ pub async fn answer(
     let exact = batch.rows(&published, query.range).await?;
     let mut rows = merge(
         &published.coverage,
-        &exact,
+        exact,
         fresh,
         &query.filters,
         query.range,
@@ -176,7 +176,7 @@ pub struct DimensionFilter {
 /// Pure.
 pub fn merge(
     coverage: &Coverage,
-    batch_rows: &[ViewRow],
+    batch_rows: Vec<ViewRow>,
     speed_rows: Vec<ViewRow>,
     filters: &[DimensionFilter],
     range: StartRange,
@@ -190,11 +190,11 @@ pub fn merge(
             })
     };
     let mut out: Vec<AnsweredRow> = batch_rows
-        .iter()
+        .into_iter()
         .filter(|r| coverage.contains(r.window.start) && keep(r))
-        .map(|r| AnsweredRow {
+        .map(|row| AnsweredRow {
             complete: true,
-            row: r.clone(),
+            row,
             source: Source::Batch,
         })
         .chain(
@@ -208,6 +208,7 @@ pub fn merge(
                 }),
         )
         .collect();
+    // Stable: the batch rows and the speed rows each arrive in order, so this merges two runs.
     out.sort_by(|a, b| ViewRow::order(&a.row, &b.row));
     out
 }
@@ -244,7 +245,7 @@ mod tests {
         let batch = vec![row(0, "A", 10), row(1, "A", 11), row(1, "B", 1)];
         // The speed layer still holds minute 1 (not yet released) and minutes 2 and 3.
         let speed = vec![row(1, "A", 9), row(2, "A", 5), row(3, "B", 7)];
-        let out = merge(&coverage, &batch, speed, &[], all());
+        let out = merge(&coverage, batch, speed, &[], all());
         let got: Vec<_> = out
             .iter()
             .map(|a| {
@@ -279,7 +280,7 @@ mod tests {
         for horizon in 0..=6 {
             let coverage =
                 Coverage::from_ranges([StartRange::new(EventTime(0), EventTime(horizon * M))]);
-            let out = merge(&coverage, &batch, speed.clone(), &[], all());
+            let out = merge(&coverage, batch.clone(), speed.clone(), &[], all());
             assert_eq!(out.len(), windows.len(), "horizon {horizon}");
             for (i, a) in out.iter().enumerate() {
                 let expect = if (i as i64) < horizon {
@@ -302,7 +303,7 @@ mod tests {
         }];
         let out = merge(
             &coverage,
-            &[],
+            Vec::new(),
             speed,
             &f,
             StartRange::new(EventTime(0), EventTime(M)),

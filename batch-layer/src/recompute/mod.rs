@@ -289,7 +289,9 @@ impl Recompute {
         ctx: &SessionContext,
         files: &[&ArchivedFile],
     ) -> Result<(), DataFusionError> {
-        let table = tables::events::files_table(tables::events::read_schema(&self.schema), files)?;
+        let parquet = ctx.state().default_table_options().parquet;
+        let table =
+            tables::events::files_table(tables::events::read_schema(&self.schema), files, parquet)?;
         ctx.register_table(query::EVENTS_TABLE, table)?;
         Ok(())
     }

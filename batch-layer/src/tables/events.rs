@@ -14,6 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::catalog::Session;
+use datafusion::config::TableParquetOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -60,10 +61,12 @@ pub fn read_schema(schema: &EventSchema) -> SchemaRef {
     ))
 }
 
-/// A table of exactly `files` (empty if there are none).
+/// A table of exactly `files` (empty if there are none), read with `parquet` options (the
+/// session's, so that settings such as filter pushdown apply).
 pub fn files_table(
     schema: SchemaRef,
     files: &[&ArchivedFile],
+    parquet: TableParquetOptions,
 ) -> Result<Arc<dyn TableProvider>, DataFusionError> {
     if files.is_empty() {
         return Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?));
@@ -72,8 +75,8 @@ pub fn files_table(
         .iter()
         .map(|f| ListingTableUrl::parse(format!("{STORE_URL}/{}", f.path)))
         .collect::<Result<Vec<_>, _>>()?;
-    let options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default().with_options(parquet)))
+        .with_file_extension(".parquet");
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema);
@@ -145,7 +148,8 @@ impl TableProvider for EventsTable {
         };
         tracing::debug!(files = files.len(), ?range, "events table scan");
         let files: Vec<&ArchivedFile> = files.iter().collect();
-        files_table(Arc::clone(&self.schema), &files)?
+        let parquet = state.default_table_options().parquet;
+        files_table(Arc::clone(&self.schema), &files, parquet)?
             .scan(state, projection, filters, limit)
             .await
     }
