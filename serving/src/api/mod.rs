@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | GET | `/v1/views` | configured views, their batch horizon and drift |
 //! | GET | `/v1/views/{name}?from=&to=&DIM=VALUE&limit=&cursor=` | merged rows of windows starting in `[from, to)`, a page at a time |
+//! | GET | `/v1/views/{name}/stream?from=&to=&DIM=VALUE` | Server-Sent Events: `row` (new or changed, same JSON as a row above) and `removed` |
 //! | POST | `/v1/jobs` | queue a recompute job `{"view"?, "from"?, "to"?}` |
 //! | GET | `/v1/jobs?status=&view=`, `/v1/jobs/{id}` | job records |
 //! | DELETE | `/v1/jobs/{id}` | cancel a queued or running job |
@@ -46,6 +47,7 @@ use crate::sql::{self, SqlEngine};
 
 mod error;
 mod response;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -144,6 +146,7 @@ fn routes(state: AppState) -> Router {
     Router::new()
         .route("/v1/views", get(list_views))
         .route("/v1/views/{name}", get(query_view))
+        .route("/v1/views/{name}/stream", get(stream::stream_view))
         .route("/v1/jobs", get(list_jobs).post(submit_job))
         .route("/v1/sql", post(run_sql))
         .route("/v1/jobs/{id}", get(get_job).delete(cancel_job))

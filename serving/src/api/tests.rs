@@ -565,3 +565,81 @@ async fn sql_answers_queries_in_three_formats_and_refuses_the_rest() {
         "{answer}"
     );
 }
+
+/// The stream sends a window the batch layer publishes while a client listens, within a second
+/// or two, with the JSON of a row of `GET /v1/views/{name}`.
+#[tokio::test]
+async fn the_stream_pushes_a_published_window_to_a_listening_client() {
+    use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+    use tandem_batch_layer::catalog::JobResult;
+    use tandem_shared::coverage::StartRange;
+    use tandem_shared::time::EventTime;
+
+    let (state, _, _) = state(Readiness::default());
+    let catalog = Arc::clone(&state.catalog);
+    let app = router(state, &HttpPolicy::default());
+    let request = Request::builder()
+        .uri("/v1/views/orders_by_city/stream?from=0")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut body = response.into_body();
+    // The stream's first read (an empty view) is over before anything is published.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+
+    let minute = 1_790_000_040_000i64; // a whole minute, 2026-09-21
+    let batch = RecordBatch::try_from_iter([
+        (
+            "window_start",
+            Arc::new(Int64Array::from(vec![minute])) as _,
+        ),
+        (
+            "window_end",
+            Arc::new(Int64Array::from(vec![minute + 60_000])) as _,
+        ),
+        ("city", Arc::new(StringArray::from(vec!["Oslo"])) as _),
+        ("orders", Arc::new(Int64Array::from(vec![7])) as _),
+        ("revenue", Arc::new(Float64Array::from(vec![70.5])) as _),
+    ])
+    .unwrap();
+    let view = catalog.view("orders_by_city").unwrap().clone();
+    catalog
+        .publish(
+            &view,
+            JobResult {
+                job: "j",
+                covered: StartRange::new(EventTime(minute), EventTime(minute + 60_000)),
+                incomplete: Vec::new(),
+                batches: std::slice::from_ref(&batch),
+                archive_offsets: Default::default(),
+                published_at: EventTime(minute + 120_000),
+            },
+        )
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !text.contains("\n\n") {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("a row within 5 s")
+            .unwrap()
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+    assert!(text.starts_with("event: row\ndata: "), "{text}");
+    let data: Value =
+        serde_json::from_str(text.lines().nth(1).unwrap().trim_start_matches("data: ")).unwrap();
+    assert_eq!(data["group"], json!({"city": "Oslo"}));
+    assert_eq!(data["values"], json!({"orders": 7, "revenue": 70.5}));
+    assert_eq!(data["source"], "batch");
+}
