@@ -16,6 +16,7 @@
 //! - [`access`]: bearer tokens with scopes, and request limits, in front of every route.
 //! - [`page`]: answers a page at a time, with a position cursor.
 //! - [`readiness`]: each component's condition, read by `/readyz`.
+//! - [`sources`]: which layer answers which windows of a range (`/coverage`).
 //! - [`sql`]: read-only SQL over the views (through the seam) and the archive's `events`.
 //! - [`api`]: the axum router; handlers parse and render, with `Serialize` response types.
 //!
@@ -31,6 +32,7 @@ pub mod page;
 pub mod readiness;
 pub mod reconcile;
 pub mod seam;
+pub mod sources;
 pub mod sql;
 
 pub use access::{Access, HttpLimits, HttpPolicy, Scope, Token};

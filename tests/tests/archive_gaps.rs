@@ -180,8 +180,44 @@ async fn data_deleted_before_it_was_archived_is_a_recorded_gap_and_never_exact()
         let incomplete = r["window_start"] == tandem_time(first_window);
         assert_eq!(r["complete"], !incomplete, "{r}");
     }
+    // The coverage report says the same: that window is published but incomplete, every other
+    // batch row's window is published exact, and no window is claimed by both layers.
+    let coverage = get(&client, &server.url("/v1/views/by_city/coverage")).await?;
+    assert_eq!(
+        coverage["incomplete"],
+        json!([{"from": tandem_time(first_window), "to": tandem_time(first_window + MINUTE)}]),
+        "{coverage}"
+    );
+    let within = |list: &Value, start: &Value| {
+        let start = start.as_str().unwrap_or_default();
+        list.as_array().is_some_and(|ranges| {
+            ranges.iter().any(|r| {
+                let (from, to) = (r["from"].as_str(), r["to"].as_str());
+                from.is_some_and(|f| parse_ms(f) <= parse_ms(start))
+                    && to.is_some_and(|t| parse_ms(start) < parse_ms(t))
+            })
+        })
+    };
+    for r in rows {
+        let start = &r["window_start"];
+        let (batch, incomplete, speed) = (
+            within(&coverage["batch"], start),
+            within(&coverage["incomplete"], start),
+            within(&coverage["speed"], start),
+        );
+        let expected = match r["source"].as_str() {
+            Some("batch") if r["complete"] == false => (false, true, false),
+            Some("batch") => (true, false, false),
+            _ => (false, false, true),
+        };
+        assert_eq!((batch, incomplete, speed), expected, "{r} in {coverage}");
+    }
     server.stop()?;
     Ok(())
+}
+
+fn parse_ms(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text).map_or(i64::MIN, |t| t.timestamp_millis())
 }
 
 fn tandem_time(ms: i64) -> String {

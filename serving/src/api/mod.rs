@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | GET | `/v1/views` | configured views, their batch horizon and drift |
 //! | GET | `/v1/views/{name}?from=&to=&DIM=VALUE&limit=&cursor=` | merged rows of windows starting in `[from, to)`, a page at a time |
+//! | GET | `/v1/views/{name}/coverage?from=&to=` | window starts answered by the batch layer (exact or incomplete) and by the speed layer |
 //! | GET | `/v1/views/{name}/stream?from=&to=&DIM=VALUE` | Server-Sent Events: `row` (new or changed, same JSON as a row above) and `removed` |
 //! | POST | `/v1/jobs` | queue a recompute job `{"view"?, "from"?, "to"?}` |
 //! | GET | `/v1/jobs?status=&view=`, `/v1/jobs/{id}` | job records |
@@ -147,6 +148,7 @@ fn routes(state: AppState) -> Router {
         .route("/v1/views", get(list_views))
         .route("/v1/views/{name}", get(query_view))
         .route("/v1/views/{name}/stream", get(stream::stream_view))
+        .route("/v1/views/{name}/coverage", get(view_coverage))
         .route("/v1/jobs", get(list_jobs).post(submit_job))
         .route("/v1/sql", post(run_sql))
         .route("/v1/jobs/{id}", get(get_job).delete(cancel_job))
@@ -311,6 +313,53 @@ async fn query_view(
     let (rows, next) = page::cut(answer.rows, paging.after.as_ref(), paging.limit);
     answer.rows = rows;
     Ok(Json(ViewRows::new(view, answer, next.map(|c| c.encode()))))
+}
+
+/// `GET /v1/views/{name}/coverage`.
+#[derive(Debug, serde::Serialize)]
+struct CoverageBody {
+    view: String,
+    #[serde(flatten)]
+    sources: crate::sources::Sources,
+}
+
+async fn view_coverage(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Result<Json<CoverageBody>, ApiError> {
+    let view = state.view(&name)?;
+    let mut range = StartRange::new(EventTime::MIN, EventTime::MAX);
+    for (key, value) in &params {
+        match key.as_str() {
+            "from" => range.from = parse_time("from", value)?,
+            "to" => range.to = parse_time("to", value)?,
+            other => {
+                return Err(ApiError::BadParameter {
+                    name: other.to_owned(),
+                    problem: "unknown parameter: give from and to".into(),
+                });
+            }
+        }
+    }
+    let published = state.catalog.get(&name).unwrap_or_default();
+    let speed_starts: Vec<EventTime> = state
+        .speed
+        .query(&name, range)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.window.start)
+        .collect();
+    Ok(Json(CoverageBody {
+        view: name.clone(),
+        sources: crate::sources::sources(
+            range,
+            &published.coverage,
+            &published.incomplete,
+            &speed_starts,
+            view.window.slide(),
+        ),
+    }))
 }
 
 #[derive(Debug, Default, Deserialize)]
