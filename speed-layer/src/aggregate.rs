@@ -29,6 +29,28 @@ pub const HLL_LG_K: u8 = 14;
 /// (k = 200, the library default, is about 1.3%).
 pub const KLL_K: u16 = 400;
 
+/// How far a speed-layer estimate may be from the exact value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ErrorBound {
+    /// A distinct count's relative standard error (HyperLogLog: 1.04 / sqrt(2^lg_k)).
+    RelativeStandardError(f64),
+    /// A percentile's normalized rank error (KLL, single-sided, 99% confidence).
+    RankError(f64),
+}
+
+/// The error bound of `function`'s speed-layer value; `None` for exact aggregates.
+pub fn error_bound(function: AggregateFunction) -> Option<ErrorBound> {
+    match function {
+        AggregateFunction::CountDistinct => Some(ErrorBound::RelativeStandardError(
+            1.04 / f64::from(1u32 << HLL_LG_K).sqrt(),
+        )),
+        AggregateFunction::Percentile { .. } => {
+            Some(ErrorBound::RankError(new_kll().normalized_rank_error()))
+        }
+        _ => None,
+    }
+}
+
 /// Errors from restoring serialized state. Internal: state is only written by Tandem itself.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -388,6 +410,22 @@ mod tests {
             AggregateFunction::Avg => Some(values.iter().sum::<i64>() as f64 / n as f64),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn error_bounds_are_the_sketches_own() {
+        let Some(ErrorBound::RelativeStandardError(rse)) =
+            error_bound(AggregateFunction::CountDistinct)
+        else {
+            panic!("distinct counts have a relative standard error");
+        };
+        assert!((rse - 0.008125).abs() < 1e-6, "{rse}");
+        let Some(ErrorBound::RankError(e)) = error_bound(AggregateFunction::Percentile { q: 0.5 })
+        else {
+            panic!("percentiles have a rank error");
+        };
+        assert!(e > 0.001 && e < 0.01, "{e}");
+        assert_eq!(error_bound(AggregateFunction::Sum), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! serving layer's release of covered windows takes the write lock.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::array::RecordBatch;
@@ -51,6 +52,8 @@ struct Inner {
     fingerprint: String,
     coverage: RwLock<Vec<Coverage>>,
     partitions: RwLock<BTreeMap<i32, PartitionState>>,
+    /// Combined event-time progress of the assigned partitions, epoch ms; `i64::MIN` before any.
+    progress: AtomicI64,
 }
 
 /// Handle to the speed layer's state. Cheap to clone; all clones share state.
@@ -91,6 +94,7 @@ impl SpeedLayer {
                 fingerprint,
                 coverage,
                 partitions: RwLock::new(BTreeMap::new()),
+                progress: AtomicI64::new(i64::MIN),
             }),
         }
     }
@@ -216,6 +220,28 @@ impl SpeedLayer {
             .flat_map(|p| p.views.iter())
             .map(|v| v.size().2)
             .sum()
+    }
+
+    /// Records the combined event-time progress the consume thread computed.
+    pub(crate) fn set_progress(&self, progress: EventTime) {
+        self.inner
+            .progress
+            .store(progress.millis(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The view's watermark: event-time progress minus its allowed lateness. A window that
+    /// ends at or before it is closed: it takes no more on-time events. `None` before any
+    /// progress, or for an unknown view.
+    pub fn watermark(&self, view: &str) -> Option<EventTime> {
+        let progress = self
+            .inner
+            .progress
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if progress == i64::MIN {
+            return None;
+        }
+        let program = self.inner.programs.get(*self.inner.names.get(view)?)?;
+        Some(EventTime(progress).saturating_sub(program.view.allowed_lateness))
     }
 
     pub(crate) fn publish_size(&self) {

@@ -546,6 +546,7 @@ fn process(
     metrics::counter!("tandem_speed_events_total").increment(decoded);
     metrics::histogram!("tandem_speed_batch_seconds").record(started.elapsed().as_secs_f64());
     if let Some(combined) = progress.combined(time.now, time.idle_timeout) {
+        speed.set_progress(combined);
         metrics::gauge!("tandem_speed_event_time_progress_ms").set(combined.millis() as f64);
         for program in speed.programs() {
             let wm = combined.saturating_sub(program.view.allowed_lateness);

@@ -208,7 +208,9 @@ async fn serve(opts: &HistoryBench) -> anyhow::Result<()> {
         let t = Instant::now();
         let answer = seam::answer(catalog.as_ref(), &speed, &query).await?;
         rows += answer.rows.len();
-        let body = serde_json::to_vec(&tandem_serving::api::ViewRows::new(view, answer, None))?;
+        let body = serde_json::to_vec(&tandem_serving::api::ViewRows::new(
+            view, answer, None, None,
+        ))?;
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
         std::hint::black_box(body);
     }

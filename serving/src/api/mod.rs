@@ -312,7 +312,12 @@ async fn query_view(
     let mut answer = seam::answer(state.catalog.as_ref(), &state.speed, &query).await?;
     let (rows, next) = page::cut(answer.rows, paging.after.as_ref(), paging.limit);
     answer.rows = rows;
-    Ok(Json(ViewRows::new(view, answer, next.map(|c| c.encode()))))
+    Ok(Json(ViewRows::new(
+        view,
+        answer,
+        next.map(|c| c.encode()),
+        state.speed.watermark(&name),
+    )))
 }
 
 /// `GET /v1/views/{name}/coverage`.

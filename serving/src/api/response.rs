@@ -11,6 +11,7 @@ use tandem_shared::time::{EventTime, Span};
 use tandem_shared::value::AggregateValue;
 use tandem_shared::view::{ViewDefinition, ViewVersion};
 use tandem_shared::window::WindowConfig;
+use tandem_speed_layer::aggregate::{ErrorBound, error_bound};
 
 use crate::reconcile::DriftReport;
 use crate::seam::{Answer, AnsweredRow};
@@ -88,23 +89,52 @@ pub struct RowBody {
     pub window_end: EventTime,
     /// Dimension name → value.
     pub group: BTreeMap<String, Value>,
-    /// Aggregate name → value.
-    pub values: BTreeMap<String, AggregateValue>,
+    /// Aggregate name → value. A value the speed layer only estimates (a sketch) is
+    /// `{"estimate", "rse"}` for a distinct count (relative standard error) or
+    /// `{"estimate", "rank_error"}` for a percentile; every other value is a number (or null).
+    pub values: BTreeMap<String, Value>,
     pub source: Source,
     /// False when the archive lost events of this window (an offset gap): not exact.
     pub complete: bool,
+    /// Speed rows: whether the view's watermark has passed the window's end (no more on-time
+    /// events will change it). Absent on batch rows, which are final.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed: Option<bool>,
     /// Values the speed layer only estimates (sketches), on rows it answered.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub approximate: Vec<String>,
 }
 
+/// A value as the API renders it: with its error bound when it is a speed-layer estimate.
+fn value_json(value: AggregateValue, bound: Option<ErrorBound>) -> Value {
+    let number = serde_json::to_value(value).unwrap_or(Value::Null);
+    match bound {
+        None => number,
+        Some(ErrorBound::RelativeStandardError(rse)) => {
+            serde_json::json!({"estimate": number, "rse": rse})
+        }
+        Some(ErrorBound::RankError(e)) => serde_json::json!({"estimate": number, "rank_error": e}),
+    }
+}
+
 impl ViewRows {
-    pub fn new(view: &ViewDefinition, answer: Answer, next_cursor: Option<String>) -> Self {
+    /// `watermark` is the speed layer's for the view (see [`RowBody::closed`]).
+    pub fn new(
+        view: &ViewDefinition,
+        answer: Answer,
+        next_cursor: Option<String>,
+        watermark: Option<EventTime>,
+    ) -> Self {
         let approximate: Vec<String> = view
             .aggregates
             .iter()
             .filter(|a| a.function.is_approximate_in_speed_layer())
             .map(|a| a.alias.clone())
+            .collect();
+        let bounds: Vec<Option<ErrorBound>> = view
+            .aggregates
+            .iter()
+            .map(|a| error_bound(a.function))
             .collect();
         let rows = answer
             .rows
@@ -114,26 +144,35 @@ impl ViewRows {
                      row,
                      source,
                      complete,
-                 }| RowBody {
-                    complete,
-                    window_start: row.window.start,
-                    window_end: row.window.end,
-                    group: view
-                        .group_by
-                        .iter()
-                        .zip(&row.group)
-                        .map(|(name, v)| (name.clone(), v.to_json()))
-                        .collect(),
-                    values: view
-                        .value_names()
-                        .map(str::to_owned)
-                        .zip(row.values)
-                        .collect(),
-                    source,
-                    approximate: match source {
-                        Source::Speed => approximate.clone(),
-                        Source::Batch => Vec::new(),
-                    },
+                 }| {
+                    let speed = source == Source::Speed;
+                    RowBody {
+                        complete,
+                        closed: speed.then(|| watermark.is_some_and(|w| w >= row.window.end)),
+                        window_start: row.window.start,
+                        window_end: row.window.end,
+                        group: view
+                            .group_by
+                            .iter()
+                            .zip(&row.group)
+                            .map(|(name, v)| (name.clone(), v.to_json()))
+                            .collect(),
+                        values: view
+                            .value_names()
+                            .map(str::to_owned)
+                            .zip(row.values)
+                            .zip(&bounds)
+                            .map(|((name, v), bound)| {
+                                (name, value_json(v, if speed { *bound } else { None }))
+                            })
+                            .collect(),
+                        source,
+                        approximate: if speed {
+                            approximate.clone()
+                        } else {
+                            Vec::new()
+                        },
+                    }
                 },
             )
             .collect();
@@ -164,4 +203,82 @@ pub struct Health {
 pub struct Ready {
     pub status: &'static str,
     pub reasons: Vec<crate::readiness::Reason>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tandem_shared::row::{GroupValue, ViewRow};
+    use tandem_shared::testing;
+    use tandem_shared::window::Window;
+
+    fn row(minute: i64, source: Source) -> AnsweredRow {
+        AnsweredRow {
+            row: ViewRow {
+                window: Window {
+                    start: EventTime(minute * 60_000),
+                    end: EventTime((minute + 1) * 60_000),
+                },
+                group: vec![GroupValue::Str("Oslo".into())],
+                values: vec![
+                    AggregateValue::Int(3),
+                    AggregateValue::Int(2),
+                    AggregateValue::Float(9.5),
+                ],
+            },
+            source,
+            complete: true,
+        }
+    }
+
+    /// Speed rows say whether their window is closed and give estimates with their error bound;
+    /// batch rows are exact numbers.
+    #[test]
+    fn speed_rows_carry_closed_and_error_bounds() {
+        let view = testing::view(
+            &testing::orders_schema(),
+            "v",
+            testing::tumbling("1m"),
+            &["city"],
+            None,
+            &[
+                "count(*) AS n",
+                "count(DISTINCT user_id) AS buyers",
+                "percentile(amount, 0.9) AS p90",
+            ],
+        );
+        let answer = Answer {
+            version: view.version.clone(),
+            batch_horizon: Some(EventTime(60_000)),
+            rows: vec![
+                row(0, Source::Batch),
+                row(1, Source::Speed),
+                row(2, Source::Speed),
+            ],
+        };
+        // The watermark is at the end of minute 1: minute 1 is closed, minute 2 is not.
+        let body =
+            serde_json::to_value(ViewRows::new(&view, answer, None, Some(EventTime(120_000))))
+                .unwrap();
+        let rows = body["rows"].as_array().unwrap();
+        assert_eq!(rows[0]["values"], json!({"n": 3, "buyers": 2, "p90": 9.5}));
+        assert!(rows[0].get("closed").is_none());
+        assert_eq!(rows[1]["closed"], true);
+        assert_eq!(rows[2]["closed"], false);
+        assert_eq!(rows[1]["values"]["n"], 3);
+        assert_eq!(rows[1]["values"]["buyers"]["estimate"], 2);
+        let rse = rows[1]["values"]["buyers"]["rse"].as_f64().unwrap();
+        assert!((rse - 0.008125).abs() < 1e-6, "{rse}");
+        assert_eq!(rows[1]["values"]["p90"]["estimate"], 9.5);
+        assert!(rows[1]["values"]["p90"]["rank_error"].as_f64().unwrap() > 0.0);
+        // Without progress no window is known to be closed.
+        let answer = Answer {
+            version: view.version.clone(),
+            batch_horizon: None,
+            rows: vec![row(1, Source::Speed)],
+        };
+        let body = serde_json::to_value(ViewRows::new(&view, answer, None, None)).unwrap();
+        assert_eq!(body["rows"][0]["closed"], false);
+    }
 }

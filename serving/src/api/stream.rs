@@ -95,9 +95,14 @@ pub(super) async fn stream_view(
                     continue;
                 }
             };
-            let rendered = serde_json::to_value(ViewRows::new(&view, answer, None))
-                .map(|v| v["rows"].as_array().cloned().unwrap_or_default())
-                .unwrap_or_default();
+            let rendered = serde_json::to_value(ViewRows::new(
+                &view,
+                answer,
+                None,
+                state.speed.watermark(&view.name),
+            ))
+            .map(|v| v["rows"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default();
             let now = keyed(rendered);
             for event in changes(&last, &now) {
                 if tx.send(event).await.is_err() {

@@ -389,6 +389,19 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
         rows.values().any(|(_, s)| s == "speed"),
         "the last window must still be speed"
     );
+    // Speed rows say whether the watermark (latest event time less the 10 s lateness, every
+    // partition having delivered) has passed their end; batch rows are final and do not.
+    let latest = orders.iter().map(|o| o.ts).max().unwrap_or(base);
+    for row in body["rows"].as_array().context("rows")? {
+        let end = millis(&row["window_end"])?;
+        match row["source"].as_str() {
+            Some("speed") => ensure!(
+                row["closed"] == json!(end <= latest - 10_000),
+                "closed of a speed row ending {end}, latest event {latest}: {row}"
+            ),
+            _ => ensure!(row.get("closed").is_none(), "batch row with closed: {row}"),
+        }
+    }
     let merged_total = orders_in(&rows);
     ensure!(
         merged_total == total_orders,
