@@ -467,3 +467,17 @@ async fn answers_render_as_json_csv_and_arrow() {
     let batches: Vec<_> = reader.collect::<Result<_, _>>().unwrap();
     assert_eq!(batches, answer.batches);
 }
+
+#[tokio::test]
+async fn a_view_answer_larger_than_the_memory_pool_is_refused() {
+    let f = fixture(SqlLimits {
+        memory_bytes: 2 << 10,
+        ..SqlLimits::default()
+    })
+    .await;
+    match f.engine.query("SELECT * FROM orders_by_city").await {
+        Err(Error::Memory { limit, .. }) => assert_eq!(limit, 2 << 10),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ints(&f.engine.query("SELECT 1").await.unwrap(), 0), [1]);
+}

@@ -22,6 +22,7 @@ use datafusion::common::ScalarValue;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use tandem_batch_layer::ViewCatalog;
@@ -258,7 +259,7 @@ impl TableProvider for ViewTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         _limit: Option<usize>,
@@ -272,6 +273,13 @@ impl TableProvider for ViewTable {
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let batch = to_batch(&answer.rows, &self.view, &self.schema, projection)?;
+        // The answer is materialized before the plan runs: it must fit the query's memory pool
+        // too, so that a view read over all of history fails with a memory error instead of
+        // growing the process.
+        let reservation = MemoryConsumer::new(format!("view {}", self.view.name))
+            .register(&state.runtime_env().memory_pool);
+        reservation.try_grow(batch.get_array_memory_size())?;
+        drop(reservation);
         let projected = batch.schema();
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![batch]],
