@@ -323,14 +323,18 @@ impl SqlEngine {
             if read_only.verify_plan(&plan).is_err() {
                 return Err(Error::ReadOnly(refused(&plan)));
             }
-            let frame = ctx
+            // EXPLAIN [ANALYZE] must stay the plan's root; it answers a few rows anyway.
+            let explains = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
+            let mut frame = ctx
                 .execute_logical_plan(plan)
                 .await
                 .map_err(|e| classify(e, &limits))?;
-            // One row past the cap is enough to know the cap is exceeded.
-            let frame = frame
-                .limit(0, Some(limits.max_rows.saturating_add(1)))
-                .map_err(|e| classify(e, &limits))?;
+            if !explains {
+                // One row past the cap is enough to know the cap is exceeded.
+                frame = frame
+                    .limit(0, Some(limits.max_rows.saturating_add(1)))
+                    .map_err(|e| classify(e, &limits))?;
+            }
             let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
             let mut stream = frame
                 .execute_stream()

@@ -481,3 +481,21 @@ async fn a_view_answer_larger_than_the_memory_pool_is_refused() {
     }
     assert_eq!(ints(&f.engine.query("SELECT 1").await.unwrap(), 0), [1]);
 }
+
+#[tokio::test]
+async fn plans_can_be_explained_and_analyzed() {
+    let f = fixture(SqlLimits::default()).await;
+    for sql in [
+        "EXPLAIN SELECT city, count(*) FROM events GROUP BY city",
+        "EXPLAIN ANALYZE SELECT count(*) FROM events WHERE event_type = 'order_placed'",
+        "EXPLAIN ANALYZE SELECT city, sum(orders) FROM orders_by_city GROUP BY city",
+    ] {
+        let answer = f
+            .engine
+            .query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let text = strings(&answer, 1).join("\n");
+        assert!(text.contains("AggregateExec"), "{sql}: {text}");
+    }
+}
