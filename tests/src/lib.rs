@@ -318,6 +318,20 @@ impl ExternalBroker {
 }
 
 impl ExternalBroker {
+    /// Creates topic `name` with `partitions` partitions (the broker creates none by itself).
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()?;
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        for result in admin.create_topics(&[topic], &AdminOptions::new()).await? {
+            result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
+        }
+        Ok(())
+    }
+
     /// Stops the broker process (SIGSTOP): connections stay open and nothing is answered, as
     /// with a broker that hangs or a network partition. Nothing is lost.
     pub fn pause(&self) -> anyhow::Result<()> {
@@ -343,6 +357,50 @@ impl Drop for ExternalBroker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The arguments of `tandem run --config <config> --http 127.0.0.1:0`.
+pub fn run_args(config: &Path) -> Vec<String> {
+    ["run", "--config", &config.display().to_string()]
+        .into_iter()
+        .chain(["--http", "127.0.0.1:0"])
+        .map(String::from)
+        .collect()
+}
+
+/// The Prometheus text of `GET /metrics`.
+pub async fn metrics_text(client: &reqwest::Client, server: &TestServer) -> anyhow::Result<String> {
+    Ok(client
+        .get(server.url("/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// Every row of `view` from `GET /v1/views/{view}` (windows from 2000 on, one page of up to
+/// 10,000 rows).
+pub async fn view_rows(
+    client: &reqwest::Client,
+    server: &TestServer,
+    view: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let body: serde_json::Value = client
+        .get(server.url(&format!("/v1/views/{view}")))
+        .query(&[("from", "2000-01-01T00:00:00Z"), ("limit", "10000")])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(body["rows"].as_array().context("rows")?.clone())
+}
+
+/// An RFC 3339 timestamp of an answer as epoch milliseconds.
+pub fn millis(v: &serde_json::Value) -> anyhow::Result<i64> {
+    let s = v.as_str().context("timestamp is not a string")?;
+    Ok(chrono::DateTime::parse_from_rfc3339(s)?.timestamp_millis())
 }
 
 /// Polls `check` every 250 ms until it succeeds or `timeout` passes, returning the last error on

@@ -126,12 +126,7 @@ async fn data_deleted_before_it_was_archived_is_a_recorded_gap_and_never_exact()
     };
     assert_eq!(gap["from_offset"], 0);
     assert_eq!(gap["to_offset"], low);
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = tandem_tests::metrics_text(&client, &server).await?;
     ensure!(
         metrics
             .lines()
@@ -189,13 +184,11 @@ async fn data_deleted_before_it_was_archived_is_a_recorded_gap_and_never_exact()
         "{coverage}"
     );
     let within = |list: &Value, start: &Value| {
-        let start = start.as_str().unwrap_or_default();
+        let ms = |v: &Value| tandem_tests::millis(v).unwrap_or(i64::MIN);
         list.as_array().is_some_and(|ranges| {
-            ranges.iter().any(|r| {
-                let (from, to) = (r["from"].as_str(), r["to"].as_str());
-                from.is_some_and(|f| parse_ms(f) <= parse_ms(start))
-                    && to.is_some_and(|t| parse_ms(start) < parse_ms(t))
-            })
+            ranges
+                .iter()
+                .any(|r| ms(&r["from"]) <= ms(start) && ms(start) < ms(&r["to"]))
         })
     };
     for r in rows {
@@ -214,10 +207,6 @@ async fn data_deleted_before_it_was_archived_is_a_recorded_gap_and_never_exact()
     }
     server.stop()?;
     Ok(())
-}
-
-fn parse_ms(text: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(text).map_or(i64::MIN, |t| t.timestamp_millis())
 }
 
 fn tandem_time(ms: i64) -> String {

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::{Value, json};
-use tandem_tests::{ExternalBroker, Ready, TestServer, eventually, run_job};
+use serde_json::json;
+use tandem_tests::{
+    ExternalBroker, Ready, TestServer, eventually, metrics_text, millis, run_args, run_job,
+    view_rows,
+};
 
 const MINUTE: i64 = 60_000;
 
@@ -70,22 +71,10 @@ async fn rows(
     client: &reqwest::Client,
     server: &TestServer,
 ) -> anyhow::Result<BTreeMap<i64, (i64, i64, String)>> {
-    let body: Value = client
-        .get(server.url("/v1/views/per_minute"))
-        .query(&[("from", "2000-01-01T00:00:00Z")])
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
     let mut out = BTreeMap::new();
-    for row in body["rows"].as_array().context("rows")? {
-        let start = chrono::DateTime::parse_from_rfc3339(
-            row["window_start"].as_str().context("window_start")?,
-        )?
-        .timestamp_millis();
+    for row in view_rows(client, server, "per_minute").await? {
         out.insert(
-            start,
+            millis(&row["window_start"])?,
             (
                 row["values"]["n"].as_i64().context("n")?,
                 row["values"]["total"].as_i64().context("total")?,
@@ -100,25 +89,10 @@ async fn rows(
 async fn a_broker_outage_mid_stream_loses_nothing() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let broker = ExternalBroker::start(data.path())?;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .create()?;
-    for result in admin
-        .create_topics(
-            &[NewTopic::new("orders", 2, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await?
-    {
-        result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
-    }
+    broker.create_topic("orders", 2).await?;
     let config_path = data.path().join("tandem.toml");
     std::fs::write(&config_path, CONFIG.replace("@BROKERS@", &broker.bootstrap))?;
-    let run: Vec<String> = ["run", "--config", &config_path.display().to_string()]
-        .into_iter()
-        .chain(["--http", "127.0.0.1:0"])
-        .map(String::from)
-        .collect();
+    let run = run_args(&config_path);
     let mut server = TestServer::spawn(&run, &[], data.path(), Ready::Http)?;
     let result = outage(&broker, &mut server).await;
     if result.is_err() {
@@ -189,12 +163,7 @@ async fn outage(broker: &ExternalBroker, server: &mut TestServer) -> anyhow::Res
         let now = rows(&client, server).await?;
         let got: BTreeMap<i64, (i64, i64)> = now.iter().map(|(k, v)| (*k, (v.0, v.1))).collect();
         if got != oracle {
-            let metrics = client
-                .get(server.url("/metrics"))
-                .send()
-                .await?
-                .text()
-                .await?;
+            let metrics = metrics_text(&client, server).await?;
             let late: Vec<&str> = metrics
                 .lines()
                 .filter(|l| l.starts_with("tandem_late_events_total"))

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use rdkafka::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
-use tandem_tests::{ExternalBroker, Ready, TestServer, eventually, fixture, run_job};
+use tandem_tests::{
+    ExternalBroker, Ready, TestServer, eventually, fixture, metrics_text, run_args, run_job,
+};
 
 const MINUTE: i64 = 60_000;
 const CITIES: [&str; 5] = ["Chennai", "Mumbai", "Berlin", "Lagos", "Tokyo"];
@@ -25,16 +25,6 @@ mod orders;
 mod sql;
 
 use orders::*;
-
-/// The Prometheus text of `GET /metrics`.
-async fn metrics_text(client: &reqwest::Client, server: &TestServer) -> anyhow::Result<String> {
-    Ok(client
-        .get(server.url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?)
-}
 
 async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
     let resp = client.get(url).send().await?;
@@ -59,11 +49,7 @@ async fn tandem_run_against_a_real_kafka_protocol_broker() -> anyhow::Result<()>
     );
     let config_path = data.path().join("tandem.toml");
     std::fs::write(&config_path, config)?;
-    let run: Vec<String> = ["run", "--config", &config_path.display().to_string()]
-        .into_iter()
-        .chain(["--http", "127.0.0.1:0"])
-        .map(String::from)
-        .collect();
+    let run = run_args(&config_path);
 
     // Without the events topic, start-up stops and says which topic is missing.
     let missing = std::process::Command::new(tandem_tests::tandem_binary()?)
@@ -76,18 +62,7 @@ async fn tandem_run_against_a_real_kafka_protocol_broker() -> anyhow::Result<()>
         missing.status
     );
 
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .create()?;
-    for result in admin
-        .create_topics(
-            &[NewTopic::new("orders", 4, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await?
-    {
-        result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
-    }
+    broker.create_topic("orders", 4).await?;
     let mut server = TestServer::spawn(&run, &[], data.path(), Ready::Http)?;
     server.kafka = broker.bootstrap.clone();
     run_scenario(server).await

@@ -120,10 +120,7 @@ pub(crate) fn expected_events_by_type(orders: &[Order]) -> BTreeMap<(i64, String
     out
 }
 
-pub(crate) fn millis(v: &Value) -> anyhow::Result<i64> {
-    let s = v.as_str().context("timestamp is not a string")?;
-    Ok(chrono::DateTime::parse_from_rfc3339(s)?.timestamp_millis())
-}
+pub(crate) use tandem_tests::millis;
 
 /// Orders counted over every row of `orders_by_city`.
 pub(crate) fn orders_in(rows: &BTreeMap<(i64, String), (Value, String)>) -> i64 {

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
-use tandem_tests::{TestServer, eventually};
-
-use super::get;
+use tandem_tests::{TestServer, eventually, millis, view_rows};
 
 async fn sql(client: &reqwest::Client, server: &TestServer, query: &str) -> anyhow::Result<Value> {
     let resp = client
@@ -27,20 +25,11 @@ type Rows = BTreeMap<(i64, String), (i64, String)>;
 
 /// (window start ms, city) → (orders, source) of `orders_by_city` through the view API.
 async fn api_rows(client: &reqwest::Client, server: &TestServer) -> anyhow::Result<Rows> {
-    let body = get(
-        client,
-        &server.url("/v1/views/orders_by_city?from=2000-01-01T00:00:00Z&limit=10000"),
-    )
-    .await?;
     let mut out = Rows::new();
-    for row in body["rows"].as_array().context("rows")? {
-        let start = chrono::DateTime::parse_from_rfc3339(
-            row["window_start"].as_str().context("window_start")?,
-        )?
-        .timestamp_millis();
+    for row in view_rows(client, server, "orders_by_city").await? {
         out.insert(
             (
-                start,
+                millis(&row["window_start"])?,
                 row["group"]["city"].as_str().context("city")?.to_owned(),
             ),
             (
