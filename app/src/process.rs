@@ -261,7 +261,8 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         options.metrics,
         readiness,
     )
-    .with_sql(sql);
+    .with_sql(sql)
+    .with_shutdown(frontend.clone());
     let (http, server) = serve(&options.http, state, &config.http.policy, frontend.clone()).await?;
     Ok(Running {
         http,

@@ -35,6 +35,7 @@ use tandem_shared::coverage::StartRange;
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewDefinition;
 use tandem_speed_layer::SpeedLayer;
+use tokio_util::sync::CancellationToken;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -65,6 +66,9 @@ pub struct AppState {
     metrics: Option<PrometheusHandle>,
     readiness: Readiness,
     sql: Option<SqlEngine>,
+    /// Fires when the HTTP server stops: open streams end, so that shutdown does not wait on
+    /// them.
+    shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -86,7 +90,14 @@ impl AppState {
             metrics,
             readiness,
             sql: None,
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Ends open `/stream` responses when `token` fires (the server's stop token).
+    pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
     }
 
     /// Answers `POST /v1/sql` with `engine` (without one, the route says SQL is not set up).

@@ -9,7 +9,8 @@
 //! The first poll sends every row of the range. A row whose value or layer changes (a speed
 //! window that the batch layer then covers, say) is sent again. Without `from`, the range
 //! follows the wall clock: windows starting in the last hour. The task ends when the client
-//! goes away (the channel closes) or the server shuts down.
+//! goes away (the channel closes) or the server stops (the state's shutdown token), which ends
+//! the response so that a graceful shutdown does not wait for streams.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -69,15 +70,29 @@ pub(super) async fn stream_view(
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let view = state.view(&name)?.clone();
+    if let Some(key) = ["limit", "cursor"]
+        .into_iter()
+        .find(|k| params.contains_key(*k))
+    {
+        return Err(ApiError::BadParameter {
+            name: key.to_owned(),
+            problem: "a stream sends every row of its range: give from, to and dimensions only"
+                .into(),
+        });
+    }
     let (query, _) = parse_view_query(&view, &params)?;
     let follow = !params.contains_key("from");
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         let mut last = BTreeMap::new();
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
             if tx.is_closed() {
                 break;
             }

@@ -577,13 +577,20 @@ async fn the_stream_pushes_a_published_window_to_a_listening_client() {
 
     let (state, _, _) = state(Readiness::default());
     let catalog = Arc::clone(&state.catalog);
-    let app = router(state, &HttpPolicy::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let app = router(state.with_shutdown(stop.clone()), &HttpPolicy::default());
     let request = Request::builder()
         .uri("/v1/views/orders_by_city/stream?from=0")
         .body(Body::empty())
         .unwrap();
-    let response = app.oneshot(request).await.unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    // Paging parameters mean nothing to a stream: a clear 400.
+    let (status, error) = call(&app, "GET", "/v1/views/orders_by_city/stream?limit=5", "").await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_parameter"))
+    );
     assert!(
         response.headers()["content-type"]
             .to_str()
@@ -642,4 +649,13 @@ async fn the_stream_pushes_a_published_window_to_a_listening_client() {
     assert_eq!(data["group"], json!({"city": "Oslo"}));
     assert_eq!(data["values"], json!({"orders": 7, "revenue": 70.5}));
     assert_eq!(data["source"], "batch");
+    // When the server stops, the stream ends (a graceful shutdown does not wait on it).
+    stop.cancel();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(frame) = body.frame().await {
+            frame.unwrap();
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the stream did not end after shutdown");
 }
