@@ -252,7 +252,8 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         Arc::new(config.schema.clone()),
         config.http.sql,
     )
-    .await?;
+    .await?
+    .with_idle_timeout(config.idle_timeout);
     let state = AppState::new(
         catalog,
         speed,

@@ -5,6 +5,7 @@
 //!                                                 │        └► speed layer rows (fresh)
 //!                                                 ▼ re-check, then merge: covered windows from
 //!                           api (render) ◄── Answer  batch, every other window from speed
+//!   GET /v1/views/{name}?granularity= ──► seam::answer_with(window states) ──► rollup::roll
 //!   POST /v1/sql ──► sql (DataFusion) ──► view tables (seam::answer) + events (archive)
 //!   POST /v1/jobs ──────► scheduler (batch layer) ──► publication ──► catalog
 //!                                                                      │ change
@@ -12,6 +13,8 @@
 //! ```
 //!
 //! - [`seam`]: the one function that answers a view query from both layers, and the pure merge.
+//! - [`rollup`]: windows combined into coarser buckets or the global window: exact values
+//!   exactly, sketches (stored by the batch layer, kept by the speed layer) merged.
 //! - [`reconcile`]: speed-state release and drift measurement after each publication.
 //! - [`access`]: bearer tokens with scopes, and request limits, in front of every route.
 //! - [`page`]: answers a page at a time, with a position cursor.
@@ -31,6 +34,7 @@ pub mod api;
 pub mod page;
 pub mod readiness;
 pub mod reconcile;
+pub mod rollup;
 pub mod seam;
 pub mod sources;
 pub mod sql;

@@ -24,10 +24,13 @@ use std::sync::Arc;
 use tandem_batch_layer::{PublishedView, ViewCatalog};
 use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::error::ErrorKind;
-use tandem_shared::row::{Source, ViewRow};
+use tandem_shared::row::{GroupValue, Source, ViewRow};
+use tandem_shared::sketch::StatedRow;
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewVersion;
+use tandem_shared::window::Window;
 use tandem_speed_layer::SpeedLayer;
+use tandem_speed_layer::state::Partial;
 
 /// Errors answering a view query.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -88,6 +91,46 @@ impl PublishedViews for ViewCatalog {
     }
 }
 
+/// The batch layer's rows with the state rollups combine (sketches, an average's parts).
+pub trait PublishedStates {
+    /// [`PublishedViews::rows`] with each value's state.
+    fn states(
+        &self,
+        published: &PublishedView,
+        range: StartRange,
+    ) -> impl Future<Output = Result<Vec<StatedRow>, Error>> + Send;
+}
+
+impl PublishedStates for ViewCatalog {
+    async fn states(
+        &self,
+        published: &PublishedView,
+        range: StartRange,
+    ) -> Result<Vec<StatedRow>, Error> {
+        if published.seq.is_none() {
+            return Ok(Vec::new());
+        }
+        ViewCatalog::states(self, published, range)
+            .await
+            .map_err(|err| Error::Batch {
+                kind: err.kind(),
+                message: err.to_string(),
+            })
+    }
+}
+
+/// The speed layer's partial state of the windows it still holds, for rollups.
+pub trait FreshStates {
+    /// One partial per window and group starting in `range`; `None` for an unknown view.
+    fn fresh_states(&self, view: &str, range: StartRange) -> Option<Vec<Partial>>;
+}
+
+impl FreshStates for SpeedLayer {
+    fn fresh_states(&self, view: &str, range: StartRange) -> Option<Vec<Partial>> {
+        self.query_states(view, range)
+    }
+}
+
 /// The speed layer's side of the seam: fresh rows of the windows it still holds.
 pub trait FreshViews {
     /// Rows of windows starting in `range`; `None` for an unknown view.
@@ -112,41 +155,99 @@ pub struct ViewQuery {
 
 /// One answer from both layers.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Answer {
+pub struct Answer<R = ViewRow> {
     pub version: ViewVersion,
     /// Window starts below this are answered by the batch layer (its coverage's horizon).
     pub batch_horizon: Option<EventTime>,
     /// In result order: by window start, window end, group.
-    pub rows: Vec<AnsweredRow>,
+    pub rows: Vec<Answered<R>>,
+}
+
+/// What the seam needs of a row: which window and group it is.
+pub trait SeamRow {
+    fn window(&self) -> Window;
+    fn group(&self) -> &[GroupValue];
+}
+
+impl SeamRow for ViewRow {
+    fn window(&self) -> Window {
+        self.window
+    }
+    fn group(&self) -> &[GroupValue] {
+        &self.group
+    }
 }
 
 /// Answers `query` from the batch layer where it covers a window and from the speed layer
 /// elsewhere.
 pub async fn answer(
-    batch: &impl PublishedViews,
+    batch: &(impl PublishedViews + Sync),
     speed: &impl FreshViews,
     query: &ViewQuery,
 ) -> Result<Answer, Error> {
+    answer_with(batch, &ViewRows { batch, speed }, query).await
+}
+
+/// Where the rows of both sides of the seam come from.
+pub trait SeamRows {
+    type Row: SeamRow;
+    /// The batch layer's rows of `published` whose windows start in `range`.
+    fn exact(
+        &self,
+        published: &PublishedView,
+        range: StartRange,
+    ) -> impl Future<Output = Result<Vec<Self::Row>, Error>> + Send;
+    /// The speed layer's rows of `view` whose windows start in `range`.
+    fn fresh(&self, view: &str, range: StartRange) -> Vec<Self::Row>;
+}
+
+/// Final rows of both layers.
+struct ViewRows<'a, B, S> {
+    batch: &'a B,
+    speed: &'a S,
+}
+
+impl<B: PublishedViews + Sync, S: FreshViews> SeamRows for ViewRows<'_, B, S> {
+    type Row = ViewRow;
+    fn exact(
+        &self,
+        published: &PublishedView,
+        range: StartRange,
+    ) -> impl Future<Output = Result<Vec<ViewRow>, Error>> + Send {
+        self.batch.rows(published, range)
+    }
+    fn fresh(&self, view: &str, range: StartRange) -> Vec<ViewRow> {
+        self.speed.fresh(view, range).unwrap_or_default()
+    }
+}
+
+/// [`answer`] over any kind of row (final values, or states for rollups): the seam's rules are
+/// the same whatever the rows carry. `batch` gives the publication, `rows` the rows.
+pub async fn answer_with<R: SeamRows>(
+    batch: &impl PublishedViews,
+    rows: &R,
+    query: &ViewQuery,
+) -> Result<Answer<R::Row>, Error> {
     let unknown = || Error::UnknownView(query.view.clone());
     let version = batch.version(&query.view).ok_or_else(unknown)?;
     let mut published = batch.published(&query.view).ok_or_else(unknown)?;
-    let mut fresh = speed.fresh(&query.view, query.range).unwrap_or_default();
+    let mut speed_rows = rows.fresh(&query.view, query.range);
     let latest = batch.published(&query.view).ok_or_else(unknown)?;
     if latest.seq != published.seq {
         published = latest;
-        fresh = speed.fresh(&query.view, query.range).unwrap_or_default();
+        speed_rows = rows.fresh(&query.view, query.range);
     }
-    let exact = batch.rows(&published, query.range).await?;
+    let exact = rows.exact(&published, query.range).await?;
     let mut rows = merge(
         &published.coverage,
         exact,
-        fresh,
+        speed_rows,
         &query.filters,
         query.range,
     );
     if !published.incomplete.is_empty() {
         for r in rows.iter_mut().filter(|r| r.source == Source::Batch) {
-            r.complete = !published.incomplete.contains(r.row.window.start);
+            r.complete = !published.incomplete.contains(r.row.window().start);
         }
     }
     Ok(Answer {
@@ -158,12 +259,15 @@ pub async fn answer(
 
 /// A row of a query answer with the layer it came from.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AnsweredRow {
-    pub row: ViewRow,
+pub struct Answered<R = ViewRow> {
+    pub row: R,
     pub source: Source,
     /// False for a batch row of a window the archive lost events of (an offset gap).
     pub complete: bool,
 }
+
+/// A view row of an answer with the layer it came from.
+pub type AnsweredRow = Answered<ViewRow>;
 
 /// A filter on one group-by dimension: its position and the value as query text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,25 +278,25 @@ pub struct DimensionFilter {
 
 /// Merges batch rows (already restricted to `range`) and speed rows for the windows in `range`.
 /// Pure.
-pub fn merge(
+pub fn merge<R: SeamRow>(
     coverage: &Coverage,
-    batch_rows: Vec<ViewRow>,
-    speed_rows: Vec<ViewRow>,
+    batch_rows: Vec<R>,
+    speed_rows: Vec<R>,
     filters: &[DimensionFilter],
     range: StartRange,
-) -> Vec<AnsweredRow> {
-    let keep = |row: &ViewRow| {
-        range.contains(row.window.start)
+) -> Vec<Answered<R>> {
+    let keep = |row: &R| {
+        range.contains(row.window().start)
             && filters.iter().all(|f| {
-                row.group
+                row.group()
                     .get(f.position)
                     .is_some_and(|v| v.matches_text(&f.value))
             })
     };
-    let mut out: Vec<AnsweredRow> = batch_rows
+    let mut out: Vec<Answered<R>> = batch_rows
         .into_iter()
-        .filter(|r| coverage.contains(r.window.start) && keep(r))
-        .map(|row| AnsweredRow {
+        .filter(|r| coverage.contains(r.window().start) && keep(r))
+        .map(|row| Answered {
             complete: true,
             row,
             source: Source::Batch,
@@ -200,8 +304,8 @@ pub fn merge(
         .chain(
             speed_rows
                 .into_iter()
-                .filter(|r| !coverage.contains(r.window.start) && keep(r))
-                .map(|row| AnsweredRow {
+                .filter(|r| !coverage.contains(r.window().start) && keep(r))
+                .map(|row| Answered {
                     complete: true,
                     row,
                     source: Source::Speed,
@@ -209,7 +313,13 @@ pub fn merge(
         )
         .collect();
     // Stable: the batch rows and the speed rows each arrive in order, so this merges two runs.
-    out.sort_by(|a, b| ViewRow::order(&a.row, &b.row));
+    out.sort_by(|a, b| {
+        let (x, y) = (a.row.window(), b.row.window());
+        x.start
+            .cmp(&y.start)
+            .then(x.end.cmp(&y.end))
+            .then_with(|| a.row.group().cmp(b.row.group()))
+    });
     out
 }
 

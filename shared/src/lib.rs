@@ -2,8 +2,9 @@
 //!
 //! Everything in this crate crosses a layer boundary: on the wire (the JSON events on Kafka), on
 //! disk (the object-store layout), or in a query (view definitions, final values, rows and the
-//! batch layer's coverage). Nothing here does I/O. Partial aggregates and sketches are the speed
-//! layer's own and live there.
+//! batch layer's coverage). Nothing here does I/O. Partial aggregates are the speed layer's own
+//! and live there; the sketches they use cross the boundary (the batch layer stores them for
+//! rollups), so their parameters and hashing live here.
 //!
 //! ```text
 //!  Kafka topic ──JSON──► event::EventDecoder ──Arrow batch──► speed layer (window state)
@@ -18,6 +19,8 @@
 //!   use, so an event is malformed for every layer or for none.
 //! - [`view`] and [`window`]: view definitions. Filter and aggregate-argument expressions are kept
 //!   as SQL text and evaluated by DataFusion in both layers.
+//! - [`sketch`]: HyperLogLog and KLL as both layers build them, and the per-window state the
+//!   batch layer stores for rollups.
 //! - [`value`]: final aggregate values, one JSON shape whichever layer computed them.
 //! - [`error`]: whose problem an error is (user, transient, internal).
 //! - [`coverage`]: the windows the batch layer has published; the single source of truth for
@@ -36,6 +39,7 @@ pub mod event;
 pub mod layout;
 pub mod row;
 pub mod schema;
+pub mod sketch;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;

@@ -21,13 +21,8 @@ use serde::{Deserialize, Serialize};
 use tandem_shared::value::AggregateValue;
 use tandem_shared::view::AggregateFunction;
 
-/// log2 of the HyperLogLog register count. 2^14 registers give the (order-independent)
-/// composite estimator a relative standard error of 1.04 / sqrt(2^14) ≈ 0.81%, under the 1% the
-/// speed layer promises for distinct counts.
-pub const HLL_LG_K: u8 = 14;
-/// KLL accuracy parameter. k = 400 gives a single-sided normalized rank error of about 0.7%
-/// (k = 200, the library default, is about 1.3%).
-pub const KLL_K: u16 = 400;
+use tandem_shared::sketch::{self, WindowState, new_hll, new_kll};
+pub use tandem_shared::sketch::{HLL_LG_K, KLL_K};
 
 /// How far a speed-layer estimate may be from the exact value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,9 +36,9 @@ pub enum ErrorBound {
 /// The error bound of `function`'s speed-layer value; `None` for exact aggregates.
 pub fn error_bound(function: AggregateFunction) -> Option<ErrorBound> {
     match function {
-        AggregateFunction::CountDistinct => Some(ErrorBound::RelativeStandardError(
-            1.04 / f64::from(1u32 << HLL_LG_K).sqrt(),
-        )),
+        AggregateFunction::CountDistinct => {
+            Some(ErrorBound::RelativeStandardError(sketch::distinct_rse()))
+        }
         AggregateFunction::Percentile { .. } => {
             Some(ErrorBound::RankError(new_kll().normalized_rank_error()))
         }
@@ -111,15 +106,6 @@ impl fmt::Debug for PartialAggregate {
     }
 }
 
-fn new_hll() -> HllSketch {
-    // lg_k 14 is within the library's valid range, so construction cannot fail.
-    HllSketch::new(HLL_LG_K, HllType::Hll8).unwrap_or_else(|e| panic!("HLL lg_k {HLL_LG_K}: {e}"))
-}
-
-fn new_kll() -> KllSketch<KllFloat<f64>> {
-    KllSketch::new(KLL_K).unwrap_or_else(|e| panic!("KLL k {KLL_K}: {e}"))
-}
-
 impl PartialAggregate {
     /// The empty state of `function` over an argument of type `arg`.
     pub fn new(function: AggregateFunction, arg: ArgumentType) -> Self {
@@ -156,6 +142,33 @@ impl PartialAggregate {
         }
     }
 
+    /// The state the batch layer stored for `function` over one window, as a partial that
+    /// merges with the speed layer's: `None` for aggregates whose exact value is their state
+    /// (count, sum, min, max) and for a state that was not stored.
+    pub fn from_stored(function: AggregateFunction, stored: &WindowState) -> Result<Option<Self>> {
+        let corrupt = |e: &dyn fmt::Display| Error::Sketch {
+            detail: e.to_string(),
+        };
+        Ok(match (function, stored) {
+            (AggregateFunction::Avg, WindowState::Avg { sum, count }) => Some(Self::Avg {
+                sum: *sum,
+                count: *count,
+            }),
+            (AggregateFunction::CountDistinct, WindowState::Distinct(bytes)) => {
+                Some(Self::Distinct(Box::new(
+                    HllSketch::deserialize(bytes).map_err(|e| corrupt(&e))?,
+                )))
+            }
+            (AggregateFunction::Percentile { q }, WindowState::Quantiles(bytes)) => {
+                Some(Self::Percentile {
+                    q,
+                    sketch: Box::new(KllSketch::deserialize(bytes).map_err(|e| corrupt(&e))?),
+                })
+            }
+            _ => None,
+        })
+    }
+
     /// Counts one row for `count(*)`.
     #[inline]
     pub fn update_row(&mut self) {
@@ -189,19 +202,13 @@ impl PartialAggregate {
                 *sum += f;
                 *count += 1;
             }
-            Self::Distinct(sketch) => match input {
-                // Integers and floats hash by value so that 3 and 3.0 from differently typed
-                // columns never meet; one column has one type.
-                Input::Int(v) => sketch.update(v),
-                Input::Float(v) => sketch.update(canonical_float_bits(v)),
-                Input::Bytes(b) => sketch.update(b),
+            Self::Distinct(s) => match input {
+                Input::Int(v) => sketch::hll_int(s, v),
+                Input::Float(v) => sketch::hll_float(s, v),
+                Input::Bytes(b) => sketch::hll_bytes(s, b),
                 Input::Null => {}
             },
-            Self::Percentile { sketch, .. } => {
-                if let Ok(v) = KllFloat::<f64>::new(f) {
-                    sketch.update(v);
-                }
-            }
+            Self::Percentile { sketch: s, .. } => sketch::kll_value(s, f),
         }
     }
 
@@ -367,11 +374,6 @@ fn merge_opt<T: Copy>(a: Option<T>, b: Option<T>, f: impl Fn(T, T) -> T) -> Opti
         (Some(a), Some(b)) => Some(f(a, b)),
         (x, None) | (None, x) => x,
     }
-}
-
-/// Bits of a float with `-0.0` folded into `0.0`, so equal values hash equally.
-fn canonical_float_bits(v: f64) -> u64 {
-    if v == 0.0 { 0 } else { v.to_bits() }
 }
 
 #[cfg(test)]

@@ -149,6 +149,21 @@ impl SpeedLayer {
         Some(Self::rows_of(&pinned))
     }
 
+    /// The partial state of `view`'s windows starting in `range`, merged over partitions: one
+    /// per window and group, for rollups that combine windows further. `None` for an unknown
+    /// view.
+    pub fn query_states(&self, view: &str, range: StartRange) -> Option<Vec<Partial>> {
+        let pinned = self.pin(view, range)?;
+        let sessions = pinned.first().is_some_and(|p| {
+            matches!(
+                p.program().view.window,
+                tandem_shared::window::WindowSpec::Session { .. }
+            )
+        });
+        let partials: Vec<Partial> = pinned.iter().flat_map(Pinned::partials).collect();
+        Some(state::merge_states(partials, sessions))
+    }
+
     /// The first half of a query: the windows of `view` in `range` of every partition, pinned
     /// under the read lock (pointer copies only); `None` for an unknown view.
     pub(crate) fn pin(&self, view: &str, range: StartRange) -> Option<Vec<Pinned>> {

@@ -29,6 +29,7 @@ use futures::{FutureExt, TryStreamExt};
 use lru::LruCache;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::errors::ParquetError;
@@ -36,6 +37,7 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::statistics::Statistics;
 use tandem_shared::coverage::StartRange;
 use tandem_shared::row::ViewRow;
+use tandem_shared::sketch::StatedRow;
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewDefinition;
 
@@ -61,7 +63,9 @@ pub enum Error {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Footer(String),
-    Group(String, usize),
+    /// A row group's batches: the view's own columns only, or (true) with the rollup state
+    /// columns too, which hold sketches and are only read for rollups.
+    Group(String, usize, bool),
 }
 
 #[derive(Debug, Clone)]
@@ -153,8 +157,9 @@ impl SegmentCache {
         path: &str,
         footer: &ArrowReaderMetadata,
         index: usize,
+        columns: Columns,
     ) -> Result<Arc<Vec<RecordBatch>>, Error> {
-        let key = Key::Group(path.to_owned(), index);
+        let key = Key::Group(path.to_owned(), index, columns == Columns::WithStates);
         if let Some(Entry::Group(rows)) = self.get(&key) {
             metrics::counter!("tandem_catalog_cache_hits_total").increment(1);
             return Ok(rows);
@@ -165,14 +170,20 @@ impl SegmentCache {
             source,
         };
         let reader = SegmentReader::new(&self.store, path);
-        let batches: Vec<_> =
+        let mut builder =
             ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer.clone())
-                .with_row_groups(vec![index])
-                .build()
-                .map_err(read)?
-                .try_collect()
-                .await
-                .map_err(read)?;
+                .with_row_groups(vec![index]);
+        if let Columns::Values(n) = columns {
+            let parquet = footer.metadata().file_metadata().schema_descr();
+            let n = n.min(parquet.root_schema().get_fields().len());
+            builder = builder.with_projection(ProjectionMask::roots(parquet, 0..n));
+        }
+        let batches: Vec<_> = builder
+            .build()
+            .map_err(read)?
+            .try_collect()
+            .await
+            .map_err(read)?;
         let bytes = batches
             .iter()
             .map(RecordBatch::get_array_memory_size)
@@ -191,6 +202,42 @@ impl SegmentCache {
         path: &str,
         ranges: &[StartRange],
     ) -> Result<Vec<ViewRow>, Error> {
+        let values = 2 + view.group_by.len() + view.aggregates.len();
+        self.read(
+            view,
+            path,
+            ranges,
+            Columns::Values(values),
+            segment::decode_rows,
+        )
+        .await
+    }
+
+    /// [`SegmentCache::rows`] with each value's rollup state.
+    pub async fn states(
+        &self,
+        view: &ViewDefinition,
+        path: &str,
+        ranges: &[StartRange],
+    ) -> Result<Vec<StatedRow>, Error> {
+        self.read(
+            view,
+            path,
+            ranges,
+            Columns::WithStates,
+            segment::decode_states,
+        )
+        .await
+    }
+
+    async fn read<T>(
+        &self,
+        view: &ViewDefinition,
+        path: &str,
+        ranges: &[StartRange],
+        columns: Columns,
+        decode_batches: fn(&ViewDefinition, &[RecordBatch]) -> segment::Result<Vec<T>>,
+    ) -> Result<Vec<T>, Error> {
         let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
             return Ok(Vec::new());
         };
@@ -208,7 +255,7 @@ impl SegmentCache {
             {
                 continue;
             }
-            let batches = self.group(path, &footer, index).await?;
+            let batches = self.group(path, &footer, index, columns).await?;
             let decode = |source| Error::Decode {
                 path: path.to_owned(),
                 source,
@@ -218,10 +265,19 @@ impl SegmentCache {
                 .map(|b| in_ranges(b, ranges))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(decode)?;
-            out.extend(segment::decode_rows(view, &wanted).map_err(decode)?);
+            out.extend(decode_batches(view, &wanted).map_err(decode)?);
         }
         Ok(out)
     }
+}
+
+/// Which columns of a row group to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Columns {
+    /// The first `n`: window bounds, groups and values.
+    Values(usize),
+    /// All, with the rollup state columns.
+    WithStates,
 }
 
 /// Ranged reads of one segment object, for the Parquet reader.

@@ -36,6 +36,7 @@ use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::error::ErrorKind;
 use tandem_shared::layout;
 use tandem_shared::row::ViewRow;
+use tandem_shared::sketch::StatedRow;
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewDefinition;
 use tandem_store::manifest::{self as chain, ManifestChain};
@@ -171,24 +172,35 @@ impl ViewCatalog {
     /// Rows of `published` whose window starts in `range`, in result order: for each window,
     /// from the segment that answers it. Reads only segments and row groups the range needs.
     pub async fn rows(&self, published: &PublishedView, range: StartRange) -> Result<Vec<ViewRow>> {
-        let def = self
-            .views
-            .get(&published.manifest.view)
-            .ok_or_else(|| Error::UnknownView(published.manifest.view.clone()))?;
+        let def = self.definition(published)?;
         let mut rows = Vec::new();
-        for (segment, ranges) in published.manifest.effective() {
-            let wanted: Vec<StartRange> = ranges
-                .iter()
-                .map(|r| StartRange::new(r.from.max(range.from), r.to.min(range.to)))
-                .filter(|r| !r.is_empty())
-                .collect();
-            if wanted.is_empty() {
-                continue;
-            }
-            rows.extend(self.cache.rows(def, &segment.path, &wanted).await?);
+        for (path, wanted) in reads(published, range) {
+            rows.extend(self.cache.rows(def, path, &wanted).await?);
         }
         rows.sort_by(ViewRow::order);
         Ok(rows)
+    }
+
+    /// [`ViewCatalog::rows`] with each value's rollup state (sketches, an average's sum and
+    /// count).
+    pub async fn states(
+        &self,
+        published: &PublishedView,
+        range: StartRange,
+    ) -> Result<Vec<StatedRow>> {
+        let def = self.definition(published)?;
+        let mut rows = Vec::new();
+        for (path, wanted) in reads(published, range) {
+            rows.extend(self.cache.states(def, path, &wanted).await?);
+        }
+        rows.sort_by(|a, b| ViewRow::order(&a.row, &b.row));
+        Ok(rows)
+    }
+
+    fn definition(&self, published: &PublishedView) -> Result<&ViewDefinition> {
+        self.views
+            .get(&published.manifest.view)
+            .ok_or_else(|| Error::UnknownView(published.manifest.view.clone()))
     }
 
     /// [`ViewCatalog::rows`] of the view's current publication.
@@ -339,4 +351,22 @@ impl ViewCatalog {
             attempts: ATTEMPTS,
         })
     }
+}
+
+/// The segments of `published` that answer windows starting in `range`, each with the ranges of
+/// window starts it answers there.
+fn reads(published: &PublishedView, range: StartRange) -> Vec<(&str, Vec<StartRange>)> {
+    published
+        .manifest
+        .effective()
+        .into_iter()
+        .filter_map(|(segment, ranges)| {
+            let wanted: Vec<StartRange> = ranges
+                .iter()
+                .map(|r| StartRange::new(r.from.max(range.from), r.to.min(range.to)))
+                .filter(|r| !r.is_empty())
+                .collect();
+            (!wanted.is_empty()).then_some((segment.path.as_str(), wanted))
+        })
+        .collect()
 }

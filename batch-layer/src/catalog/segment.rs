@@ -1,7 +1,10 @@
 //! Segment I/O: a job's result as one Parquet object, and back into view rows.
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, new_null_array};
+use std::sync::Arc;
+
 use datafusion::arrow::compute::{cast, concat_batches, sort_to_indices, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, Schema};
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
@@ -9,6 +12,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use tandem_shared::row::{GroupValue, ViewRow};
+use tandem_shared::sketch::{StatedRow, WindowState};
 use tandem_shared::time::EventTime;
 use tandem_shared::value::AggregateValue;
 use tandem_shared::view::{AggregateFunction, ViewDefinition};
@@ -24,7 +28,7 @@ pub enum Error {
     Parquet(#[from] ParquetError),
     #[error("Arrow: {0}")]
     Arrow(#[from] ArrowError),
-    #[error("expected {expected} columns, found {found}")]
+    #[error("expected at least {expected} columns, found {found}")]
     Columns { expected: usize, found: usize },
     #[error("reading column {column}: {source}")]
     Value {
@@ -41,22 +45,41 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// window start in row groups of `row_group_rows`, so that each row group's `window_start`
 /// statistics bound a narrow range of windows.
 pub(crate) fn encode(batches: &[RecordBatch], row_group_rows: usize) -> Result<Vec<u8>> {
-    let first = batches.first().ok_or(Error::NoBatches)?;
-    let schema = first.schema();
     // Batches of one segment may come from segments written at different times (compaction),
-    // whose column types can differ in representation (Utf8 and Utf8View, say): cast each to
-    // the first one's schema.
+    // whose column types can differ in representation (Utf8 and Utf8View, say), and older ones
+    // may lack the rollup state columns: take the widest schema, cast each batch's columns to
+    // it by name and fill missing ones with nulls.
+    let widest = batches
+        .iter()
+        .map(RecordBatch::schema)
+        .max_by_key(|s| s.fields().len())
+        .ok_or(Error::NoBatches)?;
+    // A column some batch lacks is filled with nulls there, so it must be nullable.
+    let schema = Arc::new(Schema::new(
+        widest
+            .fields()
+            .iter()
+            .map(|f| {
+                let everywhere = batches.iter().all(|b| b.column_by_name(f.name()).is_some());
+                f.as_ref()
+                    .clone()
+                    .with_nullable(f.is_nullable() || !everywhere)
+            })
+            .collect::<Vec<_>>(),
+    ));
     let aligned = batches
         .iter()
         .map(|b| {
             if b.schema().fields() == schema.fields() {
                 return Ok(b.clone());
             }
-            let columns = b
-                .columns()
+            let columns = schema
+                .fields()
                 .iter()
-                .zip(schema.fields())
-                .map(|(c, f)| cast(c, f.data_type()))
+                .map(|f| match b.column_by_name(f.name()) {
+                    Some(c) => cast(c, f.data_type()),
+                    None => Ok(new_null_array(f.data_type(), b.num_rows())),
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             RecordBatch::try_new(schema.clone(), columns)
         })
@@ -123,12 +146,13 @@ fn group_value(v: ScalarValue) -> GroupValue {
 }
 
 /// Converts query output (`window_start, window_end, g0.., a0..`) into rows.
-pub(crate) fn decode_rows(view: &ViewDefinition, batches: &[RecordBatch]) -> Result<Vec<ViewRow>> {
+pub fn decode_rows(view: &ViewDefinition, batches: &[RecordBatch]) -> Result<Vec<ViewRow>> {
     let groups = view.group_by.len();
     let expected = 2 + groups + view.aggregates.len();
     let mut out = Vec::new();
     for batch in batches {
-        if batch.num_columns() != expected {
+        // Columns after the values hold rollup state (see `decode_states`).
+        if batch.num_columns() < expected {
             return Err(Error::Columns {
                 expected,
                 found: batch.num_columns(),
@@ -178,10 +202,74 @@ pub(crate) fn decode_rows(view: &ViewDefinition, batches: &[RecordBatch]) -> Res
     Ok(out)
 }
 
+/// Converts query output into rows with the rollup state of each value (see
+/// `query::state_columns`); a state column a segment lacks is [`WindowState::Missing`].
+pub(crate) fn decode_states(
+    view: &ViewDefinition,
+    batches: &[RecordBatch],
+) -> Result<Vec<StatedRow>> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let rows = decode_rows(view, std::slice::from_ref(batch))?;
+        let column = |name: String| batch.column_by_name(&name);
+        let states: Vec<Box<dyn Fn(usize) -> WindowState + '_>> = view
+            .aggregates
+            .iter()
+            .enumerate()
+            .map(|(i, a)| -> Box<dyn Fn(usize) -> WindowState + '_> {
+                let p = column(format!("p{i}"));
+                let s = column(format!("s{i}"));
+                match (a.function, p, s) {
+                    (AggregateFunction::Avg, Some(p), Some(s)) => {
+                        // The sum has the argument's type: integer or float.
+                        let sums = cast(s, &DataType::Float64).ok();
+                        match (p.as_primitive_opt::<Int64Type>(), sums) {
+                            (Some(n), Some(sums)) => Box::new(move |r| {
+                                let s = sums.as_primitive::<Float64Type>();
+                                WindowState::Avg {
+                                    sum: if s.is_null(r) { 0.0 } else { s.value(r) },
+                                    count: if n.is_null(r) { 0 } else { n.value(r) },
+                                }
+                            }),
+                            _ => Box::new(|_| WindowState::Missing),
+                        }
+                    }
+                    (
+                        f @ (AggregateFunction::CountDistinct
+                        | AggregateFunction::Percentile { .. }),
+                        Some(p),
+                        _,
+                    ) => match p.as_binary_opt::<i32>() {
+                        Some(b) => Box::new(move |r| {
+                            if b.is_null(r) {
+                                WindowState::Missing
+                            } else if f == AggregateFunction::CountDistinct {
+                                WindowState::Distinct(b.value(r).to_vec())
+                            } else {
+                                WindowState::Quantiles(b.value(r).to_vec())
+                            }
+                        }),
+                        None => Box::new(|_| WindowState::Missing),
+                    },
+                    (AggregateFunction::Avg, ..)
+                    | (AggregateFunction::CountDistinct, ..)
+                    | (AggregateFunction::Percentile { .. }, ..) => {
+                        Box::new(|_| WindowState::Missing)
+                    }
+                    _ => Box::new(|_| WindowState::Value),
+                }
+            })
+            .collect();
+        out.extend(rows.into_iter().enumerate().map(|(r, row)| StatedRow {
+            row,
+            states: states.iter().map(|s| s(r)).collect(),
+        }));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use datafusion::arrow::array::{Array, Int64Array, StringArray, StringViewArray};
 
     use super::*;
@@ -216,5 +304,60 @@ mod tests {
         .unwrap();
         let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 2);
+    }
+
+    #[test]
+    fn a_segment_compacted_from_old_and_new_ones_keeps_the_states_it_has() {
+        use datafusion::arrow::array::BinaryArray;
+        let schema = tandem_shared::testing::orders_schema();
+        let view = tandem_shared::testing::view(
+            &schema,
+            "v",
+            tandem_shared::testing::tumbling("1m"),
+            &[],
+            None,
+            &["count(*) AS n", "count(DISTINCT city) AS cities"],
+        );
+        let column = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as Arc<dyn Array>;
+        // Written before states were stored: no `p1`.
+        let old = RecordBatch::try_from_iter([
+            ("window_start", column(vec![0])),
+            ("window_end", column(vec![60_000])),
+            ("a0", column(vec![3])),
+            ("a1", column(vec![2])),
+        ])
+        .unwrap();
+        let mut sketch = tandem_shared::sketch::new_hll();
+        tandem_shared::sketch::hll_bytes(&mut sketch, b"Lima");
+        let bytes = sketch.serialize();
+        let new = RecordBatch::try_from_iter([
+            ("window_start", column(vec![60_000])),
+            ("window_end", column(vec![120_000])),
+            ("a0", column(vec![1])),
+            ("a1", column(vec![1])),
+            (
+                "p1",
+                Arc::new(BinaryArray::from(vec![Some(bytes.as_slice())])) as Arc<dyn Array>,
+            ),
+        ])
+        .unwrap();
+        let encoded = encode(&[old, new], 10).unwrap();
+        let batches: Vec<RecordBatch> =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                bytes::Bytes::from(encoded),
+            )
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect();
+        let rows = decode_states(&view, &batches).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].states, [WindowState::Value, WindowState::Missing]);
+        assert_eq!(
+            rows[1].states,
+            [WindowState::Value, WindowState::Distinct(bytes)]
+        );
+        assert_eq!(rows[1].row.values[1], AggregateValue::Int(1));
     }
 }

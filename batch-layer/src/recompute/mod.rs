@@ -41,6 +41,7 @@ use tandem_store::manifest;
 mod dirty;
 pub mod plan;
 pub mod query;
+pub mod sketches;
 
 pub use dirty::Cleanliness;
 
@@ -280,6 +281,7 @@ impl Recompute {
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
         let ctx = SessionContext::new_with_config(config);
         tables::register_store(&ctx, &self.store)?;
+        sketches::register(&ctx);
         Ok(ctx)
     }
 

@@ -6,12 +6,13 @@
 //! filter and aggregate arguments are pasted in as the same SQL text the speed layer compiles.
 //!
 //! Output columns: `window_start`, `window_end` (epoch ms), `g0..` (group values), `a0..`
-//! (aggregate values), one row per window and group.
+//! (aggregate values), one row per window and group. Fixed-size windows add each window's
+//! state for rollups after the values (see [`state_columns`]).
 
 use std::fmt::Write;
 
 use tandem_shared::coverage::StartRange;
-use tandem_shared::time::EventTime;
+use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::{AggregateFunction, ViewDefinition};
 use tandem_shared::window::WindowSpec;
 
@@ -36,16 +37,40 @@ fn aggregate_sql(function: AggregateFunction, argument: Option<&str>) -> String 
     }
 }
 
+/// The columns, after the values, that hold what a rollup needs to combine windows beyond their
+/// exact values: for `avg` its count `p{i}` and sum `s{i}` (written exactly as a `sum` value
+/// would be, so that a view that also sums the argument shares the expression), for `count(DISTINCT ..)` and
+/// percentiles the serialized sketch `p{i}`. Count, sum, min and max need none.
+pub fn state_columns(view: &ViewDefinition) -> String {
+    use super::sketches::{HLL, KLL};
+    let mut sql = String::new();
+    for (i, a) in view.aggregates.iter().enumerate() {
+        let arg = a.argument.as_deref().unwrap_or("*");
+        let _ = match a.function {
+            AggregateFunction::Avg => write!(sql, ", count({arg}) AS p{i}, sum({arg}) AS s{i}"),
+            AggregateFunction::CountDistinct => write!(sql, ", {HLL}({arg}) AS p{i}"),
+            AggregateFunction::Percentile { .. } => write!(sql, ", {KLL}({arg}) AS p{i}"),
+            _ => Ok(()),
+        };
+    }
+    sql
+}
+
 /// The events a query reads. With an id field, an event id produced more than once counts once
 /// (the first copy by partition and offset); events without an id are all kept.
 pub fn events_source(id_field: Option<&str>) -> String {
+    events_source_from(id_field, EVENTS_TABLE)
+}
+
+/// [`events_source`] reading `table` (a table name or a parenthesized query).
+fn events_source_from(id_field: Option<&str>, table: &str) -> String {
     match id_field {
-        None => EVENTS_TABLE.to_owned(),
+        None => table.to_owned(),
         Some(id) => {
             let id = ident(id);
             format!(
                 "(SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY {id} ORDER BY \"_kafka_partition\", \"_kafka_offset\") AS __copy \
-                 FROM {EVENTS_TABLE}) d WHERE __copy = 1 OR {id} IS NULL)"
+                 FROM {table}) d WHERE __copy = 1 OR {id} IS NULL)"
             )
         }
     }
@@ -60,15 +85,66 @@ pub fn window_query(
     starts: StartRange,
     scan: StartRange,
 ) -> Option<String> {
-    let size = view.window.size()?.millis();
-    let slide = view.window.slide()?.millis();
-    let hops = size / slide;
+    windows(
+        view,
+        time_field,
+        &events_source(id_field),
+        starts,
+        scan,
+        true,
+    )
+}
+
+/// SQL computing `view`'s values exactly over buckets of `bucket` (a multiple of its tumbling
+/// window) whose starts are in `range` (bucket-aligned), or with `None` over `range` as one
+/// bucket (the global window): a rollup recomputed from the raw events. Only the archive's
+/// files that hold `range` are read: the time field is bounded by literals the `events` table
+/// prunes by. No rollup state columns.
+pub fn rollup_query(
+    view: &ViewDefinition,
+    time_field: &str,
+    id_field: Option<&str>,
+    range: StartRange,
+    bucket: Option<Span>,
+) -> String {
     let t = ident(time_field);
-    let mut sql = String::new();
-    let _ = write!(
-        sql,
-        "SELECT __ws AS window_start, __ws + {size} AS window_end"
+    let bounded = format!(
+        "(SELECT * FROM {EVENTS_TABLE} WHERE {t} >= TIMESTAMP '{}' AND {t} < TIMESTAMP '{}')",
+        range.from.to_rfc3339(),
+        range.to.to_rfc3339()
     );
+    let source = events_source_from(id_field, &bounded);
+    let size = bucket.unwrap_or(Span::from_millis(
+        range.to.millis().saturating_sub(range.from.millis()),
+    ));
+    let mut coarse = view.clone();
+    coarse.window = WindowSpec::Tumbling { size };
+    match bucket {
+        Some(_) => windows(&coarse, time_field, &source, range, range, false).unwrap_or_default(),
+        None => {
+            // One bucket: every event of the range, whatever its offset from the epoch.
+            let mut sql = format!(
+                "SELECT {} AS window_start, {} AS window_end",
+                range.from.millis(),
+                range.to.millis()
+            );
+            sql.push_str(&output_columns(view));
+            let _ = write!(sql, " FROM {source} e WHERE TRUE");
+            if let Some(filter) = &view.filter {
+                let _ = write!(sql, " AND ({filter})");
+            }
+            if !view.group_by.is_empty() {
+                let groups: Vec<String> = view.group_by.iter().map(|g| ident(g)).collect();
+                let _ = write!(sql, " GROUP BY {}", groups.join(", "));
+            }
+            sql
+        }
+    }
+}
+
+/// `, g0, .., a0, ..`: the group dimensions and the aggregates, named as the output columns.
+fn output_columns(view: &ViewDefinition) -> String {
+    let mut sql = String::new();
     for (i, g) in view.group_by.iter().enumerate() {
         let _ = write!(sql, ", {} AS g{i}", ident(g));
     }
@@ -79,10 +155,33 @@ pub fn window_query(
             aggregate_sql(a.function, a.argument.as_deref())
         );
     }
+    sql
+}
+
+fn windows(
+    view: &ViewDefinition,
+    time_field: &str,
+    source: &str,
+    starts: StartRange,
+    scan: StartRange,
+    states: bool,
+) -> Option<String> {
+    let size = view.window.size()?.millis();
+    let slide = view.window.slide()?.millis();
+    let hops = size / slide;
+    let t = ident(time_field);
+    let mut sql = String::new();
+    let _ = write!(
+        sql,
+        "SELECT __ws AS window_start, __ws + {size} AS window_end"
+    );
+    sql.push_str(&output_columns(view));
+    if states {
+        sql.push_str(&state_columns(view));
+    }
     // Innermost: events of the scan range with their time as integer milliseconds.
     let events = format!(
-        "SELECT *, CAST({t} AS BIGINT) AS __t FROM {} e WHERE CAST({t} AS BIGINT) >= {} AND CAST({t} AS BIGINT) < {}",
-        events_source(id_field),
+        "SELECT *, CAST({t} AS BIGINT) AS __t FROM {source} e WHERE CAST({t} AS BIGINT) >= {} AND CAST({t} AS BIGINT) < {}",
         scan.from.millis(),
         scan.to.millis()
     );
@@ -206,7 +305,8 @@ mod tests {
         assert_eq!(
             sql,
             "SELECT __ws AS window_start, __ws + 60000 AS window_end, \"city\" AS g0, count(*) AS a0, \
-             count(DISTINCT city) AS a1, percentile_cont(amount, 0.5) AS a2 FROM (SELECT *, \
+             count(DISTINCT city) AS a1, percentile_cont(amount, 0.5) AS a2, tandem_hll(city) AS p1, \
+             tandem_kll(amount) AS p2 FROM (SELECT *, \
              __t - __t % 60000 AS __ws FROM (SELECT *, CAST(\"ts\" AS BIGINT) AS __t \
              FROM events e WHERE CAST(\"ts\" AS BIGINT) >= 0 AND CAST(\"ts\" AS BIGINT) < 120000) e0) e \
              WHERE TRUE AND (amount > 0) GROUP BY __ws, \"city\""

@@ -43,6 +43,7 @@ pub async fn view_schema(
     schema: &EventSchema,
 ) -> Result<SchemaRef, DataFusionError> {
     let ctx = SessionContext::new();
+    crate::recompute::sketches::register(&ctx);
     let events = read_schema(schema);
     ctx.register_table(
         query::EVENTS_TABLE,

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | GET | `/v1/views` | configured views, their batch horizon and drift |
 //! | GET | `/v1/views/{name}?from=&to=&DIM=VALUE&limit=&cursor=` | merged rows of windows starting in `[from, to)`, a page at a time |
+//! | GET | `/v1/views/{name}?granularity=1h\|all&exact=&from=&to=&DIM=VALUE` | a rollup of a tumbling view ([`crate::rollup`]) |
 //! | GET | `/v1/views/{name}/coverage?from=&to=` | window starts answered by the batch layer (exact or incomplete) and by the speed layer |
 //! | GET | `/v1/views/{name}/stream?from=&to=&DIM=VALUE` | Server-Sent Events: `row` (new or changed, same JSON as a row above) and `removed` |
 //! | POST | `/v1/jobs` | queue a recompute job `{"view"?, "from"?, "to"?}` |
@@ -44,6 +45,7 @@ use crate::access::{self, HttpLimits, HttpPolicy};
 use crate::page::{self, Cursor};
 use crate::readiness::Readiness;
 use crate::reconcile::Reconciler;
+use crate::rollup::{self, Granularity};
 use crate::seam::{self, DimensionFilter, ViewQuery};
 use crate::sql::{self, SqlEngine};
 
@@ -54,7 +56,9 @@ mod stream;
 mod tests;
 
 pub use error::ApiError;
-pub use response::{Health, JobList, Ready, RowBody, ViewList, ViewRows, ViewSummary};
+pub use response::{
+    Health, JobList, Ready, RollupBody, RollupRows, RowBody, ViewList, ViewRows, ViewSummary,
+};
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -317,8 +321,17 @@ async fn query_view(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(params): Query<BTreeMap<String, String>>,
-) -> Result<Json<ViewRows>, ApiError> {
+) -> Result<Response, ApiError> {
     let view = state.view(&name)?;
+    if params.contains_key("granularity") {
+        return Ok(Json(rollup_view(&state, view, params).await?).into_response());
+    }
+    if let Some(name) = ["exact"].into_iter().find(|p| params.contains_key(*p)) {
+        return Err(ApiError::BadParameter {
+            name: name.into(),
+            problem: "only for rollups: give `granularity` too".into(),
+        });
+    }
     let (query, paging) = parse_view_query(view, &params)?;
     let mut answer = seam::answer(state.catalog.as_ref(), &state.speed, &query).await?;
     let (rows, next) = page::cut(answer.rows, paging.after.as_ref(), paging.limit);
@@ -328,7 +341,83 @@ async fn query_view(
         answer,
         next.map(|c| c.encode()),
         state.speed.watermark(&name),
-    )))
+    ))
+    .into_response())
+}
+
+/// `GET /v1/views/{name}?granularity=1h|all[&exact=true]`: see [`crate::rollup`].
+async fn rollup_view(
+    state: &AppState,
+    view: &ViewDefinition,
+    mut params: BTreeMap<String, String>,
+) -> Result<RollupRows, ApiError> {
+    let text = params.remove("granularity").unwrap_or_default();
+    let granularity =
+        Granularity::parse(&text, view).map_err(|problem| ApiError::BadParameter {
+            name: "granularity".into(),
+            problem,
+        })?;
+    let exact = match params.remove("exact").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::BadParameter {
+                name: "exact".into(),
+                problem: format!("`{other}` is not true or false"),
+            });
+        }
+    };
+    if let Some(name) = ["limit", "cursor"]
+        .into_iter()
+        .find(|p| params.contains_key(*p))
+    {
+        return Err(ApiError::BadParameter {
+            name: name.into(),
+            problem: "a rollup answers in one response: narrow the range or coarsen the granularity instead".into(),
+        });
+    }
+    let (mut query, _) = parse_view_query(view, &params)?;
+    query.range = granularity.widen(query.range);
+    let answer = rollup::states(state.catalog.as_ref(), &state.speed, view, &query).await?;
+    let mut rolled = rollup::roll(view, granularity, query.range, answer.rows);
+    if rolled.len() > page::MAX_LIMIT {
+        return Err(ApiError::BadParameter {
+            name: "granularity".into(),
+            problem: format!(
+                "the rollup has {} rows, more than {}: narrow the range or coarsen the granularity",
+                rolled.len(),
+                page::MAX_LIMIT
+            ),
+        });
+    }
+    if exact {
+        let engine = state.sql.as_ref().ok_or_else(|| ApiError::BadParameter {
+            name: "exact".into(),
+            problem: "this process has no SQL engine to recompute from the archive".into(),
+        })?;
+        rolled = rollup::exact::recompute(engine, view, granularity, query.range, rolled)
+            .await
+            .map_err(|e| match e {
+                // The query is Tandem's own: a planning failure is a bug, not the caller's.
+                rollup::exact::Error::Sql(
+                    e @ (sql::Error::Timeout(_)
+                    | sql::Error::Memory { .. }
+                    | sql::Error::TooManyRows(_)),
+                ) => ApiError::Sql(e),
+                other => ApiError::Internal(format!("exact rollup: {other}")),
+            })?;
+    }
+    let rows = rolled
+        .into_iter()
+        .map(|r| RollupBody::new(view, r))
+        .collect();
+    Ok(RollupRows {
+        view: view.name.clone(),
+        version: answer.version,
+        granularity: text,
+        batch_horizon: answer.batch_horizon,
+        rows,
+    })
 }
 
 /// `GET /v1/views/{name}/coverage`.

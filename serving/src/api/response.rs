@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 use tandem_batch_layer::JobRecord;
-use tandem_shared::row::Source;
+use tandem_shared::row::{GroupValue, Source};
 use tandem_shared::time::{EventTime, Span};
 use tandem_shared::value::AggregateValue;
 use tandem_shared::view::{ViewDefinition, ViewVersion};
@@ -14,6 +14,7 @@ use tandem_shared::window::WindowConfig;
 use tandem_speed_layer::aggregate::{ErrorBound, error_bound};
 
 use crate::reconcile::DriftReport;
+use crate::rollup::RolledRow;
 use crate::seam::{Answer, AnsweredRow};
 
 /// `GET /v1/views`.
@@ -117,6 +118,28 @@ fn value_json(value: AggregateValue, bound: Option<ErrorBound>) -> Value {
     }
 }
 
+/// Dimension name → value.
+fn group_json(view: &ViewDefinition, group: &[GroupValue]) -> BTreeMap<String, Value> {
+    view.group_by
+        .iter()
+        .zip(group)
+        .map(|(name, v)| (name.clone(), v.to_json()))
+        .collect()
+}
+
+/// Aggregate name → value, with the error bound `bound(i)` gives the `i`th value.
+fn values_json(
+    view: &ViewDefinition,
+    values: &[AggregateValue],
+    bound: impl Fn(usize) -> Option<ErrorBound>,
+) -> BTreeMap<String, Value> {
+    view.value_names()
+        .zip(values)
+        .enumerate()
+        .map(|(i, (name, v))| (name.to_owned(), value_json(*v, bound(i))))
+        .collect()
+}
+
 impl ViewRows {
     /// `watermark` is the speed layer's for the view (see [`RowBody::closed`]).
     pub fn new(
@@ -151,21 +174,10 @@ impl ViewRows {
                         closed: speed.then(|| watermark.is_some_and(|w| w >= row.window.end)),
                         window_start: row.window.start,
                         window_end: row.window.end,
-                        group: view
-                            .group_by
-                            .iter()
-                            .zip(&row.group)
-                            .map(|(name, v)| (name.clone(), v.to_json()))
-                            .collect(),
-                        values: view
-                            .value_names()
-                            .map(str::to_owned)
-                            .zip(row.values)
-                            .zip(&bounds)
-                            .map(|((name, v), bound)| {
-                                (name, value_json(v, if speed { *bound } else { None }))
-                            })
-                            .collect(),
+                        group: group_json(view, &row.group),
+                        values: values_json(view, &row.values, |i| {
+                            if speed { bounds[i] } else { None }
+                        }),
                         source,
                         approximate: if speed {
                             approximate.clone()
@@ -182,6 +194,81 @@ impl ViewRows {
             batch_horizon: answer.batch_horizon,
             rows,
             next_cursor,
+        }
+    }
+}
+
+/// `GET /v1/views/{name}?granularity=`.
+#[derive(Debug, Serialize)]
+pub struct RollupRows {
+    pub view: String,
+    pub version: ViewVersion,
+    /// `all`, or the bucket span (`1h`).
+    pub granularity: String,
+    pub batch_horizon: Option<EventTime>,
+    pub rows: Vec<RollupBody>,
+}
+
+/// One bucket and group of a rollup.
+#[derive(Debug, Serialize)]
+pub struct RollupBody {
+    pub window_start: EventTime,
+    pub window_end: EventTime,
+    pub group: BTreeMap<String, Value>,
+    /// Aggregate name → value: exact values as numbers; a distinct count or percentile merged
+    /// from sketches as `{"estimate", "rse"}` or `{"estimate", "rank_error"}`.
+    pub values: BTreeMap<String, Value>,
+    /// `batch`, `speed`, `mixed` (windows of both), or `archive` (recomputed exactly from the
+    /// raw events with `exact=true`).
+    pub source: &'static str,
+    /// How many of the bucket's windows each layer answered (absent for `archive` rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<WindowCounts>,
+    /// False when a batch window of the bucket lost events (an archive gap).
+    pub complete: bool,
+    /// Values estimated from sketches.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approximate: Vec<String>,
+    /// Values that are null because a window's state was not stored (segments written before
+    /// states were); recompute the view, or ask with `exact=true`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WindowCounts {
+    pub batch: u64,
+    pub speed: u64,
+}
+
+impl RollupBody {
+    pub fn new(view: &ViewDefinition, row: RolledRow) -> Self {
+        let names = |flags: &[bool]| -> Vec<String> {
+            view.value_names()
+                .zip(flags)
+                .filter(|(_, f)| **f)
+                .map(|(n, _)| n.to_owned())
+                .collect()
+        };
+        Self {
+            window_start: row.window.start,
+            window_end: row.window.end,
+            group: group_json(view, &row.group),
+            values: values_json(view, &row.values, |i| {
+                if row.approximate.get(i) == Some(&true) {
+                    error_bound(view.aggregates[i].function)
+                } else {
+                    None
+                }
+            }),
+            source: row.source(),
+            windows: (!row.archive).then_some(WindowCounts {
+                batch: row.batch_windows,
+                speed: row.speed_windows,
+            }),
+            complete: row.complete,
+            approximate: names(&row.approximate),
+            unavailable: names(&row.unavailable),
         }
     }
 }

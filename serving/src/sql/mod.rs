@@ -25,11 +25,13 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::parser::ParserError;
 use futures::StreamExt;
 use object_store::ObjectStore;
-use tandem_batch_layer::ViewCatalog;
 use tandem_batch_layer::recompute::query::EVENTS_TABLE;
 use tandem_batch_layer::tables::{self, EventsTable};
+use tandem_batch_layer::{ArchiveSnapshot, ViewCatalog};
+use tandem_shared::clock::{Clock, SystemClock};
 use tandem_shared::error::ErrorKind;
 use tandem_shared::schema::EventSchema;
+use tandem_shared::time::{EventTime, Span};
 
 use crate::seam::FreshViews;
 
@@ -199,6 +201,9 @@ pub struct SqlEngine {
     /// Each view's row columns, typed once at start-up.
     view_rows: BTreeMap<String, SchemaRef>,
     limits: SqlLimits,
+    /// How long a quiet partition waits before the archive counts it complete (the batch
+    /// layer's rule, for exact rollups).
+    idle_timeout: Span,
     /// Parquet footers, file statistics and file listings, shared by every query's session:
     /// archive files are immutable, so what one query read about a file holds for the next.
     caches: CacheManagerConfig,
@@ -251,12 +256,33 @@ impl SqlEngine {
             schema,
             view_rows,
             limits,
+            idle_timeout: Span::from_millis(30_000),
             caches: shared_caches().map_err(|e| Error::Internal(e.strip_backtrace()))?,
         })
     }
 
     pub fn limits(&self) -> SqlLimits {
         self.limits
+    }
+
+    /// The configured `kafka.idle_timeout` (default 30 s), for [`SqlEngine::archive_complete_until`].
+    pub fn with_idle_timeout(mut self, idle_timeout: Span) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// The event time up to which the archive holds every event, by the rule the batch layer's
+    /// jobs use; `None` while nothing is complete.
+    pub async fn archive_complete_until(&self) -> Result<Option<EventTime>, Error> {
+        let snapshot = ArchiveSnapshot::load(&self.store, &self.topic)
+            .await
+            .map_err(|e| Error::Internal(format!("reading the archive's manifests: {e}")))?;
+        Ok(snapshot.complete_until(SystemClock.now(), self.idle_timeout))
+    }
+
+    /// The archive's event schema.
+    pub fn schema(&self) -> &EventSchema {
+        &self.schema
     }
 
     fn session(&self) -> Result<SessionContext, DataFusionError> {

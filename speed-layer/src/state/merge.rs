@@ -22,7 +22,22 @@ pub(super) fn merge_accs(into: &mut [PartialAggregate], from: &[PartialAggregate
 /// Merges partials (of any number of partitions) into final rows, in result order. For session
 /// views, fragments of one group that overlap are one session.
 pub fn merge_partials(partials: Vec<Partial>, sessions: bool) -> Vec<ViewRow> {
-    let mut merged: Vec<Partial> = if sessions {
+    let mut rows: Vec<ViewRow> = merge_states(partials, sessions)
+        .into_iter()
+        .map(|p| ViewRow {
+            window: p.window,
+            group: p.group,
+            values: p.accs.iter().map(PartialAggregate::evaluate).collect(),
+        })
+        .collect();
+    rows.sort_by(ViewRow::order);
+    rows
+}
+
+/// Merges partials (of any number of partitions) into one partial per window and group, in no
+/// particular order: the state a rollup combines further.
+pub fn merge_states(partials: Vec<Partial>, sessions: bool) -> Vec<Partial> {
+    if sessions {
         let mut by_group: HashMap<GroupKey, Vec<Partial>> = HashMap::new();
         for p in partials {
             by_group.entry(p.group.clone()).or_default().push(p);
@@ -58,15 +73,5 @@ pub fn merge_partials(partials: Vec<Partial>, sessions: bool) -> Vec<ViewRow> {
             }
         }
         by_key.into_values().collect()
-    };
-    let mut rows: Vec<ViewRow> = merged
-        .drain(..)
-        .map(|p| ViewRow {
-            window: p.window,
-            group: p.group,
-            values: p.accs.iter().map(PartialAggregate::evaluate).collect(),
-        })
-        .collect();
-    rows.sort_by(ViewRow::order);
-    rows
+    }
 }

@@ -50,7 +50,7 @@ mod tests;
 
 use columns::{ArgColumn, Evaluated};
 use merge::merge_accs;
-pub use merge::merge_partials;
+pub use merge::{merge_partials, merge_states};
 pub use snapshot::{EntrySnapshot, ViewSnapshot};
 
 /// Errors of the window state. Evaluation errors come from the data (an expression failing on

@@ -22,6 +22,7 @@ const MINUTE: i64 = 60_000;
 const CITIES: [&str; 5] = ["Chennai", "Mumbai", "Berlin", "Lagos", "Tokyo"];
 
 mod orders;
+mod rollup;
 mod sql;
 
 use orders::*;
@@ -564,6 +565,7 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
 
     // SQL over the same views and the archive.
     sql::check(&client, server).await?;
+    rollup::check(&client, server).await?;
 
     // 5. Bad requests get clear 4xx errors.
     let resp = client

@@ -37,6 +37,7 @@ const PARTITIONS: i32 = 4;
 const CITIES: [&str; 6] = ["Chennai", "Mumbai", "Berlin", "Lagos", "Tokyo", "Lima"];
 const TYPES: [&str; 3] = ["order_placed", "payment_captured", "order_cancelled"];
 mod oracle;
+mod rollups;
 
 use oracle::*;
 
@@ -79,6 +80,25 @@ fn partitioned(
         assert!(batches.append(&decoder.decode(json.as_bytes()).unwrap(), partition));
     }
     batches.finish()
+}
+
+/// `events` as per-partition batches with Kafka offsets (as both consumers would build them),
+/// and an in-memory store holding them as the archive of topic `orders`.
+async fn archived(
+    schema: &Arc<EventSchema>,
+    events: &[Event],
+) -> (Vec<(i32, RecordBatch)>, Arc<dyn ObjectStore>) {
+    let decoder = EventDecoder::new(Arc::clone(schema));
+    let batches = partitioned(
+        &decoder,
+        PARTITIONS,
+        events.iter().map(|e| (e.partition, e.json())),
+    );
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    import::import(&store, "orders", PARTITIONS, &batches)
+        .await
+        .unwrap();
+    (batches, store)
 }
 
 /// Recompute over `store`'s archive of topic `orders`, publishing to `catalog`.
@@ -208,19 +228,7 @@ fn cases(events: &[Event]) -> Vec<Case> {
 async fn speed_and_batch_layers_agree_with_an_independent_oracle() {
     let events = events(60_000);
     let schema = schema();
-    let decoder = EventDecoder::new(Arc::clone(&schema));
-
-    // Per-partition batches with Kafka offsets, as both consumers would build them.
-    let batches = partitioned(
-        &decoder,
-        PARTITIONS,
-        events.iter().map(|e| (e.partition, e.json())),
-    );
-
-    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    import::import(&store, "orders", PARTITIONS, &batches)
-        .await
-        .unwrap();
+    let (batches, store) = archived(&schema, &events).await;
 
     let cases = cases(&events);
     let catalog = Arc::new(ViewCatalog::new(
