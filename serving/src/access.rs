@@ -142,7 +142,9 @@ impl Access {
     /// The scope `method` on `path` needs; `None` for the open probes.
     pub fn needed(method: &Method, path: &str) -> Option<Scope> {
         match path {
-            "/healthz" | "/readyz" => None,
+            // The probes, and the API's description (it holds no data).
+            "/healthz" | "/readyz" | "/openapi.json" => None,
+            _ if path == "/docs" || path.starts_with("/docs/") => None,
             _ if method == Method::GET || method == Method::HEAD => Some(Scope::Read),
             // Queries only: the SQL interface refuses anything that changes state.
             "/v1/sql" if method == Method::POST => Some(Scope::Read),

@@ -19,7 +19,7 @@ pub enum Condition {
 }
 
 /// Why a component is not ready.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Reason {
     pub component: String,
     pub reason: String,

@@ -19,7 +19,7 @@ use tandem_speed_layer::SpeedLayer;
 use tokio_util::sync::CancellationToken;
 
 /// How the speed layer compared with the batch layer over the windows released so far.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DriftReport {
     /// (window, group) pairs present in both layers.
     pub rows_compared: u64,

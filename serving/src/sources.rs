@@ -14,7 +14,7 @@ use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::time::{EventTime, Span};
 
 /// Window starts `[from, to)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Starts {
     pub from: EventTime,
     pub to: EventTime,
@@ -30,7 +30,7 @@ impl From<StartRange> for Starts {
 }
 
 /// The layers' share of a range, each as ordered, disjoint ranges of window starts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Sources {
     /// Published by the batch layer, exact.
     pub batch: Vec<Starts>,

@@ -10,7 +10,19 @@ use serde::{Deserialize, Serialize};
 use crate::time::EventTime;
 
 /// A half-open range `[from, to)` of window starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct StartRange {
     pub from: EventTime,
     pub to: EventTime,

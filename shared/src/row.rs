@@ -118,7 +118,7 @@ impl fmt::Display for GroupValue {
 pub type GroupKey = Vec<GroupValue>;
 
 /// Which layer produced a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Batch,

@@ -111,6 +111,19 @@ impl Serialize for EventTime {
     }
 }
 
+/// In the API's description: an RFC 3339 timestamp, as it is written.
+impl utoipa::PartialSchema for EventTime {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for EventTime {}
+
 impl<'de> Deserialize<'de> for EventTime {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -179,6 +192,19 @@ impl Serialize for Span {
         s.serialize_str(&self.to_string())
     }
 }
+
+/// In the API's description: a duration as text (`90s`, `1h`).
+impl utoipa::PartialSchema for Span {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .examples(["1m"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Span {}
 
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {

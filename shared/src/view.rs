@@ -256,7 +256,9 @@ pub struct ViewDefinition {
 }
 
 /// A view's definition version, `v` followed by 16 hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct ViewVersion(pub String);
 
 impl fmt::Display for ViewVersion {

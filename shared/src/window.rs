@@ -57,7 +57,7 @@ pub enum WindowSpec {
 }
 
 /// The TOML shape: `{ tumbling = "1m" }`, `{ hopping = "5m", every = "1m" }`, `{ session_gap = "30m" }`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]

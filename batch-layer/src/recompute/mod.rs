@@ -115,7 +115,7 @@ fn query_error_kind(error: &DataFusionError) -> ErrorKind {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What recomputing one view did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ViewOutcome {
     pub view: String,
     /// Window starts published.

@@ -85,14 +85,17 @@ impl ApiError {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct ErrorBody<'a> {
+/// Every error's JSON body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct ErrorBody<'a> {
     error: ErrorDetail<'a>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ErrorDetail<'a> {
+    /// A stable, machine-readable code (`bad_parameter`, `unknown_view`, `read_only`, ...).
     code: &'a str,
+    /// What went wrong and what to change.
     message: String,
     /// Where in a SQL text the problem is.
     #[serde(skip_serializing_if = "Option::is_none")]

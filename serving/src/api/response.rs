@@ -18,13 +18,13 @@ use crate::rollup::RolledRow;
 use crate::seam::{Answer, AnsweredRow};
 
 /// `GET /v1/views`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ViewList {
     pub views: Vec<ViewSummary>,
 }
 
 /// One configured view, its batch horizon and its drift so far.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ViewSummary {
     pub name: String,
     pub version: ViewVersion,
@@ -37,7 +37,7 @@ pub struct ViewSummary {
     pub reconciliation: Option<DriftReport>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AggregateSummary {
     pub name: String,
     pub expression: String,
@@ -73,7 +73,7 @@ impl ViewSummary {
 }
 
 /// `GET /v1/views/{name}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ViewRows {
     pub view: String,
     pub version: ViewVersion,
@@ -84,7 +84,7 @@ pub struct ViewRows {
 }
 
 /// One window and group of an answer, with the layer it came from.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RowBody {
     pub window_start: EventTime,
     pub window_end: EventTime,
@@ -198,8 +198,16 @@ impl ViewRows {
     }
 }
 
+/// `GET /v1/views/{name}`: a page of rows, or a rollup with `granularity`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ViewAnswer {
+    Rows(ViewRows),
+    Rollup(RollupRows),
+}
+
 /// `GET /v1/views/{name}?granularity=`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RollupRows {
     pub view: String,
     pub version: ViewVersion,
@@ -210,7 +218,7 @@ pub struct RollupRows {
 }
 
 /// One bucket and group of a rollup.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RollupBody {
     pub window_start: EventTime,
     pub window_end: EventTime,
@@ -235,7 +243,7 @@ pub struct RollupBody {
     pub unavailable: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WindowCounts {
     pub batch: u64,
     pub speed: u64,
@@ -273,20 +281,28 @@ impl RollupBody {
     }
 }
 
+/// `GET /v1/views/{name}/coverage`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CoverageBody {
+    pub view: String,
+    #[serde(flatten)]
+    pub sources: crate::sources::Sources,
+}
+
 /// `GET /v1/jobs`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobList {
     pub jobs: Vec<JobRecord>,
 }
 
 /// `GET /healthz`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
     pub status: &'static str,
 }
 
 /// `GET /readyz`: `ready`, or `not_ready` with each component's reason.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Ready {
     pub status: &'static str,
     pub reasons: Vec<crate::readiness::Reason>,

@@ -25,7 +25,8 @@ use tandem_shared::coverage::StartRange;
 use tandem_shared::time::Span;
 
 use super::response::ViewRows;
-use super::{ApiError, AppState, parse_view_query};
+use super::views::parse_view_query;
+use super::{ApiError, AppState};
 use crate::seam::{self, ViewQuery};
 
 /// How often a stream re-reads its range: a change is pushed within this (plus the answer time).
@@ -64,6 +65,19 @@ fn changes(
     out
 }
 
+/// Server-Sent Events: every row of the range, then each new or changed row (`row`) and each
+/// row that left (`removed`).
+#[utoipa::path(get, path = "/v1/views/{name}/stream", tag = "views",
+    params(
+        ("name" = String, Path, description = "The view"),
+        ("from" = Option<String>, Query, description = "First window start: RFC 3339 or epoch milliseconds"),
+        ("to" = Option<String>, Query, description = "Window starts before this: RFC 3339 or epoch milliseconds"),
+    ),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad parameter", body = super::error::ErrorBody),
+        (status = 404, description = "No such view", body = super::error::ErrorBody),
+    ))]
 pub(super) async fn stream_view(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -660,4 +660,5 @@ async fn the_stream_pushes_a_published_window_to_a_listening_client() {
     assert!(end.is_ok(), "the stream did not end after shutdown");
 }
 
+mod openapi;
 mod rollup;

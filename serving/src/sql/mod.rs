@@ -62,7 +62,7 @@ impl Default for SqlLimits {
 }
 
 /// Where in the SQL text a problem is (1-based).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Position {
     pub line: u64,
     pub column: u64,

@@ -16,7 +16,7 @@ pub const CSV: &str = "text/csv";
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
 /// One column of a JSON answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Column {
     pub name: String,
     /// The Arrow type, as Arrow writes it (`Int64`, `Utf8`, `Timestamp(ms, "UTC")`, ...).
@@ -25,7 +25,7 @@ pub struct Column {
 }
 
 /// The JSON shape of an answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct JsonAnswer {
     pub columns: Vec<Column>,
     pub rows: Vec<Vec<serde_json::Value>>,
