@@ -393,7 +393,7 @@ impl Recompute {
                     .filter(|r| !r.is_empty());
                 outcome.not_ready = match (covered_to, requested.to) {
                     (Some(c), Some(t)) if t > c => Some(StartRange::new(c.max(from), t)),
-                    (None, t) => Some(StartRange::new(from, t.unwrap_or(EventTime::MAX))),
+                    (None, t) => Some(StartRange::new(from, t.unwrap_or(EventTime::LATEST))),
                     _ => None,
                 };
                 if let Some(c) = covered {

@@ -87,7 +87,10 @@ pub fn plan(view: &ViewDefinition, requested: Requested, archive: ArchiveExtent)
         None => {
             return Plan {
                 covered: None,
-                not_ready: requested.to.map(|to| StartRange::new(EventTime::MIN, to)),
+                // (From the first supported time: the range is shown in the job's record.)
+                not_ready: requested
+                    .to
+                    .map(|to| StartRange::new(requested.from.unwrap_or(EventTime::EARLIEST), to)),
                 scan: None,
             };
         }
@@ -384,6 +387,24 @@ mod tests {
 
     fn r(a: i64, b: i64) -> StartRange {
         StartRange::new(EventTime(a), EventTime(b))
+    }
+
+    #[test]
+    fn with_nothing_archived_a_request_is_not_ready_from_a_time_that_can_be_written() {
+        let v = view(tumbling(), "0s");
+        let requested = Requested {
+            from: None,
+            to: Some(EventTime(0)),
+        };
+        let plan = plan(&v, requested, extent(None, None, None));
+        assert_eq!(plan.covered, None);
+        let not_ready = plan.not_ready.unwrap();
+        assert_eq!(
+            not_ready,
+            StartRange::new(EventTime::EARLIEST, EventTime(0))
+        );
+        // The job record shows it: both ends are RFC 3339 timestamps.
+        assert!(not_ready.from.is_supported() && not_ready.to.is_supported());
     }
 
     #[test]

@@ -65,16 +65,37 @@ fn changes(
     out
 }
 
+/// One Server-Sent Event of a view's stream (the description's schema of each event).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Only described: the events are written by axum's `Event`.
+pub(super) struct StreamEvent {
+    event: StreamEventKind,
+    /// JSON: for `row`, a row as `GET /v1/views/{name}` renders it; for `removed`,
+    /// `{"window_start", "group"}`.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum StreamEventKind {
+    /// A new or changed row.
+    Row,
+    /// A row that left the range or the answer.
+    Removed,
+}
+
 /// Server-Sent Events: every row of the range, then each new or changed row (`row`) and each
 /// row that left (`removed`).
 #[utoipa::path(get, path = "/v1/views/{name}/stream", tag = "views",
     params(
         ("name" = String, Path, description = "The view"),
-        ("from" = Option<String>, Query, description = "First window start: RFC 3339 or epoch milliseconds"),
-        ("to" = Option<String>, Query, description = "Window starts before this: RFC 3339 or epoch milliseconds"),
+        ("from" = Option<String>, Query, format = DateTime, description = "First window start: RFC 3339 (or epoch milliseconds)"),
+        ("to" = Option<String>, Query, format = DateTime, description = "Window starts before this: RFC 3339 (or epoch milliseconds)"),
     ),
     responses(
-        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = StreamEvent),
         (status = 400, description = "A bad parameter", body = super::error::ErrorBody),
         (status = 404, description = "No such view", body = super::error::ErrorBody),
     ))]

@@ -124,8 +124,8 @@ pub(super) fn parse_view_query(
 #[utoipa::path(get, path = "/v1/views/{name}", tag = "views",
     params(
         ("name" = String, Path, description = "The view"),
-        ("from" = Option<String>, Query, description = "First window start: RFC 3339 or epoch milliseconds"),
-        ("to" = Option<String>, Query, description = "Window starts before this: RFC 3339 or epoch milliseconds"),
+        ("from" = Option<String>, Query, format = DateTime, description = "First window start: RFC 3339 (or epoch milliseconds)"),
+        ("to" = Option<String>, Query, format = DateTime, description = "Window starts before this: RFC 3339 (or epoch milliseconds)"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100000, description = "Rows per page (not with granularity)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
         ("granularity" = Option<String>, Query, description = "`all`, or a multiple of a tumbling view's window (`1h`): a rollup"),
@@ -244,8 +244,8 @@ pub(super) async fn rollup_view(
 #[utoipa::path(get, path = "/v1/views/{name}/coverage", tag = "views",
     params(
         ("name" = String, Path, description = "The view"),
-        ("from" = Option<String>, Query, description = "First window start: RFC 3339 or epoch milliseconds"),
-        ("to" = Option<String>, Query, description = "Window starts before this: RFC 3339 or epoch milliseconds"),
+        ("from" = Option<String>, Query, format = DateTime, description = "First window start: RFC 3339 (or epoch milliseconds)"),
+        ("to" = Option<String>, Query, format = DateTime, description = "Window starts before this: RFC 3339 (or epoch milliseconds)"),
     ),
     responses(
         (status = 200, description = "The layers' ranges", body = CoverageBody),
