@@ -139,13 +139,16 @@ impl Access {
         self.tokens.is_empty()
     }
 
-    /// The scope `method` on `path` needs; `None` for the open probes.
+    /// The scope `method` on `path` needs; `None` for what is open: the probes, and (to read)
+    /// the console's page, the API's description and its UI, which hold no data (the console
+    /// reads the API with the user's token).
     pub fn needed(method: &Method, path: &str) -> Option<Scope> {
+        let reads = method == Method::GET || method == Method::HEAD;
+        let page = matches!(path, "/" | "/openapi.json" | "/docs") || path.starts_with("/docs/");
         match path {
-            // The probes, and the API's description (it holds no data).
-            "/healthz" | "/readyz" | "/openapi.json" => None,
-            _ if path == "/docs" || path.starts_with("/docs/") => None,
-            _ if method == Method::GET || method == Method::HEAD => Some(Scope::Read),
+            "/healthz" | "/readyz" => None,
+            _ if reads && page => None,
+            _ if reads => Some(Scope::Read),
             // Queries only: the SQL interface refuses anything that changes state.
             "/v1/sql" if method == Method::POST => Some(Scope::Read),
             _ => Some(Scope::Admin),
@@ -269,6 +272,12 @@ mod tests {
         let delete = Method::DELETE;
         assert_eq!(access.decide(&get, "/healthz", None), Ok(None));
         assert_eq!(access.decide(&get, "/readyz", None), Ok(None));
+        // The console's page, the API description and its UI hold no data.
+        for open in ["/", "/openapi.json", "/docs", "/docs/index.html"] {
+            assert_eq!(access.decide(&get, open, None), Ok(None), "{open}");
+        }
+        assert_eq!(access.decide(&get, "/docsx", None), Err(Denied::Missing));
+        assert_eq!(access.decide(&post, "/", None), Err(Denied::Missing));
         assert_eq!(access.decide(&get, "/v1/views", None), Err(Denied::Missing));
         assert_eq!(access.decide(&get, "/metrics", None), Err(Denied::Missing));
         assert_eq!(

@@ -15,6 +15,7 @@
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/healthz` | liveness |
 //! | GET | `/readyz` | readiness: 503 with the reasons while a component is not ready |
+//! | GET | `/` | the web console (embedded): views, live charts, jobs |
 //! | GET | `/openapi.json` | this API's OpenAPI 3.1 description, generated from the handlers |
 //! | GET | `/docs` | Swagger UI over it (embedded in the binary) |
 //!
@@ -44,6 +45,7 @@ use crate::readiness::Readiness;
 use crate::reconcile::Reconciler;
 use crate::sql::SqlEngine;
 
+mod console;
 mod error;
 mod jobs;
 mod openapi;
@@ -163,6 +165,7 @@ fn routes(state: AppState) -> Router {
     let (router, document) = openapi::documented();
     router
         .merge(SwaggerUi::new(openapi::DOCS).url(openapi::DOCUMENT, document))
+        .route("/", axum::routing::get(console::page))
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(uri.path().to_owned()) })
         .with_state(state)
 }
