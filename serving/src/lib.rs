@@ -21,7 +21,9 @@
 //! - [`readiness`]: each component's condition, read by `/readyz`.
 //! - [`sources`]: which layer answers which windows of a range (`/coverage`).
 //! - [`sql`]: read-only SQL over the views (through the seam) and the archive's `events`.
-//! - [`api`]: the axum router; handlers parse and render, with `Serialize` response types.
+//! - [`api`]: the axum router; handlers parse and render, with `Serialize` response types; the
+//!   OpenAPI description (`/openapi.json`, `/docs`) generated from the handlers, and the web
+//!   console (`/`), one embedded page that reads the same API.
 //!
 //! # Invariants
 //! - A window is answered by exactly one layer in one answer: the coverage read for the answer
