@@ -229,15 +229,18 @@ async fn rollups(
             published.to_rfc3339()
         ))
         .await?;
-    let exact: std::collections::BTreeMap<String, i64> =
-        tandem_serving::sql::render::json(&exact)?
-            .rows
-            .iter()
-            .filter_map(|r| Some((r[0].as_str()?.to_owned(), r[1].as_i64()?)))
-            .collect();
+    let exact: std::collections::BTreeMap<String, i64> = tandem_serving::sql::render::json(&exact)?
+        .rows
+        .iter()
+        .filter_map(|r| Some((r[0].as_str()?.to_owned(), r[1].as_i64()?)))
+        .collect();
     let mut worst: f64 = 0.0;
     for row in &rows {
-        let city = row.group.first().map(ToString::to_string).unwrap_or_default();
+        let city = row
+            .group
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         let (Some(estimate), Some(truth)) = (row.values[0].as_f64(), exact.get(&city)) else {
             anyhow::bail!("no estimate or exact count for {city}");
         };
