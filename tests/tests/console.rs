@@ -103,7 +103,7 @@ async fn the_console_shows_the_apis_rows_live_and_submits_jobs() -> anyhow::Resu
     let client = reqwest::Client::builder().default_headers(auth).build()?;
 
     // Batch windows to show: recompute until the first ones are published.
-    eventually(Duration::from_secs(90), || async {
+    eventually(Duration::from_secs(150), || async {
         client
             .post(server.url("/v1/jobs"))
             .json(&json!({ "view": VIEW }))
