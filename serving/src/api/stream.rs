@@ -91,8 +91,7 @@ enum StreamEventKind {
 #[utoipa::path(get, path = "/v1/views/{name}/stream", tag = "views",
     params(
         ("name" = String, Path, description = "The view"),
-        ("from" = Option<String>, Query, format = DateTime, description = "First window start: RFC 3339 (or epoch milliseconds)"),
-        ("to" = Option<String>, Query, format = DateTime, description = "Window starts before this: RFC 3339 (or epoch milliseconds)"),
+        super::views::RangeParams,
     ),
     responses(
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = StreamEvent),

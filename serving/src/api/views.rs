@@ -36,6 +36,20 @@ pub(super) async fn list_views(State(state): State<AppState>) -> Json<ViewList> 
     Json(ViewList { views })
 }
 
+/// `from` and `to` of the routes that answer a range of window starts (described only: the
+/// handlers read them with the other parameters, to refuse unknown ones).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct RangeParams {
+    /// First window start: RFC 3339 (or epoch milliseconds).
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// Window starts before this: RFC 3339 (or epoch milliseconds).
+    #[param(format = DateTime)]
+    to: Option<String>,
+}
+
 /// Which page of an answer to return.
 #[derive(Debug)]
 pub(super) struct Paging {
@@ -124,8 +138,7 @@ pub(super) fn parse_view_query(
 #[utoipa::path(get, path = "/v1/views/{name}", tag = "views",
     params(
         ("name" = String, Path, description = "The view"),
-        ("from" = Option<String>, Query, format = DateTime, description = "First window start: RFC 3339 (or epoch milliseconds)"),
-        ("to" = Option<String>, Query, format = DateTime, description = "Window starts before this: RFC 3339 (or epoch milliseconds)"),
+        RangeParams,
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100000, description = "Rows per page (not with granularity)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
         ("granularity" = Option<String>, Query, description = "`all`, or a multiple of a tumbling view's window (`1h`): a rollup"),
@@ -244,8 +257,7 @@ pub(super) async fn rollup_view(
 #[utoipa::path(get, path = "/v1/views/{name}/coverage", tag = "views",
     params(
         ("name" = String, Path, description = "The view"),
-        ("from" = Option<String>, Query, format = DateTime, description = "First window start: RFC 3339 (or epoch milliseconds)"),
-        ("to" = Option<String>, Query, format = DateTime, description = "Window starts before this: RFC 3339 (or epoch milliseconds)"),
+        RangeParams,
     ),
     responses(
         (status = 200, description = "The layers' ranges", body = CoverageBody),

@@ -120,6 +120,23 @@ async fn the_description_names_its_schemas_and_the_ui_is_embedded() {
     ] {
         assert!(schemas.contains_key(name), "no schema {name}");
     }
+    // Range parameters are described once and appear on each route that takes them.
+    for path in [
+        "/v1/views/{name}",
+        "/v1/views/{name}/coverage",
+        "/v1/views/{name}/stream",
+    ] {
+        let params = document["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        for name in ["from", "to"] {
+            let p = params.iter().find(|p| p["name"] == name);
+            assert!(
+                p.is_some_and(|p| p["in"] == "query" && p["schema"]["format"] == "date-time"),
+                "{path} {name}: {params:?}"
+            );
+        }
+    }
     // Admin and read routes say they take a bearer token; the probes do not.
     assert!(document["paths"]["/v1/jobs"]["post"]["security"].is_array());
     assert!(document["paths"]["/healthz"]["get"]["security"].is_null());
