@@ -153,14 +153,7 @@ impl SpeedLayer {
     /// per window and group, for rollups that combine windows further. `None` for an unknown
     /// view.
     pub fn query_states(&self, view: &str, range: StartRange) -> Option<Vec<Partial>> {
-        let pinned = self.pin(view, range)?;
-        let sessions = pinned.first().is_some_and(|p| {
-            matches!(
-                p.program().view.window,
-                tandem_shared::window::WindowSpec::Session { .. }
-            )
-        });
-        let partials: Vec<Partial> = pinned.iter().flat_map(Pinned::partials).collect();
+        let (partials, sessions) = Self::partials_of(&self.pin(view, range)?);
         Some(state::merge_states(partials, sessions))
     }
 
@@ -178,14 +171,19 @@ impl SpeedLayer {
 
     /// The second half of a query, with no lock held: pinned windows merged into rows.
     pub(crate) fn rows_of(pinned: &[Pinned]) -> Vec<ViewRow> {
+        let (partials, sessions) = Self::partials_of(pinned);
+        state::merge_partials(partials, sessions)
+    }
+
+    /// Every partition's partials of the pinned windows, and whether they are sessions.
+    fn partials_of(pinned: &[Pinned]) -> (Vec<Partial>, bool) {
         let sessions = pinned.first().is_some_and(|p| {
             matches!(
                 p.program().view.window,
                 tandem_shared::window::WindowSpec::Session { .. }
             )
         });
-        let partials: Vec<Partial> = pinned.iter().flat_map(Pinned::partials).collect();
-        state::merge_partials(partials, sessions)
+        (pinned.iter().flat_map(Pinned::partials).collect(), sessions)
     }
 
     /// Hands the batch layer's coverage of `view` to the speed layer: covered windows are
