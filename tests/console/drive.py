@@ -53,9 +53,9 @@ with sync_playwright() as p:
     # Submit a recompute job from the page and wait for it in the page's job list.
     page.select_option("#job-view", view)
     page.click("#submit-job")
-    page.wait_for_function(
-        "document.getElementById('job-message').dataset.job", timeout=10_000
-    )
+    # (A selector wait, not wait_for_function: polling a JavaScript predicate needs eval, which
+    # the console's Content-Security-Policy forbids.)
+    page.wait_for_selector("#job-message[data-job]", timeout=10_000)
     job = page.get_attribute("#job-message", "data-job")
     page.wait_for_selector(f"#jobs tbody tr[data-job='{job}']", timeout=10_000)
     counts = {
