@@ -509,7 +509,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.memory_budget, 64 << 20);
-        assert_eq!(c.cache_bytes, 64 << 20, "the default");
+        assert_eq!(c.cache_bytes, 16 << 20, "the default");
         let c = parse(
             &format!("{ISSUE_EXAMPLE}\n[serving]\ncache_bytes = \"1GiB\"\n"),
             "t",

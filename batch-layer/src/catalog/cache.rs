@@ -310,6 +310,21 @@ impl AsyncFileReader for SegmentReader {
         .boxed()
     }
 
+    /// A row group's column chunks in one request (the default asks for each chunk in turn,
+    /// which on a local disk is one blocking open and read per column).
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(external)
+        }
+        .boxed()
+    }
+
     fn get_metadata<'a>(
         &'a mut self,
         _options: Option<&'a ArrowReaderOptions>,

@@ -94,8 +94,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Rows per row group of a segment: the unit a query reads and the cache holds.
 pub const ROW_GROUP_ROWS: usize = 4096;
 
-/// Default bound of the segment cache.
-pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+/// Default bound of the segment cache. A miss costs one ranged read of a row group (about a
+/// millisecond on a local disk), so a small cache keeps the serving process's memory near its
+/// first day's while its history grows; raise it when the store is remote (S3), where a miss is
+/// a round trip.
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
 
 /// A view's published exact results, as served: which segment answers which windows. Rows
 /// are read on demand ([`ViewCatalog::rows`]).
