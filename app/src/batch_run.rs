@@ -39,7 +39,8 @@ pub async fn run(
         ],
         None => config.views.clone(),
     };
-    let store = tandem_store::open(&config.storage_url)?;
+    let store = tandem_store::open(&config.storage)?;
+    tandem_store::check_create_if_absent(store.as_ref(), &config.storage.url).await?;
     let catalog = wiring::catalog(config, &store);
     catalog.refresh_all().await?;
     let recompute = wiring::recompute(config, &store, &catalog, Arc::new(SystemClock));

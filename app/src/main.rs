@@ -137,6 +137,10 @@ enum BenchCommand {
         /// Internal: the serving process the benchmark measures.
         #[arg(long, hide = true)]
         serve_only: bool,
+        /// On the store a finished run left in `--dir`: time five more jobs of its last day
+        /// (the publication figure), without synthesizing anything.
+        #[arg(long)]
+        publish_only: bool,
         /// The serving process's segment cache bound in MiB (default: `serving.cache_bytes`).
         #[arg(long)]
         cache_mib: Option<u64>,
@@ -277,6 +281,7 @@ async fn main() -> anyhow::Result<()> {
                     events_per_minute,
                     queries,
                     serve_only,
+                    publish_only,
                     cache_mib,
                 },
         } => {
@@ -286,6 +291,7 @@ async fn main() -> anyhow::Result<()> {
                 events_per_minute,
                 queries,
                 serve_only,
+                publish_only,
                 cache_mib,
             })
             .await

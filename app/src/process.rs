@@ -1,7 +1,8 @@
 //! One Tandem process: the layers started in order, and shut down in order.
 //!
 //! ```text
-//!  start: open storage → check the events topic, create missing side topics
+//!  start: open storage, check it honours create-if-absent → check the events topic,
+//!         create missing side topics
 //!         → compile every view for both layers (a bad expression stops start-up)
 //!         → load published batch results → hand their coverage to the speed layer
 //!         → start speed layer, archive, job scheduler, reconciliation (each supervised:
@@ -115,7 +116,9 @@ impl Running {
 /// Starts every layer for `config`.
 pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Error> {
     check_exposure(&options.http, &config.http).await?;
-    let store = tandem_store::open(&config.storage_url)?;
+    let store = tandem_store::open(&config.storage)?;
+    // Every publication is a create-if-absent write: refuse a store that would not fence.
+    tandem_store::check_create_if_absent(store.as_ref(), &config.storage.url).await?;
     let found = topics::ensure(&config.kafka).await?;
     tracing::info!(
         topic = %config.kafka.topic,

@@ -35,7 +35,7 @@ pub async fn run(config: &Config, sql: &str, format: Format) -> anyhow::Result<(
 
 /// The answer to `sql` against the store of `config`, rendered in `format`.
 pub async fn answer(config: &Config, sql: &str, format: Format) -> anyhow::Result<Vec<u8>> {
-    let store = tandem_store::open(&config.storage_url)?;
+    let store = tandem_store::open(&config.storage)?;
     let catalog = wiring::catalog(config, &store);
     catalog.refresh_all().await?;
     let engine = SqlEngine::new(
@@ -79,8 +79,9 @@ mod tests {
     async fn a_query_from_the_shell_reads_the_archive_of_the_configured_store() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::parse(DEMO, "demo").unwrap();
-        config.storage_url = format!("file://{}", dir.path().display());
-        let store = tandem_store::open(&config.storage_url).unwrap();
+        config.storage =
+            tandem_store::StorageSettings::at(format!("file://{}", dir.path().display()));
+        let store = tandem_store::open(&config.storage).unwrap();
         let decoder = EventDecoder::new(Arc::new(config.schema.clone()));
         let mut batches = PartitionBatches::new(&decoder, 3, 16);
         let cities = ["Lima", "Oslo", "Pune", "Oslo"];

@@ -124,18 +124,30 @@ impl utoipa::PartialSchema for EventTime {
 
 impl utoipa::ToSchema for EventTime {}
 
+/// Epoch milliseconds or a timestamp string, read in one pass: manifests hold thousands of
+/// times, and an untagged enum would buffer each value and build an error for the first
+/// alternative it tries.
 impl<'de> Deserialize<'de> for EventTime {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Millis(i64),
-            Text(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = EventTime;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("epoch milliseconds or an RFC 3339 timestamp")
+            }
+            fn visit_i64<E: serde::de::Error>(self, ms: i64) -> std::result::Result<EventTime, E> {
+                Ok(EventTime(ms))
+            }
+            fn visit_u64<E: serde::de::Error>(self, ms: u64) -> std::result::Result<EventTime, E> {
+                i64::try_from(ms)
+                    .map(EventTime)
+                    .map_err(|_| E::custom(format!("{ms} is beyond the largest time")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<EventTime, E> {
+                EventTime::parse_any(s).map_err(E::custom)
+            }
         }
-        match Repr::deserialize(d)? {
-            Repr::Millis(ms) => Ok(Self(ms)),
-            Repr::Text(s) => Self::parse_any(&s).map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 

@@ -8,14 +8,15 @@
 //!                                    ▲
 //!  view catalog ──segments───────────┘
 //!
-//!  backend::open(storage.url) ──► Arc<dyn ObjectStore>: file:// (default), memory://, s3://
+//!  backend::open(storage settings) ──► Arc<dyn ObjectStore>: file:// (default), memory://, s3://
+//!  backend::check_create_if_absent ◄── start-up: refuse a store that would not fence writers
 //!  kafka::consumer_config / record_lag ◄── the speed and archive consumers
 //!  fault::crash_point ◄── every publication protocol, for recovery tests
 //! ```
 //!
 //! - [`manifest`]: the generic manifest chain and what the store must guarantee for it.
 //! - [`object`]: single-object reads and writes with the path in every error.
-//! - [`backend`]: opening the store a URL names.
+//! - [`backend`]: opening the store the settings name, and checking it honours create-if-absent.
 //! - [`kafka`]: the consumer configuration and lag statistics both consumers share.
 //! - [`fault`]: crash points and, with the `testing` feature, a store that fails on purpose.
 //!
@@ -31,5 +32,5 @@ pub mod kafka;
 pub mod manifest;
 pub mod object;
 
-pub use backend::open;
+pub use backend::{StorageSettings, check_create_if_absent, open};
 pub use manifest::ManifestChain;

@@ -4,6 +4,7 @@
 //!  TestServer::dev / ::broker / ::spawn ──► `tandem <command>` on free ports (log to a file)
 //!  RunFixture: standalone broker + fixtures/recovery.toml ──► `tandem run`, killed and restarted
 //!  ExternalBroker: tansu, a Kafka-protocol broker other than librdkafka's mock
+//!  S3Server: moto_server, a real S3-compatible server, for the same tests on s3://
 //! ```
 //!
 //! [`TestServer`] spawns `tandem` (`dev`, `run` or `broker`) on free ports, waits for it to print
@@ -23,6 +24,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::FutureProducer;
+use tandem_store::StorageSettings;
+
+pub mod s3;
+pub use s3::S3Server;
 
 /// Path of a fixture file.
 ///
@@ -224,8 +229,10 @@ impl Drop for TestServer {
 #[derive(Debug)]
 pub struct RunFixture {
     pub broker: TestServer,
-    /// The object store's directory.
+    /// The object store's directory (of a `file://` store).
     pub store: PathBuf,
+    /// The object store, for reading it from the test.
+    pub storage: StorageSettings,
     run: Vec<String>,
     dir: PathBuf,
 }
@@ -234,10 +241,34 @@ impl RunFixture {
     /// Starts a broker with `topics` (`NAME:PARTITIONS`) and writes `fixtures/recovery.toml`
     /// pointed at it and at a store, all under `dir`.
     pub fn new(dir: &Path, topics: &[&str]) -> anyhow::Result<Self> {
+        Self::with_store(dir, topics, None)
+    }
+
+    /// [`RunFixture::new`] with the store under `prefix` on the S3 server `s3`.
+    pub fn on_s3(dir: &Path, topics: &[&str], s3: &S3Server, prefix: &str) -> anyhow::Result<Self> {
+        Self::with_store(dir, topics, Some((s3, prefix)))
+    }
+
+    fn with_store(
+        dir: &Path,
+        topics: &[&str],
+        s3: Option<(&S3Server, &str)>,
+    ) -> anyhow::Result<Self> {
         let broker = TestServer::broker(topics, dir)?;
         let store = dir.join("store");
         let config_path = dir.join("tandem.toml");
-        let config = std::fs::read_to_string(fixture("recovery.toml"))?
+        let mut config = std::fs::read_to_string(fixture("recovery.toml"))?;
+        let storage = match s3 {
+            Some((s3, prefix)) => {
+                config = config.replace(
+                    "[storage]\nurl = \"file://@STORE@\"\n",
+                    &s3.storage_table(prefix, false),
+                );
+                s3.settings(prefix)
+            }
+            None => StorageSettings::at(format!("file://{}", store.display())),
+        };
+        let config = config
             .replace("@BROKERS@", &broker.kafka)
             .replace("@STORE@", &store.display().to_string());
         std::fs::write(&config_path, config)?;
@@ -249,6 +280,7 @@ impl RunFixture {
         Ok(Self {
             broker,
             store,
+            storage,
             run,
             dir: dir.to_owned(),
         })

@@ -7,13 +7,13 @@
 //! computed here from the produced events: nothing lost, nothing counted twice.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use futures::TryStreamExt;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
-use tandem_tests::{RunFixture, TestServer};
+use tandem_tests::{RunFixture, S3Server, TestServer};
 
 const MINUTE: i64 = 60_000;
 const TOPICS: &[&str] = &["orders:4", "orders.dlq:1", "orders.late:1"];
@@ -122,9 +122,28 @@ async fn wait_for_total(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speed_layer_survives_kills_without_losing_or_double_counting() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let fixture = RunFixture::new(dir.path(), TOPICS)?;
+    survives_kills(&RunFixture::new(dir.path(), TOPICS)?).await
+}
+
+/// The same on a real S3-compatible server: checkpoints and manifests are S3 objects, and a
+/// manifest is published by a conditional (`If-None-Match`) write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speed_layer_survives_kills_on_s3() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let s3 = S3Server::start(dir.path()).await?;
+    let fixture = RunFixture::on_s3(dir.path(), TOPICS, &s3, "crash")?;
+    survives_kills(&fixture).await?;
+    // The objects are really on the server, under the configured prefix.
+    let keys = s3.keys("crash/checkpoints/").await?;
+    ensure!(
+        keys.iter().any(|k| k.ends_with(".ckpt")),
+        "no checkpoint objects on the S3 server: {keys:?}"
+    );
+    Ok(())
+}
+
+async fn survives_kills(fixture: &RunFixture) -> anyhow::Result<()> {
     let start = |env: &[(&str, &str)]| fixture.start(env);
-    let store = &fixture.store;
     let producer = fixture.producer()?;
     let client = reqwest::Client::new();
     let now = chrono::Utc::now().timestamp_millis();
@@ -169,7 +188,12 @@ async fn speed_layer_survives_kills_without_losing_or_double_counting() -> anyho
         "answers differ from the produced events:\n got {got:?}\nwant {want:?}"
     );
     // Checkpoints were really taken (the recovery above did not rebuild from the topic alone).
-    let checkpoints = walk(&store.join("checkpoints"))?;
+    let store = tandem_store::open(&fixture.storage)?;
+    let checkpoints: Vec<String> = store
+        .list(Some(&object_store::path::Path::from("checkpoints")))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await?;
     ensure!(
         checkpoints.iter().any(|p| p.ends_with(".ckpt")),
         "no checkpoint objects: {checkpoints:?}"
@@ -188,21 +212,6 @@ async fn speed_layer_survives_kills_without_losing_or_double_counting() -> anyho
     let status = server.stop()?;
     ensure!(status.success(), "tandem exited with {status}");
     Ok(())
-}
-
-fn walk(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    if dir.is_dir() {
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                out.extend(walk(&path)?);
-            } else {
-                out.push(path.display().to_string());
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Adds two workers' answers: each event must be counted by exactly one of them.

@@ -31,7 +31,7 @@ use tandem_shared::testing;
 use tandem_shared::time::{EventTime, Span};
 use tandem_shared::value::AggregateValue;
 use tandem_store::fault::FlakyStore;
-use tandem_tests::TestServer;
+use tandem_tests::{S3Server, TestServer};
 use tokio_util::sync::CancellationToken;
 
 const M: i64 = 60_000;
@@ -129,8 +129,32 @@ async fn archived_rows(store: &Arc<dyn ObjectStore>) -> Vec<(i32, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_store_outage_loses_nothing_and_publishes_nothing_partial() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = TestServer::broker(&["orders:2"], dir.path()).unwrap();
-    let flaky = Arc::new(FlakyStore::new(Arc::new(InMemory::new())));
+    outage_over(Arc::new(InMemory::new()), dir.path()).await;
+}
+
+/// The same over a real S3-compatible server: the outage is injected in front of it, and every
+/// object that is written, read, listed and conditionally created goes to the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_in_front_of_s3_loses_nothing_and_publishes_nothing_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(dir.path()).await.unwrap();
+    let store = tandem_store::open(&s3.settings("outage")).unwrap();
+    tandem_store::check_create_if_absent(store.as_ref(), "s3://tandem/outage")
+        .await
+        .unwrap();
+    outage_over(store, dir.path()).await;
+    let keys = s3.keys("outage/").await.unwrap();
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("outage/archive/orders/_manifest/"))
+            && keys.iter().any(|k| k.starts_with("outage/views/sales/")),
+        "the archive and the view are on the server: {keys:?}"
+    );
+}
+
+async fn outage_over(inner: Arc<dyn ObjectStore>, dir: &std::path::Path) {
+    let broker = TestServer::broker(&["orders:2"], dir).unwrap();
+    let flaky = Arc::new(FlakyStore::new(inner));
     let store: Arc<dyn ObjectStore> = flaky.clone();
     let schema = testing::schema(&[("qty", FieldType::Int64)]);
     let config = ArchiveConfig {

@@ -108,7 +108,10 @@ pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&store_dir)?;
     let store_dir = std::fs::canonicalize(&store_dir)?;
-    let store = tandem_store::open(&format!("file://{}", store_dir.display()))?;
+    let store = tandem_store::open(&tandem_store::StorageSettings::at(format!(
+        "file://{}",
+        store_dir.display()
+    )))?;
     let schema = Arc::new(config.schema.clone());
     let decoder = EventDecoder::new(Arc::clone(&schema));
 

@@ -10,12 +10,15 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod http;
+mod storage;
 
 pub use http::HttpConfig;
 use http::{HttpFile, http_config};
+use storage::{StorageFile, storage_settings};
 use tandem_shared::schema::{EventSchema, FieldType};
 use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::{ViewConfig, ViewDefinition};
+use tandem_store::StorageSettings;
 
 /// Configuration errors. Always the user's: start-up stops with the message.
 #[derive(Debug, thiserror::Error)]
@@ -135,12 +138,6 @@ fn default_partitions() -> i32 {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StorageFile {
-    url: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SchemaFile {
     time_field: String,
     fields: BTreeMap<String, FieldType>,
@@ -227,7 +224,7 @@ pub struct KafkaConfig {
 pub struct Config {
     pub kafka: KafkaConfig,
     pub http: HttpConfig,
-    pub storage_url: String,
+    pub storage: StorageSettings,
     pub schema: EventSchema,
     pub views: Vec<ViewDefinition>,
     pub schedule: Option<String>,
@@ -412,6 +409,7 @@ impl Config {
             return Err(invalid("speed", "max_batch", "must be at least 1"));
         }
         let http = http_config(file.http, &path, env)?;
+        let storage = storage_settings(file.storage, &path, env)?;
         let cache_bytes = match &file.serving.cache_bytes {
             None => tandem_batch_layer::catalog::DEFAULT_CACHE_BYTES,
             Some(size) => parse_size(size).ok_or_else(|| {
@@ -437,7 +435,7 @@ impl Config {
                 partitions: kafka.partitions,
                 options: kafka.options,
             },
-            storage_url: file.storage.url,
+            storage,
             schema,
             views,
             schedule: file.batch.schedule,

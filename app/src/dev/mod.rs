@@ -86,7 +86,7 @@ pub async fn run(
         None => Config::parse(config::DEMO, "built-in demo configuration")?,
     };
     let store = prepare_data_dir(&options.data)?;
-    config.storage_url = format!("file://{}", store.display());
+    config.storage = tandem_store::StorageSettings::at(format!("file://{}", store.display()));
     let stop_broker = CancellationToken::new();
     let topics = [
         (config.kafka.topic.as_str(), config.kafka.partitions),

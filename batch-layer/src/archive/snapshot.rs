@@ -238,7 +238,8 @@ pub struct ArchiveSnapshot {
 }
 
 impl ArchiveSnapshot {
-    /// Reads the newest manifest of every partition of `topic`.
+    /// Reads the newest manifest of every partition of `topic`, the partitions concurrently
+    /// (each is a listing and a read: sequential round trips would add up on S3).
     pub async fn load(store: &Arc<dyn ObjectStore>, topic: &str) -> manifest::Result<Self> {
         let prefix = Path::from(format!("{}/_manifest", layout::archive_root(topic)));
         let listing = store
@@ -248,21 +249,25 @@ impl ArchiveSnapshot {
                 path: prefix.to_string(),
                 source,
             })?;
-        let mut partitions = BTreeMap::new();
-        for dir in listing.common_prefixes {
-            let Some(p) = dir
-                .filename()
-                .and_then(|n| n.strip_prefix('p'))
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let chain =
-                ManifestChain::new(Arc::clone(store), layout::archive_manifest_dir(topic, p));
-            if let Some((_, m)) = chain.latest::<PartitionManifest>().await? {
-                partitions.insert(p, m);
-            }
-        }
+        let loads = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|dir| {
+                dir.filename()
+                    .and_then(|n| n.strip_prefix('p'))
+                    .and_then(|n| n.parse::<i32>().ok())
+            })
+            .map(|p| async move {
+                let chain =
+                    ManifestChain::new(Arc::clone(store), layout::archive_manifest_dir(topic, p));
+                let latest = chain.latest::<PartitionManifest>().await?;
+                Ok::<_, manifest::Error>(latest.map(|(_, m)| (p, m)))
+            });
+        let partitions = futures::future::try_join_all(loads)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         Ok(Self { partitions })
     }
 

@@ -23,6 +23,7 @@ const CITIES: [&str; 5] = ["Chennai", "Mumbai", "Berlin", "Lagos", "Tokyo"];
 
 mod orders;
 mod rollup;
+mod s3;
 mod sql;
 
 use orders::*;
