@@ -32,6 +32,12 @@ pub enum Error {
     EmptyName,
     #[error("id_field `{field}` is not one of the declared fields")]
     UnknownIdField { field: String },
+    #[error(
+        "field `{field}`: `{inner}` is declared too, and a value cannot be both a field and a record of fields"
+    )]
+    PathConflict { field: String, inner: String },
+    #[error("field `{field}`: an empty name between dots")]
+    EmptyPathPart { field: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -82,7 +88,8 @@ pub fn timestamp_type() -> DataType {
 pub struct EventSchema {
     /// The event-time field: required in every event.
     pub time_field: String,
-    /// Declared fields in declaration order. Undeclared JSON keys are ignored; missing ones are null.
+    /// Declared fields in declaration order. Undeclared keys are ignored; missing ones are null.
+    /// A dotted name (`customer.city`) selects a field of a nested record.
     pub fields: Vec<(String, FieldType)>,
     /// Optional event id, used by the batch layer to count a re-produced event once.
     pub id_field: Option<String>,
@@ -134,6 +141,25 @@ impl EventSchema {
             if *name == self.time_field {
                 return Err(Error::TimeFieldListed {
                     field: name.clone(),
+                });
+            }
+        }
+        // `customer.city` selects a nested field: `customer` cannot also be a value.
+        let names = std::iter::once(&self.time_field).chain(self.fields.iter().map(|(n, _)| n));
+        for name in names.clone() {
+            if name.split('.').any(str::is_empty) {
+                return Err(Error::EmptyPathPart {
+                    field: name.clone(),
+                });
+            }
+            if let Some(inner) = names.clone().find(|other| {
+                other.len() > name.len()
+                    && other.starts_with(name.as_str())
+                    && other.as_bytes()[name.len()] == b'.'
+            }) {
+                return Err(Error::PathConflict {
+                    field: name.clone(),
+                    inner: inner.clone(),
                 });
             }
         }

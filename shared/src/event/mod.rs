@@ -1,42 +1,53 @@
-//! Decoding JSON events into Arrow record batches.
+//! Decoding events: payloads of the topic into validated rows of the event schema.
+//!
+//! ```text
+//!  message value ──json / avro / protobuf (paths: declared fields, `customer.city`)──► slots
+//!       slots ──Layout::assemble (plain, or a Debezium envelope's before/after)──► Read
+//!  Read::Event ──EventBatchBuilder──► RecordBatch of EventSchema::arrow_schema
+//!  Read::Unresolved(schema id) ──the consumer asks the registry, EventDecoder::learn──► retry
+//! ```
 //!
 //! Both consumers of the topic (the speed layer and the archive) decode with this module, so an
-//! event is malformed for one exactly when it is malformed for the other. Decoding is strict about
-//! declared fields and lenient about everything else:
-//!
-//! - the payload must be a JSON object carrying the time field (RFC 3339 string or integer epoch
-//!   milliseconds);
-//! - a declared field must have its declared type (`float64` also accepts JSON integers,
-//!   `timestamp` accepts the same forms as the time field); `null` or absence means SQL NULL;
-//! - undeclared keys are ignored.
-//!
-//! The decoder deserializes straight into typed slots that borrow from the payload, validates the
-//! whole event, and only then appends it to column builders, so a bad event never leaves a
-//! half-written row behind.
+//! event is malformed for one exactly when it is malformed for the other, and the archive holds
+//! the same columns whatever the topic's format. Decoding validates the whole event before any
+//! of it is appended to column builders, so a bad event never leaves a half-written row behind.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
-use std::fmt;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use arrow_schema::SchemaRef;
-use chrono::DateTime;
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use prost_reflect::MessageDescriptor;
 
 use crate::schema::{EventSchema, FieldType};
 use crate::time::{EventTime, Span};
 
+mod avro;
 mod batch;
+mod format;
+mod json;
+mod paths;
+mod protobuf;
+mod wire;
 
 pub use batch::EventBatchBuilder;
+pub use format::{Envelope, Format, FormatError, PayloadFormat, RegisteredSchema, SchemaType};
+pub use paths::OP_FIELD;
+pub use wire::SchemaId;
+
+use paths::{Layout, Shape};
 
 /// Why an event is malformed. Carried to the dead-letter topic as the `reason` header.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
+    #[error("message has no payload")]
+    Empty,
     #[error("not valid JSON: {detail}")]
     NotJson { detail: String },
     #[error("not a JSON object")]
     NotObject,
+    #[error("field `{field}`: expected a record of the declared fields, got {got}")]
+    NotRecord { field: String, got: String },
     #[error("missing time field `{field}`")]
     MissingTime { field: String },
     #[error("time field `{field}`: {detail}")]
@@ -55,18 +66,38 @@ pub enum DecodeError {
         expected: FieldType,
         got: String,
     },
+    #[error("first byte {byte:#04x} is not the schema-registry magic byte 0x00")]
+    WrongMagicByte { byte: u8 },
+    #[error("truncated payload: {detail}")]
+    Truncated { detail: String },
+    #[error("malformed payload: {detail}")]
+    BadPayload { detail: String },
+    #[error("schema id {id}: {detail}")]
+    UnknownSchema { id: SchemaId, detail: String },
+    #[error("{}{detail}", if field.is_empty() { String::new() } else { format!("field `{field}`: ") })]
+    SchemaMismatch { field: String, detail: String },
+    #[error("not a change event: {detail}")]
+    NotChangeEvent { detail: String },
 }
 
 impl DecodeError {
     /// A short, stable label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
+            DecodeError::Empty => "empty",
             DecodeError::NotJson { .. } => "not_json",
             DecodeError::NotObject => "not_object",
+            DecodeError::NotRecord { .. } => "wrong_type",
             DecodeError::MissingTime { .. } => "missing_time",
             DecodeError::BadTime { .. } => "bad_time",
             DecodeError::Past { .. } => "past",
             DecodeError::WrongType { .. } => "wrong_type",
+            DecodeError::WrongMagicByte { .. } => "wrong_magic_byte",
+            DecodeError::Truncated { .. } => "truncated",
+            DecodeError::BadPayload { .. } => "bad_payload",
+            DecodeError::UnknownSchema { .. } => "unknown_schema",
+            DecodeError::SchemaMismatch { .. } => "schema_mismatch",
+            DecodeError::NotChangeEvent { .. } => "not_change_event",
         }
     }
 }
@@ -98,25 +129,119 @@ pub struct DecodedEvent<'a> {
     pub values: Vec<Slot<'a>>,
 }
 
-/// Decodes payloads for one [`EventSchema`]. Cheap to share behind an `Arc`.
+/// A message that is deliberately not an event. Counted, never dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// A change-event topic's tombstone (a key with no value, for log compaction).
+    Tombstone,
+    /// A snapshot read (`op = r`) with `include_snapshot = false`.
+    Snapshot,
+}
+
+impl Skip {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Skip::Tombstone => "tombstone",
+            Skip::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// What one message is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Read<'a> {
+    Event(DecodedEvent<'a>),
+    Skip(Skip),
+    Malformed(DecodeError),
+    /// Written with a schema the decoder has not seen: fetch it, [`EventDecoder::learn`] it,
+    /// and read the message again.
+    Unresolved(SchemaId),
+}
+
+/// Compiled writer schemas by registry id.
+type Plans<T> = RwLock<HashMap<SchemaId, Result<Arc<T>, DecodeError>>>;
+
+#[derive(Debug)]
+enum Codec {
+    Json,
+    Avro(Plans<avro::Plan>),
+    ProtobufRegistry {
+        message: Option<String>,
+        plans: Plans<protobuf::SchemaPlans>,
+    },
+    ProtobufLocal(protobuf::MessagePlan),
+}
+
+/// Decodes payloads for one [`EventSchema`] and [`Format`]. Share it behind an `Arc`: writer
+/// schemas learnt by one consumer serve the other.
 #[derive(Debug)]
 pub struct EventDecoder {
     schema: Arc<EventSchema>,
     arrow: SchemaRef,
-}
-
-/// What a key in the JSON object refers to.
-#[derive(Clone, Copy)]
-enum Target {
-    Time,
-    Field(usize),
-    Ignored,
+    layout: Layout,
+    codec: Codec,
 }
 
 impl EventDecoder {
+    /// A decoder of plain JSON events.
     pub fn new(schema: Arc<EventSchema>) -> Self {
+        let layout = Layout::new(&schema, Shape::Plain);
         let arrow = schema.arrow_schema();
-        Self { schema, arrow }
+        Self {
+            schema,
+            arrow,
+            layout,
+            codec: Codec::Json,
+        }
+    }
+
+    /// A decoder of payloads in `format`.
+    pub fn with_format(schema: Arc<EventSchema>, format: &Format) -> Result<Self, FormatError> {
+        let shape = match format.envelope {
+            None => Shape::Plain,
+            Some(Envelope::Debezium) if format.payload == PayloadFormat::Protobuf => {
+                return Err(FormatError::EnvelopeFormat {
+                    format: format.payload,
+                });
+            }
+            Some(Envelope::Debezium) => Shape::Debezium {
+                include_snapshot: format.include_snapshot,
+            },
+        };
+        let layout = Layout::new(&schema, shape);
+        let codec = match format.payload {
+            PayloadFormat::Json => Codec::Json,
+            PayloadFormat::Avro if !format.registry => {
+                return Err(FormatError::RegistryNeeded {
+                    format: format.payload,
+                });
+            }
+            PayloadFormat::Avro => Codec::Avro(RwLock::default()),
+            PayloadFormat::Protobuf if format.registry => Codec::ProtobufRegistry {
+                message: format.message.clone(),
+                plans: RwLock::default(),
+            },
+            PayloadFormat::Protobuf => {
+                let (Some(path), Some(message)) = (&format.proto_file, &format.message) else {
+                    return Err(FormatError::ProtobufSource);
+                };
+                let descriptor: MessageDescriptor = protobuf::local_message(path, message)
+                    .map_err(|detail| FormatError::Proto { detail })?;
+                let plan = protobuf::MessagePlan::compile(&descriptor, &layout.root, 0).map_err(
+                    |err| FormatError::Proto {
+                        detail: err.to_string(),
+                    },
+                )?;
+                Codec::ProtobufLocal(plan)
+            }
+        };
+        let arrow = schema.arrow_schema();
+        Ok(Self {
+            schema,
+            arrow,
+            layout,
+            codec,
+        })
     }
 
     pub fn schema(&self) -> &Arc<EventSchema> {
@@ -127,479 +252,116 @@ impl EventDecoder {
         &self.arrow
     }
 
-    /// A schema has a handful of fields: comparing names beats hashing every key.
-    fn target(&self, key: &str) -> Target {
-        if key == self.schema.time_field {
-            Target::Time
-        } else if let Some(i) = self.schema.fields.iter().position(|(name, _)| name == key) {
-            Target::Field(i)
-        } else {
-            Target::Ignored
+    /// Whether payloads name writer schemas that must be fetched from a registry.
+    pub fn uses_registry(&self) -> bool {
+        matches!(self.codec, Codec::Avro(_) | Codec::ProtobufRegistry { .. })
+    }
+
+    /// Reads one message value (`None`: the message has no value).
+    pub fn read<'a>(&self, payload: Option<&'a [u8]>) -> Read<'a> {
+        let payload = match payload {
+            Some(p) if !p.is_empty() || !self.layout.has_tombstones() => p,
+            _ if self.layout.has_tombstones() => return Read::Skip(Skip::Tombstone),
+            _ => return Read::Malformed(DecodeError::Empty),
+        };
+        let mut scratch = vec![Slot::Null; self.layout.slots];
+        let filled = match &self.codec {
+            Codec::Json => json::decode(&self.layout.root, payload, &mut scratch),
+            Codec::Avro(plans) => match wire::frame(payload) {
+                Err(err) => Err(err),
+                Ok((id, body)) => match known(plans, id) {
+                    None => return Read::Unresolved(id),
+                    Some(Err(err)) => Err(err),
+                    Some(Ok(plan)) => plan.read(body, &mut scratch),
+                },
+            },
+            Codec::ProtobufRegistry { plans, .. } => match wire::frame(payload) {
+                Err(err) => Err(err),
+                Ok((id, mut body)) => match known(plans, id) {
+                    None => return Read::Unresolved(id),
+                    Some(Err(err)) => Err(err),
+                    Some(Ok(schema)) => wire::message_indexes(&mut body)
+                        .and_then(|indexes| schema.get(&indexes)?.read(body, &mut scratch)),
+                },
+            },
+            Codec::ProtobufLocal(plan) => plan.read(payload, &mut scratch),
+        };
+        match filled.and_then(|()| self.layout.assemble(&self.schema, scratch)) {
+            Ok(read) => read,
+            Err(err) => Read::Malformed(err),
         }
     }
 
-    /// Decodes and validates one payload.
+    /// Decodes one payload: the event, or why it is none (a skip or an unknown schema id is
+    /// reported as an error here; consumers use [`EventDecoder::read`]).
     pub fn decode<'a>(&self, payload: &'a [u8]) -> Result<DecodedEvent<'a>, DecodeError> {
-        let problem = RefCell::new(None);
-        let seed = EventSeed {
-            decoder: self,
-            problem: &problem,
-        };
-        // One UTF-8 check of the whole payload is cheaper than serde_json's check per string.
-        let text = std::str::from_utf8(payload).map_err(|err| DecodeError::NotJson {
-            detail: format!("not UTF-8: {err}"),
-        })?;
-        let mut de = serde_json::Deserializer::from_str(text);
-        let outcome = seed
-            .deserialize(&mut de)
-            .and_then(|event| de.end().map(|()| event));
-        match outcome {
-            Ok(event) => Ok(event),
-            Err(err) => Err(problem
-                .into_inner()
-                .unwrap_or_else(|| DecodeError::NotJson {
-                    detail: err.to_string(),
-                })),
-        }
-    }
-}
-
-/// Resolves an object key to its [`Target`] without copying it (a `Cow<str>` key would be
-/// deserialized as an owned `String`).
-struct KeySeed<'d>(&'d EventDecoder);
-
-impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
-    type Value = Target;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeySeed<'_> {
-    type Value = Target;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.target(key))
-    }
-}
-
-struct EventSeed<'d> {
-    decoder: &'d EventDecoder,
-    problem: &'d RefCell<Option<DecodeError>>,
-}
-
-impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
-    type Value = DecodedEvent<'de>;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for EventSeed<'_> {
-    type Value = DecodedEvent<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let schema = &self.decoder.schema;
-        let mut values = vec![Slot::Null; schema.fields.len()];
-        let mut time = None;
-        while let Some(target) = map.next_key_seed(KeySeed(self.decoder))? {
-            match target {
-                Target::Ignored => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-                Target::Time => {
-                    let slot = map.next_value_seed(SlotSeed {
-                        field: &schema.time_field,
-                        ty: FieldType::Timestamp,
-                        problem: self.problem,
-                        is_time: true,
-                    })?;
-                    time = match slot {
-                        Slot::Time(ms) => Some(ms),
-                        _ => None,
-                    };
-                }
-                Target::Field(i) => {
-                    let (name, ty) = &schema.fields[i];
-                    values[i] = map.next_value_seed(SlotSeed {
-                        field: name,
-                        ty: *ty,
-                        problem: self.problem,
-                        is_time: false,
-                    })?;
-                }
-            }
-        }
-        match time {
-            Some(ms) if ms > EventTime::LATEST.millis() => Err(fail(
-                self.problem,
-                DecodeError::BadTime {
-                    field: schema.time_field.clone(),
-                    detail: format!("{ms} is after {}", EventTime::LATEST),
-                },
-            )),
-            Some(ms) if ms < schema.min_time.millis() => Err(fail(
-                self.problem,
-                DecodeError::Past {
-                    field: schema.time_field.clone(),
-                    time: EventTime(ms),
-                    min: schema.min_time,
-                },
-            )),
-            Some(ms) => Ok(DecodedEvent {
-                time: EventTime(ms),
-                values,
+        match self.read(Some(payload)) {
+            Read::Event(event) => Ok(event),
+            Read::Malformed(err) => Err(err),
+            Read::Skip(skip) => Err(DecodeError::NotChangeEvent {
+                detail: format!("skipped ({})", skip.kind()),
             }),
-            None => Err(fail(
-                self.problem,
-                DecodeError::MissingTime {
-                    field: schema.time_field.clone(),
-                },
-            )),
+            Read::Unresolved(id) => Err(DecodeError::UnknownSchema {
+                id,
+                detail: "not fetched from the registry yet".into(),
+            }),
         }
     }
 
-    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(fail(self.problem, DecodeError::NotObject))
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Err(fail(self.problem, DecodeError::NotObject))
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Err(fail(self.problem, DecodeError::NotObject))
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Err(fail(self.problem, DecodeError::NotObject))
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Err(fail(self.problem, DecodeError::NotObject))
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Err(fail(self.problem, DecodeError::NotObject))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Err(fail(self.problem, DecodeError::NotObject))
-    }
-}
-
-/// Records the structured reason and hands serde an opaque error to unwind with.
-fn fail<E: de::Error>(problem: &RefCell<Option<DecodeError>>, err: DecodeError) -> E {
-    let message = err.to_string();
-    *problem.borrow_mut() = Some(err);
-    E::custom(message)
-}
-
-struct SlotSeed<'d> {
-    field: &'d str,
-    ty: FieldType,
-    problem: &'d RefCell<Option<DecodeError>>,
-    is_time: bool,
-}
-
-impl SlotSeed<'_> {
-    fn wrong<E: de::Error>(&self, got: impl Into<String>) -> E {
-        let got = got.into();
-        let err = if self.is_time {
-            DecodeError::BadTime {
-                field: self.field.to_owned(),
-                detail: format!("expected RFC 3339 string or epoch milliseconds, got {got}"),
-            }
-        } else {
-            DecodeError::WrongType {
-                field: self.field.to_owned(),
-                expected: self.ty,
-                got,
-            }
+    /// Learns the writer schema `id` as the registry answered: a schema, or why there is none
+    /// (messages written with it are then dead-lettered with that reason).
+    pub fn learn(&self, id: SchemaId, answer: Result<RegisteredSchema, String>) {
+        let wrong_kind = |want: SchemaType, got: SchemaType| DecodeError::SchemaMismatch {
+            field: String::new(),
+            detail: format!("schema id {id} is a {got:?} schema, the topic is read as {want:?}"),
         };
-        fail(self.problem, err)
+        match &self.codec {
+            Codec::Avro(plans) => {
+                let plan = match answer {
+                    Err(detail) => Err(DecodeError::UnknownSchema { id, detail }),
+                    Ok(s) if s.schema_type != SchemaType::Avro => {
+                        Err(wrong_kind(SchemaType::Avro, s.schema_type))
+                    }
+                    Ok(s) => avro::Plan::compile(&s.text, &self.layout.root).map(Arc::new),
+                };
+                remember(plans, id, plan);
+            }
+            Codec::ProtobufRegistry { message, plans } => {
+                let plan = match answer {
+                    Err(detail) => Err(DecodeError::UnknownSchema { id, detail }),
+                    Ok(s) if s.schema_type != SchemaType::Protobuf => {
+                        Err(wrong_kind(SchemaType::Protobuf, s.schema_type))
+                    }
+                    Ok(s) => protobuf::SchemaPlans::compile(
+                        &s.text,
+                        &self.layout.root,
+                        message.as_deref(),
+                    )
+                    .map(Arc::new),
+                };
+                remember(plans, id, plan);
+            }
+            Codec::Json | Codec::ProtobufLocal(_) => {}
+        }
     }
 }
 
-impl<'de> DeserializeSeed<'de> for SlotSeed<'_> {
-    type Value = Slot<'de>;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
+fn known<T>(plans: &Plans<T>, id: SchemaId) -> Option<Result<Arc<T>, DecodeError>> {
+    plans
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&id)
+        .cloned()
 }
 
-impl<'de> Visitor<'de> for SlotSeed<'_> {
-    type Value = Slot<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "a {} value", self.ty)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        if self.is_time {
-            return Err(fail(
-                self.problem,
-                DecodeError::MissingTime {
-                    field: self.field.to_owned(),
-                },
-            ));
-        }
-        Ok(Slot::Null)
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        self.visit_unit()
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        match self.ty {
-            FieldType::Bool => Ok(Slot::Bool(v)),
-            _ => Err(self.wrong("a boolean")),
-        }
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        match self.ty {
-            FieldType::Int64 => Ok(Slot::Int(v)),
-            FieldType::Float64 => Ok(Slot::Float(v as f64)),
-            FieldType::Timestamp => Ok(Slot::Time(v)),
-            _ => Err(self.wrong(format!("number {v}"))),
-        }
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        match i64::try_from(v) {
-            Ok(v) => self.visit_i64(v),
-            Err(_) if self.ty == FieldType::Float64 => Ok(Slot::Float(v as f64)),
-            Err(_) => Err(self.wrong(format!("number {v} (out of int64 range)"))),
-        }
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        match self.ty {
-            FieldType::Float64 => Ok(Slot::Float(v)),
-            _ => Err(self.wrong(format!("number {v}"))),
-        }
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        match self.ty {
-            FieldType::String => Ok(Slot::Str(Cow::Borrowed(v))),
-            FieldType::Timestamp => self.timestamp(v),
-            _ => Err(self.wrong(format!("string {v:?}"))),
-        }
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        match self.ty {
-            FieldType::String => Ok(Slot::Str(Cow::Owned(v.to_owned()))),
-            FieldType::Timestamp => self.timestamp(v),
-            _ => Err(self.wrong(format!("string {v:?}"))),
-        }
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(self.wrong("an object"))
-    }
-
-    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(self.wrong("an array"))
-    }
-}
-
-impl SlotSeed<'_> {
-    fn timestamp<'de, E: de::Error>(self, v: &str) -> Result<Slot<'de>, E> {
-        match DateTime::parse_from_rfc3339(v) {
-            Ok(t) => Ok(Slot::Time(t.timestamp_millis())),
-            Err(_) => Err(self.wrong(format!("string {v:?}"))),
-        }
-    }
+fn remember<T>(plans: &Plans<T>, id: SchemaId, plan: Result<Arc<T>, DecodeError>) {
+    plans
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, plan);
 }
 
 #[cfg(test)]
-mod tests {
-    use proptest::strategy::Strategy;
-
-    use super::*;
-    use arrow_array::Array;
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::{Float64Type, TimestampMillisecondType};
-
-    fn decoder() -> EventDecoder {
-        EventDecoder::new(crate::testing::schema(&[
-            ("city", FieldType::String),
-            ("amount", FieldType::Float64),
-            ("qty", FieldType::Int64),
-            ("paid", FieldType::Bool),
-            ("shipped_at", FieldType::Timestamp),
-        ]))
-    }
-
-    #[test]
-    fn decodes_typed_fields_and_ignores_unknown_keys() {
-        let d = decoder();
-        let e = d
-            .decode(br#"{"ts":"2026-11-21T10:00:00Z","city":"Chennai","amount":12,"qty":3,"paid":true,"shipped_at":1795255200000,"extra":{"a":[1,2]}}"#)
-            .unwrap();
-        assert_eq!(e.time, EventTime(1_795_255_200_000));
-        assert_eq!(
-            e.values,
-            vec![
-                Slot::Str("Chennai".into()),
-                Slot::Float(12.0),
-                Slot::Int(3),
-                Slot::Bool(true),
-                Slot::Time(1_795_255_200_000),
-            ]
-        );
-    }
-
-    #[test]
-    fn missing_and_null_fields_are_null_but_time_is_required() {
-        let d = decoder();
-        let e = d.decode(br#"{"ts":1000,"city":null}"#).unwrap();
-        assert!(e.values.iter().all(|s| *s == Slot::Null));
-        assert_eq!(
-            d.decode(br#"{"city":"Pune"}"#),
-            Err(DecodeError::MissingTime { field: "ts".into() })
-        );
-        assert_eq!(
-            d.decode(br#"{"ts":null}"#),
-            Err(DecodeError::MissingTime { field: "ts".into() })
-        );
-    }
-
-    #[test]
-    fn classifies_malformed_payloads() {
-        let d = decoder();
-        assert_eq!(d.decode(b"not json").unwrap_err().kind(), "not_json");
-        assert_eq!(
-            d.decode(b"{\"ts\":1000,\"city\":\"\xff\"}")
-                .unwrap_err()
-                .kind(),
-            "not_json"
-        );
-        assert_eq!(d.decode(br#"{"ts":1000"#).unwrap_err().kind(), "not_json");
-        assert_eq!(
-            d.decode(br#"{"ts":1000} trailing"#).unwrap_err().kind(),
-            "not_json"
-        );
-        assert_eq!(d.decode(b"[1,2]").unwrap_err(), DecodeError::NotObject);
-        assert_eq!(d.decode(b"42").unwrap_err(), DecodeError::NotObject);
-        assert_eq!(
-            d.decode(br#"{"ts":"noon"}"#).unwrap_err().kind(),
-            "bad_time"
-        );
-        assert_eq!(d.decode(br#"{"ts":1.5}"#).unwrap_err().kind(), "bad_time");
-        assert_eq!(
-            d.decode(br#"{"ts":1000,"amount":"12.5"}"#),
-            Err(DecodeError::WrongType {
-                field: "amount".into(),
-                expected: FieldType::Float64,
-                got: "string \"12.5\"".into()
-            })
-        );
-        assert_eq!(
-            d.decode(br#"{"ts":1000,"qty":2.5}"#).unwrap_err().kind(),
-            "wrong_type"
-        );
-        assert_eq!(
-            d.decode(br#"{"ts":1000,"city":7}"#).unwrap_err().kind(),
-            "wrong_type"
-        );
-        assert_eq!(
-            d.decode(br#"{"ts":1000,"paid":"yes"}"#).unwrap_err().kind(),
-            "wrong_type"
-        );
-    }
-
-    #[test]
-    fn escaped_strings_are_decoded() {
-        let d = decoder();
-        let e = d
-            .decode(br#"{"ts":1,"city":"S\u00e3o Paulo","c\u0069ty2":1}"#)
-            .unwrap();
-        assert_eq!(e.values[0], Slot::Str("São Paulo".into()));
-    }
-
-    #[test]
-    fn builder_produces_batches_of_the_arrow_schema() {
-        let d = decoder();
-        let mut b = EventBatchBuilder::new(&d, 4);
-        for (i, payload) in [
-            br#"{"ts":1000,"city":"A","amount":1.5}"#.as_slice(),
-            br#"{"ts":2000,"city":"B"}"#.as_slice(),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let e = d.decode(payload).unwrap();
-            b.append(&e, 3, 10 + i as i64);
-        }
-        let batch = b.finish();
-        assert_eq!(batch.schema(), *d.arrow_schema());
-        assert_eq!(batch.num_rows(), 2);
-        let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
-        assert_eq!(ts.values(), &[1000, 2000]);
-        let amount = batch.column(2).as_primitive::<Float64Type>();
-        assert_eq!(amount.value(0), 1.5);
-        assert!(amount.is_null(1));
-        assert!(b.is_empty());
-    }
-
-    #[test]
-    fn times_before_min_time_are_past_and_beyond_the_range_are_bad() {
-        let schema = Arc::new(
-            EventSchema::new("ts", vec![("city".to_owned(), FieldType::String)], None).unwrap(),
-        );
-        let d = EventDecoder::new(schema);
-        let err = d
-            .decode(br#"{"ts": "1999-12-31T23:59:59.999Z"}"#)
-            .unwrap_err();
-        assert_eq!(err.kind(), "past", "{err}");
-        assert!(err.to_string().contains("2000-01-01"), "{err}");
-        assert!(d.decode(br#"{"ts": "2000-01-01T00:00:00Z"}"#).is_ok());
-        for ts in [
-            "-9223372036854775808",
-            "9223372036854775807",
-            "253402300800000",
-        ] {
-            let payload = format!("{{\"ts\": {ts}}}");
-            let kind = d.decode(payload.as_bytes()).unwrap_err().kind();
-            assert!(kind == "past" || kind == "bad_time", "{ts}: {kind}");
-        }
-    }
-
-    proptest::proptest! {
-        /// No byte string panics the decoder: it is either an event or a reason.
-        #[test]
-        fn no_byte_string_panics_the_decoder(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
-            let d = decoder();
-            match d.decode(&bytes) {
-                Ok(event) => proptest::prop_assert!(event.time.is_supported()),
-                Err(err) => proptest::prop_assert!(!err.kind().is_empty()),
-            }
-        }
-
-        /// Nor does any JSON object built from the schema's own keys with arbitrary values.
-        #[test]
-        fn no_object_of_known_keys_panics_the_decoder(
-            ts in proptest::prop_oneof![
-                proptest::num::i64::ANY.prop_map(|n| n.to_string()),
-                proptest::num::f64::ANY.prop_map(|f| format!("{f:?}")),
-                ".{0,40}".prop_map(|s| format!("{s:?}")),
-                proptest::strategy::Just("null".to_owned()),
-            ],
-            amount in ".{0,12}",
-            qty in proptest::num::i64::ANY,
-        ) {
-            let payload = format!(r#"{{"ts": {ts}, "amount": {amount:?}, "qty": {qty}, "city": [1], "shipped_at": {ts}}}"#);
-            let _ = decoder().decode(payload.as_bytes());
-        }
-    }
-}
+mod format_tests;
+#[cfg(test)]
+mod tests;
