@@ -3,6 +3,7 @@
 //! ```text
 //!  every second:    speed layer holds a partition assignment?  ─► "consumer"
 //!  every 10 s:      object store answers a HEAD within 5 s?    ─► "storage"
+//!  every second:    schema registry answering the consumers?   ─► "registry"
 //! ```
 
 use std::sync::Arc;
@@ -12,16 +13,18 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tandem_serving::Readiness;
 use tandem_speed_layer::SpeedLayer;
+use tandem_store::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 /// Everything `/readyz` waits for: the supervised tasks and the probes.
-pub const COMPONENTS: [&str; 6] = [
+pub const COMPONENTS: [&str; 7] = [
     "speed",
     "archive",
     "scheduler",
     "reconciler",
     "consumer",
     "storage",
+    "registry",
 ];
 
 /// The object the storage probe asks for; it need not exist.
@@ -58,6 +61,7 @@ pub async fn run(
     readiness: Readiness,
     speed: SpeedLayer,
     store: Arc<dyn ObjectStore>,
+    registry: Option<Arc<Registry>>,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -71,6 +75,13 @@ pub async fn run(
             &readiness,
             "consumer",
             consumer_condition(speed.assigned_partition_count()),
+        );
+        // The consumers ask the registry only for unseen schema ids: its condition is their
+        // last attempt's (ready when none is configured).
+        report(
+            &readiness,
+            "registry",
+            registry.as_ref().map_or(Ok(()), |r| r.condition()),
         );
         if ticks.is_multiple_of(10) {
             let condition = tokio::select! {

@@ -23,7 +23,6 @@ use tandem_batch_layer::{Archive, Scheduler};
 use tandem_serving::sql::SqlEngine;
 use tandem_serving::{AppState, HttpPolicy, Readiness, Reconciler, router};
 use tandem_shared::clock::{Clock, SystemClock};
-use tandem_shared::event::EventDecoder;
 use tandem_speed_layer::SpeedLayer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +50,10 @@ pub enum Error {
     Scheduler(#[from] tandem_batch_layer::scheduler::Error),
     #[error(transparent)]
     Topics(#[from] topics::Error),
+    #[error("[schema]: {0}")]
+    Format(#[from] tandem_shared::event::FormatError),
+    #[error(transparent)]
+    Registry(#[from] tandem_store::registry::Error),
     #[error("preparing SQL: {0}")]
     Sql(#[from] tandem_serving::sql::Error),
     #[error("binding HTTP on {addr}: {source}")]
@@ -137,12 +140,13 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     let backend = CancellationToken::new();
     let frontend = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let decoder = Arc::new(EventDecoder::new(Arc::clone(&schema)));
+    let decoder = wiring::decoder(config)?;
+    let registry = wiring::registry(config)?;
 
     let readiness = Readiness::new(COMPONENTS);
     let supervisor = Supervisor::new(readiness.clone(), RestartPolicy::default());
 
-    let speed_config = wiring::speed_config(config, &store);
+    let speed_config = wiring::speed_config(config, &store, registry.as_ref());
     let speed_run = speed.clone();
     let speed_decoder = Arc::clone(&decoder);
     let speed_clock = Arc::clone(&clock);
@@ -163,7 +167,7 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     ));
 
     // The archive's consumer is created here so a configuration error stops start-up.
-    let archive_config = wiring::archive_config(config);
+    let archive_config = wiring::archive_config(config, registry.as_ref());
     let archive_store = Arc::clone(&store);
     let archive_decoder = Arc::clone(&decoder);
     let archive_clock = Arc::clone(&clock);
@@ -231,6 +235,7 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         readiness.clone(),
         speed.clone(),
         Arc::clone(&store),
+        registry.clone(),
         backend.child_token(),
     ));
 

@@ -7,12 +7,18 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use tandem_batch_layer::{ArchiveConfig, Recompute, SchedulerConfig, ViewCatalog};
 use tandem_shared::clock::Clock;
+use tandem_shared::event::{EventDecoder, FormatError};
+use tandem_store::registry::{self, Registry};
 use tandem_speed_layer::{CheckpointSettings, SpeedConfig};
 
 use crate::config::Config;
 
 /// The speed layer's consumer settings; checkpoints go to `store`.
-pub fn speed_config(config: &Config, store: &Arc<dyn ObjectStore>) -> SpeedConfig {
+pub fn speed_config(
+    config: &Config,
+    store: &Arc<dyn ObjectStore>,
+    registry: Option<&Arc<Registry>>,
+) -> SpeedConfig {
     let kafka = &config.kafka;
     SpeedConfig {
         brokers: kafka.brokers.clone(),
@@ -29,11 +35,26 @@ pub fn speed_config(config: &Config, store: &Arc<dyn ObjectStore>) -> SpeedConfi
             interval: config.checkpoint_interval.as_duration(),
         }),
         kafka_options: kafka.options.clone(),
+        registry: registry.cloned(),
     }
 }
 
+/// The decoder of the topic's payloads, shared by the speed layer and the archive.
+pub fn decoder(config: &Config) -> Result<Arc<EventDecoder>, FormatError> {
+    EventDecoder::with_format(Arc::new(config.schema.clone()), &config.format).map(Arc::new)
+}
+
+/// The schema registry client, when payloads name writer schemas.
+pub fn registry(config: &Config) -> Result<Option<Arc<Registry>>, registry::Error> {
+    config
+        .registry
+        .clone()
+        .map(|settings| Registry::new(settings).map(Arc::new))
+        .transpose()
+}
+
 /// The archive's settings.
-pub fn archive_config(config: &Config) -> ArchiveConfig {
+pub fn archive_config(config: &Config, registry: Option<&Arc<Registry>>) -> ArchiveConfig {
     let kafka = &config.kafka;
     ArchiveConfig {
         brokers: kafka.brokers.clone(),
@@ -44,6 +65,7 @@ pub fn archive_config(config: &Config) -> ArchiveConfig {
         seal_files: config.seal_files,
         max_future: config.max_future,
         kafka_options: kafka.options.clone(),
+        registry: registry.cloned(),
     }
 }
 

@@ -22,7 +22,8 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use tandem_shared::event::{EventBatchBuilder, EventDecoder, future_limit};
+use tandem_shared::event::{EventBatchBuilder, EventDecoder, Read, future_limit};
+use tandem_store::registry::Registry;
 use tandem_shared::time::{EventTime, Span};
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +74,8 @@ pub struct SpeedConfig {
     pub checkpoint: Option<CheckpointSettings>,
     /// Extra librdkafka consumer properties.
     pub kafka_options: BTreeMap<String, String>,
+    /// Where writer schemas come from, when payloads name them (Avro, Protobuf).
+    pub registry: Option<Arc<Registry>>,
 }
 
 /// A change of the consumer's partition assignment, for the watermark tracker.
@@ -205,6 +208,8 @@ pub(crate) struct Ingest {
     progress: PartitionProgress,
     clock: Arc<dyn Clock>,
     checkpointer: Option<Arc<Checkpointer>>,
+    /// The runtime the registry client runs on (this loop is a blocking thread).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Ingest {
@@ -261,6 +266,7 @@ impl Ingest {
             progress: PartitionProgress::default(),
             clock,
             checkpointer,
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -286,9 +292,15 @@ impl Ingest {
             }
             track_partitions(consumer.context(), &mut self.progress, self.clock.now());
             if !messages.is_empty() {
+                let schemas = Schemas {
+                    decoder: &self.decoder,
+                    registry: self.config.registry.as_deref(),
+                    runtime: &self.runtime,
+                    cancel: &cancel,
+                };
                 process(
                     &self.speed,
-                    &self.decoder,
+                    &schemas,
                     &self.side,
                     &mut self.progress,
                     Watermarking {
@@ -431,11 +443,36 @@ struct PartitionRows {
     last_offset: i64,
 }
 
+/// The decoder and where it learns writer schemas.
+struct Schemas<'a> {
+    decoder: &'a EventDecoder,
+    registry: Option<&'a Registry>,
+    runtime: &'a tokio::runtime::Handle,
+    cancel: &'a CancellationToken,
+}
+
+impl Schemas<'_> {
+    /// Reads a message; a payload naming an unseen writer schema waits for the registry.
+    /// `None`: cancelled while waiting.
+    fn read<'p>(&self, payload: Option<&'p [u8]>) -> Option<Read<'p>> {
+        match self.decoder.read(payload) {
+            Read::Unresolved(_) => self.runtime.block_on(tandem_store::registry::read_resolved(
+                self.decoder,
+                self.registry,
+                payload,
+                self.cancel,
+            )),
+            read => Some(read),
+        }
+    }
+}
+
 /// Decodes one micro-batch, sidelines malformed and late events, and applies the rest to every
-/// view, partition by partition.
+/// view, partition by partition. Applies nothing when cancelled while waiting for the schema
+/// registry: the batch is read again after the restart.
 fn process(
     speed: &SpeedLayer,
-    decoder: &EventDecoder,
+    schemas: &Schemas<'_>,
     side: &SideTopics,
     progress: &mut PartitionProgress,
     time: Watermarking,
@@ -447,6 +484,7 @@ fn process(
     // the checkpoint's offset. (Rebalances run inside `poll`, so assignment cannot change
     // while a micro-batch is processed; it is looked up once per partition.)
     let mut partitions: BTreeMap<i32, Option<PartitionRows>> = BTreeMap::new();
+    let decoder = schemas.decoder;
     let mut decoded = 0u64;
     for (i, m) in messages.iter().enumerate() {
         let partition = m.partition();
@@ -465,15 +503,17 @@ fn process(
             continue;
         };
         rows.last_offset = rows.last_offset.max(m.offset());
-        let Some(payload) = m.payload() else {
-            side.dead_letter(None, origin(topic, m), "empty", "message has no payload");
-            continue;
-        };
+        let payload = m.payload();
         let record_time = m.timestamp().to_millis();
-        match decoder.decode(payload) {
-            Ok(event) if event.time > future_limit(record_time, time.now, time.max_future) => side
-                .dead_letter(
-                    Some(payload),
+        let Some(read) = schemas.read(payload) else {
+            return;
+        };
+        match read {
+            Read::Event(event)
+                if event.time > future_limit(record_time, time.now, time.max_future) =>
+            {
+                side.dead_letter(
+                    payload,
                     origin(topic, m),
                     "future",
                     &format!(
@@ -482,18 +522,26 @@ fn process(
                         time.max_future,
                         record_time.map_or(time.now, EventTime)
                     ),
-                ),
-            Ok(event) => {
+                )
+            }
+            Read::Event(event) => {
                 rows.builder.append(&event, partition, m.offset());
                 rows.messages.push(i);
                 rows.times.push(event.time);
                 decoded += 1;
             }
-            Err(err) => side.dead_letter(
-                Some(payload),
+            Read::Skip(skip) => {
+                metrics::counter!("tandem_speed_skipped_total", "reason" => skip.kind())
+                    .increment(1);
+            }
+            Read::Malformed(err) => {
+                side.dead_letter(payload, origin(topic, m), err.kind(), &err.to_string())
+            }
+            Read::Unresolved(id) => side.dead_letter(
+                payload,
                 origin(topic, m),
-                err.kind(),
-                &err.to_string(),
+                "unknown_schema",
+                &format!("schema id {id} is still unknown after asking the registry"),
             ),
         }
     }

@@ -11,6 +11,7 @@
 //!  backend::open(storage settings) ──► Arc<dyn ObjectStore>: file:// (default), memory://, s3://
 //!  backend::check_create_if_absent ◄── start-up: refuse a store that would not fence writers
 //!  kafka::consumer_config / record_lag ◄── the speed and archive consumers
+//!  registry::read_resolved ◄── both consumers: writer schemas fetched by id, waited for
 //!  fault::crash_point ◄── every publication protocol, for recovery tests
 //! ```
 //!
@@ -18,6 +19,7 @@
 //! - [`object`]: single-object reads and writes with the path in every error.
 //! - [`backend`]: opening the store the settings name, and checking it honours create-if-absent.
 //! - [`kafka`]: the consumer configuration and lag statistics both consumers share.
+//! - [`registry`]: the schema registry client (Avro and Protobuf writer schemas by id).
 //! - [`fault`]: crash points and, with the `testing` feature, a store that fails on purpose.
 //!
 //! # Invariants
@@ -31,6 +33,7 @@ pub mod fault;
 pub mod kafka;
 pub mod manifest;
 pub mod object;
+pub mod registry;
 
 pub use backend::{StorageSettings, check_create_if_absent, open};
 pub use manifest::ManifestChain;

@@ -166,6 +166,7 @@ async fn outage_over(inner: Arc<dyn ObjectStore>, dir: &std::path::Path) {
         seal_files: 2,
         max_future: Span::from_millis(3_600_000),
         kafka_options: BTreeMap::new(),
+        registry: None,
     };
     let archive = Archive::new(
         config,

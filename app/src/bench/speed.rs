@@ -227,7 +227,7 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
     let cpu0 = cpu_seconds()?;
     let wall0 = Instant::now();
     let task = speed.start(
-        wiring::speed_config(&on_topic(config, brokers, "bench"), &store),
+        wiring::speed_config(&on_topic(config, brokers, "bench"), &store, None),
         Arc::new(EventDecoder::new(Arc::new(config.schema.clone()))),
         Arc::new(SystemClock),
         cancel.clone(),
@@ -276,7 +276,7 @@ pub(super) async fn serve_speed(
     let speed = speed_layer(config)?;
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let task = speed.start(
-        wiring::speed_config(config, &store),
+        wiring::speed_config(config, &store, None),
         Arc::new(EventDecoder::new(Arc::new(config.schema.clone()))),
         Arc::new(SystemClock),
         cancel.clone(),

@@ -9,13 +9,16 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod format;
 mod http;
 mod storage;
 
 pub use http::HttpConfig;
 use http::{HttpFile, http_config};
 use storage::{StorageFile, storage_settings};
+use tandem_shared::event::{Envelope, Format, OP_FIELD, PayloadFormat};
 use tandem_shared::schema::{EventSchema, FieldType};
+use tandem_store::registry::RegistrySettings;
 use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::{ViewConfig, ViewDefinition};
 use tandem_store::StorageSettings;
@@ -144,6 +147,12 @@ struct SchemaFile {
     id_field: Option<String>,
     /// Earlier event times are dead-lettered (`past`); default 2000-01-01T00:00:00Z.
     min_time: Option<String>,
+    format: Option<PayloadFormat>,
+    registry: Option<format::RegistryFile>,
+    message: Option<String>,
+    proto: Option<PathBuf>,
+    envelope: Option<Envelope>,
+    include_snapshot: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -226,6 +235,10 @@ pub struct Config {
     pub http: HttpConfig,
     pub storage: StorageSettings,
     pub schema: EventSchema,
+    /// How the topic's payloads are written.
+    pub format: Format,
+    /// Where Avro and Protobuf writer schemas come from.
+    pub registry: Option<RegistrySettings>,
     pub views: Vec<ViewDefinition>,
     pub schedule: Option<String>,
     pub idle_timeout: Span,
@@ -277,9 +290,35 @@ impl Config {
             path: path.clone(),
             source: Box::new(source),
         })?;
+        let s = &file.schema;
+        let (format, registry) = format::format_settings(
+            format::FormatFile {
+                format: s.format,
+                registry: s.registry.clone(),
+                message: s.message.clone(),
+                proto: s.proto.clone(),
+                envelope: s.envelope,
+                include_snapshot: s.include_snapshot,
+            },
+            &path,
+            env,
+        )?;
+        let mut fields = file.schema.fields.clone();
+        // Change events carry their operation: a field every view may filter on.
+        if format.envelope == Some(Envelope::Debezium) {
+            let op = *fields.entry(OP_FIELD.to_owned()).or_insert(FieldType::String);
+            if op != FieldType::String {
+                return Err(Error::Invalid {
+                    path,
+                    section: "schema",
+                    key: "fields",
+                    problem: format!("`{OP_FIELD}` holds a change's operation: declare it a string"),
+                });
+            }
+        }
         let schema = EventSchema::new(
             file.schema.time_field.clone(),
-            file.schema.fields.clone(),
+            fields,
             file.schema.id_field.clone(),
         )
         .map_err(|source| Error::Schema {
@@ -437,6 +476,8 @@ impl Config {
             },
             storage,
             schema,
+            format,
+            registry,
             views,
             schedule: file.batch.schedule,
             idle_timeout,

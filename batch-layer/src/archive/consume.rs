@@ -9,8 +9,10 @@ use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tandem_shared::event::Read;
 use tandem_shared::layout;
 use tandem_store::ManifestChain;
+use tokio_util::sync::CancellationToken;
 
 use super::roll::{self, Admission, Buffer, PartitionState};
 use super::{Archive, OffsetGap, PartitionManifest};
@@ -112,7 +114,7 @@ impl Archive {
         }
     }
 
-    pub(super) async fn on_message(&mut self, m: &OwnedMessage) {
+    pub(super) async fn on_message(&mut self, m: &OwnedMessage, cancel: &CancellationToken) {
         let partition = m.partition();
         let offset = m.offset();
         if !self.ensure_loaded(partition).await {
@@ -120,6 +122,19 @@ impl Archive {
             self.seek(partition, offset);
             return;
         }
+        // Decoded first: a payload naming an unseen writer schema waits for the registry, and
+        // if that wait is cancelled, the message is read again after the restart.
+        let Some(read) = tandem_store::registry::read_resolved(
+            &self.decoder,
+            self.config.registry.as_deref(),
+            m.payload(),
+            cancel,
+        )
+        .await
+        else {
+            self.seek(partition, offset);
+            return;
+        };
         let Some(state) = self.partitions.get(&partition) else {
             return;
         };
@@ -162,10 +177,10 @@ impl Archive {
             .get_or_insert_with(|| Buffer::new(offset, Instant::now()));
         buffer.last_offset = offset;
         if let Some((from_offset, to_offset)) = gap {
-            let before_time = m
-                .payload()
-                .and_then(|p| self.decoder.decode(p).ok())
-                .map(|e| e.time);
+            let before_time = match &read {
+                Read::Event(e) => Some(e.time),
+                _ => None,
+            };
             let after_time = buffer.max_time().max(state.manifest.max_event_time);
             tracing::error!(
                 partition,
@@ -191,16 +206,21 @@ impl Archive {
         );
         // Malformed and future events are not archived (the speed layer dead-letters them), but
         // their offsets are covered by the next manifest all the same, so they are never re-read.
-        match m.payload().map(|p| (p.len(), self.decoder.decode(p))) {
-            Some((_, Ok(event))) if event.time > future_limit => {
+        match read {
+            Read::Event(event) if event.time > future_limit => {
                 metrics::counter!("tandem_archive_rejected_total", "reason" => "future")
                     .increment(1);
             }
-            Some((bytes, Ok(event))) => {
+            Read::Event(event) => {
+                let bytes = m.payload().map_or(0, <[u8]>::len);
                 buffer.append(&self.decoder, &event, partition, offset, bytes);
                 metrics::counter!("tandem_archive_events_total").increment(1);
             }
-            Some((_, Err(_))) | None => {
+            Read::Skip(skip) => {
+                metrics::counter!("tandem_archive_skipped_changes_total", "reason" => skip.kind())
+                    .increment(1);
+            }
+            Read::Malformed(_) | Read::Unresolved(_) => {
                 metrics::counter!("tandem_archive_rejected_total", "reason" => "malformed")
                     .increment(1);
             }

@@ -94,6 +94,8 @@ pub struct ArchiveConfig {
     /// dead-letters them).
     pub max_future: Span,
     pub kafka_options: BTreeMap<String, String>,
+    /// Where writer schemas come from, when payloads name them (Avro, Protobuf).
+    pub registry: Option<Arc<tandem_store::registry::Registry>>,
 }
 
 /// The archive task.
@@ -162,7 +164,7 @@ impl Archive {
                 msg = self.consumer.recv() => match msg {
                     Ok(m) => {
                         let m = m.detach();
-                        self.on_message(&m).await;
+                        self.on_message(&m, &cancel).await;
                     }
                     Err(err) => {
                         metrics::counter!("tandem_archive_consume_errors_total").increment(1);
