@@ -5,6 +5,7 @@
 //!  RunFixture: standalone broker + fixtures/recovery.toml ──► `tandem run`, killed and restarted
 //!  ExternalBroker: tansu, a Kafka-protocol broker other than librdkafka's mock
 //!  S3Server: moto_server, a real S3-compatible server, for the same tests on s3://
+//!  SchemaRegistry: a Confluent REST stand-in; formats: orders written by apache-avro and prost
 //! ```
 //!
 //! [`TestServer`] spawns `tandem` (`dev`, `run` or `broker`) on free ports, waits for it to print
@@ -26,7 +27,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use tandem_store::StorageSettings;
 
+pub mod formats;
+pub mod registry;
 pub mod s3;
+pub use registry::SchemaRegistry;
 pub use s3::S3Server;
 
 /// Path of a fixture file.

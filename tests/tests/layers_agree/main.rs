@@ -19,7 +19,7 @@ use tandem_batch_layer::archive::import::{self, PartitionBatches};
 use tandem_batch_layer::recompute::{Recompute, Requested};
 use tandem_shared::clock::SystemClock;
 use tandem_shared::coverage::{Coverage, StartRange};
-use tandem_shared::event::EventDecoder;
+use tandem_shared::event::{EventDecoder, PayloadFormat};
 use tandem_shared::row::GroupValue;
 use tandem_shared::schema::{EventSchema, FieldType};
 use tandem_shared::testing;
@@ -36,6 +36,7 @@ const BASE: i64 = 1_795_255_200_000; // 2026-11-21T10:00:00Z
 const PARTITIONS: i32 = 4;
 const CITIES: [&str; 6] = ["Chennai", "Mumbai", "Berlin", "Lagos", "Tokyo", "Lima"];
 const TYPES: [&str; 3] = ["order_placed", "payment_captured", "order_cancelled"];
+mod encodings;
 mod oracle;
 mod rollups;
 
@@ -88,12 +89,25 @@ async fn archived(
     schema: &Arc<EventSchema>,
     events: &[Event],
 ) -> (Vec<(i32, RecordBatch)>, Arc<dyn ObjectStore>) {
-    let decoder = EventDecoder::new(Arc::clone(schema));
-    let batches = partitioned(
-        &decoder,
-        PARTITIONS,
-        events.iter().map(|e| (e.partition, e.json())),
-    );
+    archived_as(schema, events, PayloadFormat::Json).await
+}
+
+/// [`archived`], each event written in `format` and read back by that format's decoder.
+async fn archived_as(
+    schema: &Arc<EventSchema>,
+    events: &[Event],
+    format: PayloadFormat,
+) -> (Vec<(i32, RecordBatch)>, Arc<dyn ObjectStore>) {
+    let decoder = encodings::decoder(schema, format);
+    let mut batches = PartitionBatches::new(&decoder, PARTITIONS, 1024);
+    for e in events {
+        let payload = encodings::encode(e, format);
+        let event = decoder
+            .decode(&payload)
+            .unwrap_or_else(|err| panic!("{format}: {err}"));
+        assert!(batches.append(&event, e.partition));
+    }
+    let batches = batches.finish();
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     import::import(&store, "orders", PARTITIONS, &batches)
         .await
@@ -226,9 +240,25 @@ fn cases(events: &[Event]) -> Vec<Case> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speed_and_batch_layers_agree_with_an_independent_oracle() {
-    let events = events(60_000);
+    layers_agree(60_000, PayloadFormat::Json).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layers_agree_with_the_oracle_on_avro_payloads() {
+    layers_agree(20_000, PayloadFormat::Avro).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layers_agree_with_the_oracle_on_protobuf_payloads() {
+    layers_agree(20_000, PayloadFormat::Protobuf).await;
+}
+
+/// `n` events written in `format`: the speed layer and a recompute over their archive agree
+/// with the oracle, which computes from the events themselves, never from the decoded rows.
+async fn layers_agree(n: usize, format: PayloadFormat) {
+    let events = events(n);
     let schema = schema();
-    let (batches, store) = archived(&schema, &events).await;
+    let (batches, store) = archived_as(&schema, &events, format).await;
 
     let cases = cases(&events);
     let catalog = Arc::new(ViewCatalog::new(
