@@ -8,8 +8,8 @@ use object_store::ObjectStore;
 use tandem_batch_layer::{ArchiveConfig, Recompute, SchedulerConfig, ViewCatalog};
 use tandem_shared::clock::Clock;
 use tandem_shared::event::{EventDecoder, FormatError};
-use tandem_store::registry::{self, Registry};
 use tandem_speed_layer::{CheckpointSettings, SpeedConfig};
+use tandem_store::registry::{self, Registry};
 
 use crate::config::Config;
 

@@ -23,8 +23,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use tandem_shared::event::{EventBatchBuilder, EventDecoder, Read, future_limit};
-use tandem_store::registry::Registry;
 use tandem_shared::time::{EventTime, Span};
+use tandem_store::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::SpeedLayer;

@@ -131,7 +131,11 @@ impl Registry {
     }
 
     fn set_trouble(&self, trouble: Option<String>) {
-        metrics::gauge!("tandem_registry_unreachable").set(if trouble.is_some() { 1.0 } else { 0.0 });
+        metrics::gauge!("tandem_registry_unreachable").set(if trouble.is_some() {
+            1.0
+        } else {
+            0.0
+        });
         *self.trouble.lock().unwrap_or_else(|e| e.into_inner()) = trouble;
     }
 
@@ -150,19 +154,22 @@ impl Registry {
             };
             match answer {
                 Answer::Schema(schema) => {
-                    metrics::counter!("tandem_registry_fetches_total", "outcome" => "found").increment(1);
+                    metrics::counter!("tandem_registry_fetches_total", "outcome" => "found")
+                        .increment(1);
                     self.set_trouble(None);
                     tracing::info!(id, registry = %self.settings.url, "writer schema fetched");
                     return Some(Ok(schema));
                 }
                 Answer::Missing(why) => {
-                    metrics::counter!("tandem_registry_fetches_total", "outcome" => "missing").increment(1);
+                    metrics::counter!("tandem_registry_fetches_total", "outcome" => "missing")
+                        .increment(1);
                     self.set_trouble(None);
                     tracing::warn!(id, %why, "the schema registry has no such schema: its messages are dead-lettered");
                     return Some(Err(why));
                 }
                 Answer::Unreachable(why) => {
-                    metrics::counter!("tandem_registry_fetches_total", "outcome" => "unreachable").increment(1);
+                    metrics::counter!("tandem_registry_fetches_total", "outcome" => "unreachable")
+                        .increment(1);
                     let why = format!(
                         "schema registry {} unreachable while fetching schema id {id}: {why}; consumption waits for it",
                         self.settings.url
@@ -181,10 +188,10 @@ impl Registry {
 
     async fn fetch(&self, id: SchemaId) -> Answer {
         let url = format!("{}/schemas/ids/{id}", self.settings.url);
-        let mut request = self
-            .client
-            .get(&url)
-            .header("Accept", "application/vnd.schemaregistry.v1+json, application/json");
+        let mut request = self.client.get(&url).header(
+            "Accept",
+            "application/vnd.schemaregistry.v1+json, application/json",
+        );
         if let Some(user) = &self.settings.username {
             request = request.basic_auth(user, self.settings.password.as_ref());
         }
@@ -203,7 +210,9 @@ impl Registry {
                     schema_type: b.schema_type.unwrap_or(SchemaType::Avro),
                     text: b.schema,
                 }),
-                Err(err) => Answer::Missing(format!("the registry's answer is not a schema: {err}")),
+                Err(err) => {
+                    Answer::Missing(format!("the registry's answer is not a schema: {err}"))
+                }
             };
         }
         // 401/403 are a configuration problem that a retry may fix once credentials change;
@@ -216,10 +225,7 @@ impl Registry {
 }
 
 fn truncate(body: &str) -> &str {
-    let end = body
-        .char_indices()
-        .nth(200)
-        .map_or(body.len(), |(i, _)| i);
+    let end = body.char_indices().nth(200).map_or(body.len(), |(i, _)| i);
     &body[..end]
 }
 

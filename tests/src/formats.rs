@@ -60,12 +60,7 @@ pub fn avro(schema: &str, id: u32, fields: Vec<(&str, Value)>) -> Vec<u8> {
     let writer = GenericDatumWriter::builder(&schema)
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    let record = Value::Record(
-        fields
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-    );
+    let record = Value::Record(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect());
     let body = writer
         .write_value_to_vec(record)
         .unwrap_or_else(|e| panic!("encoding a test order: {e}"));

@@ -70,7 +70,12 @@ impl SchemaRegistry {
 
     /// Registers `text` (`schema_type` "AVRO" or "PROTOBUF") under `subject` over HTTP, as a
     /// producer would; returns its id.
-    pub async fn register(&self, subject: &str, schema_type: &str, text: &str) -> anyhow::Result<u32> {
+    pub async fn register(
+        &self,
+        subject: &str,
+        schema_type: &str,
+        text: &str,
+    ) -> anyhow::Result<u32> {
         let response: Value = reqwest::Client::new()
             .post(format!("{}/subjects/{subject}/versions", self.url))
             .json(&json!({"schema": text, "schemaType": schema_type}))
@@ -90,7 +95,11 @@ impl SchemaRegistry {
 
     /// How often schema `id` was looked up.
     pub fn lookups(&self, id: u32) -> usize {
-        let schemas = self.shared.schemas.lock().unwrap_or_else(|e| e.into_inner());
+        let schemas = self
+            .shared
+            .schemas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         schemas.lookups.get(&id).copied().unwrap_or(0)
     }
 }

@@ -84,7 +84,11 @@ pub(super) fn format_settings(
         ));
     }
     if payload != PayloadFormat::Protobuf && (file.message.is_some() || file.proto.is_some()) {
-        let key = if file.message.is_some() { "message" } else { "proto" };
+        let key = if file.message.is_some() {
+            "message"
+        } else {
+            "proto"
+        };
         return Err(invalid(key, "a setting of format `protobuf` only".into()));
     }
     if payload == PayloadFormat::Protobuf {
@@ -130,7 +134,9 @@ pub(super) fn format_settings(
         include_snapshot: file.include_snapshot.unwrap_or(true),
         registry: registry.is_some(),
         message: file.message,
-        proto_file: file.proto.map(|p| if p.is_relative() { base.join(p) } else { p }),
+        proto_file: file
+            .proto
+            .map(|p| if p.is_relative() { base.join(p) } else { p }),
     };
     Ok((format, registry))
 }
@@ -146,7 +152,10 @@ mod tests {
     const EXAMPLE: &str = include_str!("../../../deploy/tandem.toml");
 
     fn with_schema_keys(keys: &str) -> String {
-        EXAMPLE.replace("time_field = \"ts\"", &format!("time_field = \"ts\"\n{keys}"))
+        EXAMPLE.replace(
+            "time_field = \"ts\"",
+            &format!("time_field = \"ts\"\n{keys}"),
+        )
     }
 
     fn parse(keys: &str) -> std::result::Result<Config, String> {
@@ -165,7 +174,10 @@ mod tests {
         assert_eq!(c.format, Format::default());
         assert!(c.registry.is_none());
         let e = parse("format = \"avro\"").unwrap_err();
-        assert!(e.contains("schema.registry") && e.contains("registry"), "{e}");
+        assert!(
+            e.contains("schema.registry") && e.contains("registry"),
+            "{e}"
+        );
         let c = parse(
             "format = \"avro\"\nregistry = { url = \"http://registry:8081\", username = \"tandem\", password_env = \"REGISTRY_PASSWORD\" }",
         )
@@ -201,8 +213,10 @@ mod tests {
         assert!(c.format.framed());
         let e = parse("message = \"shop.Order\"").unwrap_err();
         assert!(e.contains("protobuf"), "{e}");
-        let e = parse("format = \"protobuf\"\nregistry = { url = \"http://r\" }\nenvelope = \"debezium\"")
-            .unwrap_err();
+        let e = parse(
+            "format = \"protobuf\"\nregistry = { url = \"http://r\" }\nenvelope = \"debezium\"",
+        )
+        .unwrap_err();
         assert!(e.contains("schema.envelope"), "{e}");
     }
 
@@ -214,8 +228,10 @@ mod tests {
         assert_eq!(c.schema.field_type(OP_FIELD), Some(FieldType::String));
         let e = parse("include_snapshot = false").unwrap_err();
         assert!(e.contains("include_snapshot"), "{e}");
-        let typed = with_schema_keys("envelope = \"debezium\"")
-            .replace("fields = { order_id", "fields = { _op = \"int64\", order_id");
+        let typed = with_schema_keys("envelope = \"debezium\"").replace(
+            "fields = { order_id",
+            "fields = { _op = \"int64\", order_id",
+        );
         let e = Config::parse_with_env(&typed, "t.toml", &|_| Some("t".into())).unwrap_err();
         assert!(e.to_string().contains("_op"), "{e}");
     }

@@ -18,10 +18,10 @@ use http::{HttpFile, http_config};
 use storage::{StorageFile, storage_settings};
 use tandem_shared::event::{Envelope, Format, OP_FIELD, PayloadFormat};
 use tandem_shared::schema::{EventSchema, FieldType};
-use tandem_store::registry::RegistrySettings;
 use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::{ViewConfig, ViewDefinition};
 use tandem_store::StorageSettings;
+use tandem_store::registry::RegistrySettings;
 
 /// Configuration errors. Always the user's: start-up stops with the message.
 #[derive(Debug, thiserror::Error)]
@@ -306,13 +306,17 @@ impl Config {
         let mut fields = file.schema.fields.clone();
         // Change events carry their operation: a field every view may filter on.
         if format.envelope == Some(Envelope::Debezium) {
-            let op = *fields.entry(OP_FIELD.to_owned()).or_insert(FieldType::String);
+            let op = *fields
+                .entry(OP_FIELD.to_owned())
+                .or_insert(FieldType::String);
             if op != FieldType::String {
                 return Err(Error::Invalid {
                     path,
                     section: "schema",
                     key: "fields",
-                    problem: format!("`{OP_FIELD}` holds a change's operation: declare it a string"),
+                    problem: format!(
+                        "`{OP_FIELD}` holds a change's operation: declare it a string"
+                    ),
                 });
             }
         }

@@ -60,8 +60,8 @@ pub(crate) fn decoder(schema: &Arc<EventSchema>, format: PayloadFormat) -> Event
         registry: format != PayloadFormat::Json,
         ..Format::default()
     };
-    let decoder = EventDecoder::with_format(Arc::clone(schema), &settings)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let decoder =
+        EventDecoder::with_format(Arc::clone(schema), &settings).unwrap_or_else(|e| panic!("{e}"));
     let (schema_type, text) = match format {
         PayloadFormat::Json => return decoder,
         PayloadFormat::Avro => (SchemaType::Avro, AVRO),
