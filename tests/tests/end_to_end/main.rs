@@ -21,6 +21,7 @@ use tandem_tests::{
 const MINUTE: i64 = 60_000;
 const CITIES: [&str; 5] = ["Chennai", "Mumbai", "Berlin", "Lagos", "Tokyo"];
 
+mod debezium;
 mod formats;
 mod orders;
 mod rollup;
