@@ -8,6 +8,7 @@ use tandem::config::Config;
 use tandem::dev::{self, DevOptions, EmbeddedKafka};
 use tandem::process::{self, RunOptions};
 use tandem::{batch_run, bench};
+use tandem_shared::event::PayloadFormat;
 use tandem_shared::time::EventTime;
 use tokio_util::sync::CancellationToken;
 
@@ -105,6 +106,9 @@ enum BenchCommand {
         /// Length of the latency run.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Payload format of the throughput run: json, avro or protobuf (Confluent-framed).
+        #[arg(long, default_value = "json", value_parser = parse_format)]
+        format: PayloadFormat,
     },
     /// Batch-layer recompute throughput next to DuckDB over the same Parquet files.
     Batch {
@@ -247,10 +251,12 @@ async fn main() -> anyhow::Result<()> {
                     events,
                     rate,
                     seconds,
+                    format,
                 },
         } => {
             bench::speed::run(bench::speed::SpeedBench {
                 events,
+                format,
                 rate,
                 seconds,
             })
@@ -375,5 +381,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(options) => {
             dev::run(options, Some(install_metrics()?), shutdown_signal()).await
         }
+    }
+}
+
+fn parse_format(text: &str) -> Result<PayloadFormat, String> {
+    match text {
+        "json" => Ok(PayloadFormat::Json),
+        "avro" => Ok(PayloadFormat::Avro),
+        "protobuf" => Ok(PayloadFormat::Protobuf),
+        other => Err(format!("unknown format `{other}` (json, avro or protobuf)")),
     }
 }

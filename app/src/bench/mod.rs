@@ -1,6 +1,7 @@
 //! `tandem bench`: the layers measured on generated order events.
 //!
-//! - [`speed`]: events per CPU-second through the speed layer, and produce → queryable latency.
+//! - [`speed`]: events per CPU-second through the speed layer (JSON, Avro or Protobuf payloads),
+//!   and produce → queryable latency.
 //! - [`batch`]: recompute throughput next to DuckDB over the same Parquet files.
 //! - [`history`]: serving memory, publication time and query latency on day 1 and day N.
 //! - [`load`]: view query latency from a separate load process while the speed layer ingests,
@@ -9,6 +10,7 @@
 pub mod batch;
 pub mod history;
 pub mod load;
+mod payloads;
 pub mod speed;
 mod sql;
 

@@ -31,11 +31,12 @@ use tandem_batch_layer::Scheduler;
 use tandem_serving::{AppState, Reconciler};
 use tandem_shared::clock::SystemClock;
 use tandem_shared::coverage::StartRange;
-use tandem_shared::event::EventDecoder;
+use tandem_shared::event::{EventDecoder, PayloadFormat};
 use tandem_shared::time::EventTime;
 use tandem_speed_layer::SpeedLayer;
 use tokio_util::sync::CancellationToken;
 
+use super::payloads::{self, Encoder, Order};
 use super::{CITIES, ORDERS_BY_CITY, SCHEMA, order_json};
 use crate::config::Config;
 use crate::{process, wiring};
@@ -44,6 +45,8 @@ use crate::{process, wiring};
 #[derive(Debug, Clone)]
 pub struct SpeedBench {
     pub events: u64,
+    /// The payload format of the throughput run (latency probes are JSON).
+    pub format: PayloadFormat,
     pub rate: u64,
     pub seconds: u64,
 }
@@ -58,7 +61,7 @@ late_topic = "bench.late"
 "#;
 
 /// CPU time (user + system) of this process, all threads included.
-fn cpu_seconds() -> anyhow::Result<f64> {
+pub(super) fn cpu_seconds() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
     // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
     let rest = stat
@@ -77,6 +80,12 @@ fn cpu_seconds() -> anyhow::Result<f64> {
 }
 
 fn order(rng: &mut StdRng, seq: u64, ts: i64, city: &str) -> String {
+    let (user, amount, event_type) = order_values(rng);
+    order_json(seq, ts, city, &user, amount, event_type)
+}
+
+/// The random parts of an order: user, amount, event type.
+fn order_values(rng: &mut StdRng) -> (String, f64, &'static str) {
     let event_type = if rng.random_ratio(7, 10) {
         "order_placed"
     } else {
@@ -84,7 +93,7 @@ fn order(rng: &mut StdRng, seq: u64, ts: i64, city: &str) -> String {
     };
     let user = format!("u-{}", rng.random_range(0..100_000));
     let amount = rng.random_range(1.0..500.0f64);
-    order_json(seq, ts, city, &user, amount, event_type)
+    (user, amount, event_type)
 }
 
 fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
@@ -96,7 +105,12 @@ fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerCon
         .create()?)
 }
 
-fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, payload: &str) {
+fn send<P: rdkafka::message::ToBytes + ?Sized>(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: &str,
+    payload: &P,
+) {
     let mut record = BaseRecord::to(topic).key(key).payload(payload);
     loop {
         match p.send(record) {
@@ -206,13 +220,27 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
     let span = 30 * 60_000;
     let started = Instant::now();
     let mut placed = 0u64;
+    let encoder = Encoder::new(opts.format)?;
+    // A sample of the payloads, for the decode-only measurement.
+    let mut sample = Vec::new();
     for i in 0..opts.events {
         let ts = now - span + (i as i64 * span) / opts.events.max(1) as i64;
-        let payload = order(&mut rng, i, ts, CITIES[(i % 8) as usize]);
-        if payload.contains("order_placed") {
+        let (user, amount, event_type) = order_values(&mut rng);
+        let payload = encoder.encode(&Order {
+            seq: i,
+            ts,
+            city: CITIES[(i % 8) as usize],
+            user: &user,
+            amount,
+            event_type,
+        })?;
+        if event_type == "order_placed" {
             placed += 1;
         }
-        send(&p, "bench", &format!("u{}", i % 10_007), &payload);
+        send(&p, "bench", &format!("u{}", i % 10_007), payload.as_slice());
+        if sample.len() < 100_000 {
+            sample.push(payload);
+        }
     }
     p.flush(Duration::from_secs(120))?;
     println!(
@@ -228,7 +256,7 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
     let wall0 = Instant::now();
     let task = speed.start(
         wiring::speed_config(&on_topic(config, brokers, "bench"), &store, None),
-        Arc::new(EventDecoder::new(Arc::new(config.schema.clone()))),
+        Arc::new(payloads::decoder(&config.schema, opts.format)?),
         Arc::new(SystemClock),
         cancel.clone(),
     )?;
@@ -253,14 +281,15 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
         bail!("the view counts {seen} orders, {placed} were produced");
     }
     println!(
-        "throughput: {} events in {wall:.2}s wall, {cpu:.2}s CPU: {:.0} events per CPU-second, {:.0} events/s",
+        "throughput ({}): {} events in {wall:.2}s wall, {cpu:.2}s CPU: {:.0} events per CPU-second, {:.0} events/s",
+        opts.format,
         opts.events,
         opts.events as f64 / cpu,
         opts.events as f64 / wall
     );
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
-    Ok(())
+    payloads::decode_cost(&config.schema, opts.format, &sample)
 }
 
 /// The speed layer consuming `config`'s topic and the HTTP API as `tandem run` serves it, with a
