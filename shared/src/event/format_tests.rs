@@ -538,3 +538,40 @@ fn protobuf_type_mismatches_and_a_configured_message_are_enforced() {
     // Indexes [0] are `shop.Customer`, not the configured `shop.Order`.
     assert_eq!(kind(&framed(3, &[0, 0x0a, 1, b'x'])), "schema_mismatch");
 }
+
+#[test]
+fn a_local_proto_file_reads_bare_messages() {
+    let dir = std::env::temp_dir().join(format!("tandem-proto-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("orders.proto");
+    std::fs::write(&path, PROTO).unwrap();
+    let schema = crate::testing::schema(&[("city", FieldType::String), ("qty", FieldType::Int64)]);
+    let format = |message: &str| Format {
+        payload: PayloadFormat::Protobuf,
+        message: Some(message.into()),
+        proto_file: Some(path.clone()),
+        ..Format::default()
+    };
+    let d = EventDecoder::with_format(Arc::clone(&schema), &format("shop.Order")).unwrap();
+    assert!(!d.uses_registry());
+    let pool = proto_pool();
+    let mut m = DynamicMessage::new(pool.get_message_by_name("shop.Order").unwrap());
+    let mut ts = DynamicMessage::new(
+        pool.get_message_by_name("google.protobuf.Timestamp")
+            .unwrap(),
+    );
+    ts.set_field_by_name("seconds", PValue::I64(1_700_000_000));
+    m.set_field_by_name("ts", PValue::Message(ts));
+    m.set_field_by_name("city", PValue::String("Pune".into()));
+    m.set_field_by_name("qty", PValue::I64(3));
+    let e = event(&d, &m.encode_to_vec());
+    assert_eq!(e.time, EventTime(1_700_000_000_000));
+    assert_eq!(e.values, [Slot::Str("Pune".into()), Slot::Int(3)]);
+    // An unknown message type or a missing file is a configuration error naming the problem.
+    let err = EventDecoder::with_format(Arc::clone(&schema), &format("shop.Nope")).unwrap_err();
+    assert!(err.to_string().contains("shop.Order"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+    let err = EventDecoder::with_format(schema, &format("shop.Order")).unwrap_err();
+    assert!(err.to_string().contains("orders.proto"), "{err}");
+    let _ = std::fs::remove_dir(&dir);
+}
