@@ -281,7 +281,7 @@ impl EventDecoder {
                     None => return Read::Unresolved(id),
                     Some(Err(err)) => Err(err),
                     Some(Ok(schema)) => wire::message_indexes(&mut body)
-                        .and_then(|indexes| schema.get(&indexes)?.read(body, &mut scratch)),
+                        .and_then(|indexes| schema.get(indexes.as_slice())?.read(body, &mut scratch)),
                 },
             },
             Codec::ProtobufLocal(plan) => plan.read(payload, &mut scratch),

@@ -58,26 +58,47 @@ pub(super) fn take<'a>(buf: &mut &'a [u8], len: usize) -> Result<&'a [u8], Decod
     Ok(head)
 }
 
+/// Message indexes nested deeper than this are refused.
+pub(super) const MAX_INDEXES: usize = 8;
+
+/// The path to a message type in its schema, without a heap allocation per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct MessageIndexes {
+    path: [i32; MAX_INDEXES],
+    len: usize,
+}
+
+impl MessageIndexes {
+    pub(super) fn as_slice(&self) -> &[i32] {
+        &self.path[..self.len]
+    }
+}
+
 /// The message indexes of a Confluent Protobuf payload: the path to the message type in its
 /// schema (`[0]`, written as a single zero, is the first top-level message).
-pub(super) fn message_indexes(buf: &mut &[u8]) -> Result<Vec<i32>, DecodeError> {
+pub(super) fn message_indexes(buf: &mut &[u8]) -> Result<MessageIndexes, DecodeError> {
+    let mut indexes = MessageIndexes {
+        path: [0; MAX_INDEXES],
+        len: 1,
+    };
     let count = zigzag(buf)?;
     if count == 0 {
-        return Ok(vec![0]);
+        return Ok(indexes);
     }
-    if !(1..=64).contains(&count) {
-        return Err(DecodeError::BadPayload {
+    let len = usize::try_from(count)
+        .ok()
+        .filter(|n| (1..=MAX_INDEXES).contains(n))
+        .ok_or_else(|| DecodeError::BadPayload {
             detail: format!("{count} message indexes"),
-        });
+        })?;
+    for slot in &mut indexes.path[..len] {
+        let i = zigzag(buf)?;
+        *slot = i32::try_from(i).map_err(|_| DecodeError::BadPayload {
+            detail: format!("message index {i}"),
+        })?;
     }
-    (0..count)
-        .map(|_| {
-            let i = zigzag(buf)?;
-            i32::try_from(i).map_err(|_| DecodeError::BadPayload {
-                detail: format!("message index {i}"),
-            })
-        })
-        .collect()
+    indexes.len = len;
+    Ok(indexes)
 }
 
 #[cfg(test)]
@@ -121,9 +142,11 @@ mod tests {
 
     #[test]
     fn message_indexes_have_a_short_form_for_the_first_message() {
-        assert_eq!(message_indexes(&mut &[0u8][..]), Ok(vec![0]));
+        let read = |bytes: &[u8]| message_indexes(&mut &bytes[..]).map(|i| i.as_slice().to_vec());
+        assert_eq!(read(&[0]), Ok(vec![0]));
         // Two indexes, [1, 0]: zigzag 2, 2, 0.
-        assert_eq!(message_indexes(&mut &[4u8, 2, 0][..]), Ok(vec![1, 0]));
-        assert!(message_indexes(&mut &[1u8][..]).is_err());
+        assert_eq!(read(&[4, 2, 0]), Ok(vec![1, 0]));
+        assert!(read(&[1]).is_err());
+        assert!(read(&[18]).is_err(), "nine indexes");
     }
 }
