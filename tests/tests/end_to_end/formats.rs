@@ -194,7 +194,7 @@ async fn avro_orders_evolve_survive_a_registry_outage_and_reach_both_layers() ->
     let mut payloads: Vec<Vec<u8>> = produced.iter().map(|(_, o)| o.avro(1, v1)).collect();
     // Bad payloads, one of each kind.
     let good = order(0, base).avro(1, v1);
-    let bad = vec![
+    let bad = [
         br#"{"ts": 1, "city": "Pune"}"#.to_vec(),
         good[..3].to_vec(),
         good[..good.len() - 4].to_vec(),
