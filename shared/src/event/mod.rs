@@ -280,8 +280,9 @@ impl EventDecoder {
                 Ok((id, mut body)) => match known(plans, id) {
                     None => return Read::Unresolved(id),
                     Some(Err(err)) => Err(err),
-                    Some(Ok(schema)) => wire::message_indexes(&mut body)
-                        .and_then(|indexes| schema.get(indexes.as_slice())?.read(body, &mut scratch)),
+                    Some(Ok(schema)) => wire::message_indexes(&mut body).and_then(|indexes| {
+                        schema.get(indexes.as_slice())?.read(body, &mut scratch)
+                    }),
                 },
             },
             Codec::ProtobufLocal(plan) => plan.read(payload, &mut scratch),
