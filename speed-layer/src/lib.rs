@@ -5,6 +5,8 @@
 //!      │ poll: one micro-batch of whatever is buffered
 //!      ▼
 //!  EventDecoder ──malformed / too far in the future──► dead-letter topic (reason header)
+//!      │  (JSON, Avro, Protobuf; an unseen schema id waits for the schema registry;
+//!      │   Debezium tombstones and excluded snapshots are counted skips)
 //!      │ one Arrow RecordBatch per partition (event schema)
 //!      ▼
 //!  per view: ViewProgram (DataFusion filter + argument expressions)
