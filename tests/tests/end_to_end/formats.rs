@@ -359,3 +359,51 @@ async fn avro_orders_evolve_survive_a_registry_outage_and_reach_both_layers() ->
     server.stop()?;
     Ok(())
 }
+
+/// Protobuf orders through the registry (`shop.Order`, message indexes `[0]`), written by prost:
+/// every declared field arrives, `customer.tier` from the nested message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_orders_through_the_registry() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let registry = SchemaRegistry::start().await?;
+    let id = registry
+        .register(SUBJECT, "PROTOBUF", tandem_tests::formats::ORDER_PROTO)
+        .await?;
+    let broker = TestServer::broker(&["orders:2"], data.path())?;
+    let keys = format!(
+        "format = \"protobuf\"\nregistry = {{ url = \"{}\" }}\nmessage = \"shop.Order\"",
+        registry.url
+    );
+    let config_path = config(data.path(), &broker.kafka, &keys)?;
+    let mut server = TestServer::spawn(&run_args(&config_path), &[], data.path(), Ready::Http)?;
+    server.kafka = broker.kafka.clone();
+    let client = reqwest::Client::new();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.kafka)
+        .create()?;
+    let base = chrono::Utc::now().timestamp_millis() / MINUTE * MINUTE - 180 * MINUTE;
+    // Protobuf carries every field of v2 (amount, qty and the customer).
+    let orders: Vec<(u8, Order)> = (0..60).map(|i| (2, order(i, base))).collect();
+    let payloads: Vec<Vec<u8>> = orders.iter().map(|(_, o)| o.protobuf(id)).collect();
+    send(&producer, &payloads).await?;
+    let (want, want_tiers) = expected(&orders);
+    eventually(Duration::from_secs(60), || async {
+        let (got, _) = by_city(&client, &server).await?;
+        ensure!(
+            close(&got, &want),
+            "{} of {} events",
+            total(&got),
+            total(&want)
+        );
+        ensure!(by_tier(&client, &server).await? == want_tiers, "by_tier");
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.context(format!("log:\n{}", server.log())))?;
+    ensure!(
+        registry.lookups(id) >= 1,
+        "the schema came from the registry"
+    );
+    server.stop()?;
+    Ok(())
+}
