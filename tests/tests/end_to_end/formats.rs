@@ -174,6 +174,19 @@ async fn avro_orders_evolve_survive_a_registry_outage_and_reach_both_layers() ->
         registry.register(SUBJECT, "AVRO", ORDER_V1).await? == v1,
         "re-registering returns the id"
     );
+    let latest: Value = reqwest::get(format!(
+        "{}/subjects/{SUBJECT}/versions/latest",
+        registry.url
+    ))
+    .await?
+    .json()
+    .await?;
+    ensure!(
+        latest["id"] == json!(v4)
+            && latest["version"] == json!(4)
+            && latest["schema"] == json!(v4_text),
+        "latest version of {SUBJECT}: {latest}"
+    );
 
     let broker = TestServer::broker(&["orders:2", "orders.dlq:1"], data.path())?;
     let keys = format!(
