@@ -575,3 +575,32 @@ fn a_local_proto_file_reads_bare_messages() {
     assert!(err.to_string().contains("orders.proto"), "{err}");
     let _ = std::fs::remove_dir(&dir);
 }
+
+#[test]
+fn protobuf_field_numbers_beyond_the_direct_table_are_found() {
+    let text = "syntax = \"proto3\";\npackage big;\nmessage Event { int64 ts = 1; string city = 100000; int64 qty = 127; }\n";
+    let pool = super::protobuf::compile_text_for_tests(text);
+    let mut m = DynamicMessage::new(pool.get_message_by_name("big.Event").unwrap());
+    m.set_field_by_name("ts", PValue::I64(5_000));
+    m.set_field_by_name("city", PValue::String("Lima".into()));
+    m.set_field_by_name("qty", PValue::I64(7));
+    let mut body = vec![0];
+    body.extend(m.encode_to_vec());
+    let schema = crate::testing::schema(&[("city", FieldType::String), ("qty", FieldType::Int64)]);
+    let format = Format {
+        payload: PayloadFormat::Protobuf,
+        registry: true,
+        ..Format::default()
+    };
+    let d = EventDecoder::with_format(schema, &format).unwrap();
+    d.learn(
+        1,
+        Ok(RegisteredSchema {
+            schema_type: SchemaType::Protobuf,
+            text: text.into(),
+        }),
+    );
+    let e = event(&d, &framed(1, &body));
+    assert_eq!(e.time, EventTime(5_000));
+    assert_eq!(e.values, [Slot::Str("Lima".into()), Slot::Int(7)]);
+}

@@ -87,7 +87,13 @@ pub(super) struct MessagePlan {
     fields: Vec<(u32, Step)>,
     /// Slots of declared scalars without presence, and the value they hold when absent.
     defaults: Vec<(usize, Slot<'static>)>,
+    /// Field number → 1 + its index in `fields` (0: not declared), for numbers below
+    /// [`DIRECT`]; larger numbers are looked up by binary search.
+    direct: Vec<u8>,
 }
+
+/// Field numbers below this are found by direct indexing.
+const DIRECT: u32 = 128;
 
 /// The message types of one registered schema, by their Confluent message indexes.
 #[derive(Debug)]
@@ -244,7 +250,22 @@ impl MessagePlan {
             fields.push((field.number(), step));
         }
         fields.sort_by_key(|(n, _)| *n);
-        Ok(MessagePlan { fields, defaults })
+        // (More than 254 declared fields in one message: every lookup searches.)
+        let mut direct = if fields.len() < 255 {
+            vec![0u8; DIRECT as usize]
+        } else {
+            Vec::new()
+        };
+        for (i, (number, _)) in fields.iter().enumerate() {
+            if let (Some(entry), Ok(i)) = (direct.get_mut(*number as usize), u8::try_from(i + 1)) {
+                *entry = i;
+            }
+        }
+        Ok(MessagePlan {
+            fields,
+            defaults,
+            direct,
+        })
     }
 
     /// Reads one message into `scratch`.
@@ -277,11 +298,12 @@ impl MessagePlan {
                     detail: "field number 0".into(),
                 });
             }
-            let step = self
-                .fields
-                .binary_search_by_key(&number, |(n, _)| *n)
-                .ok()
-                .map(|i| &self.fields[i].1);
+            let index = match self.direct.get(number as usize) {
+                Some(0) => None,
+                Some(i) => Some(usize::from(*i) - 1),
+                None => self.fields.binary_search_by_key(&number, |(n, _)| *n).ok(),
+            };
+            let step = index.map(|i| &self.fields[i].1);
             match step {
                 None => skip(&mut buf, wire)?,
                 Some(Step::Mismatch(err)) => return Err(DecodeError::clone(err)),
