@@ -122,19 +122,6 @@ impl Archive {
             self.seek(partition, offset);
             return;
         }
-        // Decoded first: a payload naming an unseen writer schema waits for the registry, and
-        // if that wait is cancelled, the message is read again after the restart.
-        let Some(read) = tandem_store::registry::read_resolved(
-            &self.decoder,
-            self.config.registry.as_deref(),
-            m.payload(),
-            cancel,
-        )
-        .await
-        else {
-            self.seek(partition, offset);
-            return;
-        };
         let Some(state) = self.partitions.get(&partition) else {
             return;
         };
@@ -170,6 +157,22 @@ impl Archive {
             }
             Admission::Append => state.sought = true,
         }
+        // Only appended messages are decoded. One naming an unseen writer schema waits for the
+        // registry; if that wait is cancelled, the message is read again after the restart.
+        let Some(read) = tandem_store::registry::read_resolved(
+            &self.decoder,
+            self.config.registry.as_deref(),
+            m.payload(),
+            cancel,
+        )
+        .await
+        else {
+            self.seek(partition, offset);
+            return;
+        };
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
         state.last_message = Instant::now();
         let woke_up = state.manifest.idle_since.is_some();
         let buffer = state
