@@ -153,6 +153,27 @@ pub fn job_record(id: &str) -> String {
     format!("jobs/{id}.json")
 }
 
+/// Directory of the heartbeats of one consumer group's speed workers.
+pub fn member_dir(group: &str) -> String {
+    format!("members/{group}/live")
+}
+
+/// The heartbeat of one speed worker.
+pub fn member(group: &str, id: &str) -> String {
+    format!("{}/{id}.json", member_dir(group))
+}
+
+/// Chain of ownership epochs of one consumer group: each assignment a worker receives takes
+/// the next one.
+pub fn member_epoch_dir(group: &str) -> String {
+    format!("members/{group}/epochs")
+}
+
+/// Chain of the job scheduler's lease terms.
+pub fn scheduler_lease_dir() -> String {
+    "leases/scheduler".to_owned()
+}
+
 /// The manifest with sequence number `seq` of the chain in `dir`.
 pub fn manifest_file(dir: &str, seq: u64) -> String {
     format!("{dir}/{seq:020}.json")

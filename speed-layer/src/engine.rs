@@ -19,6 +19,7 @@ use tandem_shared::row::ViewRow;
 use tandem_shared::schema::EventSchema;
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewDefinition;
+use tandem_store::members::Owned;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint;
@@ -43,6 +44,8 @@ pub(crate) struct PartitionState {
     max_event_time: Option<EventTime>,
     /// Changed since the last checkpoint.
     dirty: bool,
+    /// Ownership epoch of the assignment that gave this worker the partition.
+    epoch: u64,
 }
 
 #[derive(Debug)]
@@ -281,6 +284,7 @@ impl SpeedLayer {
         &self,
         partition: i32,
         snapshot: Option<checkpoint::PartitionSnapshot>,
+        epoch: u64,
     ) -> Option<i64> {
         let fresh = || PartitionState {
             views: self
@@ -292,6 +296,7 @@ impl SpeedLayer {
             next_offset: None,
             max_event_time: None,
             dirty: false,
+            epoch,
         };
         let state = match snapshot {
             Some(s) if s.fingerprint == self.inner.fingerprint => {
@@ -308,6 +313,7 @@ impl SpeedLayer {
                         next_offset: s.next_offset,
                         max_event_time: s.max_event_time.map(EventTime),
                         dirty: false,
+                        epoch,
                     },
                     Err(err) => {
                         tracing::error!(partition, %err, "checkpoint unusable; rebuilding the partition from the topic");
@@ -343,6 +349,34 @@ impl SpeedLayer {
     /// Partitions the consumer holds now.
     pub fn assigned_partition_count(&self) -> usize {
         self.partitions_read().len()
+    }
+
+    /// The partitions this worker owns, with the epoch of the assignment that gave each.
+    pub fn owned(&self) -> Vec<Owned> {
+        self.partitions_read()
+            .iter()
+            .map(|(partition, p)| Owned {
+                partition: *partition,
+                epoch: p.epoch,
+            })
+            .collect()
+    }
+
+    /// Like [`SpeedLayer::pin`], per partition, with the partition's ownership.
+    pub(crate) fn pin_owned(&self, view: &str, range: StartRange) -> Option<Vec<(Owned, Pinned)>> {
+        let index = *self.inner.names.get(view)?;
+        Some(
+            self.partitions_read()
+                .iter()
+                .map(|(partition, p)| {
+                    let owned = Owned {
+                        partition: *partition,
+                        epoch: p.epoch,
+                    };
+                    (owned, p.views[index].pin(range))
+                })
+                .collect(),
+        )
     }
 
     pub(crate) fn assigned_partitions(&self) -> Vec<i32> {
@@ -470,7 +504,7 @@ mod tests {
     #[test]
     fn an_expression_error_rejects_only_the_rows_it_fails_on() {
         let (speed, decoder) = setup("a / b > 1");
-        speed.assign(0, None);
+        speed.assign(0, None, 0);
         let b = batch(
             &decoder,
             0,
@@ -498,7 +532,7 @@ mod tests {
     #[test]
     fn a_query_in_progress_never_holds_up_ingestion() {
         let (speed, decoder) = setup("a > 0");
-        speed.assign(0, None);
+        speed.assign(0, None, 0);
         let first = batch(&decoder, 0, &[r#"{"ts":1,"a":1}"#]);
         speed.apply(0, Some(&first), None, 0, Some(EventTime(1)));
 
@@ -539,8 +573,8 @@ mod tests {
     #[test]
     fn queries_merge_partitions_and_checkpoints_restore_them() {
         let (speed, decoder) = setup("a > 0");
-        speed.assign(0, None);
-        speed.assign(1, None);
+        speed.assign(0, None, 0);
+        speed.assign(1, None, 0);
         speed.apply(
             0,
             Some(&batch(
@@ -576,7 +610,7 @@ mod tests {
             AggregateValue::Int(2)
         );
         let (other, _) = setup("a > 0");
-        assert_eq!(other.assign(1, Some(snapshot.clone())), Some(1));
+        assert_eq!(other.assign(1, Some(snapshot.clone()), 0), Some(1));
         assert_eq!(
             other.query("ratio", ALL).unwrap()[0].values[1],
             AggregateValue::Int(4)
@@ -584,7 +618,7 @@ mod tests {
 
         // A checkpoint of other view definitions is not restored.
         let (changed, _) = setup("a > 1");
-        assert_eq!(changed.assign(1, Some(snapshot)), None);
+        assert_eq!(changed.assign(1, Some(snapshot), 0), None);
         assert!(changed.query("ratio", ALL).unwrap().is_empty());
     }
 }

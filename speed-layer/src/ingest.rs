@@ -24,6 +24,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use tandem_shared::event::{EventBatchBuilder, EventDecoder, Read, future_limit};
 use tandem_shared::time::{EventTime, Span};
+use tandem_store::members::Membership;
 use tandem_store::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +77,9 @@ pub struct SpeedConfig {
     pub kafka_options: BTreeMap<String, String>,
     /// Where writer schemas come from, when payloads name them (Avro, Protobuf).
     pub registry: Option<Arc<Registry>>,
+    /// Set when this worker shares the group with others: every assignment claims an ownership
+    /// epoch, so that serving instances can tell the newest owner of a partition.
+    pub membership: Option<(Arc<Membership>, String)>,
 }
 
 /// A change of the consumer's partition assignment, for the watermark tracker.
@@ -91,6 +95,8 @@ pub(crate) struct SpeedContext {
     group: String,
     speed: SpeedLayer,
     checkpointer: Option<Arc<Checkpointer>>,
+    membership: Option<(Arc<Membership>, String)>,
+    runtime: tokio::runtime::Handle,
     changes: Mutex<Vec<AssignmentChange>>,
     caught_up: Mutex<HashMap<i32, bool>>,
 }
@@ -121,9 +127,35 @@ impl SpeedContext {
             .push(change);
     }
 
+    /// The ownership epoch of a new assignment: claimed in the store when this worker shares
+    /// its group (retried briefly), 0 otherwise.
+    fn claim_epoch(&self) -> u64 {
+        let Some((membership, id)) = &self.membership else {
+            return 0;
+        };
+        for attempt in 0..5u32 {
+            match self.runtime.block_on(membership.claim_epoch(id)) {
+                Ok(epoch) => return epoch,
+                Err(err) => {
+                    tracing::warn!(%err, attempt, "claiming an ownership epoch failed");
+                    std::thread::sleep(Duration::from_millis(200 << attempt));
+                }
+            }
+        }
+        // Serving instances then prefer any other claimant of these partitions; one that still
+        // answers for them is a worker the group dropped, whose state is older.
+        tracing::error!("no ownership epoch claimed; announcing epoch 0");
+        0
+    }
+
     /// Restores each partition and returns the list with the offsets to start from.
     fn on_assign(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
         let mut out = TopicPartitionList::new();
+        let epoch = if tpl.count() > 0 {
+            self.claim_epoch()
+        } else {
+            0
+        };
         for elem in tpl.elements() {
             let partition = elem.partition();
             let snapshot = match &self.checkpointer {
@@ -138,7 +170,7 @@ impl SpeedContext {
                     }
                 },
             };
-            let offset = self.speed.assign(partition, snapshot);
+            let offset = self.speed.assign(partition, snapshot, epoch);
             let start = offset.map_or(Offset::Beginning, Offset::Offset);
             tracing::info!(partition, ?start, "partition assigned");
             if let Err(err) = out.add_partition_offset(elem.topic(), partition, start) {
@@ -241,6 +273,8 @@ impl Ingest {
             group: config.group_id.clone(),
             speed: speed.clone(),
             checkpointer: checkpointer.clone(),
+            membership: config.membership.clone(),
+            runtime: tokio::runtime::Handle::current(),
             changes: Default::default(),
             caught_up: Default::default(),
         })

@@ -16,7 +16,8 @@
 //!  partition → view → ViewState (window → group → PartialAggregate)
 //!      │   every checkpoint interval and on revocation: PartitionSnapshot ─► object store
 //!      ▼
-//!  query(view, range): merge partials of all partitions ◄── serving
+//!  query(view, range): merge partials of all partitions ◄── serving (same process)
+//!  owned_partials(view, range) ─► Arrow IPC ─► serving instances (any process in the group)
 //!  release(view, coverage): drop what the batch layer covers ◄── serving
 //! ```
 //!
@@ -30,6 +31,9 @@
 //!   the partial → final merge.
 //! - [`watermark`]: event-time progress per partition, idle partitions.
 //! - [`checkpoint`]: per-partition checkpoints published through manifests.
+//! - [`announce`]: the worker's heartbeat in the store (owned partitions, epochs, address).
+//! - [`partials`]: a worker's partial state per owned partition as Arrow IPC, for serving
+//!   instances that answer for the whole group.
 //! - `ingest`: the consume loop on a dedicated thread, rebalance handling, backpressure.
 //! - `dead_letter`: the dead-letter and late-events producers.
 //!
@@ -43,10 +47,12 @@
 //!   dead-letter topic, or the late-events topic.
 
 pub mod aggregate;
+pub mod announce;
 pub mod checkpoint;
 mod dead_letter;
 mod engine;
 mod ingest;
+pub mod partials;
 pub mod program;
 pub mod state;
 pub mod watermark;

@@ -12,6 +12,7 @@
 //!  backend::check_create_if_absent ◄── start-up: refuse a store that would not fence writers
 //!  kafka::consumer_config / record_lag ◄── the speed and archive consumers
 //!  registry::read_resolved ◄── both consumers: writer schemas fetched by id, waited for
+//!  members: heartbeats and ownership epochs ◄── speed workers announce, serving fans out
 //!  fault::crash_point ◄── every publication protocol, for recovery tests
 //! ```
 //!
@@ -19,12 +20,14 @@
 //! - [`object`]: single-object reads and writes with the path in every error.
 //! - [`backend`]: opening the store the settings name, and checking it honours create-if-absent.
 //! - [`kafka`]: the consumer configuration and lag statistics both consumers share.
+//! - [`members`]: speed workers' heartbeats, ownership epochs, and who owns which partition.
 //! - [`registry`]: the schema registry client (Avro and Protobuf writer schemas by id).
 //! - [`fault`]: crash points and, with the `testing` feature, a store that fails on purpose.
 //!
 //! # Invariants
 //! - An object is visible to readers only once a manifest names it; every writer publishes by
-//!   creating the next manifest of a chain, never by overwriting one.
+//!   creating the next manifest of a chain, never by overwriting one. (A speed worker's heartbeat
+//!   in [`members`] is overwritten: a liveness signal, never a publication.)
 //! - Paths come from `tandem_shared::layout`; nothing here formats a key of its own except the
 //!   manifest file name inside a chain's directory.
 
@@ -32,6 +35,7 @@ pub mod backend;
 pub mod fault;
 pub mod kafka;
 pub mod manifest;
+pub mod members;
 pub mod object;
 pub mod registry;
 
