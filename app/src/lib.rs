@@ -15,6 +15,7 @@
 //! - [`config`]: the TOML contract and its validation.
 //! - [`wiring`]: configuration into components, in one place.
 //! - [`process`]: start-up and ordered shutdown of one process.
+//! - [`roles`]: `--role speed,archive,batch,serve`: which parts one process runs.
 //! - [`supervise`]: failed layer tasks restarted with backoff, or the process gives up.
 //! - [`probe`]: readiness conditions no task reports itself (assignment, object store).
 //! - [`topics`]: the events topic checked and the side topics created at start-up.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod dev;
 pub mod probe;
 pub mod process;
+pub mod roles;
 pub mod sql;
 pub mod supervise;
 pub mod topics;

@@ -33,6 +33,10 @@ enum Command {
         config: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: String,
+        /// What this process runs, comma-separated: speed, archive, batch, serve. Processes
+        /// with split roles find each other through the object store ([cluster] settings).
+        #[arg(long, value_parser = tandem::roles::Roles::parse, default_value = "speed,archive,batch,serve")]
+        role: tandem::roles::Roles,
     },
     /// Runs one read-only SQL query against the store: the views (as published by the batch
     /// layer) and `events` (the archive).
@@ -353,13 +357,14 @@ async fn main() -> anyhow::Result<()> {
             drop(kafka);
             Ok(())
         }
-        Command::Run { config, http } => {
+        Command::Run { config, http, role } => {
             let config = Config::load(&config)?;
             let running = process::start(
                 &config,
                 RunOptions {
                     http,
                     metrics: Some(install_metrics()?),
+                    roles: role,
                 },
             )
             .await?;

@@ -1,7 +1,7 @@
 //! Readiness probes: conditions no task reports by itself.
 //!
 //! ```text
-//!  every second:    speed layer holds a partition assignment?  ─► "consumer"
+//!  every second:    speed layer holds a partition assignment?  ─► "consumer" (speed role)
 //!  every 10 s:      object store answers a HEAD within 5 s?    ─► "storage"
 //!  every second:    schema registry answering the consumers?   ─► "registry"
 //! ```
@@ -15,17 +15,6 @@ use tandem_serving::Readiness;
 use tandem_speed_layer::SpeedLayer;
 use tandem_store::registry::Registry;
 use tokio_util::sync::CancellationToken;
-
-/// Everything `/readyz` waits for: the supervised tasks and the probes.
-pub const COMPONENTS: [&str; 7] = [
-    "speed",
-    "archive",
-    "scheduler",
-    "reconciler",
-    "consumer",
-    "storage",
-    "registry",
-];
 
 /// The object the storage probe asks for; it need not exist.
 const PROBE_PATH: &str = "_tandem/readiness-probe";
@@ -59,7 +48,7 @@ fn report(readiness: &Readiness, component: &str, condition: Result<(), String>)
 /// Runs the probes until `cancel` fires.
 pub async fn run(
     readiness: Readiness,
-    speed: SpeedLayer,
+    speed: Option<SpeedLayer>,
     store: Arc<dyn ObjectStore>,
     registry: Option<Arc<Registry>>,
     cancel: CancellationToken,
@@ -71,11 +60,13 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        report(
-            &readiness,
-            "consumer",
-            consumer_condition(speed.assigned_partition_count()),
-        );
+        if let Some(speed) = &speed {
+            report(
+                &readiness,
+                "consumer",
+                consumer_condition(speed.assigned_partition_count()),
+            );
+        }
         // The consumers ask the registry only for unseen schema ids: its condition is their
         // last attempt's (ready when none is configured).
         report(

@@ -20,16 +20,19 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tandem_batch_layer::{Archive, Scheduler};
+use tandem_serving::fleet::{Fleet, SpeedSide};
 use tandem_serving::sql::SqlEngine;
 use tandem_serving::{AppState, HttpPolicy, Readiness, Reconciler, router};
 use tandem_shared::clock::{Clock, SystemClock};
 use tandem_speed_layer::SpeedLayer;
+use tandem_speed_layer::announce::Announcement;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, HttpConfig};
-use crate::probe::{self, COMPONENTS};
+use crate::probe;
+use crate::roles::{self, Role, Roles};
 use crate::supervise::{Fatal, RestartPolicy, Supervisor};
 use crate::{topics, wiring};
 
@@ -75,6 +78,8 @@ pub enum Error {
 pub struct RunOptions {
     pub http: String,
     pub metrics: Option<PrometheusHandle>,
+    /// What this process runs; all four by default.
+    pub roles: Roles,
 }
 
 /// A started Tandem: its HTTP address, and the handles needed to stop it.
@@ -116,9 +121,10 @@ impl Running {
     }
 }
 
-/// Starts every layer for `config`.
+/// Starts the layers of `options.roles` for `config`.
 pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Error> {
     check_exposure(&options.http, &config.http).await?;
+    let roles = options.roles.clone();
     let store = tandem_store::open(&config.storage)?;
     // Every publication is a create-if-absent write: refuse a store that would not fence.
     tandem_store::check_create_if_absent(store.as_ref(), &config.storage.url).await?;
@@ -126,6 +132,7 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     tracing::info!(
         topic = %config.kafka.topic,
         partitions = found.partitions,
+        %roles,
         "events topic found"
     );
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -133,7 +140,21 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     let speed = SpeedLayer::compile(&config.views, &schema)?;
     let catalog = wiring::catalog(config, &store);
     catalog.refresh_all().await?;
-    let reconciler = Reconciler::new(Arc::clone(&catalog), speed.clone());
+    // Bind first: a worker announces the address it is reachable at.
+    let listener = bind(&options.http).await?;
+    let http = listener.local_addr().map_err(|source| Error::Bind {
+        addr: options.http.clone(),
+        source,
+    })?;
+    let cluster = wiring::cluster(config, &roles, http, &store);
+    let partition_count = i32::try_from(found.partitions).unwrap_or(i32::MAX);
+    // Drift compares merged speed state with batch truth: only a worker that owns every
+    // partition (no cluster) has it. Workers of a group release what the batch layer covers.
+    let reconciler = Reconciler::new(
+        Arc::clone(&catalog),
+        roles.has(Role::Speed).then(|| speed.clone()),
+    )
+    .with_drift(cluster.is_none());
     // Before consuming: windows the batch layer already covers are not rebuilt.
     reconciler.reconcile().await;
 
@@ -143,82 +164,115 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     let decoder = wiring::decoder(config)?;
     let registry = wiring::registry(config)?;
 
-    let readiness = Readiness::new(COMPONENTS);
+    let readiness = Readiness::new(roles.components());
     let supervisor = Supervisor::new(readiness.clone(), RestartPolicy::default());
 
-    let speed_config = wiring::speed_config(config, &store, registry.as_ref());
-    let speed_run = speed.clone();
-    let speed_decoder = Arc::clone(&decoder);
-    let speed_clock = Arc::clone(&clock);
-    tracker.spawn(supervisor.clone().run(
-        "speed",
-        move |cancel| {
-            let task = speed_run
-                .start(
-                    speed_config.clone(),
-                    Arc::clone(&speed_decoder),
-                    Arc::clone(&speed_clock),
-                    cancel,
-                )
-                .map_err(|e| e.to_string())?;
-            Ok(async move { task.await.map_err(|e| e.to_string()) })
-        },
-        backend.child_token(),
-    ));
+    if roles.has(Role::Speed) {
+        let mut speed_config = wiring::speed_config(config, &store, registry.as_ref());
+        if let Some(cluster) = &cluster {
+            speed_config.membership =
+                Some((Arc::clone(&cluster.membership), cluster.instance.clone()));
+            // Static membership: a restarted worker takes its partitions back without waiting
+            // for the group to notice it left (on brokers that support it).
+            speed_config
+                .kafka_options
+                .entry("group.instance.id".into())
+                .or_insert_with(|| cluster.instance.clone());
+            tracker.spawn(tandem_speed_layer::announce::announce(
+                speed.clone(),
+                Arc::clone(&cluster.membership),
+                Announcement {
+                    id: cluster.instance.clone(),
+                    address: cluster.advertise.clone(),
+                    partition_count,
+                    interval: cluster.heartbeat,
+                },
+                Arc::clone(&clock),
+                backend.child_token(),
+            ));
+        }
+        let speed_run = speed.clone();
+        let speed_decoder = Arc::clone(&decoder);
+        let speed_clock = Arc::clone(&clock);
+        tracker.spawn(supervisor.clone().run(
+            "speed",
+            move |cancel| {
+                let task = speed_run
+                    .start(
+                        speed_config.clone(),
+                        Arc::clone(&speed_decoder),
+                        Arc::clone(&speed_clock),
+                        cancel,
+                    )
+                    .map_err(|e| e.to_string())?;
+                Ok(async move { task.await.map_err(|e| e.to_string()) })
+            },
+            backend.child_token(),
+        ));
+    }
 
-    // The archive's consumer is created here so a configuration error stops start-up.
-    let archive_config = wiring::archive_config(config, registry.as_ref());
-    let archive_store = Arc::clone(&store);
-    let archive_decoder = Arc::clone(&decoder);
-    let archive_clock = Arc::clone(&clock);
-    let mut first_archive = Some(Archive::new(
-        archive_config.clone(),
-        Arc::clone(&store),
-        Arc::clone(&decoder),
+    if roles.has(Role::Archive) {
+        // The archive's consumer is created here so a configuration error stops start-up.
+        let archive_config = wiring::archive_config(config, registry.as_ref());
+        let archive_store = Arc::clone(&store);
+        let archive_decoder = Arc::clone(&decoder);
+        let archive_clock = Arc::clone(&clock);
+        let mut first_archive = Some(Archive::new(
+            archive_config.clone(),
+            Arc::clone(&store),
+            Arc::clone(&decoder),
+            Arc::clone(&clock),
+        )?);
+        tracker.spawn(supervisor.clone().run(
+            "archive",
+            move |cancel| {
+                let archive = match first_archive.take() {
+                    Some(archive) => archive,
+                    None => Archive::new(
+                        archive_config.clone(),
+                        Arc::clone(&archive_store),
+                        Arc::clone(&archive_decoder),
+                        Arc::clone(&archive_clock),
+                    )
+                    .map_err(|e| e.to_string())?,
+                };
+                Ok(async move {
+                    archive.run(cancel).await;
+                    Ok(())
+                })
+            },
+            backend.child_token(),
+        ));
+    }
+
+    let recompute = Arc::new(wiring::recompute(
+        config,
+        &store,
+        &catalog,
         Arc::clone(&clock),
-    )?);
-    tracker.spawn(supervisor.clone().run(
-        "archive",
-        move |cancel| {
-            let archive = match first_archive.take() {
-                Some(archive) => archive,
-                None => Archive::new(
-                    archive_config.clone(),
-                    Arc::clone(&archive_store),
-                    Arc::clone(&archive_decoder),
-                    Arc::clone(&archive_clock),
-                )
-                .map_err(|e| e.to_string())?,
-            };
-            Ok(async move {
-                archive.run(cancel).await;
-                Ok(())
-            })
-        },
-        backend.child_token(),
     ));
-
-    let recompute = Arc::new(wiring::recompute(config, &store, &catalog, clock));
     let scheduler = Scheduler::new(recompute, wiring::scheduler_config(config))?;
-    let requeued = scheduler.restore().await;
-    if requeued > 0 {
-        tracing::info!(requeued, "jobs from before the restart queued again");
+    if roles.has(Role::Batch) {
+        let requeued = scheduler.restore().await;
+        if requeued > 0 {
+            tracing::info!(requeued, "jobs from before the restart queued again");
+        }
+        for job in scheduler.backfill() {
+            tracing::info!(view = ?job.view, id = %job.id, "no published results for this view version: backfill queued");
+        }
+        let scheduler_run = scheduler.clone();
+        tracker.spawn(supervisor.clone().run(
+            "scheduler",
+            move |cancel| {
+                let run = scheduler_run.clone().run(cancel);
+                Ok(async move {
+                    run.await;
+                    Ok(())
+                })
+            },
+            backend.child_token(),
+        ));
     }
-    for job in scheduler.backfill() {
-        tracing::info!(view = ?job.view, id = %job.id, "no published results for this view version: backfill queued");
-    }
-    let scheduler_run = scheduler.clone();
-    tracker.spawn(supervisor.clone().run(
-        "scheduler",
-        move |cancel| {
-            let run = scheduler_run.clone().run(cancel);
-            Ok(async move {
-                run.await;
-                Ok(())
-            })
-        },
-        backend.child_token(),
-    ));
     let reconciler_run = reconciler.clone();
     tracker.spawn(supervisor.clone().run(
         "reconciler",
@@ -233,7 +287,7 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     ));
     tracker.spawn(probe::run(
         readiness.clone(),
-        speed.clone(),
+        roles.has(Role::Speed).then(|| speed.clone()),
         Arc::clone(&store),
         registry.clone(),
         backend.child_token(),
@@ -252,9 +306,27 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         });
     }
 
+    let speed_side = match &cluster {
+        Some(cluster) if roles.has(Role::Serve) => {
+            let fleet = Arc::new(Fleet::new(
+                Arc::clone(&cluster.membership),
+                &config.views,
+                roles
+                    .has(Role::Speed)
+                    .then(|| (cluster.instance.clone(), speed.clone())),
+                partition_count,
+                Arc::clone(&clock),
+                cluster.fleet.clone(),
+            ));
+            fleet.refresh().await;
+            tracker.spawn(Arc::clone(&fleet).run(backend.child_token()));
+            SpeedSide::Group(fleet)
+        }
+        _ => SpeedSide::Local(speed.clone()),
+    };
     let sql = SqlEngine::new(
         Arc::clone(&catalog),
-        Some(Arc::new(speed.clone())),
+        Some(Arc::new(speed_side.clone())),
         Arc::clone(&store),
         &config.kafka.topic,
         Arc::new(config.schema.clone()),
@@ -264,7 +336,7 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     .with_idle_timeout(config.idle_timeout);
     let state = AppState::new(
         catalog,
-        speed,
+        speed_side,
         scheduler,
         reconciler,
         options.metrics,
@@ -272,7 +344,11 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     )
     .with_sql(sql)
     .with_shutdown(frontend.clone());
-    let (http, server) = serve(&options.http, state, &config.http.policy, frontend.clone()).await?;
+    let mut app = router(state, &config.http.policy);
+    if !roles.has(Role::Serve) {
+        app = app.layer(axum::middleware::from_fn(roles::without_serve));
+    }
+    let server = serve_on(listener, app, frontend.clone());
     Ok(Running {
         http,
         fatal: supervisor.fatal(),
@@ -306,6 +382,22 @@ async fn check_exposure(addr: &str, http: &HttpConfig) -> Result<(), Error> {
     Ok(())
 }
 
+async fn bind(addr: &str) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+        addr: addr.to_owned(),
+        source,
+    })
+}
+
+/// Serves `app` on `listener` until `stop` fires.
+fn serve_on(listener: TcpListener, app: axum::Router, stop: CancellationToken) -> Server {
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    })
+}
+
 /// Serves the API on `addr`, behind `policy`, until `stop` fires.
 pub async fn serve(
     addr: &str,
@@ -313,19 +405,12 @@ pub async fn serve(
     policy: &HttpPolicy,
     stop: CancellationToken,
 ) -> Result<(SocketAddr, Server), Error> {
-    let bind_err = |source| Error::Bind {
+    let listener = bind(addr).await?;
+    let http = listener.local_addr().map_err(|source| Error::Bind {
         addr: addr.to_owned(),
         source,
-    };
-    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
-    let http = listener.local_addr().map_err(bind_err)?;
-    let app = router(state, policy);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
-    Ok((http, server))
+    })?;
+    Ok((http, serve_on(listener, router(state, policy), stop)))
 }
 
 #[cfg(test)]

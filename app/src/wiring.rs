@@ -11,7 +11,15 @@ use tandem_shared::event::{EventDecoder, FormatError};
 use tandem_speed_layer::{CheckpointSettings, SpeedConfig};
 use tandem_store::registry::{self, Registry};
 
-use crate::config::Config;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tandem_serving::fleet::FleetSettings;
+use tandem_shared::time::Span;
+use tandem_store::members::Membership;
+
+use crate::config::{ClusterConfig, Config};
+use crate::roles::Roles;
 
 /// The speed layer's consumer settings; checkpoints go to `store`.
 pub fn speed_config(
@@ -36,7 +44,77 @@ pub fn speed_config(
         }),
         kafka_options: kafka.options.clone(),
         registry: registry.cloned(),
+        membership: None,
     }
+}
+
+/// How this process takes part in a cluster of processes.
+#[derive(Debug)]
+pub struct Cluster {
+    pub membership: Arc<Membership>,
+    /// This process's member id (and static group instance id).
+    pub instance: String,
+    /// Where the others reach this process's API.
+    pub advertise: String,
+    pub heartbeat: Duration,
+    pub fleet: FleetSettings,
+}
+
+/// The cluster settings, when this process shares the work with others: `[cluster]` is
+/// configured or the roles are split. `http` is the address the API is bound to.
+pub fn cluster(
+    config: &Config,
+    roles: &Roles,
+    http: SocketAddr,
+    store: &Arc<dyn ObjectStore>,
+) -> Option<Cluster> {
+    if config.cluster.is_none() && roles.is_all() {
+        return None;
+    }
+    let settings = config.cluster.clone().unwrap_or(ClusterConfig {
+        instance: None,
+        advertise: None,
+        heartbeat: Span::from_millis(1_000),
+        member_ttl: Span::from_millis(6_000),
+        token: None,
+    });
+    let host = host_name();
+    let instance = settings
+        .instance
+        .unwrap_or_else(|| format!("{host}-{}", http.port()));
+    let advertise = settings.advertise.unwrap_or_else(|| {
+        if http.ip().is_unspecified() {
+            format!("http://{host}:{}", http.port())
+        } else {
+            format!("http://{http}")
+        }
+    });
+    let group = format!("{}-speed", config.kafka.group_prefix);
+    Some(Cluster {
+        membership: Arc::new(Membership::new(Arc::clone(store), &group)),
+        instance,
+        advertise,
+        heartbeat: settings.heartbeat.as_duration(),
+        fleet: FleetSettings {
+            member_ttl: settings.member_ttl.as_duration(),
+            token: settings.token,
+            ..FleetSettings::default()
+        },
+    })
+}
+
+/// This machine's name, for default instance ids (`tandem` when it cannot be read).
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+        })
+        .unwrap_or_else(|| "tandem".to_owned())
 }
 
 /// The decoder of the topic's payloads, shared by the speed layer and the archive.

@@ -12,6 +12,8 @@
 //!                        reconcile: release covered speed state, measure drift
 //! ```
 //!
+//! - [`fleet`]: the speed side when workers share the partitions: every partition asked of its
+//!   newest owner (Arrow IPC over HTTP), merged, or named missing.
 //! - [`seam`]: the one function that answers a view query from both layers, and the pure merge.
 //! - [`rollup`]: windows combined into coarser buckets or the global window: exact values
 //!   exactly, sketches (stored by the batch layer, kept by the speed layer) merged.
@@ -33,6 +35,7 @@
 
 pub mod access;
 pub mod api;
+pub mod fleet;
 pub mod page;
 pub mod readiness;
 pub mod reconcile;

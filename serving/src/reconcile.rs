@@ -83,17 +83,28 @@ pub fn measure(view: &ViewDefinition, batch: &[ViewRow], released: &[ViewRow]) -
 #[derive(Debug, Clone)]
 pub struct Reconciler {
     catalog: Arc<ViewCatalog>,
-    speed: SpeedLayer,
+    /// `None` in a process without a speed worker: it only keeps its catalog fresh.
+    speed: Option<SpeedLayer>,
+    /// Whether released state is measured against the batch layer: only meaningful when this
+    /// speed layer owns every partition (a worker of a group holds a share of each window).
+    drift: bool,
     reports: Arc<Mutex<BTreeMap<String, DriftReport>>>,
 }
 
 impl Reconciler {
-    pub fn new(catalog: Arc<ViewCatalog>, speed: SpeedLayer) -> Self {
+    pub fn new(catalog: Arc<ViewCatalog>, speed: impl Into<Option<SpeedLayer>>) -> Self {
         Self {
             catalog,
-            speed,
+            speed: speed.into(),
+            drift: true,
             reports: Arc::default(),
         }
+    }
+
+    /// Whether to measure drift on release (on by default).
+    pub fn with_drift(mut self, drift: bool) -> Self {
+        self.drift = drift;
+        self
     }
 
     /// Drift measured so far for `view`.
@@ -108,6 +119,9 @@ impl Reconciler {
     /// Releases every window the batch layer covers from the speed layer, and measures the
     /// released rows against the batch layer's exact rows of the same windows.
     pub async fn reconcile(&self) {
+        let Some(speed) = &self.speed else {
+            return;
+        };
         for view in self.catalog.views() {
             let Some(published) = self.catalog.get(&view.name) else {
                 continue;
@@ -115,10 +129,10 @@ impl Reconciler {
             if published.coverage.is_empty() {
                 continue;
             }
-            let Some(released) = self.speed.release(&view.name, &published.coverage) else {
+            let Some(released) = speed.release(&view.name, &published.coverage) else {
                 continue;
             };
-            if released.is_empty() {
+            if released.is_empty() || !self.drift {
                 continue;
             }
             let (Some(first), Some(last)) = (

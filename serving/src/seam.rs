@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use tandem_batch_layer::{PublishedView, ViewCatalog};
 use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::error::ErrorKind;
@@ -119,27 +120,65 @@ impl PublishedStates for ViewCatalog {
     }
 }
 
+/// The speed side of an answer: rows, and the partitions of the events topic no speed worker
+/// answered for (empty when every partition is in the rows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FreshRows<R> {
+    pub rows: Vec<R>,
+    pub missing: Vec<i32>,
+}
+
+impl<R> FreshRows<R> {
+    /// Rows from every partition.
+    pub fn complete(rows: Vec<R>) -> Self {
+        Self {
+            rows,
+            missing: Vec::new(),
+        }
+    }
+}
+
 /// The speed layer's partial state of the windows it still holds, for rollups.
 pub trait FreshStates {
     /// One partial per window and group starting in `range`; `None` for an unknown view.
-    fn fresh_states(&self, view: &str, range: StartRange) -> Option<Vec<Partial>>;
+    fn fresh_states<'a>(
+        &'a self,
+        view: &'a str,
+        range: StartRange,
+    ) -> BoxFuture<'a, Option<FreshRows<Partial>>>;
 }
 
 impl FreshStates for SpeedLayer {
-    fn fresh_states(&self, view: &str, range: StartRange) -> Option<Vec<Partial>> {
-        self.query_states(view, range)
+    fn fresh_states<'a>(
+        &'a self,
+        view: &'a str,
+        range: StartRange,
+    ) -> BoxFuture<'a, Option<FreshRows<Partial>>> {
+        Box::pin(std::future::ready(
+            self.query_states(view, range).map(FreshRows::complete),
+        ))
     }
 }
 
 /// The speed layer's side of the seam: fresh rows of the windows it still holds.
 pub trait FreshViews {
     /// Rows of windows starting in `range`; `None` for an unknown view.
-    fn fresh(&self, view: &str, range: StartRange) -> Option<Vec<ViewRow>>;
+    fn fresh<'a>(
+        &'a self,
+        view: &'a str,
+        range: StartRange,
+    ) -> BoxFuture<'a, Option<FreshRows<ViewRow>>>;
 }
 
 impl FreshViews for SpeedLayer {
-    fn fresh(&self, view: &str, range: StartRange) -> Option<Vec<ViewRow>> {
-        self.query(view, range)
+    fn fresh<'a>(
+        &'a self,
+        view: &'a str,
+        range: StartRange,
+    ) -> BoxFuture<'a, Option<FreshRows<ViewRow>>> {
+        Box::pin(std::future::ready(
+            self.query(view, range).map(FreshRows::complete),
+        ))
     }
 }
 
@@ -161,6 +200,8 @@ pub struct Answer<R = ViewRow> {
     pub batch_horizon: Option<EventTime>,
     /// In result order: by window start, window end, group.
     pub rows: Vec<Answered<R>>,
+    /// Partitions no speed worker answered for: the speed rows miss their events (`partial`).
+    pub missing_partitions: Vec<i32>,
 }
 
 /// What the seam needs of a row: which window and group it is.
@@ -182,7 +223,7 @@ impl SeamRow for ViewRow {
 /// elsewhere.
 pub async fn answer(
     batch: &(impl PublishedViews + Sync),
-    speed: &impl FreshViews,
+    speed: &(impl FreshViews + Sync),
     query: &ViewQuery,
 ) -> Result<Answer, Error> {
     answer_with(batch, &ViewRows { batch, speed }, query).await
@@ -198,7 +239,11 @@ pub trait SeamRows {
         range: StartRange,
     ) -> impl Future<Output = Result<Vec<Self::Row>, Error>> + Send;
     /// The speed layer's rows of `view` whose windows start in `range`.
-    fn fresh(&self, view: &str, range: StartRange) -> Vec<Self::Row>;
+    fn fresh(
+        &self,
+        view: &str,
+        range: StartRange,
+    ) -> impl Future<Output = FreshRows<Self::Row>> + Send;
 }
 
 /// Final rows of both layers.
@@ -207,7 +252,7 @@ struct ViewRows<'a, B, S> {
     speed: &'a S,
 }
 
-impl<B: PublishedViews + Sync, S: FreshViews> SeamRows for ViewRows<'_, B, S> {
+impl<B: PublishedViews + Sync, S: FreshViews + Sync> SeamRows for ViewRows<'_, B, S> {
     type Row = ViewRow;
     fn exact(
         &self,
@@ -216,8 +261,11 @@ impl<B: PublishedViews + Sync, S: FreshViews> SeamRows for ViewRows<'_, B, S> {
     ) -> impl Future<Output = Result<Vec<ViewRow>, Error>> + Send {
         self.batch.rows(published, range)
     }
-    fn fresh(&self, view: &str, range: StartRange) -> Vec<ViewRow> {
-        self.speed.fresh(view, range).unwrap_or_default()
+    async fn fresh(&self, view: &str, range: StartRange) -> FreshRows<ViewRow> {
+        self.speed
+            .fresh(view, range)
+            .await
+            .unwrap_or_else(|| FreshRows::complete(Vec::new()))
     }
 }
 
@@ -231,12 +279,16 @@ pub async fn answer_with<R: SeamRows>(
     let unknown = || Error::UnknownView(query.view.clone());
     let version = batch.version(&query.view).ok_or_else(unknown)?;
     let mut published = batch.published(&query.view).ok_or_else(unknown)?;
-    let mut speed_rows = rows.fresh(&query.view, query.range);
+    let mut speed_rows = rows.fresh(&query.view, query.range).await;
     let latest = batch.published(&query.view).ok_or_else(unknown)?;
     if latest.seq != published.seq {
         published = latest;
-        speed_rows = rows.fresh(&query.view, query.range);
+        speed_rows = rows.fresh(&query.view, query.range).await;
     }
+    let FreshRows {
+        rows: speed_rows,
+        missing: missing_partitions,
+    } = speed_rows;
     let exact = rows.exact(&published, query.range).await?;
     let mut rows = merge(
         &published.coverage,
@@ -254,6 +306,7 @@ pub async fn answer_with<R: SeamRows>(
         version,
         batch_horizon: published.coverage.horizon(),
         rows,
+        missing_partitions,
     })
 }
 
@@ -465,8 +518,14 @@ mod tests {
     struct Released(Vec<ViewRow>);
 
     impl FreshViews for Released {
-        fn fresh(&self, _: &str, _: StartRange) -> Option<Vec<ViewRow>> {
-            Some(self.0.clone())
+        fn fresh<'a>(
+            &'a self,
+            _: &'a str,
+            _: StartRange,
+        ) -> BoxFuture<'a, Option<FreshRows<ViewRow>>> {
+            Box::pin(std::future::ready(Some(FreshRows::complete(
+                self.0.clone(),
+            ))))
         }
     }
 

@@ -59,6 +59,7 @@ pub async fn announce(
             owned: owned.clone(),
             partition_count: announcement.partition_count,
             heartbeat_ms: now,
+            progress_ms: speed.progress().map(|p| p.millis()),
         };
         match membership.announce(&member).await {
             Ok(()) => last = Some((owned, now)),

@@ -245,6 +245,15 @@ impl SpeedLayer {
             .store(progress.millis(), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Event-time progress of the owned partitions (the slowest one's); `None` before any.
+    pub fn progress(&self) -> Option<EventTime> {
+        let progress = self
+            .inner
+            .progress
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (progress != i64::MIN).then_some(EventTime(progress))
+    }
+
     /// The view's watermark: event-time progress minus its allowed lateness. A window that
     /// ends at or before it is closed: it takes no more on-time events. `None` before any
     /// progress, or for an unknown view.

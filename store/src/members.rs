@@ -64,6 +64,9 @@ pub struct Member {
     pub partition_count: i32,
     /// Wall-clock time of the heartbeat, epoch ms.
     pub heartbeat_ms: i64,
+    /// The worker's event-time progress (its slowest partition), epoch ms; `None` before any.
+    #[serde(default)]
+    pub progress_ms: Option<i64>,
 }
 
 /// A claimed epoch: who claimed it (for debugging a chain by eye).
@@ -192,6 +195,7 @@ mod tests {
                 .collect(),
             partition_count: 4,
             heartbeat_ms,
+            progress_ms: None,
         }
     }
 

@@ -28,6 +28,7 @@ use rdkafka::producer::FutureProducer;
 use tandem_store::StorageSettings;
 
 pub mod formats;
+pub mod quarters;
 pub mod registry;
 pub mod s3;
 pub use registry::SchemaRegistry;
@@ -293,6 +294,13 @@ impl RunFixture {
     /// Starts `tandem run` with extra environment variables and waits for its HTTP address.
     pub fn start(&self, env: &[(&str, &str)]) -> anyhow::Result<TestServer> {
         TestServer::spawn(&self.run, env, &self.dir, Ready::Http)
+    }
+
+    /// Starts `tandem run` with extra arguments (`--role speed,serve`, say).
+    pub fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<TestServer> {
+        let mut run = self.run.clone();
+        run.extend(args.iter().map(|a| (*a).to_owned()));
+        TestServer::spawn(&run, env, &self.dir, Ready::Http)
     }
 
     /// A producer to the broker.

@@ -153,8 +153,12 @@ pub(super) async fn run(
 struct NoSpeed;
 
 impl FreshStates for NoSpeed {
-    fn fresh_states(&self, _: &str, _: StartRange) -> Option<Vec<Partial>> {
-        None
+    fn fresh_states<'a>(
+        &'a self,
+        _: &'a str,
+        _: StartRange,
+    ) -> futures::future::BoxFuture<'a, Option<tandem_serving::seam::FreshRows<Partial>>> {
+        Box::pin(std::future::ready(None))
     }
 }
 

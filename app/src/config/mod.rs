@@ -9,10 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod cluster;
 mod format;
 mod http;
 mod storage;
 
+pub use cluster::ClusterConfig;
+use cluster::{ClusterFile, cluster_config};
 pub use http::HttpConfig;
 use http::{HttpFile, http_config};
 use storage::{StorageFile, storage_settings};
@@ -99,6 +102,7 @@ struct File {
     http: HttpFile,
     #[serde(default)]
     serving: ServingFile,
+    cluster: Option<ClusterFile>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -259,6 +263,8 @@ pub struct Config {
     pub memory_budget: usize,
     /// Bound of the serving layer's cache of published rows.
     pub cache_bytes: usize,
+    /// `[cluster]`: set when processes share the work (see [`ClusterConfig`]).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The configuration `tandem dev` uses without `--config`.
@@ -452,6 +458,10 @@ impl Config {
             return Err(invalid("speed", "max_batch", "must be at least 1"));
         }
         let http = http_config(file.http, &path, env)?;
+        let cluster = file
+            .cluster
+            .map(|c| cluster_config(c, &path, env))
+            .transpose()?;
         let storage = storage_settings(file.storage, &path, env)?;
         let cache_bytes = match &file.serving.cache_bytes {
             None => tandem_batch_layer::catalog::DEFAULT_CACHE_BYTES,
@@ -503,6 +513,7 @@ impl Config {
             max_future,
             memory_budget,
             cache_bytes,
+            cluster,
         })
     }
 }

@@ -101,6 +101,7 @@ pub async fn run(
         RunOptions {
             http: options.http.clone(),
             metrics,
+            roles: crate::roles::Roles::default(),
         },
     )
     .await?;

@@ -12,6 +12,7 @@
 //! | GET | `/v1/jobs?status=&view=`, `/v1/jobs/{id}` | job records |
 //! | DELETE | `/v1/jobs/{id}` | cancel a queued or running job |
 //! | POST | `/v1/sql` | read-only SQL `{"sql"}` over the views and `events`: JSON, CSV or Arrow IPC by `Accept` |
+//! | GET | `/v1/internal/partials/{name}?from=&to=` | this process's speed worker's partial state per owned partition (Arrow IPC), for serving instances ([`crate::fleet`]) |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/healthz` | liveness |
 //! | GET | `/readyz` | readiness: 503 with the reasons while a component is not ready |
@@ -24,6 +25,7 @@
 
 use std::sync::Arc;
 
+use crate::fleet::SpeedSide;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -33,7 +35,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tandem_batch_layer::{Scheduler, ViewCatalog};
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewDefinition;
-use tandem_speed_layer::SpeedLayer;
 use tokio_util::sync::CancellationToken;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -47,6 +48,7 @@ use crate::sql::SqlEngine;
 
 mod console;
 mod error;
+mod internal;
 mod jobs;
 mod openapi;
 mod probes;
@@ -67,7 +69,7 @@ pub use response::{
 #[derive(Debug, Clone)]
 pub struct AppState {
     catalog: Arc<ViewCatalog>,
-    speed: SpeedLayer,
+    speed: SpeedSide,
     scheduler: Scheduler,
     reconciler: Reconciler,
     metrics: Option<PrometheusHandle>,
@@ -83,7 +85,7 @@ impl AppState {
     /// `/metrics` when given; `readiness` answers `/readyz`.
     pub fn new(
         catalog: Arc<ViewCatalog>,
-        speed: SpeedLayer,
+        speed: impl Into<SpeedSide>,
         scheduler: Scheduler,
         reconciler: Reconciler,
         metrics: Option<PrometheusHandle>,
@@ -91,7 +93,7 @@ impl AppState {
     ) -> Self {
         Self {
             catalog,
-            speed,
+            speed: speed.into(),
             scheduler,
             reconciler,
             metrics,

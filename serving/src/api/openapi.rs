@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
-use super::{AppState, jobs, probes, query, stream, views};
+use super::{AppState, internal, jobs, probes, query, stream, views};
 
 /// Where the description is served.
 pub(super) const DOCUMENT: &str = "/openapi.json";
@@ -28,6 +28,7 @@ pub(super) const DOCS: &str = "/docs";
         (name = "jobs", description = "Batch recompute jobs"),
         (name = "sql", description = "Read-only SQL over the views and the archive"),
         (name = "probes", description = "Health, readiness and metrics"),
+        (name = "internal", description = "Between Tandem processes: a speed worker's partial state"),
     ),
 )]
 struct ApiDoc;
@@ -52,6 +53,7 @@ fn handlers() -> OpenApiRouter<AppState> {
         .routes(routes!(probes::healthz))
         .routes(routes!(probes::readyz))
         .routes(routes!(probes::render_metrics))
+        .routes(routes!(internal::partials_of_view))
 }
 
 /// What the front door adds to every route: bearer tokens (when configured) and limits, with

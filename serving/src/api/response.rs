@@ -81,6 +81,11 @@ pub struct ViewRows {
     pub rows: Vec<RowBody>,
     /// Pass as `cursor` for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
+    /// Partitions of the events topic no speed worker answered for in time (a worker died or
+    /// its partitions are moving): every speed row is `partial`, missing their events. Absent
+    /// when the answer is whole.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_partitions: Vec<i32>,
 }
 
 /// One window and group of an answer, with the layer it came from.
@@ -104,6 +109,10 @@ pub struct RowBody {
     /// Values the speed layer only estimates (sketches), on rows it answered.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub approximate: Vec<String>,
+    /// Speed rows of an answer some partitions are missing from (see
+    /// [`ViewRows::missing_partitions`]): the values lack those partitions' events.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 /// A value as the API renders it: with its error bound when it is a speed-layer estimate.
@@ -159,6 +168,7 @@ impl ViewRows {
             .iter()
             .map(|a| error_bound(a.function))
             .collect();
+        let partial = !answer.missing_partitions.is_empty();
         let rows = answer
             .rows
             .into_iter()
@@ -184,6 +194,7 @@ impl ViewRows {
                         } else {
                             Vec::new()
                         },
+                        partial: speed && partial,
                     }
                 },
             )
@@ -194,6 +205,7 @@ impl ViewRows {
             batch_horizon: answer.batch_horizon,
             rows,
             next_cursor,
+            missing_partitions: answer.missing_partitions,
         }
     }
 }
@@ -215,6 +227,9 @@ pub struct RollupRows {
     pub granularity: String,
     pub batch_horizon: Option<EventTime>,
     pub rows: Vec<RollupBody>,
+    /// Partitions no speed worker answered for: buckets with speed windows lack their events.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_partitions: Vec<i32>,
 }
 
 /// One bucket and group of a rollup.
@@ -359,6 +374,7 @@ mod tests {
                 row(1, Source::Speed),
                 row(2, Source::Speed),
             ],
+            missing_partitions: Vec::new(),
         };
         // The watermark is at the end of minute 1: minute 1 is closed, minute 2 is not.
         let body =
@@ -380,8 +396,36 @@ mod tests {
             version: view.version.clone(),
             batch_horizon: None,
             rows: vec![row(1, Source::Speed)],
+            missing_partitions: Vec::new(),
         };
         let body = serde_json::to_value(ViewRows::new(&view, answer, None, None)).unwrap();
         assert_eq!(body["rows"][0]["closed"], false);
+        assert!(body["rows"][0].get("partial").is_none());
+        assert!(body.get("missing_partitions").is_none());
+    }
+
+    #[test]
+    fn speed_rows_of_an_answer_missing_partitions_are_partial() {
+        let view = testing::view(
+            &testing::orders_schema(),
+            "v",
+            testing::tumbling("1m"),
+            &["city"],
+            None,
+            &["count(*) AS n"],
+        );
+        let answer = Answer {
+            version: view.version.clone(),
+            batch_horizon: Some(EventTime(60_000)),
+            rows: vec![row(0, Source::Batch), row(1, Source::Speed)],
+            missing_partitions: vec![1, 3],
+        };
+        let body = serde_json::to_value(ViewRows::new(&view, answer, None, None)).unwrap();
+        assert_eq!(body["missing_partitions"], json!([1, 3]));
+        assert!(
+            body["rows"][0].get("partial").is_none(),
+            "batch rows are whole"
+        );
+        assert_eq!(body["rows"][1]["partial"], true);
     }
 }

@@ -148,7 +148,7 @@ pub(super) async fn stream_view(
                 &view,
                 answer,
                 None,
-                state.speed.watermark(&view.name),
+                state.speed.watermark(&view),
             ))
             .map(|v| v["rows"].as_array().cloned().unwrap_or_default())
             .unwrap_or_default();

@@ -14,6 +14,7 @@ use super::response::{CoverageBody, RollupBody, RollupRows, ViewList, ViewRows, 
 use super::{ApiError, AppState, parse_time};
 use crate::page::{self, Cursor};
 use crate::rollup::{self, Granularity};
+use crate::seam::FreshViews;
 use crate::seam::{self, DimensionFilter, ViewQuery};
 use crate::sql;
 
@@ -174,7 +175,7 @@ pub(super) async fn query_view(
         view,
         answer,
         next.map(|c| c.encode()),
-        state.speed.watermark(&name),
+        state.speed.watermark(view),
     ))))
 }
 
@@ -250,6 +251,7 @@ pub(super) async fn rollup_view(
         granularity: text,
         batch_horizon: answer.batch_horizon,
         rows,
+        missing_partitions: answer.missing_partitions,
     })
 }
 
@@ -286,7 +288,9 @@ pub(super) async fn view_coverage(
     let published = state.catalog.get(&name).unwrap_or_default();
     let speed_starts: Vec<EventTime> = state
         .speed
-        .query(&name, range)
+        .fresh(&name, range)
+        .await
+        .map(|f| f.rows)
         .unwrap_or_default()
         .iter()
         .map(|r| r.window.start)

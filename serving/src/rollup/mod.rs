@@ -206,18 +206,24 @@ impl<B: PublishedStates + Sync, S: FreshStates + Sync> seam::SeamRows for StateR
             .collect())
     }
 
-    fn fresh(&self, view: &str, range: StartRange) -> Vec<StateRow> {
-        let mut rows: Vec<StateRow> = self
+    async fn fresh(&self, view: &str, range: StartRange) -> seam::FreshRows<StateRow> {
+        let fresh = self
             .speed
             .fresh_states(view, range)
-            .unwrap_or_default()
+            .await
+            .unwrap_or_else(|| seam::FreshRows::complete(Vec::new()));
+        let mut rows: Vec<StateRow> = fresh
+            .rows
             .into_iter()
             .map(|p| StateRow::from_speed(self.view, p))
             .collect();
         rows.sort_by(|a, b| {
             (a.window.start, a.window.end, &a.group).cmp(&(b.window.start, b.window.end, &b.group))
         });
-        rows
+        seam::FreshRows {
+            rows,
+            missing: fresh.missing,
+        }
     }
 }
 

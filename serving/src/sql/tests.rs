@@ -46,14 +46,21 @@ struct Order {
 struct StandIn(Mutex<Vec<ViewRow>>);
 
 impl FreshViews for StandIn {
-    fn fresh(&self, view: &str, range: StartRange) -> Option<Vec<ViewRow>> {
-        (view == "orders_by_city").then(|| {
+    fn fresh<'a>(
+        &'a self,
+        view: &'a str,
+        range: StartRange,
+    ) -> futures::future::BoxFuture<'a, Option<crate::seam::FreshRows<ViewRow>>> {
+        let rows = (view == "orders_by_city").then(|| {
             let rows = self.0.lock().unwrap();
-            rows.iter()
-                .filter(|r| range.contains(r.window.start))
-                .cloned()
-                .collect()
-        })
+            crate::seam::FreshRows::complete(
+                rows.iter()
+                    .filter(|r| range.contains(r.window.start))
+                    .cloned()
+                    .collect(),
+            )
+        });
+        Box::pin(std::future::ready(rows))
     }
 }
 

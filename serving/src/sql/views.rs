@@ -33,7 +33,9 @@ use tandem_shared::time::EventTime;
 use tandem_shared::value::AggregateValue;
 use tandem_shared::view::ViewDefinition;
 
-use crate::seam::{self, AnsweredRow, DimensionFilter, FreshViews, ViewQuery};
+use futures::future::BoxFuture;
+
+use crate::seam::{self, AnsweredRow, DimensionFilter, FreshRows, FreshViews, ViewQuery};
 
 /// The speed layer's side, shared by every table of a session; `None` when there is no speed
 /// layer (`tandem sql` reads the store only): then a window that is not published is absent.
@@ -41,8 +43,15 @@ use crate::seam::{self, AnsweredRow, DimensionFilter, FreshViews, ViewQuery};
 pub struct Fresh(pub Option<Arc<dyn FreshViews + Send + Sync>>);
 
 impl FreshViews for Fresh {
-    fn fresh(&self, view: &str, range: StartRange) -> Option<Vec<ViewRow>> {
-        self.0.as_ref()?.fresh(view, range)
+    fn fresh<'a>(
+        &'a self,
+        view: &'a str,
+        range: StartRange,
+    ) -> BoxFuture<'a, Option<FreshRows<ViewRow>>> {
+        match &self.0 {
+            Some(speed) => speed.fresh(view, range),
+            None => Box::pin(std::future::ready(None)),
+        }
     }
 }
 

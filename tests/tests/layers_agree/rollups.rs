@@ -25,8 +25,13 @@ const HOUR: i64 = 60 * MINUTE;
 struct OnePartition(ViewState);
 
 impl FreshStates for OnePartition {
-    fn fresh_states(&self, _: &str, range: StartRange) -> Option<Vec<Partial>> {
-        Some(self.0.partials(range))
+    fn fresh_states<'a>(
+        &'a self,
+        _: &'a str,
+        range: StartRange,
+    ) -> futures::future::BoxFuture<'a, Option<tandem_serving::seam::FreshRows<Partial>>> {
+        let rows = tandem_serving::seam::FreshRows::complete(self.0.partials(range));
+        Box::pin(std::future::ready(Some(rows)))
     }
 }
 

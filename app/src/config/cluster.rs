@@ -1,0 +1,149 @@
+//! `[cluster]`: how one Tandem process finds the others when the roles run in several
+//! processes (speed workers sharing the events topic's partitions, serving instances answering
+//! for all of them, one batch scheduler at a time).
+//!
+//! ```toml
+//! [cluster]
+//! instance = "speed-1"                 # unique and stable per process (static group membership)
+//! advertise = "http://speed-1:8080"    # where the others reach this process's API
+//! heartbeat = "1s"                     # how often a speed worker announces its partitions
+//! member_ttl = "6s"                    # a heartbeat older than this is a dead worker
+//! token_env = "TANDEM_CLUSTER_TOKEN"   # a bearer token (read scope) sent to the others
+//! ```
+
+use serde::Deserialize;
+use tandem_shared::time::Span;
+
+use super::{Error, Result};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClusterFile {
+    instance: Option<String>,
+    advertise: Option<String>,
+    heartbeat: Option<String>,
+    member_ttl: Option<String>,
+    token_env: Option<String>,
+}
+
+/// The `[cluster]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `None`: derived from the host name and the HTTP port at start.
+    pub instance: Option<String>,
+    /// `None`: `http://` and the address the API is bound to.
+    pub advertise: Option<String>,
+    pub heartbeat: Span,
+    pub member_ttl: Span,
+    pub token: Option<String>,
+}
+
+pub(super) fn cluster_config(
+    file: ClusterFile,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ClusterConfig> {
+    let invalid = |key, problem: String| Error::Invalid {
+        path: path.to_owned(),
+        section: "cluster",
+        key,
+        problem,
+    };
+    let span = |value: &Option<String>, default: &str, key| {
+        Span::parse(value.as_deref().unwrap_or(default)).map_err(|source| Error::Span {
+            path: path.to_owned(),
+            section: "cluster",
+            key,
+            source,
+        })
+    };
+    let heartbeat = span(&file.heartbeat, "1s", "heartbeat")?;
+    let member_ttl = span(&file.member_ttl, "6s", "member_ttl")?;
+    if heartbeat.millis() <= 0 {
+        return Err(invalid("heartbeat", "must be greater than zero".into()));
+    }
+    if member_ttl.millis() < 2 * heartbeat.millis() {
+        return Err(invalid(
+            "member_ttl",
+            format!(
+                "must be at least twice the heartbeat ({heartbeat}), or live workers look dead"
+            ),
+        ));
+    }
+    if let Some(id) = &file.instance
+        && (id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(invalid(
+            "instance",
+            format!("`{id}`: use letters, digits, `-`, `_` and `.` only"),
+        ));
+    }
+    if let Some(url) = &file.advertise
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(invalid(
+            "advertise",
+            format!("`{url}` is not an http:// or https:// URL"),
+        ));
+    }
+    let token = match &file.token_env {
+        None => None,
+        Some(name) => Some(env(name).ok_or_else(|| {
+            invalid(
+                "token_env",
+                format!("environment variable `{name}` is not set"),
+            )
+        })?),
+    };
+    Ok(ClusterConfig {
+        instance: file.instance,
+        advertise: file.advertise,
+        heartbeat,
+        member_ttl,
+        token,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ClusterConfig> {
+        let file: ClusterFile = toml::from_str(text).unwrap();
+        cluster_config(file, "t.toml", &|name| {
+            (name == "TOKEN").then(|| "secret".to_owned())
+        })
+    }
+
+    #[test]
+    fn defaults_and_a_full_section() {
+        let c = parse("").unwrap();
+        assert_eq!(c.heartbeat, Span::parse("1s").unwrap());
+        assert_eq!(c.member_ttl, Span::parse("6s").unwrap());
+        assert_eq!((c.instance, c.advertise, c.token), (None, None, None));
+        let c = parse(
+            "instance = \"speed-1\"\nadvertise = \"http://speed-1:8080\"\nheartbeat = \"2s\"\n\
+             member_ttl = \"10s\"\ntoken_env = \"TOKEN\"",
+        )
+        .unwrap();
+        assert_eq!(c.instance.as_deref(), Some("speed-1"));
+        assert_eq!(c.token.as_deref(), Some("secret"));
+    }
+
+    #[test]
+    fn bad_settings_name_the_key() {
+        for (text, key) in [
+            ("member_ttl = \"1s\"", "member_ttl"),
+            ("heartbeat = \"0s\"", "heartbeat"),
+            ("instance = \"a/b\"", "instance"),
+            ("advertise = \"speed-1:8080\"", "advertise"),
+            ("token_env = \"UNSET\"", "token_env"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("cluster.{key}")), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Scale-out on loopback: two speed workers share the events topic's partitions and a third
+//! process serves and runs the batch layer; every process answers for every partition.
+//!
+//! The embedded broker runs alone (`tandem broker`) so a worker can be SIGKILLed while the
+//! topic stays. Answers are compared with the oracle computed here from the produced events
+//! (`tandem_tests::quarters`): while a killed worker's partitions move, answers name the
+//! missing partitions and mark speed rows partial, never silently short; afterwards nothing is
+//! lost or counted twice.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use serde_json::Value;
+use tandem_shared::layout;
+use tandem_tests::quarters::{MINUTE, TOPICS, answer_of, expected, produce, total};
+use tandem_tests::{RunFixture, TestServer, run_job};
+
+async fn body(client: &reqwest::Client, server: &TestServer) -> anyhow::Result<Value> {
+    let resp = client.get(server.url("/v1/views/by_city")).send().await?;
+    let status = resp.status();
+    let body: Value = resp.json().await?;
+    ensure!(status.is_success(), "{status}: {body}");
+    Ok(body)
+}
+
+/// The partitions a worker announced in its heartbeat.
+async fn announced(fixture: &RunFixture) -> anyhow::Result<Vec<(String, BTreeSet<i64>)>> {
+    let store = tandem_store::open(&fixture.storage)?;
+    let mut out = Vec::new();
+    for meta in tandem_store::object::list(&store, &layout::member_dir("tandem-speed")).await? {
+        let bytes = tandem_store::object::read(&store, meta.location.as_ref()).await?;
+        let member: Value = serde_json::from_slice(&bytes)?;
+        let owned = member["owned"]
+            .as_array()
+            .context("owned")?
+            .iter()
+            .filter_map(|o| o["partition"].as_i64())
+            .collect();
+        out.push((
+            member["address"].as_str().context("address")?.to_owned(),
+            owned,
+        ));
+    }
+    Ok(out)
+}
+
+/// Waits until `server`'s answer is whole and equals the oracle for `n` events; fails at once
+/// on any answer counting more than `n` or on rows that are partial without a named partition.
+async fn wait_whole(
+    client: &reqwest::Client,
+    server: &TestServer,
+    base: i64,
+    n: i64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let want = expected(base, n);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let b = body(client, server).await?;
+        let got = answer_of(&b)?;
+        ensure!(
+            total(&got) <= n,
+            "{} counted, {n} produced: double counting",
+            total(&got)
+        );
+        if b.get("missing_partitions").is_none() && got == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("not whole after {timeout:?}: {b}\nlog:\n{}", server.log());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_instance_answers_for_every_partition_and_a_killed_worker_is_named_then_replaced()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fixture = RunFixture::new(dir.path(), TOPICS)?;
+    let producer = fixture.producer()?;
+    let client = reqwest::Client::new();
+    let now = chrono::Utc::now().timestamp_millis();
+    let base = now - now.rem_euclid(MINUTE) - 30 * MINUTE;
+
+    let a = fixture.start_with(&["--role", "speed,serve"], &[])?;
+    let b = fixture.start_with(&["--role", "speed,serve"], &[])?;
+    let serving = fixture.start_with(&["--role", "serve,batch,archive"], &[])?;
+    produce(&producer, base, 0..2_000).await?;
+
+    // Every instance answers for all four partitions, equal to the oracle.
+    for server in [&serving, &a, &b] {
+        wait_whole(&client, server, base, 2_000, Duration::from_secs(90)).await?;
+    }
+    let members = announced(&fixture).await?;
+    let owned_a = members
+        .iter()
+        .find(|(address, _)| *address == a.http)
+        .map(|(_, owned)| owned.clone())
+        .with_context(|| format!("no heartbeat of worker A: {members:?}"))?;
+    let all: BTreeSet<i64> = members.iter().flat_map(|(_, o)| o.clone()).collect();
+    ensure!(
+        members.len() == 2 && !owned_a.is_empty() && all.len() == 4,
+        "the two workers should split the four partitions: {members:?}"
+    );
+    // A process without the speed role has no worker to ask.
+    let internal = client
+        .get(serving.url("/v1/internal/partials/by_city"))
+        .send()
+        .await?;
+    ensure!(internal.status() == 404, "{}", internal.status());
+
+    // SIGKILL worker A mid-stream.
+    produce(&producer, base, 2_000..3_000).await?;
+    let killed = Instant::now();
+    a.kill()?;
+    produce(&producer, base, 3_000..4_000).await?;
+
+    // While its partitions move, answers name them and mark speed rows partial.
+    let mut saw_partial = false;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let want = expected(base, 4_000);
+    loop {
+        let b_body = body(&client, &serving).await?;
+        let got = answer_of(&b_body)?;
+        ensure!(total(&got) <= 4_000, "double counting: {}", total(&got));
+        match b_body.get("missing_partitions") {
+            Some(missing) => {
+                let missing: BTreeSet<i64> = missing
+                    .as_array()
+                    .context("missing_partitions")?
+                    .iter()
+                    .filter_map(Value::as_i64)
+                    .collect();
+                ensure!(!missing.is_empty(), "an empty missing list is not rendered");
+                let rows = b_body["rows"].as_array().context("rows")?;
+                ensure!(
+                    rows.iter()
+                        .filter(|r| r["source"] == "speed")
+                        .all(|r| r["partial"] == true),
+                    "speed rows of a partial answer must say so: {b_body}"
+                );
+                saw_partial = true;
+            }
+            None if got == want => break,
+            None => {}
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "answers not whole after the kill: {b_body}\n{}",
+                serving.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered = killed.elapsed();
+    eprintln!("scale-out: answers whole again {recovered:?} after SIGKILL of a speed worker");
+    ensure!(
+        saw_partial,
+        "the killed worker's partitions were never reported missing"
+    );
+    // The surviving worker owns every partition now and answers the same.
+    wait_whole(&client, &b, base, 4_000, Duration::from_secs(30)).await?;
+    let members = announced(&fixture).await?;
+    ensure!(
+        members
+            .iter()
+            .any(|(address, owned)| *address == b.http && owned.len() == 4),
+        "worker B should own all four partitions: {members:?}"
+    );
+
+    // The batch layer (on the serving process) agrees once it publishes.
+    run_job(
+        &client,
+        &serving,
+        serde_json::json!({}),
+        Duration::from_secs(120),
+    )
+    .await?;
+    let final_body = body(&client, &serving).await?;
+    ensure!(
+        answer_of(&final_body)? == want,
+        "after the batch job: {final_body}"
+    );
+    Ok(())
+}
