@@ -19,14 +19,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use tandem_batch_layer::scheduler::leadership;
 use tandem_batch_layer::{Archive, Scheduler};
 use tandem_serving::fleet::{Fleet, SpeedSide};
 use tandem_serving::sql::SqlEngine;
 use tandem_serving::{AppState, HttpPolicy, Readiness, Reconciler, router};
 use tandem_shared::clock::{Clock, SystemClock};
+use tandem_shared::layout;
 use tandem_speed_layer::SpeedLayer;
 use tandem_speed_layer::announce::Announcement;
+use tandem_store::lease::{Lease, Standing};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -72,6 +76,9 @@ pub enum Error {
     )]
     Exposed { addr: String },
 }
+
+/// How long a scheduler lease term lasts: a dead scheduler's jobs move within about this long.
+const SCHEDULER_LEASE: Duration = Duration::from_secs(10);
 
 /// Process-level options that are not part of the configuration file.
 #[derive(Debug, Clone)]
@@ -252,7 +259,37 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         Arc::clone(&clock),
     ));
     let scheduler = Scheduler::new(recompute, wiring::scheduler_config(config))?;
-    if roles.has(Role::Batch) {
+    // With several processes, one holds the scheduler lease and runs jobs; the rest forward.
+    let jobs_leader = cluster.as_ref().map(|cluster| {
+        let lease = Lease::new(
+            Arc::clone(&store),
+            layout::scheduler_lease_dir(),
+            cluster.instance.clone(),
+            cluster.advertise.clone(),
+            SCHEDULER_LEASE,
+        );
+        let (tx, rx) = watch::channel(Standing::Vacant);
+        if roles.has(Role::Batch) {
+            tracker.spawn(leadership::lead(
+                scheduler.clone(),
+                lease,
+                Arc::clone(&clock),
+                tx,
+                backend.child_token(),
+            ));
+            // Ready whether it leads or stands by.
+            readiness.ready("scheduler");
+        } else {
+            tracker.spawn(leadership::follow(
+                lease,
+                Arc::clone(&clock),
+                tx,
+                backend.child_token(),
+            ));
+        }
+        rx
+    });
+    if roles.has(Role::Batch) && jobs_leader.is_none() {
         let requeued = scheduler.restore().await;
         if requeued > 0 {
             tracing::info!(requeued, "jobs from before the restart queued again");
@@ -344,6 +381,10 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     )
     .with_sql(sql)
     .with_shutdown(frontend.clone());
+    let state = match jobs_leader {
+        Some(standing) => state.with_jobs_leader(standing, Arc::clone(&clock)),
+        None => state,
+    };
     let mut app = router(state, &config.http.policy);
     if !roles.has(Role::Serve) {
         app = app.layer(axum::middleware::from_fn(roles::without_serve));

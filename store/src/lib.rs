@@ -13,6 +13,7 @@
 //!  kafka::consumer_config / record_lag ◄── the speed and archive consumers
 //!  registry::read_resolved ◄── both consumers: writer schemas fetched by id, waited for
 //!  members: heartbeats and ownership epochs ◄── speed workers announce, serving fans out
+//!  lease: one term object per holder's term ◄── the batch scheduler, one process at a time
 //!  fault::crash_point ◄── every publication protocol, for recovery tests
 //! ```
 //!
@@ -20,6 +21,7 @@
 //! - [`object`]: single-object reads and writes with the path in every error.
 //! - [`backend`]: opening the store the settings name, and checking it honours create-if-absent.
 //! - [`kafka`]: the consumer configuration and lag statistics both consumers share.
+//! - [`lease`]: a lease built on create-if-absent terms (which process schedules batch jobs).
 //! - [`members`]: speed workers' heartbeats, ownership epochs, and who owns which partition.
 //! - [`registry`]: the schema registry client (Avro and Protobuf writer schemas by id).
 //! - [`fault`]: crash points and, with the `testing` feature, a store that fails on purpose.
@@ -34,6 +36,7 @@
 pub mod backend;
 pub mod fault;
 pub mod kafka;
+pub mod lease;
 pub mod manifest;
 pub mod members;
 pub mod object;

@@ -185,3 +185,80 @@ async fn any_instance_answers_for_every_partition_and_a_killed_worker_is_named_t
     );
     Ok(())
 }
+
+/// Two processes with the batch role: one holds the scheduler lease and runs jobs; when it is
+/// SIGKILLed the other takes the lease over, and job requests sent to a third process follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_lease_moves_when_its_holder_dies() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fixture = RunFixture::new(dir.path(), TOPICS)?;
+    let producer = fixture.producer()?;
+    let client = reqwest::Client::new();
+    let now = chrono::Utc::now().timestamp_millis();
+    let base = now - now.rem_euclid(MINUTE) - 30 * MINUTE;
+
+    let worker = fixture.start_with(&["--role", "speed,archive,serve"], &[])?;
+    let first = fixture.start_with(&["--role", "batch,serve"], &[])?;
+    produce(&producer, base, 0..500).await?;
+    wait_whole(&client, &worker, base, 500, Duration::from_secs(90)).await?;
+    let holder = |fixture: &RunFixture| {
+        let storage = fixture.storage.clone();
+        async move {
+            let store = tandem_store::open(&storage)?;
+            let lease = tandem_store::lease::Lease::new(
+                store,
+                layout::scheduler_lease_dir(),
+                "observer",
+                "",
+                Duration::from_secs(10),
+            );
+            let newest = lease.newest().await?;
+            anyhow::Ok(newest.map(|(_, t)| t.address))
+        }
+    };
+    tandem_tests::eventually(Duration::from_secs(30), || async {
+        let h = holder(&fixture).await?;
+        ensure!(h.as_deref() == Some(first.http.as_str()), "holder {h:?}");
+        Ok(())
+    })
+    .await?;
+    let second = fixture.start_with(&["--role", "batch,serve"], &[])?;
+    let job = run_job(
+        &client,
+        &worker,
+        serde_json::json!({}),
+        Duration::from_secs(120),
+    )
+    .await?;
+    ensure!(job["status"] == "succeeded", "{job}");
+
+    let killed = Instant::now();
+    first.kill()?;
+    tandem_tests::eventually(Duration::from_secs(60), || async {
+        let h = holder(&fixture).await?;
+        ensure!(h.as_deref() == Some(second.http.as_str()), "holder {h:?}");
+        Ok(())
+    })
+    .await
+    .with_context(|| second.log())?;
+    eprintln!(
+        "scheduler lease taken over {:?} after SIGKILL of its holder",
+        killed.elapsed()
+    );
+    produce(&producer, base, 500..1_000).await?;
+    wait_whole(&client, &worker, base, 1_000, Duration::from_secs(90)).await?;
+    run_job(
+        &client,
+        &worker,
+        serde_json::json!({}),
+        Duration::from_secs(120),
+    )
+    .await
+    .with_context(|| second.log())?;
+    let final_body = body(&client, &second).await?;
+    ensure!(
+        answer_of(&final_body)? == expected(base, 1_000),
+        "after the new holder's job: {final_body}"
+    );
+    Ok(())
+}

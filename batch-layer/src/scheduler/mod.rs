@@ -28,6 +28,8 @@
 //! - [`job`]: job types (request, status, record).
 //! - `record`: the records in memory and in the object store.
 //! - `execution`: one attempt of a job, and the retry decision.
+//! - [`leadership`]: with several batch processes, only the holder of the scheduler lease runs
+//!   jobs.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -46,6 +48,7 @@ use crate::recompute::Recompute;
 
 mod execution;
 pub mod job;
+pub mod leadership;
 mod record;
 #[cfg(test)]
 mod tests;
@@ -375,7 +378,13 @@ impl Scheduler {
         }
         running.close();
         running.wait().await;
-        // Jobs still queued stay queued in their records and run after the next start.
+        // Jobs still queued stay queued in their records and run after the next start (or
+        // when this process leads again: the queue is handed back).
+        *self
+            .inner
+            .receiver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(receiver);
         tracing::info!("scheduler stopped");
     }
 

@@ -25,7 +25,6 @@
 
 use std::sync::Arc;
 
-use crate::fleet::SpeedSide;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -33,8 +32,11 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tandem_batch_layer::{Scheduler, ViewCatalog};
+use tandem_shared::clock::Clock;
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewDefinition;
+use tandem_store::lease::Standing;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -42,12 +44,14 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::access::{self, HttpLimits, HttpPolicy};
+use crate::fleet::SpeedSide;
 use crate::readiness::Readiness;
 use crate::reconcile::Reconciler;
 use crate::sql::SqlEngine;
 
 mod console;
 mod error;
+mod forward;
 mod internal;
 mod jobs;
 mod openapi;
@@ -78,6 +82,11 @@ pub struct AppState {
     /// Fires when the HTTP server stops: open streams end, so that shutdown does not wait on
     /// them.
     shutdown: CancellationToken,
+    /// Who runs batch jobs, when several processes could: `/v1/jobs` goes to the holder of the
+    /// scheduler lease. `None`: this process's scheduler.
+    jobs_leader: Option<(watch::Receiver<Standing>, Arc<dyn Clock>)>,
+    /// Client for forwarded job requests.
+    forwarder: reqwest::Client,
 }
 
 impl AppState {
@@ -100,7 +109,20 @@ impl AppState {
             readiness,
             sql: None,
             shutdown: CancellationToken::new(),
+            jobs_leader: None,
+            forwarder: reqwest::Client::new(),
         }
+    }
+
+    /// Sends `/v1/jobs` requests to the holder of the scheduler lease (`standing`), unless it
+    /// is this process.
+    pub fn with_jobs_leader(
+        mut self,
+        standing: watch::Receiver<Standing>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        self.jobs_leader = Some((standing, clock));
+        self
     }
 
     /// Ends open `/stream` responses when `token` fires (the server's stop token).
@@ -168,6 +190,10 @@ fn routes(state: AppState) -> Router {
     router
         .merge(SwaggerUi::new(openapi::DOCS).url(openapi::DOCUMENT, document))
         .route("/", axum::routing::get(console::page))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward::jobs_to_leader,
+        ))
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(uri.path().to_owned()) })
         .with_state(state)
 }
