@@ -37,6 +37,12 @@ enum Command {
         /// with split roles find each other through the object store ([cluster] settings).
         #[arg(long, value_parser = tandem::roles::Roles::parse, default_value = "speed,archive,batch,serve")]
         role: tandem::roles::Roles,
+        /// This process's member name in a cluster (overrides cluster.instance).
+        #[arg(long)]
+        instance: Option<String>,
+        /// Where the other processes reach this one's API (overrides cluster.advertise).
+        #[arg(long)]
+        advertise: Option<String>,
     },
     /// Runs one read-only SQL query against the store: the views (as published by the batch
     /// layer) and `events` (the archive).
@@ -113,6 +119,19 @@ enum BenchCommand {
         /// Payload format of the throughput run: json, avro or protobuf (Confluent-framed).
         #[arg(long, default_value = "json", value_parser = parse_format)]
         format: PayloadFormat,
+    },
+    /// Tandem split over processes: speed throughput with one and two workers, and the
+    /// latency of a query a serving process answers by asking three workers.
+    Scale {
+        /// Orders produced before the workers start.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Sequential queries of the fan-out measurement.
+        #[arg(long, default_value_t = 1_000)]
+        queries: usize,
+        /// Working directory for the stores (emptied first).
+        #[arg(long, default_value = "./tandem-bench-scale")]
+        dir: PathBuf,
     },
     /// Batch-layer recompute throughput next to DuckDB over the same Parquet files.
     Batch {
@@ -308,6 +327,21 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench {
             what:
+                BenchCommand::Scale {
+                    events,
+                    queries,
+                    dir,
+                },
+        } => {
+            bench::scale::run(bench::scale::ScaleBench {
+                events,
+                queries,
+                dir,
+            })
+            .await
+        }
+        Command::Bench {
+            what:
                 BenchCommand::Load {
                     rate,
                     queries,
@@ -357,8 +391,23 @@ async fn main() -> anyhow::Result<()> {
             drop(kafka);
             Ok(())
         }
-        Command::Run { config, http, role } => {
-            let config = Config::load(&config)?;
+        Command::Run {
+            config,
+            http,
+            role,
+            instance,
+            advertise,
+        } => {
+            let mut config = Config::load(&config)?;
+            if let Some(id) = &instance {
+                tandem::config::check_instance(id)
+                    .map_err(|e| anyhow::anyhow!("--instance {e}"))?;
+            }
+            if instance.is_some() || advertise.is_some() {
+                let cluster = config.cluster.get_or_insert_with(Default::default);
+                cluster.instance = instance.or(cluster.instance.take());
+                cluster.advertise = advertise.or(cluster.advertise.take());
+            }
             let running = process::start(
                 &config,
                 RunOptions {

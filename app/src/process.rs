@@ -71,6 +71,11 @@ pub enum Error {
     #[error("HTTP server: {0}")]
     Serve(#[source] std::io::Error),
     #[error(
+        "the API has tokens, so the processes of a cluster need one to ask each other: set \
+         cluster.token_env or TANDEM_CLUSTER_TOKEN to a token of read scope"
+    )]
+    ClusterToken,
+    #[error(
         "refusing to serve an open API on {addr}, which is not a loopback address: configure \
          [[http.tokens]], or set http.allow_anonymous = true to allow anyone who reaches it"
     )]
@@ -154,6 +159,12 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         source,
     })?;
     let cluster = wiring::cluster(config, &roles, http, &store);
+    if let Some(cluster) = &cluster
+        && !config.http.policy.access.is_open()
+        && cluster.fleet.token.is_none()
+    {
+        return Err(Error::ClusterToken);
+    }
     let partition_count = i32::try_from(found.partitions).unwrap_or(i32::MAX);
     // Drift compares merged speed state with batch truth: only a worker that owns every
     // partition (no cluster) has it. Workers of a group release what the batch layer covers.
@@ -181,10 +192,8 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
                 Some((Arc::clone(&cluster.membership), cluster.instance.clone()));
             // Static membership: a restarted worker takes its partitions back without waiting
             // for the group to notice it left (on brokers that support it).
-            speed_config
-                .kafka_options
-                .entry("group.instance.id".into())
-                .or_insert_with(|| cluster.instance.clone());
+            speed_config.static_member =
+                cluster.static_membership.then(|| cluster.instance.clone());
             tracker.spawn(tandem_speed_layer::announce::announce(
                 speed.clone(),
                 Arc::clone(&cluster.membership),

@@ -15,10 +15,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tandem_serving::fleet::FleetSettings;
-use tandem_shared::time::Span;
 use tandem_store::members::Membership;
 
-use crate::config::{ClusterConfig, Config};
+use crate::config::Config;
 use crate::roles::Roles;
 
 /// The speed layer's consumer settings; checkpoints go to `store`.
@@ -45,8 +44,12 @@ pub fn speed_config(
         kafka_options: kafka.options.clone(),
         registry: registry.cloned(),
         membership: None,
+        static_member: None,
     }
 }
+
+/// Where the token processes send each other comes from when `cluster.token_env` is not set.
+pub const CLUSTER_TOKEN_ENV: &str = "TANDEM_CLUSTER_TOKEN";
 
 /// How this process takes part in a cluster of processes.
 #[derive(Debug)]
@@ -57,6 +60,8 @@ pub struct Cluster {
     /// Where the others reach this process's API.
     pub advertise: String,
     pub heartbeat: Duration,
+    /// Use the instance as the speed consumer's static group membership id.
+    pub static_membership: bool,
     pub fleet: FleetSettings,
 }
 
@@ -71,13 +76,7 @@ pub fn cluster(
     if config.cluster.is_none() && roles.is_all() {
         return None;
     }
-    let settings = config.cluster.clone().unwrap_or(ClusterConfig {
-        instance: None,
-        advertise: None,
-        heartbeat: Span::from_millis(1_000),
-        member_ttl: Span::from_millis(6_000),
-        token: None,
-    });
+    let settings = config.cluster.clone().unwrap_or_default();
     let host = host_name();
     let instance = settings
         .instance
@@ -95,9 +94,12 @@ pub fn cluster(
         instance,
         advertise,
         heartbeat: settings.heartbeat.as_duration(),
+        static_membership: settings.static_membership,
         fleet: FleetSettings {
             member_ttl: settings.member_ttl.as_duration(),
-            token: settings.token,
+            token: settings
+                .token
+                .or_else(|| std::env::var(CLUSTER_TOKEN_ENV).ok()),
             ..FleetSettings::default()
         },
     })

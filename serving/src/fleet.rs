@@ -3,19 +3,19 @@
 //!
 //! ```text
 //!  members (heartbeats, refreshed in the background) ─► owners: partition → (worker, epoch)
-//!      │ per worker, in parallel: GET {address}/v1/internal/partials/{view}?from&to
-//!      │   (this process's own worker is read in place)
-//!      ▼ Arrow IPC: partials per owned partition, each with its ownership epoch
-//!  accept a partition's partials from the reply with the highest epoch known for it; a reply
-//!  that no longer owns a partition, or owns it at an older epoch, is stale
+//!      │ per worker, in parallel: GET {address}/v1/internal/partials/{view}?from&to&partitions
+//!      │   (the partitions it owns by the heartbeats; this process's own worker read in place)
+//!      ▼ Arrow IPC: partials merged over the partitions it merged in, named with their epochs
+//!  take a reply whole if each of its partitions is wanted, unanswered, and at the highest
+//!  epoch known for it; a reply naming an older epoch (the group moved it) is stale
 //!      │ unanswered partitions: re-read the members, ask again (a few rounds, moments apart)
 //!      ▼
 //!  merge over partitions (sketches merge losslessly) ─► FreshRows { rows, missing partitions }
 //! ```
 //!
 //! Invariants:
-//! - A partition's events are counted once: its partials are taken from exactly one reply, the
-//!   one of its newest owner (highest epoch) among the replies.
+//! - A partition's events are counted once: exactly one reply that merged it in is taken, one of
+//!   its newest owner (highest epoch).
 //! - A partition nobody answered for is never silently absent: it is listed in `missing`, and
 //!   the API marks the answer's speed rows `partial`.
 
@@ -102,11 +102,13 @@ pub struct Fleet {
     partition_count: AtomicI32,
 }
 
-/// What one round of asking gathered.
+/// What the rounds of asking gathered.
 #[derive(Debug, Default)]
 struct Gathered {
-    /// Partition → (epoch, partials) of the reply accepted for it.
-    answered: BTreeMap<i32, (u64, Vec<Partial>)>,
+    /// Partitions answered for, with the epoch of the reply taken.
+    answered: BTreeMap<i32, u64>,
+    /// Partials of the replies taken (each merged over its partitions).
+    partials: Vec<Partial>,
 }
 
 impl Fleet {
@@ -202,19 +204,24 @@ impl Fleet {
             let wanted: BTreeSet<i32> = (0..count)
                 .filter(|p| !gathered.answered.contains_key(p))
                 .collect();
-            let ask: BTreeMap<&str, &Member> = owners
-                .iter()
-                .filter(|(p, _)| wanted.contains(p))
-                .map(|(_, (m, _))| (m.id.as_str(), *m))
-                .collect();
+            let mut ask: BTreeMap<&str, (&Member, Vec<i32>)> = BTreeMap::new();
+            for (p, (m, _)) in owners.iter().filter(|(p, _)| wanted.contains(p)) {
+                ask.entry(m.id.as_str())
+                    .or_insert((*m, Vec::new()))
+                    .1
+                    .push(*p);
+            }
             if ask.is_empty() {
                 if wanted.is_empty() {
                     break;
                 }
                 continue;
             }
-            let replies =
-                futures::future::join_all(ask.values().map(|m| self.ask(m, view, range))).await;
+            let replies = futures::future::join_all(
+                ask.values()
+                    .map(|(m, partitions)| self.ask(m, view, range, partitions)),
+            )
+            .await;
             // The newest epoch known for each partition: from heartbeats and from replies.
             let mut newest: BTreeMap<i32, u64> =
                 owners.iter().map(|(p, (_, e))| (*p, *e)).collect();
@@ -232,7 +239,9 @@ impl Fleet {
                         continue;
                     }
                 };
-                gathered.accept(reply, &wanted, &newest);
+                if !gathered.accept(reply, &wanted, &newest) {
+                    tracing::debug!(round, "a stale reply was not taken");
+                }
             }
             if wanted.iter().all(|p| gathered.answered.contains_key(p)) {
                 break;
@@ -244,32 +253,36 @@ impl Fleet {
         if !missing.is_empty() {
             metrics::counter!("tandem_fleet_partial_answers_total").increment(1);
         }
-        let partials = gathered
-            .answered
-            .into_values()
-            .flat_map(|(_, partials)| partials)
-            .collect();
-        (partials, missing)
+        (gathered.partials, missing)
     }
 
-    /// One worker's partials of `view`: in place for this process's own worker.
+    /// One worker's partials of `view` over `partitions`: in place for this process's own
+    /// worker.
     async fn ask(
         &self,
         member: &Member,
         view: &str,
         range: StartRange,
+        partitions: &[i32],
     ) -> Result<OwnedPartials, Error> {
         if let Some((id, speed)) = &self.local
             && *id == member.id
         {
-            return Ok(speed.owned_partials(view, range).unwrap_or_default());
+            return Ok(speed
+                .owned_partials(view, range, Some(partitions))
+                .unwrap_or_default());
         }
         let address = member.address.trim_end_matches('/');
         let url = format!("{address}/v1/internal/partials/{view}");
+        let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
         let mut request = self
             .client
             .get(&url)
-            .query(&[("from", range.from.millis()), ("to", range.to.millis())])
+            .query(&[
+                ("from", range.from.millis().to_string()),
+                ("to", range.to.millis().to_string()),
+                ("partitions", list.join(",")),
+            ])
             .timeout(self.settings.timeout);
         if let Some(token) = &self.settings.token {
             request = request.bearer_auth(token);
@@ -300,30 +313,27 @@ impl Fleet {
 }
 
 impl Gathered {
-    /// Takes a reply's partials of the partitions it answers for: wanted, not yet answered, and
-    /// owned at the newest epoch known. Pure.
+    /// Takes a reply whole if every partition it merged in is wanted, not yet answered, and
+    /// owned at the newest epoch known; otherwise not at all (it is stale, or overlaps a reply
+    /// already taken). Returns whether it was taken. Pure.
     fn accept(
         &mut self,
         reply: OwnedPartials,
         wanted: &BTreeSet<i32>,
         newest: &BTreeMap<i32, u64>,
-    ) {
-        let mut taken: BTreeMap<i32, (u64, Vec<Partial>)> = reply
-            .owned
-            .iter()
-            .filter(|o| {
-                wanted.contains(&o.partition)
-                    && !self.answered.contains_key(&o.partition)
-                    && newest.get(&o.partition).is_none_or(|e| o.epoch >= *e)
-            })
-            .map(|o| (o.partition, (o.epoch, Vec::new())))
-            .collect();
-        for (partition, partial) in reply.partials {
-            if let Some((_, list)) = taken.get_mut(&partition) {
-                list.push(partial);
-            }
+    ) -> bool {
+        let fresh = reply.owned.iter().all(|o| {
+            wanted.contains(&o.partition)
+                && !self.answered.contains_key(&o.partition)
+                && newest.get(&o.partition).is_none_or(|e| o.epoch >= *e)
+        });
+        if !fresh {
+            return false;
         }
-        self.answered.extend(taken);
+        self.answered
+            .extend(reply.owned.iter().map(|o| (o.partition, o.epoch)));
+        self.partials.extend(reply.partials);
+        true
     }
 }
 
@@ -449,13 +459,13 @@ mod tests {
         }
     }
 
-    fn reply(owned: &[(i32, u64)], rows: &[(i32, u64)]) -> OwnedPartials {
+    fn reply(owned: &[(i32, u64)], n: u64) -> OwnedPartials {
         OwnedPartials {
             owned: owned
                 .iter()
                 .map(|&(partition, epoch)| Owned { partition, epoch })
                 .collect(),
-            partials: rows.iter().map(|&(p, n)| (p, partial(n))).collect(),
+            partials: vec![partial(n)],
         }
     }
 
@@ -465,43 +475,30 @@ mod tests {
         // Partition 1 moved from the old worker (epoch 2) to the new one (epoch 5).
         let newest = BTreeMap::from([(0, 2), (1, 5), (2, 5)]);
         let mut g = Gathered::default();
-        g.accept(
-            reply(&[(0, 2), (1, 2)], &[(0, 10), (1, 99)]),
-            &wanted,
-            &newest,
-        );
-        g.accept(
-            reply(&[(1, 5), (2, 5)], &[(1, 7), (2, 3)]),
-            &wanted,
-            &newest,
-        );
-        // A late duplicate of partition 2 (same epoch) is not counted twice.
-        g.accept(reply(&[(2, 5)], &[(2, 3)]), &wanted, &newest);
-        let got: BTreeMap<i32, (u64, usize)> = g
-            .answered
-            .iter()
-            .map(|(p, (e, list))| (*p, (*e, list.len())))
-            .collect();
-        assert_eq!(got, BTreeMap::from([(0, (2, 1)), (1, (5, 1)), (2, (5, 1))]));
-        let rows = merge_partials(
-            g.answered.into_values().flat_map(|(_, l)| l).collect(),
-            false,
-        );
+        // The old worker still merges partition 1 in: stale, not taken at all.
+        assert!(!g.accept(reply(&[(0, 2), (1, 2)], 99), &wanted, &newest));
+        assert!(g.accept(reply(&[(1, 5), (2, 5)], 10), &wanted, &newest));
+        // Asked again for partition 0 alone, it answers.
+        assert!(g.accept(reply(&[(0, 2)], 7), &wanted, &newest));
+        // A late duplicate of partition 2 is not counted twice.
+        assert!(!g.accept(reply(&[(2, 5)], 3), &wanted, &newest));
+        assert_eq!(g.answered, BTreeMap::from([(0, 2), (1, 5), (2, 5)]));
+        let rows = merge_partials(g.partials, false);
         assert_eq!(
             rows[0].values,
-            [tandem_shared::value::AggregateValue::Int(20)],
-            "10 + 7 + 3: the stale 99 is not counted"
+            [tandem_shared::value::AggregateValue::Int(17)],
+            "10 + 7: the stale 99 and the duplicate 3 are not counted"
         );
     }
 
     #[test]
-    fn partitions_nobody_answers_for_are_left_unanswered() {
+    fn a_partition_nobody_answers_for_is_left_unanswered() {
         let wanted: BTreeSet<i32> = (0..4).collect();
         let newest = BTreeMap::from([(0, 1), (1, 1), (2, 4), (3, 4)]);
         let mut g = Gathered::default();
-        g.accept(reply(&[(0, 1), (1, 1)], &[(0, 1)]), &wanted, &newest);
-        // Owner of 2 and 3 has given partition 3 up already; its reply names only 2.
-        g.accept(reply(&[(2, 4)], &[]), &wanted, &newest);
+        assert!(g.accept(reply(&[(0, 1), (1, 1)], 1), &wanted, &newest));
+        // The owner of 2 and 3 has given partition 3 up already; its reply names only 2.
+        assert!(g.accept(reply(&[(2, 4)], 1), &wanted, &newest));
         let answered: Vec<i32> = g.answered.keys().copied().collect();
         assert_eq!(answered, [0, 1, 2]);
     }

@@ -80,6 +80,9 @@ pub struct SpeedConfig {
     /// Set when this worker shares the group with others: every assignment claims an ownership
     /// epoch, so that serving instances can tell the newest owner of a partition.
     pub membership: Option<(Arc<Membership>, String)>,
+    /// The consumer's `group.instance.id` (static membership: a restarted worker with the same
+    /// id takes its partitions back without a rebalance, on brokers that support it).
+    pub static_member: Option<String>,
 }
 
 /// A change of the consumer's partition assignment, for the watermark tracker.
@@ -259,7 +262,7 @@ impl Ingest {
                 tokio::runtime::Handle::current(),
             )
         });
-        let consumer: BaseConsumer<SpeedContext> = tandem_store::kafka::consumer_config(
+        let mut consumer_config = tandem_store::kafka::consumer_config(
             &config.brokers,
             &config.group_id,
             &[
@@ -268,17 +271,21 @@ impl Ingest {
                 ("fetch.wait.max.ms", "10"),
             ],
             &config.kafka_options,
-        )
-        .create_with_context(SpeedContext {
-            group: config.group_id.clone(),
-            speed: speed.clone(),
-            checkpointer: checkpointer.clone(),
-            membership: config.membership.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            changes: Default::default(),
-            caught_up: Default::default(),
-        })
-        .map_err(Error::Consumer)?;
+        );
+        if let Some(id) = &config.static_member {
+            consumer_config.set("group.instance.id", id);
+        }
+        let consumer: BaseConsumer<SpeedContext> = consumer_config
+            .create_with_context(SpeedContext {
+                group: config.group_id.clone(),
+                speed: speed.clone(),
+                checkpointer: checkpointer.clone(),
+                membership: config.membership.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                changes: Default::default(),
+                caught_up: Default::default(),
+            })
+            .map_err(Error::Consumer)?;
         consumer
             .subscribe(&[config.topic.as_str()])
             .map_err(|source| Error::Subscribe {

@@ -1,17 +1,22 @@
-//! A worker's partial state of one view, per owned partition, as an Arrow IPC stream: what a
-//! serving instance fetches from every speed worker and merges.
+//! A worker's partial state of one view over the partitions it owns, as an Arrow IPC stream:
+//! what a serving instance fetches from every speed worker and merges.
 //!
 //! ```text
-//!  SpeedLayer::owned_partials(view, range) ── pin per partition (pointer copies under the lock)
-//!      ▼ no lock held
-//!  OwnedPartials { owned: [(partition, epoch)], partials: [(partition, window, group, accs)] }
-//!      │ encode: one RecordBatch
-//!      │   partition Int32 | start Int64 | end Int64 | group Binary | accs List<Binary>
-//!      │   schema metadata `tandem.owned`: every owned partition with its epoch, including
-//!      │   partitions with no rows in the range
+//!  SpeedLayer::owned_partials(view, range, asked partitions)
+//!      │ pin the asked partitions it owns (pointer copies under the lock)
+//!      ▼ no lock held: merge over those partitions (one partial per window and group)
+//!  OwnedPartials { owned: [(partition, epoch)], partials: [(window, group, accs)] }
+//!      │ encode: one RecordBatch  start Int64 | end Int64 | group Binary | accs List<Binary>
+//!      │   schema metadata `tandem.owned`: the partitions merged in, each with its epoch
+//!      │   (including partitions with no rows in the range)
 //!      ▼
 //!  HTTP body (application/vnd.apache.arrow.stream) ──► decode ──► merge_states (serving)
 //! ```
+//!
+//! The worker merges its partitions before sending (a reply is as large as the view's answer,
+//! not that times the partitions), so a reader takes a reply whole or not at all: it asks each
+//! worker for the partitions it believes that worker owns, and a reply naming any other
+//! partition or epoch is stale.
 //!
 //! Group keys are postcard-encoded [`GroupKey`]s and aggregates their checkpoint bytes
 //! ([`PartialAggregate::to_bytes`]): the reader merges sketches losslessly, as it merges the
@@ -21,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, BinaryArray, BinaryBuilder, Int32Array, Int64Array, ListArray, ListBuilder, RecordBatch,
+    Array, BinaryArray, BinaryBuilder, Int64Array, ListArray, ListBuilder, RecordBatch,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::error::ArrowError;
@@ -30,12 +35,12 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 use tandem_shared::coverage::StartRange;
 use tandem_shared::row::GroupKey;
 use tandem_shared::time::EventTime;
-use tandem_shared::window::Window;
+use tandem_shared::window::{Window, WindowSpec};
 use tandem_store::members::Owned;
 
 use crate::SpeedLayer;
 use crate::aggregate::PartialAggregate;
-use crate::state::Partial;
+use crate::state::{Partial, merge_states};
 
 /// Media type of the encoded partials.
 pub const MEDIA_TYPE: &str = "application/vnd.apache.arrow.stream";
@@ -53,27 +58,37 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The partial state of one view's windows on one worker, per owned partition.
+/// The partial state of one view's windows on one worker, merged over some partitions it owns.
 #[derive(Debug, Clone, Default)]
 pub struct OwnedPartials {
-    /// Every partition the worker owns, with its ownership epoch.
+    /// The partitions merged in, with their ownership epochs.
     pub owned: Vec<Owned>,
-    /// Window and group partials, each with the partition it came from.
-    pub partials: Vec<(i32, Partial)>,
+    /// One partial per window and group (session fragments of one group that overlap are one).
+    pub partials: Vec<Partial>,
 }
 
 impl SpeedLayer {
-    /// The partial state of `view`'s windows starting in `range`, per owned partition; `None`
-    /// for an unknown view.
-    pub fn owned_partials(&self, view: &str, range: StartRange) -> Option<OwnedPartials> {
+    /// The partial state of `view`'s windows starting in `range`, merged over the owned
+    /// partitions among `asked` (every owned partition for `None`); `None` for an unknown view.
+    pub fn owned_partials(
+        &self,
+        view: &str,
+        range: StartRange,
+        asked: Option<&[i32]>,
+    ) -> Option<OwnedPartials> {
         let pinned = self.pin_owned(view, range)?;
         let mut out = OwnedPartials::default();
+        let mut sessions = false;
+        let mut partials = Vec::new();
         for (owned, pinned) in pinned {
-            let partition = owned.partition;
+            if asked.is_some_and(|a| !a.contains(&owned.partition)) {
+                continue;
+            }
+            sessions = matches!(pinned.program().view.window, WindowSpec::Session { .. });
             out.owned.push(owned);
-            out.partials
-                .extend(pinned.partials().into_iter().map(|p| (partition, p)));
+            partials.extend(pinned.partials());
         }
+        out.partials = merge_states(partials, sessions);
         Some(out)
     }
 }
@@ -82,7 +97,6 @@ fn schema(owned: &[Owned]) -> Result<Schema> {
     let owned = serde_json::to_string(owned).map_err(|e| Error::Format(e.to_string()))?;
     Ok(Schema::new_with_metadata(
         vec![
-            Field::new("partition", DataType::Int32, false),
             Field::new("start", DataType::Int64, false),
             Field::new("end", DataType::Int64, false),
             Field::new("group", DataType::Binary, false),
@@ -103,9 +117,11 @@ pub fn encode(partials: &OwnedPartials) -> Result<Vec<u8>> {
     let mut groups = BinaryBuilder::new();
     let mut accs = ListBuilder::new(BinaryBuilder::new())
         .with_field(Arc::new(Field::new_list_field(DataType::Binary, true)));
-    for (_, p) in rows {
-        let key = postcard::to_allocvec(&p.group).map_err(|e| Error::Format(e.to_string()))?;
-        groups.append_value(key);
+    let mut key = Vec::new();
+    for p in rows {
+        key.clear();
+        key = postcard::to_extend(&p.group, key).map_err(|e| Error::Format(e.to_string()))?;
+        groups.append_value(&key);
         for acc in &p.accs {
             accs.values().append_value(acc.to_bytes());
         }
@@ -114,12 +130,11 @@ pub fn encode(partials: &OwnedPartials) -> Result<Vec<u8>> {
     let batch = RecordBatch::try_new(
         Arc::clone(&schema),
         vec![
-            Arc::new(Int32Array::from_iter_values(rows.iter().map(|(p, _)| *p))),
             Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|(_, p)| p.window.start.millis()),
+                rows.iter().map(|p| p.window.start.millis()),
             )),
             Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|(_, p)| p.window.end.millis()),
+                rows.iter().map(|p| p.window.end.millis()),
             )),
             Arc::new(groups.finish()),
             Arc::new(accs.finish()),
@@ -154,20 +169,22 @@ pub fn decode(bytes: &[u8]) -> Result<OwnedPartials> {
     let mut partials = Vec::new();
     for batch in reader {
         let batch = batch?;
-        let partition = column::<Int32Array>(&batch, "partition")?;
         let start = column::<Int64Array>(&batch, "start")?;
         let end = column::<Int64Array>(&batch, "end")?;
         let group = column::<BinaryArray>(&batch, "group")?;
         let accs = column::<ListArray>(&batch, "accs")?;
+        // The aggregates of every row in one array, cut by the list offsets (no per-row slice).
+        let values = accs
+            .values()
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .ok_or_else(|| Error::Format("aggregates are not binary".to_owned()))?;
+        let offsets = accs.value_offsets();
         for row in 0..batch.num_rows() {
             let key: GroupKey = postcard::from_bytes(group.value(row))
                 .map_err(|e| Error::Format(format!("group key: {e}")))?;
-            let values = accs.value(row);
-            let values = values
-                .as_any()
-                .downcast_ref::<BinaryArray>()
-                .ok_or_else(|| Error::Format("aggregates are not binary".to_owned()))?;
-            let accs = (0..values.len())
+            let (from, to) = (offsets[row] as usize, offsets[row + 1] as usize);
+            let accs = (from..to)
                 .map(|i| PartialAggregate::from_bytes(values.value(i)))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Error::Format(format!("aggregate state: {e}")))?;
@@ -175,14 +192,11 @@ pub fn decode(bytes: &[u8]) -> Result<OwnedPartials> {
                 start: EventTime(start.value(row)),
                 end: EventTime(end.value(row)),
             };
-            partials.push((
-                partition.value(row),
-                Partial {
-                    window,
-                    group: key,
-                    accs,
-                },
-            ));
+            partials.push(Partial {
+                window,
+                group: key,
+                accs,
+            });
         }
     }
     Ok(OwnedPartials { owned, partials })
@@ -235,7 +249,7 @@ mod tests {
         let local = speed.query("v", all).unwrap();
         assert!(!local.is_empty());
 
-        let sent = speed.owned_partials("v", all).unwrap();
+        let sent = speed.owned_partials("v", all, None).unwrap();
         let got = decode(&encode(&sent).unwrap()).unwrap();
         assert_eq!(
             got.owned,
@@ -251,9 +265,19 @@ mod tests {
             ]
         );
         assert_eq!(got.partials.len(), sent.partials.len());
-        let partials = got.partials.into_iter().map(|(_, p)| p).collect();
-        assert_eq!(merge_partials(partials, false), local);
-        assert!(speed.owned_partials("nope", all).is_none());
+        assert_eq!(merge_partials(got.partials, false), local);
+        assert!(speed.owned_partials("nope", all, None).is_none());
+        // Asked for one partition (and one it does not own): only that one is merged in.
+        let one = speed.owned_partials("v", all, Some(&[3, 7])).unwrap();
+        assert_eq!(
+            one.owned.iter().map(|o| o.partition).collect::<Vec<_>>(),
+            [3]
+        );
+        let n: i64 = merge_partials(one.partials, false)
+            .iter()
+            .map(|r| r.values[0].as_f64().unwrap() as i64)
+            .sum();
+        assert_eq!(n, 50);
     }
 
     #[test]
@@ -272,7 +296,7 @@ mod tests {
         let got = decode(
             &encode(
                 &speed
-                    .owned_partials("v", StartRange::new(EventTime(0), EventTime(1)))
+                    .owned_partials("v", StartRange::new(EventTime(0), EventTime(1)), None)
                     .unwrap(),
             )
             .unwrap(),

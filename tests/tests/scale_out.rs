@@ -262,3 +262,61 @@ async fn the_scheduler_lease_moves_when_its_holder_dies() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// The no-kill scenario on a real Kafka-protocol broker (tansu): two speed workers split the
+/// partitions through the broker's consumer group (with static membership ids), and every
+/// instance answers for all of them. Fail-over is tested on the embedded broker only: tansu
+/// 0.6.0 never hands a SIGKILLed member's partitions to another member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_split_the_partitions_of_a_real_broker_and_every_instance_answers()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = tandem_tests::ExternalBroker::start(dir.path())?;
+    for topic in TOPICS {
+        let (name, partitions) = topic.split_once(':').context("topic")?;
+        broker.create_topic(name, partitions.parse()?).await?;
+    }
+    let store = dir.path().join("store");
+    let config = std::fs::read_to_string(tandem_tests::fixture("recovery.toml"))?
+        .replace("@BROKERS@", &broker.bootstrap)
+        .replace("@STORE@", &store.display().to_string());
+    let config_path = dir.path().join("tandem.toml");
+    std::fs::write(&config_path, config)?;
+    let start = |roles: &str| {
+        let mut args = tandem_tests::run_args(&config_path);
+        args.extend(["--role".to_owned(), roles.to_owned()]);
+        TestServer::spawn(&args, &[], dir.path(), tandem_tests::Ready::Http)
+    };
+    let a = start("speed,serve")?;
+    let b = start("speed,serve")?;
+    let serving = start("serve")?;
+    let producer: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let base = now - now.rem_euclid(MINUTE) - 30 * MINUTE;
+    produce(&producer, base, 0..2_000).await?;
+    for server in [&serving, &a, &b] {
+        wait_whole(&client(), server, base, 2_000, Duration::from_secs(120))
+            .await
+            .with_context(|| format!("worker A:\n{}\nworker B:\n{}", a.log(), b.log()))?;
+    }
+    let storage = tandem_store::StorageSettings::at(format!("file://{}", store.display()));
+    let store = tandem_store::open(&storage)?;
+    let members = tandem_store::members::Membership::new(store, "tandem-speed")
+        .live(
+            chrono::Utc::now().timestamp_millis(),
+            Duration::from_secs(10),
+        )
+        .await?;
+    let owned: Vec<usize> = members.iter().map(|m| m.owned.len()).collect();
+    ensure!(
+        owned.len() == 2 && owned.iter().all(|n| *n > 0) && owned.iter().sum::<usize>() == 4,
+        "both workers should own partitions: {members:?}"
+    );
+    Ok(())
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}

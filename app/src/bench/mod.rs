@@ -2,6 +2,8 @@
 //!
 //! - [`speed`]: events per CPU-second through the speed layer (JSON, Avro or Protobuf payloads),
 //!   and produce → queryable latency.
+//! - [`scale`]: speed throughput with one and two worker processes, and fan-out query latency
+//!   with three.
 //! - [`batch`]: recompute throughput next to DuckDB over the same Parquet files.
 //! - [`history`]: serving memory, publication time and query latency on day 1 and day N.
 //! - [`load`]: view query latency from a separate load process while the speed layer ingests,
@@ -11,6 +13,7 @@ pub mod batch;
 pub mod history;
 pub mod load;
 mod payloads;
+pub mod scale;
 pub mod speed;
 mod sql;
 

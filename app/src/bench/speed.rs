@@ -85,7 +85,7 @@ fn order(rng: &mut StdRng, seq: u64, ts: i64, city: &str) -> String {
 }
 
 /// The random parts of an order: user, amount, event type.
-fn order_values(rng: &mut StdRng) -> (String, f64, &'static str) {
+pub(super) fn order_values(rng: &mut StdRng) -> (String, f64, &'static str) {
     let event_type = if rng.random_ratio(7, 10) {
         "order_placed"
     } else {
@@ -96,7 +96,7 @@ fn order_values(rng: &mut StdRng) -> (String, f64, &'static str) {
     (user, amount, event_type)
 }
 
-fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+pub(super) fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "2")
@@ -105,7 +105,7 @@ fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerCon
         .create()?)
 }
 
-fn send<P: rdkafka::message::ToBytes + ?Sized>(
+pub(super) fn send<P: rdkafka::message::ToBytes + ?Sized>(
     p: &ThreadedProducer<DefaultProducerContext>,
     topic: &str,
     key: &str,

@@ -9,7 +9,17 @@
 //! heartbeat = "1s"                     # how often a speed worker announces its partitions
 //! member_ttl = "6s"                    # a heartbeat older than this is a dead worker
 //! token_env = "TANDEM_CLUSTER_TOKEN"   # a bearer token (read scope) sent to the others
+//! static_membership = true             # the instance is the speed consumer's group.instance.id
 //! ```
+//!
+//! Static membership lets a restarted speed worker (same instance name) take its partitions back
+//! at once instead of after the session timeout; it is off by default because not every
+//! Kafka-protocol broker implements it (tansu 0.6.0 stops assigning partitions at all).
+//!
+//! A process runs as part of a cluster when `[cluster]` is configured or its roles are split
+//! (`--role` short of all four); then every setting has a default: the instance is
+//! `<host name>-<HTTP port>`, the address `http://` and the bound address (the host name when
+//! bound to all interfaces), and the token the `TANDEM_CLUSTER_TOKEN` environment variable.
 
 use serde::Deserialize;
 use tandem_shared::time::Span;
@@ -24,6 +34,7 @@ pub(super) struct ClusterFile {
     heartbeat: Option<String>,
     member_ttl: Option<String>,
     token_env: Option<String>,
+    static_membership: Option<bool>,
 }
 
 /// The `[cluster]` settings.
@@ -36,6 +47,32 @@ pub struct ClusterConfig {
     pub heartbeat: Span,
     pub member_ttl: Span,
     pub token: Option<String>,
+    pub static_membership: bool,
+}
+
+impl Default for ClusterConfig {
+    /// Every setting's default (the section present but empty).
+    fn default() -> Self {
+        Self {
+            instance: None,
+            advertise: None,
+            heartbeat: Span::from_millis(1_000),
+            member_ttl: Span::from_millis(6_000),
+            token: None,
+            static_membership: false,
+        }
+    }
+}
+
+/// An instance name names objects in the store and the Kafka group member: a plain word.
+pub fn check_instance(id: &str) -> Result<(), String> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if id.is_empty() || !id.chars().all(plain) {
+        return Err(format!(
+            "`{id}`: use letters, digits, `-`, `_` and `.` only"
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn cluster_config(
@@ -70,16 +107,8 @@ pub(super) fn cluster_config(
             ),
         ));
     }
-    if let Some(id) = &file.instance
-        && (id.is_empty()
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(invalid(
-            "instance",
-            format!("`{id}`: use letters, digits, `-`, `_` and `.` only"),
-        ));
+    if let Some(id) = &file.instance {
+        check_instance(id).map_err(|problem| invalid("instance", problem))?;
     }
     if let Some(url) = &file.advertise
         && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -104,6 +133,7 @@ pub(super) fn cluster_config(
         heartbeat,
         member_ttl,
         token,
+        static_membership: file.static_membership.unwrap_or(false),
     })
 }
 
@@ -126,11 +156,31 @@ mod tests {
         assert_eq!((c.instance, c.advertise, c.token), (None, None, None));
         let c = parse(
             "instance = \"speed-1\"\nadvertise = \"http://speed-1:8080\"\nheartbeat = \"2s\"\n\
-             member_ttl = \"10s\"\ntoken_env = \"TOKEN\"",
+             member_ttl = \"10s\"\ntoken_env = \"TOKEN\"\nstatic_membership = true",
         )
         .unwrap();
         assert_eq!(c.instance.as_deref(), Some("speed-1"));
         assert_eq!(c.token.as_deref(), Some("secret"));
+        assert!(c.static_membership);
+    }
+
+    /// The configuration the Kubernetes manifests ship parses, with its `[cluster]` section.
+    #[test]
+    fn the_kubernetes_config_map_holds_a_valid_configuration() {
+        let map = include_str!("../../../deploy/kubernetes/configmap.yaml");
+        let (_, body) = map.split_once("tandem.toml: |\n").unwrap();
+        let text: String = body
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config =
+            crate::config::Config::parse_with_env(&text, "configmap.yaml", &|_| Some("t".into()))
+                .unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.token.as_deref(), Some("t"));
+        assert_eq!(cluster.member_ttl, Span::from_millis(6_000));
+        assert!(cluster.static_membership);
     }
 
     #[test]

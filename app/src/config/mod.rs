@@ -14,7 +14,7 @@ mod format;
 mod http;
 mod storage;
 
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, check_instance};
 use cluster::{ClusterFile, cluster_config};
 pub use http::HttpConfig;
 use http::{HttpFile, http_config};

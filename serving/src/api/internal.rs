@@ -22,14 +22,15 @@ fn millis(name: &str, text: &str) -> Result<EventTime, ApiError> {
         })
 }
 
-/// The partial aggregate state of a view's windows on this speed worker, per partition it owns
-/// (with each partition's ownership epoch), as an Arrow IPC stream. Serving instances merge
+/// The partial aggregate state of a view's windows on this speed worker, merged over the
+/// partitions asked that it owns (named with their ownership epochs), as an Arrow IPC stream. Serving instances merge
 /// these from every worker; not meant for end users.
 #[utoipa::path(get, path = "/v1/internal/partials/{name}", tag = "internal",
     params(
         ("name" = String, Path, description = "The view"),
         ("from" = Option<i64>, Query, description = "First window start, epoch ms (default: the earliest)"),
         ("to" = Option<i64>, Query, description = "Window starts before this, epoch ms (default: no bound)"),
+        ("partitions" = Option<String>, Query, description = "Comma-separated partitions to merge (default: every owned one)"),
     ),
     responses(
         (status = 200, description = "Partials per owned partition",
@@ -44,14 +45,27 @@ pub(super) async fn partials_of_view(
 ) -> Result<Response, ApiError> {
     state.view(&name)?;
     let mut range = StartRange::new(EventTime::MIN, EventTime::MAX);
+    let mut asked: Option<Vec<i32>> = None;
     for (key, value) in &params {
         match key.as_str() {
             "from" => range.from = millis("from", value)?,
             "to" => range.to = millis("to", value)?,
+            "partitions" => {
+                let list = value
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.trim().parse::<i32>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| ApiError::BadParameter {
+                        name: "partitions".into(),
+                        problem: format!("`{value}` is not a comma-separated list of partitions"),
+                    })?;
+                asked = Some(list);
+            }
             other => {
                 return Err(ApiError::BadParameter {
                     name: other.to_owned(),
-                    problem: "unknown parameter: give from and to".into(),
+                    problem: "unknown parameter: give from, to and partitions".into(),
                 });
             }
         }
@@ -61,7 +75,7 @@ pub(super) async fn partials_of_view(
         .local()
         .ok_or_else(|| ApiError::NotFound("this process runs no speed worker".into()))?;
     let owned = speed
-        .owned_partials(&name, range)
+        .owned_partials(&name, range, asked.as_deref())
         .ok_or_else(|| ApiError::UnknownView(name.clone()))?;
     let body = partials::encode(&owned)
         .map_err(|e| ApiError::Internal(format!("encoding partials: {e}")))?;

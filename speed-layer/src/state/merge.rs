@@ -2,6 +2,9 @@
 //! shape as DataFusion's two-phase aggregation.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use foldhash::fast::RandomState;
 
 use tandem_shared::row::{GroupKey, ViewRow};
 use tandem_shared::window::Window;
@@ -38,7 +41,7 @@ pub fn merge_partials(partials: Vec<Partial>, sessions: bool) -> Vec<ViewRow> {
 /// particular order: the state a rollup combines further.
 pub fn merge_states(partials: Vec<Partial>, sessions: bool) -> Vec<Partial> {
     if sessions {
-        let mut by_group: HashMap<GroupKey, Vec<Partial>> = HashMap::new();
+        let mut by_group: HashMap<GroupKey, Vec<Partial>, RandomState> = HashMap::default();
         for p in partials {
             by_group.entry(p.group.clone()).or_default().push(p);
         }
@@ -63,15 +66,24 @@ pub fn merge_states(partials: Vec<Partial>, sessions: bool) -> Vec<Partial> {
         }
         out
     } else {
-        let mut by_key: HashMap<(Window, GroupKey), Partial> = HashMap::new();
+        // Keys move in and out: a group key is never cloned.
+        let mut by_key: HashMap<(Window, GroupKey), Vec<PartialAggregate>, RandomState> =
+            HashMap::with_capacity_and_hasher(partials.len(), RandomState::default());
         for p in partials {
-            match by_key.get_mut(&(p.window, p.group.clone())) {
-                Some(existing) => merge_accs(&mut existing.accs, &p.accs),
-                None => {
-                    by_key.insert((p.window, p.group.clone()), p);
+            match by_key.entry((p.window, p.group)) {
+                Entry::Occupied(mut e) => merge_accs(e.get_mut(), &p.accs),
+                Entry::Vacant(e) => {
+                    e.insert(p.accs);
                 }
             }
         }
-        by_key.into_values().collect()
+        by_key
+            .into_iter()
+            .map(|((window, group), accs)| Partial {
+                window,
+                group,
+                accs,
+            })
+            .collect()
     }
 }
