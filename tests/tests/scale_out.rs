@@ -296,24 +296,32 @@ async fn workers_split_the_partitions_of_a_real_broker_and_every_instance_answer
     let now = chrono::Utc::now().timestamp_millis();
     let base = now - now.rem_euclid(MINUTE) - 30 * MINUTE;
     produce(&producer, base, 0..2_000).await?;
+    // The second worker's join makes the group split the partitions (a rebalance may follow
+    // the first assignment by a few seconds).
+    let storage = tandem_store::StorageSettings::at(format!("file://{}", store.display()));
+    let membership =
+        tandem_store::members::Membership::new(tandem_store::open(&storage)?, "tandem-speed");
+    tandem_tests::eventually(Duration::from_secs(60), || async {
+        let members = membership
+            .live(
+                chrono::Utc::now().timestamp_millis(),
+                Duration::from_secs(10),
+            )
+            .await?;
+        let owned: Vec<usize> = members.iter().map(|m| m.owned.len()).collect();
+        ensure!(
+            owned.len() == 2 && owned.iter().all(|n| *n > 0) && owned.iter().sum::<usize>() == 4,
+            "both workers should own partitions: {members:?}"
+        );
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("worker A:\n{}\nworker B:\n{}", a.log(), b.log()))?;
     for server in [&serving, &a, &b] {
         wait_whole(&client(), server, base, 2_000, Duration::from_secs(120))
             .await
             .with_context(|| format!("worker A:\n{}\nworker B:\n{}", a.log(), b.log()))?;
     }
-    let storage = tandem_store::StorageSettings::at(format!("file://{}", store.display()));
-    let store = tandem_store::open(&storage)?;
-    let members = tandem_store::members::Membership::new(store, "tandem-speed")
-        .live(
-            chrono::Utc::now().timestamp_millis(),
-            Duration::from_secs(10),
-        )
-        .await?;
-    let owned: Vec<usize> = members.iter().map(|m| m.owned.len()).collect();
-    ensure!(
-        owned.len() == 2 && owned.iter().all(|n| *n > 0) && owned.iter().sum::<usize>() == 4,
-        "both workers should own partitions: {members:?}"
-    );
     Ok(())
 }
 
