@@ -82,6 +82,10 @@ pub enum Error {
     Exposed { addr: String },
 }
 
+/// How long after a publication a worker of a cluster releases the windows it covers: longer
+/// than the serving members take to notice it (their 10 s poll), so they measure drift first.
+const RELEASE_GRACE: Duration = Duration::from_secs(30);
+
 /// How long a scheduler lease term lasts: a dead scheduler's jobs move within about this long.
 const SCHEDULER_LEASE: Duration = Duration::from_secs(10);
 
@@ -166,15 +170,36 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         return Err(Error::ClusterToken);
     }
     let partition_count = i32::try_from(found.partitions).unwrap_or(i32::MAX);
-    // Drift compares merged speed state with batch truth: only a worker that owns every
-    // partition (no cluster) has it. Workers of a group release what the batch layer covers.
-    let reconciler = Reconciler::new(
+    // A serving member of a cluster answers for every partition by asking the workers.
+    let fleet = match &cluster {
+        Some(cluster) if roles.has(Role::Serve) => {
+            let fleet = Arc::new(Fleet::new(
+                Arc::clone(&cluster.membership),
+                &config.views,
+                roles
+                    .has(Role::Speed)
+                    .then(|| (cluster.instance.clone(), speed.clone())),
+                partition_count,
+                Arc::clone(&clock),
+                cluster.fleet.clone(),
+            ));
+            fleet.refresh().await;
+            Some(fleet)
+        }
+        _ => None,
+    };
+    // Drift compares the speed layer's state of a window with batch truth: a process that owns
+    // every partition measures what it releases; in a cluster, serving members measure the
+    // group's rows and workers release a little later, so that those rows are still there.
+    let mut reconciler = Reconciler::new(
         Arc::clone(&catalog),
         roles.has(Role::Speed).then(|| speed.clone()),
-    )
-    .with_drift(cluster.is_none());
+    );
+    if cluster.is_some() {
+        reconciler = reconciler.in_group(fleet.clone(), RELEASE_GRACE);
+    }
     // Before consuming: windows the batch layer already covers are not rebuilt.
-    reconciler.reconcile().await;
+    reconciler.start().await;
 
     let backend = CancellationToken::new();
     let frontend = CancellationToken::new();
@@ -352,23 +377,12 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         });
     }
 
-    let speed_side = match &cluster {
-        Some(cluster) if roles.has(Role::Serve) => {
-            let fleet = Arc::new(Fleet::new(
-                Arc::clone(&cluster.membership),
-                &config.views,
-                roles
-                    .has(Role::Speed)
-                    .then(|| (cluster.instance.clone(), speed.clone())),
-                partition_count,
-                Arc::clone(&clock),
-                cluster.fleet.clone(),
-            ));
-            fleet.refresh().await;
+    let speed_side = match fleet {
+        Some(fleet) => {
             tracker.spawn(Arc::clone(&fleet).run(backend.child_token()));
             SpeedSide::Group(fleet)
         }
-        _ => SpeedSide::Local(speed.clone()),
+        None => SpeedSide::Local(speed.clone()),
     };
     let sql = SqlEngine::new(
         Arc::clone(&catalog),

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tandem_shared::clock::Clock;
-use tandem_shared::coverage::StartRange;
+use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::row::ViewRow;
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewDefinition;
@@ -109,6 +109,8 @@ struct Gathered {
     answered: BTreeMap<i32, u64>,
     /// Partials of the replies taken (each merged over its partitions).
     partials: Vec<Partial>,
+    /// Windows any worker taken had released already.
+    released: Coverage,
 }
 
 impl Fleet {
@@ -187,8 +189,25 @@ impl Fleet {
         least.map(EventTime)
     }
 
+    /// Final rows of `view` over every partition, the partitions nobody answered for, and the
+    /// windows some worker had already released (for drift measurement: those rows lack
+    /// that worker's share). `None` for an unknown view.
+    pub async fn rows_with_released(
+        &self,
+        view: &str,
+        range: StartRange,
+    ) -> Option<(Vec<ViewRow>, Vec<i32>, Coverage)> {
+        let sessions = self.sessions(view)?;
+        let (gathered, missing) = self.collect(view, range).await;
+        Some((
+            merge_partials(gathered.partials, sessions),
+            missing,
+            gathered.released,
+        ))
+    }
+
     /// Partials of `view` over every partition, and the partitions nobody answered for.
-    async fn collect(&self, view: &str, range: StartRange) -> (Vec<Partial>, Vec<i32>) {
+    async fn collect(&self, view: &str, range: StartRange) -> (Gathered, Vec<i32>) {
         let count = self.partition_count.load(Ordering::Relaxed).max(0);
         let mut gathered = Gathered::default();
         let mut members = self.members();
@@ -253,7 +272,7 @@ impl Fleet {
         if !missing.is_empty() {
             metrics::counter!("tandem_fleet_partial_answers_total").increment(1);
         }
-        (gathered.partials, missing)
+        (gathered, missing)
     }
 
     /// One worker's partials of `view` over `partitions`: in place for this process's own
@@ -333,6 +352,7 @@ impl Gathered {
         self.answered
             .extend(reply.owned.iter().map(|o| (o.partition, o.epoch)));
         self.partials.extend(reply.partials);
+        self.released.union(&reply.released);
         true
     }
 }
@@ -345,9 +365,9 @@ impl FreshViews for Fleet {
     ) -> BoxFuture<'a, Option<FreshRows<ViewRow>>> {
         Box::pin(async move {
             let sessions = self.sessions(view)?;
-            let (partials, missing) = self.collect(view, range).await;
+            let (gathered, missing) = self.collect(view, range).await;
             Some(FreshRows {
-                rows: merge_partials(partials, sessions),
+                rows: merge_partials(gathered.partials, sessions),
                 missing,
             })
         })
@@ -362,9 +382,9 @@ impl FreshStates for Fleet {
     ) -> BoxFuture<'a, Option<FreshRows<Partial>>> {
         Box::pin(async move {
             let sessions = self.sessions(view)?;
-            let (partials, missing) = self.collect(view, range).await;
+            let (gathered, missing) = self.collect(view, range).await;
             Some(FreshRows {
-                rows: merge_states(partials, sessions),
+                rows: merge_states(gathered.partials, sessions),
                 missing,
             })
         })
@@ -466,6 +486,7 @@ mod tests {
                 .map(|&(partition, epoch)| Owned { partition, epoch })
                 .collect(),
             partials: vec![partial(n)],
+            released: Coverage::new(),
         }
     }
 

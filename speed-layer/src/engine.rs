@@ -220,6 +220,13 @@ impl SpeedLayer {
         Some(state::merge_partials(partials, sessions))
     }
 
+    /// The batch layer's coverage of `view` handed to [`SpeedLayer::release`] so far: windows
+    /// this worker no longer holds. `None` for an unknown view.
+    pub fn released(&self, view: &str) -> Option<Coverage> {
+        let index = *self.inner.names.get(view)?;
+        Some(self.coverage_read()[index].clone())
+    }
+
     /// Messages consumed so far, over the partitions this worker owns (the sum of their next
     /// offsets): a cheap progress signal.
     pub fn consumed(&self) -> i64 {

@@ -32,7 +32,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
-use tandem_shared::coverage::StartRange;
+use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::row::GroupKey;
 use tandem_shared::time::EventTime;
 use tandem_shared::window::{Window, WindowSpec};
@@ -46,6 +46,7 @@ use crate::state::{Partial, merge_states};
 pub const MEDIA_TYPE: &str = "application/vnd.apache.arrow.stream";
 
 const OWNED_KEY: &str = "tandem.owned";
+const RELEASED_KEY: &str = "tandem.released";
 
 /// Errors encoding or decoding partials: a bug, or a reply that is not ours.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,9 @@ pub struct OwnedPartials {
     pub owned: Vec<Owned>,
     /// One partial per window and group (session fragments of one group that overlap are one).
     pub partials: Vec<Partial>,
+    /// Windows the worker has released (the batch layer covers them): absent from `partials`
+    /// whatever their events were.
+    pub released: Coverage,
 }
 
 impl SpeedLayer {
@@ -89,12 +93,14 @@ impl SpeedLayer {
             partials.extend(pinned.partials());
         }
         out.partials = merge_states(partials, sessions);
+        out.released = self.released(view).unwrap_or_default();
         Some(out)
     }
 }
 
-fn schema(owned: &[Owned]) -> Result<Schema> {
+fn schema(owned: &[Owned], released: &Coverage) -> Result<Schema> {
     let owned = serde_json::to_string(owned).map_err(|e| Error::Format(e.to_string()))?;
+    let released = serde_json::to_string(released).map_err(|e| Error::Format(e.to_string()))?;
     Ok(Schema::new_with_metadata(
         vec![
             Field::new("start", DataType::Int64, false),
@@ -106,13 +112,16 @@ fn schema(owned: &[Owned]) -> Result<Schema> {
                 false,
             ),
         ],
-        HashMap::from([(OWNED_KEY.to_owned(), owned)]),
+        HashMap::from([
+            (OWNED_KEY.to_owned(), owned),
+            (RELEASED_KEY.to_owned(), released),
+        ]),
     ))
 }
 
 /// Encodes partials as one Arrow IPC stream.
 pub fn encode(partials: &OwnedPartials) -> Result<Vec<u8>> {
-    let schema = Arc::new(schema(&partials.owned)?);
+    let schema = Arc::new(schema(&partials.owned, &partials.released)?);
     let rows = &partials.partials;
     let mut groups = BinaryBuilder::new();
     let mut accs = ListBuilder::new(BinaryBuilder::new())
@@ -158,14 +167,18 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
 /// Decodes what [`encode`] wrote.
 pub fn decode(bytes: &[u8]) -> Result<OwnedPartials> {
     let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
-    let owned = reader
-        .schema()
-        .metadata()
-        .get(OWNED_KEY)
-        .ok_or_else(|| Error::Format(format!("schema metadata `{OWNED_KEY}` missing")))?
-        .clone();
+    let metadata = |key: &str| {
+        reader
+            .schema()
+            .metadata()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::Format(format!("schema metadata `{key}` missing")))
+    };
     let owned: Vec<Owned> =
-        serde_json::from_str(&owned).map_err(|e| Error::Format(e.to_string()))?;
+        serde_json::from_str(&metadata(OWNED_KEY)?).map_err(|e| Error::Format(e.to_string()))?;
+    let released: Coverage =
+        serde_json::from_str(&metadata(RELEASED_KEY)?).map_err(|e| Error::Format(e.to_string()))?;
     let mut partials = Vec::new();
     for batch in reader {
         let batch = batch?;
@@ -199,7 +212,11 @@ pub fn decode(bytes: &[u8]) -> Result<OwnedPartials> {
             });
         }
     }
-    Ok(OwnedPartials { owned, partials })
+    Ok(OwnedPartials {
+        owned,
+        partials,
+        released,
+    })
 }
 
 #[cfg(test)]
@@ -305,5 +322,11 @@ mod tests {
         assert_eq!(got.owned.len(), 1);
         assert!(got.partials.is_empty());
         assert!(decode(b"not arrow").is_err());
+        // What the worker released travels with its partials.
+        let covered = Coverage::from_ranges([StartRange::new(EventTime(0), EventTime(60_000))]);
+        speed.release("v", &covered);
+        let all = StartRange::new(EventTime::MIN, EventTime::MAX);
+        let got = decode(&encode(&speed.owned_partials("v", all, None).unwrap()).unwrap()).unwrap();
+        assert_eq!(got.released, covered);
     }
 }
