@@ -367,3 +367,41 @@ async fn workers_split_the_partitions_of_a_real_broker_and_every_instance_answer
 fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
+
+/// A planned stop (SIGTERM) of a speed worker: it checkpoints and leaves the group, so its
+/// partitions move at once instead of after the session timeout, and answers stay whole or name
+/// what is moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_hands_its_partitions_over_within_seconds() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fixture = RunFixture::new(dir.path(), TOPICS)?;
+    let producer = fixture.producer()?;
+    let client = reqwest::Client::new();
+    let now = chrono::Utc::now().timestamp_millis();
+    let base = now - now.rem_euclid(MINUTE) - 30 * MINUTE;
+    let a = fixture.start_with(&["--role", "speed,serve"], &[])?;
+    let b = fixture.start_with(&["--role", "speed,serve"], &[])?;
+    produce(&producer, base, 0..1_000).await?;
+    tandem_tests::eventually(Duration::from_secs(60), || async {
+        let members = announced(&fixture).await?;
+        ensure!(
+            members.len() == 2 && members.iter().all(|(_, owned)| !owned.is_empty()),
+            "{members:?}"
+        );
+        Ok(())
+    })
+    .await?;
+    wait_whole(&client, &b, base, 1_000, Duration::from_secs(60)).await?;
+    let stopped = Instant::now();
+    let status = a.stop()?;
+    ensure!(status.success(), "worker A exited with {status}");
+    wait_whole(&client, &b, base, 1_000, Duration::from_secs(60)).await?;
+    let moved = stopped.elapsed();
+    eprintln!("scale-out: answers whole again {moved:?} after SIGTERM of a speed worker");
+    let members = announced(&fixture).await?;
+    ensure!(
+        members.len() == 1 && members[0].1.len() == 4,
+        "the stopped worker withdrew its heartbeat and B owns every partition: {members:?}"
+    );
+    Ok(())
+}
