@@ -39,11 +39,13 @@ use crate::tables;
 use tandem_store::manifest;
 
 mod dirty;
+pub mod engine;
 pub mod plan;
 pub mod query;
 pub mod sketches;
 
 pub use dirty::Cleanliness;
+pub use engine::Engine;
 
 pub use plan::Requested;
 
@@ -183,6 +185,10 @@ pub struct Recompute {
     idle_timeout: Span,
     catalog: Arc<ViewCatalog>,
     clock: Arc<dyn Clock>,
+    engine: Engine,
+    /// The in-process Ballista cluster of `Engine::Ballista { url: None }`, started once.
+    #[cfg_attr(not(feature = "ballista"), allow(dead_code))]
+    standalone: Arc<engine::Standalone>,
 }
 
 /// Rows one query should read: big enough that per-query costs (planning, opening files)
@@ -261,6 +267,8 @@ impl Recompute {
             idle_timeout,
             catalog,
             clock,
+            engine: Engine::default(),
+            standalone: Arc::default(),
         }
     }
 
@@ -276,13 +284,50 @@ impl Recompute {
         &self.clock
     }
 
-    fn session(&self) -> Result<SessionContext, DataFusionError> {
+    /// Runs recompute queries on `engine` (DataFusion in this process by default).
+    pub fn with_engine(mut self, engine: Engine) -> Self {
+        self.engine = engine;
+        self
+    }
+
+    async fn session(&self) -> Result<SessionContext, DataFusionError> {
         let config = SessionConfig::new()
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
-        let ctx = SessionContext::new_with_config(config);
-        tables::register_store(&ctx, &self.store)?;
-        sketches::register(&ctx);
-        Ok(ctx)
+        match &self.engine {
+            Engine::DataFusion => {
+                let ctx = SessionContext::new_with_config(config);
+                tables::register_store(&ctx, &self.store)?;
+                sketches::register(&ctx);
+                Ok(ctx)
+            }
+            #[cfg(feature = "ballista")]
+            Engine::Ballista { url } => {
+                use datafusion::execution::SessionStateBuilder;
+                use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+                let runtime = RuntimeEnvBuilder::new().build_arc()?;
+                let store_url = url::Url::parse(tables::events::STORE_URL)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                runtime.register_object_store(&store_url, Arc::clone(&self.store));
+                let mut state = SessionStateBuilder::new()
+                    .with_config(config)
+                    .with_runtime_env(runtime)
+                    .with_default_features()
+                    .build();
+                // The scheduler and the executors resolve the sketch functions by name.
+                for f in sketches::functions() {
+                    datafusion::execution::FunctionRegistry::register_udaf(
+                        &mut state,
+                        Arc::new(f),
+                    )?;
+                }
+                let ctx =
+                    engine::ballista_session(state, url.as_deref(), &self.standalone).await?;
+                sketches::register(&ctx);
+                Ok(ctx)
+            }
+            #[cfg(not(feature = "ballista"))]
+            Engine::Ballista { .. } => Err(engine::unavailable()),
+        }
     }
 
     /// Registers exactly `files` as the events table.
@@ -291,9 +336,18 @@ impl Recompute {
         ctx: &SessionContext,
         files: &[&ArchivedFile],
     ) -> Result<(), DataFusionError> {
-        let parquet = ctx.state().default_table_options().parquet;
-        let table =
-            tables::events::files_table(tables::events::read_schema(&self.schema), files, parquet)?;
+        let schema = tables::events::read_schema(&self.schema);
+        let table = match &self.engine {
+            #[cfg(feature = "ballista")]
+            Engine::Ballista { .. } => {
+                let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+                engine::ballista_files_table(schema, &paths)?
+            }
+            _ => {
+                let parquet = ctx.state().default_table_options().parquet;
+                tables::events::files_table(schema, files, parquet)?
+            }
+        };
         ctx.register_table(query::EVENTS_TABLE, table)?;
         Ok(())
     }
@@ -309,7 +363,7 @@ impl Recompute {
             view: view.name.clone(),
             source,
         };
-        let ctx = self.session().map_err(query_err)?;
+        let ctx = self.session().await.map_err(query_err)?;
         self.register(&ctx, files).map_err(query_err)?;
         tracing::debug!(view = %view.name, %sql, "recompute query");
         let run = async {

@@ -29,8 +29,17 @@ pub const KLL: &str = "tandem_kll";
 
 /// Registers both sketch functions with `ctx`.
 pub fn register(ctx: &SessionContext) {
-    ctx.register_udaf(AggregateUDF::from(SketchFunction::new(Kind::Hll)));
-    ctx.register_udaf(AggregateUDF::from(SketchFunction::new(Kind::Kll)));
+    for f in functions() {
+        ctx.register_udaf(f);
+    }
+}
+
+/// Both sketch functions.
+pub fn functions() -> [AggregateUDF; 2] {
+    [
+        AggregateUDF::from(SketchFunction::new(Kind::Hll)),
+        AggregateUDF::from(SketchFunction::new(Kind::Kll)),
+    ]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

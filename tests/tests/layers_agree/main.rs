@@ -36,6 +36,8 @@ const BASE: i64 = 1_795_255_200_000; // 2026-11-21T10:00:00Z
 const PARTITIONS: i32 = 4;
 const CITIES: [&str; 6] = ["Chennai", "Mumbai", "Berlin", "Lagos", "Tokyo", "Lima"];
 const TYPES: [&str; 3] = ["order_placed", "payment_captured", "order_cancelled"];
+#[cfg(feature = "ballista")]
+mod ballista;
 mod encodings;
 mod oracle;
 mod rollups;
