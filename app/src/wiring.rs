@@ -173,6 +173,7 @@ pub fn recompute(
         Arc::clone(catalog),
         clock,
     )
+    .with_engine(config.engine.clone())
 }
 
 /// The job scheduler's settings.

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod cluster;
+mod engine;
 mod format;
 mod http;
 mod storage;
@@ -163,6 +164,8 @@ struct SchemaFile {
 #[serde(deny_unknown_fields)]
 struct BatchFile {
     schedule: Option<String>,
+    engine: Option<String>,
+    ballista_url: Option<String>,
     job_queue: Option<usize>,
     max_concurrent_jobs: Option<usize>,
     max_attempts: Option<u32>,
@@ -245,6 +248,8 @@ pub struct Config {
     pub registry: Option<RegistrySettings>,
     pub views: Vec<ViewDefinition>,
     pub schedule: Option<String>,
+    /// Where recompute queries run (`[batch] engine`, `ballista_url`).
+    pub engine: tandem_batch_layer::recompute::Engine,
     pub idle_timeout: Span,
     pub job_queue: usize,
     pub max_concurrent_jobs: usize,
@@ -457,6 +462,11 @@ impl Config {
         if max_batch == 0 {
             return Err(invalid("speed", "max_batch", "must be at least 1"));
         }
+        let engine = engine::engine(
+            file.batch.engine.as_deref(),
+            file.batch.ballista_url.as_deref(),
+            &path,
+        )?;
         let http = http_config(file.http, &path, env)?;
         let cluster = file
             .cluster
@@ -494,6 +504,7 @@ impl Config {
             registry,
             views,
             schedule: file.batch.schedule,
+            engine,
             idle_timeout,
             job_queue: file.batch.job_queue.unwrap_or(64).max(1),
             max_concurrent_jobs: file.batch.max_concurrent_jobs.unwrap_or(2).max(1),

@@ -52,11 +52,11 @@ mod ballista_engine {
 
     use ballista::prelude::SessionContextExt;
     use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+    use datafusion::datasource::TableProvider;
     use datafusion::datasource::file_format::parquet::ParquetFormat;
     use datafusion::datasource::listing::{
         ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
     };
-    use datafusion::datasource::TableProvider;
     use datafusion::error::DataFusionError;
     use datafusion::execution::SessionState;
     use datafusion::prelude::SessionContext;
@@ -80,14 +80,19 @@ mod ballista_engine {
                     let scheduler = loop {
                         match SchedulerGrpcClient::connect(grpc.clone()).await {
                             Ok(s) => break s,
-                            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                            Err(_) => {
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                            }
                         }
                     };
                     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
                     ballista_executor::new_standalone_executor_from_state(scheduler, cores, state)
                         .await
                         .map_err(|e| DataFusionError::Configuration(e.to_string()))?;
-                    tracing::info!(port = addr.port(), "standalone Ballista scheduler and executor started");
+                    tracing::info!(
+                        port = addr.port(),
+                        "standalone Ballista scheduler and executor started"
+                    );
                     Ok(format!("df://localhost:{}", addr.port()))
                 })
                 .await
@@ -117,8 +122,8 @@ mod ballista_engine {
             .iter()
             .map(|p| ListingTableUrl::parse(format!("{}/{p}", crate::tables::events::STORE_URL)))
             .collect::<Result<Vec<_>, _>>()?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet");
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
             .with_schema(schema);
@@ -127,7 +132,9 @@ mod ballista_engine {
 }
 
 #[cfg(feature = "ballista")]
-pub(super) use ballista_engine::{files_table as ballista_files_table, session as ballista_session};
+pub(super) use ballista_engine::{
+    files_table as ballista_files_table, session as ballista_session,
+};
 
 /// What a build without the feature answers when asked for Ballista.
 #[cfg(not(feature = "ballista"))]

@@ -320,8 +320,7 @@ impl Recompute {
                         Arc::new(f),
                     )?;
                 }
-                let ctx =
-                    engine::ballista_session(state, url.as_deref(), &self.standalone).await?;
+                let ctx = engine::ballista_session(state, url.as_deref(), &self.standalone).await?;
                 sketches::register(&ctx);
                 Ok(ctx)
             }

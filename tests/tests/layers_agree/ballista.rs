@@ -63,7 +63,10 @@ async fn recomputing_on_ballista_equals_the_in_process_engine_and_the_oracle() {
             for (x, y) in a.values.iter().zip(&b.values) {
                 match (x, y) {
                     (AggregateValue::Float(x), AggregateValue::Float(y)) => {
-                        assert!((x - y).abs() <= 1e-9 * y.abs().max(1.0), "{name}: {x} vs {y}")
+                        assert!(
+                            (x - y).abs() <= 1e-9 * y.abs().max(1.0),
+                            "{name}: {x} vs {y}"
+                        )
                     }
                     _ => assert_eq!(x, y, "{name}"),
                 }
