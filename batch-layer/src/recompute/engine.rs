@@ -12,8 +12,8 @@
 //!
 //! The executors must have the object store and the UDAFs registered: the standalone executor
 //! is built from the same state (its runtime environment and function registry), which is the
-//! way around Ballista's "No object store available" trap. Remote executors must be started
-//! with both registered.
+//! way around Ballista's "No object store available" trap. A remote scheduler and its executors
+//! must have both registered too; Tandem ships neither yet.
 
 #[cfg(not(feature = "ballista"))]
 use datafusion::error::DataFusionError;
@@ -77,11 +77,19 @@ mod ballista_engine {
                             .await
                             .map_err(|e| DataFusionError::Configuration(e.to_string()))?;
                     let grpc = format!("http://localhost:{}", addr.port());
+                    // The scheduler was just started in this process: it answers within moments.
+                    let mut attempts = 0;
                     let scheduler = loop {
                         match SchedulerGrpcClient::connect(grpc.clone()).await {
                             Ok(s) => break s,
+                            Err(err) if attempts >= 100 => {
+                                return Err(DataFusionError::Configuration(format!(
+                                    "the standalone Ballista scheduler at {grpc} did not answer: {err}"
+                                )));
+                            }
                             Err(_) => {
-                                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                                attempts += 1;
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                             }
                         }
                     };
