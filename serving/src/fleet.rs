@@ -52,12 +52,17 @@ pub enum Error {
         address: String,
         status: reqwest::StatusCode,
     },
+    #[error("{address} sent more than {MAX_REPLY_BYTES} bytes of partials")]
+    TooLarge { address: String },
     #[error("{address} sent partials that cannot be read: {source}")]
     Decode {
         address: String,
         source: partials::Error,
     },
 }
+
+/// Largest reply taken from one worker.
+const MAX_REPLY_BYTES: usize = 256 << 20;
 
 /// How a serving instance reaches the workers.
 #[derive(Debug, Clone)]
@@ -318,7 +323,22 @@ impl Fleet {
                 status,
             });
         }
+        // A reply is about the size of the answer; anything far larger is refused rather than
+        // held in memory (a worker's reply is bounded like a query's answer).
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_REPLY_BYTES as u64)
+        {
+            return Err(Error::TooLarge {
+                address: address.to_owned(),
+            });
+        }
         let bytes = response.bytes().await.map_err(at)?;
+        if bytes.len() > MAX_REPLY_BYTES {
+            return Err(Error::TooLarge {
+                address: address.to_owned(),
+            });
+        }
         partials::decode(&bytes).map_err(|source| Error::Decode {
             address: address.to_owned(),
             source,

@@ -74,17 +74,45 @@ async fn wait_whole(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn any_instance_answers_for_every_partition_and_a_killed_worker_is_named_then_replaced()
--> anyhow::Result<()> {
+/// A standalone broker, a store and a producer for one test, and the minute its events start
+/// at (`minutes_back` before now).
+struct Scene {
+    dir: tempfile::TempDir,
+    fixture: RunFixture,
+    producer: rdkafka::producer::FutureProducer,
+    client: reqwest::Client,
+    now: i64,
+    base: i64,
+}
+
+fn scene(minutes_back: i64) -> anyhow::Result<Scene> {
     let dir = tempfile::tempdir()?;
     let fixture = RunFixture::new(dir.path(), TOPICS)?;
     let producer = fixture.producer()?;
-    let client = reqwest::Client::new();
     let now = chrono::Utc::now().timestamp_millis();
+    Ok(Scene {
+        dir,
+        fixture,
+        producer,
+        client: reqwest::Client::new(),
+        now,
+        base: now - now.rem_euclid(MINUTE) - minutes_back * MINUTE,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_instance_answers_for_every_partition_and_a_killed_worker_is_named_then_replaced()
+-> anyhow::Result<()> {
     // Three hours back: the batch job below can publish these windows once an event of now
     // has moved the archive's event time past their lateness (1 h).
-    let base = now - now.rem_euclid(MINUTE) - 180 * MINUTE;
+    let Scene {
+        dir: _dir,
+        fixture,
+        producer,
+        client,
+        now,
+        base,
+    } = scene(180)?;
 
     let a = fixture.start_with(&["--role", "speed,serve"], &[])?;
     let b = fixture.start_with(&["--role", "speed,serve"], &[])?;
@@ -229,12 +257,14 @@ async fn any_instance_answers_for_every_partition_and_a_killed_worker_is_named_t
 /// SIGKILLed the other takes the lease over, and job requests sent to a third process follow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scheduler_lease_moves_when_its_holder_dies() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let fixture = RunFixture::new(dir.path(), TOPICS)?;
-    let producer = fixture.producer()?;
-    let client = reqwest::Client::new();
-    let now = chrono::Utc::now().timestamp_millis();
-    let base = now - now.rem_euclid(MINUTE) - 30 * MINUTE;
+    let Scene {
+        dir: _dir,
+        fixture,
+        producer,
+        client,
+        base,
+        ..
+    } = scene(30)?;
 
     let worker = fixture.start_with(&["--role", "speed,archive,serve"], &[])?;
     let first = fixture.start_with(&["--role", "batch,serve"], &[])?;
@@ -373,12 +403,14 @@ fn client() -> reqwest::Client {
 /// what is moving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_worker_hands_its_partitions_over_within_seconds() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let fixture = RunFixture::new(dir.path(), TOPICS)?;
-    let producer = fixture.producer()?;
-    let client = reqwest::Client::new();
-    let now = chrono::Utc::now().timestamp_millis();
-    let base = now - now.rem_euclid(MINUTE) - 30 * MINUTE;
+    let Scene {
+        dir: _dir,
+        fixture,
+        producer,
+        client,
+        base,
+        ..
+    } = scene(30)?;
     let a = fixture.start_with(&["--role", "speed,serve"], &[])?;
     let b = fixture.start_with(&["--role", "speed,serve"], &[])?;
     produce(&producer, base, 0..1_000).await?;

@@ -8,7 +8,8 @@ use tandem_serving::sql::SqlLimits;
 use tandem_serving::{Access, HttpLimits, HttpPolicy, Scope, Token};
 use tandem_shared::time::Span;
 
-use super::{ByteSize, Error, Result, parse_size};
+use super::size::{ByteSize, parse_size};
+use super::{Error, Result};
 
 /// HTTP settings: the access policy and limits, and whether an open API may listen beyond
 /// loopback.

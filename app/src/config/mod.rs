@@ -13,12 +13,14 @@ mod cluster;
 mod engine;
 mod format;
 mod http;
+mod size;
 mod storage;
 
 pub use cluster::{ClusterConfig, check_instance};
 use cluster::{ClusterFile, cluster_config};
 pub use http::HttpConfig;
 use http::{HttpFile, http_config};
+use size::{ByteSize, parse_size};
 use storage::{StorageFile, storage_settings};
 use tandem_shared::event::{Envelope, Format, OP_FIELD, PayloadFormat};
 use tandem_shared::schema::{EventSchema, FieldType};
@@ -189,38 +191,6 @@ struct SpeedFile {
     checkpoint_interval: Option<String>,
     max_future: Option<String>,
     memory_budget: Option<ByteSize>,
-}
-
-/// A size in bytes: an integer, or a string such as `"512MiB"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum ByteSize {
-    Bytes(u64),
-    Text(String),
-}
-
-/// Parses `1024`, `"64KiB"`, `"512MiB"`, `"2GiB"` (also `KB`/`MB`/`GB`, powers of 1000).
-fn parse_size(size: &ByteSize) -> Option<usize> {
-    let text = match size {
-        ByteSize::Bytes(n) => return usize::try_from(*n).ok(),
-        ByteSize::Text(t) => t.trim(),
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        _ => return None,
-    };
-    usize::try_from(number.checked_mul(factor)?).ok()
 }
 
 /// Kafka settings.
@@ -558,16 +528,6 @@ mod tests {
 
     #[test]
     fn sizes_accept_bytes_and_binary_or_decimal_units() {
-        assert_eq!(parse_size(&ByteSize::Bytes(10)), Some(10));
-        assert_eq!(
-            parse_size(&ByteSize::Text("512MiB".into())),
-            Some(512 << 20)
-        );
-        assert_eq!(
-            parse_size(&ByteSize::Text("2 GB".into())),
-            Some(2_000_000_000)
-        );
-        assert_eq!(parse_size(&ByteSize::Text("lots".into())), None);
         let c = parse(
             &format!("{ISSUE_EXAMPLE}\n[speed]\nmemory_budget = \"64MiB\"\n"),
             "t",
