@@ -7,6 +7,7 @@
 //!   run / dev ──► process::start: topics ─► speed layer, archive, scheduler, reconciler ─► HTTP
 //!                 process::Running::shutdown: backend first, then the HTTP frontend
 //!   dev ────────► dev: embedded Kafka (mock cluster) + demo generator around process::start
+//!   ballista ───► ballista_cluster: Ballista scheduler / executor with Tandem's store, functions
 //!   batch run ──► batch_run: one recompute with a progress bar, no Kafka
 //!   sql ────────► sql: one read-only query against the store (the serving layer's engine)
 //!   bench ──────► bench::speed (embedded broker in a child process), bench::batch (vs DuckDB)
@@ -20,10 +21,12 @@
 //! - [`probe`]: readiness conditions no task reports itself (assignment, object store).
 //! - [`topics`]: the events topic checked and the side topics created at start-up.
 //! - [`batch_run`]: `tandem batch run`.
+//! - [`ballista_cluster`]: `tandem ballista scheduler|executor` (a remote recompute cluster).
 //! - [`sql`]: `tandem sql`.
 //! - [`dev`]: `tandem dev` and `tandem broker` (the embedded broker, the demo generator).
 //! - [`bench`]: `tandem bench speed` and `tandem bench batch`.
 
+pub mod ballista_cluster;
 pub mod batch_run;
 pub mod bench;
 pub mod config;

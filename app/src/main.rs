@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tandem::config::Config;
 use tandem::dev::{self, DevOptions, EmbeddedKafka};
 use tandem::process::{self, RunOptions};
-use tandem::{batch_run, bench};
+use tandem::{ballista_cluster, batch_run, bench};
 use tandem_shared::event::PayloadFormat;
 use tandem_shared::time::EventTime;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +70,12 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// The processes of a remote Ballista cluster for recompute jobs (cargo feature `ballista`):
+    /// Ballista's scheduler and executor with Tandem's store and sketch functions.
+    Ballista {
+        #[command(subcommand)]
+        what: BallistaCommand,
+    },
     /// Only the embedded Kafka broker (librdkafka's mock cluster), for tests and experiments
     /// that restart Tandem while keeping the topic.
     Broker {
@@ -79,6 +85,14 @@ enum Command {
         #[arg(long = "topic", value_name = "NAME:PARTITIONS")]
         topics: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BallistaCommand {
+    /// A scheduler (`[batch] ballista_url = "df://HOST:PORT"` names it).
+    Scheduler(ballista_cluster::SchedulerArgs),
+    /// An executor: polls the scheduler for tasks, reads the archive from `[storage]`.
+    Executor(ballista_cluster::ExecutorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -430,6 +444,18 @@ async fn main() -> anyhow::Result<()> {
                     anyhow::bail!("stopped because a layer task kept failing: {reason}")
                 }
                 None => Ok(()),
+            }
+        }
+        Command::Ballista { what } => {
+            let cancel = CancellationToken::new();
+            let stop = cancel.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stop.cancel();
+            });
+            match what {
+                BallistaCommand::Scheduler(args) => ballista_cluster::scheduler(args, cancel).await,
+                BallistaCommand::Executor(args) => ballista_cluster::executor(args, cancel).await,
             }
         }
         Command::Dev(options) => {

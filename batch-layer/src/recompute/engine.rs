@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  DataFusion: SessionContext(config) + store at STORE_URL + sketch UDAFs + FilesTable
-//!  Ballista:   SessionState(config, runtime with the store at STORE_URL, sketch UDAFs)
+//!  Ballista:   cluster::session_state(runtime with the store at STORE_URL, config)
 //!                ├─ ballista_url given: remote_with_state(url, state)
 //!                └─ none: one standalone scheduler + executor started from that state, once
 //!              events table = a ListingTable of exactly the job's files (the plan travels to
@@ -12,8 +12,9 @@
 //!
 //! The executors must have the object store and the UDAFs registered: the standalone executor
 //! is built from the same state (its runtime environment and function registry), which is the
-//! way around Ballista's "No object store available" trap. A remote scheduler and its executors
-//! must have both registered too; Tandem ships neither yet.
+//! way around Ballista's "No object store available" trap. A remote cluster must run Tandem's
+//! scheduler and executors ([`super::cluster`], `tandem ballista scheduler|executor`), which
+//! register both from the same configuration.
 
 #[cfg(not(feature = "ballista"))]
 use datafusion::error::DataFusionError;

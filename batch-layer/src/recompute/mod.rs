@@ -38,6 +38,8 @@ use crate::catalog::{self, ViewCatalog};
 use crate::tables;
 use tandem_store::manifest;
 
+#[cfg(feature = "ballista")]
+pub mod cluster;
 mod dirty;
 pub mod engine;
 pub mod plan;
@@ -302,24 +304,11 @@ impl Recompute {
             }
             #[cfg(feature = "ballista")]
             Engine::Ballista { url } => {
-                use datafusion::execution::SessionStateBuilder;
-                use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-                let runtime = RuntimeEnvBuilder::new().build_arc()?;
-                let store_url = url::Url::parse(tables::events::STORE_URL)
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                runtime.register_object_store(&store_url, Arc::clone(&self.store));
-                let mut state = SessionStateBuilder::new()
-                    .with_config(config)
-                    .with_runtime_env(runtime)
-                    .with_default_features()
-                    .build();
                 // The scheduler and the executors resolve the sketch functions by name.
-                for f in sketches::functions() {
-                    datafusion::execution::FunctionRegistry::register_udaf(
-                        &mut state,
-                        Arc::new(f),
-                    )?;
-                }
+                let state = cluster::session_state(
+                    cluster::runtime(Arc::clone(&self.store), None)?,
+                    config,
+                )?;
                 let ctx = engine::ballista_session(state, url.as_deref(), &self.standalone).await?;
                 sketches::register(&ctx);
                 Ok(ctx)
