@@ -600,9 +600,15 @@ mod tests {
         let e = err(&bad_cron);
         assert!(e.contains("batch.schedule"), "{e}");
 
-        let bad_type = ISSUE_EXAMPLE.replace("amount = \"float64\"", "amount = \"money\"");
+        let bad_type = ISSUE_EXAMPLE.replace("amount = \"decimal(12, 2)\"", "amount = \"money\"");
+        assert_ne!(bad_type, ISSUE_EXAMPLE);
         let e = err(&bad_type);
-        assert!(e.contains("money"), "{e}");
+        assert!(e.contains("money") && e.contains("decimal(P, S)"), "{e}");
+
+        let bad_decimal =
+            ISSUE_EXAMPLE.replace("amount = \"decimal(12, 2)\"", "amount = \"decimal(40, 2)\"");
+        let e = err(&bad_decimal);
+        assert!(e.contains("decimal(40, 2)") && e.contains("precision"), "{e}");
     }
 
     proptest::proptest! {
