@@ -237,7 +237,7 @@ fn column(
 }
 
 /// Answered rows as one batch of the `projection` of `schema`.
-fn to_batch(
+pub(crate) fn to_batch(
     rows: &[AnsweredRow],
     view: &ViewDefinition,
     schema: &SchemaRef,
