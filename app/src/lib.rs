@@ -18,6 +18,7 @@
 //! - [`process`]: start-up and ordered shutdown of one process.
 //! - [`roles`]: `--role speed,archive,batch,serve`: which parts one process runs.
 //! - [`supervise`]: failed layer tasks restarted with backoff, or the process gives up.
+//! - [`outputs`]: `[[outputs]]`, views pushed to Kafka topics (rules compiled, tasks started).
 //! - [`probe`]: readiness conditions no task reports itself (assignment, object store).
 //! - [`topics`]: the events topic checked and the side topics created at start-up.
 //! - [`batch_run`]: `tandem batch run`.
@@ -31,6 +32,7 @@ pub mod batch_run;
 pub mod bench;
 pub mod config;
 pub mod dev;
+pub mod outputs;
 pub mod probe;
 pub mod process;
 pub mod roles;

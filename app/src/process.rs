@@ -46,6 +46,8 @@ pub enum Error {
     #[error(transparent)]
     Storage(#[from] tandem_store::backend::Error),
     #[error(transparent)]
+    Outputs(#[from] crate::outputs::Error),
+    #[error(transparent)]
     View(#[from] tandem_speed_layer::program::Error),
     #[error("loading published views: {0}")]
     Catalog(#[from] tandem_batch_layer::catalog::Error),
@@ -144,7 +146,8 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     let store = tandem_store::open(&config.storage)?;
     // Every publication is a create-if-absent write: refuse a store that would not fence.
     tandem_store::check_create_if_absent(store.as_ref(), &config.storage.url).await?;
-    let found = topics::ensure(&config.kafka).await?;
+    let output_topics: Vec<String> = config.outputs.iter().map(|o| o.topic.clone()).collect();
+    let found = topics::ensure(&config.kafka, &output_topics).await?;
     tracing::info!(
         topic = %config.kafka.topic,
         partitions = found.partitions,
@@ -384,6 +387,17 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         }
         None => SpeedSide::Local(speed.clone()),
     };
+    if roles.has(Role::Serve) {
+        crate::outputs::start(
+            config,
+            Arc::clone(&catalog),
+            speed_side.clone(),
+            Arc::clone(&clock),
+            &tracker,
+            backend.child_token(),
+        )
+        .await?;
+    }
     let sql = SqlEngine::new(
         Arc::clone(&catalog),
         Some(Arc::new(speed_side.clone())),

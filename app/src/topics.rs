@@ -53,7 +53,7 @@ pub struct Topics {
 }
 
 /// Checks the events topic and creates missing side topics.
-pub async fn ensure(kafka: &KafkaConfig) -> Result<Topics, Error> {
+pub async fn ensure(kafka: &KafkaConfig, outputs: &[String]) -> Result<Topics, Error> {
     let brokers = kafka.brokers.clone();
     let kafka_err = |source| Error::Kafka {
         brokers: brokers.clone(),
@@ -64,7 +64,10 @@ pub async fn ensure(kafka: &KafkaConfig) -> Result<Topics, Error> {
             .create()
             .map_err(kafka_err)?;
     let mut names = vec![kafka.topic.clone()];
-    for side in [&kafka.dead_letter_topic, &kafka.late_topic] {
+    for side in [&kafka.dead_letter_topic, &kafka.late_topic]
+        .into_iter()
+        .chain(outputs)
+    {
         if !names.contains(side) {
             names.push(side.clone());
         }
@@ -97,7 +100,15 @@ pub async fn ensure(kafka: &KafkaConfig) -> Result<Topics, Error> {
         let new: Vec<NewTopic<'_>> = missing
             .iter()
             // -1: the broker's default replication factor.
-            .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(-1)))
+            .map(|name| {
+                let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
+                // Output records are keyed by row: compaction keeps each row's latest.
+                if outputs.contains(*name) {
+                    topic.set("cleanup.policy", "compact")
+                } else {
+                    topic
+                }
+            })
             .collect();
         let results = admin
             .create_topics(&new, &AdminOptions::new().operation_timeout(Some(TIMEOUT)))

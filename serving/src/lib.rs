@@ -36,6 +36,7 @@
 pub mod access;
 pub mod api;
 pub mod fleet;
+pub mod outputs;
 pub mod page;
 pub mod readiness;
 pub mod reconcile;

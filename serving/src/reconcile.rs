@@ -22,6 +22,7 @@ use tandem_batch_layer::{PublishedView, ViewCatalog};
 use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::row::{GroupKey, ViewRow};
 use tandem_shared::time::EventTime;
+use tandem_shared::value::AggregateValue;
 use tandem_shared::view::ViewDefinition;
 use tandem_speed_layer::SpeedLayer;
 use tokio_util::sync::CancellationToken;
@@ -73,10 +74,17 @@ pub fn measure(view: &ViewDefinition, batch: &[ViewRow], released: &[ViewRow]) -
         matched += 1;
         report.rows_compared += 1;
         for ((name, sv), bv) in view.value_names().zip(&s.values).zip(&b.values) {
-            let drift = match (sv.as_f64(), bv.as_f64()) {
-                (Some(x), Some(y)) => (x - y).abs() / y.abs().max(1e-12),
-                (None, None) => 0.0,
-                _ => 1.0,
+            let drift = match (sv, bv) {
+                // Exact money: the difference in units, so equal decimals drift exactly 0 and
+                // a cent on a large sum still shows.
+                (AggregateValue::Decimal(x), AggregateValue::Decimal(y)) if x.scale == y.scale => {
+                    x.units.abs_diff(y.units) as f64 / (y.units.unsigned_abs() as f64).max(1e-12)
+                }
+                _ => match (sv.as_f64(), bv.as_f64()) {
+                    (Some(x), Some(y)) => (x - y).abs() / y.abs().max(1e-12),
+                    (None, None) => 0.0,
+                    _ => 1.0,
+                },
             };
             let e = report
                 .max_relative_drift
@@ -374,6 +382,43 @@ mod tests {
             "window 9 was not released, so it is not compared"
         );
         assert!((r.max_relative_drift["n"] - 0.02).abs() < 1e-12);
+    }
+
+    #[test]
+    fn decimal_drift_is_exact() {
+        let schema = testing::schema(&[
+            ("city", FieldType::String),
+            (
+                "price",
+                FieldType::Decimal {
+                    precision: 38,
+                    scale: 2,
+                },
+            ),
+        ]);
+        let view = testing::view(
+            &schema,
+            "v",
+            testing::tumbling("1m"),
+            &["city"],
+            None,
+            &["sum(price) AS revenue"],
+        );
+        let cents = |start: i64, units: i128| {
+            let mut r = row(start, "A", 0);
+            r.values = vec![AggregateValue::Decimal(
+                tandem_shared::decimal::Decimal::new(units, 2),
+            )];
+            r
+        };
+        // Equal sums beyond a float's 15 digits: exactly 0.
+        let big = 123_456_789_012_345_678_901_i128;
+        let r = measure(&view, &[cents(0, big)], &[cents(0, big)]);
+        assert_eq!(r.max_relative_drift["revenue"], 0.0);
+        // One cent apart: a float sees the same number, the units do not.
+        assert_eq!((big as f64), ((big + 1) as f64));
+        let r = measure(&view, &[cents(0, big)], &[cents(0, big + 1)]);
+        assert!(r.max_relative_drift["revenue"] > 0.0);
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //!   as SQL text and evaluated by DataFusion in both layers.
 //! - [`sketch`]: HyperLogLog and KLL as both layers build them, and the per-window state the
 //!   batch layer stores for rollups.
+//! - [`decimal`]: exact decimal values (`decimal(P, S)` fields, money) and their text form.
 //! - [`value`]: final aggregate values, one JSON shape whichever layer computed them.
 //! - [`error`]: whose problem an error is (user, transient, internal).
 //! - [`coverage`]: the windows the batch layer has published; the single source of truth for
@@ -34,6 +35,7 @@
 
 pub mod clock;
 pub mod coverage;
+pub mod decimal;
 pub mod error;
 pub mod event;
 pub mod layout;

@@ -44,7 +44,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The type of one event field as users declare it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String", into = "String")]
 pub enum FieldType {
     String,
     Int64,
@@ -52,6 +52,12 @@ pub enum FieldType {
     Bool,
     /// RFC 3339 string or integer epoch milliseconds in JSON; `Timestamp(ms, UTC)` in Arrow.
     Timestamp,
+    /// `decimal(P, S)`: exact, P digits of which S after the point (1 ≤ P ≤ 38, 0 ≤ S ≤ P);
+    /// a JSON number or string; `Decimal128(P, S)` in Arrow. Money.
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
 }
 
 impl FieldType {
@@ -62,7 +68,60 @@ impl FieldType {
             FieldType::Float64 => DataType::Float64,
             FieldType::Bool => DataType::Boolean,
             FieldType::Timestamp => timestamp_type(),
+            FieldType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
         }
+    }
+
+    /// Parses a declared type: `string`, `int64`, `float64`, `bool`, `timestamp` or
+    /// `decimal(P, S)`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let plain = match text.trim() {
+            "string" => Some(FieldType::String),
+            "int64" => Some(FieldType::Int64),
+            "float64" => Some(FieldType::Float64),
+            "bool" => Some(FieldType::Bool),
+            "timestamp" => Some(FieldType::Timestamp),
+            _ => None,
+        };
+        if let Some(ty) = plain {
+            return Ok(ty);
+        }
+        let bad = || {
+            format!(
+                "unknown field type `{text}`: use string, int64, float64, bool, timestamp or decimal(P, S)"
+            )
+        };
+        let args = text
+            .trim()
+            .strip_prefix("decimal(")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .ok_or_else(bad)?;
+        let (p, s) = args.split_once(',').ok_or_else(bad)?;
+        let precision: u8 = p.trim().parse().map_err(|_| bad())?;
+        let scale: i8 = s.trim().parse().map_err(|_| bad())?;
+        if !(1..=crate::decimal::MAX_PRECISION).contains(&precision)
+            || scale < 0
+            || scale as u8 > precision
+        {
+            return Err(format!(
+                "`{text}`: a decimal needs 1 ≤ precision ≤ 38 and 0 ≤ scale ≤ precision"
+            ));
+        }
+        Ok(FieldType::Decimal { precision, scale })
+    }
+}
+
+impl TryFrom<String> for FieldType {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        FieldType::parse(&text)
+    }
+}
+
+impl From<FieldType> for String {
+    fn from(ty: FieldType) -> String {
+        ty.to_string()
     }
 }
 
@@ -74,6 +133,9 @@ impl fmt::Display for FieldType {
             FieldType::Float64 => "float64",
             FieldType::Bool => "bool",
             FieldType::Timestamp => "timestamp",
+            FieldType::Decimal { precision, scale } => {
+                return write!(f, "decimal({precision}, {scale})");
+            }
         })
     }
 }
@@ -223,6 +285,47 @@ mod tests {
             ("city".into(), FieldType::String),
             ("amount".into(), FieldType::Float64),
         ]
+    }
+
+    #[test]
+    fn field_types_parse_and_print_as_declared() {
+        for text in [
+            "string",
+            "int64",
+            "float64",
+            "bool",
+            "timestamp",
+            "decimal(18, 2)",
+        ] {
+            let ty = FieldType::parse(text).unwrap();
+            assert_eq!(ty.to_string(), text);
+        }
+        assert_eq!(
+            FieldType::parse("decimal(38,0)").unwrap().arrow_type(),
+            DataType::Decimal128(38, 0)
+        );
+        for bad in [
+            "decimal(0, 0)",
+            "decimal(39, 2)",
+            "decimal(4, 5)",
+            "decimal(4, -1)",
+        ] {
+            let err = FieldType::parse(bad).unwrap_err();
+            assert!(err.contains("precision"), "{bad}: {err}");
+        }
+        for bad in ["money", "decimal", "decimal(18)", "decimal(a, b)"] {
+            let err = FieldType::parse(bad).unwrap_err();
+            assert!(err.contains("unknown field type"), "{bad}: {err}");
+        }
+        let toml: std::collections::BTreeMap<String, FieldType> =
+            serde_json::from_str(r#"{"amount": "decimal(12, 2)", "n": "int64"}"#).unwrap();
+        assert_eq!(
+            toml["amount"],
+            FieldType::Decimal {
+                precision: 12,
+                scale: 2
+            }
+        );
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub enum WindowState {
     Value,
     /// An average's sum and count of non-null arguments.
     Avg { sum: f64, count: i64 },
+    /// A decimal average's exact sum (units of 10^-scale) and count.
+    DecimalAvg { sum: i128, count: i64, scale: i8 },
     /// A serialized distinct-count sketch (built with [`new_hll`] and the `hll_*` updates).
     Distinct(Vec<u8>),
     /// A serialized percentile sketch (built with [`new_kll`] and [`kll_value`]).

@@ -14,7 +14,7 @@ use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use tandem_shared::schema::EventSchema;
-use tandem_shared::view::{AggregateSpec, ViewDefinition};
+use tandem_shared::view::{AggregateFunction, AggregateSpec, ViewDefinition};
 
 /// Errors compiling a view. Always the user's configuration.
 #[derive(Debug, thiserror::Error)]
@@ -110,10 +110,19 @@ impl ViewProgram {
             .group_by
             .iter()
             .map(|field| {
-                arrow.index_of(field).map_err(|e| Error::Unsupported {
+                let i = arrow.index_of(field).map_err(|e| Error::Unsupported {
                     view: view.name.clone(),
                     detail: e.to_string(),
-                })
+                })?;
+                if let DataType::Decimal128(..) = arrow.field(i).data_type() {
+                    return Err(Error::Unsupported {
+                        view: view.name.clone(),
+                        detail: format!(
+                            "`{field}` is a decimal: group by a dimension, not an amount"
+                        ),
+                    });
+                }
+                Ok(i)
             })
             .collect::<Result<Vec<_>>>()?;
 
@@ -157,11 +166,27 @@ fn compile_argument(
     let ty = expr
         .get_type(df_schema)
         .map_err(|e| bad(e.strip_backtrace().to_string()))?;
-    // Normalize the argument to the three shapes the accumulators read: every integer type as
-    // Int64 and every float or decimal as Float64 (the types DataFusion's sum and avg widen to),
-    // anything else as text (only counted, so its text form identifies it).
+    // Normalize the argument to the shapes the accumulators read: every integer type as Int64,
+    // a Decimal128 as itself for sum, min, max and avg (exact, in integers, as DataFusion
+    // computes them), every float or other decimal as Float64 (the types DataFusion's sum and
+    // avg widen to), anything else as text (only counted, so its text form identifies it).
+    let exact_decimal = matches!(
+        spec.function,
+        AggregateFunction::Sum
+            | AggregateFunction::Min
+            | AggregateFunction::Max
+            | AggregateFunction::Avg
+    );
     let (target, arg_ty) = if ty.is_integer() {
         (DataType::Int64, ArgumentType::Int64)
+    } else if let (DataType::Decimal128(precision, scale), true) = (&ty, exact_decimal) {
+        (
+            ty.clone(),
+            ArgumentType::Decimal {
+                precision: *precision,
+                scale: *scale,
+            },
+        )
     } else if ty.is_floating() || matches!(ty, DataType::Decimal128(..) | DataType::Decimal256(..))
     {
         (DataType::Float64, ArgumentType::Float64)

@@ -13,8 +13,11 @@ mod cluster;
 mod engine;
 mod format;
 mod http;
+mod outputs;
 mod size;
 mod storage;
+
+pub use outputs::OutputConfig;
 
 pub use cluster::{ClusterConfig, check_instance};
 use cluster::{ClusterFile, cluster_config};
@@ -106,6 +109,8 @@ struct File {
     #[serde(default)]
     serving: ServingFile,
     cluster: Option<ClusterFile>,
+    #[serde(default)]
+    outputs: Vec<outputs::OutputFile>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -240,6 +245,8 @@ pub struct Config {
     pub cache_bytes: usize,
     /// `[cluster]`: set when processes share the work (see [`ClusterConfig`]).
     pub cluster: Option<ClusterConfig>,
+    /// `[[outputs]]`: views pushed to Kafka topics.
+    pub outputs: Vec<OutputConfig>,
 }
 
 /// The configuration `tandem dev` uses without `--config`.
@@ -453,15 +460,25 @@ impl Config {
                 )
             })?,
         };
+        let dead_letter_topic = kafka
+            .dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", kafka.topic));
+        let late_topic = kafka
+            .late_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.late", kafka.topic));
+        let outputs = outputs::outputs(
+            file.outputs,
+            &views,
+            &[&kafka.topic, &dead_letter_topic, &late_topic],
+            &path,
+        )?;
         Ok(Config {
             http,
             kafka: KafkaConfig {
-                dead_letter_topic: kafka
-                    .dead_letter_topic
-                    .unwrap_or_else(|| format!("{}.dlq", kafka.topic)),
-                late_topic: kafka
-                    .late_topic
-                    .unwrap_or_else(|| format!("{}.late", kafka.topic)),
+                dead_letter_topic,
+                late_topic,
                 brokers: kafka.brokers,
                 topic: kafka.topic,
                 group_prefix: kafka.group_prefix,
@@ -495,6 +512,7 @@ impl Config {
             memory_budget,
             cache_bytes,
             cluster,
+            outputs,
         })
     }
 }
@@ -600,9 +618,18 @@ mod tests {
         let e = err(&bad_cron);
         assert!(e.contains("batch.schedule"), "{e}");
 
-        let bad_type = ISSUE_EXAMPLE.replace("amount = \"float64\"", "amount = \"money\"");
+        let bad_type = ISSUE_EXAMPLE.replace("amount = \"decimal(12, 2)\"", "amount = \"money\"");
+        assert_ne!(bad_type, ISSUE_EXAMPLE);
         let e = err(&bad_type);
-        assert!(e.contains("money"), "{e}");
+        assert!(e.contains("money") && e.contains("decimal(P, S)"), "{e}");
+
+        let bad_decimal =
+            ISSUE_EXAMPLE.replace("amount = \"decimal(12, 2)\"", "amount = \"decimal(40, 2)\"");
+        let e = err(&bad_decimal);
+        assert!(
+            e.contains("decimal(40, 2)") && e.contains("precision"),
+            "{e}"
+        );
     }
 
     proptest::proptest! {

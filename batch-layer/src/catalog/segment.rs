@@ -4,13 +4,14 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch, new_null_array};
 use std::sync::Arc;
 
 use datafusion::arrow::compute::{cast, concat_batches, sort_to_indices, take_record_batch};
-use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, Schema};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, Schema};
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use parquet::arrow::ArrowWriter;
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
+use tandem_shared::decimal::Decimal;
 use tandem_shared::row::{GroupValue, ViewRow};
 use tandem_shared::sketch::{StatedRow, WindowState};
 use tandem_shared::time::EventTime;
@@ -177,16 +178,24 @@ pub fn decode_rows(view: &ViewDefinition, batches: &[RecordBatch]) -> Result<Vec
                 let col = 2 + groups + i;
                 let v = scalar(col, row)?;
                 let is_int = batch.column(col).data_type().is_integer();
-                values.push(match agg.function {
+                values.push(match (agg.function, &v) {
                     _ if v.is_null() => AggregateValue::Null,
-                    AggregateFunction::Count | AggregateFunction::CountDistinct => {
-                        scalar_i64(&v).map_or(AggregateValue::Null, AggregateValue::Int)
+                    // Exact money: a sum, min, max or avg over a decimal stays a decimal.
+                    (_, ScalarValue::Decimal128(Some(units), _, scale)) => {
+                        AggregateValue::Decimal(Decimal::new(*units, *scale))
                     }
-                    AggregateFunction::Avg | AggregateFunction::Percentile { .. } => {
-                        scalar_f64(&v).map_or(AggregateValue::Null, AggregateValue::Float)
-                    }
-                    _ if is_int => scalar_i64(&v).map_or(AggregateValue::Null, AggregateValue::Int),
-                    _ => scalar_f64(&v).map_or(AggregateValue::Null, AggregateValue::Float),
+                    (f, _) => match f {
+                        AggregateFunction::Count | AggregateFunction::CountDistinct => {
+                            scalar_i64(&v).map_or(AggregateValue::Null, AggregateValue::Int)
+                        }
+                        AggregateFunction::Avg | AggregateFunction::Percentile { .. } => {
+                            scalar_f64(&v).map_or(AggregateValue::Null, AggregateValue::Float)
+                        }
+                        _ if is_int => {
+                            scalar_i64(&v).map_or(AggregateValue::Null, AggregateValue::Int)
+                        }
+                        _ => scalar_f64(&v).map_or(AggregateValue::Null, AggregateValue::Float),
+                    },
                 });
             }
             out.push(ViewRow {
@@ -220,6 +229,25 @@ pub(crate) fn decode_states(
                 let p = column(format!("p{i}"));
                 let s = column(format!("s{i}"));
                 match (a.function, p, s) {
+                    (AggregateFunction::Avg, Some(p), Some(s))
+                        if matches!(s.data_type(), DataType::Decimal128(..)) =>
+                    {
+                        // A decimal average keeps its exact sum (and its scale).
+                        let DataType::Decimal128(_, scale) = *s.data_type() else {
+                            unreachable!("matched above")
+                        };
+                        match (
+                            p.as_primitive_opt::<Int64Type>(),
+                            s.as_primitive_opt::<Decimal128Type>(),
+                        ) {
+                            (Some(n), Some(sums)) => Box::new(move |r| WindowState::DecimalAvg {
+                                sum: if sums.is_null(r) { 0 } else { sums.value(r) },
+                                count: if n.is_null(r) { 0 } else { n.value(r) },
+                                scale,
+                            }),
+                            _ => Box::new(|_| WindowState::Missing),
+                        }
+                    }
                     (AggregateFunction::Avg, Some(p), Some(s)) => {
                         // The sum has the argument's type: integer or float.
                         let sums = cast(s, &DataType::Float64).ok();

@@ -26,6 +26,8 @@ fn answered_type(data_type: &DataType) -> DataType {
         DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
         DataType::Boolean => DataType::Boolean,
         DataType::Timestamp(_, _) => timestamp(),
+        // Exact money stays exact: every decimal value column as Decimal128(38, scale).
+        DataType::Decimal128(_, scale) => DataType::Decimal128(38, *scale),
         t if t.is_integer() => DataType::Int64,
         _ => DataType::Float64,
     }

@@ -57,7 +57,7 @@ mod jobs;
 mod openapi;
 mod probes;
 mod query;
-mod response;
+pub(crate) mod response;
 mod stream;
 #[cfg(test)]
 mod tests;

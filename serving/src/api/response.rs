@@ -97,7 +97,8 @@ pub struct RowBody {
     pub group: BTreeMap<String, Value>,
     /// Aggregate name → value. A value the speed layer only estimates (a sketch) is
     /// `{"estimate", "rse"}` for a distinct count (relative standard error) or
-    /// `{"estimate", "rank_error"}` for a percentile; every other value is a number (or null).
+    /// `{"estimate", "rank_error"}` for a percentile; a decimal is an exact string (`"10344.78"`);
+    /// every other value is a number (or null).
     pub values: BTreeMap<String, Value>,
     pub source: Source,
     /// False when the archive lost events of this window (an offset gap): not exact.

@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 
 use tandem_shared::coverage::StartRange;
+use tandem_shared::decimal::Decimal;
 use tandem_shared::row::{GroupValue, Source};
 use tandem_shared::sketch::{StatedRow, WindowState};
 use tandem_shared::time::{EventTime, Span};
@@ -292,10 +293,19 @@ fn combine(function: AggregateFunction, into: &mut Option<Cell>, cell: Cell) {
             (a, b) => match function {
                 AggregateFunction::Count | AggregateFunction::Sum => match (a, b) {
                     (V::Int(x), V::Int(y)) => V::Int(x.wrapping_add(y)),
+                    (V::Decimal(x), V::Decimal(y)) if x.scale == y.scale => {
+                        match x.units.checked_add(y.units) {
+                            Some(units) => V::Decimal(Decimal::new(units, x.scale)),
+                            None => V::Null,
+                        }
+                    }
                     (x, y) => V::Float(x.as_f64().unwrap_or(0.0) + y.as_f64().unwrap_or(0.0)),
                 },
                 AggregateFunction::Min | AggregateFunction::Max => {
-                    let first = a.as_f64() <= b.as_f64();
+                    let first = match (a, b) {
+                        (V::Decimal(x), V::Decimal(y)) if x.scale == y.scale => x.units <= y.units,
+                        _ => a.as_f64() <= b.as_f64(),
+                    };
                     if first == (function == AggregateFunction::Min) {
                         a
                     } else {

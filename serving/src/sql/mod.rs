@@ -36,7 +36,7 @@ use tandem_shared::time::{EventTime, Span};
 use crate::seam::FreshViews;
 
 pub mod render;
-mod views;
+pub(crate) mod views;
 
 pub use views::{Fresh, ViewTable};
 

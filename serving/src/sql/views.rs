@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
-    StringBuilder, TimestampMillisecondArray,
+    ArrayRef, BooleanArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
+    RecordBatchOptions, StringArray, StringBuilder, TimestampMillisecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
@@ -174,6 +174,22 @@ fn dimension(rows: &[AnsweredRow], index: usize, data_type: &DataType) -> ArrayR
 /// estimate of an integer (a sketch's count) is answered as the nearest integer.
 fn value(rows: &[AnsweredRow], index: usize, data_type: &DataType) -> ArrayRef {
     let get = |r: &AnsweredRow| r.row.values.get(index).copied();
+    if let DataType::Decimal128(precision, scale) = *data_type {
+        let units = rows.iter().map(|r| match get(r) {
+            Some(AggregateValue::Decimal(d)) => {
+                tandem_shared::decimal::rescale(d.units, d.scale, precision, scale).ok()
+            }
+            Some(AggregateValue::Int(i)) => {
+                tandem_shared::decimal::rescale(i128::from(i), 0, precision, scale).ok()
+            }
+            _ => None,
+        });
+        return Arc::new(
+            Decimal128Array::from_iter(units)
+                .with_precision_and_scale(precision, scale)
+                .unwrap_or_else(|_| Decimal128Array::new_null(rows.len())),
+        );
+    }
     if *data_type == DataType::Int64 {
         Arc::new(Int64Array::from_iter(rows.iter().map(|r| match get(r) {
             Some(AggregateValue::Int(i)) => Some(i),
@@ -221,7 +237,7 @@ fn column(
 }
 
 /// Answered rows as one batch of the `projection` of `schema`.
-fn to_batch(
+pub(crate) fn to_batch(
     rows: &[AnsweredRow],
     view: &ViewDefinition,
     schema: &SchemaRef,

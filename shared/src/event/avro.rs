@@ -43,6 +43,13 @@ enum Convert {
     Days,
     /// An RFC 3339 string.
     TimeText,
+    /// Into `decimal(P, S)`: an integer, a decimal's text, or (`Some(scale)`) a written Avro
+    /// decimal of that scale, rescaled exactly.
+    Decimal {
+        precision: u8,
+        scale: i8,
+        written_scale: Option<i8>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +69,8 @@ enum Step {
     Float(Option<Target>),
     Double(Option<Target>),
     Bytes,
+    /// An Avro decimal: bytes (`None`) or a fixed of that size, big-endian two's complement.
+    Decimal(Option<usize>, Option<Target>),
     Str(Option<Target>),
     Enum(Arc<[String]>, Option<Target>),
     Fixed(usize),
@@ -258,6 +267,11 @@ impl Compiler<'_, '_> {
                 Some(FieldType::Int64) | None => Ok(Convert::Int),
                 Some(FieldType::Float64) => Ok(Convert::IntToFloat),
                 Some(FieldType::Timestamp) => Ok(Convert::TimeDiv(1)),
+                Some(FieldType::Decimal { precision, scale }) => Ok(Convert::Decimal {
+                    precision,
+                    scale,
+                    written_scale: None,
+                }),
                 _ => Err("an integer"),
             })?),
             Schema::TimestampMillis | Schema::LocalTimestampMillis => {
@@ -291,6 +305,11 @@ impl Compiler<'_, '_> {
             Schema::String | Schema::Uuid(UuidSchema::String) => Step::Str(target(match ty {
                 Some(FieldType::String) | None => Ok(Convert::Str),
                 Some(FieldType::Timestamp) => Ok(Convert::TimeText),
+                Some(FieldType::Decimal { precision, scale }) => Ok(Convert::Decimal {
+                    precision,
+                    scale,
+                    written_scale: None,
+                }),
                 _ => Err("a string"),
             })?),
             Schema::Enum(e) => Step::Enum(
@@ -305,10 +324,19 @@ impl Compiler<'_, '_> {
                 Step::Bytes
             }
             Schema::Decimal(d) => {
-                target(Err("a decimal"))?;
+                let t = target(match ty {
+                    Some(FieldType::Decimal { precision, scale }) => Ok(Convert::Decimal {
+                        precision,
+                        scale,
+                        written_scale: Some(i8::try_from(d.scale).unwrap_or(i8::MAX)),
+                    }),
+                    _ => Err("a decimal"),
+                })?;
                 match &d.inner {
-                    apache_avro::schema::InnerDecimalSchema::Fixed(f) => Step::Fixed(f.size),
-                    apache_avro::schema::InnerDecimalSchema::Bytes => Step::Bytes,
+                    apache_avro::schema::InnerDecimalSchema::Fixed(f) => {
+                        Step::Decimal(Some(f.size), t)
+                    }
+                    apache_avro::schema::InnerDecimalSchema::Bytes => Step::Decimal(None, t),
                 }
             }
             Schema::Fixed(f) | Schema::Duration(f) | Schema::Uuid(UuidSchema::Fixed(f)) => {
@@ -381,6 +409,9 @@ fn read<'a>(step: &Step, buf: &mut &'a [u8], scratch: &mut [Slot<'a>]) -> Result
             let v = zigzag(buf)?;
             if let Some(t) = t {
                 scratch[t.slot] = match t.convert {
+                    Convert::Decimal {
+                        precision, scale, ..
+                    } => decimal(&t.leaf, i128::from(v), 0, precision, scale)?,
                     Convert::IntToFloat => Slot::Float(v as f64),
                     Convert::TimeDiv(div) => Slot::Time(v.div_euclid(div)),
                     Convert::Days => Slot::Time(v.saturating_mul(86_400_000)),
@@ -419,6 +450,20 @@ fn read<'a>(step: &Step, buf: &mut &'a [u8], scratch: &mut [Slot<'a>]) -> Result
                         Some(ms) => Slot::Time(ms),
                         None => return Err(t.leaf.wrong(format!("string {s:?}"))),
                     },
+                    Convert::Decimal {
+                        precision, scale, ..
+                    } => match crate::decimal::parse_units(s.trim(), precision, scale) {
+                        Ok(units) => Slot::Decimal(units),
+                        Err(crate::decimal::Error::Syntax { .. }) => {
+                            return Err(t.leaf.wrong(format!("string {s:?}")));
+                        }
+                        Err(source) => {
+                            return Err(DecodeError::Decimal {
+                                field: t.leaf.path.clone(),
+                                source,
+                            });
+                        }
+                    },
                     _ => Slot::Str(Cow::Borrowed(s)),
                 };
             }
@@ -437,6 +482,32 @@ fn read<'a>(step: &Step, buf: &mut &'a [u8], scratch: &mut [Slot<'a>]) -> Result
         }
         Step::Fixed(size) => {
             take(buf, *size)?;
+        }
+        Step::Decimal(size, t) => {
+            let len = match size {
+                Some(size) => *size,
+                None => length(buf)?,
+            };
+            let bytes = take(buf, len)?;
+            if let Some(t) = t
+                && let Convert::Decimal {
+                    precision,
+                    scale,
+                    written_scale,
+                } = t.convert
+            {
+                let overflow = || DecodeError::Decimal {
+                    field: t.leaf.path.clone(),
+                    source: crate::decimal::Error::Overflow {
+                        text: format!("{len}-byte decimal"),
+                        precision,
+                        scale,
+                    },
+                };
+                let units = crate::decimal::from_be_bytes(bytes).ok_or_else(overflow)?;
+                scratch[t.slot] =
+                    decimal(&t.leaf, units, written_scale.unwrap_or(0), precision, scale)?;
+            }
         }
         Step::Record(fields) => {
             for f in fields {
@@ -462,6 +533,22 @@ fn read<'a>(step: &Step, buf: &mut &'a [u8], scratch: &mut [Slot<'a>]) -> Result
         Step::Mismatch(err) => return Err(DecodeError::clone(err)),
     }
     Ok(())
+}
+
+/// `units` at `from` scale as the declared `decimal(precision, scale)`, exactly.
+fn decimal(
+    leaf: &Leaf,
+    units: i128,
+    from: i8,
+    precision: u8,
+    scale: i8,
+) -> Result<Slot<'static>, DecodeError> {
+    crate::decimal::rescale(units, from, precision, scale)
+        .map(Slot::Decimal)
+        .map_err(|source| DecodeError::Decimal {
+            field: leaf.path.clone(),
+            source,
+        })
 }
 
 fn length(buf: &mut &[u8]) -> Result<usize, DecodeError> {

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    BooleanBuilder, Decimal128Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
     TimestampMillisecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
@@ -20,6 +20,7 @@ enum ColumnBuilder {
     Float(Float64Builder),
     Bool(BooleanBuilder),
     Time(TimestampMillisecondBuilder),
+    Decimal(Decimal128Builder),
 }
 
 impl ColumnBuilder {
@@ -32,6 +33,9 @@ impl ColumnBuilder {
             FieldType::Timestamp => Self::Time(
                 TimestampMillisecondBuilder::with_capacity(capacity).with_timezone("UTC"),
             ),
+            FieldType::Decimal { .. } => Self::Decimal(
+                Decimal128Builder::with_capacity(capacity).with_data_type(ty.arrow_type()),
+            ),
         }
     }
 
@@ -43,11 +47,13 @@ impl ColumnBuilder {
             (Self::Float(b), Slot::Float(v)) => b.append_value(*v),
             (Self::Bool(b), Slot::Bool(v)) => b.append_value(*v),
             (Self::Time(b), Slot::Time(v)) => b.append_value(*v),
+            (Self::Decimal(b), Slot::Decimal(v)) => b.append_value(*v),
             (Self::Str(b), _) => b.append_null(),
             (Self::Int(b), _) => b.append_null(),
             (Self::Float(b), _) => b.append_null(),
             (Self::Bool(b), _) => b.append_null(),
             (Self::Time(b), _) => b.append_null(),
+            (Self::Decimal(b), _) => b.append_null(),
         }
     }
 
@@ -58,6 +64,7 @@ impl ColumnBuilder {
             Self::Float(b) => Arc::new(b.finish()),
             Self::Bool(b) => Arc::new(b.finish()),
             Self::Time(b) => Arc::new(b.finish()),
+            Self::Decimal(b) => Arc::new(b.finish()),
         }
     }
 }
@@ -115,6 +122,7 @@ impl EventBatchBuilder {
                 .iter()
                 .map(|s| match s {
                     Slot::Str(s) => s.len() + 4,
+                    Slot::Decimal(_) => 16,
                     _ => 8,
                 })
                 .sum::<usize>();

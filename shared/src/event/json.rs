@@ -2,7 +2,8 @@
 //!
 //! Strict about declared fields and lenient about everything else:
 //! - the payload must be a JSON object; a declared field must have its declared type (`float64`
-//!   also accepts integers, `timestamp` an RFC 3339 string or integer epoch milliseconds);
+//!   also accepts integers, `timestamp` an RFC 3339 string or integer epoch milliseconds,
+//!   `decimal(P, S)` a number or a string, read from its text so no digit is lost);
 //!   `null` or absence means SQL NULL;
 //! - a dotted field (`customer.city`) is looked up in nested objects;
 //! - undeclared keys are skipped without building anything.
@@ -14,6 +15,7 @@ use std::cell::RefCell;
 use std::fmt;
 
 use chrono::DateTime;
+use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use super::paths::{Fields, Leaf, Node};
@@ -203,7 +205,42 @@ impl<'de> DeserializeSeed<'de> for SlotSeed<'_> {
     type Value = Slot<'de>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        if let FieldType::Decimal { precision, scale } = self.leaf.ty {
+            // The value's own text: a float would already have lost the exact value.
+            let raw = <&'de serde_json::value::RawValue>::deserialize(d)?;
+            return self.decimal(raw.get(), precision, scale);
+        }
         d.deserialize_any(self)
+    }
+}
+
+impl SlotSeed<'_> {
+    /// A decimal from the JSON text of its value: a number or a string holding one.
+    fn decimal<'de, E: de::Error>(
+        self,
+        raw: &str,
+        precision: u8,
+        scale: i8,
+    ) -> Result<Slot<'de>, E> {
+        let text = match raw.as_bytes().first() {
+            Some(b'n') => return Ok(Slot::Null),
+            Some(b'"') => raw[1..raw.len() - 1].trim(),
+            Some(b'-' | b'0'..=b'9') => raw,
+            Some(b't' | b'f') => return Err(self.wrong("a boolean")),
+            Some(b'[') => return Err(self.wrong("an array")),
+            _ => return Err(self.wrong("an object")),
+        };
+        match crate::decimal::parse_units(text, precision, scale) {
+            Ok(units) => Ok(Slot::Decimal(units)),
+            Err(crate::decimal::Error::Syntax { .. }) => Err(self.wrong(raw.to_owned())),
+            Err(source) => Err(fail(
+                self.problem,
+                DecodeError::Decimal {
+                    field: self.leaf.path.clone(),
+                    source,
+                },
+            )),
+        }
     }
 }
 

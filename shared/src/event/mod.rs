@@ -66,6 +66,13 @@ pub enum DecodeError {
         expected: FieldType,
         got: String,
     },
+    /// A decimal field's value that is not exactly a `decimal(P, S)`: too many digits
+    /// (`decimal_overflow`) or decimal places past the scale (`decimal_scale`).
+    #[error("field `{field}`: {source}")]
+    Decimal {
+        field: String,
+        source: crate::decimal::Error,
+    },
     #[error("first byte {byte:#04x} is not the schema-registry magic byte 0x00")]
     WrongMagicByte { byte: u8 },
     #[error("truncated payload: {detail}")]
@@ -92,6 +99,11 @@ impl DecodeError {
             DecodeError::BadTime { .. } => "bad_time",
             DecodeError::Past { .. } => "past",
             DecodeError::WrongType { .. } => "wrong_type",
+            DecodeError::Decimal { source, .. } => match source {
+                crate::decimal::Error::Overflow { .. } => "decimal_overflow",
+                crate::decimal::Error::Scale { .. } => "decimal_scale",
+                crate::decimal::Error::Syntax { .. } => "wrong_type",
+            },
             DecodeError::WrongMagicByte { .. } => "wrong_magic_byte",
             DecodeError::Truncated { .. } => "truncated",
             DecodeError::BadPayload { .. } => "bad_payload",
@@ -120,6 +132,8 @@ pub enum Slot<'a> {
     Float(f64),
     Bool(bool),
     Time(i64),
+    /// Units of a `decimal(P, S)` field (the value × 10^S), checked against P.
+    Decimal(i128),
 }
 
 /// A validated event: its event time and one slot per declared field, in declaration order.

@@ -393,12 +393,18 @@ fn leaf_step(field: &FieldDescriptor, leaf: &Leaf) -> Step {
     let fits = match (&scalar, leaf.ty) {
         (Scalar::Float | Scalar::Double, ty) => ty == FieldType::Float64,
         (Scalar::Bool, ty) => ty == FieldType::Bool,
-        (Scalar::Text, ty) => matches!(ty, FieldType::String | FieldType::Timestamp),
+        (Scalar::Text, ty) => matches!(
+            ty,
+            FieldType::String | FieldType::Timestamp | FieldType::Decimal { .. }
+        ),
         (Scalar::Enum(_), ty) => ty == FieldType::String,
         (Scalar::Timestamp, ty) => ty == FieldType::Timestamp,
         (_, ty) => matches!(
             ty,
-            FieldType::Int64 | FieldType::Float64 | FieldType::Timestamp
+            FieldType::Int64
+                | FieldType::Float64
+                | FieldType::Timestamp
+                | FieldType::Decimal { .. }
         ),
     };
     if !fits {
@@ -418,15 +424,24 @@ fn default_value(scalar: &Scalar, ty: FieldType) -> Option<Slot<'static>> {
         (_, FieldType::Float64) => Slot::Float(0.0),
         (_, FieldType::Bool) => Slot::Bool(false),
         (_, FieldType::Timestamp) => Slot::Time(0),
+        (_, FieldType::Decimal { .. }) => Slot::Decimal(0),
         (_, FieldType::String) => return None,
     })
 }
 
 fn value<'a>(scalar: &Scalar, leaf: &Leaf, buf: &mut &'a [u8]) -> Result<Slot<'a>, DecodeError> {
     let int = |v: i64| match leaf.ty {
-        FieldType::Float64 => Slot::Float(v as f64),
-        FieldType::Timestamp => Slot::Time(v),
-        _ => Slot::Int(v),
+        FieldType::Float64 => Ok(Slot::Float(v as f64)),
+        FieldType::Timestamp => Ok(Slot::Time(v)),
+        FieldType::Decimal { precision, scale } => {
+            crate::decimal::rescale(i128::from(v), 0, precision, scale)
+                .map(Slot::Decimal)
+                .map_err(|source| DecodeError::Decimal {
+                    field: leaf.path.clone(),
+                    source,
+                })
+        }
+        _ => Ok(Slot::Int(v)),
     };
     let fixed = |buf: &mut &[u8], n: usize| -> Result<u64, DecodeError> {
         let bytes = take(buf, n)?;
@@ -435,31 +450,31 @@ fn value<'a>(scalar: &Scalar, leaf: &Leaf, buf: &mut &'a [u8]) -> Result<Slot<'a
         Ok(u64::from_le_bytes(b))
     };
     Ok(match scalar {
-        Scalar::Signed => int(varint(buf)? as i64),
-        Scalar::Unsigned32 => int(i64::from(varint(buf)? as u32)),
+        Scalar::Signed => int(varint(buf)? as i64)?,
+        Scalar::Unsigned32 => int(i64::from(varint(buf)? as u32))?,
         Scalar::Unsigned64 => {
             let v = varint(buf)?;
             match i64::try_from(v) {
-                Ok(v) => int(v),
+                Ok(v) => int(v)?,
                 Err(_) if leaf.ty == FieldType::Float64 => Slot::Float(v as f64),
                 Err(_) => return Err(leaf.wrong(format!("number {v} (out of int64 range)"))),
             }
         }
         Scalar::Zigzag => {
             let n = varint(buf)?;
-            int(((n >> 1) as i64) ^ -((n & 1) as i64))
+            int(((n >> 1) as i64) ^ -((n & 1) as i64))?
         }
-        Scalar::Fixed32 => int(fixed(buf, 4)? as i64),
-        Scalar::Sfixed32 => int(i64::from(fixed(buf, 4)? as u32 as i32)),
+        Scalar::Fixed32 => int(fixed(buf, 4)? as i64)?,
+        Scalar::Sfixed32 => int(i64::from(fixed(buf, 4)? as u32 as i32))?,
         Scalar::Fixed64 => {
             let v = fixed(buf, 8)?;
             match i64::try_from(v) {
-                Ok(v) => int(v),
+                Ok(v) => int(v)?,
                 Err(_) if leaf.ty == FieldType::Float64 => Slot::Float(v as f64),
                 Err(_) => return Err(leaf.wrong(format!("number {v} (out of int64 range)"))),
             }
         }
-        Scalar::Sfixed64 => int(fixed(buf, 8)? as i64),
+        Scalar::Sfixed64 => int(fixed(buf, 8)? as i64)?,
         Scalar::Float => Slot::Float(f64::from(f32::from_bits(fixed(buf, 4)? as u32))),
         Scalar::Double => Slot::Float(f64::from_bits(fixed(buf, 8)?)),
         Scalar::Bool => Slot::Bool(varint(buf)? != 0),
@@ -481,6 +496,19 @@ fn value<'a>(scalar: &Scalar, leaf: &Leaf, buf: &mut &'a [u8]) -> Result<Slot<'a
                 match super::json::parse_rfc3339(s) {
                     Some(ms) => Slot::Time(ms),
                     None => return Err(leaf.wrong(format!("string {s:?}"))),
+                }
+            } else if let FieldType::Decimal { precision, scale } = leaf.ty {
+                match crate::decimal::parse_units(s.trim(), precision, scale) {
+                    Ok(units) => Slot::Decimal(units),
+                    Err(crate::decimal::Error::Syntax { .. }) => {
+                        return Err(leaf.wrong(format!("string {s:?}")));
+                    }
+                    Err(source) => {
+                        return Err(DecodeError::Decimal {
+                            field: leaf.path.clone(),
+                            source,
+                        });
+                    }
                 }
             } else {
                 Slot::Str(Cow::Borrowed(s))

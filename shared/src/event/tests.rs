@@ -179,3 +179,84 @@ proptest::proptest! {
         let _ = decoder().decode(payload.as_bytes());
     }
 }
+
+#[test]
+fn json_decimals_are_read_from_their_text() {
+    let money = FieldType::Decimal {
+        precision: 12,
+        scale: 2,
+    };
+    let d = EventDecoder::new(crate::testing::schema(&[("amount", money), ("fee", money)]));
+    let decimal = |payload: &str| {
+        d.decode(payload.as_bytes())
+            .map(|e| e.values.into_iter().map(owned).collect::<Vec<_>>())
+    };
+    // Numbers and strings, exactly: 10344.78 is not the float 10344.779999999999.
+    assert_eq!(
+        decimal(r#"{"ts":1,"amount":10344.78,"fee":"0.10"}"#),
+        Ok(vec![Slot::Decimal(1_034_478), Slot::Decimal(10)])
+    );
+    // 17 significant digits, beyond a float's 15: still exact.
+    let wide = EventDecoder::new(crate::testing::schema(&[(
+        "amount",
+        FieldType::Decimal {
+            precision: 30,
+            scale: 4,
+        },
+    )]));
+    assert_eq!(
+        wide.decode(br#"{"ts":1,"amount":1234567890123.4567}"#)
+            .map(|e| e.values),
+        Ok(vec![Slot::Decimal(12_345_678_901_234_567)])
+    );
+    assert_eq!(
+        decimal(r#"{"ts":1,"amount":-3,"fee":null}"#),
+        Ok(vec![Slot::Decimal(-300), Slot::Null])
+    );
+    assert_eq!(
+        decimal(r#"{"ts":1,"amount":1e3}"#),
+        Ok(vec![Slot::Decimal(100_000), Slot::Null])
+    );
+    let reason = |payload: &str| decimal(payload).unwrap_err().kind();
+    assert_eq!(
+        reason(r#"{"ts":1,"amount":10000000000}"#),
+        "decimal_overflow"
+    );
+    assert_eq!(reason(r#"{"ts":1,"amount":"1e20"}"#), "decimal_overflow");
+    assert_eq!(reason(r#"{"ts":1,"amount":0.001}"#), "decimal_scale");
+    assert_eq!(reason(r#"{"ts":1,"amount":"ten"}"#), "wrong_type");
+    assert_eq!(reason(r#"{"ts":1,"amount":true}"#), "wrong_type");
+    assert_eq!(reason(r#"{"ts":1,"amount":{"v":1}}"#), "wrong_type");
+    let err = decimal(r#"{"ts":1,"amount":0.001}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("amount") && err.contains("2 decimal places"),
+        "{err}"
+    );
+
+    // Into Arrow: Decimal128(12, 2) with the same units.
+    let mut builder = EventBatchBuilder::new(&d, 4);
+    let e = d.decode(br#"{"ts":1,"amount":"10344.78"}"#).unwrap();
+    builder.append(&e, 0, 0);
+    let batch = builder.finish();
+    let column = batch.column(1);
+    assert_eq!(
+        column.data_type(),
+        &arrow_schema::DataType::Decimal128(12, 2)
+    );
+    let values = column.as_primitive::<arrow_array::types::Decimal128Type>();
+    assert_eq!(values.value(0), 1_034_478);
+}
+
+fn owned(slot: Slot<'_>) -> Slot<'static> {
+    match slot {
+        Slot::Str(s) => Slot::Str(std::borrow::Cow::Owned(s.into_owned())),
+        Slot::Null => Slot::Null,
+        Slot::Int(v) => Slot::Int(v),
+        Slot::Float(v) => Slot::Float(v),
+        Slot::Bool(v) => Slot::Bool(v),
+        Slot::Time(v) => Slot::Time(v),
+        Slot::Decimal(v) => Slot::Decimal(v),
+    }
+}

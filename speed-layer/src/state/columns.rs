@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
-    TimestampMillisecondArray,
+    Array, ArrayRef, BooleanArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
+    StringArray, TimestampMillisecondArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::cast::{
-    as_boolean_array, as_float64_array, as_int64_array, as_string_array,
+    as_boolean_array, as_decimal128_array, as_float64_array, as_int64_array, as_string_array,
     as_timestamp_millisecond_array,
 };
 use tandem_shared::row::{GroupKey, GroupValue};
@@ -66,6 +66,7 @@ pub(super) enum ArgColumn<'a> {
     Star,
     Int(&'a Int64Array),
     Float(&'a Float64Array),
+    Decimal(&'a Decimal128Array),
     Str(&'a StringArray),
 }
 
@@ -78,6 +79,8 @@ impl ArgColumn<'_> {
             ArgColumn::Int(a) => Input::Int(a.value(row)),
             ArgColumn::Float(a) if a.is_null(row) => Input::Null,
             ArgColumn::Float(a) => Input::Float(a.value(row)),
+            ArgColumn::Decimal(a) if a.is_null(row) => Input::Null,
+            ArgColumn::Decimal(a) => Input::Decimal(a.value(row)),
             ArgColumn::Str(a) if a.is_null(row) => Input::Null,
             ArgColumn::Str(a) => Input::Bytes(a.value(row).as_bytes()),
         })
@@ -122,6 +125,9 @@ impl Evaluated {
             let target = match arg.ty {
                 ArgumentType::Int64 => DataType::Int64,
                 ArgumentType::Float64 => DataType::Float64,
+                ArgumentType::Decimal { precision, scale } => {
+                    DataType::Decimal128(precision, scale)
+                }
                 ArgumentType::Other => DataType::Utf8,
             };
             let array = if array.data_type() == &target {
@@ -180,6 +186,9 @@ impl Evaluated {
                     let col = match a.ty {
                         ArgumentType::Int64 => as_int64_array(array).ok().map(ArgColumn::Int),
                         ArgumentType::Float64 => as_float64_array(array).ok().map(ArgColumn::Float),
+                        ArgumentType::Decimal { .. } => {
+                            as_decimal128_array(array).ok().map(ArgColumn::Decimal)
+                        }
                         ArgumentType::Other => as_string_array(array).ok().map(ArgColumn::Str),
                     };
                     col.ok_or_else(|| column_err(usize::MAX, array.data_type()))?

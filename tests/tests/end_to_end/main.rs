@@ -24,6 +24,7 @@ const CITIES: [&str; 5] = ["Chennai", "Mumbai", "Berlin", "Lagos", "Tokyo"];
 mod debezium;
 mod formats;
 mod orders;
+mod outputs;
 mod rollup;
 mod s3;
 mod sql;

@@ -20,7 +20,8 @@ const AVRO: &str = r#"{"type":"record","name":"Order","namespace":"shop","fields
   {"name":"amount","type":["null","double"]},
   {"name":"qty","type":"long"},
   {"name":"coupon","type":["null","string"]},
-  {"name":"event_type","type":"string"}]}"#;
+  {"name":"event_type","type":"string"},
+  {"name":"price","type":["null",{"type":"bytes","logicalType":"decimal","precision":12,"scale":2}]}]}"#;
 
 const PROTO: &str = r#"syntax = "proto3";
 package shop;
@@ -32,6 +33,7 @@ message Order {
   int64 qty = 5;
   optional string coupon = 6;
   string event_type = 7;
+  optional string price = 8;
 }
 "#;
 
@@ -51,6 +53,8 @@ struct ProtoOrder {
     coupon: Option<String>,
     #[prost(string, tag = "7")]
     event_type: String,
+    #[prost(string, optional, tag = "8")]
+    price: Option<String>,
 }
 
 /// The decoder of `format`, knowing the writer schema as the registry would hand it out.
@@ -96,6 +100,14 @@ pub(crate) fn encode(event: &Event, format: PayloadFormat) -> Vec<u8> {
                 ("qty", Value::Long(event.qty)),
                 ("coupon", nullable(event.coupon.clone().map(Value::String))),
                 ("event_type", Value::String(event.event_type.into())),
+                (
+                    "price",
+                    nullable(event.price.map(|cents| {
+                        Value::Decimal(apache_avro::Decimal::from(
+                            i128::from(cents).to_be_bytes()[8..].to_vec(),
+                        ))
+                    })),
+                ),
             ],
         ),
         PayloadFormat::Protobuf => {
@@ -108,6 +120,7 @@ pub(crate) fn encode(event: &Event, format: PayloadFormat) -> Vec<u8> {
                 qty: event.qty,
                 coupon: event.coupon.clone(),
                 event_type: event.event_type.into(),
+                price: event.price_text(),
             };
             let mut body = vec![0];
             body.extend(message.encode_to_vec());

@@ -52,6 +52,13 @@ fn schema() -> Arc<EventSchema> {
         ("qty", FieldType::Int64),
         ("coupon", FieldType::String),
         ("event_type", FieldType::String),
+        (
+            "price",
+            FieldType::Decimal {
+                precision: 12,
+                scale: 2,
+            },
+        ),
     ])
 }
 
@@ -210,6 +217,7 @@ fn cases(events: &[Event]) -> Vec<Case> {
                     "sum(amount) AS spent",
                     "max(qty) AS most",
                     "count(DISTINCT user_id) AS users",
+                    "sum(price) AS paid",
                 ],
             ),
             oracle: session_oracle(
@@ -217,7 +225,30 @@ fn cases(events: &[Event]) -> Vec<Case> {
                 5 * MINUTE,
                 city,
                 |e| e.amount.is_some_and(|a| a > 495.0),
-                &[&count, &sum_amount, &max_qty, &distinct_users],
+                &[&count, &sum_amount, &max_qty, &distinct_users, &sum_price],
+            ),
+        },
+        Case {
+            view: view(
+                "exact_revenue",
+                testing::hopping("10m", "5m"),
+                &["city"],
+                Some("price > 0"),
+                &[
+                    "sum(price) AS revenue",
+                    "min(price) AS lo",
+                    "max(price) AS hi",
+                    "avg(price) AS mean",
+                    "count(price) AS paid",
+                ],
+            ),
+            oracle: oracle(
+                events,
+                10 * MINUTE,
+                5 * MINUTE,
+                city,
+                |e| e.price.is_some_and(|p| p > 0),
+                &[&sum_price, &min_price, &max_price, &avg_price, &count_price],
             ),
         },
         Case {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tandem_shared::coverage::StartRange;
+use tandem_shared::decimal::Decimal;
 use tandem_shared::row::{GroupValue, ViewRow};
 use tandem_shared::time::EventTime;
 use tandem_shared::value::AggregateValue;
@@ -23,15 +24,33 @@ pub(crate) struct Event {
     pub(crate) qty: i64,
     pub(crate) coupon: Option<String>,
     pub(crate) event_type: &'static str,
+    /// Exact money, in cents: a `decimal(12, 2)` field.
+    pub(crate) price: Option<i64>,
 }
 
 impl Event {
     pub(crate) fn json(&self) -> String {
-        serde_json::json!({
+        // The price as producers write money: a JSON string for some, a number for others
+        // (both exact to the cent), spliced in as text so no float is involved.
+        let price = match (self.price_text(), self.ts % 2 == 0) {
+            (None, _) => "null".to_owned(),
+            (Some(text), true) => format!("\"{text}\""),
+            (Some(text), false) => text,
+        };
+        let json = serde_json::json!({
             "ts": self.ts, "city": self.city, "user_id": self.user, "amount": self.amount,
             "qty": self.qty, "coupon": self.coupon, "event_type": self.event_type,
         })
-        .to_string()
+        .to_string();
+        format!("{},\"price\":{price}}}", &json[..json.len() - 1])
+    }
+
+    /// The price as decimal text (`"123.45"`).
+    pub(crate) fn price_text(&self) -> Option<String> {
+        self.price.map(|cents| {
+            let sign = if cents < 0 { "-" } else { "" };
+            format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100)
+        })
     }
 }
 
@@ -50,6 +69,8 @@ pub(crate) fn events(n: usize) -> Vec<Event> {
                 .random_bool(0.5)
                 .then(|| format!("c{}", rng.random_range(0..50))),
             event_type: TYPES[rng.random_range(0..TYPES.len())],
+            // Up to a million, refunds among them; a float would lose cents in these sums.
+            price: (!rng.random_ratio(1, 25)).then(|| rng.random_range(-5_000..100_000_000)),
         })
         .collect()
 }
@@ -159,6 +180,39 @@ pub(crate) fn avg_amount(es: &[&Event]) -> Want {
     } else {
         Want::Close(v.iter().sum::<f64>() / v.len() as f64)
     }
+}
+fn prices<'a>(es: &'a [&Event]) -> impl Iterator<Item = i128> + 'a {
+    es.iter().filter_map(|e| e.price.map(i128::from))
+}
+fn cents(units: i128) -> Want {
+    Want::Exact(AggregateValue::Decimal(Decimal::new(units, 2)))
+}
+pub(crate) fn sum_price(es: &[&Event]) -> Want {
+    prices(es)
+        .reduce(|a, b| a + b)
+        .map_or(Want::Exact(AggregateValue::Null), cents)
+}
+pub(crate) fn min_price(es: &[&Event]) -> Want {
+    prices(es)
+        .min()
+        .map_or(Want::Exact(AggregateValue::Null), cents)
+}
+pub(crate) fn max_price(es: &[&Event]) -> Want {
+    prices(es)
+        .max()
+        .map_or(Want::Exact(AggregateValue::Null), cents)
+}
+/// SQL's `avg` of a `decimal(12, 2)`: a decimal of scale 6, the exact mean truncated toward
+/// zero.
+pub(crate) fn avg_price(es: &[&Event]) -> Want {
+    let (sum, n) = prices(es).fold((0i128, 0i128), |(s, n), p| (s + p, n + 1));
+    if n == 0 {
+        return Want::Exact(AggregateValue::Null);
+    }
+    Want::Exact(AggregateValue::Decimal(Decimal::new(sum * 10_000 / n, 6)))
+}
+pub(crate) fn count_price(es: &[&Event]) -> Want {
+    Want::Exact(AggregateValue::Int(prices(es).count() as i64))
 }
 pub(crate) fn min_amount(es: &[&Event]) -> Want {
     Want::Exact(

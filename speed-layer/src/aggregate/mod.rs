@@ -18,6 +18,11 @@ use datasketches::hll::{HllSketch, HllType, HllUnion};
 use datasketches::kll::{KllFloat, KllSketch};
 use serde::{Deserialize, Serialize};
 
+use tandem_shared::decimal::{Decimal, pow10};
+
+mod decimal;
+use decimal::{DECIMAL_MAX, fold_decimal};
+pub use decimal::{DecimalAvg, DecimalOp, Filled, Units, decimal_avg_scale};
 use tandem_shared::value::AggregateValue;
 use tandem_shared::view::AggregateFunction;
 
@@ -65,6 +70,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum ArgumentType {
     Int64,
     Float64,
+    /// `Decimal128(precision, scale)`: summed, compared and averaged exactly, in integers.
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
     /// Any other type: only valid for `count` and `count(DISTINCT ..)`.
     Other,
 }
@@ -75,6 +85,8 @@ pub enum Input<'a> {
     Null,
     Int(i64),
     Float(f64),
+    /// Units of a decimal argument (its scale is the aggregate's).
+    Decimal(i128),
     /// Any other non-null value, as bytes that identify it (for distinct counting).
     Bytes(&'a [u8]),
 }
@@ -98,6 +110,15 @@ pub enum PartialAggregate {
         q: f64,
         sketch: Box<KllSketch<KllFloat<f64>>>,
     },
+    /// A decimal sum, min or max in units of 10^-scale.
+    Decimal {
+        op: DecimalOp,
+        units: Units,
+        scale: i8,
+        filled: Filled,
+    },
+    /// A decimal average's exact sum and count (boxed: rare, and it keeps the enum small).
+    DecimalAvg(Box<DecimalAvg>),
 }
 
 impl fmt::Debug for PartialAggregate {
@@ -110,8 +131,25 @@ impl PartialAggregate {
     /// The empty state of `function` over an argument of type `arg`.
     pub fn new(function: AggregateFunction, arg: ArgumentType) -> Self {
         use AggregateFunction as F;
+        let decimal = |op, scale| Self::Decimal {
+            op,
+            units: Units::default(),
+            scale,
+            filled: Filled::Empty,
+        };
         match (function, arg) {
             (F::Count, _) => Self::Count(0),
+            (F::Sum, ArgumentType::Decimal { scale, .. }) => decimal(DecimalOp::Sum, scale),
+            (F::Min, ArgumentType::Decimal { scale, .. }) => decimal(DecimalOp::Min, scale),
+            (F::Max, ArgumentType::Decimal { scale, .. }) => decimal(DecimalOp::Max, scale),
+            (F::Avg, ArgumentType::Decimal { scale, .. }) => {
+                Self::DecimalAvg(Box::new(DecimalAvg {
+                    sum: 0,
+                    count: 0,
+                    scale,
+                    overflow: false,
+                }))
+            }
             (F::CountDistinct, _) => Self::Distinct(Box::new(new_hll())),
             (F::Sum, ArgumentType::Int64) => Self::SumInt(None),
             (F::Sum, _) => Self::SumFloat(None),
@@ -139,6 +177,16 @@ impl PartialAggregate {
             Self::Avg { .. } => "avg",
             Self::Distinct(_) => "distinct",
             Self::Percentile { .. } => "percentile",
+            Self::Decimal {
+                op: DecimalOp::Sum, ..
+            } => "decimal_sum",
+            Self::Decimal {
+                op: DecimalOp::Min, ..
+            } => "decimal_min",
+            Self::Decimal {
+                op: DecimalOp::Max, ..
+            } => "decimal_max",
+            Self::DecimalAvg(_) => "decimal_avg",
         }
     }
 
@@ -154,6 +202,14 @@ impl PartialAggregate {
                 sum: *sum,
                 count: *count,
             }),
+            (AggregateFunction::Avg, WindowState::DecimalAvg { sum, count, scale }) => {
+                Some(Self::DecimalAvg(Box::new(DecimalAvg {
+                    sum: *sum,
+                    count: *count,
+                    scale: *scale,
+                    overflow: false,
+                })))
+            }
             (AggregateFunction::CountDistinct, WindowState::Distinct(bytes)) => {
                 Some(Self::Distinct(Box::new(
                     HllSketch::deserialize(bytes).map_err(|e| corrupt(&e))?,
@@ -185,6 +241,7 @@ impl PartialAggregate {
             Input::Int(v) => (Some(v), v as f64),
             Input::Float(v) => (None, v),
             Input::Bytes(_) => (None, f64::NAN),
+            Input::Decimal(v) => return self.update_decimal(v),
         };
         match self {
             Self::Count(n) => *n += 1,
@@ -206,9 +263,31 @@ impl PartialAggregate {
                 Input::Int(v) => sketch::hll_int(s, v),
                 Input::Float(v) => sketch::hll_float(s, v),
                 Input::Bytes(b) => sketch::hll_bytes(s, b),
-                Input::Null => {}
+                Input::Null | Input::Decimal(_) => {}
             },
             Self::Percentile { sketch: s, .. } => sketch::kll_value(s, f),
+            // Decimal states read decimal arguments only (see `ViewProgram`).
+            Self::Decimal { .. } | Self::DecimalAvg(_) => {}
+        }
+    }
+
+    /// Folds in the units of one decimal argument.
+    #[inline]
+    fn update_decimal(&mut self, v: i128) {
+        match self {
+            Self::Count(n) => *n += 1,
+            Self::Decimal {
+                op, units, filled, ..
+            } => fold_decimal(*op, units, filled, v),
+            Self::DecimalAvg(a) => {
+                a.count += 1;
+                match a.sum.checked_add(v).filter(|s| s.abs() <= DECIMAL_MAX) {
+                    Some(sum) => a.sum = sum,
+                    None => a.overflow = true,
+                }
+            }
+            // Other states take a decimal argument as a float (see `ViewProgram`).
+            _ => {}
         }
     }
 
@@ -238,6 +317,32 @@ impl PartialAggregate {
                 a.merge(b).map_err(|e| Error::Sketch {
                     detail: e.to_string(),
                 })?;
+            }
+            (
+                Self::Decimal {
+                    op,
+                    units,
+                    scale,
+                    filled,
+                },
+                Self::Decimal {
+                    op: op2,
+                    units: u2,
+                    scale: s2,
+                    filled: f2,
+                },
+            ) if op == op2 && scale == s2 => match f2 {
+                Filled::Empty => {}
+                Filled::Overflow => *filled = Filled::Overflow,
+                Filled::Value => fold_decimal(*op, units, filled, u2.get()),
+            },
+            (Self::DecimalAvg(a), Self::DecimalAvg(b)) if a.scale == b.scale => {
+                a.count += b.count;
+                a.overflow |= b.overflow;
+                match a.sum.checked_add(b.sum).filter(|s| s.abs() <= DECIMAL_MAX) {
+                    Some(sum) => a.sum = sum,
+                    None => a.overflow = true,
+                }
             }
             (a, b) => {
                 return Err(Error::Mismatch {
@@ -274,6 +379,22 @@ impl PartialAggregate {
                     _ => V::Null,
                 }
             }
+            Self::Decimal {
+                units,
+                scale,
+                filled: Filled::Value,
+                ..
+            } => V::Decimal(Decimal::new(units.get(), *scale)),
+            Self::Decimal { .. } => V::Null,
+            Self::DecimalAvg(a) if a.count == 0 || a.overflow => V::Null,
+            Self::DecimalAvg(a) => {
+                let target = decimal_avg_scale(a.scale);
+                let up = u32::try_from(target - a.scale).unwrap_or(0);
+                match a.sum.checked_mul(pow10(up)) {
+                    Some(v) => V::Decimal(Decimal::new(v / i128::from(a.count), target)),
+                    None => V::Null,
+                }
+            }
         }
     }
 
@@ -286,6 +407,7 @@ impl PartialAggregate {
             Self::Distinct(_) => inline + (1 << HLL_LG_K) + 256,
             // KLL retains about 3k items once it compacts, 8 bytes each, plus level bookkeeping.
             Self::Percentile { .. } => inline + 3 * usize::from(KLL_K) * 8 + 256,
+            Self::DecimalAvg(_) => inline + std::mem::size_of::<DecimalAvg>(),
             _ => inline,
         }
     }
@@ -318,6 +440,40 @@ impl PartialAggregate {
             Self::Percentile { q, sketch } => {
                 put(9, &[&q.to_le_bytes()[..], &sketch.serialize()].concat())
             }
+            Self::Decimal {
+                op,
+                units,
+                scale,
+                filled,
+            } => {
+                let op = match op {
+                    DecimalOp::Sum => 0u8,
+                    DecimalOp::Min => 1,
+                    DecimalOp::Max => 2,
+                };
+                let filled = match filled {
+                    Filled::Empty => 0u8,
+                    Filled::Value => 1,
+                    Filled::Overflow => 2,
+                };
+                put(
+                    10,
+                    &[
+                        &[op, *scale as u8, filled][..],
+                        &units.get().to_le_bytes()[..],
+                    ]
+                    .concat(),
+                )
+            }
+            Self::DecimalAvg(a) => put(
+                11,
+                &[
+                    &[a.scale as u8, u8::from(a.overflow)][..],
+                    &a.sum.to_le_bytes()[..],
+                    &a.count.to_le_bytes()[..],
+                ]
+                .concat(),
+            ),
         }
         out
     }
@@ -364,6 +520,42 @@ impl PartialAggregate {
                     KllSketch::deserialize(&rest[8..]).map_err(|e| corrupt(&e.to_string()))?,
                 ),
             },
+            10 => {
+                let head = rest.get(..3).ok_or_else(|| corrupt("truncated"))?;
+                let units = rest
+                    .get(3..19)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .ok_or_else(|| corrupt("truncated"))?;
+                Self::Decimal {
+                    op: match head[0] {
+                        0 => DecimalOp::Sum,
+                        1 => DecimalOp::Min,
+                        2 => DecimalOp::Max,
+                        _ => return Err(corrupt("bad decimal op")),
+                    },
+                    units: Units::new(i128::from_le_bytes(units)),
+                    scale: head[1] as i8,
+                    filled: match head[2] {
+                        0 => Filled::Empty,
+                        1 => Filled::Value,
+                        2 => Filled::Overflow,
+                        _ => return Err(corrupt("bad decimal state")),
+                    },
+                }
+            }
+            11 => {
+                let head = rest.get(..2).ok_or_else(|| corrupt("truncated"))?;
+                let sum = rest
+                    .get(2..18)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .ok_or_else(|| corrupt("truncated"))?;
+                Self::DecimalAvg(Box::new(DecimalAvg {
+                    sum: i128::from_le_bytes(sum),
+                    count: i64::from_le_bytes(word(rest, 18)?),
+                    scale: head[0] as i8,
+                    overflow: head[1] != 0,
+                }))
+            }
             _ => return Err(corrupt("unknown state tag")),
         })
     }
@@ -377,258 +569,4 @@ fn merge_opt<T: Copy>(a: Option<T>, b: Option<T>, f: impl Fn(T, T) -> T) -> Opti
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn fold(function: AggregateFunction, arg: ArgumentType, values: &[i64]) -> PartialAggregate {
-        let mut acc = PartialAggregate::new(function, arg);
-        for v in values {
-            match arg {
-                ArgumentType::Int64 => acc.update(Input::Int(*v)),
-                _ => acc.update(Input::Float(*v as f64)),
-            }
-        }
-        acc
-    }
-
-    const EXACT: [AggregateFunction; 5] = [
-        AggregateFunction::Count,
-        AggregateFunction::Sum,
-        AggregateFunction::Min,
-        AggregateFunction::Max,
-        AggregateFunction::Avg,
-    ];
-
-    /// The exact oracle, computed directly from the values.
-    fn oracle(function: AggregateFunction, values: &[i64]) -> Option<f64> {
-        let n = values.len();
-        match function {
-            AggregateFunction::Count => Some(n as f64),
-            _ if n == 0 => None,
-            AggregateFunction::Sum => Some(values.iter().sum::<i64>() as f64),
-            AggregateFunction::Min => values.iter().min().map(|v| *v as f64),
-            AggregateFunction::Max => values.iter().max().map(|v| *v as f64),
-            AggregateFunction::Avg => Some(values.iter().sum::<i64>() as f64 / n as f64),
-            _ => unreachable!(),
-        }
-    }
-
-    #[test]
-    fn error_bounds_are_the_sketches_own() {
-        let Some(ErrorBound::RelativeStandardError(rse)) =
-            error_bound(AggregateFunction::CountDistinct)
-        else {
-            panic!("distinct counts have a relative standard error");
-        };
-        assert!((rse - 0.008125).abs() < 1e-6, "{rse}");
-        let Some(ErrorBound::RankError(e)) = error_bound(AggregateFunction::Percentile { q: 0.5 })
-        else {
-            panic!("percentiles have a rank error");
-        };
-        assert!(e > 0.001 && e < 0.01, "{e}");
-        assert_eq!(error_bound(AggregateFunction::Sum), None);
-    }
-
-    #[test]
-    fn sql_semantics_for_nulls_and_empty_input() {
-        let mut sum = PartialAggregate::new(AggregateFunction::Sum, ArgumentType::Float64);
-        assert_eq!(sum.evaluate(), AggregateValue::Null);
-        sum.update(Input::Null);
-        assert_eq!(sum.evaluate(), AggregateValue::Null);
-        let mut count = PartialAggregate::new(AggregateFunction::Count, ArgumentType::Float64);
-        count.update(Input::Null);
-        count.update(Input::Float(1.0));
-        assert_eq!(count.evaluate(), AggregateValue::Int(1));
-        count.update_row();
-        assert_eq!(count.evaluate(), AggregateValue::Int(2));
-        let avg = PartialAggregate::new(AggregateFunction::Avg, ArgumentType::Int64);
-        assert_eq!(avg.evaluate(), AggregateValue::Null);
-    }
-
-    #[test]
-    fn result_types_follow_the_argument() {
-        let s = fold(AggregateFunction::Sum, ArgumentType::Int64, &[1, 2]);
-        assert_eq!(s.evaluate(), AggregateValue::Int(3));
-        let s = fold(AggregateFunction::Sum, ArgumentType::Float64, &[1, 2]);
-        assert_eq!(s.evaluate(), AggregateValue::Float(3.0));
-        let a = fold(AggregateFunction::Avg, ArgumentType::Int64, &[1, 2]);
-        assert_eq!(a.evaluate(), AggregateValue::Float(1.5));
-    }
-
-    #[test]
-    fn mismatched_merges_are_errors() {
-        let mut a = PartialAggregate::new(AggregateFunction::Sum, ArgumentType::Int64);
-        let b = PartialAggregate::new(AggregateFunction::Max, ArgumentType::Int64);
-        assert!(matches!(a.merge(&b), Err(Error::Mismatch { .. })));
-    }
-
-    proptest! {
-        /// Merging the partials of any split equals aggregating the whole, which equals the oracle.
-        #[test]
-        fn merge_of_parts_equals_aggregate_of_whole(
-            values in proptest::collection::vec(-1_000_000i64..1_000_000, 0..200),
-            cut in 0usize..200,
-        ) {
-            let cut = cut.min(values.len());
-            for function in EXACT {
-                for arg in [ArgumentType::Int64, ArgumentType::Float64] {
-                    let whole = fold(function, arg, &values);
-                    let mut left = fold(function, arg, &values[..cut]);
-                    left.merge(&fold(function, arg, &values[cut..])).unwrap();
-                    prop_assert_eq!(left.evaluate().as_f64(), whole.evaluate().as_f64());
-                    prop_assert_eq!(whole.evaluate().as_f64(), oracle(function, &values));
-                }
-            }
-        }
-
-        #[test]
-        fn merge_is_commutative_and_associative(
-            a in proptest::collection::vec(-1000i64..1000, 0..50),
-            b in proptest::collection::vec(-1000i64..1000, 0..50),
-            c in proptest::collection::vec(-1000i64..1000, 0..50),
-        ) {
-            for function in EXACT {
-                let p = |v: &[i64]| fold(function, ArgumentType::Int64, v);
-                let mut ab = p(&a);
-                ab.merge(&p(&b)).unwrap();
-                let mut ba = p(&b);
-                ba.merge(&p(&a)).unwrap();
-                prop_assert_eq!(ab.evaluate(), ba.evaluate());
-                let mut ab_c = ab.clone();
-                ab_c.merge(&p(&c)).unwrap();
-                let mut bc = p(&b);
-                bc.merge(&p(&c)).unwrap();
-                let mut a_bc = p(&a);
-                a_bc.merge(&bc).unwrap();
-                prop_assert_eq!(ab_c.evaluate(), a_bc.evaluate());
-            }
-        }
-
-        /// HyperLogLog: merge is commutative, and merging sketches of any split of the input
-        /// estimates the whole input within the error bound.
-        #[test]
-        fn distinct_merge_of_parts_equals_the_whole(
-            values in proptest::collection::vec(0i64..50_000, 0..3_000),
-            cut in 0usize..3_000,
-        ) {
-            let cut = cut.min(values.len());
-            let whole = fold(AggregateFunction::CountDistinct, ArgumentType::Int64, &values);
-            let left = fold(AggregateFunction::CountDistinct, ArgumentType::Int64, &values[..cut]);
-            let right = fold(AggregateFunction::CountDistinct, ArgumentType::Int64, &values[cut..]);
-            let mut lr = left.clone();
-            lr.merge(&right).unwrap();
-            let mut rl = right.clone();
-            rl.merge(&left).unwrap();
-            prop_assert_eq!(lr.evaluate(), rl.evaluate());
-            let exact = values.iter().collect::<std::collections::HashSet<_>>().len() as f64;
-            for est in [whole.evaluate(), lr.evaluate()] {
-                let est = est.as_f64().unwrap();
-                // 3 sigma of the 0.81% relative standard error, plus one for tiny sets.
-                prop_assert!((est - exact).abs() <= 0.0243 * exact + 1.0, "estimate {est}, exact {exact}");
-            }
-        }
-
-        /// KLL: the merge of parts answers within the rank error bound of the whole.
-        #[test]
-        fn percentile_merge_of_parts_stays_within_rank_error(
-            values in proptest::collection::vec(-1e6f64..1e6, 1..5_000),
-            cut in 0usize..5_000,
-            q in 0.0f64..=1.0,
-        ) {
-            let cut = cut.min(values.len());
-            let part = |v: &[f64]| {
-                let mut acc = PartialAggregate::new(AggregateFunction::Percentile { q }, ArgumentType::Float64);
-                for x in v {
-                    acc.update(Input::Float(*x));
-                }
-                acc
-            };
-            let mut merged = part(&values[..cut]);
-            merged.merge(&part(&values[cut..])).unwrap();
-            let est = merged.evaluate().as_f64().unwrap();
-            let mut sorted = values.clone();
-            sorted.sort_by(f64::total_cmp);
-            let rank_lo = sorted.partition_point(|x| *x < est) as f64 / sorted.len() as f64;
-            let rank_hi = sorted.partition_point(|x| *x <= est) as f64 / sorted.len() as f64;
-            prop_assert!(rank_lo - 0.01 <= q && q <= rank_hi + 0.01, "q {q}: estimate {est} has rank [{rank_lo}, {rank_hi}]");
-        }
-
-        #[test]
-        fn state_survives_a_byte_round_trip(
-            values in proptest::collection::vec(-1000i64..1000, 0..100),
-        ) {
-            for function in EXACT.into_iter().chain([
-                AggregateFunction::CountDistinct,
-                AggregateFunction::Percentile { q: 0.5 },
-            ]) {
-                for arg in [ArgumentType::Int64, ArgumentType::Float64] {
-                    let acc = fold(function, arg, &values);
-                    let back = PartialAggregate::from_bytes(&acc.to_bytes()).unwrap();
-                    prop_assert_eq!(back.evaluate(), acc.evaluate());
-                }
-            }
-        }
-    }
-
-    /// Error bounds against an exact oracle over 10^6 items, with the input split over 8 partial
-    /// states (as partitions are) and merged.
-    #[test]
-    fn sketches_meet_their_error_bounds_over_a_million_items() {
-        const N: i64 = 1_000_000;
-        const PARTS: i64 = 8;
-        // Distinct: 10^6 distinct values, each seen twice, hashed through a random-looking map.
-        let mut parts: Vec<PartialAggregate> = (0..PARTS)
-            .map(|_| PartialAggregate::new(AggregateFunction::CountDistinct, ArgumentType::Int64))
-            .collect();
-        for i in 0..2 * N {
-            let v = (i % N).wrapping_mul(0x9E37_79B9_7F4A_7C15u64 as i64);
-            parts[(i % PARTS) as usize].update(Input::Int(v));
-        }
-        let mut distinct = parts.remove(0);
-        for p in &parts {
-            distinct.merge(p).unwrap();
-        }
-        let est = distinct.evaluate().as_f64().unwrap();
-        let err = (est - N as f64).abs() / N as f64;
-        // lg_k = 14: relative standard error 0.81%; 3 sigma.
-        assert!(
-            err <= 3.0 * 0.0081,
-            "distinct estimate {est} for {N}: error {err}"
-        );
-
-        // Percentiles: a skewed distribution (squares of a permutation), exact ranks known.
-        let mut parts: Vec<PartialAggregate> = (0..PARTS)
-            .map(|_| {
-                PartialAggregate::new(
-                    AggregateFunction::Percentile { q: 0.0 },
-                    ArgumentType::Float64,
-                )
-            })
-            .collect();
-        for i in 0..N {
-            let v = ((i * 7_919) % N) as f64;
-            parts[(i % PARTS) as usize].update(Input::Float(v * v));
-        }
-        let mut merged = parts.remove(0);
-        for p in &parts {
-            merged.merge(p).unwrap();
-        }
-        for q in [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99] {
-            let PartialAggregate::Percentile { sketch, .. } = &merged else {
-                unreachable!()
-            };
-            let est = sketch
-                .quantile(q, SearchCriteria::Inclusive)
-                .unwrap()
-                .unwrap()
-                .into_inner();
-            // Values are the squares of 0..N, so the rank of `est` is sqrt(est) / N.
-            let rank = (est.sqrt().floor() + 1.0) / N as f64;
-            assert!(
-                (rank - q).abs() <= 0.01,
-                "q {q}: estimate {est} has rank {rank}"
-            );
-        }
-    }
-}
+mod tests;
