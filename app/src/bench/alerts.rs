@@ -30,6 +30,7 @@ use tandem_shared::event::EventDecoder;
 use tandem_shared::time::Span;
 use tokio_util::sync::CancellationToken;
 
+use super::history::rss_mib;
 use super::speed::{CONFIG, on_topic, percentile, send, spawn_broker, steady_load};
 use super::{ORDERS_BY_CITY, SCHEMA};
 use crate::config::Config;
@@ -51,19 +52,6 @@ topic = "alerts"
 when = "orders >= 1 AND city LIKE 'probe-%'"
 lookback = "2m"
 "#;
-
-/// Resident memory of this process now (kB), from /proc.
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 /// Runs the benchmark and prints its report.
 pub async fn run(opts: AlertsBench) -> anyhow::Result<()> {
@@ -159,7 +147,7 @@ async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::
         ("after", opts.seconds - before, false),
     ];
     let mut sent: Vec<(String, Instant, &str)> = Vec::new();
-    let mut peak_kb = rss_kb();
+    let mut peak_mib = rss_mib();
     let mut n = 0u64;
     for (phase, seconds, spike) in phases {
         let extra = if spike {
@@ -184,7 +172,7 @@ async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::
             send(&probes, "live", &city, &payload);
             sent.push((city, at, phase));
             if last_sample.elapsed() >= Duration::from_millis(100) {
-                peak_kb = peak_kb.max(rss_kb());
+                peak_mib = peak_mib.max(rss_mib());
                 last_sample = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -200,7 +188,7 @@ async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::
         if all >= sent.len() {
             break;
         }
-        peak_kb = peak_kb.max(rss_kb());
+        peak_mib = peak_mib.max(rss_mib());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let produced = load.stop();
@@ -238,10 +226,9 @@ async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::
     }
     all.sort_by(f64::total_cmp);
     println!(
-        "  all: p50 {:.1} ms, p99 {:.1} ms; peak resident memory {:.0} MiB",
+        "  all: p50 {:.1} ms, p99 {:.1} ms; peak resident memory {peak_mib:.0} MiB",
         percentile(&all, 0.5),
         percentile(&all, 0.99),
-        peak_kb as f64 / 1024.0
     );
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
