@@ -134,6 +134,21 @@ enum BenchCommand {
         #[arg(long, default_value = "json", value_parser = parse_format)]
         format: PayloadFormat,
     },
+    /// Produce → alert-readable latency of an `[[outputs]]` rule, at a steady rate with a spike,
+    /// and peak resident memory.
+    Alerts {
+        /// Events per second outside the spike.
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+        /// Seconds at the steady rate (half before the spike, half after).
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// The spike's rate as a multiple of `--rate`.
+        #[arg(long, default_value_t = 10)]
+        spike_factor: u64,
+        #[arg(long, default_value_t = 10)]
+        spike_seconds: u64,
+    },
     /// Tandem split over processes: speed throughput with one and two workers, and the
     /// latency of a query a serving process answers by asking three workers.
     Scale {
@@ -281,6 +296,23 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let config = Config::load(&config)?;
             batch_run::run(&config, view.as_deref(), from, to).await
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Alerts {
+                    rate,
+                    seconds,
+                    spike_factor,
+                    spike_seconds,
+                },
+        } => {
+            bench::alerts::run(bench::alerts::AlertsBench {
+                rate,
+                seconds,
+                spike_factor: spike_factor.max(1),
+                spike_seconds,
+            })
+            .await
         }
         Command::Bench {
             what:

@@ -108,3 +108,75 @@ pub async fn start(
     tracker.spawn(sink.run(rx, cancel));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(when: &str) -> String {
+        format!(
+            r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+topic = "payments"
+
+[storage]
+url = "memory://"
+
+[schema]
+time_field = "ts"
+fields = {{ card = "string", amount = "decimal(12, 2)" }}
+
+[[views]]
+name = "payments_by_card"
+window = {{ tumbling = "1m" }}
+group_by = ["card"]
+aggregates = ["count(*) AS payments", "sum(amount) AS amount_total"]
+
+[[outputs]]
+view = "payments_by_card"
+topic = "payments_by_card.alerts"
+emit = "on_close"
+when = "{when}"
+"#
+        )
+    }
+
+    #[tokio::test]
+    async fn rules_compile_against_the_views_row_or_say_why_not() {
+        let c = Config::parse(&config("payments > 20 OR amount_total > 10000"), "t.toml").unwrap();
+        let compiled = compile(&c).await.unwrap();
+        assert_eq!(compiled.len(), 1);
+        assert_eq!(compiled[0].emit, outputs::Emit::OnClose);
+        assert!(compiled[0].rule.is_some());
+        for (rule, needle) in [("colour = 'red'", "colour"), ("payments + 1", "boolean")] {
+            let c = Config::parse(&config(rule), "t.toml").unwrap();
+            let err = compile(&c).await.unwrap_err().to_string();
+            assert!(
+                err.contains("payments_by_card") && err.contains(needle),
+                "{rule}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn outputs_are_checked_when_the_configuration_is_read() {
+        let text = config("payments > 1");
+        let unknown = text.replace(
+            "view = \"payments_by_card\"\ntopic",
+            "view = \"nope\"\ntopic",
+        );
+        let err = Config::parse(&unknown, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+        let events_topic = text.replace(
+            "topic = \"payments_by_card.alerts\"",
+            "topic = \"payments\"",
+        );
+        let err = Config::parse(&events_topic, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("topic of its own"), "{err}");
+        let bad_emit = text.replace("on_close", "sometimes");
+        assert!(Config::parse(&bad_emit, "t.toml").is_err());
+    }
+}

@@ -10,6 +10,7 @@
 //!   POST /v1/jobs ──────► scheduler (batch layer) ──► publication ──► catalog
 //!                                                                      │ change
 //!                        reconcile: release covered speed state, measure drift
+//!   outputs: every 50 ms seam::answer ──► tracker (pure) ──► records ──► Kafka (idempotent)
 //! ```
 //!
 //! - [`fleet`]: the speed side when workers share the partitions: every partition asked of its
@@ -18,6 +19,7 @@
 //! - [`rollup`]: windows combined into coarser buckets or the global window: exact values
 //!   exactly, sketches (stored by the batch layer, kept by the speed layer) merged.
 //! - [`reconcile`]: speed-state release and drift measurement after each publication.
+//! - [`outputs`]: views pushed to Kafka topics: updates, closes, batch corrections, alerts.
 //! - [`access`]: bearer tokens with scopes, and request limits, in front of every route.
 //! - [`page`]: answers a page at a time, with a position cursor.
 //! - [`readiness`]: each component's condition, read by `/readyz`.

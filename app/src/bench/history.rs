@@ -163,7 +163,8 @@ struct Served {
     cache_mib: f64,
 }
 
-fn rss_mib() -> f64 {
+/// Resident memory of this process now, from /proc.
+pub(super) fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

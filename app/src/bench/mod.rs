@@ -2,6 +2,7 @@
 //!
 //! - [`speed`]: events per CPU-second through the speed layer (JSON, Avro or Protobuf payloads),
 //!   and produce → queryable latency.
+//! - [`alerts`]: produce → alert-readable latency of an output rule under a load with a spike.
 //! - [`scale`]: speed throughput with one and two worker processes, and fan-out query latency
 //!   with three.
 //! - [`batch`]: recompute throughput next to DuckDB over the same Parquet files.
@@ -9,6 +10,7 @@
 //! - [`load`]: view query latency from a separate load process while the speed layer ingests,
 //!   and ingestion with and without that query load.
 
+pub mod alerts;
 pub mod batch;
 pub mod history;
 pub mod load;

@@ -73,19 +73,7 @@ fn event(d: &EventDecoder, payload: &[u8]) -> DecodedEvent<'static> {
     match d.read(Some(payload)) {
         Read::Event(e) => DecodedEvent {
             time: e.time,
-            values: e
-                .values
-                .into_iter()
-                .map(|s| match s {
-                    Slot::Str(s) => Slot::Str(Cow::Owned(s.into_owned())),
-                    Slot::Null => Slot::Null,
-                    Slot::Int(v) => Slot::Int(v),
-                    Slot::Float(v) => Slot::Float(v),
-                    Slot::Bool(v) => Slot::Bool(v),
-                    Slot::Time(v) => Slot::Time(v),
-                    Slot::Decimal(v) => Slot::Decimal(v),
-                })
-                .collect(),
+            values: e.values.into_iter().map(Slot::into_owned).collect(),
         },
         other => panic!("not an event: {other:?}"),
     }

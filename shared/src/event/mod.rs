@@ -136,6 +136,21 @@ pub enum Slot<'a> {
     Decimal(i128),
 }
 
+impl Slot<'_> {
+    /// The same value, owning its string.
+    pub fn into_owned(self) -> Slot<'static> {
+        match self {
+            Slot::Str(s) => Slot::Str(Cow::Owned(s.into_owned())),
+            Slot::Null => Slot::Null,
+            Slot::Int(v) => Slot::Int(v),
+            Slot::Float(v) => Slot::Float(v),
+            Slot::Bool(v) => Slot::Bool(v),
+            Slot::Time(v) => Slot::Time(v),
+            Slot::Decimal(v) => Slot::Decimal(v),
+        }
+    }
+}
+
 /// A validated event: its event time and one slot per declared field, in declaration order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedEvent<'a> {

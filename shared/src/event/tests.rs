@@ -188,8 +188,12 @@ fn json_decimals_are_read_from_their_text() {
     };
     let d = EventDecoder::new(crate::testing::schema(&[("amount", money), ("fee", money)]));
     let decimal = |payload: &str| {
-        d.decode(payload.as_bytes())
-            .map(|e| e.values.into_iter().map(owned).collect::<Vec<_>>())
+        d.decode(payload.as_bytes()).map(|e| {
+            e.values
+                .into_iter()
+                .map(Slot::into_owned)
+                .collect::<Vec<_>>()
+        })
     };
     // Numbers and strings, exactly: 10344.78 is not the float 10344.779999999999.
     assert_eq!(
@@ -247,16 +251,4 @@ fn json_decimals_are_read_from_their_text() {
     );
     let values = column.as_primitive::<arrow_array::types::Decimal128Type>();
     assert_eq!(values.value(0), 1_034_478);
-}
-
-fn owned(slot: Slot<'_>) -> Slot<'static> {
-    match slot {
-        Slot::Str(s) => Slot::Str(std::borrow::Cow::Owned(s.into_owned())),
-        Slot::Null => Slot::Null,
-        Slot::Int(v) => Slot::Int(v),
-        Slot::Float(v) => Slot::Float(v),
-        Slot::Bool(v) => Slot::Bool(v),
-        Slot::Time(v) => Slot::Time(v),
-        Slot::Decimal(v) => Slot::Decimal(v),
-    }
 }
