@@ -282,6 +282,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Check { config } => {
             let config = Config::load(&config)?;
+            // Output rules are SQL over a view's row: compiled here as at start-up.
+            tandem::outputs::compile(&config).await?;
             println!("configuration is valid: {} view(s)", config.views.len());
             Ok(())
         }

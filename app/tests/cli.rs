@@ -103,3 +103,47 @@ fn run_refuses_an_open_api_beyond_loopback() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_compiles_output_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tandem.toml");
+    let config = |when: &str| {
+        format!(
+            r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+topic = "orders"
+[storage]
+url = "memory://"
+[schema]
+time_field = "ts"
+fields = {{ city = "string", amount = "decimal(12, 2)" }}
+[[views]]
+name = "by_city"
+window = {{ tumbling = "1m" }}
+group_by = ["city"]
+aggregates = ["count(*) AS n", "sum(amount) AS revenue"]
+[[outputs]]
+view = "by_city"
+topic = "by_city.alerts"
+when = "{when}"
+"#
+        )
+    };
+    std::fs::write(&path, config("n > 3 OR revenue > 100.50")).unwrap();
+    let out = tandem(&["check", "--config", &path.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&path, config("colour = 'red'")).unwrap();
+    let out = tandem(&["check", "--config", &path.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("by_city") && stderr.contains("colour"),
+        "{stderr}"
+    );
+}
