@@ -392,6 +392,8 @@ fn remember<T>(plans: &Plans<T>, id: SchemaId, plan: Result<Arc<T>, DecodeError>
 }
 
 #[cfg(test)]
+mod decimal_tests;
+#[cfg(test)]
 mod format_tests;
 #[cfg(test)]
 mod tests;

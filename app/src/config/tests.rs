@@ -1,0 +1,135 @@
+//! The configuration contract: the examples parse, and errors name the place and the reason.
+
+use super::*;
+
+/// The documented example (the configuration `deploy/` ships).
+const ISSUE_EXAMPLE: &str = include_str!("../../../deploy/tandem.toml");
+
+/// Every token variable set (the example names some).
+fn any_env(_: &str) -> Option<String> {
+    Some("test-token".into())
+}
+
+fn parse(text: &str, origin: &str) -> Result<Config> {
+    Config::parse_with_env(text, origin, &any_env)
+}
+
+#[test]
+fn parses_the_documented_example_with_defaults() {
+    let c = parse(ISSUE_EXAMPLE, "tandem.toml").unwrap();
+    assert_eq!(c.kafka.dead_letter_topic, "orders.dlq");
+    assert_eq!(c.kafka.late_topic, "orders.late");
+    assert_eq!(c.views.len(), 1);
+    assert_eq!(c.views[0].aggregates.len(), 5);
+    assert_eq!(c.roll_interval.millis(), 30_000);
+    assert_eq!(c.schedule.as_deref(), Some("0 */10 * * * *"));
+}
+
+#[test]
+fn sizes_accept_bytes_and_binary_or_decimal_units() {
+    let c = parse(
+        &format!("{ISSUE_EXAMPLE}\n[speed]\nmemory_budget = \"64MiB\"\n"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.memory_budget, 64 << 20);
+    assert_eq!(c.cache_bytes, 16 << 20, "the default");
+    let c = parse(
+        &format!("{ISSUE_EXAMPLE}\n[serving]\ncache_bytes = \"1GiB\"\n"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.cache_bytes, 1 << 30);
+    assert_eq!(c.max_future.millis(), 3_600_000);
+    assert_eq!(c.checkpoint_interval.millis(), 10_000);
+    assert_eq!(c.retention.millis(), 7 * 86_400_000);
+    assert_eq!(c.maintenance_interval.millis(), 600_000);
+}
+
+#[test]
+fn schema_min_time_defaults_to_2000_and_is_checked() {
+    let c = parse(ISSUE_EXAMPLE, "t.toml").unwrap();
+    assert_eq!(c.schema.min_time.to_string(), "2000-01-01T00:00:00Z");
+    let set = ISSUE_EXAMPLE.replace(
+        "time_field = \"ts\"",
+        "time_field = \"ts\"\nmin_time = \"2020-01-01T00:00:00Z\"",
+    );
+    let c = parse(&set, "t.toml").unwrap();
+    assert_eq!(c.schema.min_time.to_string(), "2020-01-01T00:00:00Z");
+    let bad = ISSUE_EXAMPLE.replace(
+        "time_field = \"ts\"",
+        "time_field = \"ts\"\nmin_time = \"long ago\"",
+    );
+    assert!(err(&bad).contains("schema.min_time"), "{}", err(&bad));
+}
+
+#[test]
+fn the_demo_configuration_is_valid() {
+    let c = Config::parse(DEMO, "demo").unwrap();
+    assert!(c.views.len() >= 2);
+}
+
+fn err(text: &str) -> String {
+    parse(text, "t.toml").unwrap_err().to_string()
+}
+
+#[test]
+fn errors_name_the_problem_and_where_it_is() {
+    let unknown_key = ISSUE_EXAMPLE.replace("[batch]", "[batch]\ncolour = 1");
+    let e = err(&unknown_key);
+    assert!(e.contains("t.toml") && e.contains("colour"), "{e}");
+    assert!(e.contains("line"), "TOML errors carry a position: {e}");
+
+    let unknown_field = ISSUE_EXAMPLE.replace("group_by = [\"city\"]", "group_by = [\"country\"]");
+    let e = err(&unknown_field);
+    assert!(e.contains("orders_by_city") && e.contains("country"), "{e}");
+
+    let bad_agg = ISSUE_EXAMPLE.replace("sum(amount) AS revenue", "median(amount) AS revenue");
+    let e = err(&bad_agg);
+    assert!(e.contains("entry 0") && e.contains("median"), "{e}");
+
+    let dup = format!(
+        "{ISSUE_EXAMPLE}\n[[views]]\nname = \"orders_by_city\"\nwindow = {{ tumbling = \"5m\" }}\naggregates = [\"count(*)\"]\n"
+    );
+    let e = err(&dup.replace("[batch]\nschedule = \"0 */10 * * * *\"", ""));
+    assert!(e.contains("already defined"), "{e}");
+
+    let bad_cron = ISSUE_EXAMPLE.replace("0 */10 * * * *", "every ten minutes");
+    let e = err(&bad_cron);
+    assert!(e.contains("batch.schedule"), "{e}");
+
+    let bad_type = ISSUE_EXAMPLE.replace("amount = \"decimal(12, 2)\"", "amount = \"money\"");
+    assert_ne!(bad_type, ISSUE_EXAMPLE);
+    let e = err(&bad_type);
+    assert!(e.contains("money") && e.contains("decimal(P, S)"), "{e}");
+
+    let bad_decimal =
+        ISSUE_EXAMPLE.replace("amount = \"decimal(12, 2)\"", "amount = \"decimal(40, 2)\"");
+    let e = err(&bad_decimal);
+    assert!(
+        e.contains("decimal(40, 2)") && e.contains("precision"),
+        "{e}"
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+
+    /// No text panics the configuration parser: arbitrary text, and the demo configuration
+    /// with a random edit (so that parsing gets deep into validation).
+    #[test]
+    fn no_configuration_text_panics_the_parser(
+        text in ".{0,200}",
+        at in 0usize..4096,
+        cut in 0usize..8,
+        insert in "[a-z0-9_=\"\\[\\]{}., :*()'-]{0,8}",
+    ) {
+        let _ = Config::parse_with_env(&text, "fuzz", &any_env);
+        let mut edited: Vec<char> = DEMO.chars().collect();
+        let at = at % edited.len();
+        let end = (at + cut).min(edited.len());
+        edited.splice(at..end, insert.chars());
+        let edited: String = edited.into_iter().collect();
+        let _ = Config::parse_with_env(&edited, "fuzz", &any_env);
+    }
+}
