@@ -275,9 +275,13 @@ impl Reconciler {
             tracing::debug!(view = %view.name, ?missing, "drift not measured yet: partitions missing");
             return;
         }
-        let keep =
-            |start: EventTime| new.iter().any(|r| r.contains(start)) && !released.contains(start);
-        let speed_rows: Vec<ViewRow> = rows.into_iter().filter(|r| keep(r.window.start)).collect();
+        // Newly covered for the row's group, and not released by a worker yet.
+        let keep = |r: &ViewRow| {
+            new.iter().any(|n| n.contains(r.window.start))
+                && published.coverage.covers(&r.group, r.window.start)
+                && !released.covers(&r.group, r.window.start)
+        };
+        let speed_rows: Vec<ViewRow> = rows.into_iter().filter(|r| keep(r)).collect();
         {
             let mut measured = self.measured.lock().unwrap_or_else(|e| e.into_inner());
             let done = measured.entry(view.name.clone()).or_default();
@@ -290,8 +294,7 @@ impl Reconciler {
         }
         match self.catalog.rows(published, span).await {
             Ok(exact) => {
-                let exact: Vec<ViewRow> =
-                    exact.into_iter().filter(|r| keep(r.window.start)).collect();
+                let exact: Vec<ViewRow> = exact.into_iter().filter(|r| keep(r)).collect();
                 self.record(view, measure(view, &exact, &speed_rows));
             }
             Err(err) => {

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! For every window the batch layer's coverage decides the source: a covered window is answered
-//! only from the batch layer's exact rows, any other window only from the speed layer's rows. The
+//! only from the batch layer's exact rows, any other window only from the speed layer's rows
+//! (for session views, per group: a group held back by an open session keeps its later
+//! sessions with the speed layer while every other group's are exact). The
 //! same coverage value is used for both sides of one answer, so a window is never counted twice
 //! and never missing.
 //!
@@ -348,7 +350,7 @@ pub fn merge<R: SeamRow>(
     };
     let mut out: Vec<Answered<R>> = batch_rows
         .into_iter()
-        .filter(|r| coverage.contains(r.window().start) && keep(r))
+        .filter(|r| coverage.covers(r.group(), r.window().start) && keep(r))
         .map(|row| Answered {
             complete: true,
             row,
@@ -357,7 +359,7 @@ pub fn merge<R: SeamRow>(
         .chain(
             speed_rows
                 .into_iter()
-                .filter(|r| !coverage.contains(r.window().start) && keep(r))
+                .filter(|r| !coverage.covers(r.group(), r.window().start) && keep(r))
                 .map(|row| Answered {
                     complete: true,
                     row,

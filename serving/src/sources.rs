@@ -4,6 +4,7 @@
 //! ```text
 //!  published coverage ∩ range ─► batch (exact), minus incomplete (archive lost events)
 //!  speed-layer window starts not covered ─► speed (fresh), runs of windows on the view's grid
+//!  held starts per group ∩ range ─► held (session views: a group's open session)
 //! ```
 //!
 //! A window start in none of the lists has no events in either layer (an empty window), except
@@ -38,6 +39,18 @@ pub struct Sources {
     pub incomplete: Vec<Starts>,
     /// Held by the speed layer and not covered by the batch layer: answered fresh.
     pub speed: Vec<Starts>,
+    /// Session views: groups the batch layer holds back within its ranges (a session of theirs
+    /// was still open): their windows from these starts on are answered fresh.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldGroup>,
+}
+
+/// Window starts of one group that the batch layer's ranges do not cover for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct HeldGroup {
+    /// The group's dimension values, as text, in `group_by` order.
+    pub group: Vec<String>,
+    pub starts: Vec<Starts>,
 }
 
 fn clip(r: StartRange, range: StartRange) -> Option<StartRange> {
@@ -81,10 +94,27 @@ pub fn sources(
             _ => speed.push(Starts { from: s, to: end }),
         }
     }
+    let held = coverage
+        .held()
+        .iter()
+        .filter_map(|h| {
+            let starts: Vec<Starts> = h
+                .starts
+                .iter()
+                .filter_map(|r| clip(*r, range))
+                .map(Starts::from)
+                .collect();
+            (!starts.is_empty()).then(|| HeldGroup {
+                group: h.group.iter().map(ToString::to_string).collect(),
+                starts,
+            })
+        })
+        .collect();
     Sources {
         batch,
         incomplete,
         speed,
+        held,
     }
 }
 

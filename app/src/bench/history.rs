@@ -387,6 +387,7 @@ pub async fn run(opts: HistoryBench) -> anyhow::Result<()> {
                             job: &format!("d{day}-m{m}"),
                             covered: StartRange::new(EventTime(start), EventTime(start + MINUTE)),
                             incomplete: Vec::new(),
+                            held: Vec::new(),
                             batches: std::slice::from_ref(batch),
                             archive_offsets: offsets.clone(),
                             published_at: EventTime(start + 2 * MINUTE),

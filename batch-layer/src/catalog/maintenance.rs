@@ -161,6 +161,7 @@ impl ViewCatalog {
                 None => plan.pieces.clone(),
             },
             incomplete: Vec::new(),
+            held: Vec::new(), // set from the members by `compacted`
         };
         let chain = self.chain(view);
         let Some((seq, manifest)) = chain.latest::<ViewManifest>().await? else {
@@ -370,6 +371,7 @@ mod tests {
                             job: &job,
                             covered: StartRange::new(EventTime(h * H), EventTime((h + 1) * H)),
                             incomplete: Vec::new(),
+                            held: Vec::new(),
                             batches: &batch,
                             archive_offsets: BTreeMap::from([(0, offset)]),
                             published_at: EventTime(at),
@@ -481,6 +483,7 @@ mod tests {
                         job: &format!("j{h}"),
                         covered: StartRange::new(EventTime(h * H), EventTime((h + 1) * H)),
                         incomplete: Vec::new(),
+                        held: Vec::new(),
                         batches: &batch,
                         archive_offsets: BTreeMap::from([(0, h)]),
                         published_at: EventTime(h * H),

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tandem_shared::coverage::{Coverage, StartRange};
+use tandem_shared::coverage::{Coverage, Held, StartRange};
 use tandem_shared::time::EventTime;
 
 /// One job's result for a range of window starts (or, compacted, several former segments').
@@ -37,6 +37,10 @@ pub struct Segment {
     /// exact.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub incomplete: Vec<StartRange>,
+    /// Session views: groups whose sessions the segment does not answer from a start on (a
+    /// session of theirs was still open); their windows there are the speed layer's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<Held>,
 }
 
 /// Window starts of a segment computed from one reading of the archive.
@@ -169,12 +173,27 @@ impl ViewManifest {
         out
     }
 
+    /// The window starts answered, minus what each answering segment holds back per group.
     pub fn coverage(&self) -> Coverage {
-        Coverage::from_ranges(
+        let mut coverage = Coverage::from_ranges(
             self.segments
                 .iter()
                 .flat_map(|s| s.pieces().into_iter().map(|p| p.range)),
-        )
+        );
+        for (segment, ranges) in self.effective() {
+            for h in &segment.held {
+                for held in &h.starts {
+                    // Only where this segment answers: a newer one decides elsewhere.
+                    for r in &ranges {
+                        coverage.hold(
+                            &h.group,
+                            StartRange::new(r.from.max(held.from), r.to.min(held.to)),
+                        );
+                    }
+                }
+            }
+        }
+        coverage
     }
 
     /// Days before `before` (start of a UTC day) with at least `min_segments` segments that
@@ -241,6 +260,21 @@ impl ViewManifest {
             }
         }
         merged.incomplete = incomplete.ranges().to_vec();
+        // What the members held back stays held, where they still answered.
+        let mut held = Coverage::from_ranges(members.iter().flat_map(|(_, r)| r.iter().copied()));
+        for (segment, ranges) in &members {
+            for h in &segment.held {
+                for s in &h.starts {
+                    for r in ranges {
+                        held.hold(
+                            &h.group,
+                            StartRange::new(r.from.max(s.from), r.to.min(s.to)),
+                        );
+                    }
+                }
+            }
+        }
+        merged.held = held.held().to_vec();
         let newest = *positions.iter().max()?;
         let mut next = self.clone();
         next.segments[newest] = merged;
@@ -330,6 +364,7 @@ mod tests {
             archive_offsets: [(0, offset)].into_iter().collect(),
             pieces: Vec::new(),
             incomplete: Vec::new(),
+            held: Vec::new(),
         }
     }
 
@@ -439,6 +474,7 @@ mod tests {
             archive_offsets: BTreeMap::new(),
             pieces: plan.pieces.clone(),
             incomplete: Vec::new(),
+            held: Vec::new(),
         };
         let c = m.compacted(plan, merged, EventTime(99), "list").unwrap();
         assert_eq!(c.segments.len(), 3, "merged, span, d1");

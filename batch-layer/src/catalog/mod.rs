@@ -32,7 +32,7 @@ use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::array::RecordBatch;
 use object_store::ObjectStore;
-use tandem_shared::coverage::{Coverage, StartRange};
+use tandem_shared::coverage::{Coverage, Held, StartRange};
 use tandem_shared::error::ErrorKind;
 use tandem_shared::layout;
 use tandem_shared::row::ViewRow;
@@ -119,6 +119,8 @@ pub struct JobResult<'a> {
     pub covered: StartRange,
     /// Of those, the ones the archive lost events of (offset gaps).
     pub incomplete: Vec<StartRange>,
+    /// Session views: groups held back within `covered` (a session still open).
+    pub held: Vec<Held>,
     /// Query output: `window_start, window_end, groups.., aggregates..`.
     pub batches: &'a [RecordBatch],
     /// The archive's next offset per partition when the job read it.
@@ -298,6 +300,7 @@ impl ViewCatalog {
             job,
             covered,
             incomplete,
+            held,
             batches,
             archive_offsets,
             published_at,
@@ -318,6 +321,7 @@ impl ViewCatalog {
             archive_offsets,
             pieces: Vec::new(),
             incomplete,
+            held,
         };
         let chain = self.chain(view);
         const ATTEMPTS: u32 = 10;

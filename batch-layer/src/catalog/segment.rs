@@ -12,7 +12,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use tandem_shared::decimal::Decimal;
-use tandem_shared::row::{GroupValue, ViewRow};
+use tandem_shared::row::{GroupKey, GroupValue, ViewRow};
 use tandem_shared::sketch::{StatedRow, WindowState};
 use tandem_shared::time::EventTime;
 use tandem_shared::value::AggregateValue;
@@ -164,15 +164,7 @@ pub fn decode_rows(view: &ViewDefinition, batches: &[RecordBatch]) -> Result<Vec
                 .map_err(|source| Error::Value { column, source })
         };
         for row in 0..batch.num_rows() {
-            let start = scalar_i64(&scalar(0, row)?).ok_or(Error::Null {
-                column: "window_start",
-            })?;
-            let end = scalar_i64(&scalar(1, row)?).ok_or(Error::Null {
-                column: "window_end",
-            })?;
-            let group = (0..groups)
-                .map(|g| scalar(2 + g, row).map(group_value))
-                .collect::<Result<Vec<_>, _>>()?;
+            let (window, group) = window_and_group(batch, row, groups)?;
             let mut values = Vec::with_capacity(view.aggregates.len());
             for (i, agg) in view.aggregates.iter().enumerate() {
                 let col = 2 + groups + i;
@@ -199,16 +191,58 @@ pub fn decode_rows(view: &ViewDefinition, batches: &[RecordBatch]) -> Result<Vec
                 });
             }
             out.push(ViewRow {
-                window: Window {
-                    start: EventTime(start),
-                    end: EventTime(end),
-                },
+                window,
                 group,
                 values,
             });
         }
     }
     Ok(out)
+}
+
+/// The window and group of every row of query output (`window_start, window_end, g0..`), in
+/// order: what a job needs to decide which rows it may publish.
+pub fn decode_windows(
+    view: &ViewDefinition,
+    batches: &[RecordBatch],
+) -> Result<Vec<(Window, GroupKey)>> {
+    let groups = view.group_by.len();
+    let mut out = Vec::new();
+    for batch in batches {
+        if batch.num_columns() < 2 + groups {
+            return Err(Error::Columns {
+                expected: 2 + groups,
+                found: batch.num_columns(),
+            });
+        }
+        for row in 0..batch.num_rows() {
+            out.push(window_and_group(batch, row, groups)?);
+        }
+    }
+    Ok(out)
+}
+
+fn window_and_group(batch: &RecordBatch, row: usize, groups: usize) -> Result<(Window, GroupKey)> {
+    let scalar = |column: usize| {
+        ScalarValue::try_from_array(batch.column(column).as_ref(), row)
+            .map_err(|source| Error::Value { column, source })
+    };
+    let start = scalar_i64(&scalar(0)?).ok_or(Error::Null {
+        column: "window_start",
+    })?;
+    let end = scalar_i64(&scalar(1)?).ok_or(Error::Null {
+        column: "window_end",
+    })?;
+    let group = (0..groups)
+        .map(|g| scalar(2 + g).map(group_value))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((
+        Window {
+            start: EventTime(start),
+            end: EventTime(end),
+        },
+        group,
+    ))
 }
 
 /// Converts query output into rows with the rollup state of each value (see

@@ -12,20 +12,20 @@
 //!
 //! Chunks give jobs progress and a place to stop when cancelled; nothing is published until
 //! every chunk succeeded. Session windows are computed in one query (sessions have no grid);
-//! a session is published only once it can no longer grow (see [`plan::sessions_covered_to`]).
+//! a session is published once it can no longer grow; a group with one that still can is held
+//! back from it on, alone (see [`plan::session_coverage`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::common::cast::as_int64_array;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use tandem_shared::clock::Clock;
-use tandem_shared::coverage::StartRange;
+use tandem_shared::coverage::{Held, StartRange};
 use tandem_shared::error::ErrorKind;
 use tandem_shared::schema::EventSchema;
 use tandem_shared::time::{EventTime, Span};
@@ -143,6 +143,14 @@ pub struct ViewOutcome {
     /// Published window starts that are not exact because of offset gaps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub incomplete: Vec<StartRange>,
+    /// Session views: groups held back from a session that can still grow (their later
+    /// sessions stay with the speed layer until a job finds it ended).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub groups_held: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn complete_by_default() -> bool {
@@ -164,6 +172,7 @@ impl Default for ViewOutcome {
             publish_ms: 0,
             complete: true,
             incomplete: Vec::new(),
+            groups_held: 0,
         }
     }
 }
@@ -395,6 +404,7 @@ impl Recompute {
         let pool: Vec<ArchivedFile>;
         let mut read: HashSet<String> = HashSet::new();
         let mut batches = Vec::new();
+        let mut held: Vec<Held> = Vec::new();
         let covered = match view.window {
             WindowSpec::Session { gap } => {
                 // Sessions start at events: none starts before the earliest archived one, so
@@ -422,31 +432,49 @@ impl Recompute {
                 });
                 let all = self.run_sql(view, &files, &sql, cancel).await?;
                 read.extend(files.iter().map(|f| f.path.clone()));
-                let sessions = session_bounds(&all).map_err(|source| Error::Query {
-                    view: view.name.clone(),
-                    source,
-                })?;
-                let covered_to = complete.map(|c| {
-                    let to = plan::sessions_covered_to(&sessions, c, view.allowed_lateness);
-                    requested.to.map_or(to, |t| to.min(t))
+                let sessions =
+                    catalog::segment::decode_windows(view, &all).map_err(|e| Error::Query {
+                        view: view.name.clone(),
+                        source: DataFusionError::Internal(e.to_string()),
+                    })?;
+                let coverage = complete.and_then(|c| {
+                    plan::session_coverage(
+                        sessions.iter().map(|(w, g)| (w.start, w.end, g.as_slice())),
+                        from,
+                        requested.to,
+                        c,
+                        view.allowed_lateness,
+                    )
                 });
-                let covered = covered_to
-                    .map(|to| StartRange::new(from, to))
-                    .filter(|r| !r.is_empty());
+                // Held groups' open sessions are left to the speed layer too (`groups_held`).
+                let covered_to = coverage
+                    .as_ref()
+                    .and_then(|c| c.ranges().last())
+                    .map(|r| r.to);
                 outcome.not_ready = match (covered_to, requested.to) {
                     (Some(c), Some(t)) if t > c => Some(StartRange::new(c.max(from), t)),
                     (None, t) => Some(StartRange::new(from, t.unwrap_or(EventTime::LATEST))),
                     _ => None,
                 };
-                if let Some(c) = covered {
-                    batches = keep_starts(&all, c).map_err(|source| Error::Query {
-                        view: view.name.clone(),
-                        source,
-                    })?;
-                    outcome.windows_published =
-                        sessions.iter().filter(|(s, _)| c.contains(*s)).count() as u64;
+                match coverage {
+                    Some(c) => {
+                        // Rows of the sessions this job answers: in the range, not held back.
+                        let keep: Vec<bool> =
+                            sessions.iter().map(|(w, g)| c.covers(g, w.start)).collect();
+                        batches = keep_rows(&all, &keep).map_err(|source| Error::Query {
+                            view: view.name.clone(),
+                            source,
+                        })?;
+                        outcome.windows_published = keep.iter().filter(|k| **k).count() as u64;
+                        outcome.groups_held = c.held().len() as u64;
+                        if !c.held().is_empty() {
+                            tracing::info!(view = %view.name, held = c.held().len(), "groups with a session still open: held back from it on");
+                        }
+                        held = c.held().to_vec();
+                        c.ranges().first().copied()
+                    }
+                    None => None,
                 }
-                covered
             }
             _ => {
                 let plan = plan::plan(view, requested, extent);
@@ -529,6 +557,7 @@ impl Recompute {
                     job,
                     covered,
                     incomplete: outcome.incomplete.clone(),
+                    held,
                     batches: &batches,
                     archive_offsets: offsets,
                     published_at: now,
@@ -548,32 +577,24 @@ fn totals(pool: &[ArchivedFile], read: &HashSet<String>) -> (u64, u64) {
     (files.len() as u64, files.iter().map(|f| f.rows).sum())
 }
 
-/// (start, end) of every session in query output.
-fn session_bounds(batches: &[RecordBatch]) -> Result<Vec<(EventTime, EventTime)>, DataFusionError> {
-    let mut out = Vec::new();
-    for b in batches {
-        let starts = as_int64_array(b.column(0))?;
-        let ends = as_int64_array(b.column(1))?;
-        for i in 0..b.num_rows() {
-            out.push((EventTime(starts.value(i)), EventTime(ends.value(i))));
-        }
-    }
-    Ok(out)
-}
-
-/// Rows whose window starts in `range`.
-fn keep_starts(
-    batches: &[RecordBatch],
-    range: StartRange,
-) -> Result<Vec<RecordBatch>, DataFusionError> {
+/// The rows of `batches` whose entry of `keep` (one per row, in order) is true.
+fn keep_rows(batches: &[RecordBatch], keep: &[bool]) -> Result<Vec<RecordBatch>, DataFusionError> {
+    let mut offset = 0;
     batches
         .iter()
         .map(|b| {
-            let starts = as_int64_array(b.column(0))?;
-            let mask: BooleanArray = starts
+            let mask: BooleanArray = keep
+                .get(offset..offset + b.num_rows())
+                .unwrap_or_default()
                 .iter()
-                .map(|s| Some(s.is_some_and(|s| range.contains(EventTime(s)))))
+                .map(|k| Some(*k))
                 .collect();
+            offset += b.num_rows();
+            if mask.len() != b.num_rows() {
+                return Err(DataFusionError::Internal(
+                    "a row without a publication decision".into(),
+                ));
+            }
             Ok(filter_record_batch(b, &mask)?)
         })
         .collect()

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use tandem_shared::coverage::{Coverage, StartRange};
+use tandem_shared::row::GroupValue;
 use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::ViewDefinition;
 use tandem_shared::window::{WindowSpec, align_down};
@@ -129,21 +130,39 @@ pub fn plan(view: &ViewDefinition, requested: Requested, archive: ArchiveExtent)
     }
 }
 
-/// For session views: the first session start that may not be published yet. A session is
-/// final when its end plus the allowed lateness is complete; no new session can start before
-/// `complete - lateness` (an event that early would be late). So everything before the smaller
-/// of that bound and the first non-final session's start is final.
-pub fn sessions_covered_to(
-    sessions: &[(EventTime, EventTime)],
+/// For session views: what a job over the sessions starting at `from` or later may publish.
+///
+/// A session is final when its end plus the allowed lateness is complete; no new session can
+/// start before `complete - lateness` (an event that early would be late). So the range runs
+/// from `from` to that bound (or `to`, if earlier), and a group with a session that is not
+/// final yet is held from that session's start on: every other group's sessions, and this
+/// group's earlier ones, are exact and published. `None` if nothing is ready.
+pub fn session_coverage<'a>(
+    sessions: impl IntoIterator<Item = (EventTime, EventTime, &'a [GroupValue])>,
+    from: EventTime,
+    to: Option<EventTime>,
     complete: EventTime,
     lateness: Span,
-) -> EventTime {
+) -> Option<Coverage> {
     let bound = complete.saturating_sub(lateness);
-    sessions
-        .iter()
-        .filter(|(_, end)| end.saturating_add(lateness) > complete)
-        .map(|(start, _)| *start)
-        .fold(bound, EventTime::min)
+    let range = StartRange::new(from, to.map_or(bound, |t| t.min(bound)));
+    if range.is_empty() {
+        return None;
+    }
+    // Each group's first session that can still grow.
+    let mut open: BTreeMap<&[GroupValue], EventTime> = BTreeMap::new();
+    for (start, end, group) in sessions {
+        if range.contains(start) && end.saturating_add(lateness) > complete {
+            open.entry(group)
+                .and_modify(|s| *s = (*s).min(start))
+                .or_insert(start);
+        }
+    }
+    let mut coverage = Coverage::from_ranges([range]);
+    for (group, start) in open {
+        coverage.hold(group, StartRange::new(start, range.to));
+    }
+    Some(coverage)
 }
 
 /// Window starts of `covered` whose windows may have held events the archive lost (an offset
@@ -328,18 +347,38 @@ mod tests {
     }
 
     #[test]
-    fn sessions_are_covered_only_once_final() {
-        let s = |a: i64, b: i64| (EventTime(a), EventTime(b));
-        let lateness = Span::from_millis(10);
-        // Complete until 100: sessions ending by 90 are final.
-        let sessions = [s(0, 50), s(60, 95), s(70, 90)];
-        assert_eq!(
-            sessions_covered_to(&sessions, EventTime(100), lateness),
-            EventTime(60)
+    fn sessions_are_covered_once_final_and_an_open_one_holds_back_only_its_group() {
+        let (a, b) = (
+            vec![GroupValue::Str("a".into())],
+            vec![GroupValue::Str("b".into())],
         );
+        let s = |x: i64, y: i64, g: &'static [GroupValue]| (EventTime(x), EventTime(y), g);
+        let (a, b): (&'static [GroupValue], &'static [GroupValue]) = (a.leak(), b.leak());
+        let lateness = Span::from_millis(10);
+        // Complete until 100: sessions ending by 90 are final, the range ends at 90.
+        let sessions = [s(0, 50, a), s(60, 95, a), s(70, 90, b), s(20, 40, b)];
+        let c = session_coverage(sessions, EventTime(0), None, EventTime(100), lateness)
+            .unwrap_or_default();
+        assert_eq!(c.ranges(), &[StartRange::new(EventTime(0), EventTime(90))]);
+        // a's session at 60 can still grow: a is held from 60; b's session at 70 is final.
+        assert!(c.covers(a, EventTime(0)));
+        assert!(!c.covers(a, EventTime(60)));
+        assert!(c.covers(b, EventTime(70)));
+        assert_eq!(c.horizon(), Some(EventTime(60)));
+        // Without open sessions everything before complete - lateness; a requested end clips.
+        let c = session_coverage(
+            [s(0, 50, a)],
+            EventTime(0),
+            Some(EventTime(30)),
+            EventTime(100),
+            lateness,
+        )
+        .unwrap_or_default();
+        assert_eq!(c.ranges(), &[StartRange::new(EventTime(0), EventTime(30))]);
+        assert!(c.held().is_empty());
         assert_eq!(
-            sessions_covered_to(&[s(0, 50)], EventTime(100), lateness),
-            EventTime(90)
+            session_coverage([s(0, 50, a)], EventTime(95), None, EventTime(100), lateness),
+            None
         );
     }
 
@@ -375,6 +414,7 @@ mod tests {
             archive_offsets: [(0, 10)].into_iter().collect(),
             pieces: Vec::new(),
             incomplete: Vec::new(),
+            held: Vec::new(),
         });
         // The file at offset 10 holds late rows for window [2m, 3m); the one at 20 is beyond the
         // published windows.

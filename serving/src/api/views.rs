@@ -293,6 +293,7 @@ pub(super) async fn view_coverage(
         .map(|f| f.rows)
         .unwrap_or_default()
         .iter()
+        .filter(|r| !published.coverage.covers(&r.group, r.window.start))
         .map(|r| r.window.start)
         .collect();
     Ok(Json(CoverageBody {

@@ -326,7 +326,7 @@ impl ViewState {
             .map(|(start, _)| *start)
             .collect();
         let start = overlapping.iter().copied().fold(own.start, EventTime::min);
-        if covered.contains(start) {
+        if covered.covers(key, start) {
             return false;
         }
         let mut merged = Session {
@@ -423,8 +423,8 @@ impl ViewState {
             Windows::Sessions(shards) => {
                 for shard in shards.iter_mut() {
                     let any = shard
-                        .values()
-                        .any(|sessions| sessions.keys().any(|s| coverage.contains(*s)));
+                        .iter()
+                        .any(|(key, sessions)| sessions.keys().any(|s| coverage.covers(key, *s)));
                     if !any {
                         continue;
                     }
@@ -433,7 +433,7 @@ impl ViewState {
                         let covered: Vec<EventTime> = sessions
                             .keys()
                             .copied()
-                            .filter(|s| coverage.contains(*s))
+                            .filter(|s| coverage.covers(key, *s))
                             .collect();
                         for start in covered {
                             if let Some(s) = sessions.remove(&start) {

@@ -37,6 +37,7 @@ async fn publish(
                 job: "j",
                 covered: StartRange::new(EventTime(from), EventTime(to)),
                 incomplete: Vec::new(),
+                held: Vec::new(),
                 batches: std::slice::from_ref(&batch),
                 archive_offsets: Default::default(),
                 published_at: EventTime(to),

@@ -69,6 +69,7 @@ async fn the_stream_pushes_a_published_window_to_a_listening_client() {
                 job: "j",
                 covered: StartRange::new(EventTime(minute), EventTime(minute + 60_000)),
                 incomplete: Vec::new(),
+                held: Vec::new(),
                 batches: std::slice::from_ref(&batch),
                 archive_offsets: Default::default(),
                 published_at: EventTime(minute + 120_000),
