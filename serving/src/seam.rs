@@ -459,6 +459,34 @@ mod tests {
     }
 
     #[test]
+    fn a_held_group_is_answered_by_the_speed_layer_and_the_others_by_batch() {
+        // Sessions view: A's session at minute 2 was still open, so A is held from 2 on; B's
+        // session at minute 3 had ended. Both layers hold everything (before a release).
+        let mut coverage =
+            Coverage::from_ranges([StartRange::new(EventTime(0), EventTime(10 * M))]);
+        coverage.hold(
+            &[GroupValue::Str("A".into())],
+            StartRange::new(EventTime(2 * M), EventTime(10 * M)),
+        );
+        let batch = vec![row(0, "A", 10), row(3, "B", 30)];
+        let speed = vec![row(0, "A", 1), row(2, "A", 2), row(3, "B", 3)];
+        let out = merge(&coverage, batch, speed, &[], all());
+        let got: Vec<_> = out
+            .iter()
+            .map(|a| (a.row.window.start.millis() / M, a.row.values[0], a.source))
+            .collect();
+        use AggregateValue::Int;
+        assert_eq!(
+            got,
+            [
+                (0, Int(10), Source::Batch),
+                (2, Int(2), Source::Speed),
+                (3, Int(30), Source::Batch),
+            ]
+        );
+    }
+
+    #[test]
     fn filters_by_dimension_and_range() {
         let coverage = Coverage::new();
         let speed = vec![row(0, "A", 1), row(0, "B", 2), row(5, "A", 3)];

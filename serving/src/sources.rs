@@ -154,6 +154,35 @@ mod tests {
     }
 
     #[test]
+    fn held_groups_are_listed_with_their_starts_in_the_range() {
+        let mut coverage = Coverage::from_ranges([r(0, 10)]);
+        coverage.hold(
+            &[tandem_shared::row::GroupValue::Str("u7".into())],
+            r(6, 10),
+        );
+        let got = sources(
+            r(0, 8),
+            &coverage,
+            &Coverage::new(),
+            &[EventTime(6 * M)],
+            None,
+        );
+        assert_eq!(got.batch, [s(0, 8)]);
+        assert_eq!(
+            got.held,
+            [HeldGroup {
+                group: vec!["u7".into()],
+                starts: vec![s(6, 8)],
+            }]
+        );
+        assert_eq!(
+            got.speed.len(),
+            1,
+            "the held group's window is the speed layer's"
+        );
+    }
+
+    #[test]
     fn session_windows_are_listed_one_by_one() {
         let speed = [EventTime(5), EventTime(6), EventTime(100)];
         let got = sources(

@@ -426,6 +426,54 @@ mod tests {
         assert_eq!(m.coverage().horizon(), Some(EventTime(200)));
     }
 
+    #[test]
+    fn held_groups_stay_held_where_their_segment_answers_and_through_compaction() {
+        let user = |u: &str| vec![tandem_shared::row::GroupValue::Str(u.into())];
+        let held = |u: &str, from: i64, to: i64| Held {
+            group: user(u),
+            starts: vec![StartRange::new(EventTime(from), EventTime(to))],
+        };
+        // Job 1 covers [0, 100) with u1 held from 40; job 2 (from the horizon, 40) covers
+        // [40, 200) with u2 held from 150.
+        let mut first = seen("s1", 0, 100, 10);
+        first.held = vec![held("u1", 40, 100)];
+        let m = ViewManifest::default().with_segment(first);
+        let c = m.coverage();
+        assert!(!c.covers(&user("u1"), EventTime(40)));
+        assert!(c.covers(&user("u2"), EventTime(40)));
+        assert_eq!(c.horizon(), Some(EventTime(40)));
+        let mut second = seen("s2", 40, 200, 20);
+        second.held = vec![held("u2", 150, 200)];
+        let m = m.with_segment(second);
+        let c = m.coverage();
+        assert!(
+            c.covers(&user("u1"), EventTime(40)),
+            "job 2 answers u1 there"
+        );
+        assert!(!c.covers(&user("u2"), EventTime(150)));
+        assert!(c.covers(&user("u1"), EventTime(150)));
+        assert_eq!(c.horizon(), Some(EventTime(150)));
+        // Compacting both (one day) keeps every group's answer.
+        let plans = m.compactions(EventTime(DAY), 2);
+        assert_eq!(plans.len(), 1);
+        let merged = Segment {
+            path: "merged".into(),
+            job: "compaction".into(),
+            covered: StartRange::new(EventTime(0), EventTime(200)),
+            rows: 0,
+            published_at: EventTime(0),
+            archive_offsets: BTreeMap::new(),
+            pieces: plans[0].pieces.clone(),
+            incomplete: Vec::new(),
+            held: Vec::new(),
+        };
+        let compacted = m
+            .compacted(&plans[0], merged, EventTime(1), "list")
+            .unwrap();
+        assert_eq!(compacted.segments.len(), 1);
+        assert_eq!(compacted.coverage(), c);
+    }
+
     const H: i64 = 3_600_000;
 
     fn answers(m: &ViewManifest, at: i64) -> Option<(String, BTreeMap<i32, i64>)> {
