@@ -133,6 +133,33 @@ enum BenchCommand {
         /// Payload format of the throughput run: json, avro or protobuf (Confluent-framed).
         #[arg(long, default_value = "json", value_parser = parse_format)]
         format: PayloadFormat,
+        /// Workload: simple (one view, 8 groups) or mix (five views: hopping with distinct
+        /// counts and percentiles, sessions per user, 1,000 groups per window).
+        #[arg(long, default_value = "simple", value_parser = tandem::bench::profile::Profile::parse)]
+        profile: tandem::bench::profile::Profile,
+        /// Throughput runs over the same events; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Events of the instruction count under callgrind (0: none).
+        #[arg(long, default_value_t = 200_000)]
+        counted_events: u64,
+    },
+    /// The speed layer's consume work without Kafka, once (what callgrind counts; see
+    /// scripts/instructions).
+    #[command(hide = true)]
+    SpeedCore {
+        #[arg(long, default_value = "simple", value_parser = tandem::bench::profile::Profile::parse)]
+        profile: tandem::bench::profile::Profile,
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+    },
+    /// State bytes per group of one aggregate (one measurement of `bench speed`).
+    #[command(hide = true)]
+    SpeedState {
+        #[arg(long)]
+        aggregate: String,
+        #[arg(long, default_value_t = 1)]
+        per_group: u64,
     },
     /// Produce → alert-readable latency of an `[[outputs]]` rule, at a steady rate with a spike,
     /// and peak resident memory.
@@ -323,16 +350,35 @@ async fn main() -> anyhow::Result<()> {
                     rate,
                     seconds,
                     format,
+                    profile,
+                    runs,
+                    counted_events,
                 },
         } => {
             bench::speed::run(bench::speed::SpeedBench {
+                profile,
                 events,
+                runs,
+                counted_events,
                 format,
                 rate,
                 seconds,
             })
             .await
         }
+        Command::Bench {
+            what: BenchCommand::SpeedCore { profile, events },
+        } => bench::instructions::core(bench::instructions::CoreBench { profile, events }),
+        Command::Bench {
+            what:
+                BenchCommand::SpeedState {
+                    aggregate,
+                    per_group,
+                },
+        } => bench::state::measure(&bench::state::StateBench {
+            aggregate,
+            per_group,
+        }),
         Command::Bench {
             what:
                 BenchCommand::Batch {

@@ -35,6 +35,8 @@
 //! - [`partials`]: a worker's partial state per owned partition as Arrow IPC, for serving
 //!   instances that answer for the whole group.
 //! - `ingest`: the consume loop on a dedicated thread, rebalance handling, backpressure.
+//! - [`replay`]: the consume loop's work after librdkafka, fed without Kafka (benchmarks and
+//!   instruction counts).
 //! - `dead_letter`: the dead-letter and late-events producers.
 //!
 //! # Invariants
@@ -54,6 +56,7 @@ mod engine;
 mod ingest;
 pub mod partials;
 pub mod program;
+pub mod replay;
 pub mod state;
 pub mod watermark;
 

@@ -1,7 +1,8 @@
 //! `tandem bench`: the layers measured on generated order events.
 //!
-//! - [`speed`]: events per CPU-second through the speed layer (JSON, Avro or Protobuf payloads),
-//!   and produce → queryable latency.
+//! - [`speed`]: events per CPU-second through the speed layer (JSON, Avro or Protobuf payloads;
+//!   the [`profile`]s `simple` and `mix`), produce → queryable latency, instructions per event
+//!   ([`instructions`], by callgrind) and state bytes per group ([`state`]).
 //! - [`alerts`]: produce → alert-readable latency of an output rule under a load with a spike.
 //! - [`scale`]: speed throughput with one and two worker processes, and fan-out query latency
 //!   with three.
@@ -13,11 +14,14 @@
 pub mod alerts;
 pub mod batch;
 pub mod history;
+pub mod instructions;
 pub mod load;
 mod payloads;
+pub mod profile;
 pub mod scale;
 pub mod speed;
 mod sql;
+pub mod state;
 
 /// The storage and schema both benchmarks use, as configuration text: the store is replaced
 /// where a benchmark needs files.

@@ -1,9 +1,13 @@
 //! `tandem bench speed`: the speed layer's throughput and event-to-queryable latency.
 //!
-//! Throughput: `--events N` order events are produced to an embedded broker running in a child
-//! process (so its CPU is not counted), then the speed layer consumes them from the start of the
-//! topic; the figure is events divided by the CPU time this process spent consuming, decoding,
-//! windowing and checkpointing them (user + system time of all its threads, from /proc).
+//! Throughput: `--events N` events of the `--profile` (see [`super::profile`]) are produced to an
+//! embedded broker running in a child process (so its CPU is not counted), then the speed layer
+//! consumes them from the start of the topic, `--runs` times (a fresh layer and consumer group
+//! each); the figure is events divided by the CPU time this process spent consuming, decoding,
+//! windowing and checkpointing them (user + system time of all its threads, from /proc), as the
+//! median of the runs with their spread. Next to it: instructions per event and per byte
+//! counted by callgrind (see [`super::instructions`]), and the state bytes per group of each
+//! aggregate kind (see [`super::state`]).
 //!
 //! Latency: the speed layer and the HTTP API keep running while a producer sends `--rate`
 //! events per second for `--seconds`; every 20 ms a probe event with a unique group value is
@@ -36,15 +40,22 @@ use tandem_shared::time::EventTime;
 use tandem_speed_layer::SpeedLayer;
 use tokio_util::sync::CancellationToken;
 
+use super::instructions;
 use super::payloads::{self, Encoder, Order};
-use super::{CITIES, ORDERS_BY_CITY, SCHEMA, order_json};
+use super::profile::Profile;
+use super::{CITIES, order_json};
 use crate::config::Config;
 use crate::{process, wiring};
 
 /// Options of `tandem bench speed`.
 #[derive(Debug, Clone)]
 pub struct SpeedBench {
+    pub profile: Profile,
     pub events: u64,
+    /// Throughput runs over the same produced events (the median is reported).
+    pub runs: u32,
+    /// Events of the callgrind run (0: no instruction count).
+    pub counted_events: u64,
     /// The payload format of the throughput run (latency probes are JSON).
     pub format: PayloadFormat,
     pub rate: u64,
@@ -77,11 +88,6 @@ pub(super) fn cpu_seconds() -> anyhow::Result<f64> {
     };
     // Linux reports these in USER_HZ, which is 100 on every mainstream architecture.
     Ok((ticks(11)? + ticks(12)?) / 100.0)
-}
-
-fn order(rng: &mut StdRng, seq: u64, ts: i64, city: &str) -> String {
-    let (user, amount, event_type) = order_values(rng);
-    order_json(seq, ts, city, &user, amount, event_type)
 }
 
 /// The random parts of an order: user, amount, event type.
@@ -137,7 +143,12 @@ pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// Runs the benchmark and prints its report.
 pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
-    let config = Config::parse(&format!("{CONFIG}{SCHEMA}{ORDERS_BY_CITY}"), "bench")?;
+    if opts.profile == Profile::Mix && opts.format != PayloadFormat::Json {
+        bail!("the mix profile is JSON only");
+    }
+    let mut config = opts.profile.config()?;
+    let kafka = Config::parse(&format!("{CONFIG}{}", super::SCHEMA), "bench")?.kafka;
+    config.kafka = kafka;
     // About 170 bytes per event; keep each partition under 4 MiB of the broker's 5 MiB.
     let partitions = (opts.events * 170 / (4 << 20) + 1).max(8);
     // The latency run gets a topic of its own: the broker's fetch path slows down as a
@@ -150,8 +161,12 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
         "bench.late:1",
     ])?;
     println!(
-        "# tandem bench speed: {} events on {partitions} partitions, then {} events/s for {}s on {live_partitions} partitions",
-        opts.events, opts.rate, opts.seconds
+        "# tandem bench speed --profile {}: {} events on {partitions} partitions ({} runs), then {} events/s for {}s on {live_partitions} partitions",
+        opts.profile.name(),
+        opts.events,
+        opts.runs,
+        opts.rate,
+        opts.seconds
     );
     let result = async {
         throughput(&config, &brokers, &opts).await?;
@@ -160,7 +175,44 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
     .await;
     let _ = broker.kill();
     let _ = broker.wait();
-    result
+    result?;
+    println!("peak resident memory of this process: {:.0} MiB", peak_rss_mib());
+    if opts.counted_events > 0 {
+        if instructions::valgrind_available() {
+            let out = std::env::temp_dir().join(format!(
+                "tandem-callgrind-{}.out",
+                std::process::id()
+            ));
+            let counted = instructions::count(opts.profile, opts.counted_events, &out);
+            let _ = std::fs::remove_file(&out);
+            let counted = counted?;
+            println!(
+                "instructions (callgrind, {} events, {:.0} bytes per event): {:.0} per event, {:.1} per byte",
+                counted.events,
+                counted.bytes as f64 / counted.events.max(1) as f64,
+                counted.per_event(),
+                counted.per_byte()
+            );
+        } else {
+            println!(
+                "instructions: valgrind is not installed (scripts/instructions installs it and counts)"
+            );
+        }
+    }
+    super::state::report()
+}
+
+/// The most resident memory this process has had (VmHWM).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Starts the embedded broker in a child process (so that its CPU is not counted) with `topics`
@@ -211,7 +263,7 @@ fn counted(speed: &SpeedLayer) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// Pre-produces the stream, then measures the CPU time of consuming it.
+/// Pre-produces the stream, then measures the CPU time of consuming it, `opts.runs` times.
 async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::Result<()> {
     // Event times over the last 30 minutes, in order.
     let p = producer(brokers)?;
@@ -226,20 +278,28 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
     let mut payloads = Vec::with_capacity(opts.events as usize);
     for i in 0..opts.events {
         let ts = now - span + (i as i64 * span) / opts.events.max(1) as i64;
-        let (user, amount, event_type) = order_values(&mut rng);
-        let payload = encoder.encode(&Order {
-            seq: i,
-            ts,
-            city: CITIES[(i % 8) as usize],
-            user: &user,
-            amount,
-            event_type,
-        })?;
-        if event_type == "order_placed" {
-            placed += 1;
-        }
+        let payload = match opts.profile {
+            Profile::Simple => {
+                let (user, amount, event_type) = order_values(&mut rng);
+                placed += u64::from(event_type == "order_placed");
+                encoder.encode(&Order {
+                    seq: i,
+                    ts,
+                    city: CITIES[(i % 8) as usize],
+                    user: &user,
+                    amount,
+                    event_type,
+                })?
+            }
+            Profile::Mix => {
+                let (json, is_placed) = opts.profile.event(&mut rng, i, ts);
+                placed += u64::from(is_placed);
+                json.into_bytes()
+            }
+        };
         payloads.push(payload);
     }
+    let bytes: usize = payloads.iter().map(Vec::len).sum();
     for (i, payload) in payloads.iter().enumerate() {
         send(&p, "bench", &format!("u{}", i % 10_007), payload.as_slice());
     }
@@ -248,18 +308,50 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
     let sample = payloads;
     p.flush(Duration::from_secs(120))?;
     println!(
-        "produced {} events in {:.1}s",
+        "produced {} events ({:.0} bytes each) in {:.1}s",
         opts.events,
+        bytes as f64 / opts.events.max(1) as f64,
         started.elapsed().as_secs_f64()
     );
+    let mut per_cpu_second = Vec::new();
+    for run in 1..=opts.runs.max(1) {
+        let rate = consume(config, brokers, opts, placed, run).await?;
+        per_cpu_second.push(rate);
+    }
+    per_cpu_second.sort_by(f64::total_cmp);
+    println!(
+        "throughput ({}, {}): median {:.0} events per CPU-second over {} runs (spread {:.0}–{:.0})",
+        opts.profile.name(),
+        opts.format,
+        percentile(&per_cpu_second, 0.5),
+        per_cpu_second.len(),
+        per_cpu_second.first().copied().unwrap_or(f64::NAN),
+        per_cpu_second.last().copied().unwrap_or(f64::NAN),
+    );
+    if opts.profile == Profile::Simple {
+        payloads::decode_cost(&config.schema, opts.format, &sample)?;
+    }
+    Ok(())
+}
 
+/// One throughput run: a fresh speed layer consumes the whole topic from the start (a consumer
+/// group of its own). Returns events per CPU-second.
+async fn consume(
+    config: &Config,
+    brokers: &str,
+    opts: &SpeedBench,
+    placed: u64,
+    run: u32,
+) -> anyhow::Result<f64> {
     let speed = speed_layer(config)?;
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let cancel = CancellationToken::new();
+    let mut on = on_topic(config, brokers, "bench");
+    on.kafka.group_prefix = format!("bench-run{run}");
     let cpu0 = cpu_seconds()?;
     let wall0 = Instant::now();
     let task = speed.start(
-        wiring::speed_config(&on_topic(config, brokers, "bench"), &store, None),
+        wiring::speed_config(&on, &store, None),
         Arc::new(payloads::decoder(&config.schema, opts.format)?),
         Arc::new(SystemClock),
         cancel.clone(),
@@ -284,16 +376,16 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
     if seen != placed {
         bail!("the view counts {seen} orders, {placed} were produced");
     }
+    let rate = opts.events as f64 / cpu;
     println!(
-        "throughput ({}): {} events in {wall:.2}s wall, {cpu:.2}s CPU: {:.0} events per CPU-second, {:.0} events/s",
-        opts.format,
+        "run {run}: {} events in {wall:.2}s wall, {cpu:.2}s CPU: {rate:.0} events per CPU-second, {:.0} events/s, state {:.0} MiB",
         opts.events,
-        opts.events as f64 / cpu,
-        opts.events as f64 / wall
+        opts.events as f64 / wall,
+        speed.state_bytes() as f64 / 1_048_576.0
     );
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
-    payloads::decode_cost(&config.schema, opts.format, &sample)
+    Ok(rate)
 }
 
 /// The speed layer consuming `config`'s topic and the HTTP API as `tandem run` serves it, with a
@@ -359,6 +451,16 @@ impl SteadyLoad {
 
 /// Starts producing generated orders to `topic` at `rate` events per second.
 pub(super) fn steady_load(brokers: &str, topic: &str, rate: u64) -> anyhow::Result<SteadyLoad> {
+    steady_load_of(brokers, topic, rate, Profile::Simple)
+}
+
+/// Starts producing `profile`'s events to `topic` at `rate` events per second.
+pub(super) fn steady_load_of(
+    brokers: &str,
+    topic: &str,
+    rate: u64,
+    profile: Profile,
+) -> anyhow::Result<SteadyLoad> {
     // The steady load batches like a high-throughput producer would (50 ms linger): the embedded
     // broker finds a fetch offset by scanning a partition's batches, so thousands of tiny
     // batches would measure the broker rather than Tandem. Probes are sent unbatched.
@@ -383,7 +485,7 @@ pub(super) fn steady_load(brokers: &str, topic: &str, rate: u64) -> anyhow::Resu
                 let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
                 while i < due {
                     let ts = chrono::Utc::now().timestamp_millis();
-                    let payload = order(&mut rng, i, ts, CITIES[(i % 8) as usize]);
+                    let (payload, _) = profile.event(&mut rng, i, ts);
                     send(&load, &topic, &format!("u{}", i % 10_007), &payload);
                     i += 1;
                 }
@@ -404,7 +506,7 @@ async fn latency(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::R
     let config = on_topic(config, brokers, "live");
     let cancel = CancellationToken::new();
     let (addr, _speed, task) = serve_speed(&config, &cancel).await?;
-    let load = steady_load(brokers, "live", opts.rate)?;
+    let load = steady_load_of(brokers, "live", opts.rate, opts.profile)?;
     // Probes go out immediately (no lingering); delivery is not awaited, since visibility in
     // the view is what is measured.
     let probes: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()

@@ -1,0 +1,149 @@
+//! The speed benchmarks' workloads: which views, over which generated events.
+//!
+//! - `simple`: the quick-start view `orders_by_city` (one-minute tumbling windows, 8 cities, a
+//!   filter and five aggregates) over orders with float amounts.
+//! - `mix`: the demo's views (`orders_by_city`, `events_by_type`, decimal amounts) plus, over
+//!   1,000 merchants and 100,000 users, revenue per merchant and minute, a hopping view with
+//!   `count(DISTINCT user_id)` and `percentile(amount, 0.99)` per merchant, and a session view
+//!   per user: 1,000 groups per window, and 100,000 session keys.
+
+use rand::Rng;
+use rand::rngs::StdRng;
+
+use super::speed::order_values;
+use super::{CITIES, ORDERS_BY_CITY, SCHEMA, order_json};
+use crate::config::Config;
+
+/// A speed benchmark workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Simple,
+    Mix,
+}
+
+/// Users of the mix.
+const USERS: u64 = 100_000;
+/// Merchants of the mix: the groups per window of its merchant views.
+const MERCHANTS: u64 = 1_000;
+
+const MIX: &str = r#"
+[storage]
+url = "memory://"
+
+[schema]
+time_field = "ts"
+fields = { order_id = "string", city = "string", user_id = "string", merchant = "string", amount = "decimal(12, 2)", event_type = "string" }
+
+[[views]]
+name = "orders_by_city"
+window = { tumbling = "1m" }
+group_by = ["city"]
+filter = "event_type = 'order_placed'"
+allowed_lateness = "10s"
+aggregates = ["count(*) AS orders", "sum(amount) AS revenue", "min(amount) AS min_amount",
+              "max(amount) AS max_amount", "avg(amount) AS avg_amount"]
+
+[[views]]
+name = "events_by_type"
+window = { tumbling = "1m" }
+group_by = ["event_type"]
+allowed_lateness = "10s"
+aggregates = ["count(*) AS events", "sum(amount) AS amount"]
+
+[[views]]
+name = "merchant_revenue"
+window = { tumbling = "1m" }
+group_by = ["merchant"]
+filter = "event_type = 'payment_captured'"
+allowed_lateness = "10s"
+aggregates = ["count(*) AS payments", "sum(amount) AS revenue", "max(amount) AS largest"]
+
+[[views]]
+name = "merchant_reach"
+window = { hopping = "5m", every = "1m" }
+group_by = ["merchant"]
+allowed_lateness = "10s"
+aggregates = ["count(DISTINCT user_id) AS buyers", "percentile(amount, 0.99) AS p99_amount"]
+
+[[views]]
+name = "user_sessions"
+window = { session_gap = "5m" }
+group_by = ["user_id"]
+allowed_lateness = "10s"
+aggregates = ["count(*) AS events", "sum(amount) AS spent"]
+"#;
+
+impl Profile {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "simple" => Ok(Self::Simple),
+            "mix" => Ok(Self::Mix),
+            other => Err(format!("unknown profile `{other}`: use simple or mix")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Simple => "simple",
+            Self::Mix => "mix",
+        }
+    }
+
+    /// The workload's storage, schema and views.
+    pub(super) fn config(self) -> anyhow::Result<Config> {
+        let text = match self {
+            Self::Simple => format!("{SCHEMA}{ORDERS_BY_CITY}"),
+            Self::Mix => MIX.to_owned(),
+        };
+        Ok(Config::parse(&text, "bench")?)
+    }
+
+    /// The JSON of event `seq` at time `ts`, and whether it is a placed order (what
+    /// `orders_by_city` counts).
+    pub(super) fn event(self, rng: &mut StdRng, seq: u64, ts: i64) -> (String, bool) {
+        let (user, amount, event_type) = order_values(rng);
+        let city = CITIES[(seq % 8) as usize];
+        let placed = event_type == "order_placed";
+        let json = match self {
+            Self::Simple => order_json(seq, ts, city, &user, amount, event_type),
+            Self::Mix => {
+                let user = rng.random_range(0..USERS);
+                let merchant = rng.random_range(0..MERCHANTS);
+                format!(
+                    r#"{{"order_id":"o-{seq}","ts":{ts},"city":"{city}","user_id":"u-{user}","merchant":"m-{merchant}","amount":{amount:.2},"event_type":"{event_type}"}}"#
+                )
+            }
+        };
+        (json, placed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use tandem_shared::event::{EventDecoder, Read};
+
+    use super::*;
+
+    #[test]
+    fn every_profile_compiles_and_decodes_its_own_events() {
+        for profile in [Profile::Simple, Profile::Mix] {
+            let config = profile.config().unwrap_or_else(|e| panic!("{e}"));
+            let decoder = EventDecoder::new(std::sync::Arc::new(config.schema.clone()));
+            let mut rng = StdRng::seed_from_u64(1);
+            for seq in 0..100 {
+                let (json, _) = profile.event(&mut rng, seq, 1_800_000_000_000);
+                let Read::Event(event) = decoder.read(Some(json.as_bytes())) else {
+                    panic!("{}: {json} does not decode", profile.name());
+                };
+                assert_eq!(event.time.millis(), 1_800_000_000_000);
+            }
+            assert_eq!(Profile::parse(profile.name()), Ok(profile));
+        }
+        assert_eq!(config_views(Profile::Mix), 5);
+    }
+
+    fn config_views(profile: Profile) -> usize {
+        profile.config().map_or(0, |c| c.views.len())
+    }
+}
