@@ -65,8 +65,6 @@ pub fn replay(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use tandem_shared::coverage::StartRange;
     use tandem_shared::schema::FieldType;
     use tandem_shared::testing;
@@ -86,7 +84,7 @@ mod tests {
             &["count(*) AS n", "sum(amount) AS total"],
         );
         let speed = SpeedLayer::compile(&[view], &schema).unwrap_or_else(|e| panic!("{e}"));
-        let decoder = EventDecoder::new(Arc::new(schema));
+        let decoder = EventDecoder::new(schema);
         let payloads: Vec<String> = (0..10)
             .map(|i| format!(r#"{{"ts":{},"city":"c{}","amount":{i}}}"#, i * 1_000, i % 2))
             .chain(["not json".to_owned()])
@@ -96,7 +94,10 @@ mod tests {
         assert_eq!(done.applied, 10);
         assert_eq!(done.malformed, 1);
         assert_eq!(done.late, 0);
-        assert_eq!(done.bytes, payloads.iter().map(|p| p.len() as u64).sum::<u64>());
+        assert_eq!(
+            done.bytes,
+            payloads.iter().map(|p| p.len() as u64).sum::<u64>()
+        );
         assert_eq!(speed.consumed(), 111, "the partition's next offset");
         let rows = speed
             .query("by_city", StartRange::new(EventTime::MIN, EventTime::MAX))

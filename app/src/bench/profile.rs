@@ -10,7 +10,7 @@
 use rand::Rng;
 use rand::rngs::StdRng;
 
-use super::speed::order_values;
+use super::speed::{CONFIG, order_values};
 use super::{CITIES, ORDERS_BY_CITY, SCHEMA, order_json};
 use crate::config::Config;
 
@@ -89,11 +89,11 @@ impl Profile {
         }
     }
 
-    /// The workload's storage, schema and views.
+    /// The workload's Kafka settings (see [`CONFIG`]), storage, schema and views.
     pub(super) fn config(self) -> anyhow::Result<Config> {
         let text = match self {
-            Self::Simple => format!("{SCHEMA}{ORDERS_BY_CITY}"),
-            Self::Mix => MIX.to_owned(),
+            Self::Simple => format!("{CONFIG}{SCHEMA}{ORDERS_BY_CITY}"),
+            Self::Mix => format!("{CONFIG}{MIX}"),
         };
         Ok(Config::parse(&text, "bench")?)
     }

@@ -40,10 +40,10 @@ use tandem_shared::time::EventTime;
 use tandem_speed_layer::SpeedLayer;
 use tokio_util::sync::CancellationToken;
 
+use super::CITIES;
 use super::instructions;
 use super::payloads::{self, Encoder, Order};
 use super::profile::Profile;
-use super::{CITIES, order_json};
 use crate::config::Config;
 use crate::{process, wiring};
 
@@ -146,9 +146,7 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
     if opts.profile == Profile::Mix && opts.format != PayloadFormat::Json {
         bail!("the mix profile is JSON only");
     }
-    let mut config = opts.profile.config()?;
-    let kafka = Config::parse(&format!("{CONFIG}{}", super::SCHEMA), "bench")?.kafka;
-    config.kafka = kafka;
+    let config = opts.profile.config()?;
     // About 170 bytes per event; keep each partition under 4 MiB of the broker's 5 MiB.
     let partitions = (opts.events * 170 / (4 << 20) + 1).max(8);
     // The latency run gets a topic of its own: the broker's fetch path slows down as a
@@ -176,13 +174,14 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
     let _ = broker.kill();
     let _ = broker.wait();
     result?;
-    println!("peak resident memory of this process: {:.0} MiB", peak_rss_mib());
+    println!(
+        "peak resident memory of this process: {:.0} MiB",
+        peak_rss_mib()
+    );
     if opts.counted_events > 0 {
         if instructions::valgrind_available() {
-            let out = std::env::temp_dir().join(format!(
-                "tandem-callgrind-{}.out",
-                std::process::id()
-            ));
+            let out =
+                std::env::temp_dir().join(format!("tandem-callgrind-{}.out", std::process::id()));
             let counted = instructions::count(opts.profile, opts.counted_events, &out);
             let _ = std::fs::remove_file(&out);
             let counted = counted?;

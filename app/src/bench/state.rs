@@ -81,7 +81,14 @@ aggregates = ["{}"]
     // Warm up allocator and expression paths on a throwaway layer, so the baseline holds them.
     let warm = SpeedLayer::compile(&config.views, &config.schema)?;
     let refs = chunk(0);
-    replay(&warm, &decoder, 0, 0, &refs.iter().map(Vec::as_slice).collect::<Vec<_>>(), None);
+    replay(
+        &warm,
+        &decoder,
+        0,
+        0,
+        &refs.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        None,
+    );
     drop(warm);
     let before = rss_mib();
     let mut from = 0;
