@@ -398,18 +398,29 @@ impl PartialAggregate {
         }
     }
 
-    /// Upper bound of the heap and inline size, for the speed layer's memory budget. Sketches
-    /// start small and grow; budgeting their largest size keeps the budget a bound.
+    /// Heap and inline size, for the speed layer's memory budget. Sketches start small and
+    /// grow with their input up to a bound (a dense HyperLogLog, KLL's ~3k retained items): the
+    /// state tracks their growth as events update them (see [`PartialAggregate::grows`]).
     pub fn approx_bytes(&self) -> usize {
         let inline = std::mem::size_of::<Self>();
         match self {
-            // Dense HLL8: one byte per register.
-            Self::Distinct(_) => inline + (1 << HLL_LG_K) + 256,
-            // KLL retains about 3k items once it compacts, 8 bytes each, plus level bookkeeping.
-            Self::Percentile { .. } => inline + 3 * usize::from(KLL_K) * 8 + 256,
+            Self::Distinct(s) => inline + std::mem::size_of::<HllSketch>() + s.estimated_size(),
+            // Retained items (8 bytes each) in vectors grown by doubling, plus the levels.
+            Self::Percentile { sketch, .. } => {
+                inline
+                    + std::mem::size_of::<KllSketch<KllFloat<f64>>>()
+                    + sketch.num_retained().max(1).next_power_of_two() * 8
+                    + 64
+            }
             Self::DecimalAvg(_) => inline + std::mem::size_of::<DecimalAvg>(),
             _ => inline,
         }
+    }
+
+    /// Whether updates can change [`PartialAggregate::approx_bytes`] (a sketch).
+    #[inline]
+    pub fn grows(&self) -> bool {
+        matches!(self, Self::Distinct(_) | Self::Percentile { .. })
     }
 
     /// Serializes to a self-describing byte string (for checkpoints).

@@ -155,13 +155,21 @@ fn entry_bytes(key: &GroupKey, accs: &[PartialAggregate]) -> usize {
         + 64
 }
 
-fn update_accs(accs: &mut [PartialAggregate], args: &[ArgColumn<'_>], row: usize) {
+/// Updates a group's aggregates with `row`; returns how much their sketches grew (or shrank,
+/// when KLL compacts), in bytes.
+fn update_accs(accs: &mut [PartialAggregate], args: &[ArgColumn<'_>], row: usize) -> isize {
+    let mut grown = 0isize;
     for (acc, arg) in accs.iter_mut().zip(args) {
+        let before = if acc.grows() { acc.approx_bytes() } else { 0 };
         match arg.input(row) {
             None => acc.update_row(),
             Some(input) => acc.update(input),
         }
+        if acc.grows() {
+            grown += acc.approx_bytes() as isize - before as isize;
+        }
     }
+    grown
 }
 
 impl ViewState {
@@ -292,7 +300,8 @@ impl ViewState {
                 entry.groups.entry(key.clone()).or_insert(fresh)
             }
         };
-        update_accs(accs, args, row);
+        let grown = update_accs(accs, args, row);
+        self.bytes = self.bytes.saturating_add_signed(grown);
     }
 
     /// Adds an event whose own window is `own` to its group's sessions. Returns false if the
@@ -333,25 +342,18 @@ impl ViewState {
             end: own.end,
             accs: fresh,
         };
-        if overlapping.is_empty() {
-            self.groups += 1;
-            self.bytes += entry_bytes(key, &merged.accs);
-        }
+        // The sessions merged give their entries up for the one that replaces them.
+        let mut freed = 0;
         for s in &overlapping {
             if let Some(old) = sessions.remove(s) {
                 merged.end = merged.end.max(old.end);
+                freed += entry_bytes(key, &old.accs);
                 merge_accs(&mut merged.accs, &old.accs);
             }
         }
-        // Merging k sessions into one frees k - 1 entries.
-        if overlapping.len() > 1 {
-            let freed = overlapping.len() - 1;
-            self.groups -= freed;
-            self.bytes = self
-                .bytes
-                .saturating_sub(freed * entry_bytes(key, &merged.accs));
-        }
-        update_accs(&mut merged.accs, args, row);
+        let _ = update_accs(&mut merged.accs, args, row); // counted whole below
+        self.groups = (self.groups + 1).saturating_sub(overlapping.len());
+        self.bytes = (self.bytes + entry_bytes(key, &merged.accs)).saturating_sub(freed);
         sessions.insert(start, merged);
         true
     }

@@ -303,3 +303,60 @@ fn pinned_windows_keep_their_values_while_the_state_moves_on() {
         assert_eq!(merge_partials(pinned.partials(), s.is_sessions()), before);
     }
 }
+
+/// The budgeted bytes of `s`, recomputed from its entries.
+fn recounted(s: &ViewState) -> usize {
+    s.partials(ALL)
+        .iter()
+        .map(|p| entry_bytes(&p.group, &p.accs))
+        .sum()
+}
+
+#[test]
+fn budgeted_bytes_follow_sketches_as_they_grow_and_return_to_zero_on_release() {
+    let schema = testing::orders_schema();
+    for window in [testing::hopping("5m", "1m"), sessions("2m")] {
+        let view = testing::define(
+            &testing::view_config(
+                "sketches",
+                window.clone(),
+                &["city"],
+                None,
+                &[
+                    "count(DISTINCT amount) AS amounts",
+                    "percentile(amount, 0.9) AS p90",
+                    "count(*) AS n",
+                ],
+            ),
+            &schema,
+        );
+        let mut s = ViewState::new(Arc::new(ViewProgram::compile(&view, &schema).unwrap()));
+        let small = {
+            s.apply(&placed(&[(0, "A", 1.0)]), None, &none()).unwrap();
+            s.size().2
+        };
+        // Thousands of distinct values per group (sessions bridged by a dense stream, and
+        // later sessions merged into earlier ones by out-of-order events).
+        for round in 0..6i64 {
+            let events: Vec<(i64, &str, f64)> = (0..2_000i64)
+                .map(|i| {
+                    let t = (i * 97 + round * 13_001) % 1_200_000;
+                    (
+                        t,
+                        ["A", "B", "C"][(i % 3) as usize],
+                        (i * 31 + round) as f64,
+                    )
+                })
+                .collect();
+            s.apply(&placed(&events), None, &none()).unwrap();
+            assert_eq!(s.size().2, recounted(&s), "{window:?} round {round}");
+        }
+        let grown = s.size().2 / s.size().1;
+        assert!(
+            grown > small * 5,
+            "{window:?}: sketches grew from {small} to {grown} bytes per group"
+        );
+        s.release(&Coverage::from_ranges([ALL]));
+        assert_eq!(s.size(), (0, 0, 0), "{window:?}");
+    }
+}
