@@ -16,6 +16,7 @@ use tandem_speed_layer::SpeedLayer;
 use tandem_speed_layer::replay::replay;
 
 use super::history::rss_mib;
+use super::speed::CONFIG;
 use crate::config::Config;
 
 /// Groups per measurement: enough that page and allocator granularity vanish in the average.
@@ -45,7 +46,7 @@ pub struct StateBench {
 pub fn measure(opts: &StateBench) -> anyhow::Result<()> {
     let config = Config::parse(
         &format!(
-            r#"
+            r#"{CONFIG}
 [storage]
 url = "memory://"
 
@@ -139,4 +140,20 @@ pub(super) fn report() -> anyhow::Result<()> {
         println!("| {name} | {a1} | {r1} | {a100} | {r100} |");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_compiles_and_is_measured() {
+        for (_, expr) in KINDS {
+            measure(&StateBench {
+                aggregate: expr.to_owned(),
+                per_group: 1,
+            })
+            .unwrap_or_else(|e| panic!("{expr}: {e}"));
+        }
+    }
 }
