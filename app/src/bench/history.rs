@@ -165,11 +165,21 @@ struct Served {
 
 /// Resident memory of this process now, from /proc.
 pub(super) fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// The most resident memory this process has had, from /proc.
+pub(super) fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// A memory line of /proc/self/status (in kB there), in MiB; 0 if unreadable.
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })

@@ -41,6 +41,7 @@ use tandem_speed_layer::SpeedLayer;
 use tokio_util::sync::CancellationToken;
 
 use super::CITIES;
+use super::history::peak_rss_mib;
 use super::instructions;
 use super::payloads::{self, Encoder, Order};
 use super::profile::Profile;
@@ -204,19 +205,6 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
         }
     }
     super::state::report()
-}
-
-/// The most resident memory this process has had (VmHWM).
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Starts the embedded broker in a child process (so that its CPU is not counted) with `topics`
