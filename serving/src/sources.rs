@@ -53,11 +53,6 @@ pub struct HeldGroup {
     pub starts: Vec<Starts>,
 }
 
-fn clip(r: StartRange, range: StartRange) -> Option<StartRange> {
-    let clipped = StartRange::new(r.from.max(range.from), r.to.min(range.to));
-    (!clipped.is_empty()).then_some(clipped)
-}
-
 /// Which layer answers which windows of `range`. `speed_starts` are the window starts the speed
 /// layer holds (any order); `slide` is the view's window grid (`None` for sessions, whose
 /// windows are listed one by one).
@@ -69,13 +64,13 @@ pub fn sources(
     slide: Option<Span>,
 ) -> Sources {
     let mut batch = Vec::new();
-    for r in coverage.ranges().iter().filter_map(|r| clip(*r, range)) {
+    for r in coverage.ranges().iter().filter_map(|r| r.overlap(range)) {
         batch.extend(incomplete.gaps(r).into_iter().map(Starts::from));
     }
     let incomplete = incomplete
         .ranges()
         .iter()
-        .filter_map(|r| clip(*r, range))
+        .filter_map(|r| r.overlap(range))
         .map(Starts::from)
         .collect();
     let mut starts: Vec<EventTime> = speed_starts
@@ -101,7 +96,7 @@ pub fn sources(
             let starts: Vec<Starts> = h
                 .starts
                 .iter()
-                .filter_map(|r| clip(*r, range))
+                .filter_map(|r| r.overlap(range))
                 .map(Starts::from)
                 .collect();
             (!starts.is_empty()).then(|| HeldGroup {

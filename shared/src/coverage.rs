@@ -46,6 +46,17 @@ impl StartRange {
     pub fn contains(&self, start: EventTime) -> bool {
         self.from <= start && start < self.to
     }
+
+    /// The starts in both ranges (empty if they do not overlap).
+    pub fn intersection(&self, other: StartRange) -> StartRange {
+        StartRange::new(self.from.max(other.from), self.to.min(other.to))
+    }
+
+    /// [`StartRange::intersection`], `None` if empty.
+    pub fn overlap(&self, other: StartRange) -> Option<StartRange> {
+        let r = self.intersection(other);
+        (!r.is_empty()).then_some(r)
+    }
 }
 
 /// A normalized set of [`StartRange`]s: sorted, disjoint, non-adjacent, non-empty; minus, per
@@ -134,8 +145,7 @@ impl Coverage {
         let inside: Vec<StartRange> = self
             .ranges
             .iter()
-            .map(|r| StartRange::new(r.from.max(starts.from), r.to.min(starts.to)))
-            .filter(|r| !r.is_empty())
+            .filter_map(|r| r.overlap(starts))
             .collect();
         if inside.is_empty() {
             return;
@@ -191,7 +201,7 @@ impl Coverage {
             }
             let a = Coverage::from_ranges(a.iter().copied());
             for r in b {
-                for r in a.ranges.iter().filter_map(|x| clip(*x, *r)) {
+                for r in a.ranges.iter().filter_map(|x| x.overlap(*r)) {
                     starts.insert(r);
                 }
             }
@@ -281,11 +291,6 @@ fn without(ranges: &[StartRange], minus: &Coverage) -> Vec<StartRange> {
         }
     }
     out.ranges
-}
-
-fn clip(a: StartRange, b: StartRange) -> Option<StartRange> {
-    let r = StartRange::new(a.from.max(b.from), a.to.min(b.to));
-    (!r.is_empty()).then_some(r)
 }
 
 #[cfg(test)]

@@ -53,7 +53,9 @@ struct Inner {
     programs: Vec<Arc<ViewProgram>>,
     names: BTreeMap<String, usize>,
     fingerprint: String,
-    coverage: RwLock<Vec<Coverage>>,
+    /// Per view, what the batch layer covers: shared, so that each micro-batch takes it with
+    /// a pointer copy (a session view's held groups can be many).
+    coverage: RwLock<Vec<Arc<Coverage>>>,
     partitions: RwLock<BTreeMap<i32, PartitionState>>,
     /// Combined event-time progress of the assigned partitions, epoch ms; `i64::MIN` before any.
     progress: AtomicI64,
@@ -89,7 +91,11 @@ impl SpeedLayer {
             .map(|p| format!("{}@{}", p.view.name, p.view.version))
             .collect::<Vec<_>>()
             .join(",");
-        let coverage = RwLock::new(vec![Coverage::new(); programs.len()]);
+        let coverage = RwLock::new(
+            (0..programs.len())
+                .map(|_| Arc::new(Coverage::new()))
+                .collect(),
+        );
         Self {
             inner: Arc::new(Inner {
                 programs,
@@ -138,7 +144,7 @@ impl SpeedLayer {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn coverage_read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Coverage>> {
+    fn coverage_read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Coverage>>> {
         self.inner
             .coverage
             .read()
@@ -203,8 +209,10 @@ impl SpeedLayer {
                 .coverage
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
-            all[index].union(coverage);
-            all[index].clone()
+            let mut next = Coverage::clone(&all[index]);
+            next.union(coverage);
+            all[index] = Arc::new(next);
+            Arc::clone(&all[index])
         };
         let mut partials = Vec::new();
         let mut partitions = self.partitions_write();
@@ -224,7 +232,7 @@ impl SpeedLayer {
     /// this worker no longer holds. `None` for an unknown view.
     pub fn released(&self, view: &str) -> Option<Coverage> {
         let index = *self.inner.names.get(view)?;
-        Some(self.coverage_read()[index].clone())
+        Some(Coverage::clone(&self.coverage_read()[index]))
     }
 
     /// Messages consumed so far, over the partitions this worker owns (the sum of their next

@@ -166,7 +166,7 @@ impl ViewManifest {
         for (segment, ranges) in self.effective() {
             for bad in &segment.incomplete {
                 for r in &ranges {
-                    out.insert(StartRange::new(r.from.max(bad.from), r.to.min(bad.to)));
+                    out.insert(r.intersection(*bad));
                 }
             }
         }
@@ -185,10 +185,7 @@ impl ViewManifest {
                 for held in &h.starts {
                     // Only where this segment answers: a newer one decides elsewhere.
                     for r in &ranges {
-                        coverage.hold(
-                            &h.group,
-                            StartRange::new(r.from.max(held.from), r.to.min(held.to)),
-                        );
+                        coverage.hold(&h.group, r.intersection(*held));
                     }
                 }
             }
@@ -255,7 +252,7 @@ impl ViewManifest {
         for (segment, ranges) in &members {
             for bad in &segment.incomplete {
                 for r in ranges {
-                    incomplete.insert(StartRange::new(r.from.max(bad.from), r.to.min(bad.to)));
+                    incomplete.insert(r.intersection(*bad));
                 }
             }
         }
@@ -266,10 +263,7 @@ impl ViewManifest {
             for h in &segment.held {
                 for s in &h.starts {
                     for r in ranges {
-                        held.hold(
-                            &h.group,
-                            StartRange::new(r.from.max(s.from), r.to.min(s.to)),
-                        );
+                        held.hold(&h.group, r.intersection(*s));
                     }
                 }
             }
