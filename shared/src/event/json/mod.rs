@@ -9,6 +9,11 @@
 //! - undeclared keys are skipped without building anything.
 //!
 //! Strings borrow from the payload where they have no escapes.
+//!
+//! ```text
+//!  payload ─UTF-8 check─► scanner (the common case, no serde) ──► slots
+//!                            └─ anything else ─► serde reader (every error message) ──► slots
+//! ```
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -20,6 +25,10 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use super::paths::{Fields, Leaf, Node};
 use super::{DecodeError, Slot};
+
+mod scanner;
+#[cfg(test)]
+mod scanner_tests;
 use crate::schema::FieldType;
 
 /// Fills `scratch` from one JSON object; the slots of absent keys stay as they are.
@@ -32,6 +41,20 @@ pub(super) fn decode<'a>(
     let text = std::str::from_utf8(payload).map_err(|err| DecodeError::NotJson {
         detail: format!("not UTF-8: {err}"),
     })?;
+    if scanner::scan(root, text, scratch).is_some() {
+        return Ok(());
+    }
+    // Not the common case: serde decides, from empty slots, and names any error.
+    scratch.fill(Slot::Null);
+    deserialize(root, text, scratch)
+}
+
+/// The serde reader: every payload, every error message.
+fn deserialize<'a>(
+    root: &Fields,
+    text: &'a str,
+    scratch: &mut [Slot<'a>],
+) -> Result<(), DecodeError> {
     let problem = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_str(text);
     let seed = RecordSeed {

@@ -1,0 +1,271 @@
+//! The common case of a JSON payload, read without serde: a flat or nested object whose
+//! declared values have their declared types and whose strings have no escapes.
+//!
+//! ```text
+//!  payload ─► scan (one pass: keys compared, undeclared values skipped, numbers by their text)
+//!     ├─ Some: the slots, exactly as the serde reader would fill them
+//!     └─ None: anything else (an escape, a wrong type, bad JSON) ─► the serde reader decides
+//! ```
+//!
+//! The scanner accepts a payload only if it is valid JSON and every declared value is usable,
+//! and then fills the same slots the serde reader would (the differential tests hold it to
+//! that). Everything it does not take — escapes, type errors, malformed JSON, numbers outside
+//! its integer fast path — goes to the serde reader, which also writes every error message:
+//! the scanner has no error paths of its own. It does about a third of the serde reader's work
+//! per byte on events of the benchmark profiles (BENCHMARKS.md).
+
+use std::borrow::Cow;
+
+use super::super::Slot;
+use super::super::paths::{Fields, Leaf, Node};
+use super::parse_rfc3339;
+use crate::schema::FieldType;
+
+/// Nesting an undeclared value may have before the serde reader takes over (which allows 128).
+const MAX_DEPTH: u32 = 64;
+
+/// Fills `scratch` from the object `text`, or returns `None` (with `scratch` partly written)
+/// for anything but the common case.
+pub(super) fn scan<'a>(root: &Fields, text: &'a str, scratch: &mut [Slot<'a>]) -> Option<()> {
+    let mut scanner = Scanner { text, pos: 0 };
+    if scanner.peek()? != b'{' {
+        return None;
+    }
+    scanner.record(root, scratch)?;
+    scanner.skip_whitespace();
+    (scanner.pos == text.len()).then_some(())
+}
+
+struct Scanner<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Scanner<'a> {
+    #[inline]
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    #[inline]
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes().get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    /// The next byte that is not whitespace (not consumed).
+    #[inline]
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        self.bytes().get(self.pos).copied()
+    }
+
+    #[inline]
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.pos += 1)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.pos + word.len();
+        (self.bytes().get(self.pos..end)? == word).then(|| self.pos = end)
+    }
+
+    /// A string without escapes, at its opening quote.
+    #[inline]
+    fn string(&mut self) -> Option<&'a str> {
+        let bytes = self.bytes();
+        let start = self.pos + 1;
+        let mut at = start;
+        loop {
+            match *bytes.get(at)? {
+                b'"' => break,
+                b'\\' => return None,
+                c if c < 0x20 => return None,
+                _ => at += 1,
+            }
+        }
+        self.pos = at + 1;
+        // The payload is UTF-8 and quotes are ASCII, so both ends are char boundaries.
+        self.text.get(start..at)
+    }
+
+    /// A number's text, checked against JSON's grammar, and whether it is a plain integer.
+    fn number(&mut self) -> Option<(&'a str, bool)> {
+        let bytes = self.bytes();
+        let start = self.pos;
+        let mut at = start;
+        let digits = |mut at: usize| {
+            while let Some(b'0'..=b'9') = bytes.get(at) {
+                at += 1;
+            }
+            at
+        };
+        if bytes.get(at) == Some(&b'-') {
+            at += 1;
+        }
+        match bytes.get(at)? {
+            b'0' => at += 1,
+            b'1'..=b'9' => at = digits(at + 1),
+            _ => return None,
+        }
+        let mut integer = true;
+        if bytes.get(at) == Some(&b'.') {
+            integer = false;
+            let end = digits(at + 1);
+            if end == at + 1 {
+                return None;
+            }
+            at = end;
+        }
+        if let Some(b'e' | b'E') = bytes.get(at) {
+            integer = false;
+            at += 1;
+            if let Some(b'+' | b'-') = bytes.get(at) {
+                at += 1;
+            }
+            let end = digits(at);
+            if end == at {
+                return None;
+            }
+            at = end;
+        }
+        self.pos = at;
+        Some((self.text.get(start..at)?, integer))
+    }
+
+    /// One object at its `{`: declared values into their slots, the rest skipped.
+    fn record(&mut self, fields: &Fields, scratch: &mut [Slot<'a>]) -> Option<()> {
+        self.pos += 1;
+        if self.peek()? == b'}' {
+            self.pos += 1;
+            return Some(());
+        }
+        loop {
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let key = self.string()?;
+            self.expect(b':')?;
+            match fields.get(key) {
+                None => self.skip(0)?,
+                Some(Node::Leaf(leaf)) => scratch[leaf.slot] = self.leaf(leaf)?,
+                // A nested record that is null leaves its fields NULL.
+                Some(Node::Record(inner)) => match self.peek()? {
+                    b'{' => self.record(inner, scratch)?,
+                    b'n' => self.literal(b"null")?,
+                    _ => return None,
+                },
+            }
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b'}' => {
+                    self.pos += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A declared value of its declared type (or null).
+    fn leaf(&mut self, leaf: &Leaf) -> Option<Slot<'a>> {
+        match self.peek()? {
+            b'n' => self.literal(b"null").map(|()| Slot::Null),
+            b't' if leaf.ty == FieldType::Bool => self.literal(b"true").map(|()| Slot::Bool(true)),
+            b'f' if leaf.ty == FieldType::Bool => {
+                self.literal(b"false").map(|()| Slot::Bool(false))
+            }
+            b'"' => {
+                let text = self.string()?;
+                match leaf.ty {
+                    FieldType::String => Some(Slot::Str(Cow::Borrowed(text))),
+                    FieldType::Timestamp => parse_rfc3339(text).map(Slot::Time),
+                    FieldType::Decimal { precision, scale } => {
+                        crate::decimal::parse_units(text.trim(), precision, scale)
+                            .ok()
+                            .map(Slot::Decimal)
+                    }
+                    _ => None,
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let (text, integer) = self.number()?;
+                match leaf.ty {
+                    FieldType::Int64 if integer => integer_value(text).map(Slot::Int),
+                    FieldType::Timestamp if integer => integer_value(text).map(Slot::Time),
+                    FieldType::Float64 if integer => {
+                        integer_value(text).map(|v| Slot::Float(v as f64))
+                    }
+                    // Correctly rounded, as serde_json's `float_roundtrip` parser.
+                    FieldType::Float64 => text
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite())
+                        .map(Slot::Float),
+                    FieldType::Decimal { precision, scale } => {
+                        crate::decimal::parse_units(text, precision, scale)
+                            .ok()
+                            .map(Slot::Decimal)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Any JSON value, validated and skipped.
+    fn skip(&mut self, depth: u32) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'-' | b'0'..=b'9' => self.number().map(drop),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            open @ (b'{' | b'[') if depth < MAX_DEPTH => {
+                let close = if open == b'{' { b'}' } else { b']' };
+                self.pos += 1;
+                if self.peek()? == close {
+                    self.pos += 1;
+                    return Some(());
+                }
+                loop {
+                    if open == b'{' {
+                        if self.peek()? != b'"' {
+                            return None;
+                        }
+                        self.string()?;
+                        self.expect(b':')?;
+                    }
+                    self.skip(depth + 1)?;
+                    match self.peek()? {
+                        b',' => self.pos += 1,
+                        c if c == close => {
+                            self.pos += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A JSON integer that serde_json reads as an `i64` of the same value: at most 18 digits, so it
+/// cannot overflow, and not `-0` (which serde_json reads as a float).
+fn integer_value(text: &str) -> Option<i64> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    if digits.len() > 18 || (negative && digits == "0") {
+        return None;
+    }
+    let magnitude = digits
+        .bytes()
+        .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
+    Some(if negative { -magnitude } else { magnitude })
+}
