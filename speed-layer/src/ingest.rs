@@ -22,7 +22,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use tandem_shared::event::{EventBatchBuilder, EventDecoder, Read, future_limit};
+use tandem_shared::event::{EventBatchBuilder, EventDecoder, Read, Slot, future_limit};
 use tandem_shared::time::{EventTime, Span};
 use tandem_store::members::Membership;
 use tandem_store::registry::Registry;
@@ -495,8 +495,9 @@ struct Schemas<'a> {
 impl Schemas<'_> {
     /// Reads a message; a payload naming an unseen writer schema waits for the registry.
     /// `None`: cancelled while waiting.
-    fn read<'p>(&self, payload: Option<&'p [u8]>) -> Option<Read<'p>> {
-        match self.decoder.read(payload) {
+    /// `spare`: slots of an earlier event to read into.
+    fn read<'p>(&self, payload: Option<&'p [u8]>, spare: Vec<Slot<'p>>) -> Option<Read<'p>> {
+        match self.decoder.read_into(payload, spare) {
             Read::Unresolved(_) => self.runtime.block_on(tandem_store::registry::read_resolved(
                 self.decoder,
                 self.registry,
@@ -527,6 +528,7 @@ fn process(
     let mut partitions: BTreeMap<i32, Option<PartitionRows>> = BTreeMap::new();
     let decoder = schemas.decoder;
     let mut decoded = 0u64;
+    let mut spare = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let partition = m.partition();
         let Some(rows) = partitions
@@ -546,7 +548,7 @@ fn process(
         rows.last_offset = rows.last_offset.max(m.offset());
         let payload = m.payload();
         let record_time = m.timestamp().to_millis();
-        let Some(read) = schemas.read(payload) else {
+        let Some(read) = schemas.read(payload, std::mem::take(&mut spare)) else {
             return;
         };
         match read {
@@ -570,6 +572,7 @@ fn process(
                 rows.messages.push(i);
                 rows.times.push(event.time);
                 decoded += 1;
+                spare = event.values;
             }
             Read::Skip(skip) => {
                 metrics::counter!("tandem_speed_skipped_total", "reason" => skip.kind())

@@ -45,13 +45,15 @@ pub fn replay(
     let mut builder = EventBatchBuilder::new(decoder, payloads.len());
     let mut max_time: Option<EventTime> = None;
     let mut offset = first_offset;
+    let mut spare = Vec::new();
     for payload in payloads {
         out.bytes += payload.len() as u64;
-        match decoder.read(Some(payload)) {
+        match decoder.read_into(Some(payload), std::mem::take(&mut spare)) {
             Read::Event(event) => {
                 max_time = max_time.max(Some(event.time));
                 builder.append(&event, partition, offset);
                 out.applied += 1;
+                spare = event.values;
             }
             _ => out.malformed += 1,
         }

@@ -288,12 +288,20 @@ impl EventDecoder {
 
     /// Reads one message value (`None`: the message has no value).
     pub fn read<'a>(&self, payload: Option<&'a [u8]>) -> Read<'a> {
+        self.read_into(payload, Vec::new())
+    }
+
+    /// [`EventDecoder::read`] into `slots`: the values of an event read before (from payloads
+    /// that live as long), handed back so that a consumer reads without allocating per message.
+    pub fn read_into<'a>(&self, payload: Option<&'a [u8]>, slots: Vec<Slot<'a>>) -> Read<'a> {
         let payload = match payload {
             Some(p) if !p.is_empty() || !self.layout.has_tombstones() => p,
             _ if self.layout.has_tombstones() => return Read::Skip(Skip::Tombstone),
             _ => return Read::Malformed(DecodeError::Empty),
         };
-        let mut scratch = vec![Slot::Null; self.layout.slots];
+        let mut scratch = slots;
+        scratch.clear();
+        scratch.resize(self.layout.slots, Slot::Null);
         let filled = match &self.codec {
             Codec::Json => json::decode(&self.layout.root, payload, &mut scratch),
             Codec::Avro(plans) => match wire::frame(payload) {

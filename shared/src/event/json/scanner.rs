@@ -77,6 +77,16 @@ impl<'a> Scanner<'a> {
         let bytes = self.bytes();
         let start = self.pos + 1;
         let mut at = start;
+        // Eight bytes at a time up to the first byte that needs a look.
+        while let Some(word) = bytes.get(at..at + 8) {
+            let word = u64::from_le_bytes(word.try_into().ok()?);
+            let found = needs_a_look(word);
+            if found != 0 {
+                at += (found.trailing_zeros() / 8) as usize;
+                break;
+            }
+            at += 8;
+        }
         loop {
             match *bytes.get(at)? {
                 b'"' => break,
@@ -252,6 +262,20 @@ impl<'a> Scanner<'a> {
             _ => None,
         }
     }
+}
+
+/// The high bit of every byte of `word` (little-endian) that is a quote, a backslash or a
+/// control character, and maybe of bytes after the first such byte (the subtraction borrows
+/// from the byte above a match): exact for the lowest flagged byte, which is all it is used for.
+#[inline]
+pub(super) fn needs_a_look(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v;
+    let quote = zero_byte(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word;
+    (quote | backslash | control) & HIGHS
 }
 
 /// A JSON integer that serde_json reads as an `i64` of the same value: at most 18 digits, so it

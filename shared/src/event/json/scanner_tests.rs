@@ -184,7 +184,7 @@ fn whitespace() -> impl Strategy<Value = &'static str> {
 
 /// A declared key with a value of its type.
 fn typed_pair() -> impl Strategy<Value = (String, String)> {
-    let string = "[a-zA-Z0-9 .:é-]{0,12}".prop_map(|s| format!("\"{s}\""));
+    let string = "[a-zA-Z0-9 .:é-]{0,40}".prop_map(|s| format!("\"{s}\""));
     prop_oneof![
         string.clone().prop_map(|v| ("city".to_owned(), v)),
         any::<f64>().prop_map(|v| ("amount".to_owned(), v.to_string())),
@@ -243,6 +243,20 @@ fn payload() -> impl Strategy<Value = String> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    #[test]
+    fn eight_bytes_at_a_time_find_the_first_byte_to_look_at(
+        bytes in prop::array::uniform8(prop::sample::select(vec![
+            b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, b'a', 0x7f, 0x80, 0xc3, 0xff,
+        ])),
+    ) {
+        let first = bytes.iter().position(|b| *b == b'"' || *b == b'\\' || *b < 0x20);
+        let found = scanner::needs_a_look(u64::from_le_bytes(bytes));
+        prop_assert_eq!(
+            (found != 0).then(|| (found.trailing_zeros() / 8) as usize),
+            first
+        );
+    }
 
     #[test]
     fn scanner_agrees_with_serde(text in payload()) {
