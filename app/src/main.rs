@@ -152,6 +152,9 @@ enum BenchCommand {
         profile: tandem::bench::profile::Profile,
         #[arg(long, default_value_t = 200_000)]
         events: u64,
+        /// Payloads per micro-batch (of 8 partitions).
+        #[arg(long, default_value_t = 8_000)]
+        batch: usize,
     },
     /// State bytes per group of one aggregate (one measurement of `bench speed`).
     #[command(hide = true)]
@@ -367,8 +370,17 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::Bench {
-            what: BenchCommand::SpeedCore { profile, events },
-        } => bench::instructions::core(bench::instructions::CoreBench { profile, events }),
+            what:
+                BenchCommand::SpeedCore {
+                    profile,
+                    events,
+                    batch,
+                },
+        } => bench::instructions::core(bench::instructions::CoreBench {
+            profile,
+            events,
+            batch,
+        }),
         Command::Bench {
             what:
                 BenchCommand::SpeedState {

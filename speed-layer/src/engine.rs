@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, RwLock};
 
-use datafusion::arrow::array::RecordBatch;
 use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::event::EventDecoder;
 use tandem_shared::row::ViewRow;
@@ -27,23 +26,15 @@ use crate::ingest::{self, SpeedConfig};
 use crate::program::{self, ViewProgram};
 use crate::state::{self, Partial, Pinned, ViewState};
 
-/// What applying a batch did to one view, by batch row.
-#[derive(Debug, Default)]
-pub(crate) struct ViewOutcome {
-    pub late: Vec<usize>,
-    /// Rows an expression failed on, with the error.
-    pub rejected: Vec<(usize, String)>,
-}
-
 /// The state of every view over one Kafka partition, and the offset it reflects.
 #[derive(Debug)]
 pub(crate) struct PartitionState {
-    views: Vec<ViewState>,
+    pub(crate) views: Vec<ViewState>,
     /// The next offset to consume; `None` before anything was consumed.
-    next_offset: Option<i64>,
-    max_event_time: Option<EventTime>,
+    pub(crate) next_offset: Option<i64>,
+    pub(crate) max_event_time: Option<EventTime>,
     /// Changed since the last checkpoint.
-    dirty: bool,
+    pub(crate) dirty: bool,
     /// Ownership epoch of the assignment that gave this worker the partition.
     epoch: u64,
 }
@@ -137,14 +128,16 @@ impl SpeedLayer {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn partitions_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<i32, PartitionState>> {
+    pub(crate) fn partitions_write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<i32, PartitionState>> {
         self.inner
             .partitions
             .write()
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn coverage_read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Coverage>>> {
+    pub(crate) fn coverage_read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Coverage>>> {
         self.inner
             .coverage
             .read()
@@ -440,64 +433,12 @@ impl SpeedLayer {
             views: pinned.iter().map(Pinned::snapshot).collect(),
         })
     }
-
-    /// Applies one partition's batch to every view and advances its offset past `last_offset`.
-    /// If an expression fails on the batch (a division by zero in one event, say), retries row
-    /// by row so that only the rows it fails on are rejected.
-    pub(crate) fn apply(
-        &self,
-        partition: i32,
-        batch: Option<&RecordBatch>,
-        watermark: Option<EventTime>,
-        last_offset: i64,
-        max_event_time: Option<EventTime>,
-    ) -> Vec<ViewOutcome> {
-        let coverage = self.coverage_read().clone();
-        let mut partitions = self.partitions_write();
-        let Some(p) = partitions.get_mut(&partition) else {
-            return Vec::new();
-        };
-        p.next_offset = Some(last_offset + 1);
-        p.max_event_time = p.max_event_time.max(max_event_time);
-        p.dirty = true;
-        let Some(batch) = batch else {
-            return Vec::new();
-        };
-        p.views
-            .iter_mut()
-            .zip(&coverage)
-            .map(
-                |(view, covered)| match view.apply(batch, watermark, covered) {
-                    Ok(applied) => ViewOutcome {
-                        late: applied.late_rows,
-                        rejected: Vec::new(),
-                    },
-                    Err(_) if batch.num_rows() > 1 => {
-                        let mut outcome = ViewOutcome::default();
-                        for row in 0..batch.num_rows() {
-                            match view.apply(&batch.slice(row, 1), watermark, covered) {
-                                Ok(applied) if !applied.late_rows.is_empty() => {
-                                    outcome.late.push(row)
-                                }
-                                Ok(_) => {}
-                                Err(err) => outcome.rejected.push((row, err.to_string())),
-                            }
-                        }
-                        outcome
-                    }
-                    Err(err) => ViewOutcome {
-                        late: Vec::new(),
-                        rejected: vec![(0, err.to_string())],
-                    },
-                },
-            )
-            .collect()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::arrow::array::RecordBatch;
     use tandem_shared::schema::FieldType;
     use tandem_shared::testing;
     use tandem_shared::value::AggregateValue;

@@ -22,7 +22,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use tandem_shared::event::{EventBatchBuilder, EventDecoder, Read, Slot, future_limit};
+use tandem_shared::event::{EventDecoder, Read, Slot, future_limit};
 use tandem_shared::time::{EventTime, Span};
 use tandem_store::members::Membership;
 use tandem_store::registry::Registry;
@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::SpeedLayer;
 use crate::checkpoint::Checkpointer;
 use crate::dead_letter::{Origin, SideTopics};
+use crate::micro_batch::MicroBatch;
 use crate::watermark::PartitionProgress;
 use tandem_shared::clock::Clock;
 
@@ -475,15 +476,6 @@ fn origin<'a>(topic: &'a str, m: &'a BorrowedMessage<'_>) -> Origin<'a> {
     }
 }
 
-/// Rows of one partition in a micro-batch.
-struct PartitionRows {
-    builder: EventBatchBuilder,
-    /// Message index of each row.
-    messages: Vec<usize>,
-    times: Vec<EventTime>,
-    last_offset: i64,
-}
-
 /// The decoder and where it learns writer schemas.
 struct Schemas<'a> {
     decoder: &'a EventDecoder,
@@ -510,8 +502,8 @@ impl Schemas<'_> {
 }
 
 /// Decodes one micro-batch, sidelines malformed and late events, and applies the rest to every
-/// view, partition by partition. Applies nothing when cancelled while waiting for the schema
-/// registry: the batch is read again after the restart.
+/// view (one record batch for all partitions, see [`crate::micro_batch`]). Applies nothing when
+/// cancelled while waiting for the schema registry: the batch is read again after the restart.
 fn process(
     speed: &SpeedLayer,
     schemas: &Schemas<'_>,
@@ -522,30 +514,16 @@ fn process(
     messages: &[BorrowedMessage<'_>],
 ) {
     let started = Instant::now();
-    // `None` marks a partition polled before its revocation: the new owner re-reads it from
-    // the checkpoint's offset. (Rebalances run inside `poll`, so assignment cannot change
-    // while a micro-batch is processed; it is looked up once per partition.)
-    let mut partitions: BTreeMap<i32, Option<PartitionRows>> = BTreeMap::new();
-    let decoder = schemas.decoder;
-    let mut decoded = 0u64;
+    // A partition polled before its revocation is skipped: the new owner re-reads it from the
+    // checkpoint's offset. (Rebalances run inside `poll`, so assignment cannot change while a
+    // micro-batch is processed; it is looked up once per partition.)
+    let mut micro = MicroBatch::new(schemas.decoder, messages.len());
     let mut spare = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let partition = m.partition();
-        let Some(rows) = partitions
-            .entry(partition)
-            .or_insert_with(|| {
-                speed.assigned(partition).then(|| PartitionRows {
-                    builder: EventBatchBuilder::new(decoder, 256),
-                    messages: Vec::new(),
-                    times: Vec::new(),
-                    last_offset: m.offset(),
-                })
-            })
-            .as_mut()
-        else {
+        let Some(at) = micro.polled(partition, m.offset(), || speed.assigned(partition)) else {
             continue;
         };
-        rows.last_offset = rows.last_offset.max(m.offset());
         let payload = m.payload();
         let record_time = m.timestamp().to_millis();
         let Some(read) = schemas.read(payload, std::mem::take(&mut spare)) else {
@@ -568,10 +546,7 @@ fn process(
                 )
             }
             Read::Event(event) => {
-                rows.builder.append(&event, partition, m.offset());
-                rows.messages.push(i);
-                rows.times.push(event.time);
-                decoded += 1;
+                micro.push(at, &event, m.offset(), i);
                 spare = event.values;
             }
             Read::Skip(skip) => {
@@ -589,24 +564,16 @@ fn process(
             ),
         }
     }
+    let decoded = micro.rows.len() as u64;
     let watermark = progress.combined(time.now, time.idle_timeout);
-    for (partition, mut rows) in partitions
-        .into_iter()
-        .filter_map(|(p, rows)| Some((p, rows?)))
-    {
-        let batch = (!rows.builder.is_empty()).then(|| rows.builder.finish());
-        let max_time = rows.times.iter().copied().max();
-        let outcomes = speed.apply(
-            partition,
-            batch.as_ref(),
-            watermark,
-            rows.last_offset,
-            max_time,
-        );
+    let batch = micro.finish();
+    let outcomes = speed.apply_micro_batch(batch.as_ref(), &micro.parts, watermark);
+    let rows = &micro.rows;
+    for (part, outcomes) in micro.parts.iter().zip(outcomes) {
         for (program, outcome) in speed.programs().iter().zip(outcomes) {
             let view = &program.view.name;
             for (row, reason) in outcome.rejected {
-                let m = &messages[rows.messages[row]];
+                let m = &messages[rows[row].0];
                 side.dead_letter(
                     m.payload(),
                     origin(topic, m),
@@ -615,11 +582,12 @@ fn process(
                 );
             }
             for row in outcome.late {
-                let m = &messages[rows.messages[row]];
+                let (message, event_time) = rows[row];
+                let m = &messages[message];
                 let reason = match watermark {
                     Some(w) => format!(
-                        "every window of event time {} has closed (progress {w}, allowed lateness {}) or is published by the batch layer",
-                        rows.times[row], program.view.allowed_lateness
+                        "every window of event time {event_time} has closed (progress {w}, allowed lateness {}) or is published by the batch layer",
+                        program.view.allowed_lateness
                     ),
                     None => "every window of the event is published by the batch layer".to_owned(),
                 };
@@ -631,8 +599,8 @@ fn process(
                 );
             }
         }
-        if let Some(max_time) = max_time {
-            progress.observe(partition, max_time, time.now);
+        if let Some(max_time) = part.max_event_time {
+            progress.observe(part.partition, max_time, time.now);
         }
     }
     metrics::counter!("tandem_speed_events_total").increment(decoded);

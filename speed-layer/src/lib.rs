@@ -7,10 +7,10 @@
 //!  EventDecoder ──malformed / too far in the future──► dead-letter topic (reason header)
 //!      │  (JSON, Avro, Protobuf; an unseen schema id waits for the schema registry;
 //!      │   Debezium tombstones and excluded snapshots are counted skips)
-//!      │ one Arrow RecordBatch per partition (event schema)
+//!      │ one Arrow RecordBatch per micro-batch (event schema; rows of every partition)
 //!      ▼
-//!  per view: ViewProgram (DataFusion filter + argument expressions)
-//!      │ window assignment against the view watermark and the batch layer's coverage
+//!  per view: ViewProgram (DataFusion filter + argument expressions), once per micro-batch
+//!      │ per partition's rows: window assignment against the view watermark and coverage
 //!      ├──no open window──► late-events topic (per view)
 //!      ▼
 //!  partition → view → ViewState (window → group → PartialAggregate)
@@ -35,6 +35,7 @@
 //! - [`partials`]: a worker's partial state per owned partition as Arrow IPC, for serving
 //!   instances that answer for the whole group.
 //! - `ingest`: the consume loop on a dedicated thread, rebalance handling, backpressure.
+//! - `micro_batch`: a micro-batch applied, expressions evaluated once for all its partitions.
 //! - [`replay`]: the consume loop's work after librdkafka, fed without Kafka (benchmarks and
 //!   instruction counts).
 //! - `dead_letter`: the dead-letter and late-events producers.
@@ -54,6 +55,7 @@ pub mod checkpoint;
 mod dead_letter;
 mod engine;
 mod ingest;
+mod micro_batch;
 pub mod partials;
 pub mod program;
 pub mod replay;

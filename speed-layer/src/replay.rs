@@ -3,16 +3,18 @@
 //! arguments, assign windows, update state), for benchmarks and instruction counts.
 //!
 //! ```text
-//!  payloads of one partition ─► EventDecoder::read ─► EventBatchBuilder ─► SpeedLayer::apply
+//!  messages (partition, offset, payload) of one poll ─► EventDecoder::read_into ─► MicroBatch
+//!      ─► SpeedLayer::apply_micro_batch (each view evaluated once, state per partition)
 //! ```
 //!
-//! The consume loop (`ingest`) does the same per partition of a micro-batch, plus what needs
-//! Kafka: offsets from messages, side topics for malformed and late events, backpressure.
+//! The consume loop (`ingest`) does the same, plus what needs Kafka: offsets from messages,
+//! side topics for malformed and late events, backpressure.
 
-use tandem_shared::event::{EventBatchBuilder, EventDecoder, Read};
+use tandem_shared::event::{EventDecoder, Read};
 use tandem_shared::time::EventTime;
 
 use crate::SpeedLayer;
+use crate::micro_batch::MicroBatch;
 
 /// What [`replay`] did with one micro-batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,41 +29,47 @@ pub struct Replayed {
     pub bytes: u64,
 }
 
-/// Applies `payloads`, the messages of `partition` from `first_offset` on, as one micro-batch
-/// at event-time progress `watermark`. Takes the partition (with empty state) if this layer
-/// does not own it yet.
+/// One polled message.
+#[derive(Debug, Clone, Copy)]
+pub struct Polled<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: &'a [u8],
+}
+
+/// Applies `messages`, one poll's worth of any partitions, as one micro-batch at event-time
+/// progress `watermark`. Takes each partition (with empty state) this layer does not own yet.
 pub fn replay(
     speed: &SpeedLayer,
     decoder: &EventDecoder,
-    partition: i32,
-    first_offset: i64,
-    payloads: &[&[u8]],
+    messages: &[Polled<'_>],
     watermark: Option<EventTime>,
 ) -> Replayed {
-    if !speed.assigned(partition) {
-        speed.assign(partition, None, 0);
-    }
     let mut out = Replayed::default();
-    let mut builder = EventBatchBuilder::new(decoder, payloads.len());
-    let mut max_time: Option<EventTime> = None;
-    let mut offset = first_offset;
+    let mut micro = MicroBatch::new(decoder, messages.len());
     let mut spare = Vec::new();
-    for payload in payloads {
-        out.bytes += payload.len() as u64;
-        match decoder.read_into(Some(payload), std::mem::take(&mut spare)) {
+    for (i, m) in messages.iter().enumerate() {
+        out.bytes += m.payload.len() as u64;
+        let Some(at) = micro.polled(m.partition, m.offset, || {
+            if !speed.assigned(m.partition) {
+                speed.assign(m.partition, None, 0);
+            }
+            true
+        }) else {
+            continue;
+        };
+        match decoder.read_into(Some(m.payload), std::mem::take(&mut spare)) {
             Read::Event(event) => {
-                max_time = max_time.max(Some(event.time));
-                builder.append(&event, partition, offset);
+                micro.push(at, &event, m.offset, i);
                 out.applied += 1;
                 spare = event.values;
             }
             _ => out.malformed += 1,
         }
-        offset += 1;
     }
-    let batch = (!builder.is_empty()).then(|| builder.finish());
-    let outcomes = speed.apply(partition, batch.as_ref(), watermark, offset - 1, max_time);
-    out.late = outcomes.iter().map(|o| o.late.len() as u64).sum();
+    let batch = micro.finish();
+    let outcomes = speed.apply_micro_batch(batch.as_ref(), &micro.parts, watermark);
+    out.late = outcomes.iter().flatten().map(|o| o.late.len() as u64).sum();
     out
 }
 
@@ -91,8 +99,16 @@ mod tests {
             .map(|i| format!(r#"{{"ts":{},"city":"c{}","amount":{i}}}"#, i * 1_000, i % 2))
             .chain(["not json".to_owned()])
             .collect();
-        let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_bytes()).collect();
-        let done = replay(&speed, &decoder, 3, 100, &refs, None);
+        let messages: Vec<Polled<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Polled {
+                partition: 3,
+                offset: 100 + i as i64,
+                payload: p.as_bytes(),
+            })
+            .collect();
+        let done = replay(&speed, &decoder, &messages, None);
         assert_eq!(done.applied, 10);
         assert_eq!(done.malformed, 1);
         assert_eq!(done.late, 0);

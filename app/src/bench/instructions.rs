@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  tandem bench speed-core --profile P --events N      (generates payloads, then `measured`)
-//!      measured: payloads ─► speed_layer::replay, 1,000 per micro-batch over 8 partitions
+//!      measured: payloads ─► speed_layer::replay, micro-batches of --batch (8,000) over 8 partitions
 //!  valgrind --tool=callgrind --toggle-collect='*instructions::measured*' tandem bench speed-core
 //!      ─► instructions inside `measured` only (generation and set-up are not counted)
 //! ```
@@ -23,12 +23,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tandem_shared::event::EventDecoder;
 use tandem_speed_layer::SpeedLayer;
-use tandem_speed_layer::replay::{Replayed, replay};
+use tandem_speed_layer::replay::{Polled, Replayed, replay};
 
 use super::profile::Profile;
 
-/// Payloads per micro-batch and partition.
-const BATCH: usize = 1_000;
 const PARTITIONS: i32 = 8;
 /// Event times: 30 minutes ending at a fixed instant, so every run sees the same events.
 const END: i64 = 1_795_255_200_000;
@@ -39,6 +37,8 @@ const SPAN: i64 = 30 * 60_000;
 pub struct CoreBench {
     pub profile: Profile,
     pub events: u64,
+    /// Payloads per micro-batch (of all partitions).
+    pub batch: usize,
 }
 
 /// The profile's events, in event-time order, always the same for the same count.
@@ -52,18 +52,27 @@ fn payloads(profile: Profile, events: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The counted work: every payload through the speed layer, one micro-batch of [`BATCH`]
-/// payloads at a time, partitions in turn.
+/// The counted work: every payload through the speed layer, `batch` payloads per micro-batch,
+/// payload `i` on partition `i % 8` (a poll returns messages of many partitions).
 #[inline(never)]
-pub fn measured(speed: &SpeedLayer, decoder: &EventDecoder, payloads: &[Vec<u8>]) -> Replayed {
+pub fn measured(
+    speed: &SpeedLayer,
+    decoder: &EventDecoder,
+    payloads: &[Vec<u8>],
+    batch: usize,
+) -> Replayed {
     let mut total = Replayed::default();
-    let mut offsets = [0i64; PARTITIONS as usize];
-    for (i, chunk) in payloads.chunks(BATCH).enumerate() {
-        let partition = (i % PARTITIONS as usize) as i32;
-        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-        let offset = &mut offsets[partition as usize];
-        let done = replay(speed, decoder, partition, *offset, &refs, None);
-        *offset += chunk.len() as i64;
+    let messages: Vec<Polled<'_>> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| Polled {
+            partition: (i % PARTITIONS as usize) as i32,
+            offset: (i / PARTITIONS as usize) as i64,
+            payload,
+        })
+        .collect();
+    for chunk in messages.chunks(batch.max(1)) {
+        let done = replay(speed, decoder, chunk, None);
         total.applied += done.applied;
         total.malformed += done.malformed;
         total.late += done.late;
@@ -80,7 +89,7 @@ pub fn core(opts: CoreBench) -> anyhow::Result<()> {
     let decoder = EventDecoder::new(Arc::new(config.schema.clone()));
     let payloads = payloads(opts.profile, opts.events);
     let started = std::time::Instant::now();
-    let done = measured(&speed, &decoder, &payloads);
+    let done = measured(&speed, &decoder, &payloads, opts.batch);
     if done.applied != opts.events || done.malformed != 0 {
         bail!("{done:?}: every generated event should apply");
     }
@@ -186,7 +195,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
             let decoder = EventDecoder::new(Arc::new(config.schema.clone()));
             let payloads = payloads(profile, 3_000);
-            let done = measured(&speed, &decoder, &payloads);
+            let done = measured(&speed, &decoder, &payloads, 1_000);
             assert_eq!((done.applied, done.malformed, done.late), (3_000, 0, 0));
             assert!(speed.state_bytes() > 0);
             assert_eq!(payloads, super::payloads(profile, 3_000), "deterministic");

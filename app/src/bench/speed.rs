@@ -17,6 +17,7 @@
 //! The topic gets enough partitions that the broker's per-partition retention (about 5 MiB)
 //! keeps every event.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -89,6 +90,57 @@ pub(super) fn cpu_seconds() -> anyhow::Result<f64> {
     };
     // Linux reports these in USER_HZ, which is 100 on every mainstream architecture.
     Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// User and system CPU seconds of each live thread of this process, summed by thread name
+/// (librdkafka names its threads `rdk:main`, `rdk:broker<N>`; the consume thread is a tokio
+/// blocking thread).
+pub(super) fn thread_cpu() -> BTreeMap<String, (f64, f64, usize)> {
+    let mut out: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some((head, rest)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+            continue;
+        };
+        let name = head[open + 1..].trim_end_matches(|c: char| c.is_ascii_digit());
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let entry = out.entry(name.to_owned()).or_default();
+        entry.0 += ticks(11) / 100.0;
+        entry.1 += ticks(12) / 100.0;
+        entry.2 += 1;
+    }
+    out
+}
+
+/// The CPU each thread name took between two [`thread_cpu`] readings, largest first.
+fn thread_cpu_delta(
+    before: &BTreeMap<String, (f64, f64, usize)>,
+    after: &BTreeMap<String, (f64, f64, usize)>,
+) -> String {
+    let mut rows: Vec<(String, f64, f64, usize)> = after
+        .iter()
+        .map(|(name, (user, system, threads))| {
+            let (u0, s0, _) = before.get(name).copied().unwrap_or_default();
+            (name.clone(), user - u0, system - s0, *threads)
+        })
+        .filter(|(_, u, s, _)| u + s > 0.0)
+        .collect();
+    rows.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
+    rows.iter()
+        .map(|(name, u, s, n)| format!("{name} ×{n} {u:.2}s user + {s:.2}s system"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The random parts of an order: user, amount, event type.
@@ -341,6 +393,7 @@ async fn consume(
     let mut on = on_topic(config, brokers, "bench");
     on.kafka.group_prefix = format!("bench-run{run}");
     let cpu0 = cpu_seconds()?;
+    let threads0 = thread_cpu();
     let wall0 = Instant::now();
     let task = speed.start(
         wiring::speed_config(&on, &store, None),
@@ -363,6 +416,7 @@ async fn consume(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cpu = cpu_seconds()? - cpu0;
+    let threads = thread_cpu_delta(&threads0, &thread_cpu());
     let wall = wall0.elapsed().as_secs_f64();
     let seen = counted(&speed);
     if seen != placed {
@@ -375,6 +429,7 @@ async fn consume(
         opts.events as f64 / wall,
         speed.state_bytes() as f64 / 1_048_576.0
     );
+    println!("run {run}: CPU by thread: {threads}");
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
     Ok(rate)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tandem_shared::event::EventDecoder;
 use tandem_speed_layer::SpeedLayer;
-use tandem_speed_layer::replay::replay;
+use tandem_speed_layer::replay::{Polled, replay};
 
 use super::history::rss_mib;
 use super::speed::CONFIG;
@@ -81,22 +81,13 @@ aggregates = ["{}"]
     };
     // Warm up allocator and expression paths on a throwaway layer, so the baseline holds them.
     let warm = SpeedLayer::compile(&config.views, &config.schema)?;
-    let refs = chunk(0);
-    replay(
-        &warm,
-        &decoder,
-        0,
-        0,
-        &refs.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-        None,
-    );
+    replay(&warm, &decoder, &polled(&chunk(0), 0), None);
     drop(warm);
     let before = rss_mib();
     let mut from = 0;
     while from < GROUPS * opts.per_group {
         let payloads = chunk(from);
-        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        replay(&speed, &decoder, 0, from as i64, &refs, None);
+        replay(&speed, &decoder, &polled(&payloads, from), None);
         from += payloads.len() as u64;
     }
     let after = rss_mib();
@@ -156,4 +147,17 @@ mod tests {
             .unwrap_or_else(|e| panic!("{expr}: {e}"));
         }
     }
+}
+
+/// Payloads as messages of partition 0, from offset `from` on.
+fn polled(payloads: &[Vec<u8>], from: u64) -> Vec<Polled<'_>> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| Polled {
+            partition: 0,
+            offset: from as i64 + i as i64,
+            payload,
+        })
+        .collect()
 }

@@ -88,7 +88,7 @@ impl ArgColumn<'_> {
 }
 
 /// The view's expressions evaluated over one batch.
-pub(super) struct Evaluated {
+pub(crate) struct Evaluated {
     /// Rows where the filter is true; `None` without a filter.
     mask: Option<BooleanArray>,
     /// One array per aggregate with an argument, in aggregate order.
@@ -96,7 +96,7 @@ pub(super) struct Evaluated {
 }
 
 impl Evaluated {
-    pub(super) fn new(program: &ViewProgram, batch: &RecordBatch) -> Result<Self> {
+    pub(crate) fn new(program: &ViewProgram, batch: &RecordBatch) -> Result<Self> {
         let view = &program.view.name;
         let eval = |expr: &Arc<dyn datafusion::physical_expr::PhysicalExpr>| {
             expr.evaluate(batch)
@@ -147,7 +147,7 @@ impl Evaluated {
     }
 
     /// Binds every column the state reads to its type.
-    pub(super) fn bind<'a>(
+    pub(crate) fn bind<'a>(
         &'a self,
         program: &ViewProgram,
         batch: &'a RecordBatch,
@@ -206,7 +206,7 @@ impl Evaluated {
 }
 
 /// Every column of a batch the window state reads, typed.
-pub(super) struct Bound<'a> {
+pub(crate) struct Bound<'a> {
     times: &'a TimestampMillisecondArray,
     mask: Option<&'a BooleanArray>,
     groups: Vec<GroupColumn<'a>>,

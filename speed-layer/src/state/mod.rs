@@ -48,7 +48,8 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-use columns::{ArgColumn, Evaluated};
+use columns::ArgColumn;
+pub(crate) use columns::{Bound, Evaluated};
 use merge::merge_accs;
 pub use merge::{merge_partials, merge_states};
 pub use snapshot::{EntrySnapshot, ViewSnapshot};
@@ -234,11 +235,24 @@ impl ViewState {
         let program = Arc::clone(&self.program);
         let evaluated = Evaluated::new(&program, batch)?;
         let columns = evaluated.bind(&program, batch)?;
+        Ok(self.apply_rows(&columns, 0..batch.num_rows(), event_watermark, covered))
+    }
+
+    /// Applies `rows` of a batch whose columns this view's program evaluated and bound (once
+    /// for a micro-batch of many partitions, see [`crate::micro_batch`]).
+    pub(crate) fn apply_rows(
+        &mut self,
+        columns: &Bound<'_>,
+        rows: impl IntoIterator<Item = usize>,
+        event_watermark: Option<EventTime>,
+        covered: &Coverage,
+    ) -> Applied {
+        let program = Arc::clone(&self.program);
         let watermark = event_watermark.map(|w| w.saturating_sub(program.view.allowed_lateness));
         let spec = program.view.window;
         let mut applied = Applied::default();
         let mut key = Vec::with_capacity(columns.group_count());
-        for row in 0..batch.num_rows() {
+        for row in rows {
             if !columns.selected(row) {
                 continue;
             }
@@ -276,7 +290,7 @@ impl ViewState {
                 applied.late_rows.push(row);
             }
         }
-        Ok(applied)
+        applied
     }
 
     fn update_fixed(&mut self, window: Window, key: &GroupKey, args: &[ArgColumn<'_>], row: usize) {
