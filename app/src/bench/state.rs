@@ -133,6 +133,19 @@ pub(super) fn report() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Payloads as messages of partition 0, from offset `from` on.
+fn polled(payloads: &[Vec<u8>], from: u64) -> Vec<Polled<'_>> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| Polled {
+            partition: 0,
+            offset: from as i64 + i as i64,
+            payload,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,17 +160,4 @@ mod tests {
             .unwrap_or_else(|e| panic!("{expr}: {e}"));
         }
     }
-}
-
-/// Payloads as messages of partition 0, from offset `from` on.
-fn polled(payloads: &[Vec<u8>], from: u64) -> Vec<Polled<'_>> {
-    payloads
-        .iter()
-        .enumerate()
-        .map(|(i, payload)| Polled {
-            partition: 0,
-            offset: from as i64 + i as i64,
-            payload,
-        })
-        .collect()
 }
