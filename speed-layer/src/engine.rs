@@ -9,7 +9,7 @@
 //! serving layer's release of covered windows takes the write lock.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tandem_shared::coverage::{Coverage, StartRange};
@@ -50,6 +50,8 @@ struct Inner {
     partitions: RwLock<BTreeMap<i32, PartitionState>>,
     /// Combined event-time progress of the assigned partitions, epoch ms; `i64::MIN` before any.
     progress: AtomicI64,
+    /// Micro-batches applied.
+    micro_batches: AtomicU64,
 }
 
 /// Handle to the speed layer's state. Cheap to clone; all clones share state.
@@ -95,6 +97,7 @@ impl SpeedLayer {
                 coverage,
                 partitions: RwLock::new(BTreeMap::new()),
                 progress: AtomicI64::new(i64::MIN),
+                micro_batches: AtomicU64::new(0),
             }),
         }
     }
@@ -115,6 +118,15 @@ impl SpeedLayer {
         self.partitions_write().clear();
         self.publish_size();
         Ok(tokio::task::spawn_blocking(move || ingest.run(cancel)))
+    }
+
+    /// Micro-batches applied since the layer was created.
+    pub fn micro_batches(&self) -> u64 {
+        self.inner.micro_batches.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_micro_batch(&self) {
+        self.inner.micro_batches.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn programs(&self) -> &[Arc<ViewProgram>] {

@@ -143,6 +143,7 @@ impl SpeedLayer {
         parts: &[PartitionRows],
         watermark: Option<EventTime>,
     ) -> Vec<Vec<ViewOutcome>> {
+        self.count_micro_batch();
         let programs = self.programs();
         // Evaluated before the lock is taken; `None` where evaluation failed.
         let evaluated: Vec<Option<Evaluated>> = match batch {

@@ -92,11 +92,11 @@ pub(super) fn cpu_seconds() -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
-/// User and system CPU seconds of each live thread of this process, summed by thread name
-/// (librdkafka names its threads `rdk:main`, `rdk:broker<N>`; the consume thread is a tokio
-/// blocking thread).
-pub(super) fn thread_cpu() -> BTreeMap<String, (f64, f64, usize)> {
-    let mut out: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
+/// User and system CPU seconds of each live thread of this process, by thread id, with its
+/// name (librdkafka names its threads `rdk:main`, `rdk:broker<N>`; the consume thread is a
+/// tokio blocking thread).
+pub(super) fn thread_cpu() -> BTreeMap<String, (String, f64, f64)> {
+    let mut out = BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return out;
     };
@@ -109,36 +109,44 @@ pub(super) fn thread_cpu() -> BTreeMap<String, (f64, f64, usize)> {
         };
         let name = head[open + 1..].trim_end_matches(|c: char| c.is_ascii_digit());
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
+        let seconds = |i: usize| {
             fields
                 .get(i)
                 .and_then(|f| f.parse::<f64>().ok())
                 .unwrap_or(0.0)
+                / 100.0
         };
-        let entry = out.entry(name.to_owned()).or_default();
-        entry.0 += ticks(11) / 100.0;
-        entry.1 += ticks(12) / 100.0;
-        entry.2 += 1;
+        let tid = task.file_name().to_string_lossy().into_owned();
+        out.insert(tid, (name.to_owned(), seconds(11), seconds(12)));
     }
     out
 }
 
-/// The CPU each thread name took between two [`thread_cpu`] readings, largest first.
+/// The CPU each thread name took between two [`thread_cpu`] readings (threads, user, system,
+/// the busiest thread), largest first.
 fn thread_cpu_delta(
-    before: &BTreeMap<String, (f64, f64, usize)>,
-    after: &BTreeMap<String, (f64, f64, usize)>,
+    before: &BTreeMap<String, (String, f64, f64)>,
+    after: &BTreeMap<String, (String, f64, f64)>,
 ) -> String {
-    let mut rows: Vec<(String, f64, f64, usize)> = after
-        .iter()
-        .map(|(name, (user, system, threads))| {
-            let (u0, s0, _) = before.get(name).copied().unwrap_or_default();
-            (name.clone(), user - u0, system - s0, *threads)
-        })
-        .filter(|(_, u, s, _)| u + s > 0.0)
+    let mut by_name: BTreeMap<&str, (usize, f64, f64, f64)> = BTreeMap::new();
+    for (tid, (name, user, system)) in after {
+        let (_, u0, s0) = before.get(tid).cloned().unwrap_or_default();
+        let (u, s) = (user - u0, system - s0);
+        let entry = by_name.entry(name).or_default();
+        entry.0 += 1;
+        entry.1 += u;
+        entry.2 += s;
+        entry.3 = entry.3.max(u + s);
+    }
+    let mut rows: Vec<_> = by_name
+        .into_iter()
+        .filter(|(_, (_, u, s, _))| u + s > 0.0)
         .collect();
-    rows.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
+    rows.sort_by(|a, b| (b.1.1 + b.1.2).total_cmp(&(a.1.1 + a.1.2)));
     rows.iter()
-        .map(|(name, u, s, n)| format!("{name} ×{n} {u:.2}s user + {s:.2}s system"))
+        .map(|(name, (n, u, s, busiest))| {
+            format!("{name} ×{n} {u:.2}s user + {s:.2}s system (busiest {busiest:.2}s)")
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -351,6 +359,8 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
     payloads.truncate(100_000);
     let sample = payloads;
     p.flush(Duration::from_secs(120))?;
+    // Its polling thread would count in the consumer's CPU time.
+    drop(p);
     println!(
         "produced {} events ({:.0} bytes each) in {:.1}s",
         opts.events,
@@ -429,7 +439,11 @@ async fn consume(
         opts.events as f64 / wall,
         speed.state_bytes() as f64 / 1_048_576.0
     );
-    println!("run {run}: CPU by thread: {threads}");
+    let batches = speed.micro_batches();
+    println!(
+        "run {run}: {batches} micro-batches ({:.0} events each); CPU by thread: {threads}",
+        opts.events as f64 / batches.max(1) as f64
+    );
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
     Ok(rate)
