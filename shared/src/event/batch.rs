@@ -39,15 +39,22 @@ impl ColumnBuilder {
         }
     }
 
-    /// Appends a slot already validated against this column's type.
-    fn append(&mut self, slot: &Slot<'_>) {
+    /// Appends a slot already validated against this column's type; returns its rough size.
+    #[inline]
+    fn append(&mut self, slot: &Slot<'_>) -> usize {
         match (self, slot) {
-            (Self::Str(b), Slot::Str(s)) => b.append_value(s),
+            (Self::Str(b), Slot::Str(s)) => {
+                b.append_value(s);
+                return s.len() + 4;
+            }
             (Self::Int(b), Slot::Int(v)) => b.append_value(*v),
             (Self::Float(b), Slot::Float(v)) => b.append_value(*v),
             (Self::Bool(b), Slot::Bool(v)) => b.append_value(*v),
             (Self::Time(b), Slot::Time(v)) => b.append_value(*v),
-            (Self::Decimal(b), Slot::Decimal(v)) => b.append_value(*v),
+            (Self::Decimal(b), Slot::Decimal(v)) => {
+                b.append_value(*v);
+                return 16;
+            }
             (Self::Str(b), _) => b.append_null(),
             (Self::Int(b), _) => b.append_null(),
             (Self::Float(b), _) => b.append_null(),
@@ -55,6 +62,7 @@ impl ColumnBuilder {
             (Self::Time(b), _) => b.append_null(),
             (Self::Decimal(b), _) => b.append_null(),
         }
+        8
     }
 
     fn finish(&mut self) -> ArrayRef {
@@ -110,22 +118,14 @@ impl EventBatchBuilder {
 
     pub fn append(&mut self, event: &DecodedEvent<'_>, partition: i32, offset: i64) {
         self.time.append_value(event.time.millis());
+        let mut bytes = 16;
         for (column, slot) in self.columns.iter_mut().zip(&event.values) {
-            column.append(slot);
+            bytes += column.append(slot);
         }
         self.partitions.append_value(partition);
         self.offsets.append_value(offset);
         self.rows += 1;
-        self.bytes += 16
-            + event
-                .values
-                .iter()
-                .map(|s| match s {
-                    Slot::Str(s) => s.len() + 4,
-                    Slot::Decimal(_) => 16,
-                    _ => 8,
-                })
-                .sum::<usize>();
+        self.bytes += bytes;
     }
 
     pub fn len(&self) -> usize {

@@ -207,12 +207,7 @@ impl<'a> Scanner<'a> {
                     FieldType::Float64 if integer => {
                         integer_value(text).map(|v| Slot::Float(v as f64))
                     }
-                    // Correctly rounded, as serde_json's `float_roundtrip` parser.
-                    FieldType::Float64 => text
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|v| v.is_finite())
-                        .map(Slot::Float),
+                    FieldType::Float64 => float_value(text).map(Slot::Float),
                     FieldType::Decimal { precision, scale } => {
                         crate::decimal::parse_units(text, precision, scale)
                             .ok()
@@ -276,6 +271,46 @@ pub(super) fn needs_a_look(word: u64) -> u64 {
     let backslash = zero_byte(word ^ (ONES * u64::from(b'\\')));
     let control = word.wrapping_sub(ONES * 0x20) & !word;
     (quote | backslash | control) & HIGHS
+}
+
+/// A finite JSON number with a fraction or an exponent, correctly rounded as serde_json's
+/// `float_roundtrip` parser reads it.
+fn float_value(text: &str) -> Option<f64> {
+    short_decimal(text)
+        .or_else(|| text.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+}
+
+/// Exact powers of ten as doubles (every one up to 10^22 is representable).
+const POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The common case of a float, `-?digits.digits` with at most 2^53 as its digits: the digits
+/// and the power of ten are exact doubles, so one (correctly rounded) division gives the
+/// correctly rounded value (Clinger's fast path). `None` for anything else.
+fn short_decimal(text: &str) -> Option<f64> {
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, fraction) = rest.split_once('.')?;
+    if whole.len() + fraction.len() > 16 || fraction.len() >= POWERS_OF_TEN.len() {
+        return None;
+    }
+    let mut digits = 0u64;
+    for d in whole.bytes().chain(fraction.bytes()) {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        digits = digits * 10 + u64::from(d - b'0');
+    }
+    if digits > 1 << 53 {
+        return None;
+    }
+    let value = digits as f64 / POWERS_OF_TEN[fraction.len()];
+    Some(if negative { -value } else { value })
 }
 
 /// A JSON integer that serde_json reads as an `i64` of the same value: at most 18 digits, so it

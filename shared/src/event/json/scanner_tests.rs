@@ -188,6 +188,18 @@ fn typed_pair() -> impl Strategy<Value = (String, String)> {
     prop_oneof![
         string.clone().prop_map(|v| ("city".to_owned(), v)),
         any::<f64>().prop_map(|v| ("amount".to_owned(), v.to_string())),
+        (-1_000_000_000_000i64..1_000_000_000_000, 0..20usize).prop_map(|(v, shift)| {
+            // Short decimals with the point anywhere (Clinger's fast path, and just past it).
+            let digits = v.unsigned_abs().to_string();
+            let at = digits.len().saturating_sub(shift % (digits.len() + 1));
+            let sign = if v < 0 { "-" } else { "" };
+            let whole = if at == 0 { "0" } else { &digits[..at] };
+            (
+                "amount".to_owned(),
+                format!("{sign}{whole}.{}0", &digits[at..]),
+            )
+        }),
+        (0u64..1 << 54).prop_map(|v| ("amount".to_owned(), format!("{v}.5"))),
         any::<i64>().prop_map(|v| ("qty".to_owned(), v.to_string())),
         any::<bool>().prop_map(|v| ("paid".to_owned(), v.to_string())),
         (0i64..4_000_000_000_000).prop_map(|v| ("ts".to_owned(), v.to_string())),
