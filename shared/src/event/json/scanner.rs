@@ -100,48 +100,64 @@ impl<'a> Scanner<'a> {
         self.text.get(start..at)
     }
 
-    /// A number's text, checked against JSON's grammar, and whether it is a plain integer.
-    fn number(&mut self) -> Option<(&'a str, bool)> {
+    /// A number, checked against JSON's grammar; its digits are read on the way.
+    fn number(&mut self) -> Option<Number<'a>> {
         let bytes = self.bytes();
         let start = self.pos;
         let mut at = start;
-        let digits = |mut at: usize| {
-            while let Some(b'0'..=b'9') = bytes.get(at) {
+        let mut number = Number::default();
+        // Digits from `at` on, into the number's significand.
+        let digits = |mut at: usize, number: &mut Number<'_>| {
+            while let Some(&d @ b'0'..=b'9') = bytes.get(at) {
+                number.significand = number
+                    .significand
+                    .wrapping_mul(10)
+                    .wrapping_add(u64::from(d - b'0'));
+                number.digits += 1;
                 at += 1;
             }
             at
         };
         if bytes.get(at) == Some(&b'-') {
+            number.negative = true;
             at += 1;
         }
         match bytes.get(at)? {
-            b'0' => at += 1,
-            b'1'..=b'9' => at = digits(at + 1),
+            b'0' => {
+                number.digits = 1;
+                at += 1;
+            }
+            b'1'..=b'9' => at = digits(at, &mut number),
             _ => return None,
         }
-        let mut integer = true;
         if bytes.get(at) == Some(&b'.') {
-            integer = false;
-            let end = digits(at + 1);
+            let whole = number.digits;
+            let end = digits(at + 1, &mut number);
             if end == at + 1 {
                 return None;
             }
+            number.fraction = Some(number.digits - whole);
             at = end;
         }
         if let Some(b'e' | b'E') = bytes.get(at) {
-            integer = false;
+            number.exponent = true;
             at += 1;
             if let Some(b'+' | b'-') = bytes.get(at) {
                 at += 1;
             }
-            let end = digits(at);
+            let end = at
+                + bytes[at..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
             if end == at {
                 return None;
             }
             at = end;
         }
         self.pos = at;
-        Some((self.text.get(start..at)?, integer))
+        number.text = self.text.get(start..at)?;
+        Some(number)
     }
 
     /// One object at its `{`: declared values into their slots, the rest skipped.
@@ -200,16 +216,13 @@ impl<'a> Scanner<'a> {
                 }
             }
             b'-' | b'0'..=b'9' => {
-                let (text, integer) = self.number()?;
+                let number = self.number()?;
                 match leaf.ty {
-                    FieldType::Int64 if integer => integer_value(text).map(Slot::Int),
-                    FieldType::Timestamp if integer => integer_value(text).map(Slot::Time),
-                    FieldType::Float64 if integer => {
-                        integer_value(text).map(|v| Slot::Float(v as f64))
-                    }
-                    FieldType::Float64 => float_value(text).map(Slot::Float),
+                    FieldType::Int64 => number.integer().map(Slot::Int),
+                    FieldType::Timestamp => number.integer().map(Slot::Time),
+                    FieldType::Float64 => number.float().map(Slot::Float),
                     FieldType::Decimal { precision, scale } => {
-                        crate::decimal::parse_units(text, precision, scale)
+                        crate::decimal::parse_units(number.text, precision, scale)
                             .ok()
                             .map(Slot::Decimal)
                     }
@@ -273,12 +286,18 @@ pub(super) fn needs_a_look(word: u64) -> u64 {
     (quote | backslash | control) & HIGHS
 }
 
-/// A finite JSON number with a fraction or an exponent, correctly rounded as serde_json's
-/// `float_roundtrip` parser reads it.
-fn float_value(text: &str) -> Option<f64> {
-    short_decimal(text)
-        .or_else(|| text.parse::<f64>().ok())
-        .filter(|v| v.is_finite())
+/// A JSON number as the scanner read it.
+#[derive(Debug, Default)]
+struct Number<'a> {
+    text: &'a str,
+    negative: bool,
+    /// The integer and fraction digits as one integer (wrapped past 19 digits).
+    significand: u64,
+    /// How many digits `significand` has.
+    digits: u32,
+    /// Digits after the point, if there is one.
+    fraction: Option<u32>,
+    exponent: bool,
 }
 
 /// Exact powers of ten as doubles (every one up to 10^22 is representable).
@@ -287,44 +306,41 @@ const POWERS_OF_TEN: [f64; 23] = [
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
 
-/// The common case of a float, `-?digits.digits` with at most 2^53 as its digits: the digits
-/// and the power of ten are exact doubles, so one (correctly rounded) division gives the
-/// correctly rounded value (Clinger's fast path). `None` for anything else.
-fn short_decimal(text: &str) -> Option<f64> {
-    let (negative, rest) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (whole, fraction) = rest.split_once('.')?;
-    if whole.len() + fraction.len() > 16 || fraction.len() >= POWERS_OF_TEN.len() {
-        return None;
-    }
-    let mut digits = 0u64;
-    for d in whole.bytes().chain(fraction.bytes()) {
-        if !d.is_ascii_digit() {
+impl Number<'_> {
+    /// The value of an integer that serde_json reads as an `i64` of the same value: at most
+    /// 18 digits, so it cannot overflow, and not `-0` (which serde_json reads as a float).
+    fn integer(&self) -> Option<i64> {
+        if self.fraction.is_some() || self.exponent || self.digits > 18 {
             return None;
         }
-        digits = digits * 10 + u64::from(d - b'0');
+        let magnitude = i64::try_from(self.significand).ok()?;
+        match (self.negative, magnitude) {
+            (true, 0) => None,
+            (true, m) => Some(-m),
+            (false, m) => Some(m),
+        }
     }
-    if digits > 1 << 53 {
-        return None;
-    }
-    let value = digits as f64 / POWERS_OF_TEN[fraction.len()];
-    Some(if negative { -value } else { value })
-}
 
-/// A JSON integer that serde_json reads as an `i64` of the same value: at most 18 digits, so it
-/// cannot overflow, and not `-0` (which serde_json reads as a float).
-fn integer_value(text: &str) -> Option<i64> {
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    if digits.len() > 18 || (negative && digits == "0") {
-        return None;
+    /// A finite value, correctly rounded as serde_json's `float_roundtrip` parser reads it
+    /// (an integer through `i64`, as serde_json does).
+    fn float(&self) -> Option<f64> {
+        if self.fraction.is_none() && !self.exponent {
+            return self.integer().map(|v| v as f64);
+        }
+        self.short_decimal()
+            .or_else(|| self.text.parse::<f64>().ok())
+            .filter(|v| v.is_finite())
     }
-    let magnitude = digits
-        .bytes()
-        .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
-    Some(if negative { -magnitude } else { magnitude })
+
+    /// The common case of a float, `-?digits.digits` with at most 2^53 as its digits: the digits
+    /// and the power of ten are exact doubles, so one (correctly rounded) division gives the
+    /// correctly rounded value (Clinger's fast path). `None` for anything else.
+    fn short_decimal(&self) -> Option<f64> {
+        let fraction = self.fraction? as usize;
+        if self.exponent || self.digits > 16 || self.significand > 1 << 53 {
+            return None;
+        }
+        let value = self.significand as f64 / POWERS_OF_TEN.get(fraction)?;
+        Some(if self.negative { -value } else { value })
+    }
 }
