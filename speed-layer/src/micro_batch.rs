@@ -6,7 +6,7 @@
 //!  RecordBatch (rows of partitions 3, 7, 3, 12, …) ─► per view: filter + arguments (DataFusion)
 //!      │ once, outside the state lock                  typed columns (Bound)
 //!      ▼
-//!  write lock ─► per partition: offsets, then ViewState::apply_rows(its rows) ─► ViewOutcome
+//!  per partition: write lock ─► offsets, then ViewState::apply_rows(its rows) ─► ViewOutcome
 //! ```
 //!
 //! State stays per partition (a partition moves between workers with exactly the state its
@@ -162,9 +162,11 @@ impl SpeedLayer {
                 .collect(),
         };
         let coverage = self.coverage_read().clone();
-        let mut partitions = self.partitions_write();
         let mut out = Vec::with_capacity(parts.len());
         for part in parts {
+            // Locked per partition, as before: a query pins windows between two partitions
+            // instead of waiting for the whole micro-batch.
+            let mut partitions = self.partitions_write();
             let Some(p) = partitions.get_mut(&part.partition) else {
                 out.push(Vec::new());
                 continue;
