@@ -30,8 +30,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::state::ViewSnapshot;
 
-/// Format version of checkpoint objects.
-pub const FORMAT: u32 = 1;
+/// Format version of checkpoint objects. 2: hopping views keep panes, sealed windows and
+/// release markers (1 kept whole windows); a checkpoint of another format is not restored
+/// and its partitions are rebuilt from the topic.
+pub const FORMAT: u32 = 2;
 
 /// Errors of checkpointing. Transient (the store) or internal (a corrupt object).
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,9 @@
 //!   Such events are reported as late so that they are never silently dropped.
 //! - An event is applied to every window of the view that contains it and is still open (its end
 //!   is after the view's watermark). An event with no such window is late.
+//! - Hopping windows are kept as panes one hop wide ([`panes`]): an event updates its one pane,
+//!   a window is the merge of its panes, and a window that closes or is covered is sealed (copied
+//!   out of its panes) before a later event changes one of them.
 //! - Session windows (per group) are `[first event, last event + gap)`; an event joins every
 //!   session its own window `[t, t + gap)` overlaps, merging them.
 //! - Readers never hold up the consume thread: a query *pins* the windows it reads (shares them
@@ -23,7 +26,8 @@
 //!  RecordBatch ─► columns: filter mask + arguments (DataFusion), typed once per batch
 //!       │ per selected row: group key, windows_of(t) vs watermark and coverage
 //!       ▼
-//!  Windows: Fixed(start → Arc<group → accs>) | Sessions(shard → Arc<group → start → session>)
+//!  Windows: Fixed(start → Arc<group → accs>) | Panes(pane start → Arc<group → accs>, sealed)
+//!         | Sessions(shard → Arc<group → start → session>)
 //!       │ pin(range): Arc clones under the lock          │ release(coverage)
 //!       ▼                                                ▼
 //!  Pinned ─► partials ─► merge over partitions → ViewRow; snapshot → checkpoints
@@ -44,6 +48,9 @@ use crate::program::ViewProgram;
 
 mod columns;
 mod merge;
+#[cfg(test)]
+mod pane_tests;
+mod panes;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -52,6 +59,7 @@ use columns::ArgColumn;
 pub(crate) use columns::{Bound, Evaluated};
 use merge::merge_accs;
 pub use merge::{merge_partials, merge_states};
+use panes::{Panes, PinnedPanes};
 pub use snapshot::{EntrySnapshot, ViewSnapshot};
 
 /// Errors of the window state. Evaluation errors come from the data (an expression failing on
@@ -74,6 +82,8 @@ pub enum Error {
         view: String,
         source: crate::aggregate::Error,
     },
+    #[error("view `{view}`: restoring state: {detail}")]
+    Checkpoint { view: String, detail: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -120,8 +130,10 @@ const SESSION_SHARDS: usize = 64;
 
 #[derive(Debug)]
 enum Windows {
-    /// Tumbling and hopping windows, by start; each shared with the readers that pinned it.
+    /// Tumbling windows, by start; each shared with the readers that pinned it.
     Fixed(BTreeMap<EventTime, Arc<WindowGroups>>),
+    /// Hopping windows as panes one hop wide ([`panes`]).
+    Panes(Panes),
     /// Sessions in [`SESSION_SHARDS`] shards by group hash.
     Sessions(Vec<Arc<SessionShard>>),
 }
@@ -137,8 +149,30 @@ fn shard_of(key: &GroupKey) -> usize {
 pub struct ViewState {
     program: Arc<ViewProgram>,
     windows: Windows,
+    tally: Tally,
+}
+
+/// Groups held and their budgeted bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
     groups: usize,
     bytes: usize,
+}
+
+impl Tally {
+    fn add(&mut self, key: &GroupKey, accs: &[PartialAggregate]) {
+        self.groups += 1;
+        self.bytes += entry_bytes(key, accs);
+    }
+
+    fn remove(&mut self, key: &GroupKey, accs: &[PartialAggregate]) {
+        self.groups = self.groups.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(entry_bytes(key, accs));
+    }
+
+    fn grow(&mut self, bytes: isize) {
+        self.bytes = self.bytes.saturating_add_signed(bytes);
+    }
 }
 
 /// Budgeted size of one group's state.
@@ -173,6 +207,27 @@ fn update_accs(accs: &mut [PartialAggregate], args: &[ArgColumn<'_>], row: usize
     grown
 }
 
+/// Applies `row` to `key`'s aggregates in `window` (a fixed window or a pane), adding the
+/// group with fresh aggregates if it is new.
+fn update_group(
+    window: &mut WindowGroups,
+    key: &GroupKey,
+    args: &[ArgColumn<'_>],
+    row: usize,
+    program: &ViewProgram,
+    tally: &mut Tally,
+) {
+    let accs = match window.groups.get_mut(key) {
+        Some(accs) => accs,
+        None => {
+            let fresh = ViewState::empty_accs(program);
+            tally.add(key, &fresh);
+            window.groups.entry(key.clone()).or_insert(fresh)
+        }
+    };
+    tally.grow(update_accs(accs, args, row));
+}
+
 impl ViewState {
     pub fn new(program: Arc<ViewProgram>) -> Self {
         let windows = match program.view.window {
@@ -181,13 +236,15 @@ impl ViewState {
                     .map(|_| Arc::new(SessionShard::default()))
                     .collect(),
             ),
+            WindowSpec::Hopping { size, every } if size.millis() > every.millis() => {
+                Windows::Panes(Panes::new(size, every))
+            }
             _ => Windows::Fixed(BTreeMap::new()),
         };
         Self {
             program,
             windows,
-            groups: 0,
-            bytes: 0,
+            tally: Tally::default(),
         }
     }
 
@@ -199,13 +256,14 @@ impl ViewState {
     pub fn size(&self) -> (usize, usize, usize) {
         let windows = match &self.windows {
             Windows::Fixed(w) => w.len(),
+            Windows::Panes(panes) => panes.held(),
             Windows::Sessions(shards) => shards
                 .iter()
                 .flat_map(|s| s.values())
                 .map(BTreeMap::len)
                 .sum(),
         };
-        (windows, self.groups, self.bytes)
+        (windows, self.tally.groups, self.tally.bytes)
     }
 
     fn empty_accs(program: &ViewProgram) -> Vec<PartialAggregate> {
@@ -270,6 +328,9 @@ impl ViewState {
                         self.update_session(own, &key, &columns.args, row, covered)
                     }
                 }
+                _ if matches!(self.windows, Windows::Panes(_)) => {
+                    self.update_pane(t, watermark, covered, &key, &columns.args, row)
+                }
                 _ => {
                     let mut updated = false;
                     for window in spec.windows_of(t) {
@@ -304,18 +365,14 @@ impl ViewState {
             })
         });
         // Copies the window only if a reader has it pinned.
-        let entry = Arc::make_mut(entry);
-        let accs = match entry.groups.get_mut(key) {
-            Some(accs) => accs,
-            None => {
-                let fresh = Self::empty_accs(&self.program);
-                self.groups += 1;
-                self.bytes += entry_bytes(key, &fresh);
-                entry.groups.entry(key.clone()).or_insert(fresh)
-            }
-        };
-        let grown = update_accs(accs, args, row);
-        self.bytes = self.bytes.saturating_add_signed(grown);
+        update_group(
+            Arc::make_mut(entry),
+            key,
+            args,
+            row,
+            &self.program,
+            &mut self.tally,
+        );
     }
 
     /// Adds an event whose own window is `own` to its group's sessions. Returns false if the
@@ -366,8 +423,9 @@ impl ViewState {
             }
         }
         let _ = update_accs(&mut merged.accs, args, row); // counted whole below
-        self.groups = (self.groups + 1).saturating_sub(overlapping.len());
-        self.bytes = (self.bytes + entry_bytes(key, &merged.accs)).saturating_sub(freed);
+        self.tally.groups = (self.tally.groups + 1).saturating_sub(overlapping.len());
+        self.tally.bytes =
+            (self.tally.bytes + entry_bytes(key, &merged.accs)).saturating_sub(freed);
         sessions.insert(start, merged);
         true
     }
@@ -385,6 +443,7 @@ impl ViewState {
                         .map(|(start, w)| (*start, Arc::clone(w)))
                         .collect(),
                 ),
+                Windows::Panes(panes) => PinnedWindows::Panes(panes.pin(range)),
                 Windows::Sessions(shards) => {
                     PinnedWindows::Sessions(shards.iter().map(Arc::clone).collect())
                 }
@@ -411,10 +470,12 @@ impl ViewState {
         matches!(self.windows, Windows::Sessions(_))
     }
 
-    /// Drops the state of every covered window and returns it.
+    /// Drops the state of every covered window and returns it (for a hopping view, possibly
+    /// several partials of one window and group: merge them).
     pub fn release(&mut self, coverage: &Coverage) -> Vec<Partial> {
         let mut out = Vec::new();
         match &mut self.windows {
+            Windows::Panes(panes) => out = panes.release(coverage, &mut self.tally),
             Windows::Fixed(windows) => {
                 let covered: Vec<EventTime> = windows
                     .keys()
@@ -425,8 +486,7 @@ impl ViewState {
                     if let Some(w) = windows.remove(&start) {
                         let w = Arc::try_unwrap(w).unwrap_or_else(|shared| (*shared).clone());
                         for (key, accs) in w.groups {
-                            self.groups -= 1;
-                            self.bytes = self.bytes.saturating_sub(entry_bytes(&key, &accs));
+                            self.tally.remove(&key, &accs);
                             out.push(Partial {
                                 window: Window { start, end: w.end },
                                 group: key,
@@ -453,8 +513,7 @@ impl ViewState {
                             .collect();
                         for start in covered {
                             if let Some(s) = sessions.remove(&start) {
-                                self.groups -= 1;
-                                self.bytes = self.bytes.saturating_sub(entry_bytes(key, &s.accs));
+                                self.tally.remove(key, &s.accs);
                                 out.push(Partial {
                                     window: Window { start, end: s.end },
                                     group: key.clone(),
@@ -483,14 +542,17 @@ pub struct Pinned {
 #[derive(Debug)]
 enum PinnedWindows {
     Fixed(Vec<(EventTime, Arc<WindowGroups>)>),
+    Panes(PinnedPanes),
     Sessions(Vec<Arc<SessionShard>>),
 }
 
 impl Pinned {
-    /// Partial states of the pinned windows whose start lies in the pinned range.
+    /// Partial states of the pinned windows whose start lies in the pinned range (for a hopping
+    /// view, possibly several of one window and group: readers merge them).
     pub fn partials(&self) -> Vec<Partial> {
         let mut out = Vec::new();
         match &self.windows {
+            PinnedWindows::Panes(panes) => panes.partials(&mut out),
             PinnedWindows::Fixed(windows) => {
                 for (start, w) in windows {
                     for (key, accs) in &w.groups {

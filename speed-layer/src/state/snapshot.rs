@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 use tandem_shared::coverage::StartRange;
 use tandem_shared::row::GroupKey;
 use tandem_shared::time::EventTime;
+use tandem_shared::window::Window;
 
 use super::{
-    Error, GroupMap, Pinned, Result, Session, ViewState, WindowGroups, Windows, entry_bytes,
+    Error, GroupMap, Pinned, PinnedWindows, Result, Session, ViewState, WindowGroups, Windows,
     shard_of,
 };
 use crate::aggregate::PartialAggregate;
@@ -25,16 +26,37 @@ impl ViewState {
 impl Pinned {
     /// A serializable copy of the pinned windows (pin the whole range for a checkpoint).
     pub fn snapshot(&self) -> ViewSnapshot {
-        let entries = self
-            .partials()
-            .into_iter()
-            .map(|p| EntrySnapshot {
-                start: p.window.start.millis(),
-                end: p.window.end.millis(),
-                group: p.group,
-                accs: p.accs.iter().map(PartialAggregate::to_bytes).collect(),
-            })
-            .collect();
+        let entries = match &self.windows {
+            // Panes, sealed windows and release markers as they are (see `PinnedPanes::entries`).
+            PinnedWindows::Panes(panes) => panes
+                .entries()
+                .into_iter()
+                .map(|(window, entry)| {
+                    let (group, accs) = entry.map_or((GroupKey::new(), Vec::new()), |(k, a)| {
+                        (
+                            k.clone(),
+                            a.iter().map(PartialAggregate::to_bytes).collect(),
+                        )
+                    });
+                    EntrySnapshot {
+                        start: window.start.millis(),
+                        end: window.end.millis(),
+                        group,
+                        accs,
+                    }
+                })
+                .collect(),
+            _ => self
+                .partials()
+                .into_iter()
+                .map(|p| EntrySnapshot {
+                    start: p.window.start.millis(),
+                    end: p.window.end.millis(),
+                    group: p.group,
+                    accs: p.accs.iter().map(PartialAggregate::to_bytes).collect(),
+                })
+                .collect(),
+        };
         ViewSnapshot {
             view: self.program().view.name.clone(),
             version: self.program().view.version.0.clone(),
@@ -58,9 +80,20 @@ impl ViewState {
                     view: view.clone(),
                     source,
                 })?;
-            state.groups += 1;
-            state.bytes += entry_bytes(&e.group, &accs);
             let (start, end) = (EventTime(e.start), EventTime(e.end));
+            if let Windows::Panes(panes) = &mut state.windows {
+                let window = Window { start, end };
+                // No aggregates: a marker (every view has at least one aggregate).
+                let entry = (!accs.is_empty()).then(|| (e.group.clone(), accs));
+                if !panes.restore(window, entry, &mut state.tally) {
+                    return Err(Error::Checkpoint {
+                        view,
+                        detail: format!("entry [{start}, {end}) is neither a pane nor a window"),
+                    });
+                }
+                continue;
+            }
+            state.tally.add(&e.group, &accs);
             match &mut state.windows {
                 Windows::Fixed(windows) => {
                     let window = windows.entry(start).or_insert_with(|| {
@@ -71,6 +104,7 @@ impl ViewState {
                     });
                     Arc::make_mut(window).groups.insert(e.group.clone(), accs);
                 }
+                Windows::Panes(_) => {}
                 Windows::Sessions(shards) => {
                     Arc::make_mut(&mut shards[shard_of(&e.group)])
                         .entry(e.group.clone())

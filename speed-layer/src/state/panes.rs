@@ -1,0 +1,407 @@
+//! Hopping windows kept as panes: state per hop-wide slice of event time, one update per event.
+//!
+//! A hopping window of size `S` every `E` (`S` a multiple of `E`) is the union of `S / E`
+//! consecutive *panes* `[p, p + E)`. Updating every window that contains an event costs `S / E`
+//! group lookups (and, for a new group, `S / E` sets of fresh aggregates and sketches) per event;
+//! updating its one pane costs one. A window's value is the merge of its panes' partials, which is
+//! what every reader already does with partials of many partitions ([`super::merge_states`]): a
+//! reader gets one partial per pane and group, labelled with the window.
+//!
+//! A window must stop changing once it closes (the watermark passed its end) or the batch layer
+//! covers it, while its panes still change for the later windows that share them. So before an
+//! event lands in a pane, every window of that pane that is shut but still *virtual* (computed
+//! from panes) is *sealed*: its merged state is copied out of the panes and kept as it is. A
+//! window the batch layer covers is released (its partials returned for drift) and leaves a
+//! marker; a pane goes once every window that contains it is sealed or released, and a marker once
+//! no pane of its window is left.
+//!
+//! ```text
+//!  event t ─► windows_of(t): shut (watermark, coverage) and virtual? ─► seal: merge its panes
+//!       │ any window open?
+//!       ▼
+//!  pane align_down(t, E) ─► group ─► aggregates         (one update instead of S / E)
+//!  read window W = merge of panes W, W+E, … W+S-E, or its sealed copy
+//! ```
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::sync::Arc;
+
+use tandem_shared::coverage::{Coverage, StartRange};
+use tandem_shared::row::GroupKey;
+use tandem_shared::time::{EventTime, Span};
+use tandem_shared::window::{Window, align_down};
+
+use super::columns::ArgColumn;
+use super::merge::merge_accs;
+use super::{GroupMap, Partial, Tally, ViewState, WindowGroups, Windows, update_group};
+use crate::aggregate::PartialAggregate;
+
+/// Panes and sealed windows of one hopping view over one partition.
+#[derive(Debug, Clone)]
+pub(super) struct Panes {
+    /// Window size and hop; `size` is a multiple of `every`, and larger.
+    size: Span,
+    every: Span,
+    /// Pane state by pane start: the events of `[start, start + every)` applied while at least
+    /// one window containing them was open.
+    panes: BTreeMap<EventTime, Arc<WindowGroups>>,
+    /// Windows no longer computed from panes, by start: `Some` holds a window sealed when it
+    /// closed or was covered; `None` marks one released to the batch layer.
+    sealed: BTreeMap<EventTime, Option<Arc<WindowGroups>>>,
+}
+
+/// One group's aggregates in a pane or sealed window.
+pub(super) type Held<'a> = (&'a GroupKey, &'a [PartialAggregate]);
+
+/// What a reader pinned of [`Panes`]: pointer copies, read without any lock.
+#[derive(Debug)]
+pub(super) struct PinnedPanes {
+    size: Span,
+    every: Span,
+    range: StartRange,
+    panes: Vec<(EventTime, Arc<WindowGroups>)>,
+    sealed: BTreeMap<EventTime, Option<Arc<WindowGroups>>>,
+}
+
+/// Starts of the windows that contain the pane starting at `pane`, oldest first.
+fn windows_of_pane(pane: EventTime, size: Span, every: Span) -> impl Iterator<Item = EventTime> {
+    let every = every.millis().max(1);
+    let count = size.millis() / every;
+    (0..count)
+        .rev()
+        .map(move |back| EventTime(pane.millis().saturating_sub(back.saturating_mul(every))))
+}
+
+/// One partial per group of `groups`, labelled `window` (moved out when the state is not shared).
+fn labelled(window: Window, groups: Arc<WindowGroups>, out: &mut Vec<Partial>) {
+    let groups = Arc::try_unwrap(groups).map_or_else(|shared| shared.groups.clone(), |g| g.groups);
+    out.extend(groups.into_iter().map(|(group, accs)| Partial {
+        window,
+        group,
+        accs,
+    }));
+}
+
+impl Panes {
+    pub(super) fn new(size: Span, every: Span) -> Self {
+        Self {
+            size,
+            every,
+            panes: BTreeMap::new(),
+            sealed: BTreeMap::new(),
+        }
+    }
+
+    fn window(&self, start: EventTime) -> Window {
+        Window {
+            start,
+            end: start.saturating_add(self.size),
+        }
+    }
+
+    fn is_sealed(&self, start: EventTime) -> bool {
+        // Sealed windows are the oldest ones: most lookups end at the first comparison.
+        self.sealed
+            .last_key_value()
+            .is_some_and(|(last, _)| *last >= start)
+            && self.sealed.contains_key(&start)
+    }
+
+    /// Copies the window at `start` out of its panes, so that later updates of the panes leave
+    /// it as it is now.
+    fn seal(&mut self, start: EventTime, tally: &mut Tally) {
+        let window = self.window(start);
+        let mut groups: GroupMap<Vec<PartialAggregate>> = GroupMap::default();
+        for pane in self.panes.range(window.start..window.end).map(|(_, p)| p) {
+            for (key, accs) in &pane.groups {
+                match groups.get_mut(key) {
+                    Some(into) => merge_accs(into, accs),
+                    None => {
+                        groups.insert(key.clone(), accs.clone());
+                    }
+                }
+            }
+        }
+        for (key, accs) in &groups {
+            tally.add(key, accs);
+        }
+        self.sealed.insert(
+            start,
+            Some(Arc::new(WindowGroups {
+                end: window.end,
+                groups,
+            })),
+        );
+    }
+
+    /// Windows held (panes and sealed windows) for [`ViewState::size`].
+    pub(super) fn held(&self) -> usize {
+        self.panes.len() + self.sealed.values().filter(|w| w.is_some()).count()
+    }
+
+    pub(super) fn pin(&self, range: StartRange) -> PinnedPanes {
+        // Windows starting in the range read panes up to `size - every` past its end.
+        let panes_to = range
+            .to
+            .saturating_add(Span::from_millis(self.size.millis() - self.every.millis()));
+        PinnedPanes {
+            size: self.size,
+            every: self.every,
+            range,
+            panes: self
+                .panes
+                .range(range.from..panes_to)
+                .map(|(start, p)| (*start, Arc::clone(p)))
+                .collect(),
+            sealed: self
+                .sealed
+                .range(range.from..range.to)
+                .map(|(start, w)| (*start, w.clone()))
+                .collect(),
+        }
+    }
+
+    /// Releases every window the batch layer covers: returns its partials (one per pane and
+    /// group for a window still computed from panes) and drops the panes no window needs.
+    pub(super) fn release(&mut self, coverage: &Coverage, tally: &mut Tally) -> Vec<Partial> {
+        let mut out = Vec::new();
+        let covered_sealed: Vec<EventTime> = self
+            .sealed
+            .iter()
+            .filter(|(start, w)| w.is_some() && coverage.contains(**start))
+            .map(|(start, _)| *start)
+            .collect();
+        for start in covered_sealed {
+            if let Some(Some(w)) = self.sealed.insert(start, None) {
+                for (key, accs) in &w.groups {
+                    tally.remove(key, accs);
+                }
+                labelled(self.window(start), w, &mut out);
+            }
+        }
+        let mut virtual_covered: Vec<EventTime> = self
+            .panes
+            .keys()
+            .flat_map(|p| windows_of_pane(*p, self.size, self.every))
+            .filter(|w| coverage.contains(*w) && !self.sealed.contains_key(w))
+            .collect();
+        virtual_covered.sort_unstable();
+        virtual_covered.dedup();
+        for start in virtual_covered {
+            let window = self.window(start);
+            for pane in self.panes.range(window.start..window.end).map(|(_, p)| p) {
+                out.extend(pane.groups.iter().map(|(key, accs)| Partial {
+                    window,
+                    group: key.clone(),
+                    accs: accs.clone(),
+                }));
+            }
+            self.sealed.insert(start, None);
+        }
+        self.drop_unneeded(tally);
+        out
+    }
+
+    /// Drops panes whose every window is sealed or released, then the release markers of
+    /// windows with no pane left.
+    fn drop_unneeded(&mut self, tally: &mut Tally) {
+        let (size, every) = (self.size, self.every);
+        let sealed = &self.sealed;
+        let unneeded: Vec<EventTime> = self
+            .panes
+            .keys()
+            .copied()
+            .filter(|p| windows_of_pane(*p, size, every).all(|w| sealed.contains_key(&w)))
+            .collect();
+        for start in unneeded {
+            if let Some(pane) = self.panes.remove(&start) {
+                for (key, accs) in &pane.groups {
+                    tally.remove(key, accs);
+                }
+            }
+        }
+        let panes = &self.panes;
+        self.sealed.retain(|start, w| {
+            w.is_some()
+                || panes
+                    .range(*start..start.saturating_add(size))
+                    .next()
+                    .is_some()
+        });
+    }
+
+    /// Restores one checkpoint entry of [`PinnedPanes::entries`]; `false` if its span fits neither a
+    /// pane, a window nor a marker.
+    pub(super) fn restore(
+        &mut self,
+        window: Window,
+        entry: Option<(GroupKey, Vec<PartialAggregate>)>,
+        tally: &mut Tally,
+    ) -> bool {
+        let span = Span::from_millis(window.end.millis().saturating_sub(window.start.millis()));
+        let Some((key, accs)) = entry else {
+            if span.millis() == 0 {
+                self.sealed.entry(window.start).or_insert(None);
+                return true;
+            }
+            if span == self.size {
+                self.sealed.entry(window.start).or_insert_with(|| {
+                    Some(Arc::new(WindowGroups {
+                        end: window.end,
+                        groups: GroupMap::default(),
+                    }))
+                });
+                return true;
+            }
+            return false;
+        };
+        let target = if span == self.every {
+            Arc::make_mut(self.panes.entry(window.start).or_insert_with(|| {
+                Arc::new(WindowGroups {
+                    end: window.end,
+                    groups: GroupMap::default(),
+                })
+            }))
+        } else if span == self.size {
+            let slot = match self.sealed.entry(window.start) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(None),
+            };
+            Arc::make_mut(slot.get_or_insert_with(|| {
+                Arc::new(WindowGroups {
+                    end: window.end,
+                    groups: GroupMap::default(),
+                })
+            }))
+        } else {
+            return false;
+        };
+        tally.add(&key, &accs);
+        target.groups.insert(key, accs);
+        true
+    }
+}
+
+impl PinnedPanes {
+    /// What a checkpoint keeps (pin the whole range): every pane (`end - start` is the hop),
+    /// every sealed window (`end - start` is the size; with no entry when it has no group) and
+    /// every release marker (`end == start`, no entry).
+    pub(super) fn entries(&self) -> Vec<(Window, Option<Held<'_>>)> {
+        let mut out = Vec::new();
+        for (start, pane) in &self.panes {
+            let window = Window {
+                start: *start,
+                end: pane.end,
+            };
+            out.extend(pane.groups.iter().map(|(k, a)| (window, Some((k, &a[..])))));
+        }
+        for (start, w) in &self.sealed {
+            match w {
+                Some(w) => {
+                    let window = Window {
+                        start: *start,
+                        end: w.end,
+                    };
+                    if w.groups.is_empty() {
+                        out.push((window, None));
+                    }
+                    out.extend(w.groups.iter().map(|(k, a)| (window, Some((k, &a[..])))));
+                }
+                None => out.push((
+                    Window {
+                        start: *start,
+                        end: *start,
+                    },
+                    None,
+                )),
+            }
+        }
+        out
+    }
+
+    /// Partials of the windows starting in the pinned range: a sealed window's own, and for a
+    /// window still computed from panes, one per pane and group (readers merge them).
+    pub(super) fn partials(&self, out: &mut Vec<Partial>) {
+        for (start, w) in &self.sealed {
+            if let Some(w) = w {
+                let window = Window {
+                    start: *start,
+                    end: w.end,
+                };
+                out.extend(w.groups.iter().map(|(key, accs)| Partial {
+                    window,
+                    group: key.clone(),
+                    accs: accs.clone(),
+                }));
+            }
+        }
+        for (pane, groups) in &self.panes {
+            for start in windows_of_pane(*pane, self.size, self.every) {
+                if !self.range.contains(start) || self.sealed.contains_key(&start) {
+                    continue;
+                }
+                let window = Window {
+                    start,
+                    end: start.saturating_add(self.size),
+                };
+                out.extend(groups.groups.iter().map(|(key, accs)| Partial {
+                    window,
+                    group: key.clone(),
+                    accs: accs.clone(),
+                }));
+            }
+        }
+    }
+}
+
+impl ViewState {
+    /// Applies `row` (at time `t`) to its pane if any window containing it is open, first
+    /// sealing the shut windows of the pane that are still computed from panes. Returns whether
+    /// a window took the event.
+    pub(super) fn update_pane(
+        &mut self,
+        t: EventTime,
+        watermark: Option<EventTime>,
+        covered: &Coverage,
+        key: &GroupKey,
+        args: &[ArgColumn<'_>],
+        row: usize,
+    ) -> bool {
+        let Windows::Panes(panes) = &mut self.windows else {
+            return false;
+        };
+        let pane = EventTime(align_down(t.millis(), panes.every.millis()));
+        let mut open = false;
+        for start in windows_of_pane(pane, panes.size, panes.every) {
+            if panes.is_sealed(start) {
+                continue;
+            }
+            let end = start.saturating_add(panes.size);
+            if watermark.is_some_and(|w| end <= w) || covered.contains(start) {
+                panes.seal(start, &mut self.tally);
+            } else {
+                open = true;
+            }
+        }
+        if open {
+            let every = panes.every;
+            let groups = panes.panes.entry(pane).or_insert_with(|| {
+                Arc::new(WindowGroups {
+                    end: pane.saturating_add(every),
+                    groups: GroupMap::default(),
+                })
+            });
+            // Copies the pane only if a reader has it pinned.
+            update_group(
+                Arc::make_mut(groups),
+                key,
+                args,
+                row,
+                &self.program,
+                &mut self.tally,
+            );
+        }
+        open
+    }
+}
