@@ -12,12 +12,6 @@ use tandem_shared::event::PayloadFormat;
 use tandem_shared::time::EventTime;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc rather than the system allocator: the speed layer allocates a group key and
-/// aggregates (and sketches) for every new window and group, and glibc's malloc took about a fifth
-/// of the mix benchmark's instructions (BENCHMARKS.md, "The allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "tandem",
