@@ -355,6 +355,7 @@ impl Ingest {
                 );
                 messages.clear();
             }
+            self.side.serve();
             if let Some(checkpointer) = &self.checkpointer
                 && last_checkpoint.elapsed()
                     >= self
