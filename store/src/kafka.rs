@@ -46,6 +46,9 @@ pub fn consumer_config(
         ("group.id", group_id),
         // Progress lives in the object store; offsets in Kafka would be a second, weaker copy.
         ("enable.auto.commit", "false"),
+        // Nor stored per message (the default would store every polled offset, under the
+        // partition's lock, for a commit that never comes; explicit commits name their offsets).
+        ("enable.auto.offset.store", "false"),
         ("auto.offset.reset", "earliest"),
         ("enable.partition.eof", "false"),
         ("statistics.interval.ms", "1000"),
