@@ -21,7 +21,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use tandem_shared::coverage::StartRange;
 use tandem_shared::event::EventDecoder;
+use tandem_shared::time::EventTime;
 use tandem_speed_layer::SpeedLayer;
 use tandem_speed_layer::replay::{Polled, Replayed, replay};
 
@@ -100,6 +102,18 @@ pub fn core(opts: CoreBench) -> anyhow::Result<()> {
         speed.state_bytes(),
         started.elapsed().as_secs_f64()
     );
+    // What reading it back costs: each view queried over all its windows (a hopping view's
+    // window merges its panes here; every view merges its partitions).
+    let all = StartRange::new(EventTime::MIN, EventTime::MAX);
+    for view in &config.views {
+        let asked = std::time::Instant::now();
+        let rows = speed.query(&view.name, all).map_or(0, |r| r.len());
+        println!(
+            "query {} rows {rows} ms {:.1}",
+            view.name,
+            asked.elapsed().as_secs_f64() * 1e3
+        );
+    }
     Ok(())
 }
 

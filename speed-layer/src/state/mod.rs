@@ -470,8 +470,7 @@ impl ViewState {
         matches!(self.windows, Windows::Sessions(_))
     }
 
-    /// Drops the state of every covered window and returns it (for a hopping view, possibly
-    /// several partials of one window and group: merge them).
+    /// Drops the state of every covered window and returns it.
     pub fn release(&mut self, coverage: &Coverage) -> Vec<Partial> {
         let mut out = Vec::new();
         match &mut self.windows {
@@ -547,8 +546,8 @@ enum PinnedWindows {
 }
 
 impl Pinned {
-    /// Partial states of the pinned windows whose start lies in the pinned range (for a hopping
-    /// view, possibly several of one window and group: readers merge them).
+    /// Partial states of the pinned windows whose start lies in the pinned range, one per
+    /// window and group.
     pub fn partials(&self) -> Vec<Partial> {
         let mut out = Vec::new();
         match &self.windows {

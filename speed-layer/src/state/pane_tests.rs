@@ -187,6 +187,19 @@ fn check(size: &str, every: &str, rounds: &[Round]) {
         let late = oracle.apply(spec, &events, Some(progress - lateness), &coverage);
         assert_eq!(applied.late_rows, late, "round {i}: late rows");
         assert_eq!(flat(&s.rows(ALL)), oracle.rows(), "round {i}: rows");
+        let mut labels: Vec<_> = s
+            .partials(ALL)
+            .into_iter()
+            .map(|p| (p.window.start, p.group))
+            .collect();
+        let partials = labels.len();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(
+            labels.len(),
+            partials,
+            "round {i}: one partial per window and group"
+        );
         progress += advance;
         if let Some(behind) = publish {
             let horizon = align_down(progress - lateness, MINUTE) - behind * MINUTE;

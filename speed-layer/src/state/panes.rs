@@ -3,9 +3,8 @@
 //! A hopping window of size `S` every `E` (`S` a multiple of `E`) is the union of `S / E`
 //! consecutive *panes* `[p, p + E)`. Updating every window that contains an event costs `S / E`
 //! group lookups (and, for a new group, `S / E` sets of fresh aggregates and sketches) per event;
-//! updating its one pane costs one. A window's value is the merge of its panes' partials, which is
-//! what every reader already does with partials of many partitions ([`super::merge_states`]): a
-//! reader gets one partial per pane and group, labelled with the window.
+//! updating its one pane costs one. A window's value is the merge of its panes' partials, made
+//! when it is read (after the state lock is released, like the merge over partitions).
 //!
 //! A window must stop changing once it closes (the watermark passed its end) or the batch layer
 //! covers it, while its panes still change for the later windows that share them. So before an
@@ -83,6 +82,23 @@ fn labelled(window: Window, groups: Arc<WindowGroups>, out: &mut Vec<Partial>) {
     }));
 }
 
+/// The groups of a window: its panes' aggregates merged (each group's first pane cloned, the
+/// others merged into it).
+fn merged<'a>(panes: impl Iterator<Item = &'a WindowGroups>) -> GroupMap<Vec<PartialAggregate>> {
+    let mut groups: GroupMap<Vec<PartialAggregate>> = GroupMap::default();
+    for pane in panes {
+        for (key, accs) in &pane.groups {
+            match groups.get_mut(key) {
+                Some(into) => merge_accs(into, accs),
+                None => {
+                    groups.insert(key.clone(), accs.clone());
+                }
+            }
+        }
+    }
+    groups
+}
+
 impl Panes {
     pub(super) fn new(size: Span, every: Span) -> Self {
         Self {
@@ -112,17 +128,11 @@ impl Panes {
     /// it as it is now.
     fn seal(&mut self, start: EventTime, tally: &mut Tally) {
         let window = self.window(start);
-        let mut groups: GroupMap<Vec<PartialAggregate>> = GroupMap::default();
-        for pane in self.panes.range(window.start..window.end).map(|(_, p)| p) {
-            for (key, accs) in &pane.groups {
-                match groups.get_mut(key) {
-                    Some(into) => merge_accs(into, accs),
-                    None => {
-                        groups.insert(key.clone(), accs.clone());
-                    }
-                }
-            }
-        }
+        let groups = merged(
+            self.panes
+                .range(window.start..window.end)
+                .map(|(_, p)| &**p),
+        );
         for (key, accs) in &groups {
             tally.add(key, accs);
         }
@@ -162,8 +172,8 @@ impl Panes {
         }
     }
 
-    /// Releases every window the batch layer covers: returns its partials (one per pane and
-    /// group for a window still computed from panes) and drops the panes no window needs.
+    /// Releases every window the batch layer covers: returns its partials (merged from its
+    /// panes for a window still computed from them) and drops the panes no window needs.
     pub(super) fn release(&mut self, coverage: &Coverage, tally: &mut Tally) -> Vec<Partial> {
         let mut out = Vec::new();
         let covered_sealed: Vec<EventTime> = self
@@ -190,13 +200,16 @@ impl Panes {
         virtual_covered.dedup();
         for start in virtual_covered {
             let window = self.window(start);
-            for pane in self.panes.range(window.start..window.end).map(|(_, p)| p) {
-                out.extend(pane.groups.iter().map(|(key, accs)| Partial {
-                    window,
-                    group: key.clone(),
-                    accs: accs.clone(),
-                }));
-            }
+            let groups = merged(
+                self.panes
+                    .range(window.start..window.end)
+                    .map(|(_, p)| &**p),
+            );
+            out.extend(groups.into_iter().map(|(group, accs)| Partial {
+                window,
+                group,
+                accs,
+            }));
             self.sealed.insert(start, None);
         }
         self.drop_unneeded(tally);
@@ -320,8 +333,8 @@ impl PinnedPanes {
         out
     }
 
-    /// Partials of the windows starting in the pinned range: a sealed window's own, and for a
-    /// window still computed from panes, one per pane and group (readers merge them).
+    /// Partials of the windows starting in the pinned range, one per window and group: a sealed
+    /// window's own, or its panes merged.
     pub(super) fn partials(&self, out: &mut Vec<Partial>) {
         for (start, w) in &self.sealed {
             if let Some(w) = w {
@@ -336,21 +349,29 @@ impl PinnedPanes {
                 }));
             }
         }
-        for (pane, groups) in &self.panes {
-            for start in windows_of_pane(*pane, self.size, self.every) {
-                if !self.range.contains(start) || self.sealed.contains_key(&start) {
-                    continue;
-                }
-                let window = Window {
-                    start,
-                    end: start.saturating_add(self.size),
-                };
-                out.extend(groups.groups.iter().map(|(key, accs)| Partial {
-                    window,
-                    group: key.clone(),
-                    accs: accs.clone(),
-                }));
-            }
+        // Each window still computed from panes, merged here: one partial per window and group
+        // (one clone of the first pane's aggregates, the rest merged in).
+        let mut starts: Vec<EventTime> = self
+            .panes
+            .iter()
+            .flat_map(|(pane, _)| windows_of_pane(*pane, self.size, self.every))
+            .filter(|start| self.range.contains(*start) && !self.sealed.contains_key(start))
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        for start in starts {
+            let window = Window {
+                start,
+                end: start.saturating_add(self.size),
+            };
+            let from = self.panes.partition_point(|(p, _)| *p < window.start);
+            let to = self.panes.partition_point(|(p, _)| *p < window.end);
+            let groups = merged(self.panes[from..to].iter().map(|(_, p)| &**p));
+            out.extend(groups.into_iter().map(|(group, accs)| Partial {
+                window,
+                group,
+                accs,
+            }));
         }
     }
 }
