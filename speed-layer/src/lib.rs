@@ -13,7 +13,7 @@
 //!      │ per partition's rows: window assignment against the view watermark and coverage
 //!      ├──no open window──► late-events topic (per view)
 //!      ▼
-//!  partition → view → ViewState (window → group → PartialAggregate)
+//!  partition → view → ViewState (window → group → PartialAggregate; hopping: pane → group)
 //!      │   every checkpoint interval and on revocation: PartitionSnapshot ─► object store
 //!      ▼
 //!  query(view, range): merge partials of all partitions ◄── serving (same process)
@@ -27,8 +27,8 @@
 //! - [`aggregate`]: mergeable partial aggregates and sketches (update / merge / evaluate).
 //! - [`program`]: compiles a view to DataFusion physical expressions, so filters and arguments
 //!   mean what they mean in the batch layer.
-//! - [`state`]: per-view, per-partition window state (fixed windows and sessions), lateness, and
-//!   the partial → final merge.
+//! - [`state`]: per-view, per-partition window state (tumbling windows, hopping windows as
+//!   panes, sessions), lateness, and the partial → final merge.
 //! - [`watermark`]: event-time progress per partition, idle partitions.
 //! - [`checkpoint`]: per-partition checkpoints published through manifests.
 //! - [`announce`]: the worker's heartbeat in the store (owned partitions, epochs, address).
