@@ -51,6 +51,7 @@ mod merge;
 #[cfg(test)]
 mod pane_tests;
 mod panes;
+mod sessions;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -60,6 +61,7 @@ pub(crate) use columns::{Bound, Evaluated};
 use merge::merge_accs;
 pub use merge::{merge_partials, merge_states};
 use panes::{Panes, PinnedPanes};
+use sessions::GroupSessions;
 pub use snapshot::{EntrySnapshot, ViewSnapshot};
 
 /// Errors of the window state. Evaluation errors come from the data (an expression failing on
@@ -121,8 +123,8 @@ struct Session {
     accs: Vec<PartialAggregate>,
 }
 
-/// Sessions of some groups, by start; sessions of one group never overlap.
-type SessionShard = GroupMap<BTreeMap<EventTime, Session>>;
+/// Sessions of some groups, each group's by start ([`GroupSessions`]).
+type SessionShard = GroupMap<GroupSessions>;
 
 /// Session state is split by group hash into this many shards, so that a write to a pinned
 /// shard copies a small part of the state.
@@ -260,7 +262,7 @@ impl ViewState {
             Windows::Sessions(shards) => shards
                 .iter()
                 .flat_map(|s| s.values())
-                .map(BTreeMap::len)
+                .map(GroupSessions::len)
                 .sum(),
         };
         (windows, self.tally.groups, self.tally.bytes)
@@ -392,7 +394,7 @@ impl ViewState {
         // Copies the shard only if a reader has it pinned.
         let groups = Arc::make_mut(&mut shards[shard_of(key)]);
         if !groups.contains_key(key) {
-            groups.insert(key.clone(), BTreeMap::new());
+            groups.insert(key.clone(), GroupSessions::default());
         }
         let Some(sessions) = groups.get_mut(key) else {
             return false;
