@@ -143,6 +143,9 @@ enum BenchCommand {
         /// Events of the instruction count under callgrind (0: none).
         #[arg(long, default_value_t = 200_000)]
         counted_events: u64,
+        /// Compression of the throughput topic's batches: none, lz4, snappy or gzip.
+        #[arg(long, default_value = "none", value_parser = ["none", "lz4", "snappy", "gzip"])]
+        compression: String,
     },
     /// The speed layer's consume work without Kafka, once (what callgrind counts; see
     /// scripts/instructions).
@@ -356,6 +359,7 @@ async fn main() -> anyhow::Result<()> {
                     profile,
                     runs,
                     counted_events,
+                    compression,
                 },
         } => {
             bench::speed::run(bench::speed::SpeedBench {
@@ -363,6 +367,7 @@ async fn main() -> anyhow::Result<()> {
                 events,
                 runs,
                 counted_events,
+                compression,
                 format,
                 rate,
                 seconds,

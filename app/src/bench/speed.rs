@@ -62,6 +62,9 @@ pub struct SpeedBench {
     pub format: PayloadFormat,
     pub rate: u64,
     pub seconds: u64,
+    /// The throughput topic's compression (`compression.type` of its producer): `none`, or
+    /// `lz4`, `snappy` or `gzip` (librdkafka's bundled codecs here).
+    pub compression: String,
 }
 
 /// The speed benchmarks' Kafka settings (the topic is replaced per run by [`on_topic`]).
@@ -164,12 +167,17 @@ pub(super) fn order_values(rng: &mut StdRng) -> (String, f64, &'static str) {
 }
 
 pub(super) fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
-    Ok(ClientConfig::new()
+    Ok(producer_config(brokers).create()?)
+}
+
+fn producer_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "2")
         .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?)
+        .set("queue.buffering.max.messages", "1000000");
+    config
 }
 
 pub(super) fn send<P: rdkafka::message::ToBytes + ?Sized>(
@@ -225,8 +233,9 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
         "bench.late:1",
     ])?;
     println!(
-        "# tandem bench speed --profile {}: {} events on {partitions} partitions ({} runs), then {} events/s for {}s on {live_partitions} partitions",
+        "# tandem bench speed --profile {} --compression {}: {} events on {partitions} partitions ({} runs), then {} events/s for {}s on {live_partitions} partitions",
         opts.profile.name(),
+        opts.compression,
         opts.events,
         opts.runs,
         opts.rate,
@@ -318,7 +327,10 @@ fn counted(speed: &SpeedLayer) -> u64 {
 /// Pre-produces the stream, then measures the CPU time of consuming it, `opts.runs` times.
 async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::Result<()> {
     // Event times over the last 30 minutes, in order.
-    let p = producer(brokers)?;
+    let p: ThreadedProducer<DefaultProducerContext> = producer_config(brokers)
+        .set("compression.type", &opts.compression)
+        .create()
+        .with_context(|| format!("a producer with compression `{}`", opts.compression))?;
     let mut rng = StdRng::seed_from_u64(1);
     let now = chrono::Utc::now().timestamp_millis();
     let span = 30 * 60_000;
