@@ -306,3 +306,22 @@ fn a_reader_pinned_before_a_change_keeps_what_it_pinned() {
     assert_eq!(flat(&before), agra((1, 2, 2)));
     assert_eq!(flat(&s.rows(ALL)), agra((2, 5, 3)));
 }
+
+#[test]
+fn a_checkpoint_entry_that_is_neither_a_pane_nor_a_window_is_refused() {
+    let mut s = hopping_state("3m", "1m");
+    s.apply(&batch(&[(30_000, 0, 2, true)]), None, &Coverage::new())
+        .unwrap();
+    let mut snapshot = s.snapshot();
+    assert!(ViewState::restore(Arc::clone(s.program()), &snapshot).is_ok());
+    // A 30-second span fits no pane (1m), window (3m) or marker (0) of this view.
+    snapshot.entries[0].end = snapshot.entries[0].start + 30_000;
+    let err = ViewState::restore(Arc::clone(s.program()), &snapshot)
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("neither a pane nor a window")),
+        "{err:?}"
+    );
+}
