@@ -146,6 +146,14 @@ enum BenchCommand {
         /// Compression of the throughput topic's batches: none, lz4, snappy or gzip.
         #[arg(long, default_value = "none", value_parser = ["none", "lz4", "snappy", "gzip"])]
         compression: String,
+        /// Events per second of event time: the events' timestamps advance at this rate (how
+        /// many events each window and group gets, as in a live stream at that rate).
+        #[arg(long, default_value_t = 50_000)]
+        event_rate: u64,
+        /// How the producers key events: user (the event's user_id) or spread (a key unrelated
+        /// to the event, so each user's events reach every partition).
+        #[arg(long, default_value = "user", value_parser = tandem::bench::profile::Keying::parse)]
+        key: tandem::bench::profile::Keying,
     },
     /// The speed layer's consume work without Kafka, once (what callgrind counts; see
     /// scripts/instructions).
@@ -155,9 +163,18 @@ enum BenchCommand {
         profile: tandem::bench::profile::Profile,
         #[arg(long, default_value_t = 200_000)]
         events: u64,
-        /// Payloads per micro-batch (of 8 partitions).
+        /// Payloads per micro-batch (of all partitions).
         #[arg(long, default_value_t = 8_000)]
         batch: usize,
+        /// Partitions the payloads are spread over (state is kept per partition).
+        #[arg(long, default_value_t = 8)]
+        partitions: u32,
+        /// Events per second of event time.
+        #[arg(long, default_value_t = 50_000)]
+        event_rate: u64,
+        /// How events are keyed to partitions: user or spread.
+        #[arg(long, default_value = "user", value_parser = tandem::bench::profile::Keying::parse)]
+        key: tandem::bench::profile::Keying,
     },
     /// State bytes per group of one aggregate (one measurement of `bench speed`).
     #[command(hide = true)]
@@ -360,6 +377,8 @@ async fn main() -> anyhow::Result<()> {
                     runs,
                     counted_events,
                     compression,
+                    event_rate,
+                    key,
                 },
         } => {
             bench::speed::run(bench::speed::SpeedBench {
@@ -368,6 +387,8 @@ async fn main() -> anyhow::Result<()> {
                 runs,
                 counted_events,
                 compression,
+                event_rate,
+                keying: key,
                 format,
                 rate,
                 seconds,
@@ -380,11 +401,17 @@ async fn main() -> anyhow::Result<()> {
                     profile,
                     events,
                     batch,
+                    partitions,
+                    event_rate,
+                    key,
                 },
         } => bench::instructions::core(bench::instructions::CoreBench {
             profile,
             events,
             batch,
+            partitions,
+            event_rate,
+            keying: key,
         }),
         Command::Bench {
             what:

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  tandem bench speed-core --profile P --events N      (generates payloads, then `measured`)
-//!      measured: payloads ─► speed_layer::replay, micro-batches of --batch (8,000) over 8 partitions
+//!      measured: payloads ─► speed_layer::replay, micro-batches of --batch (8,000) over --partitions (8)
 //!  valgrind --tool=callgrind --toggle-collect='*instructions::measured*' tandem bench speed-core
 //!      ─► instructions inside `measured` only (generation and set-up are not counted)
 //! ```
@@ -27,12 +27,11 @@ use tandem_shared::time::EventTime;
 use tandem_speed_layer::SpeedLayer;
 use tandem_speed_layer::replay::{Polled, Replayed, replay};
 
-use super::profile::Profile;
+use super::profile::{Keying, Profile};
+use super::speed::event_span_ms;
 
-const PARTITIONS: i32 = 8;
-/// Event times: 30 minutes ending at a fixed instant, so every run sees the same events.
+/// Event times end at a fixed instant, so every run sees the same events.
 const END: i64 = 1_795_255_200_000;
-const SPAN: i64 = 30 * 60_000;
 
 /// Options of `tandem bench speed-core`.
 #[derive(Debug, Clone, Copy)]
@@ -41,38 +40,62 @@ pub struct CoreBench {
     pub events: u64,
     /// Payloads per micro-batch (of all partitions).
     pub batch: usize,
+    /// Partitions the payloads are spread over (8 by default; state is kept per partition, so
+    /// more partitions mean more state for the same events).
+    pub partitions: u32,
+    /// Events per second of event time (see [`super::speed::SpeedBench::event_rate`]).
+    pub event_rate: u64,
+    /// How events are keyed to partitions.
+    pub keying: Keying,
 }
 
-/// The profile's events, in event-time order, always the same for the same count.
-fn payloads(profile: Profile, events: u64) -> Vec<Vec<u8>> {
+/// The workload's events in event-time order, always the same for the same options: each
+/// payload with its partition (its key's hash, as a keyed Kafka producer places it).
+fn payloads(opts: &CoreBench) -> Vec<(i32, Vec<u8>)> {
     let mut rng = StdRng::seed_from_u64(1);
-    (0..events)
+    let span = event_span_ms(opts.events, opts.event_rate);
+    let partitions = u64::from(opts.partitions.max(1));
+    (0..opts.events)
         .map(|i| {
-            let ts = END - SPAN + (i as i64 * SPAN) / events.max(1) as i64;
-            profile.event(&mut rng, i, ts).0.into_bytes()
+            let ts = END - span + (i as i64 * span) / opts.events.max(1) as i64;
+            let event = opts.profile.event(&mut rng, i, ts);
+            // A fixed hash (not the process's random one): the same partitions every run.
+            let key = opts.keying.key(i, &event);
+            let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            ((hash % partitions) as i32, event.json.into_bytes())
         })
         .collect()
 }
 
-/// The counted work: every payload through the speed layer, `batch` payloads per micro-batch,
-/// payload `i` on partition `i % 8` (a poll returns messages of many partitions).
+/// The payloads as one consumer polls them: offsets counted per partition.
+fn polled(payloads: &[(i32, Vec<u8>)]) -> Vec<Polled<'_>> {
+    let mut next = std::collections::HashMap::<i32, i64>::new();
+    payloads
+        .iter()
+        .map(|(partition, payload)| {
+            let offset = next.entry(*partition).or_default();
+            *offset += 1;
+            Polled {
+                partition: *partition,
+                offset: *offset - 1,
+                payload,
+            }
+        })
+        .collect()
+}
+
+/// The counted work: every message through the speed layer, `batch` messages per micro-batch
+/// (a poll returns messages of many partitions).
 #[inline(never)]
 pub fn measured(
     speed: &SpeedLayer,
     decoder: &EventDecoder,
-    payloads: &[Vec<u8>],
+    messages: &[Polled<'_>],
     batch: usize,
 ) -> Replayed {
     let mut total = Replayed::default();
-    let messages: Vec<Polled<'_>> = payloads
-        .iter()
-        .enumerate()
-        .map(|(i, payload)| Polled {
-            partition: (i % PARTITIONS as usize) as i32,
-            offset: (i / PARTITIONS as usize) as i64,
-            payload,
-        })
-        .collect();
     for chunk in messages.chunks(batch.max(1)) {
         let done = replay(speed, decoder, chunk, None);
         total.applied += done.applied;
@@ -89,9 +112,10 @@ pub fn core(opts: CoreBench) -> anyhow::Result<()> {
     let config = opts.profile.config()?;
     let speed = SpeedLayer::compile(&config.views, &config.schema)?;
     let decoder = EventDecoder::new(Arc::new(config.schema.clone()));
-    let payloads = payloads(opts.profile, opts.events);
+    let payloads = payloads(&opts);
+    let messages = polled(&payloads);
     let started = std::time::Instant::now();
-    let done = measured(&speed, &decoder, &payloads, opts.batch);
+    let done = measured(&speed, &decoder, &messages, opts.batch);
     if done.applied != opts.events || done.malformed != 0 {
         bail!("{done:?}: every generated event should apply");
     }
@@ -142,9 +166,15 @@ pub(super) fn valgrind_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Runs `tandem bench speed-core` under callgrind, counting only [`measured`]; the profile is
-/// written to `out`.
-pub(super) fn count(profile: Profile, events: u64, out: &Path) -> anyhow::Result<Counted> {
+/// Runs `tandem bench speed-core` under callgrind (8 partitions), counting only [`measured`];
+/// the profile is written to `out`.
+pub(super) fn count(
+    profile: Profile,
+    events: u64,
+    event_rate: u64,
+    keying: Keying,
+    out: &Path,
+) -> anyhow::Result<Counted> {
     let exe = std::env::current_exe()?;
     let output = Command::new("valgrind")
         .arg("--tool=callgrind")
@@ -153,6 +183,8 @@ pub(super) fn count(profile: Profile, events: u64, out: &Path) -> anyhow::Result
         .arg(&exe)
         .args(["bench", "speed-core", "--profile", profile.name()])
         .args(["--events", &events.to_string()])
+        .args(["--event-rate", &event_rate.to_string()])
+        .args(["--key", keying.name()])
         .output()
         .context("running valgrind")?;
     if !output.status.success() {
@@ -208,11 +240,19 @@ mod tests {
             let speed = SpeedLayer::compile(&config.views, &config.schema)
                 .unwrap_or_else(|e| panic!("{e}"));
             let decoder = EventDecoder::new(Arc::new(config.schema.clone()));
-            let payloads = payloads(profile, 3_000);
-            let done = measured(&speed, &decoder, &payloads, 1_000);
+            let opts = CoreBench {
+                profile,
+                events: 3_000,
+                batch: 1_000,
+                partitions: 8,
+                event_rate: 50_000,
+                keying: Keying::User,
+            };
+            let payloads = payloads(&opts);
+            let done = measured(&speed, &decoder, &polled(&payloads), opts.batch);
             assert_eq!((done.applied, done.malformed, done.late), (3_000, 0, 0));
             assert!(speed.state_bytes() > 0);
-            assert_eq!(payloads, super::payloads(profile, 3_000), "deterministic");
+            assert_eq!(payloads, super::payloads(&opts), "deterministic");
         }
     }
 }

@@ -91,23 +91,71 @@ impl Profile {
         Ok(Config::parse(&text, "bench")?)
     }
 
-    /// The JSON of event `seq` at time `ts`, and whether it is a placed order (what
+    /// Event `seq` at time `ts`: its JSON, its user and whether it is a placed order (what
     /// `orders_by_city` counts).
-    pub(super) fn event(self, rng: &mut StdRng, seq: u64, ts: i64) -> (String, bool) {
+    pub(super) fn event(self, rng: &mut StdRng, seq: u64, ts: i64) -> Generated {
         let (user, amount, event_type) = order_values(rng);
         let city = CITIES[(seq % 8) as usize];
         let placed = event_type == "order_placed";
-        let json = match self {
-            Self::Simple => order_json(seq, ts, city, &user, amount, event_type),
+        let (json, user) = match self {
+            Self::Simple => (order_json(seq, ts, city, &user, amount, event_type), user),
             Self::Mix => {
-                let user = rng.random_range(0..USERS);
+                let user = format!("u-{}", rng.random_range(0..USERS));
                 let merchant = rng.random_range(0..MERCHANTS);
-                format!(
-                    r#"{{"order_id":"o-{seq}","ts":{ts},"city":"{city}","user_id":"u-{user}","merchant":"m-{merchant}","amount":{amount:.2},"event_type":"{event_type}"}}"#
-                )
+                let json = format!(
+                    r#"{{"order_id":"o-{seq}","ts":{ts},"city":"{city}","user_id":"{user}","merchant":"m-{merchant}","amount":{amount:.2},"event_type":"{event_type}"}}"#
+                );
+                (json, user)
             }
         };
-        (json, placed)
+        Generated { json, user, placed }
+    }
+}
+
+/// One generated event.
+#[derive(Debug, Clone)]
+pub(super) struct Generated {
+    pub(super) json: String,
+    /// Its `user_id`.
+    pub(super) user: String,
+    /// Whether `orders_by_city` counts it.
+    pub(super) placed: bool,
+}
+
+/// How the benchmarks' producers key their events, which decides each event's partition (the
+/// speed layer keeps state per partition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keying {
+    /// By the event's user, as a producer that wants each user's events in order does: a
+    /// user's session lives in one partition.
+    User,
+    /// By a key unrelated to the event (10,007 keys in turn): every user's events spread over
+    /// every partition, and so does their session state.
+    Spread,
+}
+
+impl Keying {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "user" => Ok(Self::User),
+            "spread" => Ok(Self::Spread),
+            other => Err(format!("unknown keying `{other}`: use user or spread")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Spread => "spread",
+        }
+    }
+
+    /// The Kafka key of event `seq`.
+    pub(super) fn key(self, seq: u64, event: &Generated) -> String {
+        match self {
+            Self::User => event.user.clone(),
+            Self::Spread => format!("u{}", seq % 10_007),
+        }
     }
 }
 
@@ -125,7 +173,7 @@ mod tests {
             let decoder = EventDecoder::new(std::sync::Arc::new(config.schema.clone()));
             let mut rng = StdRng::seed_from_u64(1);
             for seq in 0..100 {
-                let (json, _) = profile.event(&mut rng, seq, 1_800_000_000_000);
+                let json = profile.event(&mut rng, seq, 1_800_000_000_000).json;
                 let Read::Event(event) = decoder.read(Some(json.as_bytes())) else {
                     panic!("{}: {json} does not decode", profile.name());
                 };

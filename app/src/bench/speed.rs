@@ -45,7 +45,7 @@ use super::CITIES;
 use super::history::peak_rss_mib;
 use super::instructions;
 use super::payloads::{self, Encoder, Order};
-use super::profile::Profile;
+use super::profile::{Keying, Profile};
 use crate::config::Config;
 use crate::{process, wiring};
 
@@ -62,6 +62,11 @@ pub struct SpeedBench {
     pub format: PayloadFormat,
     pub rate: u64,
     pub seconds: u64,
+    /// Events per second of event time: the produced events' timestamps advance at this rate
+    /// (the density of a live stream at that rate: events per window and group).
+    pub event_rate: u64,
+    /// How events are keyed, and so partitioned.
+    pub keying: Keying,
     /// The throughput topic's compression (`compression.type` of its producer): `none`, or
     /// `lz4`, `snappy` or `gzip` (librdkafka's bundled codecs here).
     pub compression: String,
@@ -202,6 +207,13 @@ pub(super) fn send<P: rdkafka::message::ToBytes + ?Sized>(
     }
 }
 
+/// Milliseconds of event time `events` cover at `rate` events per second.
+pub(super) fn event_span_ms(events: u64, rate: u64) -> i64 {
+    i64::try_from(events.saturating_mul(1000) / rate.max(1))
+        .unwrap_or(i64::MAX)
+        .max(1)
+}
+
 pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -233,9 +245,11 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
         "bench.late:1",
     ])?;
     println!(
-        "# tandem bench speed --profile {} --compression {}: {} events on {partitions} partitions ({} runs), then {} events/s for {}s on {live_partitions} partitions",
+        "# tandem bench speed --profile {} --compression {} --event-rate {} --key {}: {} events on {partitions} partitions ({} runs), then {} events/s for {}s on {live_partitions} partitions",
         opts.profile.name(),
         opts.compression,
+        opts.event_rate,
+        opts.keying.name(),
         opts.events,
         opts.runs,
         opts.rate,
@@ -257,7 +271,13 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
         if instructions::valgrind_available() {
             let out =
                 std::env::temp_dir().join(format!("tandem-callgrind-{}.out", std::process::id()));
-            let counted = instructions::count(opts.profile, opts.counted_events, &out);
+            let counted = instructions::count(
+                opts.profile,
+                opts.counted_events,
+                opts.event_rate,
+                opts.keying,
+                &out,
+            );
             let _ = std::fs::remove_file(&out);
             let counted = counted?;
             println!(
@@ -333,19 +353,24 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
         .with_context(|| format!("a producer with compression `{}`", opts.compression))?;
     let mut rng = StdRng::seed_from_u64(1);
     let now = chrono::Utc::now().timestamp_millis();
-    let span = 30 * 60_000;
+    let span = event_span_ms(opts.events, opts.event_rate);
     let started = Instant::now();
     let mut placed = 0u64;
     let encoder = Encoder::new(opts.format)?;
     // Every payload is encoded before any is sent, so that the producer batches alike whatever
     // the encoder's speed (the embedded broker's fetch cost grows with its batch count).
     let mut payloads = Vec::with_capacity(opts.events as usize);
+    let mut keys = Vec::with_capacity(opts.events as usize);
     for i in 0..opts.events {
         let ts = now - span + (i as i64 * span) / opts.events.max(1) as i64;
         let payload = match opts.profile {
             Profile::Simple => {
                 let (user, amount, event_type) = order_values(&mut rng);
                 placed += u64::from(event_type == "order_placed");
+                keys.push(match opts.keying {
+                    Keying::User => user.clone(),
+                    Keying::Spread => format!("u{}", i % 10_007),
+                });
                 encoder.encode(&Order {
                     seq: i,
                     ts,
@@ -356,17 +381,19 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
                 })?
             }
             Profile::Mix => {
-                let (json, is_placed) = opts.profile.event(&mut rng, i, ts);
-                placed += u64::from(is_placed);
-                json.into_bytes()
+                let event = opts.profile.event(&mut rng, i, ts);
+                placed += u64::from(event.placed);
+                keys.push(opts.keying.key(i, &event));
+                event.json.into_bytes()
             }
         };
         payloads.push(payload);
     }
     let bytes: usize = payloads.iter().map(Vec::len).sum();
-    for (i, payload) in payloads.iter().enumerate() {
-        send(&p, "bench", &format!("u{}", i % 10_007), payload.as_slice());
+    for (key, payload) in keys.iter().zip(&payloads) {
+        send(&p, "bench", key, payload.as_slice());
     }
+    drop(keys);
     // A sample of the payloads, for the decode-only measurement.
     payloads.truncate(100_000);
     let sample = payloads;
@@ -524,7 +551,7 @@ impl SteadyLoad {
 
 /// Starts producing generated orders to `topic` at `rate` events per second.
 pub(super) fn steady_load(brokers: &str, topic: &str, rate: u64) -> anyhow::Result<SteadyLoad> {
-    steady_load_of(brokers, topic, rate, Profile::Simple)
+    steady_load_of(brokers, topic, rate, Profile::Simple, Keying::Spread)
 }
 
 /// Starts producing `profile`'s events to `topic` at `rate` events per second.
@@ -533,6 +560,7 @@ pub(super) fn steady_load_of(
     topic: &str,
     rate: u64,
     profile: Profile,
+    keying: Keying,
 ) -> anyhow::Result<SteadyLoad> {
     // The steady load batches like a high-throughput producer would (50 ms linger): the embedded
     // broker finds a fetch offset by scanning a partition's batches, so thousands of tiny
@@ -558,8 +586,8 @@ pub(super) fn steady_load_of(
                 let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
                 while i < due {
                     let ts = chrono::Utc::now().timestamp_millis();
-                    let (payload, _) = profile.event(&mut rng, i, ts);
-                    send(&load, &topic, &format!("u{}", i % 10_007), &payload);
+                    let event = profile.event(&mut rng, i, ts);
+                    send(&load, &topic, &keying.key(i, &event), &event.json);
                     i += 1;
                 }
                 sent.store(i, Ordering::Relaxed);
@@ -579,7 +607,7 @@ async fn latency(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::R
     let config = on_topic(config, brokers, "live");
     let cancel = CancellationToken::new();
     let (addr, _speed, task) = serve_speed(&config, &cancel).await?;
-    let load = steady_load_of(brokers, "live", opts.rate, opts.profile)?;
+    let load = steady_load_of(brokers, "live", opts.rate, opts.profile, opts.keying)?;
     // Probes go out immediately (no lingering); delivery is not awaited, since visibility in
     // the view is what is measured.
     let probes: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()

@@ -387,45 +387,66 @@ impl ViewState {
         row: usize,
         covered: &Coverage,
     ) -> bool {
-        let fresh = Self::empty_accs(&self.program);
         let Windows::Sessions(shards) = &mut self.windows else {
             return false;
         };
         // Copies the shard only if a reader has it pinned.
         let groups = Arc::make_mut(&mut shards[shard_of(key)]);
-        if !groups.contains_key(key) {
-            groups.insert(key.clone(), GroupSessions::default());
-        }
-        let Some(sessions) = groups.get_mut(key) else {
-            return false;
+        let sessions = match groups.get_mut(key) {
+            Some(sessions) => sessions,
+            None => {
+                // The group's first session.
+                if covered.covers(key, own.start) {
+                    return false;
+                }
+                let mut accs = Self::empty_accs(&self.program);
+                let _ = update_accs(&mut accs, args, row); // counted whole below
+                self.tally.add(key, &accs);
+                let mut sessions = GroupSessions::default();
+                sessions.insert(own.start, Session { end: own.end, accs });
+                groups.insert(key.clone(), sessions);
+                return true;
+            }
         };
-        // Sessions overlapping [t, t + gap): they start before its end and end after its start.
-        // Sessions of one group are disjoint, so walking back from the end finds them all.
-        let overlapping: Vec<EventTime> = sessions
-            .range(..own.end)
-            .rev()
-            .take_while(|(_, s)| s.end > own.start)
-            .map(|(start, _)| *start)
-            .collect();
-        let start = overlapping.iter().copied().fold(own.start, EventTime::min);
+        // Sessions overlapping [t, t + gap) become one session with the event in it.
+        let overlapping = sessions.overlapping(own.start, own.end);
+        let first = sessions
+            .start_of(overlapping.start)
+            .filter(|_| !overlapping.is_empty());
+        let start = first.map_or(own.start, |first| first.min(own.start));
         if covered.covers(key, start) {
             return false;
         }
-        let mut merged = Session {
-            end: own.end,
-            accs: fresh,
-        };
-        // The sessions merged give their entries up for the one that replaces them.
+        if overlapping.len() == 1
+            && first == Some(start)
+            && let Some(session) = sessions.session_mut(overlapping.start)
+        {
+            // The common case: the event lies in, or extends, one session that keeps its start.
+            session.end = session.end.max(own.end);
+            self.tally.grow(update_accs(&mut session.accs, args, row));
+            return true;
+        }
+        // A new session, or several merged (the earliest one's state absorbs the others).
+        let merged_count = overlapping.len();
+        let mut merged: Option<Session> = None;
         let mut freed = 0;
-        for s in &overlapping {
-            if let Some(old) = sessions.remove(s) {
-                merged.end = merged.end.max(old.end);
-                freed += entry_bytes(key, &old.accs);
-                merge_accs(&mut merged.accs, &old.accs);
+        for old in sessions.take(overlapping) {
+            freed += entry_bytes(key, &old.accs);
+            match &mut merged {
+                None => merged = Some(old),
+                Some(into) => {
+                    into.end = into.end.max(old.end);
+                    merge_accs(&mut into.accs, &old.accs);
+                }
             }
         }
+        let mut merged = merged.unwrap_or_else(|| Session {
+            end: own.end,
+            accs: Self::empty_accs(&self.program),
+        });
+        merged.end = merged.end.max(own.end);
         let _ = update_accs(&mut merged.accs, args, row); // counted whole below
-        self.tally.groups = (self.tally.groups + 1).saturating_sub(overlapping.len());
+        self.tally.groups = (self.tally.groups + 1).saturating_sub(merged_count);
         self.tally.bytes =
             (self.tally.bytes + entry_bytes(key, &merged.accs)).saturating_sub(freed);
         sessions.insert(start, merged);

@@ -4,7 +4,7 @@
 //! allocated a node of eleven slots (about 500 bytes) for a group's first session; a vector
 //! holds exactly what the group has and is searched by bisection.
 
-use std::ops::{Bound, RangeBounds};
+use std::ops::{Bound, Range, RangeBounds};
 
 use tandem_shared::time::EventTime;
 
@@ -42,6 +42,39 @@ impl GroupSessions {
             .unwrap_or_default()
             .iter()
             .map(|(s, session)| (s, session))
+    }
+
+    /// Positions of the sessions overlapping `[from, to)`: those that start before `to` and end
+    /// after `from` (sessions are disjoint, so they are adjacent).
+    pub(super) fn overlapping(&self, from: EventTime, to: EventTime) -> Range<usize> {
+        let end = self.at(to);
+        let mut first = end;
+        while first > 0
+            && self
+                .sorted
+                .get(first - 1)
+                .is_some_and(|(_, s)| s.end > from)
+        {
+            first -= 1;
+        }
+        first..end
+    }
+
+    /// The start of the session at `position`.
+    pub(super) fn start_of(&self, position: usize) -> Option<EventTime> {
+        self.sorted.get(position).map(|(start, _)| *start)
+    }
+
+    /// The session at `position`, to change in place (its start stays).
+    pub(super) fn session_mut(&mut self, position: usize) -> Option<&mut Session> {
+        self.sorted.get_mut(position).map(|(_, session)| session)
+    }
+
+    /// Removes the sessions at `positions`, returning them by start.
+    pub(super) fn take(&mut self, positions: Range<usize>) -> Vec<Session> {
+        let positions =
+            positions.start.min(self.sorted.len())..positions.end.min(self.sorted.len());
+        self.sorted.drain(positions).map(|(_, s)| s).collect()
     }
 
     pub(super) fn keys(&self) -> impl Iterator<Item = &EventTime> {
@@ -141,6 +174,40 @@ mod tests {
                     oracle.keys().copied().collect::<Vec<_>>()
                 );
             }
+        }
+
+        /// Disjoint sessions (as a group's are): `overlapping` finds exactly those that start
+        /// before the end and end after the start, `take` removes exactly them.
+        #[test]
+        fn overlapping_finds_every_session_that_overlaps(
+            gaps in prop::collection::vec((0i64..20, 1i64..20), 0..12),
+            from in 0i64..300,
+            width in 0i64..60,
+        ) {
+            let mut sessions = GroupSessions::default();
+            let mut all = Vec::new();
+            let mut at = 0;
+            for (gap, length) in gaps {
+                let start = at + gap;
+                at = start + length;
+                sessions.insert(EventTime(start), session(at));
+                all.push((start, at));
+            }
+            let to = from + width;
+            let want: Vec<(i64, i64)> =
+                all.iter().copied().filter(|(s, e)| *s < to && *e > from).collect();
+            let found = sessions.overlapping(EventTime(from), EventTime(to));
+            let starts: Vec<i64> = found
+                .clone()
+                .filter_map(|i| sessions.start_of(i).map(|s| s.millis()))
+                .collect();
+            let ends: Vec<i64> = sessions.take(found).iter().map(|x| x.end.millis()).collect();
+            let got: Vec<(i64, i64)> = starts.into_iter().zip(ends).collect();
+            prop_assert_eq!(got, want.clone());
+            let left: Vec<i64> = sessions.keys().map(|s| s.millis()).collect();
+            let want_left: Vec<i64> =
+                all.iter().filter(|x| !want.contains(x)).map(|(s, _)| *s).collect();
+            prop_assert_eq!(left, want_left);
         }
     }
 }

@@ -363,3 +363,80 @@ fn budgeted_bytes_follow_sketches_as_they_grow_and_return_to_zero_on_release() {
         assert_eq!(s.size(), (0, 0, 0), "{window:?}");
     }
 }
+
+/// A session as the oracle computes it: start, end, count, sum, max.
+type OracleSession = (i64, i64, i64, f64, f64);
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+    /// Sessions built from events in any order, in any batches, against sessions computed
+    /// from each group's sorted events (a new session wherever the next event is at or past
+    /// the current one's end): the same sessions, counts, sums and maxima, and the state's
+    /// size counts one entry per session.
+    #[test]
+    fn sessions_from_events_in_any_order_match_sorted_splitting(
+        events in proptest::collection::vec((0i64..120, 0usize..3, 1u32..100), 1..60),
+        cuts in proptest::collection::vec(0usize..60, 0..4),
+    ) {
+        const GAP: i64 = 10_000;
+        const CITIES: [&str; 3] = ["Pune", "Agra", "Lima"];
+        let events: Vec<(i64, &str, f64)> = events
+            .iter()
+            .map(|(second, city, amount)| (second * 1_000, CITIES[*city], f64::from(*amount)))
+            .collect();
+        let mut s = state(sessions("10s"), "1h");
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(events.len())).collect();
+        cuts.sort_unstable();
+        let mut from = 0;
+        for to in cuts.into_iter().chain([events.len()]) {
+            if to > from {
+                s.apply(&placed(&events[from..to]), None, &none()).unwrap();
+                from = to;
+            }
+        }
+        // The oracle.
+        let mut want = Vec::new();
+        for city in CITIES {
+            let mut times: Vec<(i64, f64)> = events
+                .iter()
+                .filter(|e| e.1 == city)
+                .map(|e| (e.0, e.2))
+                .collect();
+            times.sort_by_key(|t| t.0);
+            let mut open: Option<OracleSession> = None;
+            for (t, amount) in times {
+                open = match open {
+                    Some((start, end, n, sum, max)) if t < end => {
+                        Some((start, end.max(t + GAP), n + 1, sum + amount, max.max(amount)))
+                    }
+                    done => {
+                        want.extend(done.map(|d| (city.to_owned(), d)));
+                        Some((t, t + GAP, 1, amount, amount))
+                    }
+                };
+            }
+            want.extend(open.map(|d| (city.to_owned(), d)));
+        }
+        want.sort_by(|a, b| (&a.0, a.1.0).cmp(&(&b.0, b.1.0)));
+        use AggregateValue::{Float, Int};
+        let mut got: Vec<(String, OracleSession)> = s
+            .rows(ALL)
+            .iter()
+            .map(|r| {
+                let (Int(n), Float(sum), Float(max)) = (r.values[0], r.values[1], r.values[2])
+                else {
+                    panic!("unexpected values {:?}", r.values);
+                };
+                (
+                    r.group[0].to_string(),
+                    (r.window.start.millis(), r.window.end.millis(), n, sum, max),
+                )
+            })
+            .collect();
+        got.sort_by(|a, b| (&a.0, a.1.0).cmp(&(&b.0, b.1.0)));
+        proptest::prop_assert_eq!(&got, &want);
+        proptest::prop_assert_eq!(s.size().0, want.len(), "sessions held");
+        proptest::prop_assert_eq!(s.size().1, want.len(), "one entry per session");
+    }
+}
