@@ -312,6 +312,7 @@ impl ViewState {
         let spec = program.view.window;
         let mut applied = Applied::default();
         let mut key = Vec::with_capacity(columns.group_count());
+        let mut last_pane: Option<(EventTime, bool)> = None;
         for row in rows {
             if !columns.selected(row) {
                 continue;
@@ -330,8 +331,21 @@ impl ViewState {
                         self.update_session(own, &key, &columns.args, row, covered)
                     }
                 }
-                _ if matches!(self.windows, Windows::Panes(_)) => {
-                    self.update_pane(t, watermark, covered, &key, &columns.args, row)
+                _ if let Some(pane) = self.pane_of(t) => {
+                    // Rows of one pane follow each other: whether it is open is asked once
+                    // (the watermark and coverage hold for the whole call).
+                    let open = match last_pane {
+                        Some((at, open)) if at == pane => open,
+                        _ => {
+                            let open = self.open_pane(pane, watermark, covered);
+                            last_pane = Some((pane, open));
+                            open
+                        }
+                    };
+                    if open {
+                        self.update_in_pane(pane, &key, &columns.args, row);
+                    }
+                    open
                 }
                 _ => {
                     let mut updated = false;

@@ -377,22 +377,27 @@ impl PinnedPanes {
 }
 
 impl ViewState {
-    /// Applies `row` (at time `t`) to its pane if any window containing it is open, first
-    /// sealing the shut windows of the pane that are still computed from panes. Returns whether
-    /// a window took the event.
-    pub(super) fn update_pane(
+    /// The pane of an event at `t` (`None` unless the windows are panes).
+    pub(super) fn pane_of(&self, t: EventTime) -> Option<EventTime> {
+        let Windows::Panes(panes) = &self.windows else {
+            return None;
+        };
+        Some(EventTime(align_down(t.millis(), panes.every.millis())))
+    }
+
+    /// Whether some window containing `pane` is still open at `watermark` and not `covered`
+    /// (an event of the pane then goes to [`Self::update_in_pane`]); first seals the pane's
+    /// shut windows that are still computed from panes, before an event may change one. The
+    /// answer holds for the pane as long as the watermark and the coverage do.
+    pub(super) fn open_pane(
         &mut self,
-        t: EventTime,
+        pane: EventTime,
         watermark: Option<EventTime>,
         covered: &Coverage,
-        key: &GroupKey,
-        args: &[ArgColumn<'_>],
-        row: usize,
     ) -> bool {
         let Windows::Panes(panes) = &mut self.windows else {
             return false;
         };
-        let pane = EventTime(align_down(t.millis(), panes.every.millis()));
         let mut open = false;
         for start in windows_of_pane(pane, panes.size, panes.every) {
             if panes.is_sealed(start) {
@@ -405,24 +410,35 @@ impl ViewState {
                 open = true;
             }
         }
-        if open {
-            let every = panes.every;
-            let groups = panes.panes.entry(pane).or_insert_with(|| {
-                Arc::new(WindowGroups {
-                    end: pane.saturating_add(every),
-                    groups: GroupMap::default(),
-                })
-            });
-            // Copies the pane only if a reader has it pinned.
-            update_group(
-                Arc::make_mut(groups),
-                key,
-                args,
-                row,
-                &self.program,
-                &mut self.tally,
-            );
-        }
         open
+    }
+
+    /// Applies `row` to `key`'s aggregates in `pane`, which [`Self::open_pane`] found open.
+    pub(super) fn update_in_pane(
+        &mut self,
+        pane: EventTime,
+        key: &GroupKey,
+        args: &[ArgColumn<'_>],
+        row: usize,
+    ) {
+        let Windows::Panes(panes) = &mut self.windows else {
+            return;
+        };
+        let every = panes.every;
+        let groups = panes.panes.entry(pane).or_insert_with(|| {
+            Arc::new(WindowGroups {
+                end: pane.saturating_add(every),
+                groups: GroupMap::default(),
+            })
+        });
+        // Copies the pane only if a reader has it pinned.
+        update_group(
+            Arc::make_mut(groups),
+            key,
+            args,
+            row,
+            &self.program,
+            &mut self.tally,
+        );
     }
 }

@@ -221,11 +221,10 @@ impl<'a> Scanner<'a> {
                     FieldType::Int64 => number.integer().map(Slot::Int),
                     FieldType::Timestamp => number.integer().map(Slot::Time),
                     FieldType::Float64 => number.float().map(Slot::Float),
-                    FieldType::Decimal { precision, scale } => {
-                        crate::decimal::parse_units(number.text, precision, scale)
-                            .ok()
-                            .map(Slot::Decimal)
-                    }
+                    FieldType::Decimal { precision, scale } => number
+                        .decimal_units(precision, scale)
+                        .or_else(|| crate::decimal::parse_units(number.text, precision, scale).ok())
+                        .map(Slot::Decimal),
                     _ => None,
                 }
             }
@@ -330,6 +329,20 @@ impl Number<'_> {
         self.short_decimal()
             .or_else(|| self.text.parse::<f64>().ok())
             .filter(|v| v.is_finite())
+    }
+
+    /// The units of `decimal(precision, scale)` in the common case, from the digits already
+    /// read: no exponent, at most 18 digits, no more fraction digits than the scale, and the
+    /// value fits. `None` for anything else, which `parse_units` then decides (and words).
+    fn decimal_units(&self, precision: u8, scale: i8) -> Option<i128> {
+        let fraction = self.fraction.unwrap_or(0);
+        let scale = u32::try_from(scale).ok()?;
+        if self.exponent || self.digits > 18 || fraction > scale {
+            return None;
+        }
+        let units =
+            i128::from(self.significand).checked_mul(10i128.checked_pow(scale - fraction)?)?;
+        crate::decimal::fits(units, precision).then_some(if self.negative { -units } else { units })
     }
 
     /// The common case of a float, `-?digits.digits` with at most 2^53 as its digits: the digits

@@ -207,6 +207,29 @@ fn typed_pair() -> impl Strategy<Value = (String, String)> {
             "price".to_owned(),
             format!("{}.{:02}", v / 100, (v % 100).abs())
         )),
+        // Decimals of any shape: 1 to 22 digits (past the precision and past 18), the point
+        // anywhere or absent, leading zeros, a sign, sometimes an exponent.
+        (
+            "-?0{0,2}[0-9]{1,22}",
+            0..25usize,
+            prop::option::of(-4i32..6)
+        )
+            .prop_map(|(digits, at, exponent)| {
+                let unsigned = digits.trim_start_matches('-');
+                let sign = &digits[..digits.len() - unsigned.len()];
+                let at = unsigned.len() - at.min(unsigned.len());
+                let whole = if at == 0 { "0" } else { &unsigned[..at] };
+                let point = if at < unsigned.len() {
+                    format!(".{}", &unsigned[at..])
+                } else {
+                    String::new()
+                };
+                let exponent = exponent.map(|e| format!("e{e}")).unwrap_or_default();
+                (
+                    "price".to_owned(),
+                    format!("{sign}{whole}{point}{exponent}"),
+                )
+            }),
         string.prop_map(|v| ("customer".to_owned(), format!("{{\"tier\":{v}}}"))),
     ]
 }
