@@ -55,14 +55,31 @@ impl Decimal {
     }
 }
 
-/// 10^`exp` (`exp` ≤ 38).
+/// 10^0 to 10^38: every power of ten an `i128` holds.
+const POWERS_OF_TEN: [i128; MAX_PRECISION as usize + 1] = {
+    let mut powers = [1i128; MAX_PRECISION as usize + 1];
+    let mut i = 1;
+    while i < powers.len() {
+        powers[i] = powers[i - 1] * 10;
+        i += 1;
+    }
+    powers
+};
+
+/// 10^`exp` for `exp` ≤ 38 (what callers ask for); `i128::MAX` past that rather than a
+/// wrapped value.
+#[inline]
 pub fn pow10(exp: u32) -> i128 {
-    10i128.pow(exp)
+    POWERS_OF_TEN
+        .get(exp as usize)
+        .copied()
+        .unwrap_or(i128::MAX)
 }
 
 /// Whether `units` has at most `precision` digits.
+#[inline]
 pub fn fits(units: i128, precision: u8) -> bool {
-    units.unsigned_abs() < 10u128.pow(u32::from(precision.min(MAX_PRECISION)))
+    units.unsigned_abs() < pow10(u32::from(precision.min(MAX_PRECISION))).unsigned_abs()
 }
 
 /// The units of `text` in `decimal(precision, scale)`: `[-+]digits[.digits][e[-+]digits]`,

@@ -60,8 +60,15 @@ impl GroupValue {
 }
 
 impl PartialEq for GroupValue {
+    /// What [`Ord`] says is equal; strings and integers (what hash-map lookups of group keys
+    /// compare) without computing an order.
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
+        match (self, other) {
+            (GroupValue::Str(a), GroupValue::Str(b)) => a == b,
+            (GroupValue::Int(a), GroupValue::Int(b)) => a == b,
+            _ => self.cmp(other) == Ordering::Equal,
+        }
     }
 }
 
@@ -160,6 +167,30 @@ mod tests {
         assert_eq!(v[1], GroupValue::Str("a".into()));
         assert_eq!(GroupValue::Float(f64::NAN), GroupValue::Float(f64::NAN));
         assert!(GroupValue::Float(-0.0) < GroupValue::Float(0.0));
+    }
+
+    #[test]
+    fn equality_is_what_the_order_calls_equal() {
+        let values = [
+            GroupValue::Null,
+            GroupValue::Bool(true),
+            GroupValue::Int(7),
+            GroupValue::Int(-7),
+            GroupValue::Float(7.0),
+            GroupValue::Float(-0.0),
+            GroupValue::Float(0.0),
+            GroupValue::Float(f64::NAN),
+            GroupValue::Str("Pune".into()),
+            GroupValue::Str("Pun".into()),
+            GroupValue::Str(String::new()),
+            GroupValue::Time(EventTime(7)),
+        ];
+        for a in &values {
+            for b in &values {
+                assert_eq!(a == b, a.cmp(b) == Ordering::Equal, "{a:?} vs {b:?}");
+                assert!(a == &a.clone(), "{a:?}");
+            }
+        }
     }
 
     #[test]

@@ -341,7 +341,7 @@ impl Number<'_> {
             return None;
         }
         let units =
-            i128::from(self.significand).checked_mul(10i128.checked_pow(scale - fraction)?)?;
+            i128::from(self.significand).checked_mul(crate::decimal::pow10(scale - fraction))?;
         crate::decimal::fits(units, precision).then_some(if self.negative { -units } else { units })
     }
 
