@@ -30,8 +30,8 @@ use tandem_speed_layer::replay::{Polled, Replayed, replay};
 use super::profile::{Keying, Profile};
 use super::speed::event_span_ms;
 
-/// Event times end at a fixed instant, so every run sees the same events.
-const END: i64 = 1_795_255_200_000;
+/// Event times start at a fixed instant (a minute boundary), so every run sees the same events.
+const START: i64 = 1_795_255_200_000;
 
 /// Options of `tandem bench speed-core`.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +57,7 @@ fn payloads(opts: &CoreBench) -> Vec<(i32, Vec<u8>)> {
     let partitions = u64::from(opts.partitions.max(1));
     (0..opts.events)
         .map(|i| {
-            let ts = END - span + (i as i64 * span) / opts.events.max(1) as i64;
+            let ts = START + (i as i64 * span) / opts.events.max(1) as i64;
             let event = opts.profile.event(&mut rng, i, ts);
             // A fixed hash (not the process's random one): the same partitions every run.
             let key = opts.keying.key(i, &event);

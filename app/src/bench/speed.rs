@@ -352,8 +352,10 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
         .create()
         .with_context(|| format!("a producer with compression `{}`", opts.compression))?;
     let mut rng = StdRng::seed_from_u64(1);
-    let now = chrono::Utc::now().timestamp_millis();
     let span = event_span_ms(opts.events, opts.event_rate);
+    // The events start on a minute boundary, so that every run sees the same windows whatever
+    // the wall clock (all in the past).
+    let first = (chrono::Utc::now().timestamp_millis() - span).div_euclid(60_000) * 60_000;
     let started = Instant::now();
     let mut placed = 0u64;
     let encoder = Encoder::new(opts.format)?;
@@ -362,7 +364,7 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
     let mut payloads = Vec::with_capacity(opts.events as usize);
     let mut keys = Vec::with_capacity(opts.events as usize);
     for i in 0..opts.events {
-        let ts = now - span + (i as i64 * span) / opts.events.max(1) as i64;
+        let ts = first + (i as i64 * span) / opts.events.max(1) as i64;
         let payload = match opts.profile {
             Profile::Simple => {
                 let (user, amount, event_type) = order_values(&mut rng);
