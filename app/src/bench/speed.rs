@@ -207,6 +207,27 @@ pub(super) fn send<P: rdkafka::message::ToBytes + ?Sized>(
     }
 }
 
+/// Message keys stored end to end.
+#[derive(Debug, Default)]
+struct Keys {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Keys {
+    fn push(&mut self, key: &str) {
+        self.text.push_str(key);
+        self.ends.push(self.text.len());
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(start, end)| self.text.get(start..*end).unwrap_or_default())
+    }
+}
+
 /// Milliseconds of event time `events` cover at `rate` events per second.
 pub(super) fn event_span_ms(events: u64, rate: u64) -> i64 {
     i64::try_from(events.saturating_mul(1000) / rate.max(1))
@@ -362,17 +383,19 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
     // Every payload is encoded before any is sent, so that the producer batches alike whatever
     // the encoder's speed (the embedded broker's fetch cost grows with its batch count).
     let mut payloads = Vec::with_capacity(opts.events as usize);
-    let mut keys = Vec::with_capacity(opts.events as usize);
+    // Keys end to end in one string (a `String` each would add about 50 bytes per event to the
+    // process's peak memory).
+    let mut keys = Keys::default();
     for i in 0..opts.events {
         let ts = first + (i as i64 * span) / opts.events.max(1) as i64;
         let payload = match opts.profile {
             Profile::Simple => {
                 let (user, amount, event_type) = order_values(&mut rng);
                 placed += u64::from(event_type == "order_placed");
-                keys.push(match opts.keying {
-                    Keying::User => user.clone(),
-                    Keying::Spread => format!("u{}", i % 10_007),
-                });
+                match opts.keying {
+                    Keying::User => keys.push(&user),
+                    Keying::Spread => keys.push(&format!("u{}", i % 10_007)),
+                }
                 encoder.encode(&Order {
                     seq: i,
                     ts,
@@ -385,7 +408,7 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
             Profile::Mix => {
                 let event = opts.profile.event(&mut rng, i, ts);
                 placed += u64::from(event.placed);
-                keys.push(opts.keying.key(i, &event));
+                keys.push(&opts.keying.key(i, &event));
                 event.json.into_bytes()
             }
         };
