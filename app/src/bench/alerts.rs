@@ -31,7 +31,8 @@ use tandem_shared::time::Span;
 use tokio_util::sync::CancellationToken;
 
 use super::history::rss_mib;
-use super::speed::{CONFIG, on_topic, percentile, send, spawn_broker, steady_load};
+use super::producers::{send, steady_load};
+use super::speed::{CONFIG, on_topic, percentile, spawn_broker};
 use super::{ORDERS_BY_CITY, SCHEMA};
 use crate::config::Config;
 use crate::wiring;

@@ -27,8 +27,8 @@ use tandem_shared::time::EventTime;
 use tandem_speed_layer::SpeedLayer;
 use tandem_speed_layer::replay::{Polled, Replayed, replay};
 
+use super::producers::event_span_ms;
 use super::profile::{Keying, Profile};
-use super::speed::event_span_ms;
 
 /// Event times start at a fixed instant (a minute boundary), so every run sees the same events.
 const START: i64 = 1_795_255_200_000;

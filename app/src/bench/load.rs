@@ -22,7 +22,8 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::speed::{CONFIG, on_topic, percentile, serve_speed, spawn_broker, steady_load};
+use super::producers::{SteadyLoad, steady_load};
+use super::speed::{CONFIG, on_topic, percentile, serve_speed, spawn_broker};
 use super::{CITIES, ORDERS_BY_CITY, SCHEMA};
 use crate::config::Config;
 
@@ -68,7 +69,7 @@ struct Ingestion {
 
 async fn phase(
     speed: &tandem_speed_layer::SpeedLayer,
-    load: &super::speed::SteadyLoad,
+    load: &SteadyLoad,
     seconds: u64,
 ) -> Ingestion {
     let (c0, t0) = (speed.consumed(), Instant::now());

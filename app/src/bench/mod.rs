@@ -17,6 +17,7 @@ pub mod history;
 pub mod instructions;
 pub mod load;
 mod payloads;
+pub mod producers;
 pub mod profile;
 pub mod scale;
 pub mod speed;

@@ -10,7 +10,8 @@
 use rand::Rng;
 use rand::rngs::StdRng;
 
-use super::speed::{CONFIG, order_values};
+use super::producers::order_values;
+use super::speed::CONFIG;
 use super::{CITIES, ORDERS_BY_CITY, SCHEMA, order_json};
 use crate::config::Config;
 

@@ -26,7 +26,8 @@ use rdkafka::producer::Producer;
 use tandem_store::StorageSettings;
 use tandem_store::members::Membership;
 
-use super::speed::{order_values, percentile, producer, send, spawn_broker};
+use super::producers::{order_values, producer, send};
+use super::speed::{percentile, spawn_broker};
 use super::{CITIES, ORDERS_BY_CITY, order_json};
 
 /// Options of `tandem bench scale`.

@@ -1,7 +1,8 @@
 //! `tandem bench speed`: the speed layer's throughput and event-to-queryable latency.
 //!
-//! Throughput: `--events N` events of the `--profile` (see [`super::profile`]) are produced to an
-//! embedded broker running in a child process (so its CPU is not counted), then the speed layer
+//! Throughput: `--events N` events of the `--profile` (see [`super::profile`]), their times
+//! advancing at `--event-rate` and keyed as `--key` says (see [`super::producers`]), are produced
+//! to an embedded broker running in a child process (so its CPU is not counted), then the speed layer
 //! consumes them from the start of the topic, `--runs` times (a fresh layer and consumer group
 //! each); the figure is events divided by the CPU time this process spent consuming, decoding,
 //! windowing and checkpointing them (user + system time of all its threads, from /proc), as the
@@ -21,17 +22,15 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use tandem_batch_layer::Scheduler;
 use tandem_serving::{AppState, Reconciler};
 use tandem_shared::clock::SystemClock;
@@ -45,6 +44,7 @@ use super::CITIES;
 use super::history::peak_rss_mib;
 use super::instructions;
 use super::payloads::{self, Encoder, Order};
+use super::producers::{Keys, event_span_ms, order_values, producer_config, send, steady_load_of};
 use super::profile::{Keying, Profile};
 use crate::config::Config;
 use crate::{process, wiring};
@@ -157,82 +157,6 @@ fn thread_cpu_delta(
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The random parts of an order: user, amount, event type.
-pub(super) fn order_values(rng: &mut StdRng) -> (String, f64, &'static str) {
-    let event_type = if rng.random_ratio(7, 10) {
-        "order_placed"
-    } else {
-        "payment_captured"
-    };
-    let user = format!("u-{}", rng.random_range(0..100_000));
-    let amount = rng.random_range(1.0..500.0f64);
-    (user, amount, event_type)
-}
-
-pub(super) fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
-    Ok(producer_config(brokers).create()?)
-}
-
-fn producer_config(brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "2")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000");
-    config
-}
-
-pub(super) fn send<P: rdkafka::message::ToBytes + ?Sized>(
-    p: &ThreadedProducer<DefaultProducerContext>,
-    topic: &str,
-    key: &str,
-    payload: &P,
-) {
-    let mut record = BaseRecord::to(topic).key(key).payload(payload);
-    loop {
-        match p.send(record) {
-            Ok(()) => return,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((err, _)) => {
-                tracing::warn!(%err, "bench event not produced");
-                return;
-            }
-        }
-    }
-}
-
-/// Message keys stored end to end.
-#[derive(Debug, Default)]
-struct Keys {
-    text: String,
-    ends: Vec<usize>,
-}
-
-impl Keys {
-    fn push(&mut self, key: &str) {
-        self.text.push_str(key);
-        self.ends.push(self.text.len());
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &str> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts
-            .zip(&self.ends)
-            .map(|(start, end)| self.text.get(start..*end).unwrap_or_default())
-    }
-}
-
-/// Milliseconds of event time `events` cover at `rate` events per second.
-pub(super) fn event_span_ms(events: u64, rate: u64) -> i64 {
-    i64::try_from(events.saturating_mul(1000) / rate.max(1))
-        .unwrap_or(i64::MAX)
-        .max(1)
 }
 
 pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -367,7 +291,7 @@ fn counted(speed: &SpeedLayer) -> u64 {
 
 /// Pre-produces the stream, then measures the CPU time of consuming it, `opts.runs` times.
 async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::Result<()> {
-    // Event times over the last 30 minutes, in order.
+    // Event times in order, advancing at `--event-rate` (see `event_span_ms`).
     let p: ThreadedProducer<DefaultProducerContext> = producer_config(brokers)
         .set("compression.type", &opts.compression)
         .create()
@@ -551,80 +475,6 @@ pub(super) async fn serve_speed(
     )
     .await?;
     Ok((addr, speed, task))
-}
-
-/// Events produced at a steady rate by a thread of their own, until stopped.
-pub(super) struct SteadyLoad {
-    running: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl SteadyLoad {
-    /// Events sent so far.
-    pub(super) fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
-    }
-
-    /// Stops producing; returns the events sent.
-    pub(super) fn stop(self) -> u64 {
-        self.running.store(false, Ordering::Relaxed);
-        let _ = self.thread.join();
-        self.sent.load(Ordering::Relaxed)
-    }
-}
-
-/// Starts producing generated orders to `topic` at `rate` events per second.
-pub(super) fn steady_load(brokers: &str, topic: &str, rate: u64) -> anyhow::Result<SteadyLoad> {
-    steady_load_of(brokers, topic, rate, Profile::Simple, Keying::Spread)
-}
-
-/// Starts producing `profile`'s events to `topic` at `rate` events per second.
-pub(super) fn steady_load_of(
-    brokers: &str,
-    topic: &str,
-    rate: u64,
-    profile: Profile,
-    keying: Keying,
-) -> anyhow::Result<SteadyLoad> {
-    // The steady load batches like a high-throughput producer would (50 ms linger): the embedded
-    // broker finds a fetch offset by scanning a partition's batches, so thousands of tiny
-    // batches would measure the broker rather than Tandem. Probes are sent unbatched.
-    let load: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "50")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
-    let running = Arc::new(AtomicBool::new(true));
-    let sent = Arc::new(AtomicU64::new(0));
-    let thread = {
-        let running = Arc::clone(&running);
-        let sent = Arc::clone(&sent);
-        let topic = topic.to_owned();
-        std::thread::spawn(move || {
-            let mut rng = StdRng::seed_from_u64(2);
-            let start = Instant::now();
-            let mut i = 0u64;
-            while running.load(Ordering::Relaxed) {
-                // Pace in 1 ms steps: send what is due, then sleep.
-                let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
-                while i < due {
-                    let ts = chrono::Utc::now().timestamp_millis();
-                    let event = profile.event(&mut rng, i, ts);
-                    send(&load, &topic, &keying.key(i, &event), &event.json);
-                    i += 1;
-                }
-                sent.store(i, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
-    Ok(SteadyLoad {
-        running,
-        sent,
-        thread,
-    })
 }
 
 /// Measures produce → visible-over-HTTP latency under a steady load on a fresh topic.
