@@ -198,6 +198,10 @@ enum BenchCommand {
         spike_factor: u64,
         #[arg(long, default_value_t = 10)]
         spike_seconds: u64,
+        /// Partitions of the input topic. The embedded broker keeps the last 5 MiB of each
+        /// partition and finds a fetch offset by walking a partition's batches.
+        #[arg(long, default_value_t = 32)]
+        partitions: u64,
     },
     /// Tandem split over processes: speed throughput with one and two workers, and the
     /// latency of a query a serving process answers by asking three workers.
@@ -356,6 +360,7 @@ async fn main() -> anyhow::Result<()> {
                     seconds,
                     spike_factor,
                     spike_seconds,
+                    partitions,
                 },
         } => {
             bench::alerts::run(bench::alerts::AlertsBench {
@@ -363,6 +368,7 @@ async fn main() -> anyhow::Result<()> {
                 seconds,
                 spike_factor: spike_factor.max(1),
                 spike_seconds,
+                partitions,
             })
             .await
         }

@@ -3,9 +3,9 @@
 //!
 //! ```text
 //!  broker (child process) ◄── load: --rate events/s, --spike-factor × for --spike-seconds
-//!      │                  ◄── probes: one order of a fresh card every 20 ms (linger 0)
+//!      │                  ◄── probes: one order of a fresh city every 20 ms (linger 0)
 //!      ▼
-//!  this process: speed layer ─► outputs (poll 50 ms, rule `payments >= 1 AND card LIKE 'probe-%'`)
+//!  this process: speed layer ─► outputs (poll 50 ms, rule `orders >= 1 AND city LIKE 'probe-%'`)
 //!      ─► idempotent producer ─► alerts topic ─► consumer thread: alert seen ⇒ latency
 //! ```
 //!
@@ -31,8 +31,8 @@ use tandem_shared::time::Span;
 use tokio_util::sync::CancellationToken;
 
 use super::history::rss_mib;
-use super::producers::{send, steady_load};
-use super::speed::{CONFIG, on_topic, percentile, spawn_broker};
+use super::producers::{Produced, send, steady_load};
+use super::speed::{CONFIG, counted, on_topic, percentile, spawn_broker};
 use super::{ORDERS_BY_CITY, SCHEMA};
 use crate::config::Config;
 use crate::wiring;
@@ -44,6 +44,8 @@ pub struct AlertsBench {
     pub seconds: u64,
     pub spike_factor: u64,
     pub spike_seconds: u64,
+    /// Partitions of the input topic.
+    pub partitions: u64,
 }
 
 const OUTPUTS: &str = r#"
@@ -56,11 +58,8 @@ lookback = "2m"
 
 /// Runs the benchmark and prints its report.
 pub async fn run(opts: AlertsBench) -> anyhow::Result<()> {
-    let peak_rate = opts.rate * opts.spike_factor;
-    let partitions =
-        ((opts.rate * opts.seconds + peak_rate * opts.spike_seconds) * 170 / (4 << 20) + 1).max(8);
     let (mut broker, brokers) = spawn_broker(&[
-        &format!("live:{partitions}"),
+        &format!("live:{}", opts.partitions.max(1)),
         "alerts:8",
         "live.dlq:1",
         "live.late:1",
@@ -150,7 +149,7 @@ async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::
     let mut sent: Vec<(String, Instant, &str)> = Vec::new();
     let mut peak_mib = rss_mib();
     let mut n = 0u64;
-    let mut spike_events = 0u64;
+    let mut spiked = Produced::default();
     for (phase, seconds, spike) in phases {
         let extra = if spike {
             Some(steady_load(
@@ -180,7 +179,7 @@ async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if let Some(extra) = extra {
-            spike_events = extra.stop();
+            spiked = extra.stop_counted();
         }
     }
     // Late alerts still count (as late as they are), up to 30 s.
@@ -193,8 +192,17 @@ async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::
         peak_mib = peak_mib.max(rss_mib());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let produced = load.stop();
+    let produced = load.stop_counted();
     reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    // Every placed order counted once: the embedded broker keeps only the last 5 MiB of each
+    // partition, so a consumer that fell further behind would lose events (and the figures).
+    let expected = produced.placed + spiked.placed + sent.len() as u64;
+    let wait_until = Instant::now() + Duration::from_secs(30);
+    let mut orders = counted(&speed);
+    while orders < expected && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        orders = counted(&speed);
+    }
     let _ = reader.join();
     let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
     println!(
@@ -202,14 +210,14 @@ async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::
         opts.rate,
         opts.spike_factor,
         opts.spike_seconds,
-        produced,
+        produced.events,
         sent.len()
     );
     // What the spike's extra producer achieved: on a small machine it cannot reach its rate.
     println!(
         "  spike: {} extra events, {:.0} events/s on top of the steady {} (asked: {})",
-        spike_events,
-        spike_events as f64 / opts.spike_seconds.max(1) as f64,
+        spiked.events,
+        spiked.events as f64 / opts.spike_seconds.max(1) as f64,
         opts.rate,
         opts.rate * (opts.spike_factor - 1)
     );
@@ -240,6 +248,20 @@ async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::
         percentile(&all, 0.5),
         percentile(&all, 0.99),
     );
+    // Events the speed layer set aside: late ones and dead-lettered ones (one partition each).
+    let side: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let set_aside = |topic: &str| {
+        side.fetch_watermarks(topic, 0, Duration::from_secs(5))
+            .map_or(-1, |(_, high)| high)
+    };
+    println!(
+        "  counted: {orders} of {expected} placed orders ({} input partitions); {} late, {} dead-lettered",
+        opts.partitions,
+        set_aside("live.late"),
+        set_aside("live.dlq"),
+    );
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
         let _ = speed_task.await;
@@ -247,5 +269,10 @@ async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::
         let _ = sink_task.await;
     })
     .await;
+    anyhow::ensure!(
+        orders == expected,
+        "the speed layer counted {orders} of {expected} placed orders: events were lost or \
+         counted twice (with fewer --partitions the embedded broker drops older data sooner)"
+    );
     Ok(())
 }

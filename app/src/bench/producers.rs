@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use super::profile::{Keying, Profile};
 
@@ -98,6 +98,7 @@ pub(super) fn event_span_ms(events: u64, rate: u64) -> i64 {
 pub(super) struct SteadyLoad {
     running: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    placed: Arc<AtomicU64>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -109,10 +110,26 @@ impl SteadyLoad {
 
     /// Stops producing; returns the events sent.
     pub(super) fn stop(self) -> u64 {
+        self.stop_counted().events
+    }
+
+    /// Stops producing; returns the events sent and how many of them `orders_by_city` counts.
+    pub(super) fn stop_counted(self) -> Produced {
         self.running.store(false, Ordering::Relaxed);
         let _ = self.thread.join();
-        self.sent.load(Ordering::Relaxed)
+        Produced {
+            events: self.sent.load(Ordering::Relaxed),
+            placed: self.placed.load(Ordering::Relaxed),
+        }
     }
+}
+
+/// What a stopped [`SteadyLoad`] sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Produced {
+    pub(super) events: u64,
+    /// Placed orders: the events `orders_by_city` counts.
+    pub(super) placed: u64,
 }
 
 /// Starts producing generated orders to `topic` at `rate` events per second.
@@ -139,14 +156,17 @@ pub(super) fn steady_load_of(
         .create()?;
     let running = Arc::new(AtomicBool::new(true));
     let sent = Arc::new(AtomicU64::new(0));
+    let placed = Arc::new(AtomicU64::new(0));
     let thread = {
         let running = Arc::clone(&running);
         let sent = Arc::clone(&sent);
+        let placed_sent = Arc::clone(&placed);
         let topic = topic.to_owned();
         std::thread::spawn(move || {
             let mut rng = StdRng::seed_from_u64(2);
             let start = Instant::now();
             let mut i = 0u64;
+            let mut placed = 0u64;
             while running.load(Ordering::Relaxed) {
                 // Pace in 1 ms steps: send what is due, then sleep.
                 let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
@@ -154,16 +174,24 @@ pub(super) fn steady_load_of(
                     let ts = chrono::Utc::now().timestamp_millis();
                     let event = profile.event(&mut rng, i, ts);
                     send(&load, &topic, &keying.key(i, &event), &event.json);
+                    placed += u64::from(event.placed);
                     i += 1;
                 }
+                placed_sent.store(placed, Ordering::Relaxed);
                 sent.store(i, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(1));
+            }
+            // Dropping a producer purges what it still holds: deliver it first, so that
+            // what this load reports sent is what the broker received.
+            if let Err(err) = load.flush(Duration::from_secs(30)) {
+                tracing::warn!(%err, "bench load not delivered in full");
             }
         })
     };
     Ok(SteadyLoad {
         running,
         sent,
+        placed,
         thread,
     })
 }

@@ -277,7 +277,7 @@ fn speed_layer(config: &Config) -> anyhow::Result<SpeedLayer> {
 }
 
 /// Orders counted by the view, over all windows.
-fn counted(speed: &SpeedLayer) -> u64 {
+pub(super) fn counted(speed: &SpeedLayer) -> u64 {
     speed
         .query(
             "orders_by_city",
