@@ -2,6 +2,12 @@
 
 use std::process::Command;
 
+/// The crate directory, read at run time (`cargo test` sets it): a test binary reused from a
+/// shared target directory may have been compiled in another checkout.
+fn app_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+}
+
 fn tandem(args: &[&str]) -> std::process::Output {
     tandem_with_env(args, &[])
 }
@@ -25,7 +31,7 @@ const TOKENS: [(&str, &str); 2] = [
 #[test]
 fn the_demo_and_deploy_configurations_are_valid() {
     for file in ["demo.toml", "../deploy/tandem.toml"] {
-        let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/{file}", app_dir());
         let out = tandem_with_env(&["check", "--config", &path], &TOKENS);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -80,7 +86,7 @@ fn a_missing_configuration_file_is_named() {
 
 #[test]
 fn a_token_variable_that_is_not_set_is_named_without_a_value() {
-    let path = format!("{}/../deploy/tandem.toml", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/../deploy/tandem.toml", app_dir());
     let out = tandem_with_env(&["check", "--config", &path], &TOKENS[..1]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -94,7 +100,7 @@ fn a_token_variable_that_is_not_set_is_named_without_a_value() {
 #[test]
 fn run_refuses_an_open_api_beyond_loopback() {
     // The demo configuration has no tokens. Refused before any broker or store is contacted.
-    let path = format!("{}/demo.toml", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/demo.toml", app_dir());
     let out = tandem(&["run", "--config", &path, "--http", "0.0.0.0:0"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());

@@ -34,14 +34,16 @@ pub mod s3;
 pub use registry::SchemaRegistry;
 pub use s3::S3Server;
 
-/// Path of a fixture file.
-///
-/// The crate directory is read at run time (`cargo test` sets `CARGO_MANIFEST_DIR`): a test
+/// This crate's directory, read at run time (`cargo test` sets `CARGO_MANIFEST_DIR`): a test
 /// binary reused from a shared target directory may have been compiled in another checkout.
+pub fn crate_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
+/// Path of a fixture file.
 pub fn fixture(name: &str) -> PathBuf {
-    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
-    crate_dir.join("fixtures").join(name)
+    crate_dir().join("fixtures").join(name)
 }
 
 /// The `tandem` binary: `$TANDEM_BIN`, or `tandem` in the target directory of this test.

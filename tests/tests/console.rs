@@ -63,9 +63,7 @@ async fn the_console_shows_the_apis_rows_live_and_submits_jobs() -> anyhow::Resu
         "TANDEM_PYTHON (a Python with Playwright) is not set: run ./scripts/test, which installs it",
     )?;
     let dir = tempfile::tempdir()?;
-    let demo = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../app/demo.toml"),
-    )?;
+    let demo = std::fs::read_to_string(tandem_tests::crate_dir().join("../app/demo.toml"))?;
     let config = dir.path().join("console.toml");
     std::fs::write(
         &config,
@@ -124,7 +122,7 @@ async fn the_console_shows_the_apis_rows_live_and_submits_jobs() -> anyhow::Resu
     let before = keyed(&view_rows(&client, &server, VIEW).await?)?;
 
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
-    let driver = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("console/drive.py");
+    let driver = tandem_tests::crate_dir().join("console/drive.py");
     let output = tokio::process::Command::new(&python)
         .arg(&driver)
         .args([&server.http, TOKEN, VIEW, FROM])
