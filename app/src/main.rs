@@ -202,6 +202,10 @@ enum BenchCommand {
         /// partition and finds a fetch offset by walking a partition's batches.
         #[arg(long, default_value_t = 32)]
         partitions: u64,
+        /// Kafka bootstrap servers of a broker of yours, instead of the embedded one; the bench
+        /// creates its topics there (`live`, `alerts`, `live.dlq`, `live.late`).
+        #[arg(long)]
+        brokers: Option<String>,
     },
     /// Tandem split over processes: speed throughput with one and two workers, and the
     /// latency of a query a serving process answers by asking three workers.
@@ -361,6 +365,7 @@ async fn main() -> anyhow::Result<()> {
                     spike_factor,
                     spike_seconds,
                     partitions,
+                    brokers,
                 },
         } => {
             bench::alerts::run(bench::alerts::AlertsBench {
@@ -369,6 +374,7 @@ async fn main() -> anyhow::Result<()> {
                 spike_factor: spike_factor.max(1),
                 spike_seconds,
                 partitions,
+                brokers,
             })
             .await
         }

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use rdkafka::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
@@ -46,6 +48,8 @@ pub struct AlertsBench {
     pub spike_seconds: u64,
     /// Partitions of the input topic.
     pub partitions: u64,
+    /// A broker of the user's instead of the embedded one.
+    pub brokers: Option<String>,
 }
 
 const OUTPUTS: &str = r#"
@@ -58,12 +62,27 @@ lookback = "2m"
 
 /// Runs the benchmark and prints its report.
 pub async fn run(opts: AlertsBench) -> anyhow::Result<()> {
-    let (mut broker, brokers) = spawn_broker(&[
-        &format!("live:{}", opts.partitions.max(1)),
-        "alerts:8",
-        "live.dlq:1",
-        "live.late:1",
-    ])?;
+    let topics = [
+        (
+            "live",
+            i32::try_from(opts.partitions.max(1)).unwrap_or(i32::MAX),
+        ),
+        ("alerts", 8),
+        ("live.dlq", 1),
+        ("live.late", 1),
+    ];
+    let (mut broker, brokers) = match &opts.brokers {
+        None => {
+            let specs: Vec<String> = topics.iter().map(|(t, n)| format!("{t}:{n}")).collect();
+            let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+            let (child, brokers) = spawn_broker(&specs)?;
+            (Some(child), brokers)
+        }
+        Some(brokers) => {
+            create_topics(brokers, &topics).await?;
+            (None, brokers.clone())
+        }
+    };
     let config = Config::parse(
         &format!("{CONFIG}{SCHEMA}{ORDERS_BY_CITY}{OUTPUTS}"),
         "bench",
@@ -72,9 +91,28 @@ pub async fn run(opts: AlertsBench) -> anyhow::Result<()> {
     config.kafka.dead_letter_topic = "live.dlq".into();
     config.kafka.late_topic = "live.late".into();
     let result = measure(&config, &brokers, &opts).await;
-    let _ = broker.kill();
-    let _ = broker.wait();
+    if let Some(broker) = &mut broker {
+        let _ = broker.kill();
+        let _ = broker.wait();
+    }
     result
+}
+
+/// Creates the bench's topics on a broker of the user's (which must not have them yet).
+async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin.create_topics(&new, &AdminOptions::new()).await? {
+        result.map_err(|(topic, code)| {
+            anyhow::anyhow!("creating topic `{topic}` on {brokers}: {code} (the bench needs a broker without its topics)")
+        })?;
+    }
+    Ok(())
 }
 
 async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::Result<()> {
