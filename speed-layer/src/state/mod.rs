@@ -259,11 +259,9 @@ impl ViewState {
         let windows = match &self.windows {
             Windows::Fixed(w) => w.len(),
             Windows::Panes(panes) => panes.held(),
-            Windows::Sessions(shards) => shards
-                .iter()
-                .flat_map(|s| s.values())
-                .map(GroupSessions::len)
-                .sum(),
+            // One tally entry per session: counting them would walk every group, and this
+            // is asked after every micro-batch.
+            Windows::Sessions(_) => self.tally.groups,
         };
         (windows, self.tally.groups, self.tally.bytes)
     }

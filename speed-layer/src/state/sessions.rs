@@ -81,6 +81,7 @@ impl GroupSessions {
         self.sorted.iter().map(|(s, _)| s)
     }
 
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.sorted.len()
     }

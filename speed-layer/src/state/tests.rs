@@ -436,6 +436,8 @@ proptest::proptest! {
             .collect();
         got.sort_by(|a, b| (&a.0, a.1.0).cmp(&(&b.0, b.1.0)));
         proptest::prop_assert_eq!(&got, &want);
+        // The state's own count of its sessions (kept as they are made and merged).
+        proptest::prop_assert_eq!(s.size().0, want.len());
         proptest::prop_assert_eq!(s.size().0, want.len(), "sessions held");
         proptest::prop_assert_eq!(s.size().1, want.len(), "one entry per session");
     }
