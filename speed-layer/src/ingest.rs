@@ -32,6 +32,7 @@ use crate::SpeedLayer;
 use crate::checkpoint::Checkpointer;
 use crate::dead_letter::{Origin, SideTopics};
 use crate::micro_batch::MicroBatch;
+use crate::pacing::CheckpointPacer;
 use crate::watermark::PartitionProgress;
 use tandem_shared::clock::Clock;
 
@@ -317,7 +318,11 @@ impl Ingest {
         tracing::info!(topic = %self.config.topic, group = %self.config.group_id, "speed layer consuming");
         let consumer = &self.consumer;
         let mut messages: Vec<BorrowedMessage<'_>> = Vec::with_capacity(self.config.max_batch);
-        let mut last_checkpoint = Instant::now();
+        let mut pacer = self
+            .config
+            .checkpoint
+            .as_ref()
+            .map(|c| CheckpointPacer::new(c.interval, Instant::now()));
         let mut paused = false;
         while !cancel.is_cancelled() {
             match consumer.poll(Duration::from_millis(100)) {
@@ -356,16 +361,13 @@ impl Ingest {
                 messages.clear();
             }
             self.side.serve();
-            if let Some(checkpointer) = &self.checkpointer
-                && last_checkpoint.elapsed()
-                    >= self
-                        .config
-                        .checkpoint
-                        .as_ref()
-                        .map_or(Duration::MAX, |c| c.interval)
+            if let (Some(checkpointer), Some(pacer)) = (&self.checkpointer, &mut pacer)
+                && let Some(partition) =
+                    pacer.next(Instant::now(), || self.speed.assigned_partitions())
+                && let Some(snapshot) = self.speed.snapshot(partition, false)
+                && let Err(err) = checkpointer.submit(&snapshot, false)
             {
-                checkpoint_all(&self.speed, checkpointer, false);
-                last_checkpoint = Instant::now();
+                tracing::warn!(partition, %err, "checkpoint not queued");
             }
             paused = apply_backpressure(consumer, &self.speed, self.config.memory_budget, paused);
         }
@@ -381,16 +383,6 @@ impl Ingest {
         }
         self.side.flush(Duration::from_secs(10));
         tracing::info!("speed layer stopped");
-    }
-}
-
-fn checkpoint_all(speed: &SpeedLayer, checkpointer: &Checkpointer, wait: bool) {
-    for p in speed.assigned_partitions() {
-        if let Some(snapshot) = speed.snapshot(p, false)
-            && let Err(err) = checkpointer.submit(&snapshot, wait)
-        {
-            tracing::warn!(partition = p, %err, "checkpoint not queued");
-        }
     }
 }
 

@@ -14,7 +14,8 @@
 //!      ├──no open window──► late-events topic (per view)
 //!      ▼
 //!  partition → view → ViewState (window → group → PartialAggregate; hopping: pane → group)
-//!      │   every checkpoint interval and on revocation: PartitionSnapshot ─► object store
+//!      │   every checkpoint interval (one partition at a time) and on revocation:
+//!      │   PartitionSnapshot ─► object store
 //!      ▼
 //!  query(view, range): merge partials of all partitions ◄── serving (same process)
 //!  owned_partials(view, range) ─► Arrow IPC ─► serving instances (any process in the group)
@@ -36,6 +37,7 @@
 //!   instances that answer for the whole group.
 //! - `ingest`: the consume loop on a dedicated thread, rebalance handling, backpressure.
 //! - `micro_batch`: a micro-batch applied, expressions evaluated once for all its partitions.
+//! - `pacing`: which partition the consume loop checkpoints when (a round spread over time).
 //! - [`replay`]: the consume loop's work after librdkafka, fed without Kafka (benchmarks and
 //!   instruction counts).
 //! - `dead_letter`: the dead-letter and late-events producers.
@@ -56,6 +58,7 @@ mod dead_letter;
 mod engine;
 mod ingest;
 mod micro_batch;
+mod pacing;
 pub mod partials;
 pub mod program;
 pub mod replay;
