@@ -200,8 +200,8 @@ enum BenchCommand {
         spike_seconds: u64,
         /// Partitions of the input topic. The embedded broker keeps the last 5 MiB of each
         /// partition and finds a fetch offset by walking a partition's batches.
-        #[arg(long, default_value_t = 32)]
-        partitions: u64,
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(i32).range(1..=100_000))]
+        partitions: i32,
         /// Kafka bootstrap servers of a broker of yours, instead of the embedded one; the bench
         /// creates its topics there (`live`, `alerts`, `live.dlq`, `live.late`).
         #[arg(long)]

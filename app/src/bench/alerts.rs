@@ -46,8 +46,8 @@ pub struct AlertsBench {
     pub seconds: u64,
     pub spike_factor: u64,
     pub spike_seconds: u64,
-    /// Partitions of the input topic.
-    pub partitions: u64,
+    /// Partitions of the input topic (at least 1).
+    pub partitions: i32,
     /// A broker of the user's instead of the embedded one.
     pub brokers: Option<String>,
 }
@@ -63,10 +63,7 @@ lookback = "2m"
 /// Runs the benchmark and prints its report.
 pub async fn run(opts: AlertsBench) -> anyhow::Result<()> {
     let topics = [
-        (
-            "live",
-            i32::try_from(opts.partitions.max(1)).unwrap_or(i32::MAX),
-        ),
+        ("live", opts.partitions),
         ("alerts", 8),
         ("live.dlq", 1),
         ("live.late", 1),
@@ -292,7 +289,7 @@ async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::
         .create()?;
     let set_aside = |topic: &str| {
         side.fetch_watermarks(topic, 0, Duration::from_secs(5))
-            .map_or(-1, |(_, high)| high)
+            .map_or_else(|err| format!("? ({err})"), |(_, high)| high.to_string())
     };
     println!(
         "  counted: {orders} of {expected} placed orders ({} input partitions); {} late, {} dead-lettered",
