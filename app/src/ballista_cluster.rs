@@ -9,6 +9,11 @@
 //! Both read the same configuration file as the batch process, so the scheduler plans and the
 //! executors read the very archive the batch process archived. A build without the `ballista`
 //! cargo feature answers these commands with an error saying so.
+//!
+//! Ballista has no authentication: whoever reaches a scheduler can run plans that read the
+//! store. Both listen on loopback by default, and refuse another address unless
+//! `--allow-unauthenticated` says the network around them is trusted (a private network,
+//! a service mesh with its own authentication).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,12 +25,15 @@ use clap::Args;
 pub struct SchedulerArgs {
     #[arg(long)]
     pub config: PathBuf,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:50050")]
+    /// Address to listen on (loopback unless --allow-unauthenticated).
+    #[arg(long, default_value = "127.0.0.1:50050")]
     pub bind: SocketAddr,
     /// The host name executors and batch processes reach this scheduler by.
     #[arg(long, default_value = "localhost")]
     pub external_host: String,
+    /// Listen beyond loopback although Ballista authenticates nobody.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
 }
 
 /// `tandem ballista executor`.
@@ -36,9 +44,13 @@ pub struct ExecutorArgs {
     /// The scheduler, as HOST:PORT.
     #[arg(long, value_parser = parse_host_port, default_value = "localhost:50050")]
     pub scheduler: (String, u16),
-    /// Host to listen on for result fetches (Arrow Flight).
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Host to listen on for result fetches (Arrow Flight; loopback unless
+    /// --allow-unauthenticated).
+    #[arg(long, default_value = "127.0.0.1")]
     pub bind_host: String,
+    /// Listen beyond loopback although Ballista authenticates nobody.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
     /// The host name batch processes and other executors fetch results from.
     #[arg(long, default_value = "localhost")]
     pub external_host: String,
@@ -54,6 +66,24 @@ pub struct ExecutorArgs {
     /// Seconds to keep retrying the first connection to the scheduler.
     #[arg(long, default_value_t = 30)]
     pub connect_timeout: u16,
+}
+
+/// Refuses a non-loopback address unless `allowed` (see the module docs).
+pub fn check_bind(host: &str, allowed: bool) -> anyhow::Result<()> {
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback || allowed {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {host}: Ballista authenticates nobody, so anyone who reaches it \
+         could run plans over the store; listen on loopback, or pass --allow-unauthenticated on a \
+         network you trust"
+    )
 }
 
 /// `HOST:PORT`.
@@ -83,6 +113,7 @@ mod run {
 
     /// Runs a scheduler until `cancel`.
     pub async fn scheduler(args: SchedulerArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+        super::check_bind(&args.bind.ip().to_string(), args.allow_unauthenticated)?;
         let config = Config::load(&args.config)?;
         let store = tandem_store::open(&config.storage)?;
         let scheduler = Scheduler::bind(
@@ -99,6 +130,7 @@ mod run {
 
     /// Runs an executor until `cancel` (or SIGINT/SIGTERM, which Ballista handles itself).
     pub async fn executor(args: ExecutorArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+        super::check_bind(&args.bind_host, args.allow_unauthenticated)?;
         let config = Config::load(&args.config)?;
         let store = tandem_store::open(&config.storage)?;
         let (scheduler_host, scheduler_port) = args.scheduler;
@@ -186,7 +218,8 @@ mod tests {
         let What::Scheduler(s) = cli.what else {
             panic!("scheduler expected")
         };
-        assert_eq!(s.bind, "0.0.0.0:50050".parse().unwrap());
+        assert_eq!(s.bind, "127.0.0.1:50050".parse().unwrap());
+        assert!(!s.allow_unauthenticated);
         let cli = Cli::parse_from([
             "t",
             "executor",
@@ -202,6 +235,18 @@ mod tests {
         };
         assert_eq!(e.scheduler, ("sched".into(), 7000));
         assert_eq!((e.port, e.concurrent_tasks), (7001, 0));
+        assert_eq!(e.bind_host, "127.0.0.1");
+    }
+
+    #[test]
+    fn only_loopback_listens_without_saying_the_network_is_trusted() {
+        for host in ["127.0.0.1", "localhost", "::1", "[::1]"] {
+            assert!(check_bind(host, false).is_ok(), "{host}");
+        }
+        let err = check_bind("0.0.0.0", false).unwrap_err().to_string();
+        assert!(err.contains("--allow-unauthenticated"), "{err}");
+        assert!(check_bind("10.1.2.3", false).is_err());
+        assert!(check_bind("0.0.0.0", true).is_ok());
     }
 
     #[cfg(not(feature = "ballista"))]
@@ -211,6 +256,7 @@ mod tests {
             config: "t.toml".into(),
             bind: "127.0.0.1:0".parse().unwrap(),
             external_host: "localhost".into(),
+            allow_unauthenticated: false,
         };
         let err = scheduler(args, tokio_util::sync::CancellationToken::new())
             .await

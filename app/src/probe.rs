@@ -4,6 +4,7 @@
 //!  every second:    speed layer holds a partition assignment?  ─► "consumer" (speed role)
 //!  every 10 s:      object store answers a HEAD within 5 s?    ─► "storage"
 //!  every second:    schema registry answering the consumers?   ─► "registry"
+//!  every second:    the archive receiving what the broker holds? ─► "archive_progress" (archive role)
 //! ```
 
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub async fn run(
     speed: Option<SpeedLayer>,
     store: Arc<dyn ObjectStore>,
     registry: Option<Arc<Registry>>,
+    archive: Option<tandem_batch_layer::ArchiveProgress>,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -74,6 +76,9 @@ pub async fn run(
             "registry",
             registry.as_ref().map_or(Ok(()), |r| r.condition()),
         );
+        if let Some(archive) = &archive {
+            report(&readiness, "archive_progress", archive.condition());
+        }
         if ticks.is_multiple_of(10) {
             let condition = tokio::select! {
                 _ = cancel.cancelled() => return,

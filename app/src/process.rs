@@ -23,7 +23,7 @@ use tandem_batch_layer::scheduler::leadership;
 use tandem_batch_layer::{Archive, Scheduler};
 use tandem_serving::fleet::{Fleet, SpeedSide};
 use tandem_serving::sql::SqlEngine;
-use tandem_serving::{AppState, HttpPolicy, Readiness, Reconciler, router};
+use tandem_serving::{AppState, HttpLimits, HttpPolicy, Readiness, Reconciler, router};
 use tandem_shared::clock::{Clock, SystemClock};
 use tandem_shared::layout;
 use tandem_speed_layer::SpeedLayer;
@@ -249,15 +249,23 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
                         cancel,
                     )
                     .map_err(|e| e.to_string())?;
-                Ok(async move { task.await.map_err(|e| e.to_string()) })
+                Ok(async move {
+                    match task.await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(err)) => Err(err.to_string()),
+                        Err(err) => Err(err.to_string()),
+                    }
+                })
             },
             backend.child_token(),
         ));
     }
 
+    let mut archive_progress = None;
     if roles.has(Role::Archive) {
         // The archive's consumer is created here so a configuration error stops start-up.
         let archive_config = wiring::archive_config(config, registry.as_ref());
+        archive_progress = Some(archive_config.progress.clone());
         let archive_store = Arc::clone(&store);
         let archive_decoder = Arc::clone(&decoder);
         let archive_clock = Arc::clone(&clock);
@@ -364,6 +372,7 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         roles.has(Role::Speed).then(|| speed.clone()),
         Arc::clone(&store),
         registry.clone(),
+        archive_progress,
         backend.child_token(),
     ));
 
@@ -422,11 +431,16 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         Some(standing) => state.with_jobs_leader(standing, Arc::clone(&clock)),
         None => state,
     };
-    let mut app = router(state, &config.http.policy);
+    let mut policy = config.http.policy.clone();
+    policy.forward_key = cluster
+        .as_ref()
+        .and_then(|c| c.fleet.token.as_deref())
+        .map(tandem_serving::access::ForwardKey::new);
+    let mut app = router(state, &policy);
     if !roles.has(Role::Serve) {
         app = app.layer(axum::middleware::from_fn(roles::without_serve));
     }
-    let server = serve_on(listener, app, frontend.clone());
+    let server = serve_on(listener, app, policy.limits.clone(), frontend.clone());
     Ok(Running {
         http,
         fatal: supervisor.fatal(),
@@ -467,13 +481,14 @@ async fn bind(addr: &str) -> Result<TcpListener, Error> {
     })
 }
 
-/// Serves `app` on `listener` until `stop` fires.
-fn serve_on(listener: TcpListener, app: axum::Router, stop: CancellationToken) -> Server {
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    })
+/// Serves `app` on `listener` within `limits` until `stop` fires.
+fn serve_on(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: HttpLimits,
+    stop: CancellationToken,
+) -> Server {
+    tokio::spawn(async move { tandem_serving::server::serve(listener, app, &limits, stop).await })
 }
 
 /// Serves the API on `addr`, behind `policy`, until `stop` fires.
@@ -488,7 +503,10 @@ pub async fn serve(
         addr: addr.to_owned(),
         source,
     })?;
-    Ok((http, serve_on(listener, router(state, policy), stop)))
+    Ok((
+        http,
+        serve_on(listener, router(state, policy), policy.limits.clone(), stop),
+    ))
 }
 
 #[cfg(test)]

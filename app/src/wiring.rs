@@ -146,6 +146,7 @@ pub fn archive_config(config: &Config, registry: Option<&Arc<Registry>>) -> Arch
         max_future: config.max_future,
         kafka_options: kafka.options.clone(),
         registry: registry.cloned(),
+        progress: Default::default(),
     }
 }
 
@@ -174,6 +175,7 @@ pub fn recompute(
         clock,
     )
     .with_engine(config.engine.clone())
+    .with_memory(config.batch_memory)
 }
 
 /// The job scheduler's settings.

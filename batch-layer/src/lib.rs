@@ -38,7 +38,7 @@ pub mod recompute;
 pub mod scheduler;
 pub mod tables;
 
-pub use archive::{Archive, ArchiveConfig, ArchiveSnapshot};
+pub use archive::{Archive, ArchiveConfig, ArchiveProgress, ArchiveSnapshot};
 pub use catalog::{PublishedView, ViewCatalog};
 pub use recompute::Recompute;
 pub use scheduler::{

@@ -9,6 +9,12 @@
 //! turns a refusal into a JSON 401 or 403. Tokens are kept as SHA-256 digests only: a token's
 //! value is never stored, printed or logged. Every configured digest is compared with every
 //! request (no early exit), in constant time.
+//!
+//! Two browser attacks are refused before that, also by pure tests ([`cross_site`],
+//! [`loopback_host`]): a page of another site that posts to the API (a form's `text/plain` or
+//! `x-www-form-urlencoded` body needs no preflight, and an API without tokens has nothing else
+//! to stop it), and a page of a hostile name that resolves to 127.0.0.1 (DNS rebinding), which
+//! an API without tokens on loopback refuses by its `Host`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -189,6 +195,153 @@ impl Access {
     }
 }
 
+impl Access {
+    /// Decides a request that another Tandem process forwarded, authorized there by the token
+    /// named `token` (see [`ForwardKey`]): allowed if that token's scope allows the route here.
+    pub fn decide_as(
+        &self,
+        method: &Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<Option<String>, Denied> {
+        if self.is_open() {
+            return Ok(None);
+        }
+        let Some(needed) = Self::needed(method, path) else {
+            return Ok(None);
+        };
+        let name = token.ok_or(Denied::Missing)?;
+        let token = self
+            .tokens
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or(Denied::Unknown)?;
+        if token.scope < needed {
+            return Err(Denied::Scope {
+                token: token.name.clone(),
+                needed,
+            });
+        }
+        Ok(Some(token.name.clone()))
+    }
+}
+
+/// Signs requests one Tandem process forwards to another (job requests go to the holder of the
+/// scheduler lease, at an address read from the store), with the cluster token as the key:
+/// the user's bearer token is never sent on, so whoever can write an address into the store
+/// cannot collect tokens. The signature covers the method, path, body, time and the name of
+/// the token that authorized the request where it arrived; the receiver allows what that token
+/// may do. Pure.
+#[derive(Clone)]
+pub struct ForwardKey {
+    key: Arc<[u8]>,
+}
+
+impl fmt::Debug for ForwardKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ForwardKey(<hidden>)")
+    }
+}
+
+/// How far a forwarded request's time may be from the receiver's clock.
+pub const FORWARD_SKEW_MS: i64 = 60_000;
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn bytes_of_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl ForwardKey {
+    /// The key of a cluster whose processes share `secret` (the cluster token).
+    pub fn new(secret: &str) -> Self {
+        Self {
+            key: Sha256::digest(secret.as_bytes()).to_vec().into(),
+        }
+    }
+
+    fn mac(&self, method: &str, target: &str, at_ms: i64, token: &str, body: &[u8]) -> Vec<u8> {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).unwrap_or_else(|_| {
+            // HMAC takes keys of any length.
+            unreachable!("an HMAC key of any length is valid")
+        });
+        let body_digest: [u8; 32] = Sha256::digest(body).into();
+        for part in [
+            "tandem-forward-v1".as_bytes(),
+            method.as_bytes(),
+            target.as_bytes(),
+            at_ms.to_string().as_bytes(),
+            token.as_bytes(),
+            &body_digest,
+        ] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// The header value for a request (`target`: path and query) authorized by `token` here.
+    pub fn sign(
+        &self,
+        method: &str,
+        target: &str,
+        at_ms: i64,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> String {
+        let token = token.unwrap_or_default();
+        format!(
+            "v1.{at_ms}.{}.{}",
+            hex_of(token.as_bytes()),
+            hex_of(&self.mac(method, target, at_ms, token, body))
+        )
+    }
+
+    /// The name of the token that authorized a forwarded request (`None`: none was needed
+    /// where it arrived), if `header` signs exactly this request and is fresh at `now_ms`.
+    pub fn verify(
+        &self,
+        header: &str,
+        method: &str,
+        target: &str,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<String>, Denied> {
+        let mut parts = header.split('.');
+        let (Some("v1"), Some(at), Some(token), Some(mac), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(Denied::Unknown);
+        };
+        let at_ms: i64 = at.parse().map_err(|_| Denied::Unknown)?;
+        if now_ms.abs_diff(at_ms) > FORWARD_SKEW_MS.unsigned_abs() {
+            return Err(Denied::Unknown);
+        }
+        let token = bytes_of_hex(token)
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or(Denied::Unknown)?;
+        let presented = bytes_of_hex(mac).ok_or(Denied::Unknown)?;
+        let expected = self.mac(method, target, at_ms, &token, body);
+        if !bool::from(expected.ct_eq(&presented)) {
+            return Err(Denied::Unknown);
+        }
+        Ok((!token.is_empty()).then_some(token))
+    }
+}
+
 /// The bearer token of an `Authorization` header, if there is one.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -199,15 +352,150 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether a request that is not a read came from a page of another site: the browser says so
+/// in `Sec-Fetch-Site`, or its `Origin` names another host than the request's `Host`. Clients
+/// that are not browsers (curl, scripts, other Tandem processes) send neither. Pure.
+pub fn cross_site(method: &Method, headers: &HeaderMap) -> bool {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return false;
+    }
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+    };
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site")) {
+        return matches!(site, "cross-site" | "same-site");
+    }
+    match (text(header::ORIGIN), text(header::HOST)) {
+        (None, _) => false,
+        // An opaque origin (a sandboxed frame, a file) is never this API's page.
+        (Some("null"), _) => true,
+        (Some(origin), Some(host)) => {
+            let authority = origin
+                .split_once("://")
+                .map_or(origin, |(_, rest)| rest)
+                .trim_end_matches('/');
+            !authority.eq_ignore_ascii_case(host)
+        }
+        (Some(_), None) => true,
+    }
+}
+
+/// Whether a `Host` header names the loopback interface: `localhost` (or a name under it),
+/// `127.0.0.0/8` or `[::1]`, with any port. Pure.
+pub fn loopback_host(host: &str) -> bool {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    let name = match host.strip_prefix('[') {
+        // `[::1]:8080`
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What the middleware in front of every route checks.
+#[derive(Debug, Clone)]
+pub(crate) struct Gate {
+    pub(crate) access: Access,
+    /// Requests must name a loopback host (an open API on loopback; see the module docs).
+    pub(crate) loopback_only: bool,
+    /// Verifies requests forwarded by the other processes of a cluster.
+    pub(crate) forward_key: Option<ForwardKey>,
+}
+
+/// The token that allowed a request (`None`: no token was needed), for the handlers that
+/// forward it ([`ForwardKey`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Authorized(pub(crate) Option<String>);
+
+/// The header a forwarded request carries.
+pub(crate) const FORWARDED: &str = "x-tandem-forwarded";
+
 /// The axum middleware in front of every route.
-pub(crate) async fn guard(State(access): State<Access>, request: Request, next: Next) -> Response {
-    let decision = access.decide(
-        request.method(),
-        request.uri().path(),
-        bearer(request.headers()),
-    );
+pub(crate) async fn guard(State(gate): State<Gate>, request: Request, next: Next) -> Response {
+    if gate.loopback_only {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        if !host.is_some_and(loopback_host) {
+            metrics::counter!("tandem_http_refused_total", "reason" => "host").increment(1);
+            return ApiError::Forbidden(
+                "this API has no tokens and answers only requests addressed to localhost: \
+                 configure [[http.tokens]] to reach it by another name"
+                    .into(),
+            )
+            .into_response();
+        }
+    }
+    if cross_site(request.method(), request.headers()) {
+        metrics::counter!("tandem_http_refused_total", "reason" => "cross_site").increment(1);
+        return ApiError::Forbidden("a request from a page of another site may only read".into())
+            .into_response();
+    }
+    let access = gate.access;
+    let forwarded = request
+        .headers()
+        .get(FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (request, decision) = match (forwarded, &gate.forward_key) {
+        // Forwarded by another process of the cluster: signed, without the user's token.
+        (Some(signature), Some(key)) if signature.starts_with("v1.") => {
+            let (parts, body) = request.into_parts();
+            let body = match axum::body::to_bytes(body, usize::MAX).await {
+                Ok(body) => body,
+                Err(err) => return ApiError::BadBody(err.to_string()).into_response(),
+            };
+            let target = parts
+                .uri
+                .path_and_query()
+                .map_or(parts.uri.path(), |p| p.as_str());
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let decision = key
+                .verify(&signature, parts.method.as_str(), target, &body, now_ms)
+                .and_then(|token| {
+                    access.decide_as(&parts.method, parts.uri.path(), token.as_deref())
+                });
+            (
+                Request::from_parts(parts, axum::body::Body::from(body)),
+                decision,
+            )
+        }
+        _ => {
+            let decision = access
+                .decide(
+                    request.method(),
+                    request.uri().path(),
+                    bearer(request.headers()),
+                )
+                .map(|name| name.map(str::to_owned));
+            (request, decision)
+        }
+    };
     match decision {
-        Ok(_) => next.run(request).await,
+        Ok(token) => {
+            let mut request = request;
+            request.extensions_mut().insert(Authorized(token));
+            next.run(request).await
+        }
         Err(denied) => {
             tracing::debug!(path = %request.uri().path(), ?denied, "request refused");
             ApiError::from(denied).into_response()
@@ -215,7 +503,7 @@ pub(crate) async fn guard(State(access): State<Access>, request: Request, next: 
     }
 }
 
-/// Limits on every request.
+/// Limits on every request and connection.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     /// A request that takes longer is answered 408.
@@ -224,6 +512,16 @@ pub struct HttpLimits {
     pub max_concurrent_requests: usize,
     /// A larger body is answered 413.
     pub max_body_bytes: usize,
+    /// A connection that has not sent a whole request head this long after it opened, or after
+    /// its last response, is closed (so this is also how long a kept-alive connection idles).
+    pub header_timeout: Duration,
+    /// A connection whose client reads nothing of a response for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections at most; `None`: as many as the process's file limit allows, keeping
+    /// room for the store and Kafka (see [`connection_cap`]). More wait to be accepted.
+    pub max_connections: Option<usize>,
+    /// Open `/stream` responses at most; more are answered 503.
+    pub max_streams: usize,
 }
 
 impl Default for HttpLimits {
@@ -232,8 +530,27 @@ impl Default for HttpLimits {
             request_timeout: Duration::from_secs(30),
             max_concurrent_requests: 512,
             max_body_bytes: 1 << 20,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            max_streams: 128,
         }
     }
+}
+
+/// File descriptors kept for everything but HTTP connections: the object store, Kafka clients,
+/// archive and checkpoint files, the SQL runtime's reads.
+pub const RESERVED_FILES: usize = 512;
+
+/// The most connections served at once under a file limit of `file_limit`: the configured
+/// number, but never so many that the store and Kafka could not open files (at least 16).
+/// Pure.
+pub fn connection_cap(configured: Option<usize>, file_limit: u64) -> usize {
+    let room = usize::try_from(file_limit)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(RESERVED_FILES)
+        .max(16);
+    configured.unwrap_or(4096).min(room).max(1)
 }
 
 /// The HTTP front door: who may call, and within which limits.
@@ -241,6 +558,12 @@ impl Default for HttpLimits {
 pub struct HttpPolicy {
     pub access: Access,
     pub limits: HttpLimits,
+    /// Answer only requests addressed to a loopback host: set for an API without tokens that
+    /// is not opened to anyone (`http.allow_anonymous`), against DNS rebinding.
+    pub loopback_only: bool,
+    /// Signs requests forwarded to, and verifies requests forwarded by, the other processes
+    /// of a cluster (from the cluster token).
+    pub forward_key: Option<ForwardKey>,
 }
 
 #[cfg(test)]
@@ -318,6 +641,140 @@ mod tests {
             access.decide(&get, "/v1/views", Some("read-secretx")),
             Err(Denied::Unknown)
         );
+    }
+
+    #[test]
+    fn forwarded_requests_carry_a_signature_not_the_users_token() {
+        let key = ForwardKey::new("cluster-secret");
+        let now = 1_790_000_000_000;
+        let signed = key.sign("POST", "/v1/jobs", now, Some("ops"), b"{}");
+        assert!(!signed.contains("admin-secret"));
+        assert_eq!(
+            key.verify(&signed, "POST", "/v1/jobs", b"{}", now + 1_000),
+            Ok(Some("ops".to_owned()))
+        );
+        // Anything changed, a stale signature, or another cluster's key: refused.
+        for (method, target, body, at) in [
+            ("DELETE", "/v1/jobs", &b"{}"[..], now),
+            ("POST", "/v1/jobs/x", &b"{}"[..], now),
+            ("POST", "/v1/jobs", &b"{\"view\":\"v\"}"[..], now),
+            ("POST", "/v1/jobs", &b"{}"[..], now + 2 * FORWARD_SKEW_MS),
+        ] {
+            assert_eq!(
+                key.verify(&signed, method, target, body, at),
+                Err(Denied::Unknown),
+                "{method} {target}"
+            );
+        }
+        assert_eq!(
+            ForwardKey::new("other").verify(&signed, "POST", "/v1/jobs", b"{}", now),
+            Err(Denied::Unknown)
+        );
+        assert_eq!(
+            key.verify("v1.garbage", "POST", "/v1/jobs", b"{}", now),
+            Err(Denied::Unknown)
+        );
+        // The receiver allows what the named token may do there.
+        let access = policy();
+        assert_eq!(
+            access.decide_as(&Method::POST, "/v1/jobs", Some("ops")),
+            Ok(Some("ops".to_owned()))
+        );
+        assert!(matches!(
+            access.decide_as(&Method::POST, "/v1/jobs", Some("dashboards")),
+            Err(Denied::Scope { .. })
+        ));
+        assert_eq!(
+            access.decide_as(&Method::POST, "/v1/jobs", None),
+            Err(Denied::Missing)
+        );
+    }
+
+    #[test]
+    fn requests_from_other_sites_may_only_read() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(*name, value.parse().unwrap());
+            }
+            h
+        };
+        let post = Method::POST;
+        // curl and scripts send neither header.
+        assert!(!cross_site(&post, &headers(&[("host", "localhost:8080")])));
+        // The console itself: same origin.
+        assert!(!cross_site(
+            &post,
+            &headers(&[
+                ("host", "localhost:8080"),
+                ("origin", "http://localhost:8080"),
+                ("sec-fetch-site", "same-origin")
+            ])
+        ));
+        assert!(!cross_site(
+            &post,
+            &headers(&[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://127.0.0.1:8080")
+            ])
+        ));
+        // A form on another site posting text/plain.
+        assert!(cross_site(
+            &post,
+            &headers(&[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "https://evil.example")
+            ])
+        ));
+        assert!(cross_site(
+            &post,
+            &headers(&[("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")])
+        ));
+        assert!(cross_site(
+            &Method::DELETE,
+            &headers(&[("host", "127.0.0.1:8080"), ("origin", "null")])
+        ));
+        // Reads are never refused for it.
+        assert!(!cross_site(
+            &Method::GET,
+            &headers(&[("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")])
+        ));
+    }
+
+    #[test]
+    fn only_loopback_names_are_loopback_hosts() {
+        for host in [
+            "localhost",
+            "localhost:8080",
+            "LOCALHOST.:80",
+            "console.localhost:1",
+            "127.0.0.1",
+            "127.1.2.3:9",
+            "[::1]:8080",
+            "::1",
+        ] {
+            assert!(loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "localhost.evil.example",
+            "10.0.0.1:80",
+            "[::2]:8080",
+            "",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn connections_leave_room_for_the_store_and_kafka() {
+        assert_eq!(connection_cap(None, 1024), 1024 - RESERVED_FILES);
+        assert_eq!(connection_cap(None, 1 << 20), 4096);
+        assert_eq!(connection_cap(Some(100), 1024), 100);
+        assert_eq!(connection_cap(Some(5000), 1024), 1024 - RESERVED_FILES);
+        // A tiny limit still serves a few connections.
+        assert_eq!(connection_cap(None, 256), 16);
     }
 
     #[test]

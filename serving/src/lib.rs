@@ -21,6 +21,7 @@
 //! - [`reconcile`]: speed-state release and drift measurement after each publication.
 //! - [`outputs`]: views pushed to Kafka topics: updates, closes, batch corrections, alerts.
 //! - [`access`]: bearer tokens with scopes, and request limits, in front of every route.
+//! - [`server`]: connections accepted within a cap, with header and write-stall timeouts.
 //! - [`page`]: answers a page at a time, with a position cursor.
 //! - [`readiness`]: each component's condition, read by `/readyz`.
 //! - [`sources`]: which layer answers which windows of a range (`/coverage`).
@@ -44,6 +45,7 @@ pub mod readiness;
 pub mod reconcile;
 pub mod rollup;
 pub mod seam;
+pub mod server;
 pub mod sources;
 pub mod sql;
 

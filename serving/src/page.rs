@@ -73,6 +73,14 @@ impl Cursor {
     }
 }
 
+/// How many of `rows` (in result order) come after `after`. Pure.
+pub fn after_count(rows: &[AnsweredRow], after: Option<&Cursor>) -> usize {
+    let skip = after.map_or(0, |c| {
+        rows.partition_point(|r| c.cmp_row(&r.row) != Ordering::Less)
+    });
+    rows.len() - skip
+}
+
 /// Cuts one page from `rows` (in result order): the rows after `after`, at most `limit`, and
 /// the cursor of the next page if rows are left. Pure.
 pub fn cut(

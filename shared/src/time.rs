@@ -53,6 +53,19 @@ impl EventTime {
         Self(ms)
     }
 
+    /// How far an event read at wall-clock time `read_at` may move event-time progress: to its
+    /// own time, but never past the clock. Producers write event times (and, by default, Kafka
+    /// record timestamps); a producer with a clock running ahead, or a hostile one, could
+    /// otherwise close windows, make on-time events late and get windows published as exact
+    /// while their events still arrive. The event itself is kept in its window.
+    ///
+    /// Replays stay deterministic: data older than the clock (every replay of a stored topic,
+    /// every checkpoint restore) is unaffected, and both layers bound progress the same way.
+    /// The one rule for the speed layer's watermark and the archive's completeness.
+    pub fn progress_at(self, read_at: EventTime) -> EventTime {
+        self.min(read_at)
+    }
+
     pub fn millis(self) -> i64 {
         self.0
     }
@@ -158,8 +171,8 @@ pub struct Span(i64);
 impl Span {
     pub const ZERO: Span = Span(0);
 
-    pub fn from_millis(ms: i64) -> Self {
-        Self(ms.max(0))
+    pub const fn from_millis(ms: i64) -> Self {
+        Self(if ms < 0 { 0 } else { ms })
     }
 
     pub fn millis(self) -> i64 {

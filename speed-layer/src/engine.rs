@@ -113,7 +113,7 @@ impl SpeedLayer {
         decoder: Arc<EventDecoder>,
         clock: Arc<dyn tandem_shared::clock::Clock>,
         cancel: CancellationToken,
-    ) -> Result<tokio::task::JoinHandle<()>, ingest::Error> {
+    ) -> Result<tokio::task::JoinHandle<Result<(), ingest::Error>>, ingest::Error> {
         let ingest = ingest::Ingest::new(self.clone(), config, decoder, clock)?;
         self.partitions_write().clear();
         self.publish_size();

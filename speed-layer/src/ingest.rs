@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::SpeedLayer;
 use crate::checkpoint::Checkpointer;
-use crate::dead_letter::{Origin, SideTopics};
+use crate::dead_letter::{Origin, SideTopics, Unsettled};
 use crate::micro_batch::MicroBatch;
 use crate::pacing::CheckpointPacer;
 use crate::watermark::PartitionProgress;
@@ -45,7 +45,14 @@ pub enum Error {
     Subscribe { topic: String, source: KafkaError },
     #[error(transparent)]
     SideTopics(#[from] crate::dead_letter::Error),
+    /// Transient: side-topic messages were not delivered; the loop stops so that it restarts
+    /// from the last checkpoint, before them, and sends them again.
+    #[error("stopping to resend from the last checkpoint: {0}")]
+    Undelivered(String),
 }
+
+/// How long a checkpoint waits for side-topic messages sent before it to be delivered.
+const SETTLE: Duration = Duration::from_secs(5);
 
 pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -104,6 +111,9 @@ pub(crate) struct SpeedContext {
     runtime: tokio::runtime::Handle,
     changes: Mutex<Vec<AssignmentChange>>,
     caught_up: Mutex<HashMap<i32, bool>>,
+    /// The side-topic producer (shared with the loop), settled before a revoked partition's
+    /// final checkpoint.
+    side: Arc<SideTopics>,
 }
 
 impl std::fmt::Debug for SpeedContext {
@@ -193,7 +203,17 @@ impl SpeedContext {
     fn on_revoke(&self, tpl: &TopicPartitionList) {
         for elem in tpl.elements() {
             let partition = elem.partition();
-            if let Some(c) = &self.checkpointer
+            // Without every side-topic message delivered, the next owner starts from the
+            // previous checkpoint and sends them again.
+            let settled = match self.side.settle(SETTLE) {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::warn!(partition, %err, "no final checkpoint of the revoked partition");
+                    false
+                }
+            };
+            if settled
+                && let Some(c) = &self.checkpointer
                 && let Some(snapshot) = self.speed.snapshot(partition, false)
                 && let Err(err) = c.submit(&snapshot, true)
             {
@@ -241,7 +261,7 @@ pub(crate) struct Ingest {
     config: SpeedConfig,
     decoder: Arc<EventDecoder>,
     consumer: BaseConsumer<SpeedContext>,
-    side: SideTopics,
+    side: Arc<SideTopics>,
     progress: PartitionProgress,
     clock: Arc<dyn Clock>,
     checkpointer: Option<Arc<Checkpointer>>,
@@ -277,6 +297,12 @@ impl Ingest {
         if let Some(id) = &config.static_member {
             consumer_config.set("group.instance.id", id);
         }
+        let side = Arc::new(SideTopics::new(
+            &config.brokers,
+            config.dead_letter_topic.clone(),
+            config.late_topic.clone(),
+            &config.kafka_options,
+        )?);
         let consumer: BaseConsumer<SpeedContext> = consumer_config
             .create_with_context(SpeedContext {
                 group: config.group_id.clone(),
@@ -286,6 +312,7 @@ impl Ingest {
                 runtime: tokio::runtime::Handle::current(),
                 changes: Default::default(),
                 caught_up: Default::default(),
+                side: Arc::clone(&side),
             })
             .map_err(Error::Consumer)?;
         consumer
@@ -294,12 +321,6 @@ impl Ingest {
                 topic: config.topic.clone(),
                 source,
             })?;
-        let side = SideTopics::new(
-            &config.brokers,
-            config.dead_letter_topic.clone(),
-            config.late_topic.clone(),
-            &config.kafka_options,
-        )?;
         Ok(Self {
             speed,
             config,
@@ -313,8 +334,9 @@ impl Ingest {
         })
     }
 
-    /// The consume loop. Returns when `cancel` fires.
-    pub(crate) fn run(mut self, cancel: CancellationToken) {
+    /// The consume loop. Returns when `cancel` fires, or with an error when side-topic messages
+    /// could not be delivered (see [`crate::dead_letter`]).
+    pub(crate) fn run(mut self, cancel: CancellationToken) -> Result<()> {
         tracing::info!(topic = %self.config.topic, group = %self.config.group_id, "speed layer consuming");
         let consumer = &self.consumer;
         let mut messages: Vec<BorrowedMessage<'_>> = Vec::with_capacity(self.config.max_batch);
@@ -364,15 +386,36 @@ impl Ingest {
             if let (Some(checkpointer), Some(pacer)) = (&self.checkpointer, &mut pacer)
                 && let Some(partition) =
                     pacer.next(Instant::now(), || self.speed.assigned_partitions())
-                && let Some(snapshot) = self.speed.snapshot(partition, false)
-                && let Err(err) = checkpointer.submit(&snapshot, false)
             {
-                tracing::warn!(partition, %err, "checkpoint not queued");
+                // A checkpoint commits past the side-topic messages sent so far: only once
+                // they are delivered.
+                match self.side.settle(SETTLE) {
+                    Ok(()) => {
+                        if let Some(snapshot) = self.speed.snapshot(partition, false)
+                            && let Err(err) = checkpointer.submit(&snapshot, false)
+                        {
+                            tracing::warn!(partition, %err, "checkpoint not queued");
+                        }
+                    }
+                    Err(pending @ Unsettled::Pending(_)) => {
+                        metrics::counter!("tandem_speed_checkpoints_deferred_total").increment(1);
+                        tracing::warn!(partition, %pending, "checkpoint deferred to the next round");
+                    }
+                    Err(failed @ Unsettled::Failed(_)) => {
+                        tracing::error!(%failed, "side-topic deliveries failed: restarting from the last checkpoint");
+                        return Err(Error::Undelivered(failed.to_string()));
+                    }
+                }
             }
             paused = apply_backpressure(consumer, &self.speed, self.config.memory_budget, paused);
         }
-        if let Some(checkpointer) = &self.checkpointer {
-            // Shutting down: a final checkpoint makes the restart cheap.
+        // Shutting down: a final checkpoint makes the restart cheap, once every side-topic
+        // message it commits past is delivered.
+        let settled = self.side.settle(Duration::from_secs(10));
+        if let Err(err) = &settled {
+            tracing::warn!(%err, "no final checkpoints: the restart sends them again");
+        }
+        if let (Some(checkpointer), Ok(())) = (&self.checkpointer, &settled) {
             for p in self.speed.assigned_partitions() {
                 if let Some(snapshot) = self.speed.snapshot(p, false)
                     && let Err(err) = checkpointer.submit(&snapshot, true)
@@ -381,8 +424,8 @@ impl Ingest {
                 }
             }
         }
-        self.side.flush(Duration::from_secs(10));
         tracing::info!("speed layer stopped");
+        Ok(())
     }
 }
 
@@ -539,6 +582,10 @@ fn process(
                 )
             }
             Read::Event(event) => {
+                if event.time > time.now {
+                    // Kept in its window, but it moves progress only to the clock.
+                    metrics::counter!("tandem_speed_future_events_total").increment(1);
+                }
                 micro.push(at, &event, m.offset(), i);
                 spare = event.values;
             }

@@ -14,6 +14,9 @@
 //! stopped, and progress is the largest event time seen anywhere.
 //!
 //! Each view subtracts its allowed lateness from the combined progress to get its watermark.
+//!
+//! An event moves its partition's progress only as far as the wall clock when it is read
+//! ([`EventTime::progress_at`]): event times ahead of the world do not close windows.
 
 use std::collections::BTreeMap;
 
@@ -48,8 +51,10 @@ impl PartitionProgress {
         self.partitions.remove(&partition);
     }
 
+    /// Records an event time read from `partition` at wall-clock time `now`.
     pub fn observe(&mut self, partition: i32, t: EventTime, now: EventTime) {
         self.assign(partition, now);
+        let t = t.progress_at(now);
         if let Some(c) = self.partitions.get_mut(&partition) {
             c.max_event_time = Some(c.max_event_time.map_or(t, |m| m.max(t)));
             c.last_activity = now;
@@ -118,6 +123,25 @@ mod tests {
         assert_eq!(p.combined(T0, idle_after(1000)), Some(EventTime(100)));
         p.revoke(0);
         assert_eq!(p.combined(T0, idle_after(1000)), Some(EventTime(120)));
+    }
+
+    #[test]
+    fn event_times_ahead_of_the_clock_move_progress_only_to_the_clock() {
+        let mut p = PartitionProgress::default();
+        // An hour ahead of the wall clock: progress goes no further than the clock.
+        p.observe(0, EventTime(T0.millis() + 3_600_000), T0);
+        assert_eq!(p.combined(T0, idle_after(1000)), Some(T0));
+        // Later on-time events move it on as the clock does.
+        let later = EventTime(T0.millis() + 2_000);
+        p.observe(0, EventTime(T0.millis() + 1_500), later);
+        assert_eq!(
+            p.combined(later, idle_after(10_000)),
+            Some(EventTime(T0.millis() + 1_500))
+        );
+        // Old data (a replay) is unaffected.
+        let mut replay = PartitionProgress::default();
+        replay.observe(0, EventTime(100), T0);
+        assert_eq!(replay.combined(T0, idle_after(1000)), Some(EventTime(100)));
     }
 
     #[test]

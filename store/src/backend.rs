@@ -152,7 +152,7 @@ pub fn open(settings: &StorageSettings) -> Result<Arc<dyn ObjectStore>, Error> {
         url: url.to_owned(),
         source,
     })?;
-    Ok(Arc::new(store))
+    Ok(Arc::new(crate::durable::DurableFiles::new(store)))
 }
 
 /// Checks that `store` honours create-if-absent, on which every publication depends: creates a

@@ -8,7 +8,8 @@
 //!                                    ▲
 //!  view catalog ──segments───────────┘
 //!
-//!  backend::open(storage settings) ──► Arc<dyn ObjectStore>: file:// (default), memory://, s3://
+//!  backend::open(storage settings) ──► Arc<dyn ObjectStore>: file:// (default, durable:
+//!                                      fsync before a write returns), memory://, s3://
 //!  backend::check_create_if_absent ◄── start-up: refuse a store that would not fence writers
 //!  kafka::consumer_config / record_lag ◄── the speed and archive consumers
 //!  registry::read_resolved ◄── both consumers: writer schemas fetched by id, waited for
@@ -20,6 +21,7 @@
 //! - [`manifest`]: the generic manifest chain and what the store must guarantee for it.
 //! - [`object`]: single-object reads and writes with the path in every error.
 //! - [`backend`]: opening the store the settings name, and checking it honours create-if-absent.
+//! - [`durable`]: the local filesystem with every write on disk before it returns.
 //! - [`kafka`]: the consumer configuration and lag statistics both consumers share.
 //! - [`lease`]: a lease built on create-if-absent terms (which process schedules batch jobs).
 //! - [`members`]: speed workers' heartbeats, ownership epochs, and who owns which partition.
@@ -34,6 +36,7 @@
 //!   manifest file name inside a chain's directory.
 
 pub mod backend;
+pub mod durable;
 pub mod fault;
 pub mod kafka;
 pub mod lease;

@@ -15,6 +15,13 @@
 //! The local filesystem, the in-memory store and S3 (conditional writes) provide both. A writer
 //! that loses the race has been fenced: it must reload the chain before publishing again.
 //!
+//! # Torn manifests
+//! A manifest that does not parse was never a publication: a write that a crash tore (the
+//! local store syncs every write, see [`crate::durable`], but a disk can lie). Readers take the
+//! newest manifest that parses, and report the newest sequence number present, so that a
+//! writer publishes after the torn one instead of failing to create it forever (which wedged
+//! a partition, or stopped start-up, although the previous manifest was kept).
+//!
 //! # Pruning
 //! Readers always take the newest manifest, so older ones are garbage once a newer one is
 //! published. Writers keep the previous manifest too ([`ManifestChain::prune`] with
@@ -95,16 +102,45 @@ impl ManifestChain {
         Ok(self.sequences().await?.last().map_or(0, |s| s + 1))
     }
 
-    /// The newest manifest and its sequence number, if any.
+    /// The newest manifest that parses, and the newest sequence number present (the one to
+    /// publish after; a torn manifest is skipped, see the module docs), if any manifest is
+    /// there. Every manifest torn is [`Error::Corrupt`].
     pub async fn latest<T: DeserializeOwned>(&self) -> Result<Option<(u64, T)>> {
-        let Some(&seq) = self.sequences().await?.last() else {
+        let seqs = self.sequences().await?;
+        let Some(&newest) = seqs.last() else {
             return Ok(None);
         };
-        let path = layout::manifest_file(&self.dir, seq);
-        let bytes = object::read(&self.store, &path).await?;
-        let value =
-            serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt { path, source })?;
-        Ok(Some((seq, value)))
+        let mut torn = None;
+        for &seq in seqs.iter().rev() {
+            let path = layout::manifest_file(&self.dir, seq);
+            let bytes = match object::read(&self.store, &path).await {
+                Ok(bytes) => bytes,
+                // Pruned since the listing: an older one than the one we want.
+                Err(err) if seq != newest && err.is_not_found() => continue,
+                Err(err) => return Err(err.into()),
+            };
+            match serde_json::from_slice(&bytes) {
+                Ok(value) => {
+                    if seq != newest {
+                        tracing::error!(
+                            dir = %self.dir,
+                            read = seq,
+                            torn = newest,
+                            "the newest manifest is torn (a crashed write): reading the one before, and publishing after it"
+                        );
+                    }
+                    return Ok(Some((newest, value)));
+                }
+                Err(source) => {
+                    metrics::counter!("tandem_store_torn_manifests_total").increment(1);
+                    torn.get_or_insert(Error::Corrupt { path, source });
+                }
+            }
+        }
+        Err(torn.unwrap_or_else(|| Error::Corrupt {
+            path: self.dir.clone(),
+            source: serde_json::Error::io(std::io::Error::other("no manifest parses")),
+        }))
     }
 
     /// Publishes `value` as manifest `seq`, failing with [`Error::Conflict`] if it exists.
@@ -179,6 +215,22 @@ mod tests {
             chain.latest::<String>().await.unwrap(),
             Some((3, "a".to_owned()))
         );
+    }
+
+    #[tokio::test]
+    async fn a_torn_newest_manifest_is_skipped_and_published_after() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let chain = ManifestChain::new(Arc::clone(&store), "m");
+        chain.publish(0, &10u32).await.unwrap();
+        chain.publish(1, &11u32).await.unwrap();
+        // A crash tore manifest 2 (it exists, but half written).
+        object::write(&store, &layout::manifest_file("m", 2), "{\"half")
+            .await
+            .unwrap();
+        // Readers get manifest 1; a writer is told to publish after 2, and can.
+        assert_eq!(chain.latest::<u32>().await.unwrap(), Some((2, 11)));
+        chain.publish(3, &13u32).await.unwrap();
+        assert_eq!(chain.latest::<u32>().await.unwrap(), Some((3, 13)));
     }
 
     #[tokio::test]

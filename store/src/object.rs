@@ -25,6 +25,11 @@ impl Error {
         }
     }
 
+    /// Whether the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self.source, object_store::Error::NotFound { .. })
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self.source {
             object_store::Error::NotFound { .. } => ErrorKind::Internal,

@@ -8,8 +8,10 @@
 //!                                   (consumption waits; `condition` says why for /readyz)
 //! ```
 //!
-//! Schemas are immutable per id, so the decoder keeps what it learns; the registry is asked once
-//! per id and process. A registry that is down never costs an event: the consumer waits.
+//! Schemas are immutable per id, so the decoder keeps what it learns (a bounded number of ids;
+//! a "no such schema" answer only for a minute, so an id registered late is read once it
+//! exists): the registry is asked about once per id and process. A registry that is down never
+//! costs an event: the consumer waits.
 
 use std::fmt;
 use std::sync::Mutex;

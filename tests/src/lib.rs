@@ -128,6 +128,18 @@ impl TestServer {
         log_dir: &Path,
         ready: Ready,
     ) -> anyhow::Result<Self> {
+        Self::spawn_within(args, env, log_dir, ready, None)
+    }
+
+    /// [`TestServer::spawn`] under a limit of `open_files` file descriptors (soft and hard), as
+    /// a process started by a shell with `ulimit -n` runs.
+    pub fn spawn_within(
+        args: &[String],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+        ready: Ready,
+        open_files: Option<u64>,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(log_dir)?;
         let log = log_dir.join(format!(
             "tandem-{}-{}.log",
@@ -137,7 +149,16 @@ impl TestServer {
                 .map_or(0, |d| d.as_nanos())
         ));
         let stderr = std::fs::File::create(&log)?;
-        let mut command = Command::new(tandem_binary()?);
+        let mut command = match open_files {
+            None => Command::new(tandem_binary()?),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(tandem_binary()?);
+                sh
+            }
+        };
         command
             .args(args)
             .env("RUST_LOG", "info,librdkafka=warn")
@@ -186,6 +207,11 @@ impl TestServer {
             http: http.unwrap_or_default(),
             log,
         })
+    }
+
+    /// The process id (of the shell's exec, the same process, under a file limit).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -167,6 +167,7 @@ async fn outage_over(inner: Arc<dyn ObjectStore>, dir: &std::path::Path) {
         max_future: Span::from_millis(3_600_000),
         kafka_options: BTreeMap::new(),
         registry: None,
+        progress: Default::default(),
     };
     let archive = Archive::new(
         config,

@@ -445,7 +445,7 @@ pub(super) async fn serve_speed(
 ) -> anyhow::Result<(
     std::net::SocketAddr,
     SpeedLayer,
-    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<Result<(), tandem_speed_layer::IngestError>>,
 )> {
     let speed = speed_layer(config)?;
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());

@@ -38,6 +38,19 @@ pub(super) struct HttpFile {
     query_memory: Option<ByteSize>,
     /// The most rows a SQL answer may have.
     query_rows: Option<usize>,
+    /// SQL queries running at once (more wait within their timeout, a few at most).
+    max_concurrent_queries: Option<usize>,
+    /// Threads of the SQL runtime.
+    query_threads: Option<usize>,
+    /// A connection must send a whole request head within this (after it opens or after its
+    /// last response).
+    header_timeout: Option<String>,
+    /// A connection whose client reads nothing of a response for this long is closed.
+    idle_timeout: Option<String>,
+    /// Open connections at most (capped below the process's file limit).
+    max_connections: Option<usize>,
+    /// Open `/stream` responses at most.
+    max_streams: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +156,24 @@ pub(super) fn http_config(
     if max_rows == 0 {
         return Err(invalid("query_rows", "must be at least 1".into()));
     }
+    let at_least_one = |key: &'static str, value: Option<usize>, default: usize| match value {
+        Some(0) => Err(invalid(key, "must be at least 1".into())),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let runtime = tandem_serving::sql::SqlRuntimeLimits {
+        threads: at_least_one(
+            "query_threads",
+            file.query_threads,
+            sql_defaults.runtime.threads,
+        )?,
+        max_concurrent: at_least_one(
+            "max_concurrent_queries",
+            file.max_concurrent_queries,
+            sql_defaults.runtime.max_concurrent,
+        )?,
+        max_waiting: sql_defaults.runtime.max_waiting,
+    };
     let sql = SqlLimits {
         timeout: duration("query_timeout", &file.query_timeout, sql_defaults.timeout)?,
         memory_bytes: size(
@@ -151,14 +182,35 @@ pub(super) fn http_config(
             sql_defaults.memory_bytes,
         )?,
         max_rows,
+        runtime,
     };
+    let header_timeout = duration(
+        "header_timeout",
+        &file.header_timeout,
+        defaults.header_timeout,
+    )?;
+    let idle_timeout = duration("idle_timeout", &file.idle_timeout, defaults.idle_timeout)?;
+    let max_connections = match file.max_connections {
+        Some(0) => return Err(invalid("max_connections", "must be at least 1".into())),
+        other => other,
+    };
+    let max_streams = file.max_streams.unwrap_or(defaults.max_streams);
     Ok(HttpConfig {
         policy: HttpPolicy {
+            // An API without tokens answers only requests addressed to loopback, unless it is
+            // opened to anyone.
+            loopback_only: tokens.is_empty() && !file.allow_anonymous,
+            // Set from the cluster token when the process joins a cluster.
+            forward_key: None,
             access: Access::with_tokens(tokens),
             limits: HttpLimits {
                 request_timeout,
                 max_concurrent_requests,
                 max_body_bytes,
+                header_timeout,
+                idle_timeout,
+                max_connections,
+                max_streams,
             },
         },
         allow_anonymous: file.allow_anonymous,
@@ -195,7 +247,9 @@ mod tests {
         assert_eq!(c.http.sql, SqlLimits::default());
         let sql = text.replace(
             "[http]\n",
-            "[http]\nquery_timeout = \"2s\"\nquery_memory = \"8MiB\"\nquery_rows = 10\n",
+            "[http]\nquery_timeout = \"2s\"\nquery_memory = \"8MiB\"\nquery_rows = 10\n\
+             max_concurrent_queries = 2\nquery_threads = 3\nheader_timeout = \"3s\"\n\
+             idle_timeout = \"7s\"\nmax_connections = 99\nmax_streams = 5\n",
         );
         let c = Config::parse_with_env(&sql, "t.toml", &env).unwrap();
         assert_eq!(
@@ -203,13 +257,27 @@ mod tests {
             SqlLimits {
                 timeout: std::time::Duration::from_secs(2),
                 memory_bytes: 8 << 20,
-                max_rows: 10
+                max_rows: 10,
+                runtime: tandem_serving::sql::SqlRuntimeLimits {
+                    threads: 3,
+                    max_concurrent: 2,
+                    ..SqlLimits::default().runtime
+                },
             }
         );
+        let limits = &c.http.policy.limits;
+        assert_eq!(limits.header_timeout.as_secs(), 3);
+        assert_eq!(limits.idle_timeout.as_secs(), 7);
+        assert_eq!(limits.max_connections, Some(99));
+        assert_eq!(limits.max_streams, 5);
         for bad in [
             "query_timeout = \"0s\"",
             "query_memory = 0",
             "query_rows = 0",
+            "max_concurrent_queries = 0",
+            "query_threads = 0",
+            "header_timeout = \"0s\"",
+            "max_connections = 0",
         ] {
             let text = text.replace("[http]\n", &format!("[http]\n{bad}\n"));
             assert!(

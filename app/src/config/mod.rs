@@ -139,6 +139,10 @@ struct KafkaFile {
     /// Extra librdkafka client properties (security settings, for example).
     #[serde(default)]
     options: BTreeMap<String, String>,
+    /// Extra librdkafka client properties whose values come from environment variables
+    /// (secrets: `{ "sasl.password" = "KAFKA_PASSWORD" }`).
+    #[serde(default)]
+    options_env: BTreeMap<String, String>,
 }
 
 fn default_brokers() -> String {
@@ -149,6 +153,42 @@ fn default_group_prefix() -> String {
 }
 fn default_partitions() -> i32 {
     8
+}
+
+/// `options` and `options_env` together: a property given in both, or a variable that is not
+/// set, is an error.
+fn kafka_options(
+    kafka: &KafkaFile,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>> {
+    let mut options = kafka.options.clone();
+    for (property, var) in &kafka.options_env {
+        let problem = if options.contains_key(property) {
+            Some(format!(
+                "`{property}` is in options and options_env: give it once"
+            ))
+        } else {
+            match env(var) {
+                Some(value) => {
+                    options.insert(property.clone(), value);
+                    None
+                }
+                None => Some(format!(
+                    "`{property}`: environment variable {var} is not set"
+                )),
+            }
+        };
+        if let Some(problem) = problem {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                section: "kafka",
+                key: "options_env",
+                problem,
+            });
+        }
+    }
+    Ok(options)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +219,8 @@ struct BatchFile {
     retry_backoff: Option<String>,
     retention: Option<String>,
     maintenance_interval: Option<String>,
+    /// Memory every recompute query of the process shares.
+    memory: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -233,6 +275,8 @@ pub struct Config {
     /// Retired segments, old view versions and finished job records are kept this long.
     pub retention: Span,
     pub maintenance_interval: Span,
+    /// Memory every recompute query of the process shares (`batch.memory`).
+    pub batch_memory: usize,
     pub roll_interval: Span,
     pub roll_bytes: usize,
     /// Files a partition manifest lists before it seals them into a file list.
@@ -411,6 +455,16 @@ impl Config {
                 "must be greater than zero",
             ));
         }
+        let batch_memory = match &file.batch.memory {
+            None => tandem_batch_layer::recompute::DEFAULT_MEMORY,
+            Some(size) => parse_size(size).filter(|n| *n > 0).ok_or_else(|| {
+                invalid(
+                    "batch",
+                    "memory",
+                    "expected a positive size such as \"1GiB\"",
+                )
+            })?,
+        };
         let checkpoint_interval = span(
             &file.speed.checkpoint_interval,
             "10s",
@@ -474,6 +528,7 @@ impl Config {
             &[&kafka.topic, &dead_letter_topic, &late_topic],
             &path,
         )?;
+        let options = kafka_options(&kafka, &path, env)?;
         Ok(Config {
             http,
             kafka: KafkaConfig {
@@ -483,7 +538,7 @@ impl Config {
                 topic: kafka.topic,
                 group_prefix: kafka.group_prefix,
                 partitions: kafka.partitions,
-                options: kafka.options,
+                options,
             },
             storage,
             schema,
@@ -499,6 +554,7 @@ impl Config {
             retry_backoff,
             retention,
             maintenance_interval,
+            batch_memory,
             roll_interval,
             roll_bytes: file.archive.roll_bytes.unwrap_or(64 << 20).max(1),
             seal_files: file

@@ -34,6 +34,13 @@ fn sizes_accept_bytes_and_binary_or_decimal_units() {
     .unwrap();
     assert_eq!(c.memory_budget, 64 << 20);
     assert_eq!(c.cache_bytes, 16 << 20, "the default");
+    assert_eq!(c.batch_memory, 1 << 30, "the default");
+    let c = parse(
+        &ISSUE_EXAMPLE.replace("[batch]\n", "[batch]\nmemory = \"256MiB\"\n"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.batch_memory, 256 << 20);
     let c = parse(
         &format!("{ISSUE_EXAMPLE}\n[serving]\ncache_bytes = \"1GiB\"\n"),
         "t",
@@ -132,4 +139,42 @@ proptest::proptest! {
         let edited: String = edited.into_iter().collect();
         let _ = Config::parse_with_env(&edited, "fuzz", &any_env);
     }
+}
+
+#[test]
+fn kafka_secrets_come_from_the_environment() {
+    let text = ISSUE_EXAMPLE.replace(
+        "[kafka]\n",
+        "[kafka]\noptions = { \"security.protocol\" = \"sasl_ssl\" }\n\
+         options_env = { \"sasl.password\" = \"KAFKA_PASSWORD\" }\n",
+    );
+    let env = |name: &str| {
+        Some(
+            if name == "KAFKA_PASSWORD" {
+                "s3cret"
+            } else {
+                "token"
+            }
+            .to_owned(),
+        )
+    };
+    let c = Config::parse_with_env(&text, "t.toml", &env).unwrap();
+    assert_eq!(c.kafka.options["sasl.password"], "s3cret");
+    assert_eq!(c.kafka.options["security.protocol"], "sasl_ssl");
+    let unset = |name: &str| (name != "KAFKA_PASSWORD").then(|| "token".to_owned());
+    let unset = Config::parse_with_env(&text, "t.toml", &unset)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        unset.contains("KAFKA_PASSWORD") && unset.contains("sasl.password"),
+        "{unset}"
+    );
+    let twice = text.replace(
+        "\"security.protocol\" = \"sasl_ssl\"",
+        "\"sasl.password\" = \"plain\"",
+    );
+    let twice = Config::parse_with_env(&twice, "t.toml", &env)
+        .unwrap_err()
+        .to_string();
+    assert!(twice.contains("give it once"), "{twice}");
 }

@@ -17,6 +17,13 @@ use tokio_util::sync::CancellationToken;
 use super::roll::{self, Admission, Buffer, PartitionState};
 use super::{Archive, OffsetGap, PartitionManifest};
 
+/// How long a partition may receive nothing while the broker holds more before the archive
+/// counts it stalled: several roll intervals, and never under 30 s (a busy store may hold a
+/// roll that long).
+fn stall_after(roll_interval: Duration) -> Duration {
+    (roll_interval * 3).max(Duration::from_secs(30))
+}
+
 /// Publishes the archive consumer's lag.
 #[derive(Debug)]
 pub struct ArchiveContext {
@@ -54,7 +61,7 @@ impl ConsumerContext for ArchiveContext {
 
 impl Archive {
     pub(super) async fn refresh_partition_count(&mut self) {
-        let consumer = Arc::clone(&self.consumer);
+        let consumer = Arc::clone(&self.broker_client);
         let topic = self.config.topic.clone();
         let result = tokio::task::spawn_blocking(move || {
             consumer
@@ -216,7 +223,13 @@ impl Archive {
             }
             Read::Event(event) => {
                 let bytes = m.payload().map_or(0, <[u8]>::len);
-                buffer.append(&self.decoder, &event, partition, offset, bytes);
+                buffer.append(
+                    &self.decoder,
+                    &event,
+                    (partition, offset),
+                    bytes,
+                    self.clock.now(),
+                );
                 metrics::counter!("tandem_archive_events_total").increment(1);
             }
             Read::Skip(skip) => {
@@ -294,6 +307,8 @@ impl Archive {
             if !roll::idle_candidate(state, quiet_for, now) {
                 continue;
             }
+            // Asked of the broker at most once a second per partition.
+            state.idle_checked = now;
             let next_offset = state.manifest.next_offset;
             let Some((_, high)) = self.watermarks(p).await else {
                 continue;
@@ -307,9 +322,62 @@ impl Archive {
         }
     }
 
+    /// Compares each assigned partition's position with the broker's log end: a partition
+    /// whose consumer received nothing for a while although the broker holds more has stalled.
+    /// It is reported (`/readyz`, `tandem_archive_stalled_partitions`, an error in the log) and
+    /// sought back to its position, which re-arms its fetches.
+    pub(super) async fn check_progress(&mut self) {
+        let assigned: Vec<i32> = match self.consumer.assignment() {
+            Ok(list) => list
+                .elements()
+                .iter()
+                .filter(|e| e.topic() == self.config.topic)
+                .map(|e| e.partition())
+                .collect(),
+            Err(_) => return,
+        };
+        let after = stall_after(self.config.roll_interval);
+        let mut stalled = Vec::new();
+        let mut behind_total: i64 = 0;
+        for p in assigned {
+            let Some(state) = self.partitions.get(&p) else {
+                continue;
+            };
+            if state.paused {
+                // Paused on purpose (a failed roll waits for its retry).
+                continue;
+            }
+            let (position, last_message) = (roll::position(state), state.last_message);
+            let Some((_, high)) = self.watermarks(p).await else {
+                continue;
+            };
+            behind_total += (high - position).max(0);
+            if roll::stalled(position, high, last_message, Instant::now(), after) {
+                stalled.push((p, position, high));
+            }
+        }
+        metrics::gauge!("tandem_archive_behind_messages").set(behind_total as f64);
+        metrics::gauge!("tandem_archive_stalled_partitions").set(stalled.len() as f64);
+        if stalled.is_empty() {
+            self.config.progress.set(None);
+            return;
+        }
+        let why = format!(
+            "the archive received nothing for {after:?} from partitions {:?} although the broker holds {} messages it has not archived",
+            stalled.iter().map(|(p, _, _)| *p).collect::<Vec<_>>(),
+            stalled.iter().map(|(_, pos, high)| high - pos).sum::<i64>()
+        );
+        tracing::error!("{why}; seeking them back to their positions");
+        metrics::counter!("tandem_archive_stalls_total").increment(stalled.len() as u64);
+        self.config.progress.set(Some(why));
+        for (p, position, _) in stalled {
+            self.seek(p, position);
+        }
+    }
+
     /// The broker's first offset and log end for `partition`, if it answers.
     async fn watermarks(&self, partition: i32) -> Option<(i64, i64)> {
-        let consumer = Arc::clone(&self.consumer);
+        let consumer = Arc::clone(&self.broker_client);
         let topic = self.config.topic.clone();
         let found = tokio::task::spawn_blocking(move || {
             consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))

@@ -96,7 +96,31 @@ pub struct ArchiveConfig {
     pub kafka_options: BTreeMap<String, String>,
     /// Where writer schemas come from, when payloads name them (Avro, Protobuf).
     pub registry: Option<Arc<tandem_store::registry::Registry>>,
+    /// Whether the archive keeps up with the broker, for readiness (shared across restarts).
+    pub progress: ArchiveProgress,
 }
+
+/// Whether the archive is receiving what the broker holds: `Err(why)` while a partition's
+/// consumer has received nothing for a while although the broker holds messages it has not
+/// archived (the master dataset must never stall silently). Cheap to clone; clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveProgress(Arc<std::sync::Mutex<Option<String>>>);
+
+impl ArchiveProgress {
+    pub fn condition(&self) -> std::result::Result<(), String> {
+        match &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
+    }
+
+    fn set(&self, trouble: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = trouble;
+    }
+}
+
+/// How often the archive compares what it received with what the broker holds.
+const PROGRESS_CHECK: Duration = Duration::from_secs(10);
 
 /// The archive task.
 pub struct Archive {
@@ -104,6 +128,12 @@ pub struct Archive {
     store: Arc<dyn ObjectStore>,
     decoder: Arc<EventDecoder>,
     consumer: Arc<StreamConsumer<ArchiveContext>>,
+    /// Asks the brokers for metadata and partitions' log ends (idle partitions, stall checks).
+    /// A client of its own: watermark queries on the consumer's own handle, several a second
+    /// while partitions were quiet, left the consumer's fetched messages undelivered (librdkafka
+    /// had fetched to the log end and queued them; the application offset never moved) until
+    /// the archive restarted.
+    broker_client: Arc<rdkafka::consumer::BaseConsumer>,
     partitions: HashMap<i32, roll::PartitionState>,
     partition_count: i32,
     clock: Arc<dyn Clock>,
@@ -141,11 +171,20 @@ impl Archive {
         consumer
             .subscribe(&[config.topic.as_str()])
             .map_err(Error::Consumer)?;
+        // Never subscribes, joins no group and commits nothing.
+        let broker_client: rdkafka::consumer::BaseConsumer = tandem_store::kafka::client_config(
+            &config.brokers,
+            &[("group.id", &format!("{}-watermarks", config.group_id))],
+            &config.kafka_options,
+        )
+        .create()
+        .map_err(Error::Consumer)?;
         Ok(Self {
             config,
             store,
             decoder,
             consumer: Arc::new(consumer),
+            broker_client: Arc::new(broker_client),
             partitions: HashMap::new(),
             partition_count: 0,
             clock,
@@ -157,7 +196,9 @@ impl Archive {
         tracing::info!(topic = %self.config.topic, "archive consuming");
         self.refresh_partition_count().await;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_metadata = Instant::now();
+        let mut last_progress_check = Instant::now();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -177,6 +218,10 @@ impl Archive {
                         last_metadata = Instant::now();
                     }
                     self.on_tick().await;
+                    if last_progress_check.elapsed() >= PROGRESS_CHECK {
+                        self.check_progress().await;
+                        last_progress_check = Instant::now();
+                    }
                 }
             }
         }

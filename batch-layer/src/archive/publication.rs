@@ -156,7 +156,13 @@ impl Archive {
         };
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let bytes: u64 = files.iter().map(|f| f.bytes).sum();
-        let mut next = roll::rolled(&state.manifest, files, sealed.last_offset + 1, count, now);
+        let mut next = roll::rolled(
+            &state.manifest,
+            files,
+            (sealed.last_offset + 1, sealed.progress),
+            count,
+            now,
+        );
         if let Some((path, sealed_files)) = next.seal(seal_at) {
             debug_assert_eq!(Some(&path), list_path.as_ref());
             let list = serde_json::to_vec(&sealed_files).map_err(|source| Error::Intent {

@@ -25,6 +25,9 @@ pub(super) struct Buffer {
     hours: BTreeMap<EventTime, HourBuffer>,
     pub(super) opened: Instant,
     pub(super) bytes: usize,
+    /// Event-time progress of the buffered events, each bounded by the clock when it was read
+    /// ([`EventTime::progress_at`]).
+    progress: Option<EventTime>,
 }
 
 impl Buffer {
@@ -35,6 +38,7 @@ impl Buffer {
             hours: BTreeMap::new(),
             opened: now,
             bytes: 0,
+            progress: None,
         }
     }
 
@@ -43,15 +47,18 @@ impl Buffer {
         self.hours.values().map(|h| h.max_time).max()
     }
 
-    /// Adds a decoded event of `payload_bytes` to the file of its event hour.
+    /// Adds a decoded event of `payload_bytes`, read at wall-clock time `read_at`, to the file
+    /// of its event hour.
     pub(super) fn append(
         &mut self,
         decoder: &EventDecoder,
         event: &DecodedEvent<'_>,
-        partition: i32,
-        offset: i64,
+        (partition, offset): (i32, i64),
         payload_bytes: usize,
+        read_at: EventTime,
     ) {
+        let progress = event.time.progress_at(read_at);
+        self.progress = Some(self.progress.map_or(progress, |p| p.max(progress)));
         let hour = layout::hour_start(event.time);
         let h = self.hours.entry(hour).or_insert_with(|| HourBuffer {
             builder: EventBatchBuilder::new(decoder, 1024),
@@ -69,6 +76,7 @@ impl Buffer {
         SealedRoll {
             first_offset: self.first_offset,
             last_offset: self.last_offset,
+            progress: self.progress,
             hours: self
                 .hours
                 .into_iter()
@@ -95,6 +103,8 @@ pub(super) struct SealedHour {
 pub(super) struct SealedRoll {
     pub(super) first_offset: i64,
     pub(super) last_offset: i64,
+    /// See [`Buffer::progress`].
+    pub(super) progress: Option<EventTime>,
     pub(super) hours: Vec<SealedHour>,
 }
 
@@ -217,7 +227,11 @@ pub(super) fn idle_candidate(state: &PartitionState, quiet_for: Duration, now: I
         && state.pending.is_none()
         && state.manifest.idle_since.is_none()
         && now.duration_since(state.last_message) >= quiet_for
+        && now.duration_since(state.idle_checked) >= IDLE_QUERY_EVERY
 }
+
+/// How often a quiet partition's log end is asked of the broker, at most.
+const IDLE_QUERY_EVERY: Duration = Duration::from_secs(1);
 
 /// Whether a partition published as idle is due to be checked against the broker's log end:
 /// a consumer that stops receiving (a broker that never answers a fetch, say) must not leave a
@@ -229,26 +243,47 @@ pub(super) fn idle_recheck_due(state: &PartitionState, interval: Duration, now: 
         && now.duration_since(state.idle_checked) >= interval
 }
 
+/// The next offset the archive expects of a partition: after its buffer, its pending roll, or
+/// what its manifest covers.
+pub(super) fn position(state: &PartitionState) -> i64 {
+    state
+        .buffer
+        .as_ref()
+        .map(|b| b.last_offset + 1)
+        .or(state.pending.as_ref().map(|p| p.last_offset + 1))
+        .unwrap_or(state.manifest.next_offset)
+}
+
+/// Whether a partition's consumer has stalled: the broker holds messages from `position` on
+/// (`high` is the log end) and none has arrived for `after`. A consumer that keeps up receives
+/// within a fetch wait; one that is merely behind keeps receiving.
+pub(super) fn stalled(
+    position: i64,
+    high: i64,
+    last_message: Instant,
+    now: Instant,
+    after: Duration,
+) -> bool {
+    high > position && now.duration_since(last_message) >= after
+}
+
 /// Whether the broker holds messages past what the archive has (`high` is the log end).
 pub(super) fn behind(next_offset: i64, high: i64) -> bool {
     high > next_offset
 }
 
-/// The manifest after a roll wrote `files`: they are listed, the offset moves past the roll, and
-/// the partition is busy.
+/// The manifest after a roll wrote `files`: they are listed, the offset moves past the roll,
+/// event-time progress moves to the roll's (never back; not the files' largest event time,
+/// which may be ahead of the clock), and the partition is busy.
 pub(super) fn rolled(
     current: &PartitionManifest,
     files: Vec<ArchivedFile>,
-    next_offset: i64,
+    (next_offset, progress): (i64, Option<EventTime>),
     partition_count: i32,
     now: EventTime,
 ) -> PartitionManifest {
     let mut next = current.clone();
-    next.max_event_time = files
-        .iter()
-        .map(|f| f.max_time)
-        .chain(next.max_event_time)
-        .max();
+    next.max_event_time = next.max_event_time.max(progress);
     next.files.extend(files);
     next.next_offset = next_offset;
     next.idle_since = None;
@@ -319,17 +354,53 @@ mod tests {
         let mut current = PartitionManifest::empty("t", 0, 2, EventTime(0));
         current.idle_since = Some(EventTime(5));
         current.max_event_time = Some(EventTime(700));
-        let next = rolled(&current, vec![file(500), file(900)], 10, 4, EventTime(42));
+        let next = rolled(
+            &current,
+            vec![file(500), file(900)],
+            (10, Some(EventTime(850))),
+            4,
+            EventTime(42),
+        );
         assert_eq!(next.files.len(), 2);
         assert_eq!(next.next_offset, 10);
         assert_eq!(next.idle_since, None);
-        assert_eq!(next.max_event_time, Some(EventTime(900)));
+        // The roll's progress (bounded by the clock), not its files' largest time.
+        assert_eq!(next.max_event_time, Some(EventTime(850)));
+        let behind = rolled(
+            &current,
+            Vec::new(),
+            (11, Some(EventTime(600))),
+            4,
+            EventTime(43),
+        );
+        assert_eq!(behind.max_event_time, Some(EventTime(700)), "never back");
         assert_eq!(next.partition_count, 4);
         assert_eq!(next.published_at, EventTime(42));
         let idle = progressed(&next, Some(EventTime(50)), 3, EventTime(60));
         assert_eq!(idle.files, next.files, "an idle marker changes no files");
         assert_eq!(idle.idle_since, Some(EventTime(50)));
         assert_eq!(idle.partition_count, 4, "the partition count never shrinks");
+    }
+
+    #[test]
+    fn a_partition_stalls_when_the_broker_holds_more_and_nothing_arrives() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(30);
+        assert!(!stalled(10, 10, t0, t0 + after, after), "caught up");
+        assert!(
+            !stalled(10, 15, t0, t0 + Duration::from_secs(5), after),
+            "not for long"
+        );
+        assert!(stalled(10, 15, t0, t0 + after, after));
+        let mut state =
+            PartitionState::new(PartitionManifest::empty("t", 0, 1, EventTime(0)), None, t0);
+        state.manifest.next_offset = 7;
+        assert_eq!(position(&state), 7);
+        state.buffer = Some(Buffer::new(7, t0));
+        if let Some(b) = state.buffer.as_mut() {
+            b.last_offset = 9;
+        }
+        assert_eq!(position(&state), 10);
     }
 
     #[test]
@@ -346,6 +417,7 @@ mod tests {
         state.pending = Some(SealedRoll {
             first_offset: 0,
             last_offset: 0,
+            progress: None,
             hours: Vec::new(),
         });
         state.retry_at = Some(start + Duration::from_secs(2));
@@ -361,6 +433,18 @@ mod tests {
             &state,
             interval,
             start + Duration::from_secs(1)
+        ));
+        // Asked once, then not again within a second.
+        state.idle_checked = start + interval;
+        assert!(!idle_candidate(
+            &state,
+            interval,
+            start + interval + Duration::from_millis(500)
+        ));
+        assert!(idle_candidate(
+            &state,
+            interval,
+            start + interval + IDLE_QUERY_EVERY
         ));
     }
 

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
@@ -197,10 +199,19 @@ pub struct Recompute {
     catalog: Arc<ViewCatalog>,
     clock: Arc<dyn Clock>,
     engine: Engine,
+    /// The memory every recompute query of this process shares (`batch.memory`): a query that
+    /// needs more spills to disk where its operators can (sorts, grouping), else fails its job
+    /// (retried later: other jobs may have freed memory by then). Without it one job's exact
+    /// distinct count or percentile, held in memory, could take the whole process down, and the
+    /// speed and serving layers with it.
+    memory: Arc<dyn MemoryPool>,
     /// The in-process Ballista cluster of `Engine::Ballista { url: None }`, started once.
     #[cfg_attr(not(feature = "ballista"), allow(dead_code))]
     standalone: Arc<engine::Standalone>,
 }
+
+/// `batch.memory` unless configured.
+pub const DEFAULT_MEMORY: usize = 1 << 30;
 
 /// Rows one query should read: big enough that per-query costs (planning, opening files)
 /// vanish, small enough that progress moves and a cancellation takes effect soon.
@@ -279,8 +290,15 @@ impl Recompute {
             catalog,
             clock,
             engine: Engine::default(),
+            memory: Arc::new(FairSpillPool::new(DEFAULT_MEMORY)),
             standalone: Arc::default(),
         }
+    }
+
+    /// Runs recompute queries within `bytes` of memory, shared by every job of the process.
+    pub fn with_memory(mut self, bytes: usize) -> Self {
+        self.memory = Arc::new(FairSpillPool::new(bytes));
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -306,7 +324,11 @@ impl Recompute {
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
         match &self.engine {
             Engine::DataFusion => {
-                let ctx = SessionContext::new_with_config(config);
+                // Spill files go to the system's temporary directory.
+                let runtime = RuntimeEnvBuilder::new()
+                    .with_memory_pool(Arc::clone(&self.memory))
+                    .build_arc()?;
+                let ctx = SessionContext::new_with_config_rt(config, runtime);
                 tables::register_store(&ctx, &self.store)?;
                 sketches::register(&ctx);
                 Ok(ctx)

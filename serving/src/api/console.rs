@@ -10,9 +10,10 @@ use axum::response::{Html, IntoResponse};
 /// The page.
 const PAGE: &str = include_str!("console.html");
 
-/// Only this origin: the page can fetch nothing from elsewhere, even by mistake.
+/// Only this origin: the page can fetch nothing from elsewhere, even by mistake, and no page
+/// of another site can frame it (clickjacking its job buttons).
 const POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                      connect-src 'self'; img-src 'self' data:";
+                      connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'";
 
 pub(super) async fn page() -> impl IntoResponse {
     ([(header::CONTENT_SECURITY_POLICY, POLICY)], Html(PAGE))

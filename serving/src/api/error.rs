@@ -75,6 +75,7 @@ impl ApiError {
                     Error::Plan { .. } => (StatusCode::BAD_REQUEST, "plan"),
                     Error::ReadOnly(_) => (StatusCode::BAD_REQUEST, "read_only"),
                     Error::Execution(_) => (StatusCode::BAD_REQUEST, "query_failed"),
+                    Error::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
                     Error::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timed_out"),
                     Error::Memory { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "memory_limit"),
                     Error::TooManyRows(_) => (StatusCode::PAYLOAD_TOO_LARGE, "row_limit"),

@@ -3,12 +3,15 @@
 //!
 //! ```text
 //!  /v1/jobs… ─► lease standing: held here (or no lease in use) ─► the local scheduler
-//!                               another process ─► same method, path, body, token ─► its API
+//!                               another process ─► same method, path, body, signed ─► its API
 //!                               vacant ──────────► 503: no scheduler is running
 //! ```
 //!
 //! A forwarded request carries [`FORWARDED`]; a process that receives one without holding the
-//! lease (it was just lost) answers 503 rather than forwarding again.
+//! lease (it was just lost) answers 503 rather than forwarding again. It does not carry the
+//! user's bearer token: the address comes from the store, so the request is signed with the
+//! cluster token instead, naming the token that allowed it here
+//! ([`crate::access::ForwardKey`]).
 
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
@@ -19,8 +22,7 @@ use tandem_store::lease::Standing;
 
 use super::{ApiError, AppState};
 
-/// Marks a request forwarded by another Tandem process.
-pub(super) const FORWARDED: &str = "x-tandem-forwarded";
+use crate::access::{Authorized, FORWARDED};
 
 /// Where job requests go now.
 enum Route {
@@ -83,15 +85,27 @@ async fn forward(state: &AppState, address: &str, request: Request) -> Result<Re
         .map_err(|e| ApiError::BadBody(e.to_string()))?;
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let token = parts
+        .extensions
+        .get::<Authorized>()
+        .and_then(|a| a.0.clone());
+    let marker = match &state.forward_key {
+        Some(key) => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            key.sign(parts.method.as_str(), path, now_ms, token.as_deref(), &body)
+        }
+        // No cluster token: the API has no tokens either (start-up refuses otherwise).
+        None => "1".to_owned(),
+    };
     let mut outgoing = state
         .forwarder
         .request(method, &url)
-        .header(FORWARDED, "1")
+        .header(FORWARDED, marker)
         .body(body);
-    for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
-        if let Some(value) = parts.headers.get(&name) {
-            outgoing = outgoing.header(name.as_str(), value.as_bytes());
-        }
+    if let Some(value) = parts.headers.get(header::CONTENT_TYPE) {
+        outgoing = outgoing.header(header::CONTENT_TYPE.as_str(), value.as_bytes());
     }
     let answer = outgoing.send().await.map_err(|e| {
         ApiError::Unavailable(format!(

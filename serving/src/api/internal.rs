@@ -70,6 +70,16 @@ pub(super) async fn partials_of_view(
             }
         }
     }
+    if range.from > range.to {
+        return Err(ApiError::BadParameter {
+            name: "from".into(),
+            problem: format!(
+                "`from` ({}) is after `to` ({})",
+                range.from.millis(),
+                range.to.millis()
+            ),
+        });
+    }
     let speed = state
         .speed
         .local()

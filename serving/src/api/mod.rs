@@ -87,6 +87,11 @@ pub struct AppState {
     jobs_leader: Option<(watch::Receiver<Standing>, Arc<dyn Clock>)>,
     /// Client for forwarded job requests.
     forwarder: reqwest::Client,
+    /// Signs forwarded job requests (from the cluster token).
+    forward_key: Option<crate::access::ForwardKey>,
+    /// Slots of open `/stream` responses (`http.max_streams`), and their number.
+    streams: Arc<tokio::sync::Semaphore>,
+    streams_cap: usize,
 }
 
 impl AppState {
@@ -110,8 +115,23 @@ impl AppState {
             sql: None,
             shutdown: CancellationToken::new(),
             jobs_leader: None,
-            forwarder: reqwest::Client::new(),
+            forward_key: None,
+            forwarder: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
+            streams: Arc::new(tokio::sync::Semaphore::new(
+                HttpLimits::default().max_streams,
+            )),
+            streams_cap: HttpLimits::default().max_streams,
         }
+    }
+
+    /// At most `cap` open `/stream` responses.
+    fn with_max_streams(mut self, cap: usize) -> Self {
+        self.streams = Arc::new(tokio::sync::Semaphore::new(cap));
+        self.streams_cap = cap;
+        self
     }
 
     /// Sends `/v1/jobs` requests to the holder of the scheduler lease (`standing`), unless it
@@ -146,6 +166,8 @@ impl AppState {
 
 /// The API behind `policy`'s access rules and limits.
 pub fn router(state: AppState, policy: &HttpPolicy) -> Router {
+    let mut state = state.with_max_streams(policy.limits.max_streams);
+    state.forward_key = policy.forward_key.clone();
     front_door(routes(state), policy)
 }
 
@@ -154,7 +176,11 @@ fn front_door(routes: Router, policy: &HttpPolicy) -> Router {
     let limits = policy.limits.clone();
     routes
         .layer(middleware::from_fn_with_state(
-            policy.access.clone(),
+            access::Gate {
+                access: policy.access.clone(),
+                loopback_only: policy.loopback_only,
+                forward_key: policy.forward_key.clone(),
+            },
             access::guard,
         ))
         .layer(DefaultBodyLimit::disable())
@@ -167,6 +193,20 @@ fn front_door(routes: Router, policy: &HttpPolicy) -> Router {
             limits.request_timeout,
         ))
         .layer(middleware::map_response_with_state(limits, limit_errors))
+        .layer(middleware::map_response(protective_headers))
+}
+
+/// Headers on every answer: no page of another site may frame the console (clickjacking), and
+/// no answer is sniffed into another type.
+async fn protective_headers(mut response: Response) -> Response {
+    use axum::http::header::{HeaderValue, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS};
+    let headers = response.headers_mut();
+    headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers
+        .entry(axum::http::header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static("frame-ancestors 'none'"));
+    response
 }
 
 /// The limit layers answer with a bare status; give those answers the API's JSON error body.

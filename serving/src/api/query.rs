@@ -1,6 +1,5 @@
 //! `POST /v1/sql`: read-only SQL over the views and the archive.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -18,8 +17,9 @@ struct SqlRequest {
     sql: String,
 }
 
-/// Runs a read-only query; the `Accept` header picks JSON (default), CSV or an Arrow IPC stream.
-/// Read-only SQL over the views and `events`; `Accept` picks JSON, CSV or Arrow IPC.
+/// Read-only SQL over the views and `events`; `Accept` picks JSON (default), CSV or an Arrow IPC
+/// stream. In JSON a decimal is a string of its exact digits with the column's scale
+/// (`"0.30"`); CSV and Arrow carry the same digits.
 #[utoipa::path(post, path = "/v1/sql", tag = "sql",
     request_body(content = SqlRequest),
     responses(
@@ -29,9 +29,9 @@ struct SqlRequest {
             (Vec<u8> = "application/vnd.apache.arrow.stream"),
         )),
         (status = 400, description = "A syntax, planning or read-only error (with its position)", body = ErrorBody),
-        (status = 503, description = "SQL is not set up in this process", body = ErrorBody),
+        (status = 503, description = "SQL is not set up in this process, or every query slot is taken (`http.max_concurrent_queries`): retry later", body = ErrorBody),
         (status = 408, description = "The query took longer than `http.query_timeout`", body = ErrorBody),
-        (status = 413, description = "The query needed more than `http.query_memory` or `http.query_rows`", body = ErrorBody),
+        (status = 413, description = "The query needed more than `http.query_memory` (its operators, the values its functions build, the answer and its rendering) or `http.query_rows`", body = ErrorBody),
     ))]
 pub(super) async fn run_sql(
     State(state): State<AppState>,
@@ -48,16 +48,11 @@ pub(super) async fn run_sql(
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    let answer = engine.query(&request.sql).await?;
-    let internal = |e: datafusion::arrow::error::ArrowError| ApiError::Internal(e.to_string());
-    let content_type = axum::http::header::CONTENT_TYPE;
-    if accept.contains(sql::render::CSV) {
-        let body = sql::render::csv(&answer).map_err(internal)?;
-        return Ok(([(content_type, "text/csv; charset=utf-8")], body).into_response());
-    }
-    if accept.contains(sql::render::ARROW_STREAM) {
-        let body = sql::render::arrow_stream(&answer).map_err(internal)?;
-        return Ok(([(content_type, sql::render::ARROW_STREAM)], body).into_response());
-    }
-    Ok(Json(sql::render::json(&answer).map_err(internal)?).into_response())
+    let format = sql::render::Format::from_accept(accept);
+    let body = engine.render(&request.sql, format).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response())
 }

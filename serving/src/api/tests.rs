@@ -324,6 +324,8 @@ async fn with_tokens_every_route_but_the_probes_needs_one_of_enough_scope() {
             Token::from_secret("ops", Scope::Admin, "a-token").unwrap(),
         ]),
         limits: HttpLimits::default(),
+        loopback_only: false,
+        forward_key: None,
     };
     let app = app_with(&policy);
     for (token, method, uri, status, code) in [
@@ -402,6 +404,8 @@ async fn an_oversized_body_is_a_json_413() {
             max_body_bytes: 64,
             ..HttpLimits::default()
         },
+        loopback_only: false,
+        forward_key: None,
     };
     let app = app_with(&policy);
     let body = format!("{{\"view\": \"{}\"}}", "x".repeat(200));
@@ -432,6 +436,8 @@ async fn a_request_slower_than_the_timeout_is_a_json_408() {
         &HttpPolicy {
             access: Access::open(),
             limits,
+            loopback_only: false,
+            forward_key: None,
         },
     );
     let (status, body) = call(&slow, "GET", "/slow", "").await;
@@ -445,6 +451,8 @@ async fn readyz_is_503_with_the_reasons_until_every_component_is_ready() {
     let policy = HttpPolicy {
         access: Access::with_tokens(vec![Token::from_secret("t", Scope::Read, "v").unwrap()]),
         limits: HttpLimits::default(),
+        loopback_only: false,
+        forward_key: None,
     };
     let app = app_with_readiness(&policy, readiness.clone());
     // Open even with tokens configured.
@@ -483,6 +491,8 @@ async fn sql_answers_queries_in_three_formats_and_refuses_the_rest() {
     let policy = HttpPolicy {
         access: Access::with_tokens(vec![read]),
         limits: HttpLimits::default(),
+        loopback_only: false,
+        forward_key: None,
     };
     let app = router(state.with_sql(engine), &policy);
     let sql = |q: &str| json!({ "sql": q }).to_string();
@@ -566,6 +576,7 @@ async fn sql_answers_queries_in_three_formats_and_refuses_the_rest() {
     );
 }
 
+mod hostile;
 /// The stream sends a window the batch layer publishes while a client listens, within a second
 /// or two, with the JSON of a row of `GET /v1/views/{name}`.
 mod openapi;

@@ -168,7 +168,7 @@ pub(super) async fn query_view(
         });
     }
     let (query, paging) = parse_view_query(view, &params)?;
-    let mut answer = seam::answer(state.catalog.as_ref(), &state.speed, &query).await?;
+    let mut answer = answer_page(&state, view, &query, &paging).await?;
     let (rows, next) = page::cut(answer.rows, paging.after.as_ref(), paging.limit);
     answer.rows = rows;
     Ok(Json(ViewAnswer::Rows(ViewRows::new(
@@ -177,6 +177,88 @@ pub(super) async fn query_view(
         next.map(|c| c.encode()),
         state.speed.watermark(view),
     ))))
+}
+
+/// Windows read at first by [`answer_page`]; each further read doubles.
+const FIRST_READ_WINDOWS: i64 = 256;
+
+/// The rows of `query` a page needs: at least one past the page, or all there are. The range
+/// is read from its first window with data, a growing span at a time, so that the first page
+/// of a year of history reads hours, not the year (the answer is in window-start order). Each
+/// read is one answer of the seam; rows that change between reads are what a cursor already
+/// tolerates between pages. Sessions (windows of no fixed size) are read in one go.
+async fn answer_page(
+    state: &AppState,
+    view: &ViewDefinition,
+    query: &ViewQuery,
+    paging: &Paging,
+) -> Result<seam::Answer, ApiError> {
+    let Some(slide) = view.window.slide() else {
+        return Ok(seam::answer(state.catalog.as_ref(), &state.speed, query).await?);
+    };
+    // Where rows can be: the windows the batch layer covers and those the speed layer holds.
+    let published = state.catalog.get(&view.name).unwrap_or_default();
+    let speed_starts: Vec<EventTime> = state
+        .speed
+        .fresh(&view.name, query.range)
+        .await
+        .map(|f| f.rows.iter().map(|r| r.window.start).collect())
+        .unwrap_or_default();
+    let ranges = published.coverage.ranges();
+    let first = ranges
+        .first()
+        .map(|r| r.from)
+        .into_iter()
+        .chain(speed_starts.iter().copied().min())
+        .min();
+    let last = ranges
+        .last()
+        .map(|r| r.to)
+        .into_iter()
+        .chain(speed_starts.iter().map(|s| s.saturating_add(slide)).max())
+        .max();
+    let (Some(first), Some(last)) = (first, last) else {
+        return Ok(seam::answer(state.catalog.as_ref(), &state.speed, query).await?);
+    };
+    let end = query.range.to.min(last);
+    let mut from = query.range.from.max(first);
+    let mut span = slide.millis().saturating_mul(FIRST_READ_WINDOWS);
+    let mut answer: Option<seam::Answer> = None;
+    loop {
+        let to = if from >= end {
+            end
+        } else {
+            EventTime(from.millis().saturating_add(span)).min(end)
+        };
+        let part = ViewQuery {
+            range: StartRange::new(from, to.max(from)),
+            ..query.clone()
+        };
+        let read = seam::answer(state.catalog.as_ref(), &state.speed, &part).await?;
+        let whole = match answer.as_mut() {
+            None => answer.insert(read),
+            Some(whole) => {
+                whole.rows.extend(read.rows);
+                for p in read.missing_partitions {
+                    if !whole.missing_partitions.contains(&p) {
+                        whole.missing_partitions.push(p);
+                    }
+                }
+                whole.batch_horizon = read.batch_horizon;
+                whole.version = read.version;
+                whole
+            }
+        };
+        if to >= end || page::after_count(&whole.rows, paging.after.as_ref()) > paging.limit {
+            break;
+        }
+        from = to;
+        span = span.saturating_mul(2);
+    }
+    match answer {
+        Some(answer) => Ok(answer),
+        None => Ok(seam::answer(state.catalog.as_ref(), &state.speed, query).await?),
+    }
 }
 
 /// `GET /v1/views/{name}?granularity=1h|all[&exact=true]`: see [`crate::rollup`].

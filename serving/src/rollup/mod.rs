@@ -31,6 +31,10 @@ pub mod exact;
 
 use crate::seam::{self, Answered, FreshStates, PublishedStates, PublishedViews, SeamRow};
 
+/// The coarsest bucket of a rollup: a thousand years (of 365.25 days). Every bucket of a time
+/// Tandem accepts then ends at a time that can be written.
+pub const MAX_GRANULARITY: Span = Span::from_millis(1_000 * 31_557_600_000);
+
 /// How coarse a rollup is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Granularity {
@@ -43,6 +47,8 @@ pub enum Granularity {
 impl Granularity {
     /// Parses `all` or a span (`1h`) for `view`, which must have tumbling windows that the span
     /// is a multiple of. The error says why not.
+    /// `all`, or a span that is a multiple of the view's windows and at most
+    /// [`MAX_GRANULARITY`].
     pub fn parse(text: &str, view: &ViewDefinition) -> Result<Self, String> {
         let WindowSpec::Tumbling { size } = view.window else {
             return Err(format!(
@@ -55,6 +61,12 @@ impl Granularity {
             return Ok(Self::All);
         }
         let span = Span::parse_positive(text).map_err(|e| e.to_string())?;
+        if span > MAX_GRANULARITY {
+            return Err(format!(
+                "`{text}` is longer than {MAX_GRANULARITY}: a bucket must end at a time that can \
+                 be written; use `all` for one bucket"
+            ));
+        }
         if span.millis() % size.millis() != 0 {
             return Err(format!(
                 "`{text}` is not a multiple of the view's {size} windows"

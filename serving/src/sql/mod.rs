@@ -9,6 +9,11 @@
 //!
 //! Every query gets its own session: a table reads the current publication and archive
 //! snapshot when it is scanned, so there is nothing to keep in sync between queries.
+//!
+//! Every query, whichever door it came through, runs on the SQL runtime ([`runtime`]): its own
+//! threads, a bounded number of queries at once, and a timeout that stops CPU-bound plans. Its
+//! memory is one pool: operators reserve from it, scalar functions that build large values are
+//! admitted against it ([`values`]), and so are the collected answer and its rendering.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,8 +22,10 @@ use std::time::Duration;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -36,7 +43,11 @@ use tandem_shared::time::{EventTime, Span};
 use crate::seam::FreshViews;
 
 pub mod render;
+pub mod runtime;
+mod values;
 pub(crate) mod views;
+
+pub use runtime::{Refusal, SqlRuntime, SqlRuntimeLimits};
 
 pub use views::{Fresh, ViewTable};
 
@@ -49,6 +60,8 @@ pub struct SqlLimits {
     pub memory_bytes: usize,
     /// A result with more rows is refused (413): add a `LIMIT` or aggregate.
     pub max_rows: usize,
+    /// Queries at once, and the runtime they run on.
+    pub runtime: SqlRuntimeLimits,
 }
 
 impl Default for SqlLimits {
@@ -57,6 +70,7 @@ impl Default for SqlLimits {
             timeout: Duration::from_secs(30),
             memory_bytes: 256 << 20,
             max_rows: 100_000,
+            runtime: SqlRuntimeLimits::default(),
         }
     }
 }
@@ -93,6 +107,9 @@ pub enum Error {
     TooManyRows(usize),
     #[error("the query failed: {0}")]
     Execution(String),
+    /// Transient: every query slot is taken.
+    #[error("{0} (http.max_concurrent_queries)")]
+    Busy(Refusal),
     /// Reading the store failed, or a table could not be prepared.
     #[error("{0}")]
     Internal(String),
@@ -102,6 +119,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Internal(_) => ErrorKind::Internal,
+            Error::Busy(_) => ErrorKind::Transient,
             _ => ErrorKind::User,
         }
     }
@@ -139,6 +157,11 @@ fn position_of(error: &DataFusionError) -> Option<Position> {
 /// Sorts a DataFusion error by whose problem it is.
 fn classify(error: DataFusionError, limits: &SqlLimits) -> Error {
     let position = position_of(&error);
+    if let DataFusionError::External(e) = error.find_root()
+        && e.downcast_ref::<runtime::PastDeadline>().is_some()
+    {
+        return Error::Timeout(limits.timeout);
+    }
     match error.find_root() {
         DataFusionError::SQL(parser, _) => Error::Syntax {
             message: match parser.as_ref() {
@@ -207,6 +230,8 @@ pub struct SqlEngine {
     /// Parquet footers, file statistics and file listings, shared by every query's session:
     /// archive files are immutable, so what one query read about a file holds for the next.
     caches: CacheManagerConfig,
+    /// Where queries run.
+    runtime: SqlRuntime,
 }
 
 impl std::fmt::Debug for SqlEngine {
@@ -258,6 +283,7 @@ impl SqlEngine {
             limits,
             idle_timeout: Span::from_millis(30_000),
             caches: shared_caches().map_err(|e| Error::Internal(e.strip_backtrace()))?,
+            runtime: SqlRuntime::new(limits.runtime).map_err(|e| Error::Internal(e.to_string()))?,
         })
     }
 
@@ -285,7 +311,7 @@ impl SqlEngine {
         &self.schema
     }
 
-    fn session(&self) -> Result<SessionContext, DataFusionError> {
+    fn session(&self, deadline: std::time::Instant) -> Result<SessionContext, DataFusionError> {
         // No spilling: a query that needs more than its pool fails (413) rather than writing
         // temporary files from the serving process.
         let runtime = RuntimeEnvBuilder::new()
@@ -300,7 +326,14 @@ impl SqlEngine {
         let config = SessionConfig::new()
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
             .with_information_schema(true);
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(runtime::StoppablePlans { deadline }))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        values::bound_values(&ctx)?;
         tables::register_store(&ctx, &self.store)?;
         ctx.register_table(
             EVENTS_TABLE,
@@ -330,57 +363,122 @@ impl SqlEngine {
         Ok(ctx)
     }
 
-    /// Plans, checks and runs one query (see the module docs).
+    /// Plans, checks and runs one query on the SQL runtime (see the module docs): its rows, for
+    /// callers that use them here (rollups, the shell). The rows were counted against the
+    /// query's pool while they were collected.
     pub async fn query(&self, sql: &str) -> Result<SqlAnswer, Error> {
-        let limits = self.limits;
-        let run = async {
-            let ctx = self
-                .session()
-                .map_err(|e| Error::Internal(e.strip_backtrace()))?;
-            let plan = ctx
-                .state()
-                .create_logical_plan(sql)
-                .await
+        let engine = self.clone();
+        let sql = sql.to_owned();
+        let deadline = std::time::Instant::now() + self.limits.timeout;
+        self.on_runtime(async move {
+            let (answer, _reservation) = engine.collect(&sql, deadline).await?;
+            Ok(answer)
+        })
+        .await
+    }
+
+    /// Runs one query and renders its answer in `format`, on the SQL runtime: the rendered
+    /// bytes count against the query's pool as they grow, and each batch is released once it
+    /// is written.
+    pub async fn render(&self, sql: &str, format: render::Format) -> Result<Vec<u8>, Error> {
+        let engine = self.clone();
+        let sql = sql.to_owned();
+        let deadline = std::time::Instant::now() + self.limits.timeout;
+        self.on_runtime(async move {
+            let (answer, reservation) = engine.collect(&sql, deadline).await?;
+            let limits = engine.limits;
+            let failed = |e: datafusion::arrow::error::ArrowError| {
+                Error::Internal(format!("rendering the answer: {e}"))
+            };
+            let mut writer =
+                render::Writer::new(format, Arc::clone(&answer.schema)).map_err(failed)?;
+            let mut counted = writer.len();
+            reservation
+                .try_grow(counted)
                 .map_err(|e| classify(e, &limits))?;
-            let read_only = SQLOptions::new()
-                .with_allow_ddl(false)
-                .with_allow_dml(false)
-                .with_allow_statements(false);
-            if read_only.verify_plan(&plan).is_err() {
-                return Err(Error::ReadOnly(refused(&plan)));
-            }
-            // EXPLAIN [ANALYZE] must stay the plan's root; it answers a few rows anyway.
-            let explains = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
-            let mut frame = ctx
-                .execute_logical_plan(plan)
-                .await
-                .map_err(|e| classify(e, &limits))?;
-            if !explains {
-                // One row past the cap is enough to know the cap is exceeded.
-                frame = frame
-                    .limit(0, Some(limits.max_rows.saturating_add(1)))
+            for batch in answer.batches {
+                writer.write(&batch).map_err(failed)?;
+                let written = writer.len();
+                reservation
+                    .try_grow(written.saturating_sub(counted))
                     .map_err(|e| classify(e, &limits))?;
+                counted = written;
+                reservation.shrink(batch.get_array_memory_size().min(reservation.size()));
             }
-            let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-            let mut stream = frame
-                .execute_stream()
-                .await
-                .map_err(|e| classify(e, &limits))?;
-            let mut batches = Vec::new();
-            let mut rows = 0usize;
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| classify(e, &limits))?;
-                rows += batch.num_rows();
-                if rows > limits.max_rows {
-                    return Err(Error::TooManyRows(limits.max_rows));
-                }
-                batches.push(batch);
-            }
-            Ok(SqlAnswer { schema, batches })
-        };
-        tokio::time::timeout(limits.timeout, run)
+            writer.finish().map_err(failed)
+        })
+        .await
+    }
+
+    /// Runs `work` on the SQL runtime within the query timeout.
+    async fn on_runtime<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+    ) -> Result<T, Error> {
+        match self.runtime.run(self.limits.timeout, work).await {
+            Ok(answer) => answer,
+            Err(Refusal::TimedOut(d)) => Err(Error::Timeout(d)),
+            Err(refusal @ Refusal::Busy { .. }) => Err(Error::Busy(refusal)),
+            Err(other) => Err(Error::Internal(other.to_string())),
+        }
+    }
+
+    /// Plans, checks and runs one query, collecting its batches under a reservation of the
+    /// query's memory pool (see the module docs). Runs on the SQL runtime.
+    async fn collect(
+        &self,
+        sql: &str,
+        deadline: std::time::Instant,
+    ) -> Result<(SqlAnswer, MemoryReservation), Error> {
+        let limits = self.limits;
+        let ctx = self
+            .session(deadline)
+            .map_err(|e| Error::Internal(e.strip_backtrace()))?;
+        let plan = ctx
+            .state()
+            .create_logical_plan(sql)
             .await
-            .map_err(|_| Error::Timeout(limits.timeout))?
+            .map_err(|e| classify(e, &limits))?;
+        let read_only = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        if read_only.verify_plan(&plan).is_err() {
+            return Err(Error::ReadOnly(refused(&plan)));
+        }
+        // EXPLAIN [ANALYZE] must stay the plan's root; it answers a few rows anyway.
+        let explains = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
+        let mut frame = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| classify(e, &limits))?;
+        if !explains {
+            // One row past the cap is enough to know the cap is exceeded.
+            frame = frame
+                .limit(0, Some(limits.max_rows.saturating_add(1)))
+                .map_err(|e| classify(e, &limits))?;
+        }
+        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let reservation =
+            MemoryConsumer::new("the answer").register(&ctx.runtime_env().memory_pool);
+        let mut stream = frame
+            .execute_stream()
+            .await
+            .map_err(|e| classify(e, &limits))?;
+        let mut batches = Vec::new();
+        let mut rows = 0usize;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| classify(e, &limits))?;
+            rows += batch.num_rows();
+            if rows > limits.max_rows {
+                return Err(Error::TooManyRows(limits.max_rows));
+            }
+            reservation
+                .try_grow(batch.get_array_memory_size())
+                .map_err(|e| classify(e, &limits))?;
+            batches.push(batch);
+        }
+        Ok((SqlAnswer { schema, batches }, reservation))
     }
 }
 

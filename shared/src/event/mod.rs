@@ -13,8 +13,7 @@
 //! of it is appended to column builders, so a bad event never leaves a half-written row behind.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use arrow_schema::SchemaRef;
 use prost_reflect::MessageDescriptor;
@@ -28,6 +27,7 @@ mod format;
 mod json;
 mod paths;
 mod protobuf;
+mod schemas;
 mod wire;
 
 pub use batch::EventBatchBuilder;
@@ -188,7 +188,7 @@ pub enum Read<'a> {
 }
 
 /// Compiled writer schemas by registry id.
-type Plans<T> = RwLock<HashMap<SchemaId, Result<Arc<T>, DecodeError>>>;
+type Plans<T> = schemas::SchemaCache<T>;
 
 #[derive(Debug)]
 enum Codec {
@@ -245,10 +245,10 @@ impl EventDecoder {
                     format: format.payload,
                 });
             }
-            PayloadFormat::Avro => Codec::Avro(RwLock::default()),
+            PayloadFormat::Avro => Codec::Avro(Plans::default()),
             PayloadFormat::Protobuf if format.registry => Codec::ProtobufRegistry {
                 message: format.message.clone(),
-                plans: RwLock::default(),
+                plans: Plans::default(),
             },
             PayloadFormat::Protobuf => {
                 let (Some(path), Some(message)) = (&format.proto_file, &format.message) else {
@@ -354,49 +354,48 @@ impl EventDecoder {
             detail: format!("schema id {id} is a {got:?} schema, the topic is read as {want:?}"),
         };
         match &self.codec {
-            Codec::Avro(plans) => {
-                let plan = match answer {
-                    Err(detail) => Err(DecodeError::UnknownSchema { id, detail }),
-                    Ok(s) if s.schema_type != SchemaType::Avro => {
+            Codec::Avro(plans) => match answer {
+                Err(detail) => plans.missing(
+                    id,
+                    DecodeError::UnknownSchema { id, detail },
+                    std::time::Instant::now(),
+                ),
+                Ok(s) => plans.learn(
+                    id,
+                    if s.schema_type != SchemaType::Avro {
                         Err(wrong_kind(SchemaType::Avro, s.schema_type))
-                    }
-                    Ok(s) => avro::Plan::compile(&s.text, &self.layout.root).map(Arc::new),
-                };
-                remember(plans, id, plan);
-            }
-            Codec::ProtobufRegistry { message, plans } => {
-                let plan = match answer {
-                    Err(detail) => Err(DecodeError::UnknownSchema { id, detail }),
-                    Ok(s) if s.schema_type != SchemaType::Protobuf => {
+                    } else {
+                        avro::Plan::compile(&s.text, &self.layout.root).map(Arc::new)
+                    },
+                ),
+            },
+            Codec::ProtobufRegistry { message, plans } => match answer {
+                Err(detail) => plans.missing(
+                    id,
+                    DecodeError::UnknownSchema { id, detail },
+                    std::time::Instant::now(),
+                ),
+                Ok(s) => plans.learn(
+                    id,
+                    if s.schema_type != SchemaType::Protobuf {
                         Err(wrong_kind(SchemaType::Protobuf, s.schema_type))
-                    }
-                    Ok(s) => protobuf::SchemaPlans::compile(
-                        &s.text,
-                        &self.layout.root,
-                        message.as_deref(),
-                    )
-                    .map(Arc::new),
-                };
-                remember(plans, id, plan);
-            }
+                    } else {
+                        protobuf::SchemaPlans::compile(
+                            &s.text,
+                            &self.layout.root,
+                            message.as_deref(),
+                        )
+                        .map(Arc::new)
+                    },
+                ),
+            },
             Codec::Json | Codec::ProtobufLocal(_) => {}
         }
     }
 }
 
 fn known<T>(plans: &Plans<T>, id: SchemaId) -> Option<Result<Arc<T>, DecodeError>> {
-    plans
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&id)
-        .cloned()
-}
-
-fn remember<T>(plans: &Plans<T>, id: SchemaId, plan: Result<Arc<T>, DecodeError>) {
-    plans
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id, plan);
+    plans.get(id, std::time::Instant::now)
 }
 
 #[cfg(test)]
