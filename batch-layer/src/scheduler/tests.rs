@@ -270,3 +270,80 @@ async fn scheduled_runs_recompute_dirty_and_new_windows_only() {
     assert!(again.views.iter().all(|v| v.covered.is_none()), "{again:?}");
     stop.cancel();
 }
+
+/// A job whose exact percentile (every value held) needs more than `batch.memory` fails cleanly
+/// (retried as transient, nothing published) instead of growing the process; with room it
+/// succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_memory_pool_fails_cleanly_and_publishes_nothing() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    // 200,000 quantities in one minute.
+    let events: Vec<(i64, i64)> = (0..200_000).map(|i| (BASE + i % 50_000, i)).collect();
+    archive(&store, &events, 0).await;
+    archive(&store, &[(BASE + 10 * M, 1)], 200_000).await;
+    let distinct = testing::view(
+        &schema(),
+        "sales",
+        testing::tumbling("1m"),
+        &[],
+        None,
+        &["percentile(qty, 0.5) AS median"],
+    );
+    let run = |memory: usize| {
+        let store = Arc::clone(&store);
+        let distinct = distinct.clone();
+        async move {
+            let catalog = Arc::new(ViewCatalog::new(Arc::clone(&store), [distinct]));
+            let recompute = Arc::new(
+                Recompute::new(
+                    Arc::clone(&store),
+                    schema(),
+                    "orders",
+                    Span::from_millis(60_000),
+                    Arc::clone(&catalog),
+                    Arc::new(SystemClock),
+                )
+                .with_memory(memory),
+            );
+            let config = SchedulerConfig {
+                retry_backoff: Duration::from_millis(10),
+                max_attempts: 2,
+                ..Default::default()
+            };
+            let s = Scheduler::new(recompute, config).unwrap();
+            let cancel = CancellationToken::new();
+            tokio::spawn(s.clone().run(cancel.clone()));
+            let job = s.submit(request(Trigger::Request)).unwrap();
+            let done = wait_finished(&s, &job.id).await;
+            cancel.cancel();
+            (done, catalog)
+        }
+    };
+    let (done, catalog) = run(256 << 10).await;
+    assert_eq!(done.status, JobStatus::Failed, "{done:?}");
+    assert_eq!(done.error_kind, Some(ErrorKind::Transient), "{done:?}");
+    assert_eq!(done.attempts, 2, "retried, as memory may free up");
+    assert!(
+        done.error
+            .as_deref()
+            .is_some_and(|e| e.contains("esources")),
+        "{done:?}"
+    );
+    assert_eq!(catalog.get("sales").unwrap().seq, None, "nothing published");
+    let (done, catalog) = run(256 << 20).await;
+    assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
+    let rows = catalog
+        .current_rows(
+            "sales",
+            StartRange::new(EventTime(BASE), EventTime(BASE + M)),
+        )
+        .await
+        .unwrap();
+    // The exact median of 0..200,000.
+    assert_eq!(rows.len(), 1);
+    assert!(
+        matches!(rows[0].values[0], AggregateValue::Float(m) if (m - 99_999.5).abs() < 1e-9),
+        "{:?}",
+        rows[0].values
+    );
+}

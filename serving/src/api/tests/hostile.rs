@@ -238,3 +238,54 @@ async fn a_page_reads_what_it_answers_not_the_whole_range() {
         "a 10-row page read {page_bytes} bytes of {all_bytes}"
     );
 }
+
+/// A job request forwarded by another process of the cluster carries a signature made with the
+/// cluster token, not the user's token: the receiver allows what the named token may do, and
+/// refuses a request without it, with a wrong one, or naming a token of too small a scope.
+#[tokio::test]
+async fn forwarded_requests_are_signed_not_carrying_the_users_token() {
+    use crate::access::{ForwardKey, Scope, Token};
+    let key = ForwardKey::new("cluster-secret");
+    let policy = HttpPolicy {
+        access: Access::with_tokens(vec![
+            Token::from_secret("dashboards", Scope::Read, "r-token").unwrap(),
+            Token::from_secret("ops", Scope::Admin, "a-token").unwrap(),
+        ]),
+        limits: HttpLimits::default(),
+        loopback_only: false,
+        forward_key: Some(key.clone()),
+    };
+    let app = router(state(Readiness::default()).0, &policy);
+    let now = chrono::Utc::now().timestamp_millis();
+    let forwarded = |signature: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/v1/jobs")
+            .header("x-tandem-forwarded", signature)
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    let signed = key.sign("POST", "/v1/jobs", now, Some("ops"), b"{}");
+    let (status, _, body) = send(&app, forwarded(&signed)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let read_only = key.sign("POST", "/v1/jobs", now, Some("dashboards"), b"{}");
+    assert_eq!(
+        send(&app, forwarded(&read_only)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let other =
+        ForwardKey::new("another-cluster").sign("POST", "/v1/jobs", now, Some("ops"), b"{}");
+    assert_eq!(
+        send(&app, forwarded(&other)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Signed for another body: refused.
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/jobs")
+        .header("x-tandem-forwarded", &signed)
+        .body(Body::from("{\"view\": \"orders_by_city\"}"))
+        .unwrap();
+    assert_eq!(send(&app, request).await.0, StatusCode::UNAUTHORIZED);
+}
