@@ -83,6 +83,8 @@ def probe_cpu():
     cross = ("SELECT count(*) FROM generate_series(1,200000) a CROSS JOIN "
              "generate_series(1,200000) b WHERE (a.value*b.value)%7=3")
     results = []
+    events0, checkpoints0, started = (metric("tandem_speed_events_total"),
+                                      metric("tandem_checkpoints_total"), time.monotonic())
     threads = [threading.Thread(target=lambda: results.append(sql(cross))) for _ in range(4)]
     for t in threads:
         t.start()
@@ -93,6 +95,10 @@ def probe_cpu():
         time.sleep(0.1)
     for t in threads:
         t.join()
+    elapsed = time.monotonic() - started
+    print(f"cpu: meanwhile the speed layer consumed "
+          f"{(metric('tandem_speed_events_total') - events0) / elapsed:.0f} events/s and wrote "
+          f"{metric('tandem_checkpoints_total') - checkpoints0:.0f} checkpoints in {elapsed:.1f} s")
     for status, body, took in results:
         print(f"cpu: cross join -> {status} in {took:.1f} s: {body[:120].decode(errors='replace')}")
     print(f"cpu: /healthz during: n={len(health)} p50={statistics.median(health)*1000:.1f} ms "

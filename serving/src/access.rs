@@ -198,6 +198,8 @@ impl Access {
 impl Access {
     /// Decides a request that another Tandem process forwarded, authorized there by the token
     /// named `token` (see [`ForwardKey`]): allowed if that token's scope allows the route here.
+    /// A signed request naming no token is the cluster's own (a serving process asking a
+    /// worker for its partials): it may read, as the cluster token may.
     pub fn decide_as(
         &self,
         method: &Method,
@@ -210,7 +212,13 @@ impl Access {
         let Some(needed) = Self::needed(method, path) else {
             return Ok(None);
         };
-        let name = token.ok_or(Denied::Missing)?;
+        let Some(name) = token else {
+            return if needed == Scope::Read {
+                Ok(None)
+            } else {
+                Err(Denied::Missing)
+            };
+        };
         let token = self
             .tokens
             .iter()
@@ -687,6 +695,11 @@ mod tests {
         assert_eq!(
             access.decide_as(&Method::POST, "/v1/jobs", None),
             Err(Denied::Missing)
+        );
+        // The cluster's own request (no token named) may read.
+        assert_eq!(
+            access.decide_as(&Method::GET, "/v1/internal/partials/v", None),
+            Ok(None)
         );
     }
 

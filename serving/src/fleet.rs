@@ -76,7 +76,8 @@ pub struct FleetSettings {
     /// Rounds of asking again for unanswered partitions, and the pause between them.
     pub rounds: usize,
     pub pause: Duration,
-    /// Sent as `Authorization: Bearer …` to the workers, when their API has tokens.
+    /// The cluster token: requests to the workers are signed with it when their API has
+    /// tokens (never sent itself: the workers' addresses come from the store).
     pub token: Option<String>,
 }
 
@@ -297,19 +298,25 @@ impl Fleet {
                 .unwrap_or_default());
         }
         let address = member.address.trim_end_matches('/');
-        let url = format!("{address}/v1/internal/partials/{view}");
         let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
+        let target = format!(
+            "/v1/internal/partials/{view}?from={}&to={}&partitions={}",
+            range.from.millis(),
+            range.to.millis(),
+            list.join(",")
+        );
         let mut request = self
             .client
-            .get(&url)
-            .query(&[
-                ("from", range.from.millis().to_string()),
-                ("to", range.to.millis().to_string()),
-                ("partitions", list.join(",")),
-            ])
+            .get(format!("{address}{target}"))
             .timeout(self.settings.timeout);
+        // The address comes from the store: the request is signed with the cluster token
+        // rather than carrying it (see `access::ForwardKey`).
         if let Some(token) = &self.settings.token {
-            request = request.bearer_auth(token);
+            // The wall clock, as the receiver checks it (not this fleet's injected clock).
+            let now_ms = tandem_shared::clock::SystemClock.now().millis();
+            let signature =
+                crate::access::ForwardKey::new(token).sign("GET", &target, now_ms, None, b"");
+            request = request.header(crate::access::FORWARDED, signature);
         }
         let at = |source| Error::Request {
             address: address.to_owned(),

@@ -213,8 +213,11 @@ mod tests {
     fn opens_local_and_memory_stores_and_rejects_unknown_schemes() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}/nested", dir.path().display());
-        open(&StorageSettings::at(url)).unwrap();
+        let local = open(&StorageSettings::at(url)).unwrap();
         assert!(dir.path().join("nested").is_dir());
+        // A local store syncs every write before it returns (a torn manifest after a power
+        // loss otherwise): it is the durable wrapper.
+        assert!(local.to_string().starts_with("Durable("), "{local}");
         open(&StorageSettings::at("memory://")).unwrap();
         let err = open(&StorageSettings::at("gopher://x"))
             .unwrap_err()

@@ -164,6 +164,7 @@ enum StreamEventKind {
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = StreamEvent),
         (status = 400, description = "A bad parameter", body = super::error::ErrorBody),
         (status = 404, description = "No such view", body = super::error::ErrorBody),
+        (status = 503, description = "`http.max_streams` streams are open: retry later", body = super::error::ErrorBody),
     ))]
 pub(super) async fn stream_view(
     State(state): State<AppState>,

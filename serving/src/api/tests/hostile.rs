@@ -289,3 +289,37 @@ async fn forwarded_requests_are_signed_not_carrying_the_users_token() {
         .unwrap();
     assert_eq!(send(&app, request).await.0, StatusCode::UNAUTHORIZED);
 }
+
+/// A serving process's request for a worker's partials, as the fleet sends it over a socket
+/// (reqwest, the target written out by hand): signed with the cluster key, it is read;
+/// with the token itself absent and no signature it is refused.
+#[tokio::test]
+async fn a_signed_partials_request_is_read_over_a_socket() {
+    use crate::access::{FORWARDED, ForwardKey, Scope, Token};
+    let key = ForwardKey::new("cluster-secret");
+    let policy = HttpPolicy {
+        access: Access::with_tokens(vec![
+            Token::from_secret("cluster", Scope::Read, "cluster-secret").unwrap(),
+        ]),
+        limits: HttpLimits::default(),
+        loopback_only: false,
+        forward_key: Some(key.clone()),
+    };
+    let app = router(state(Readiness::default()).0, &policy);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let target = "/v1/internal/partials/orders_by_city?from=0&to=60000&partitions=0,1";
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}{target}");
+    let refused = client.get(&url).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let now = chrono::Utc::now().timestamp_millis();
+    let signed = client
+        .get(&url)
+        .header(FORWARDED, key.sign("GET", target, now, None, b""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status().as_u16(), 200, "{:?}", signed.text().await);
+}
