@@ -493,23 +493,31 @@ where
 }
 
 /// Submits a job (`POST /v1/jobs` with `body`), checks it is accepted (202) and queued, and waits
-/// up to `timeout` for it to succeed; returns its record.
+/// up to `timeout` for it to succeed; returns its record. A 503 (no scheduler while the lease
+/// moves, a full queue) is retried within `timeout`, as the API asks of a client.
 pub async fn run_job(
     client: &reqwest::Client,
     server: &TestServer,
     body: serde_json::Value,
     timeout: Duration,
 ) -> anyhow::Result<serde_json::Value> {
-    let resp = client
-        .post(server.url("/v1/jobs"))
-        .json(&body)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        resp.status().as_u16() == 202,
-        "POST /v1/jobs: {}",
-        resp.status()
-    );
+    let deadline = std::time::Instant::now() + timeout;
+    let resp = loop {
+        let resp = client
+            .post(server.url("/v1/jobs"))
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        if status.as_u16() == 202 {
+            break resp;
+        }
+        let text = resp.text().await.unwrap_or_default();
+        if status.as_u16() != 503 || std::time::Instant::now() > deadline {
+            bail!("POST /v1/jobs: {status}: {text}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let job: serde_json::Value = resp.json().await?;
     anyhow::ensure!(job["status"] == "queued", "new job: {job}");
     let id = job["id"].as_str().context("job id")?.to_owned();

@@ -36,11 +36,12 @@ pub struct SqlRuntimeLimits {
 
 impl Default for SqlRuntimeLimits {
     fn default() -> Self {
-        // One core is left to ingestion and serving on a small machine; the SQL threads also
-        // run at a lower priority (see `lower_priority`).
+        // A thread per core, so that a query alone uses the machine; they run at a lower
+        // priority (see `lower_priority`), so that ingestion, checkpoints and the HTTP runtime
+        // keep their share while queries run.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
-            threads: cores.saturating_sub(1).max(1),
+            threads: cores.max(1),
             max_concurrent: 4,
             max_waiting: 16,
         }
@@ -410,6 +411,30 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    /// The SQL threads run at a lower priority than the rest of the process (a positive nice
+    /// value, read from /proc as the scheduler sees it).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn queries_run_at_a_lower_priority() {
+        let nice = |stat: String| -> i64 {
+            // Fields after the command (in parentheses): the 17th of them is the nice value.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            rest.split_whitespace()
+                .nth(16)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        let runtime = SqlRuntime::new(limits(1, 0)).unwrap();
+        let inside = runtime
+            .run(Duration::from_secs(10), async {
+                std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default()
+            })
+            .await
+            .unwrap();
+        let outside = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+        assert!(nice(inside) > nice(outside));
     }
 
     #[tokio::test]
