@@ -655,6 +655,37 @@ async fn value_bombs_are_refused_before_they_are_built() {
     assert_eq!(strings(&answer, 1), ["a"]);
 }
 
+/// A value built from constants alone is folded into the plan, whose copies the pool never
+/// sees: it is capped at `MAX_CONSTANT_BYTES` however large the pool; the same value built from
+/// a column is bounded by the pool alone.
+#[tokio::test]
+async fn values_built_from_constants_alone_are_capped() {
+    let f = fixture(SqlLimits {
+        memory_bytes: 1 << 30,
+        ..SqlLimits::default()
+    })
+    .await;
+    let over = super::values::MAX_CONSTANT_BYTES + 1;
+    match f
+        .engine
+        .query(&format!("SELECT repeat('x', {over}) AS s"))
+        .await
+    {
+        Err(Error::Memory { message, .. }) => {
+            assert!(message.contains("constant"), "{message}")
+        }
+        other => panic!("{:?}", other.map(|a| a.batches.len())),
+    }
+    let answer = f
+        .engine
+        .query(&format!(
+            "SELECT length(repeat('x', v)) AS n FROM (VALUES ({over})) t(v)"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ints(&answer, 0), [i64::try_from(over).unwrap()]);
+}
+
 /// The collected answer and its rendering count against the pool: an answer of many small
 /// rows that no operator holds at once is refused rather than grown past the pool.
 #[tokio::test]

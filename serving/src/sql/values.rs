@@ -4,8 +4,8 @@
 //! ```text
 //!  repeat, lpad, rpad, concat, concat_ws, replace, regexp_replace, `||`
 //!      ─► bound on the batch's answer, from the arguments' lengths (pure: `Growth::bound`)
-//!      ─► the query's memory pool must have that much free ─► the function runs
-//!                                                        └─► ResourcesExhausted (413)
+//!      ─► the function's reservation in the query's memory pool resized to it
+//!           ─► the function runs   └─► no room: ResourcesExhausted (413)
 //! ```
 //!
 //! DataFusion reserves memory for operators (joins, sorts, aggregates), not for the values a
@@ -13,6 +13,10 @@
 //! a chain of `s || s` doubles a value per step. The other scalar functions answer in at most a
 //! small constant times their arguments' size (`upper`, `translate`, `to_hex`, `overlay`), which
 //! the operators and the answer's own accounting already bound.
+//!
+//! A value built from constants alone (every argument a literal) is folded into the plan while
+//! it is optimized, and the plan is copied many times over: a 100 MB literal took 900 MB of
+//! memory the pool never saw. So such a value may be at most [`MAX_CONSTANT_BYTES`].
 //!
 //! Each session registers its own wrapped functions, holding that session's pool. The bound is
 //! an upper bound (a character counted at four bytes unless every byte is ASCII, say): a query
@@ -55,6 +59,9 @@ pub(super) enum Growth {
     /// replaced by the replacement with every `$n` as long as `s`.
     RegexpReplace,
 }
+
+/// The largest value a function may build from constant arguments alone (see the module docs).
+pub(super) const MAX_CONSTANT_BYTES: u64 = 1 << 20;
 
 /// The functions wrapped, by name.
 const WRAPPED: [(&str, Growth); 7] = [
@@ -328,13 +335,27 @@ impl Hash for Bounded {
     }
 }
 
-/// Refuses `bytes` unless the pool has them free now.
-fn admit(reservation: &Mutex<MemoryReservation>, name: &str, bytes: u64) -> Result<()> {
+/// Holds `bytes` of the pool for this function's answer, refusing them unless the pool has
+/// room. A function keeps the reservation of its latest answer (until its next call, or the end
+/// of the query): the intermediate values of one expression are alive together, so each counts
+/// while the next is built (`repeat(..) || ..` cannot build its concatenation in room its
+/// argument already takes).
+fn admit(
+    reservation: &Mutex<MemoryReservation>,
+    name: &str,
+    args: &[ColumnarValue],
+    bytes: u64,
+) -> Result<()> {
+    let constant = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+    if constant && bytes > MAX_CONSTANT_BYTES {
+        return Err(DataFusionError::ResourcesExhausted(format!(
+            "{name} would build a constant of up to {bytes} bytes; values built from constants \
+             alone are limited to {MAX_CONSTANT_BYTES} bytes"
+        )));
+    }
     let reservation = reservation.lock().unwrap_or_else(|e| e.into_inner());
     let wanted = usize::try_from(bytes).unwrap_or(usize::MAX);
-    let admitted = reservation.try_grow(wanted);
-    reservation.free();
-    admitted.map_err(|_| {
+    reservation.try_resize(wanted).map_err(|_| {
         DataFusionError::ResourcesExhausted(format!(
             "{name} would build values of up to {bytes} bytes in one batch, more than the query's memory pool has free"
         ))
@@ -393,6 +414,7 @@ impl ScalarUDFImpl for Bounded {
         admit(
             &self.reservation,
             self.name(),
+            &args.args,
             self.growth.bound(&args.args, args.number_rows),
         )?;
         self.inner.invoke_with_args(args)
@@ -451,6 +473,7 @@ impl ScalarUDFImpl for ConcatOperator {
         admit(
             &self.reservation,
             "||",
+            &args.args,
             Growth::Concat.bound(&args.args, rows),
         )?;
         let [left, right] = args.args.as_slice() else {
