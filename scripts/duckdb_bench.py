@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""DuckDB side of `tandem bench batch`.
+"""DuckDB side of `tandem-bench batch`.
 
 Reads a JSON list of {"view", "sql"} from the file named by the first argument, runs each query
 once to warm the file cache and the planner, then RUNS times more, and prints a JSON list of

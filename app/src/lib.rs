@@ -1,5 +1,5 @@
 //! The `tandem` binary's library: configuration, wiring, the process lifecycle and the tooling
-//! around it (embedded broker, demo generator, benchmarks).
+//! around it (embedded broker, demo generator). The benchmarks are the `tandem-bench` crate.
 //!
 //! ```text
 //!  tandem.toml ──► config (parse, validate) ──► wiring (each layer's settings)
@@ -10,7 +10,6 @@
 //!   ballista ───► ballista_cluster: Ballista scheduler / executor with Tandem's store, functions
 //!   batch run ──► batch_run: one recompute with a progress bar, no Kafka
 //!   sql ────────► sql: one read-only query against the store (the serving layer's engine)
-//!   bench ──────► bench::speed (embedded broker in a child process), bench::batch (vs DuckDB)
 //! ```
 //!
 //! - [`config`]: the TOML contract and its validation.
@@ -25,11 +24,9 @@
 //! - [`ballista_cluster`]: `tandem ballista scheduler|executor` (a remote recompute cluster).
 //! - [`sql`]: `tandem sql`.
 //! - [`dev`]: `tandem dev` and `tandem broker` (the embedded broker, the demo generator).
-//! - [`bench`]: `tandem bench speed` and `tandem bench batch`.
 
 pub mod ballista_cluster;
 pub mod batch_run;
-pub mod bench;
 pub mod config;
 pub mod dev;
 pub mod outputs;

@@ -88,7 +88,7 @@ mod tests {
         let t0 = 1_790_000_000_000i64;
         for i in 0..40i64 {
             let city = cities[(i % 4) as usize];
-            let json = crate::bench::order_json(
+            let json = tandem_shared::testing::orders::order_json(
                 i as u64,
                 t0 + i * 1_000,
                 city,

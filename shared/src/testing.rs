@@ -2,6 +2,8 @@
 //! definitions and batches of decoded events, built through the same constructors and decoder
 //! the product uses, so a fixture can never be a shape the product would reject.
 
+pub mod orders;
+
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;

@@ -38,8 +38,8 @@
 //! - `ingest`: the consume loop on a dedicated thread, rebalance handling, backpressure.
 //! - `micro_batch`: a micro-batch applied, expressions evaluated once for all its partitions.
 //! - `pacing`: which partition the consume loop checkpoints when (a round spread over time).
-//! - [`replay`]: the consume loop's work after librdkafka, fed without Kafka (benchmarks and
-//!   instruction counts).
+//! - `replay` (feature `bench`): the consume loop's work after librdkafka, fed without Kafka
+//!   (benchmarks and instruction counts).
 //! - `dead_letter`: the dead-letter and late-events producers.
 //!
 //! # Invariants
@@ -61,6 +61,7 @@ mod micro_batch;
 mod pacing;
 pub mod partials;
 pub mod program;
+#[cfg(any(test, feature = "bench"))]
 pub mod replay;
 pub mod state;
 pub mod watermark;

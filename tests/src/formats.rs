@@ -45,13 +45,10 @@ pub struct Order {
     pub tier: Option<&'static str>,
 }
 
-/// The Confluent wire format: a zero byte, the schema id (big-endian), the body.
+/// The Confluent wire format: a zero byte, the schema id (big-endian), the body (Protobuf
+/// message indexes, if any, at the start of `body`).
 pub fn framed(id: u32, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(0);
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(body);
-    out
+    tandem_shared::testing::orders::confluent_framed(id, &[], body)
 }
 
 /// `fields` as an Avro datum of `schema`, framed with `id`.

@@ -1,4 +1,4 @@
-//! The SQL part of `tandem bench batch`: a rollup over a day of published one-minute windows,
+//! The SQL part of `tandem-bench batch`: a rollup over a day of published one-minute windows,
 //! and five archive queries in the style of ClickBench's (filters, group-bys, distinct, top-N)
 //! through Tandem's `events` table, next to DuckDB over the same Parquet files.
 
@@ -16,7 +16,7 @@ use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::ViewDefinition;
 use tandem_speed_layer::state::Partial;
 
-use crate::config::Config;
+use tandem::config::Config;
 
 /// Runs of each query; the median is reported.
 const RUNS: usize = 5;

@@ -2,15 +2,15 @@
 //! repeats where CPU time moves by 2× on a shared machine.
 //!
 //! ```text
-//!  tandem bench speed-core --profile P --events N      (generates payloads, then `measured`)
+//!  tandem-bench speed-core --profile P --events N      (generates payloads, then `measured`)
 //!      measured: payloads ─► speed_layer::replay, micro-batches of --batch (8,000) over --partitions (8)
-//!  valgrind --tool=callgrind --toggle-collect='*instructions::measured*' tandem bench speed-core
+//!  valgrind --tool=callgrind --toggle-collect='*instructions::measured*' tandem-bench speed-core
 //!      ─► instructions inside `measured` only (generation and set-up are not counted)
 //! ```
 //!
 //! The work counted is the consume thread's after librdkafka hands over a micro-batch: JSON
 //! decoding into Arrow, every view's filter and argument expressions, window assignment and
-//! state updates. librdkafka's fetching and the checkpoints are not in it (`tandem bench speed`
+//! state updates. librdkafka's fetching and the checkpoints are not in it (`tandem-bench speed`
 //! measures them in CPU time). `scripts/instructions` prints the same count broken down by
 //! function.
 
@@ -33,7 +33,7 @@ use super::profile::{Keying, Profile};
 /// Event times start at a fixed instant (a minute boundary), so every run sees the same events.
 const START: i64 = 1_795_255_200_000;
 
-/// Options of `tandem bench speed-core`.
+/// Options of `tandem-bench speed-core`.
 #[derive(Debug, Clone, Copy)]
 pub struct CoreBench {
     pub profile: Profile,
@@ -106,7 +106,7 @@ pub fn measured(
     total
 }
 
-/// `tandem bench speed-core`: runs [`measured`] once and prints what it did (the line
+/// `tandem-bench speed-core`: runs [`measured`] once and prints what it did (the line
 /// [`count`] reads).
 pub fn core(opts: CoreBench) -> anyhow::Result<()> {
     let config = opts.profile.config()?;
@@ -166,7 +166,7 @@ pub(super) fn valgrind_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Runs `tandem bench speed-core` under callgrind (8 partitions), counting only [`measured`];
+/// Runs `tandem-bench speed-core` under callgrind (8 partitions), counting only [`measured`];
 /// the profile is written to `out`.
 pub(super) fn count(
     profile: Profile,
@@ -181,7 +181,7 @@ pub(super) fn count(
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg("--toggle-collect=*instructions::measured*")
         .arg(&exe)
-        .args(["bench", "speed-core", "--profile", profile.name()])
+        .args(["speed-core", "--profile", profile.name()])
         .args(["--events", &events.to_string()])
         .args(["--event-rate", &event_rate.to_string()])
         .args(["--key", keying.name()])

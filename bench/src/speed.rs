@@ -1,4 +1,4 @@
-//! `tandem bench speed`: the speed layer's throughput and event-to-queryable latency.
+//! `tandem-bench speed`: the speed layer's throughput and event-to-queryable latency.
 //!
 //! Throughput: `--events N` events of the `--profile` (see [`super::profile`]), their times
 //! advancing at `--event-rate` and keyed as `--key` says (see [`super::producers`]), are produced
@@ -43,13 +43,14 @@ use tokio_util::sync::CancellationToken;
 use super::CITIES;
 use super::history::peak_rss_mib;
 use super::instructions;
-use super::payloads::{self, Encoder, Order};
+use super::payloads;
 use super::producers::{Keys, event_span_ms, order_values, producer_config, send, steady_load_of};
 use super::profile::{Keying, Profile};
-use crate::config::Config;
-use crate::{process, wiring};
+use tandem::config::Config;
+use tandem::{process, wiring};
+use tandem_shared::testing::orders::{Encoder, Order};
 
-/// Options of `tandem bench speed`.
+/// Options of `tandem-bench speed`.
 #[derive(Debug, Clone)]
 pub struct SpeedBench {
     pub profile: Profile,
@@ -190,7 +191,7 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
         "bench.late:1",
     ])?;
     println!(
-        "# tandem bench speed --profile {} --compression {} --event-rate {} --key {}: {} events on {partitions} partitions ({} runs), then {} events/s for {}s on {live_partitions} partitions",
+        "# tandem-bench speed --profile {} --compression {} --event-rate {} --key {}: {} events on {partitions} partitions ({} runs), then {} events/s for {}s on {live_partitions} partitions",
         opts.profile.name(),
         opts.compression,
         opts.event_rate,

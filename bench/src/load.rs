@@ -1,11 +1,11 @@
-//! `tandem bench load`: view queries under ingestion, and ingestion under view queries.
+//! `tandem-bench load`: view queries under ingestion, and ingestion under view queries.
 //!
 //! ```text
 //!  producer thread ──(--rate events/s)──► embedded broker (child process)
 //!                                             │
 //!  this process: speed layer ◄── consume ─────┘      HTTP API (as `tandem run` serves it)
 //!                                                       ▲
-//!  `tandem bench query-load` (child process) ──(--queries/s, one-hour range, one city)──┘
+//!  `tandem-bench query-load` (child process) ──(--queries/s, one-hour range, one city)──┘
 //! ```
 //!
 //! Two phases of `--seconds` each at the same event rate: first without queries (idle), then
@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 use super::producers::{SteadyLoad, steady_load};
 use super::speed::{CONFIG, on_topic, percentile, serve_speed, spawn_broker};
 use super::{CITIES, ORDERS_BY_CITY, SCHEMA};
-use crate::config::Config;
+use tandem::config::Config;
 
-/// Options of `tandem bench load`.
+/// Options of `tandem-bench load`.
 #[derive(Debug, Clone)]
 pub struct LoadBench {
     /// Events per second produced in both phases.
@@ -39,7 +39,7 @@ pub struct LoadBench {
     pub connections: usize,
 }
 
-/// Options of the load process (`tandem bench query-load`).
+/// Options of the load process (`tandem-bench query-load`).
 #[derive(Debug, Clone)]
 pub struct QueryLoad {
     /// The view's URL (`http://HOST:PORT/v1/views/NAME`).
@@ -86,7 +86,7 @@ pub async fn run(opts: LoadBench) -> anyhow::Result<()> {
     let config = Config::parse(&format!("{CONFIG}{SCHEMA}{ORDERS_BY_CITY}"), "bench")?;
     let (mut broker, brokers) = spawn_broker(&["live:8", "bench.dlq:1", "bench.late:1"])?;
     println!(
-        "# tandem bench load: {} events/s; {} s idle, then {} s with {} queries/s over {} connections from a separate process",
+        "# tandem-bench load: {} events/s; {} s idle, then {} s with {} queries/s over {} connections from a separate process",
         opts.rate, opts.seconds, opts.seconds, opts.queries, opts.connections
     );
     let result = measure(&config, &brokers, &opts).await;
@@ -109,7 +109,7 @@ async fn measure(config: &Config, brokers: &str, opts: &LoadBench) -> anyhow::Re
     );
 
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["bench", "query-load"])
+        .args(["query-load"])
         .args(["--url", &format!("http://{addr}/v1/views/orders_by_city")])
         .args(["--queries", &opts.queries.to_string()])
         .args(["--seconds", &opts.seconds.to_string()])

@@ -1,4 +1,14 @@
-//! `tandem bench`: the layers measured on generated order events.
+//! `tandem-bench`: the layers measured on generated order events, apart from the shipped
+//! `tandem` binary (as DataFusion keeps its benchmarks apart from its command line).
+//!
+//! ```text
+//!  generated orders ─► producers (JSON, Avro, Protobuf) ─► embedded broker (child process)
+//!        │                                                     │
+//!        │                      speed layer in this process ◄──┘  ─► events per CPU-second,
+//!        │                                                           produce → queryable latency
+//!        └─► archive (Parquet, imported) ─► recompute ◄─ DuckDB over the same files
+//!  `tandem run` children (scale), a serving child (history), a query-load child (load)
+//! ```
 //!
 //! - [`speed`]: events per CPU-second through the speed layer (JSON, Avro or Protobuf payloads;
 //!   the [`profile`]s `simple` and `mix`), produce → queryable latency, instructions per event
@@ -10,6 +20,9 @@
 //! - [`history`]: serving memory, publication time and query latency on day 1 and day N.
 //! - [`load`]: view query latency from a separate load process while the speed layer ingests,
 //!   and ingestion with and without that query load.
+//!
+//! Child processes: the embedded broker and the internal measurements are this binary's own
+//! hidden commands; `tandem run` is the shipped binary, found by [`tandem_exe`].
 
 pub mod alerts;
 pub mod batch;
@@ -59,16 +72,21 @@ const CITIES: [&str; 8] = [
     "Toronto",
 ];
 
-/// The JSON of one generated order event.
-pub(crate) fn order_json(
-    seq: u64,
-    ts: i64,
-    city: &str,
-    user: &str,
-    amount: f64,
-    event_type: &str,
-) -> String {
-    format!(
-        r#"{{"order_id":"o-{seq}","ts":{ts},"city":"{city}","user_id":"{user}","amount":{amount:.2},"event_type":"{event_type}"}}"#
-    )
+pub(crate) use tandem_shared::testing::orders::order_json;
+
+/// The shipped `tandem` binary the scale benchmark runs as worker processes: `TANDEM_BIN` if
+/// set, else `tandem` next to this binary (`cargo build --release --bin tandem --bin
+/// tandem-bench` puts both there).
+pub fn tandem_exe() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("TANDEM_BIN") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe()?;
+    let sibling = exe.with_file_name("tandem");
+    anyhow::ensure!(
+        sibling.is_file(),
+        "{} not found: build it (cargo build --release --bin tandem) or set TANDEM_BIN",
+        sibling.display()
+    );
+    Ok(sibling)
 }

@@ -1,4 +1,4 @@
-//! `tandem bench alerts`: time from producing an event to its alert record being readable on
+//! `tandem-bench alerts`: time from producing an event to its alert record being readable on
 //! the output topic, under a steady load with a 10× spike, and the memory it takes.
 //!
 //! ```text
@@ -36,10 +36,10 @@ use super::history::rss_mib;
 use super::producers::{Produced, send, steady_load};
 use super::speed::{CONFIG, counted, on_topic, percentile, spawn_broker};
 use super::{ORDERS_BY_CITY, SCHEMA};
-use crate::config::Config;
-use crate::wiring;
+use tandem::config::Config;
+use tandem::wiring;
 
-/// Options of `tandem bench alerts`.
+/// Options of `tandem-bench alerts`.
 #[derive(Debug, Clone)]
 pub struct AlertsBench {
     pub rate: u64,
@@ -124,7 +124,7 @@ async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::
         cancel.clone(),
     )?;
     let catalog = wiring::catalog(config, &store);
-    let compiled = crate::outputs::compile(config).await?;
+    let compiled = tandem::outputs::compile(config).await?;
     let sink = KafkaSink::new(brokers, &config.kafka.options)?;
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let outputs_task = tokio::spawn(outputs::run(
@@ -133,7 +133,7 @@ async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::
         SpeedSide::Local(speed.clone()),
         clock,
         Timing {
-            poll: crate::outputs::POLL,
+            poll: tandem::outputs::POLL,
             lookback: Span::from_millis(120_000),
         },
         tx,

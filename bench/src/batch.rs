@@ -1,4 +1,4 @@
-//! `tandem bench batch`: recompute throughput next to DuckDB over the same Parquet files.
+//! `tandem-bench batch`: recompute throughput next to DuckDB over the same Parquet files.
 //!
 //! Imports `--events` generated order events into a fresh archive (one day, 8 partitions, files
 //! per partition and hour, written by the archive's own encoder), recomputes four views with
@@ -22,10 +22,10 @@ use tandem_shared::event::EventDecoder;
 use tokio_util::sync::CancellationToken;
 
 use super::{CITIES, ORDERS_BY_CITY, SCHEMA, order_json};
-use crate::config::Config;
-use crate::wiring;
+use tandem::config::Config;
+use tandem::wiring;
 
-/// Options of `tandem bench batch`.
+/// Options of `tandem-bench batch`.
 #[derive(Debug, Clone)]
 pub struct BatchBench {
     pub events: u64,
@@ -116,7 +116,7 @@ pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
     let decoder = EventDecoder::new(Arc::clone(&schema));
 
     // 1. Import a day of events, in chunks so memory stays bounded.
-    println!("# tandem bench batch: {} events", opts.events);
+    println!("# tandem-bench batch: {} events", opts.events);
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(3);
     let base = 1_795_219_200_000; // 2026-11-21T00:00:00Z

@@ -1,4 +1,4 @@
-//! `tandem bench history`: is Tandem as fast on day 30 as on day 1?
+//! `tandem-bench history`: is Tandem as fast on day 30 as on day 1?
 //!
 //! ```text
 //!  per synthesized day: the day's order events ─► archive (import: hourly files per partition)
@@ -35,15 +35,15 @@ use tandem_speed_layer::SpeedLayer;
 use tokio_util::sync::CancellationToken;
 
 use super::{CITIES, order_json};
-use crate::config::{self, Config};
-use crate::wiring;
+use tandem::config::{self, Config};
+use tandem::wiring;
 
 const MINUTE: i64 = 60_000;
 const DAY: i64 = 86_400_000;
 const PARTITIONS: i32 = 8;
 const TOPIC: &str = "orders";
 
-/// Options of `tandem bench history`.
+/// Options of `tandem-bench history`.
 #[derive(Debug, Clone)]
 pub struct HistoryBench {
     pub days: u32,
@@ -281,7 +281,7 @@ async fn publish_more(
 fn serve_in_child(opts: &HistoryBench) -> anyhow::Result<Served> {
     let exe = std::env::current_exe()?;
     let out = std::process::Command::new(exe)
-        .args(["bench", "history", "--serve-only", "--dir"])
+        .args(["history", "--serve-only", "--dir"])
         .arg(&opts.dir)
         .args(["--days", &opts.days.to_string()])
         .args(["--queries", &opts.queries.to_string()])
@@ -346,7 +346,7 @@ pub async fn run(opts: HistoryBench) -> anyhow::Result<()> {
     let mut batches = PartitionBatches::new(&decoder, PARTITIONS, 1024);
     let mut seq = 0u64;
     println!(
-        "# tandem bench history: {} days, {} events/minute, minute-by-minute publications of {} views",
+        "# tandem-bench history: {} days, {} events/minute, minute-by-minute publications of {} views",
         opts.days,
         opts.events_per_minute,
         config.views.len()

@@ -1,4 +1,4 @@
-//! `tandem bench scale`: Tandem split over processes on this machine.
+//! `tandem-bench scale`: Tandem split over processes on this machine.
 //!
 //! ```text
 //!  tandem broker (child) ◄── N generated orders, produced before any worker starts
@@ -30,7 +30,7 @@ use super::producers::{order_values, producer, send};
 use super::speed::{percentile, spawn_broker};
 use super::{CITIES, ORDERS_BY_CITY, order_json};
 
-/// Options of `tandem bench scale`.
+/// Options of `tandem-bench scale`.
 #[derive(Debug, Clone)]
 pub struct ScaleBench {
     pub events: u64,
@@ -48,7 +48,7 @@ struct Worker {
 
 impl Worker {
     fn start(config: &Path, roles: &str) -> anyhow::Result<Self> {
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut child = Command::new(super::tandem_exe()?)
             .args(["run", "--config"])
             .arg(config)
             .args(["--http", "127.0.0.1:0", "--role", roles])
@@ -145,7 +145,7 @@ pub async fn run(opts: ScaleBench) -> anyhow::Result<()> {
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     let (mut broker, brokers) = spawn_broker(&topics)?;
     println!(
-        "# tandem bench scale: {} events on {partitions} partitions per run",
+        "# tandem-bench scale: {} events on {partitions} partitions per run",
         opts.events
     );
     let result = async {

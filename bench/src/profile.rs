@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use super::producers::order_values;
 use super::speed::CONFIG;
 use super::{CITIES, ORDERS_BY_CITY, SCHEMA, order_json};
-use crate::config::Config;
+use tandem::config::Config;
 
 /// A speed benchmark workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

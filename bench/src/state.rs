@@ -3,7 +3,7 @@
 //! event and with 100 events per group (sketches grow with their input up to their bound).
 //!
 //! ```text
-//!  report ─► per kind and events per group: tandem bench speed-state (a fresh process)
+//!  report ─► per kind and events per group: tandem-bench speed-state (a fresh process)
 //!              VmRSS before ─► replay GROUPS × N events of one window ─► VmRSS after
 //! ```
 
@@ -17,7 +17,7 @@ use tandem_speed_layer::replay::{Polled, replay};
 
 use super::history::rss_mib;
 use super::speed::CONFIG;
-use crate::config::Config;
+use tandem::config::Config;
 
 /// Groups per measurement: enough that page and allocator granularity vanish in the average.
 const GROUPS: u64 = 20_000;
@@ -34,7 +34,7 @@ const KINDS: [(&str, &str); 8] = [
     ("percentile", "percentile(amount, 0.99)"),
 ];
 
-/// Options of `tandem bench speed-state` (one measurement, in a process of its own).
+/// Options of `tandem-bench speed-state` (one measurement, in a process of its own).
 #[derive(Debug, Clone)]
 pub struct StateBench {
     pub aggregate: String,
@@ -111,7 +111,7 @@ pub(super) fn report() -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let run = |expr: &str, per_group: u64| -> anyhow::Result<(String, String)> {
         let out = Command::new(&exe)
-            .args(["bench", "speed-state", "--aggregate", expr])
+            .args(["speed-state", "--aggregate", expr])
             .args(["--per-group", &per_group.to_string()])
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
