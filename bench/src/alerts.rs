@@ -32,9 +32,9 @@ use tandem_shared::event::EventDecoder;
 use tandem_shared::time::Span;
 use tokio_util::sync::CancellationToken;
 
-use super::history::rss_mib;
+use super::harness::{CONFIG, counted, on_topic, spawn_broker};
+use super::measure::{percentile, rss_mib};
 use super::producers::{Produced, send, steady_load};
-use super::speed::{CONFIG, counted, on_topic, percentile, spawn_broker};
 use super::{ORDERS_BY_CITY, SCHEMA};
 use tandem::config::Config;
 use tandem::wiring;

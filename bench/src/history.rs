@@ -34,6 +34,7 @@ use tandem_shared::time::{EventTime, Span};
 use tandem_speed_layer::SpeedLayer;
 use tokio_util::sync::CancellationToken;
 
+use super::measure::rss_mib;
 use super::{CITIES, order_json};
 use tandem::config::{self, Config};
 use tandem::wiring;
@@ -161,29 +162,6 @@ struct Served {
     rows: usize,
     /// What the segment cache holds at the end.
     cache_mib: f64,
-}
-
-/// Resident memory of this process now, from /proc.
-pub(super) fn rss_mib() -> f64 {
-    status_mib("VmRSS:")
-}
-
-/// The most resident memory this process has had, from /proc.
-pub(super) fn peak_rss_mib() -> f64 {
-    status_mib("VmHWM:")
-}
-
-/// A memory line of /proc/self/status (in kB there), in MiB; 0 if unreadable.
-fn status_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Child mode: a fresh process loads the published views and answers one-hour queries.

@@ -21,14 +21,19 @@
 //! - [`load`]: view query latency from a separate load process while the speed layer ingests,
 //!   and ingestion with and without that query load.
 //!
+//! - `harness` (the broker child, the Kafka settings on a topic) and `measure` (CPU, memory,
+//!   percentiles of this process) are what the benchmarks share; `producers` writes the load.
+//!
 //! Child processes: the embedded broker and the internal measurements are this binary's own
 //! hidden commands; `tandem run` is the shipped binary, found by [`tandem_exe`].
 
 pub mod alerts;
 pub mod batch;
+mod harness;
 pub mod history;
 pub mod instructions;
 pub mod load;
+mod measure;
 mod payloads;
 pub mod producers;
 pub mod profile;
@@ -72,7 +77,21 @@ const CITIES: [&str; 8] = [
     "Toronto",
 ];
 
+use rand::Rng;
+use rand::rngs::StdRng;
 pub(crate) use tandem_shared::testing::orders::order_json;
+
+/// The random parts of an order: user, amount, event type.
+pub(crate) fn order_values(rng: &mut StdRng) -> (String, f64, &'static str) {
+    let event_type = if rng.random_ratio(7, 10) {
+        "order_placed"
+    } else {
+        "payment_captured"
+    };
+    let user = format!("u-{}", rng.random_range(0..100_000));
+    let amount = rng.random_range(1.0..500.0f64);
+    (user, amount, event_type)
+}
 
 /// The shipped `tandem` binary the scale benchmark runs as worker processes: `TANDEM_BIN` if
 /// set, else `tandem` next to this binary (`cargo build --release --bin tandem --bin

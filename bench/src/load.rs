@@ -22,8 +22,10 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::harness::{CONFIG, on_topic, spawn_broker};
+use super::measure::percentile;
 use super::producers::{SteadyLoad, steady_load};
-use super::speed::{CONFIG, on_topic, percentile, serve_speed, spawn_broker};
+use super::speed::serve_speed;
 use super::{CITIES, ORDERS_BY_CITY, SCHEMA};
 use tandem::config::Config;
 

@@ -108,7 +108,7 @@ fn per_cpu_second(
     rounds: usize,
     mut decode: impl FnMut(&[u8]) -> bool,
 ) -> anyhow::Result<f64> {
-    let cpu0 = super::speed::cpu_seconds()?;
+    let cpu0 = super::measure::cpu_seconds()?;
     let wall = Instant::now();
     let mut ok = 0usize;
     for _ in 0..rounds {
@@ -121,7 +121,7 @@ fn per_cpu_second(
         "{ok} of {} payloads decoded",
         rounds * payloads.len()
     );
-    let cpu = (super::speed::cpu_seconds()? - cpu0).max(0.01);
+    let cpu = (super::measure::cpu_seconds()? - cpu0).max(0.01);
     tracing::debug!(wall = ?wall.elapsed(), cpu, "decode loop");
     Ok(ok as f64 / cpu)
 }

@@ -10,25 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use super::profile::{Keying, Profile};
-
-/// The random parts of an order: user, amount, event type.
-pub(super) fn order_values(rng: &mut StdRng) -> (String, f64, &'static str) {
-    let event_type = if rng.random_ratio(7, 10) {
-        "order_placed"
-    } else {
-        "payment_captured"
-    };
-    let user = format!("u-{}", rng.random_range(0..100_000));
-    let amount = rng.random_range(1.0..500.0f64);
-    (user, amount, event_type)
-}
 
 pub(super) fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
     Ok(producer_config(brokers).create()?)

@@ -10,9 +10,8 @@
 use rand::Rng;
 use rand::rngs::StdRng;
 
-use super::producers::order_values;
-use super::speed::CONFIG;
-use super::{CITIES, ORDERS_BY_CITY, SCHEMA, order_json};
+use super::harness::CONFIG;
+use super::{CITIES, ORDERS_BY_CITY, SCHEMA, order_json, order_values};
 use tandem::config::Config;
 
 /// A speed benchmark workload.

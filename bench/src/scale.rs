@@ -26,8 +26,10 @@ use rdkafka::producer::Producer;
 use tandem_store::StorageSettings;
 use tandem_store::members::Membership;
 
-use super::producers::{order_values, producer, send};
-use super::speed::{percentile, spawn_broker};
+use super::harness::spawn_broker;
+use super::measure::percentile;
+use super::order_values;
+use super::producers::{producer, send};
 use super::{CITIES, ORDERS_BY_CITY, order_json};
 
 /// Options of `tandem-bench scale`.

@@ -18,9 +18,6 @@
 //! The topic gets enough partitions that the broker's per-partition retention (about 5 MiB)
 //! keeps every event.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,17 +31,17 @@ use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use tandem_batch_layer::Scheduler;
 use tandem_serving::{AppState, Reconciler};
 use tandem_shared::clock::SystemClock;
-use tandem_shared::coverage::StartRange;
 use tandem_shared::event::{EventDecoder, PayloadFormat};
-use tandem_shared::time::EventTime;
 use tandem_speed_layer::SpeedLayer;
 use tokio_util::sync::CancellationToken;
 
 use super::CITIES;
-use super::history::peak_rss_mib;
+use super::harness::{counted, on_topic, spawn_broker};
 use super::instructions;
+use super::measure::{cpu_seconds, peak_rss_mib, percentile, thread_cpu, thread_cpu_delta};
+use super::order_values;
 use super::payloads;
-use super::producers::{Keys, event_span_ms, order_values, producer_config, send, steady_load_of};
+use super::producers::{Keys, event_span_ms, producer_config, send, steady_load_of};
 use super::profile::{Keying, Profile};
 use tandem::config::Config;
 use tandem::{process, wiring};
@@ -71,101 +68,6 @@ pub struct SpeedBench {
     /// The throughput topic's compression (`compression.type` of its producer): `none`, or
     /// `lz4`, `snappy` or `gzip` (librdkafka's bundled codecs here).
     pub compression: String,
-}
-
-/// The speed benchmarks' Kafka settings (the topic is replaced per run by [`on_topic`]).
-pub(super) const CONFIG: &str = r#"
-[kafka]
-topic = "bench"
-idle_timeout = "5s"
-dead_letter_topic = "bench.dlq"
-late_topic = "bench.late"
-"#;
-
-/// CPU time (user + system) of this process, all threads included.
-pub(super) fn cpu_seconds() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc/self/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(fields
-            .get(i)
-            .context("short /proc/self/stat")?
-            .parse::<f64>()?)
-    };
-    // Linux reports these in USER_HZ, which is 100 on every mainstream architecture.
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
-}
-
-/// User and system CPU seconds of each live thread of this process, by thread id, with its
-/// name (librdkafka names its threads `rdk:main`, `rdk:broker<N>`; the consume thread is a
-/// tokio blocking thread).
-pub(super) fn thread_cpu() -> BTreeMap<String, (String, f64, f64)> {
-    let mut out = BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        let (Some((head, rest)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
-            continue;
-        };
-        let name = head[open + 1..].trim_end_matches(|c: char| c.is_ascii_digit());
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let seconds = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-                / 100.0
-        };
-        let tid = task.file_name().to_string_lossy().into_owned();
-        out.insert(tid, (name.to_owned(), seconds(11), seconds(12)));
-    }
-    out
-}
-
-/// The CPU each thread name took between two [`thread_cpu`] readings (threads, user, system,
-/// the busiest thread), largest first.
-fn thread_cpu_delta(
-    before: &BTreeMap<String, (String, f64, f64)>,
-    after: &BTreeMap<String, (String, f64, f64)>,
-) -> String {
-    let mut by_name: BTreeMap<&str, (usize, f64, f64, f64)> = BTreeMap::new();
-    for (tid, (name, user, system)) in after {
-        let (_, u0, s0) = before.get(tid).cloned().unwrap_or_default();
-        let (u, s) = (user - u0, system - s0);
-        let entry = by_name.entry(name).or_default();
-        entry.0 += 1;
-        entry.1 += u;
-        entry.2 += s;
-        entry.3 = entry.3.max(u + s);
-    }
-    let mut rows: Vec<_> = by_name
-        .into_iter()
-        .filter(|(_, (_, u, s, _))| u + s > 0.0)
-        .collect();
-    rows.sort_by(|a, b| (b.1.1 + b.1.2).total_cmp(&(a.1.1 + a.1.2)));
-    rows.iter()
-        .map(|(name, (n, u, s, busiest))| {
-            format!("{name} ×{n} {u:.2}s user + {s:.2}s system (busiest {busiest:.2}s)")
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i]
 }
 
 /// Runs the benchmark and prints its report.
@@ -242,52 +144,8 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
     super::state::report()
 }
 
-/// Starts the embedded broker in a child process (so that its CPU is not counted) with `topics`
-/// (`NAME:PARTITIONS`); returns it and its bootstrap address.
-pub(super) fn spawn_broker(topics: &[&str]) -> anyhow::Result<(std::process::Child, String)> {
-    let exe = std::env::current_exe()?;
-    let mut broker = Command::new(exe)
-        .args(["broker", "--port", "0"])
-        .args(topics.iter().flat_map(|t| ["--topic", t]))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the broker process")?;
-    let stdout = broker.stdout.take().context("broker stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let brokers = line
-        .trim()
-        .strip_prefix("Kafka bootstrap: ")
-        .context("the broker did not print its address")?
-        .to_owned();
-    Ok((broker, brokers))
-}
-
-/// The bench configuration pointed at `brokers` and `topic` (consumer group `<topic>-speed`).
-pub(super) fn on_topic(config: &Config, brokers: &str, topic: &str) -> Config {
-    let mut config = config.clone();
-    config.kafka.brokers = brokers.to_owned();
-    config.kafka.topic = topic.to_owned();
-    config.kafka.group_prefix = topic.to_owned();
-    config
-}
-
 fn speed_layer(config: &Config) -> anyhow::Result<SpeedLayer> {
     Ok(SpeedLayer::compile(&config.views, &config.schema)?)
-}
-
-/// Orders counted by the view, over all windows.
-pub(super) fn counted(speed: &SpeedLayer) -> u64 {
-    speed
-        .query(
-            "orders_by_city",
-            StartRange::new(EventTime::MIN, EventTime::MAX),
-        )
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|r| r.values[0].as_f64())
-        .sum::<f64>() as u64
 }
 
 /// Pre-produces the stream, then measures the CPU time of consuming it, `opts.runs` times.

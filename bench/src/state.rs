@@ -15,8 +15,8 @@ use tandem_shared::event::EventDecoder;
 use tandem_speed_layer::SpeedLayer;
 use tandem_speed_layer::replay::{Polled, replay};
 
-use super::history::rss_mib;
-use super::speed::CONFIG;
+use super::harness::CONFIG;
+use super::measure::rss_mib;
 use tandem::config::Config;
 
 /// Groups per measurement: enough that page and allocator granularity vanish in the average.
