@@ -446,9 +446,7 @@ impl SpeedSide {
     pub fn watermark(&self, view: &ViewDefinition) -> Option<EventTime> {
         match self {
             SpeedSide::Local(speed) => speed.watermark(&view.name),
-            SpeedSide::Group(fleet) => fleet
-                .progress()
-                .map(|p| p.saturating_sub(view.allowed_lateness)),
+            SpeedSide::Group(fleet) => fleet.progress().map(|progress| view.watermark(progress)),
         }
     }
 }

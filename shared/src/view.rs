@@ -18,7 +18,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
 use crate::schema::EventSchema;
-use crate::time::Span;
+use crate::time::{EventTime, Span};
 use crate::window::{WindowConfig, WindowSpec};
 
 /// Errors in a view definition. Always the user's configuration; every variant names the part of
@@ -275,6 +275,14 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 impl ViewDefinition {
+    /// The view's watermark at event-time progress `progress` (the speed layer's, or how far
+    /// the archive is complete): a window that ends at or before it is closed, so the speed
+    /// layer takes no more of its events and the batch layer may publish it as exact. The one
+    /// place the rule "progress − allowed lateness" is written.
+    pub fn watermark(&self, progress: EventTime) -> EventTime {
+        progress.saturating_sub(self.allowed_lateness)
+    }
+
     pub fn from_config(config: &ViewConfig, schema: &EventSchema) -> Result<Self> {
         let name_ok = !config.name.is_empty()
             && config
@@ -453,6 +461,9 @@ mod tests {
     fn validates_grouping_and_aliases_against_the_schema() {
         let v = ViewDefinition::from_config(&config(), &schema()).unwrap();
         assert_eq!(v.allowed_lateness.millis(), 10_000);
+        // The watermark trails progress by the allowed lateness, saturating at the earliest time.
+        assert_eq!(v.watermark(EventTime(60_000)), EventTime(50_000));
+        assert_eq!(v.watermark(EventTime::MIN), EventTime::MIN);
         assert_eq!(v.value_names().collect::<Vec<_>>(), ["orders", "revenue"]);
 
         let mut c = config();

@@ -286,7 +286,7 @@ impl SpeedLayer {
             return None;
         }
         let program = self.inner.programs.get(*self.inner.names.get(view)?)?;
-        Some(EventTime(progress).saturating_sub(program.view.allowed_lateness))
+        Some(program.view.watermark(EventTime(progress)))
     }
 
     pub(crate) fn publish_size(&self) {

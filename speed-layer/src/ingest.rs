@@ -22,7 +22,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use tandem_shared::event::{EventDecoder, Read, Slot, future_limit};
+use tandem_shared::event::{Admission, EventDecoder, Read, Slot};
 use tandem_shared::time::{EventTime, Span};
 use tandem_store::members::Membership;
 use tandem_store::registry::Registry;
@@ -566,25 +566,24 @@ fn process(
             return;
         };
         match read {
-            Read::Event(event)
-                if event.time > future_limit(record_time, time.now, time.max_future) =>
-            {
-                side.dead_letter(
-                    payload,
-                    origin(topic, m),
-                    "future",
-                    &format!(
-                        "event time {} is more than {} ahead of the message's Kafka timestamp ({})",
-                        event.time,
-                        time.max_future,
-                        record_time.map_or(time.now, EventTime)
-                    ),
-                )
-            }
             Read::Event(event) => {
-                if event.time > time.now {
-                    // Kept in its window, but it moves progress only to the clock.
-                    metrics::counter!("tandem_speed_future_events_total").increment(1);
+                match Admission::of(event.time, record_time, time.now, time.max_future) {
+                    Admission::Future { from, .. } => {
+                        side.dead_letter(
+                            payload,
+                            origin(topic, m),
+                            "future",
+                            &format!(
+                                "event time {} is more than {} ahead of the message's Kafka timestamp ({from})",
+                                event.time, time.max_future,
+                            ),
+                        );
+                        continue;
+                    }
+                    Admission::AheadOfClock => {
+                        metrics::counter!("tandem_speed_future_events_total").increment(1)
+                    }
+                    Admission::Admitted => {}
                 }
                 micro.push(at, &event, m.offset(), i);
                 spare = event.values;
@@ -649,7 +648,7 @@ fn process(
         speed.set_progress(combined);
         metrics::gauge!("tandem_speed_event_time_progress_ms").set(combined.millis() as f64);
         for program in speed.programs() {
-            let wm = combined.saturating_sub(program.view.allowed_lateness);
+            let wm = program.view.watermark(combined);
             metrics::gauge!("tandem_speed_watermark_ms", "view" => program.view.name.clone())
                 .set(wm.millis() as f64);
         }

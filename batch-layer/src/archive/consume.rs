@@ -9,12 +9,12 @@ use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use tandem_shared::event::Read;
+use tandem_shared::event::{Admission, Read};
 use tandem_shared::layout;
 use tandem_store::ManifestChain;
 use tokio_util::sync::CancellationToken;
 
-use super::roll::{self, Admission, Buffer, PartitionState};
+use super::roll::{self, Buffer, OffsetAdmission, PartitionState};
 use super::{Archive, OffsetGap, PartitionManifest};
 
 /// How long a partition may receive nothing while the broker holds more before the archive
@@ -137,7 +137,7 @@ impl Archive {
         let admission = roll::admit(offset, next_offset, buffered_to, state.sought);
         // A message past the one expected: were the offsets between deleted by the broker?
         let expected = buffered_to.map_or(next_offset, |b| b + 1);
-        let gap = if admission == Admission::Append && offset > expected {
+        let gap = if admission == OffsetAdmission::Append && offset > expected {
             match self.watermarks(partition).await {
                 Some((low, _)) => roll::gap(expected, offset, low),
                 None => None,
@@ -149,20 +149,20 @@ impl Archive {
             return;
         };
         match admission {
-            Admission::Archived => {
+            OffsetAdmission::Archived => {
                 metrics::counter!("tandem_archive_skipped_total").increment(1);
                 return;
             }
-            Admission::SeekTo(next) => {
+            OffsetAdmission::SeekTo(next) => {
                 state.sought = true;
                 self.seek(partition, next);
                 return;
             }
-            Admission::Duplicate => {
+            OffsetAdmission::Duplicate => {
                 state.sought = true;
                 return;
             }
-            Admission::Append => state.sought = true,
+            OffsetAdmission::Append => state.sought = true,
         }
         // Only appended messages are decoded. One naming an unseen writer schema waits for the
         // registry; if that wait is cancelled, the message is read again after the restart.
@@ -209,15 +209,21 @@ impl Archive {
                 detected_at: self.clock.now(),
             });
         }
-        let future_limit = tandem_shared::event::future_limit(
-            m.timestamp().to_millis(),
-            self.clock.now(),
-            self.config.max_future,
-        );
+        let now = self.clock.now();
         // Malformed and future events are not archived (the speed layer dead-letters them), but
         // their offsets are covered by the next manifest all the same, so they are never re-read.
         match read {
-            Read::Event(event) if event.time > future_limit => {
+            Read::Event(event)
+                if matches!(
+                    Admission::of(
+                        event.time,
+                        m.timestamp().to_millis(),
+                        now,
+                        self.config.max_future
+                    ),
+                    Admission::Future { .. }
+                ) =>
+            {
                 metrics::counter!("tandem_archive_rejected_total", "reason" => "future")
                     .increment(1);
             }

@@ -169,7 +169,7 @@ impl PartitionState {
 
 /// What to do with the message at an offset of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Admission {
+pub(super) enum OffsetAdmission {
     /// Below the manifest's offset: archived already (the Kafka commit lagged behind the
     /// manifest, a crash between the two).
     Archived,
@@ -190,15 +190,15 @@ pub(super) fn admit(
     next_offset: i64,
     buffered_to: Option<i64>,
     sought: bool,
-) -> Admission {
+) -> OffsetAdmission {
     if offset < next_offset {
-        Admission::Archived
+        OffsetAdmission::Archived
     } else if buffered_to.is_none() && offset > next_offset && !sought {
-        Admission::SeekTo(next_offset)
+        OffsetAdmission::SeekTo(next_offset)
     } else if buffered_to.is_some_and(|last| offset <= last) {
-        Admission::Duplicate
+        OffsetAdmission::Duplicate
     } else {
-        Admission::Append
+        OffsetAdmission::Append
     }
 }
 
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn messages_are_admitted_once_from_the_manifests_offset() {
-        use Admission::*;
+        use OffsetAdmission::*;
         // Replayed offsets the manifest already covers are skipped.
         assert_eq!(admit(4, 10, None, false), Archived);
         // Kafka is ahead of the manifest: go back, but only once (gaps are legal).

@@ -464,8 +464,7 @@ impl Recompute {
                         sessions.iter().map(|(w, g)| (w.start, w.end, g.as_slice())),
                         from,
                         requested.to,
-                        c,
-                        view.allowed_lateness,
+                        view.watermark(c),
                     )
                 });
                 // Held groups' open sessions are left to the speed layer too (`groups_held`).

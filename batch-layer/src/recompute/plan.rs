@@ -62,10 +62,7 @@ pub fn plan(view: &ViewDefinition, requested: Requested, archive: ArchiveExtent)
     // First window start whose window is not ready: a window [s, s + size) is ready iff
     // s + size + lateness <= complete_until.
     let ready_to = complete_until.map(|c| {
-        let last_ready = c
-            .millis()
-            .saturating_sub(view.allowed_lateness.millis())
-            .saturating_sub(size);
+        let last_ready = view.watermark(c).millis().saturating_sub(size);
         EventTime(align_down(last_ready, slide).saturating_add(slide))
     });
     // The first window containing the earliest event starts up to size - slide earlier. A
@@ -132,8 +129,9 @@ pub fn plan(view: &ViewDefinition, requested: Requested, archive: ArchiveExtent)
 
 /// For session views: what a job over the sessions starting at `from` or later may publish.
 ///
-/// A session is final when its end plus the allowed lateness is complete; no new session can
-/// start before `complete - lateness` (an event that early would be late). So the range runs
+/// A session is final when its end is at or before the view's `watermark` (of how far the
+/// archive is complete); no new session can start before the watermark (an event that early
+/// would be late). So the range runs
 /// from `from` to that bound (or `to`, if earlier), and a group with a session that is not
 /// final yet is held from that session's start on: every other group's sessions, and this
 /// group's earlier ones, are exact and published. `None` if nothing is ready.
@@ -141,10 +139,9 @@ pub fn session_coverage<'a>(
     sessions: impl IntoIterator<Item = (EventTime, EventTime, &'a [GroupValue])>,
     from: EventTime,
     to: Option<EventTime>,
-    complete: EventTime,
-    lateness: Span,
+    watermark: EventTime,
 ) -> Option<Coverage> {
-    let bound = complete.saturating_sub(lateness);
+    let bound = watermark;
     let range = StartRange::new(from, to.map_or(bound, |t| t.min(bound)));
     if range.is_empty() {
         return None;
@@ -152,7 +149,7 @@ pub fn session_coverage<'a>(
     // Each group's first session that can still grow.
     let mut open: BTreeMap<&[GroupValue], EventTime> = BTreeMap::new();
     for (start, end, group) in sessions {
-        if range.contains(start) && end.saturating_add(lateness) > complete {
+        if range.contains(start) && end > watermark {
             open.entry(group)
                 .and_modify(|s| *s = (*s).min(start))
                 .or_insert(start);
@@ -354,30 +351,24 @@ mod tests {
         );
         let s = |x: i64, y: i64, g: &'static [GroupValue]| (EventTime(x), EventTime(y), g);
         let (a, b): (&'static [GroupValue], &'static [GroupValue]) = (a.leak(), b.leak());
-        let lateness = Span::from_millis(10);
-        // Complete until 100: sessions ending by 90 are final, the range ends at 90.
+        // Complete until 100 with a lateness of 10: the watermark is 90, sessions ending by 90
+        // are final, the range ends at 90.
+        let watermark = EventTime(90);
         let sessions = [s(0, 50, a), s(60, 95, a), s(70, 90, b), s(20, 40, b)];
-        let c = session_coverage(sessions, EventTime(0), None, EventTime(100), lateness)
-            .unwrap_or_default();
+        let c = session_coverage(sessions, EventTime(0), None, watermark).unwrap_or_default();
         assert_eq!(c.ranges(), &[StartRange::new(EventTime(0), EventTime(90))]);
         // a's session at 60 can still grow: a is held from 60; b's session at 70 is final.
         assert!(c.covers(a, EventTime(0)));
         assert!(!c.covers(a, EventTime(60)));
         assert!(c.covers(b, EventTime(70)));
         assert_eq!(c.horizon(), Some(EventTime(60)));
-        // Without open sessions everything before complete - lateness; a requested end clips.
-        let c = session_coverage(
-            [s(0, 50, a)],
-            EventTime(0),
-            Some(EventTime(30)),
-            EventTime(100),
-            lateness,
-        )
-        .unwrap_or_default();
+        // Without open sessions everything before the watermark; a requested end clips.
+        let c = session_coverage([s(0, 50, a)], EventTime(0), Some(EventTime(30)), watermark)
+            .unwrap_or_default();
         assert_eq!(c.ranges(), &[StartRange::new(EventTime(0), EventTime(30))]);
         assert!(c.held().is_empty());
         assert_eq!(
-            session_coverage([s(0, 50, a)], EventTime(95), None, EventTime(100), lateness),
+            session_coverage([s(0, 50, a)], EventTime(95), None, watermark),
             None
         );
     }

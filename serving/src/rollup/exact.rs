@@ -38,7 +38,7 @@ pub async fn recompute(
     let Some(complete) = engine.archive_complete_until().await? else {
         return Ok(rows);
     };
-    let horizon = complete.saturating_sub(view.allowed_lateness);
+    let horizon = view.watermark(complete);
     let Some(range) = exact_range(&rows, granularity, requested, horizon) else {
         return Ok(rows);
     };

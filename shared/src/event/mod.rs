@@ -114,13 +114,46 @@ impl DecodeError {
     }
 }
 
-/// The latest event time a message may carry: `max_future` past the Kafka record's timestamp,
-/// so that the speed layer, the archive and any replay decide the same way for the same
-/// message; past `now` only for a record without a timestamp.
-pub fn future_limit(record_timestamp: Option<i64>, now: EventTime, max_future: Span) -> EventTime {
-    record_timestamp
-        .map_or(now, EventTime)
-        .saturating_add(max_future)
+/// Whether a decoded event is taken in, decided alike by the speed layer, the archive and any
+/// replay of the same message (it depends on the message and the clock, nothing else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Taken in.
+    Admitted,
+    /// Taken in, but its time is ahead of the clock: it is kept in its window and counted, and
+    /// it moves event-time progress only as far as the clock (`EventTime::progress_at`).
+    AheadOfClock,
+    /// Refused: more than `max_future` past its Kafka record's timestamp (the speed layer
+    /// dead-letters it; the archive counts it and moves past its offset).
+    Future {
+        /// The latest time the message could have carried.
+        limit: EventTime,
+        /// What the limit was measured from: the record's timestamp, or the clock for a record
+        /// without one.
+        from: EventTime,
+    },
+}
+
+impl Admission {
+    /// The admission of an event of `event_time` in a message of `record_timestamp`, at `now`.
+    /// The limit is measured from the record's timestamp (`now` only for a record without
+    /// one), so a replay of old data decides as the first reading did.
+    pub fn of(
+        event_time: EventTime,
+        record_timestamp: Option<i64>,
+        now: EventTime,
+        max_future: Span,
+    ) -> Self {
+        let from = record_timestamp.map_or(now, EventTime);
+        let limit = from.saturating_add(max_future);
+        if event_time > limit {
+            Self::Future { limit, from }
+        } else if event_time > now {
+            Self::AheadOfClock
+        } else {
+            Self::Admitted
+        }
+    }
 }
 
 /// One decoded field value, borrowing strings from the payload where it can.

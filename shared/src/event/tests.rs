@@ -252,3 +252,48 @@ fn json_decimals_are_read_from_their_text() {
     let values = column.as_primitive::<arrow_array::types::Decimal128Type>();
     assert_eq!(values.value(0), 1_034_478);
 }
+
+/// The speed layer, the archive and a replay decide an event's admission alike: from the
+/// record's timestamp, not from when it is read; the clock only marks events ahead of it.
+#[test]
+fn admission_is_measured_from_the_record_timestamp() {
+    use super::Admission;
+    use crate::time::{EventTime, Span};
+    let hour = Span::from_millis(3_600_000);
+    let record = 1_790_000_000_000i64;
+    let now = EventTime(record + 1_000);
+    // Within the bound and behind the clock.
+    assert_eq!(
+        Admission::of(EventTime(record), Some(record), now, hour),
+        Admission::Admitted
+    );
+    // Within the bound, ahead of the clock: kept and marked.
+    assert_eq!(
+        Admission::of(EventTime(record + 60_000), Some(record), now, hour),
+        Admission::AheadOfClock
+    );
+    // Past the bound: refused, whenever it is read (a replay a year later decides the same).
+    let far = EventTime(record + 3_600_001);
+    for read_at in [now, EventTime(record + 365 * 86_400_000)] {
+        assert_eq!(
+            Admission::of(far, Some(record), read_at, hour),
+            Admission::Future {
+                limit: EventTime(record + 3_600_000),
+                from: EventTime(record)
+            }
+        );
+    }
+    // Exactly at the bound is admitted.
+    assert_ne!(
+        Admission::of(EventTime(record + 3_600_000), Some(record), now, hour),
+        Admission::Future {
+            limit: EventTime(record + 3_600_000),
+            from: EventTime(record)
+        }
+    );
+    // No record timestamp: the clock is the reference.
+    assert!(matches!(
+        Admission::of(EventTime(now.0 + 3_600_001), None, now, hour),
+        Admission::Future { from, .. } if from == now
+    ));
+}

@@ -306,7 +306,7 @@ impl ViewState {
         covered: &Coverage,
     ) -> Applied {
         let program = Arc::clone(&self.program);
-        let watermark = event_watermark.map(|w| w.saturating_sub(program.view.allowed_lateness));
+        let watermark = event_watermark.map(|progress| program.view.watermark(progress));
         let spec = program.view.window;
         let mut applied = Applied::default();
         let mut key = Vec::with_capacity(columns.group_count());
