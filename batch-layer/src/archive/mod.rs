@@ -46,7 +46,7 @@ mod garbage;
 pub mod import;
 mod publication;
 mod roll;
-pub mod snapshot;
+pub(crate) mod snapshot;
 
 pub use consume::ArchiveContext;
 pub use snapshot::{

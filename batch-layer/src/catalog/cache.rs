@@ -82,7 +82,7 @@ struct Lru {
 
 /// Decoded segment row groups and footers, least recently used evicted beyond `capacity` bytes.
 #[derive(Debug)]
-pub struct SegmentCache {
+pub(crate) struct SegmentCache {
     store: Arc<dyn ObjectStore>,
     capacity: usize,
     lru: Mutex<Lru>,
@@ -96,7 +96,7 @@ pub struct CacheUsage {
 }
 
 impl SegmentCache {
-    pub fn new(store: Arc<dyn ObjectStore>, capacity: usize) -> Self {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, capacity: usize) -> Self {
         Self {
             store,
             capacity,
@@ -107,7 +107,7 @@ impl SegmentCache {
         }
     }
 
-    pub fn usage(&self) -> CacheUsage {
+    pub(crate) fn usage(&self) -> CacheUsage {
         let lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
         CacheUsage {
             bytes: lru.bytes,
@@ -196,7 +196,7 @@ impl SegmentCache {
 
     /// Rows of the segment at `path` whose window starts in one of `ranges` (sorted,
     /// disjoint), reading only the row groups that can hold them.
-    pub async fn rows(
+    pub(crate) async fn rows(
         &self,
         view: &ViewDefinition,
         path: &str,
@@ -214,7 +214,7 @@ impl SegmentCache {
     }
 
     /// [`SegmentCache::rows`] with each value's rollup state.
-    pub async fn states(
+    pub(crate) async fn states(
         &self,
         view: &ViewDefinition,
         path: &str,

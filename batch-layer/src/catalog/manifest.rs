@@ -306,7 +306,7 @@ impl ViewManifest {
 /// for a day whose windows are all clean (no archived row after a piece's offsets falls in its
 /// windows), each window's result is what a recompute at `offsets` would give, so one piece per
 /// contiguous run says the same with less. Keeps a compacted manifest small.
-pub fn coalesce(pieces: &[Piece], offsets: &BTreeMap<i32, i64>) -> Vec<Piece> {
+pub(crate) fn coalesce(pieces: &[Piece], offsets: &BTreeMap<i32, i64>) -> Vec<Piece> {
     let mut out: Vec<Piece> = Vec::new();
     for p in pieces {
         match out.last_mut() {

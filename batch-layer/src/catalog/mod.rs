@@ -45,10 +45,10 @@ use tokio::sync::watch;
 
 use self::cache::{CacheUsage, SegmentCache};
 
-pub mod cache;
+pub(crate) mod cache;
 mod maintenance;
-pub mod manifest;
-pub mod segment;
+pub(crate) mod manifest;
+pub(crate) mod segment;
 
 pub use maintenance::{CleanDays, Maintenance};
 pub use manifest::{Segment, ViewManifest};

@@ -40,7 +40,7 @@ pub enum Error {
     Null { column: &'static str },
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Encodes query output (`window_start, window_end, ...`) as one Parquet object, sorted by
 /// window start in row groups of `row_group_rows`, so that each row group's `window_start`
@@ -147,7 +147,7 @@ fn group_value(v: ScalarValue) -> GroupValue {
 }
 
 /// Converts query output (`window_start, window_end, g0.., a0..`) into rows.
-pub fn decode_rows(view: &ViewDefinition, batches: &[RecordBatch]) -> Result<Vec<ViewRow>> {
+pub(crate) fn decode_rows(view: &ViewDefinition, batches: &[RecordBatch]) -> Result<Vec<ViewRow>> {
     let groups = view.group_by.len();
     let expected = 2 + groups + view.aggregates.len();
     let mut out = Vec::new();
@@ -202,7 +202,7 @@ pub fn decode_rows(view: &ViewDefinition, batches: &[RecordBatch]) -> Result<Vec
 
 /// The window and group of every row of query output (`window_start, window_end, g0..`), in
 /// order: what a job needs to decide which rows it may publish.
-pub fn decode_windows(
+pub(crate) fn decode_windows(
     view: &ViewDefinition,
     batches: &[RecordBatch],
 ) -> Result<Vec<(Window, GroupKey)>> {

@@ -44,9 +44,13 @@ use tandem_store::manifest;
 pub mod cluster;
 mod dirty;
 pub mod engine;
-pub mod plan;
-pub mod query;
-pub mod sketches;
+pub(crate) mod plan;
+pub(crate) mod query;
+mod rollup;
+pub(crate) mod sketches;
+
+pub use query::EVENTS_TABLE;
+pub use rollup::{ExactRollup, RollupError};
 
 pub use dirty::Cleanliness;
 pub use engine::Engine;

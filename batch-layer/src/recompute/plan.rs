@@ -25,7 +25,7 @@ pub struct Requested {
 
 /// What a job will do for one view.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Window starts that will be computed and published.
     pub covered: Option<StartRange>,
     /// Requested window starts that are not ready yet.
@@ -36,7 +36,7 @@ pub struct Plan {
 
 /// What the archive holds, as far as planning is concerned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ArchiveExtent {
+pub(crate) struct ArchiveExtent {
     /// The archive's completeness (see `ArchiveSnapshot::complete_until`).
     pub complete_until: Option<EventTime>,
     /// First and last archived event times.
@@ -45,7 +45,7 @@ pub struct ArchiveExtent {
 }
 
 /// Plans a fixed-window view.
-pub fn plan(view: &ViewDefinition, requested: Requested, archive: ArchiveExtent) -> Plan {
+pub(crate) fn plan(view: &ViewDefinition, requested: Requested, archive: ArchiveExtent) -> Plan {
     let ArchiveExtent {
         complete_until,
         earliest,
@@ -135,7 +135,7 @@ pub fn plan(view: &ViewDefinition, requested: Requested, archive: ArchiveExtent)
 /// from `from` to that bound (or `to`, if earlier), and a group with a session that is not
 /// final yet is held from that session's start on: every other group's sessions, and this
 /// group's earlier ones, are exact and published. `None` if nothing is ready.
-pub fn session_coverage<'a>(
+pub(crate) fn session_coverage<'a>(
     sessions: impl IntoIterator<Item = (EventTime, EventTime, &'a [GroupValue])>,
     from: EventTime,
     to: Option<EventTime>,
@@ -164,7 +164,7 @@ pub fn session_coverage<'a>(
 
 /// Window starts of `covered` whose windows may have held events the archive lost (an offset
 /// gap's time bounds, see `OffsetGap::times`). Sessions: any session within a gap of them.
-pub fn incomplete(
+pub(crate) fn incomplete(
     view: &ViewDefinition,
     covered: StartRange,
     gaps: impl IntoIterator<Item = (EventTime, EventTime)>,
@@ -211,7 +211,7 @@ fn affected_starts(view: &ViewDefinition, min: EventTime, max: EventTime) -> Sta
 
 /// The oldest archive offset of `partition` that a published piece of `manifest` saw: files
 /// from there on may hold rows a piece lacks. `None` if no piece recorded offsets.
-pub fn oldest_seen(manifest: &ViewManifest, partition: i32) -> Option<i64> {
+pub(crate) fn oldest_seen(manifest: &ViewManifest, partition: i32) -> Option<i64> {
     manifest
         .effective()
         .into_iter()
@@ -227,7 +227,7 @@ pub fn oldest_seen(manifest: &ViewManifest, partition: i32) -> Option<i64> {
 /// The ranges are bounded by the file's event-time range: exact for sessions' purposes, an
 /// over-approximation for fixed windows (see [`dirty_ranges`]).
 /// `files` holds, per partition, at least the files from [`oldest_seen`] on.
-pub fn dirty_candidates<'a>(
+pub(crate) fn dirty_candidates<'a>(
     view: &ViewDefinition,
     manifest: &ViewManifest,
     files: &'a BTreeMap<i32, Vec<ArchivedFile>>,
@@ -275,7 +275,7 @@ pub fn dirty_candidates<'a>(
 /// Published windows made dirty by late rows, given the exact event times of each candidate
 /// file's rows as slide-aligned starts (`starts_of`): a window is dirty only if a late row
 /// falls in it. Sessions use the candidates' ranges as they are.
-pub fn dirty_ranges(
+pub(crate) fn dirty_ranges(
     view: &ViewDefinition,
     candidates: &[(&ArchivedFile, Coverage)],
     starts_of: impl Fn(&ArchivedFile) -> Vec<EventTime>,
@@ -305,7 +305,7 @@ pub fn dirty_ranges(
 }
 
 /// Number of windows with a start in `range` on the view's grid.
-pub fn window_count(view: &ViewDefinition, range: StartRange) -> u64 {
+pub(crate) fn window_count(view: &ViewDefinition, range: StartRange) -> u64 {
     match view.window.slide() {
         Some(slide) if !range.is_empty() => {
             let span = i128::from(range.to.millis()) - i128::from(range.from.millis());

@@ -20,7 +20,7 @@ use tandem_shared::window::WindowSpec;
 pub const EVENTS_TABLE: &str = "events";
 
 /// Quotes an identifier for DataFusion SQL.
-pub fn ident(name: &str) -> String {
+pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -41,7 +41,7 @@ fn aggregate_sql(function: AggregateFunction, argument: Option<&str>) -> String 
 /// exact values: for `avg` its count `p{i}` and sum `s{i}` (written exactly as a `sum` value
 /// would be, so that a view that also sums the argument shares the expression), for `count(DISTINCT ..)` and
 /// percentiles the serialized sketch `p{i}`. Count, sum, min and max need none.
-pub fn state_columns(view: &ViewDefinition) -> String {
+pub(crate) fn state_columns(view: &ViewDefinition) -> String {
     use super::sketches::{HLL, KLL};
     let mut sql = String::new();
     for (i, a) in view.aggregates.iter().enumerate() {
@@ -58,7 +58,7 @@ pub fn state_columns(view: &ViewDefinition) -> String {
 
 /// The events a query reads. With an id field, an event id produced more than once counts once
 /// (the first copy by partition and offset); events without an id are all kept.
-pub fn events_source(id_field: Option<&str>) -> String {
+pub(crate) fn events_source(id_field: Option<&str>) -> String {
     events_source_from(id_field, EVENTS_TABLE)
 }
 
@@ -78,7 +78,7 @@ fn events_source_from(id_field: Option<&str>, table: &str) -> String {
 
 /// SQL computing `view` exactly for window starts in `starts`, reading events in `scan`.
 /// Returns `None` for session windows, which are not fixed-size.
-pub fn window_query(
+pub(crate) fn window_query(
     view: &ViewDefinition,
     time_field: &str,
     id_field: Option<&str>,
@@ -100,7 +100,7 @@ pub fn window_query(
 /// bucket (the global window): a rollup recomputed from the raw events. Only the archive's
 /// files that hold `range` are read: the time field is bounded by literals the `events` table
 /// prunes by. No rollup state columns.
-pub fn rollup_query(
+pub(crate) fn rollup_query(
     view: &ViewDefinition,
     time_field: &str,
     id_field: Option<&str>,
@@ -229,7 +229,7 @@ fn windows(
 /// ordered by time start a new session when they follow the previous one by `gap` or more; a
 /// session's window is `[first, last + gap)`. The view's filter applies before sessionization, as
 /// in the speed layer. Sessions are keyed by a running count of session starts per group.
-pub fn session_query(
+pub(crate) fn session_query(
     view: &ViewDefinition,
     time_field: &str,
     id_field: Option<&str>,

@@ -23,19 +23,19 @@ use datasketches::hll::{HllSketch, HllType, HllUnion};
 use tandem_shared::sketch::{self, HLL_LG_K, Quantiles};
 
 /// The SQL name of the distinct-count sketch function.
-pub const HLL: &str = "tandem_hll";
+pub(crate) const HLL: &str = "tandem_hll";
 /// The SQL name of the percentile sketch function.
-pub const KLL: &str = "tandem_kll";
+pub(crate) const KLL: &str = "tandem_kll";
 
 /// Registers both sketch functions with `ctx`.
-pub fn register(ctx: &SessionContext) {
+pub(crate) fn register(ctx: &SessionContext) {
     for f in functions() {
         ctx.register_udaf(f);
     }
 }
 
 /// Both sketch functions.
-pub fn functions() -> [AggregateUDF; 2] {
+pub(crate) fn functions() -> [AggregateUDF; 2] {
     [
         AggregateUDF::from(SketchFunction::new(Kind::Hll)),
         AggregateUDF::from(SketchFunction::new(Kind::Kll)),

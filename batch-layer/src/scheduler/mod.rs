@@ -47,7 +47,7 @@ use tokio_util::task::TaskTracker;
 use crate::recompute::Recompute;
 
 mod execution;
-pub mod job;
+pub(crate) mod job;
 pub mod leadership;
 mod record;
 #[cfg(test)]

@@ -7,8 +7,7 @@
 //!      rows, source "archive"; later buckets keep their sketch-merged rows, marked as such
 //! ```
 
-use tandem_batch_layer::catalog::segment;
-use tandem_batch_layer::recompute::query;
+use tandem_batch_layer::recompute::{ExactRollup, RollupError};
 use tandem_shared::coverage::StartRange;
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewDefinition;
@@ -23,7 +22,7 @@ pub enum Error {
     #[error(transparent)]
     Sql(#[from] sql::Error),
     #[error("decoding recomputed rows: {0}")]
-    Decode(#[from] segment::Error),
+    Decode(#[from] RollupError),
 }
 
 /// Replaces the rows of buckets the archive holds completely by rows recomputed from it.
@@ -46,17 +45,10 @@ pub async fn recompute(
         Granularity::Every(span) => Some(span),
         Granularity::All => None,
     };
-    let schema = engine.schema();
-    let sql = query::rollup_query(
-        view,
-        &schema.time_field,
-        schema.id_field.as_deref(),
-        range,
-        bucket,
-    );
-    tracing::debug!(view = %view.name, %sql, "exact rollup");
-    let answer = engine.query(&sql).await?;
-    let exact = segment::decode_rows(view, &answer.batches)?;
+    let rollup = ExactRollup::new(view, engine.schema(), range, bucket);
+    tracing::debug!(view = %view.name, sql = rollup.sql(), "exact rollup");
+    let answer = engine.query(rollup.sql()).await?;
+    let exact = rollup.rows(&answer.batches)?;
     let mut out: Vec<RolledRow> = rows
         .into_iter()
         .filter(|r| !range.contains(r.window.start))

@@ -32,7 +32,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::parser::ParserError;
 use futures::StreamExt;
 use object_store::ObjectStore;
-use tandem_batch_layer::recompute::query::EVENTS_TABLE;
+use tandem_batch_layer::recompute::EVENTS_TABLE;
 use tandem_batch_layer::tables::{self, EventsTable};
 use tandem_batch_layer::{ArchiveSnapshot, ViewCatalog};
 use tandem_shared::clock::{Clock, SystemClock};
