@@ -416,7 +416,7 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         config.http.sql,
     )
     .await?
-    .with_idle_timeout(config.idle_timeout);
+    .with_idle_timeout(config.kafka.idle_timeout);
     let state = AppState::new(
         catalog,
         speed_side,

@@ -33,13 +33,13 @@ pub fn speed_config(
         group_id: format!("{}-speed", kafka.group_prefix),
         dead_letter_topic: kafka.dead_letter_topic.clone(),
         late_topic: kafka.late_topic.clone(),
-        max_batch: config.max_batch,
-        idle_timeout: config.idle_timeout,
-        max_future: config.max_future,
-        memory_budget: config.memory_budget,
+        max_batch: config.speed.max_batch,
+        idle_timeout: kafka.idle_timeout,
+        max_future: config.speed.max_future,
+        memory_budget: config.speed.memory_budget.bytes(),
         checkpoint: Some(CheckpointSettings {
             store: Arc::clone(store),
-            interval: config.checkpoint_interval.as_duration(),
+            interval: config.speed.checkpoint_interval.as_duration(),
         }),
         kafka_options: kafka.options.clone(),
         registry: registry.cloned(),
@@ -47,9 +47,6 @@ pub fn speed_config(
         static_member: None,
     }
 }
-
-/// Where the token processes send each other comes from when `cluster.token_env` is not set.
-pub const CLUSTER_TOKEN_ENV: &str = "TANDEM_CLUSTER_TOKEN";
 
 /// How this process takes part in a cluster of processes.
 #[derive(Debug)]
@@ -97,9 +94,7 @@ pub fn cluster(
         static_membership: settings.static_membership,
         fleet: FleetSettings {
             member_ttl: settings.member_ttl.as_duration(),
-            token: settings
-                .token
-                .or_else(|| std::env::var(CLUSTER_TOKEN_ENV).ok()),
+            token: settings.token.or_else(|| config.cluster_token.clone()),
             ..FleetSettings::default()
         },
     })
@@ -140,10 +135,10 @@ pub fn archive_config(config: &Config, registry: Option<&Arc<Registry>>) -> Arch
         brokers: kafka.brokers.clone(),
         topic: kafka.topic.clone(),
         group_id: format!("{}-archive", kafka.group_prefix),
-        roll_interval: config.roll_interval.as_duration(),
-        roll_bytes: config.roll_bytes,
-        seal_files: config.seal_files,
-        max_future: config.max_future,
+        roll_interval: config.archive.roll_interval.as_duration(),
+        roll_bytes: config.archive.roll_bytes.bytes(),
+        seal_files: config.archive.seal_files,
+        max_future: config.speed.max_future,
         kafka_options: kafka.options.clone(),
         registry: registry.cloned(),
         progress: Default::default(),
@@ -155,7 +150,7 @@ pub fn catalog(config: &Config, store: &Arc<dyn ObjectStore>) -> Arc<ViewCatalog
     Arc::new(ViewCatalog::with_cache_bytes(
         Arc::clone(store),
         config.views.clone(),
-        config.cache_bytes,
+        config.serving.cache_bytes.bytes(),
     ))
 }
 
@@ -170,23 +165,15 @@ pub fn recompute(
         Arc::clone(store),
         Arc::new(config.schema.clone()),
         config.kafka.topic.clone(),
-        config.idle_timeout,
+        config.kafka.idle_timeout,
         Arc::clone(catalog),
         clock,
     )
     .with_engine(config.engine.clone())
-    .with_memory(config.batch_memory)
+    .with_memory(config.batch.memory.bytes())
 }
 
 /// The job scheduler's settings.
 pub fn scheduler_config(config: &Config) -> SchedulerConfig {
-    SchedulerConfig {
-        schedule: config.schedule.clone(),
-        queue_capacity: config.job_queue,
-        max_concurrent: config.max_concurrent_jobs,
-        max_attempts: config.max_attempts,
-        retry_backoff: config.retry_backoff.as_duration(),
-        retention: config.retention,
-        maintenance_interval: config.maintenance_interval.as_duration(),
-    }
+    config.batch.scheduler()
 }

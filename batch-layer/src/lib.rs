@@ -20,6 +20,8 @@
 //! - [`catalog`]: publication and loading of exact view results.
 //! - [`scheduler`]: job queue, cron schedule and job records.
 //! - [`tables`]: the archive as the SQL `events` table, with time pruning from query filters.
+//! - `settings`: `[archive]` and `[batch]` ([`ArchiveSettings`], [`BatchSettings`]) with their
+//!   defaults.
 //!
 //! Publication goes through `tandem_store`'s manifest chains; time comes from an injected
 //! `tandem_shared::clock::Clock`. Errors say whose problem they are (`kind()`), which is what the
@@ -36,6 +38,7 @@ pub mod archive;
 pub mod catalog;
 pub mod recompute;
 pub mod scheduler;
+mod settings;
 pub mod tables;
 
 pub use archive::{Archive, ArchiveConfig, ArchiveProgress, ArchiveSnapshot};
@@ -44,3 +47,4 @@ pub use recompute::Recompute;
 pub use scheduler::{
     CancelError, JobRecord, JobRequest, JobStatus, Scheduler, SchedulerConfig, SubmitError, Trigger,
 };
+pub use settings::{ArchiveSettings, BatchSettings};

@@ -168,7 +168,7 @@ struct Served {
 async fn serve(opts: &HistoryBench) -> anyhow::Result<()> {
     let mut config = config(&std::fs::canonicalize(&opts.dir)?)?;
     if let Some(mib) = opts.cache_mib {
-        config.cache_bytes = usize::try_from(mib << 20)?;
+        config.serving.cache_bytes = tandem_shared::settings::ByteSize(usize::try_from(mib << 20)?);
     }
     let store = tandem_store::open(&config.storage)?;
     let started = Instant::now();

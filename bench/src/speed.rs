@@ -80,7 +80,10 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
     // embedded broker keeps 5 MiB per partition: the mix's hopping sketches and sessions over
     // them exceed the default budget, which would pause consumption. Throughput is measured
     // here; backpressure has tests of its own.
-    config.memory_budget = config.memory_budget.max(16 << 30);
+    config.speed.memory_budget = config
+        .speed
+        .memory_budget
+        .max(tandem_shared::settings::ByteSize(16 << 30));
     // About 170 bytes per event; keep each partition under 4 MiB of the broker's 5 MiB.
     let partitions = (opts.events * 170 / (4 << 20) + 1).max(8);
     // The latency run gets a topic of its own: the broker's fetch path slows down as a

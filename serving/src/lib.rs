@@ -25,6 +25,7 @@
 //! - [`page`]: answers a page at a time, with a position cursor.
 //! - [`readiness`]: each component's condition, read by `/readyz`.
 //! - [`sources`]: which layer answers which windows of a range (`/coverage`).
+//! - `settings`: `[serving]` ([`ServingSettings`]) with its defaults.
 //! - [`sql`]: read-only SQL over the views (through the seam) and the archive's `events`.
 //! - [`api`]: the axum router; handlers parse and render, with `Serialize` response types; the
 //!   OpenAPI description (`/openapi.json`, `/docs`) generated from the handlers, and the web
@@ -46,6 +47,7 @@ pub mod reconcile;
 pub mod rollup;
 pub mod seam;
 pub mod server;
+mod settings;
 pub mod sources;
 pub mod sql;
 
@@ -53,3 +55,4 @@ pub use access::{Access, HttpLimits, HttpPolicy, Scope, Token};
 pub use api::{AppState, router};
 pub use readiness::Readiness;
 pub use reconcile::Reconciler;
+pub use settings::ServingSettings;

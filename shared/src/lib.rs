@@ -15,9 +15,11 @@
 //!                   merge per window: Coverage says batch, otherwise speed
 //! ```
 //!
-//! - [`schema`] and [`event`]: the declared event fields and the one JSON decoder both consumers
-//!   use, so an event is malformed for every layer or for none.
-//! - [`view`] and [`window`]: view definitions. Filter and aggregate-argument expressions are kept
+//! - [`schema`] and [`event`]: the declared event fields and the one decoder (JSON, Avro,
+//!   Protobuf, Debezium envelopes) both consumers use, so an event is malformed for every layer
+//!   or for none; and the one admission decision (`event::Admission`).
+//! - [`view`] and [`window`]: view definitions and the one watermark rule
+//!   (`ViewDefinition::watermark`). Filter and aggregate-argument expressions are kept
 //!   as SQL text and evaluated by DataFusion in both layers.
 //! - [`sketch`]: HyperLogLog and KLL as both layers build them, and the per-window state the
 //!   batch layer stores for rollups.
@@ -28,7 +30,8 @@
 //!   which layer answers a window.
 //! - [`row`]: the rows the layers hand to the serving layer.
 //! - [`layout`]: every object-store key.
-//! - [`time`]: event time in epoch milliseconds and spans of it.
+//! - [`time`]: event time in epoch milliseconds and spans of it; [`settings`]: sizes in bytes and
+//!   the shape of a setting's problem, for each layer's settings.
 //! - [`clock`]: wall-clock time, injected into both layers so time-dependent decisions are
 //!   testable without sleeping.
 //! - `testing` (feature `testing`): fixtures for the other crates' tests.
@@ -41,6 +44,7 @@ pub mod event;
 pub mod layout;
 pub mod row;
 pub mod schema;
+pub mod settings;
 pub mod sketch;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

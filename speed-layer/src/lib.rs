@@ -41,6 +41,7 @@
 //! - `replay` (feature `bench`): the consume loop's work after librdkafka, fed without Kafka
 //!   (benchmarks and instruction counts).
 //! - `dead_letter`: the dead-letter and late-events producers.
+//! - `settings`: `[speed]`, [`SpeedSettings`] with its defaults.
 //!
 //! # Invariants
 //! - State is kept per Kafka partition. A partition's state and the offset it reflects move
@@ -63,8 +64,10 @@ pub mod partials;
 pub mod program;
 #[cfg(any(test, feature = "bench"))]
 pub mod replay;
+mod settings;
 pub mod state;
 pub mod watermark;
 
 pub use engine::SpeedLayer;
 pub use ingest::{CheckpointSettings, Error as IngestError, SpeedConfig};
+pub use settings::SpeedSettings;

@@ -37,6 +37,9 @@ pub(super) struct ClusterFile {
     static_membership: Option<bool>,
 }
 
+/// Where the token processes send each other comes from when `cluster.token_env` is not set.
+pub const CLUSTER_TOKEN_ENV: &str = "TANDEM_CLUSTER_TOKEN";
+
 /// The `[cluster]` settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {

@@ -8,8 +8,8 @@ use tandem_serving::sql::SqlLimits;
 use tandem_serving::{Access, HttpLimits, HttpPolicy, Scope, Token};
 use tandem_shared::time::Span;
 
-use super::size::{ByteSize, parse_size};
 use super::{Error, Result};
+use tandem_shared::settings::ByteSize;
 
 /// HTTP settings: the access policy and limits, and whether an open API may listen beyond
 /// loopback.
@@ -125,7 +125,7 @@ pub(super) fn http_config(
     };
     let size = |key: &'static str, text: &Option<ByteSize>, default| match text {
         None => Ok(default),
-        Some(size) => parse_size(size).filter(|n| *n > 0).ok_or_else(|| {
+        Some(size) => Some(size.bytes()).filter(|n| *n > 0).ok_or_else(|| {
             invalid(
                 key,
                 "expected a positive number of bytes or a size such as \"1MiB\"".into(),

@@ -14,21 +14,23 @@ mod engine;
 mod format;
 mod http;
 mod outputs;
-mod size;
 mod storage;
 
 pub use outputs::OutputConfig;
 
-pub use cluster::{ClusterConfig, check_instance};
+pub use cluster::{CLUSTER_TOKEN_ENV, ClusterConfig, check_instance};
 use cluster::{ClusterFile, cluster_config};
 pub use http::HttpConfig;
 use http::{HttpFile, http_config};
-use size::{ByteSize, parse_size};
 use storage::{StorageFile, storage_settings};
+use tandem_batch_layer::{ArchiveSettings, BatchSettings};
+use tandem_serving::ServingSettings;
 use tandem_shared::event::{Envelope, Format, OP_FIELD, PayloadFormat};
 use tandem_shared::schema::{EventSchema, FieldType};
+use tandem_shared::settings::Invalid;
 use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::{ViewConfig, ViewDefinition};
+use tandem_speed_layer::SpeedSettings;
 use tandem_store::StorageSettings;
 use tandem_store::registry::RegistrySettings;
 
@@ -99,25 +101,18 @@ struct File {
     #[serde(default)]
     views: Vec<ViewConfig>,
     #[serde(default)]
-    batch: BatchFile,
+    batch: BatchSettings,
     #[serde(default)]
-    archive: ArchiveFile,
+    archive: ArchiveSettings,
     #[serde(default)]
-    speed: SpeedFile,
+    speed: SpeedSettings,
     #[serde(default)]
     http: HttpFile,
     #[serde(default)]
-    serving: ServingFile,
+    serving: ServingSettings,
     cluster: Option<ClusterFile>,
     #[serde(default)]
     outputs: Vec<outputs::OutputFile>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServingFile {
-    /// Bound of the cache of published row groups.
-    cache_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,7 +130,8 @@ struct KafkaFile {
     partitions: i32,
     /// A partition fully consumed and quiet for this long stops holding event-time progress
     /// back, in the speed layer's watermark and in the archive's completeness.
-    idle_timeout: Option<String>,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: Span,
     /// Extra librdkafka client properties (security settings, for example).
     #[serde(default)]
     options: BTreeMap<String, String>,
@@ -153,6 +149,9 @@ fn default_group_prefix() -> String {
 }
 fn default_partitions() -> i32 {
     8
+}
+fn default_idle_timeout() -> Span {
+    Span::from_millis(30_000)
 }
 
 /// `options` and `options_env` together: a property given in both, or a variable that is not
@@ -207,39 +206,6 @@ struct SchemaFile {
     include_snapshot: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchFile {
-    schedule: Option<String>,
-    engine: Option<String>,
-    ballista_url: Option<String>,
-    job_queue: Option<usize>,
-    max_concurrent_jobs: Option<usize>,
-    max_attempts: Option<u32>,
-    retry_backoff: Option<String>,
-    retention: Option<String>,
-    maintenance_interval: Option<String>,
-    /// Memory every recompute query of the process shares.
-    memory: Option<ByteSize>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ArchiveFile {
-    roll_interval: Option<String>,
-    roll_bytes: Option<usize>,
-    seal_files: Option<usize>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SpeedFile {
-    max_batch: Option<usize>,
-    checkpoint_interval: Option<String>,
-    max_future: Option<String>,
-    memory_budget: Option<ByteSize>,
-}
-
 /// Kafka settings.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -249,6 +215,9 @@ pub struct KafkaConfig {
     pub late_topic: String,
     pub group_prefix: String,
     pub partitions: i32,
+    /// A partition fully consumed and quiet for this long stops holding event-time progress
+    /// back (the speed layer's watermark, the archive's completeness).
+    pub idle_timeout: Span,
     pub options: BTreeMap<String, String>,
 }
 
@@ -264,31 +233,21 @@ pub struct Config {
     /// Where Avro and Protobuf writer schemas come from.
     pub registry: Option<RegistrySettings>,
     pub views: Vec<ViewDefinition>,
-    pub schedule: Option<String>,
+    /// `[speed]`.
+    pub speed: SpeedSettings,
+    /// `[archive]`.
+    pub archive: ArchiveSettings,
+    /// `[batch]`; where its recompute queries run is [`Config::engine`].
+    pub batch: BatchSettings,
     /// Where recompute queries run (`[batch] engine`, `ballista_url`).
     pub engine: tandem_batch_layer::recompute::Engine,
-    pub idle_timeout: Span,
-    pub job_queue: usize,
-    pub max_concurrent_jobs: usize,
-    pub max_attempts: u32,
-    pub retry_backoff: Span,
-    /// Retired segments, old view versions and finished job records are kept this long.
-    pub retention: Span,
-    pub maintenance_interval: Span,
-    /// Memory every recompute query of the process shares (`batch.memory`).
-    pub batch_memory: usize,
-    pub roll_interval: Span,
-    pub roll_bytes: usize,
-    /// Files a partition manifest lists before it seals them into a file list.
-    pub seal_files: usize,
-    pub max_batch: usize,
-    pub checkpoint_interval: Span,
-    pub max_future: Span,
-    pub memory_budget: usize,
-    /// Bound of the serving layer's cache of published rows.
-    pub cache_bytes: usize,
+    /// `[serving]`.
+    pub serving: ServingSettings,
     /// `[cluster]`: set when processes share the work (see [`ClusterConfig`]).
     pub cluster: Option<ClusterConfig>,
+    /// The token processes send each other when `cluster.token_env` does not name one: the
+    /// [`CLUSTER_TOKEN_ENV`] variable, read with the rest of the environment at parse.
+    pub cluster_token: Option<String>,
     /// `[[outputs]]`: views pushed to Kafka topics.
     pub outputs: Vec<OutputConfig>,
 }
@@ -322,116 +281,24 @@ impl Config {
             path: path.clone(),
             source: Box::new(source),
         })?;
-        let s = &file.schema;
-        let (format, registry) = format::format_settings(
-            format::FormatFile {
-                format: s.format,
-                registry: s.registry.clone(),
-                message: s.message.clone(),
-                proto: s.proto.clone(),
-                envelope: s.envelope,
-                include_snapshot: s.include_snapshot,
-            },
-            &path,
-            env,
-        )?;
-        let mut fields = file.schema.fields.clone();
-        // Change events carry their operation: a field every view may filter on.
-        if format.envelope == Some(Envelope::Debezium) {
-            let op = *fields
-                .entry(OP_FIELD.to_owned())
-                .or_insert(FieldType::String);
-            if op != FieldType::String {
-                return Err(Error::Invalid {
-                    path,
-                    section: "schema",
-                    key: "fields",
-                    problem: format!(
-                        "`{OP_FIELD}` holds a change's operation: declare it a string"
-                    ),
-                });
-            }
-        }
-        let schema = EventSchema::new(
-            file.schema.time_field.clone(),
-            fields,
-            file.schema.id_field.clone(),
-        )
-        .map_err(|source| Error::Schema {
-            path: path.clone(),
-            source,
-        })?;
-        let schema = match &file.schema.min_time {
-            None => schema,
-            Some(text) => {
-                let min_time = EventTime::parse(text).map_err(|source| Error::Time {
-                    path: path.clone(),
-                    section: "schema",
-                    key: "min_time",
-                    source,
-                })?;
-                schema.with_min_time(min_time)
-            }
-        };
-        if file.views.is_empty() {
-            return Err(Error::NoViews { path });
-        }
-        let mut names = BTreeSet::new();
-        let mut views = Vec::with_capacity(file.views.len());
-        for (index, v) in file.views.iter().enumerate() {
-            if !names.insert(v.name.clone()) {
-                return Err(Error::DuplicateView {
-                    path,
-                    index,
-                    name: v.name.clone(),
-                });
-            }
-            let def = ViewDefinition::from_config(v, &schema).map_err(|source| Error::View {
-                path: path.clone(),
-                index,
-                name: v.name.clone(),
-                source,
-            })?;
-            views.push(def);
-        }
-        let span = |value: &Option<String>, default: &str, section, key| {
-            Span::parse(value.as_deref().unwrap_or(default)).map_err(|source| Error::Span {
-                path: path.clone(),
-                section,
-                key,
-                source,
-            })
-        };
-        let roll_interval = span(
-            &file.archive.roll_interval,
-            "30s",
-            "archive",
-            "roll_interval",
-        )?;
-        let idle_timeout = span(&file.kafka.idle_timeout, "30s", "kafka", "idle_timeout")?;
+        let (schema, format, registry) = schema_section(&file.schema, &path, env)?;
+        let views = views_section(&file.views, &schema, &path)?;
         let invalid = |section, key, problem: &str| Error::Invalid {
             path: path.clone(),
             section,
             key,
             problem: problem.to_owned(),
         };
-        if roll_interval.millis() == 0 {
-            return Err(invalid(
-                "archive",
-                "roll_interval",
-                "must be greater than zero",
-            ));
-        }
-        if let Some(expr) = &file.batch.schedule
-            && let Err(err) = expr.parse::<cron::Schedule>()
-        {
-            return Err(invalid(
-                "batch",
-                "schedule",
-                &format!(
-                    "`{expr}` is not a cron expression (sec min hour day month weekday): {err}"
-                ),
-            ));
+        // Each layer checks its own section; the sections are named here.
+        let checks = [
+            ("speed", file.speed.check()),
+            ("archive", file.archive.check()),
+            ("batch", file.batch.check()),
+        ];
+        for (section, check) in checks {
+            if let Err(Invalid { key, problem }) = check {
+                return Err(invalid(section, key, &problem));
+            }
         }
         let kafka = file.kafka;
         if kafka.topic.is_empty() {
@@ -439,59 +306,6 @@ impl Config {
         }
         if kafka.partitions < 1 {
             return Err(invalid("kafka", "partitions", "must be at least 1"));
-        }
-        let retry_backoff = span(&file.batch.retry_backoff, "2s", "batch", "retry_backoff")?;
-        let retention = span(&file.batch.retention, "7d", "batch", "retention")?;
-        let maintenance_interval = span(
-            &file.batch.maintenance_interval,
-            "10m",
-            "batch",
-            "maintenance_interval",
-        )?;
-        if maintenance_interval.millis() == 0 {
-            return Err(invalid(
-                "batch",
-                "maintenance_interval",
-                "must be greater than zero",
-            ));
-        }
-        let batch_memory = match &file.batch.memory {
-            None => tandem_batch_layer::recompute::DEFAULT_MEMORY,
-            Some(size) => parse_size(size).filter(|n| *n > 0).ok_or_else(|| {
-                invalid(
-                    "batch",
-                    "memory",
-                    "expected a positive size such as \"1GiB\"",
-                )
-            })?,
-        };
-        let checkpoint_interval = span(
-            &file.speed.checkpoint_interval,
-            "10s",
-            "speed",
-            "checkpoint_interval",
-        )?;
-        let max_future = span(&file.speed.max_future, "1h", "speed", "max_future")?;
-        let memory_budget = match &file.speed.memory_budget {
-            None => 1 << 30,
-            Some(size) => parse_size(size).ok_or_else(|| {
-                invalid(
-                    "speed",
-                    "memory_budget",
-                    "expected bytes or a size such as \"512MiB\"",
-                )
-            })?,
-        };
-        if checkpoint_interval.millis() == 0 {
-            return Err(invalid(
-                "speed",
-                "checkpoint_interval",
-                "must be greater than zero",
-            ));
-        }
-        let max_batch = file.speed.max_batch.unwrap_or(4096);
-        if max_batch == 0 {
-            return Err(invalid("speed", "max_batch", "must be at least 1"));
         }
         let engine = engine::engine(
             file.batch.engine.as_deref(),
@@ -504,16 +318,6 @@ impl Config {
             .map(|c| cluster_config(c, &path, env))
             .transpose()?;
         let storage = storage_settings(file.storage, &path, env)?;
-        let cache_bytes = match &file.serving.cache_bytes {
-            None => tandem_batch_layer::catalog::DEFAULT_CACHE_BYTES,
-            Some(size) => parse_size(size).ok_or_else(|| {
-                invalid(
-                    "serving",
-                    "cache_bytes",
-                    "expected bytes or a size such as \"256MiB\"",
-                )
-            })?,
-        };
         let dead_letter_topic = kafka
             .dead_letter_topic
             .clone()
@@ -538,6 +342,7 @@ impl Config {
                 topic: kafka.topic,
                 group_prefix: kafka.group_prefix,
                 partitions: kafka.partitions,
+                idle_timeout: kafka.idle_timeout,
                 options,
             },
             storage,
@@ -545,32 +350,103 @@ impl Config {
             format,
             registry,
             views,
-            schedule: file.batch.schedule,
             engine,
-            idle_timeout,
-            job_queue: file.batch.job_queue.unwrap_or(64).max(1),
-            max_concurrent_jobs: file.batch.max_concurrent_jobs.unwrap_or(2).max(1),
-            max_attempts: file.batch.max_attempts.unwrap_or(3).max(1),
-            retry_backoff,
-            retention,
-            maintenance_interval,
-            batch_memory,
-            roll_interval,
-            roll_bytes: file.archive.roll_bytes.unwrap_or(64 << 20).max(1),
-            seal_files: file
-                .archive
-                .seal_files
-                .unwrap_or(tandem_batch_layer::archive::SEAL_AT)
-                .max(1),
-            max_batch,
-            checkpoint_interval,
-            max_future,
-            memory_budget,
-            cache_bytes,
+            speed: file.speed,
+            archive: file.archive,
+            batch: file.batch,
+            serving: file.serving,
             cluster,
+            cluster_token: env(CLUSTER_TOKEN_ENV),
             outputs,
         })
     }
+}
+
+/// `[schema]`: the event schema, how payloads are written and where writer schemas come from.
+fn schema_section(
+    s: &SchemaFile,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(EventSchema, Format, Option<RegistrySettings>)> {
+    let (format, registry) = format::format_settings(
+        format::FormatFile {
+            format: s.format,
+            registry: s.registry.clone(),
+            message: s.message.clone(),
+            proto: s.proto.clone(),
+            envelope: s.envelope,
+            include_snapshot: s.include_snapshot,
+        },
+        path,
+        env,
+    )?;
+    let mut fields = s.fields.clone();
+    // Change events carry their operation: a field every view may filter on.
+    if format.envelope == Some(Envelope::Debezium) {
+        let op = *fields
+            .entry(OP_FIELD.to_owned())
+            .or_insert(FieldType::String);
+        if op != FieldType::String {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                section: "schema",
+                key: "fields",
+                problem: format!("`{OP_FIELD}` holds a change's operation: declare it a string"),
+            });
+        }
+    }
+    let schema =
+        EventSchema::new(s.time_field.clone(), fields, s.id_field.clone()).map_err(|source| {
+            Error::Schema {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+    let schema = match &s.min_time {
+        None => schema,
+        Some(text) => {
+            let min_time = EventTime::parse(text).map_err(|source| Error::Time {
+                path: path.to_owned(),
+                section: "schema",
+                key: "min_time",
+                source,
+            })?;
+            schema.with_min_time(min_time)
+        }
+    };
+    Ok((schema, format, registry))
+}
+
+/// `[[views]]`: each view validated against the schema, names unique.
+fn views_section(
+    views: &[ViewConfig],
+    schema: &EventSchema,
+    path: &str,
+) -> Result<Vec<ViewDefinition>> {
+    if views.is_empty() {
+        return Err(Error::NoViews {
+            path: path.to_owned(),
+        });
+    }
+    let mut names = BTreeSet::new();
+    let mut definitions = Vec::with_capacity(views.len());
+    for (index, v) in views.iter().enumerate() {
+        if !names.insert(v.name.clone()) {
+            return Err(Error::DuplicateView {
+                path: path.to_owned(),
+                index,
+                name: v.name.clone(),
+            });
+        }
+        let def = ViewDefinition::from_config(v, schema).map_err(|source| Error::View {
+            path: path.to_owned(),
+            index,
+            name: v.name.clone(),
+            source,
+        })?;
+        definitions.push(def);
+    }
+    Ok(definitions)
 }
 
 #[cfg(test)]

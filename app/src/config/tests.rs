@@ -21,8 +21,8 @@ fn parses_the_documented_example_with_defaults() {
     assert_eq!(c.kafka.late_topic, "orders.late");
     assert_eq!(c.views.len(), 1);
     assert_eq!(c.views[0].aggregates.len(), 5);
-    assert_eq!(c.roll_interval.millis(), 30_000);
-    assert_eq!(c.schedule.as_deref(), Some("0 */10 * * * *"));
+    assert_eq!(c.archive.roll_interval.millis(), 30_000);
+    assert_eq!(c.batch.schedule.as_deref(), Some("0 */10 * * * *"));
 }
 
 #[test]
@@ -32,25 +32,25 @@ fn sizes_accept_bytes_and_binary_or_decimal_units() {
         "t",
     )
     .unwrap();
-    assert_eq!(c.memory_budget, 64 << 20);
-    assert_eq!(c.cache_bytes, 16 << 20, "the default");
-    assert_eq!(c.batch_memory, 1 << 30, "the default");
+    assert_eq!(c.speed.memory_budget.bytes(), 64 << 20);
+    assert_eq!(c.serving.cache_bytes.bytes(), 16 << 20, "the default");
+    assert_eq!(c.batch.memory.bytes(), 1 << 30, "the default");
     let c = parse(
         &ISSUE_EXAMPLE.replace("[batch]\n", "[batch]\nmemory = \"256MiB\"\n"),
         "t",
     )
     .unwrap();
-    assert_eq!(c.batch_memory, 256 << 20);
+    assert_eq!(c.batch.memory.bytes(), 256 << 20);
     let c = parse(
         &format!("{ISSUE_EXAMPLE}\n[serving]\ncache_bytes = \"1GiB\"\n"),
         "t",
     )
     .unwrap();
-    assert_eq!(c.cache_bytes, 1 << 30);
-    assert_eq!(c.max_future.millis(), 3_600_000);
-    assert_eq!(c.checkpoint_interval.millis(), 10_000);
-    assert_eq!(c.retention.millis(), 7 * 86_400_000);
-    assert_eq!(c.maintenance_interval.millis(), 600_000);
+    assert_eq!(c.serving.cache_bytes.bytes(), 1 << 30);
+    assert_eq!(c.speed.max_future.millis(), 3_600_000);
+    assert_eq!(c.speed.checkpoint_interval.millis(), 10_000);
+    assert_eq!(c.batch.retention.millis(), 7 * 86_400_000);
+    assert_eq!(c.batch.maintenance_interval.millis(), 600_000);
 }
 
 #[test]

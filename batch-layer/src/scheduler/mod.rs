@@ -114,16 +114,9 @@ pub struct SchedulerConfig {
 }
 
 impl Default for SchedulerConfig {
+    /// What `[batch]`'s defaults give (`BatchSettings`).
     fn default() -> Self {
-        Self {
-            schedule: None,
-            queue_capacity: 64,
-            max_concurrent: 2,
-            max_attempts: 3,
-            retry_backoff: Duration::from_secs(2),
-            retention: Span::from_millis(7 * 86_400_000),
-            maintenance_interval: Duration::from_secs(600),
-        }
+        crate::settings::BatchSettings::default().scheduler()
     }
 }
 
