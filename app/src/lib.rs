@@ -7,7 +7,7 @@
 //!   run / dev ──► process::start: topics ─► speed layer, archive, scheduler, reconciler ─► HTTP
 //!                 process::Running::shutdown: backend first, then the HTTP frontend
 //!   dev ────────► dev: embedded Kafka (mock cluster) + demo generator around process::start
-//!   ballista ───► ballista_cluster: Ballista scheduler / executor with Tandem's store, functions
+//!   ballista ───► ballista: Ballista scheduler / executor with Tandem's store, functions
 //!   batch run ──► batch_run: one recompute with a progress bar, no Kafka
 //!   sql ────────► sql: one read-only query against the store (the serving layer's engine)
 //! ```
@@ -21,11 +21,11 @@
 //! - [`probe`]: readiness conditions no task reports itself (assignment, object store).
 //! - [`topics`]: the events topic checked and the side topics created at start-up.
 //! - [`batch_run`]: `tandem batch run`.
-//! - [`ballista_cluster`]: `tandem ballista scheduler|executor` (a remote recompute cluster).
+//! - [`ballista`]: `tandem ballista scheduler|executor` (a remote recompute cluster).
 //! - [`sql`]: `tandem sql`.
 //! - [`dev`]: `tandem dev` and `tandem broker` (the embedded broker, the demo generator).
 
-pub mod ballista_cluster;
+pub mod ballista;
 pub mod batch_run;
 pub mod config;
 pub mod dev;

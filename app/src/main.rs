@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tandem::config::Config;
 use tandem::dev::{self, DevOptions, EmbeddedKafka};
 use tandem::process::{self, RunOptions};
-use tandem::{ballista_cluster, batch_run};
+use tandem::{ballista, batch_run};
 use tandem_shared::time::EventTime;
 use tokio_util::sync::CancellationToken;
 
@@ -84,9 +84,9 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum BallistaCommand {
     /// A scheduler (`[batch] ballista_url = "df://HOST:PORT"` names it).
-    Scheduler(ballista_cluster::SchedulerArgs),
+    Scheduler(ballista::SchedulerArgs),
     /// An executor: polls the scheduler for tasks, reads the archive from `[storage]`.
-    Executor(ballista_cluster::ExecutorArgs),
+    Executor(ballista::ExecutorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,8 +245,8 @@ async fn main() -> anyhow::Result<()> {
                 stop.cancel();
             });
             match what {
-                BallistaCommand::Scheduler(args) => ballista_cluster::scheduler(args, cancel).await,
-                BallistaCommand::Executor(args) => ballista_cluster::executor(args, cancel).await,
+                BallistaCommand::Scheduler(args) => ballista::scheduler(args, cancel).await,
+                BallistaCommand::Executor(args) => ballista::executor(args, cancel).await,
             }
         }
         Command::Dev(options) => {

@@ -241,14 +241,14 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         tracker.spawn(supervisor.clone().run(
             "speed",
             move |cancel| {
-                let task = speed_run
-                    .start(
-                        speed_config.clone(),
-                        Arc::clone(&speed_decoder),
-                        Arc::clone(&speed_clock),
-                        cancel,
-                    )
-                    .map_err(|e| e.to_string())?;
+                let task = tandem_speed_layer::start(
+                    &speed_run,
+                    speed_config.clone(),
+                    Arc::clone(&speed_decoder),
+                    Arc::clone(&speed_clock),
+                    cancel,
+                )
+                .map_err(|e| e.to_string())?;
                 Ok(async move {
                     match task.await {
                         Ok(Ok(())) => Ok(()),

@@ -117,7 +117,8 @@ async fn measure(config: &Config, brokers: &str, opts: &AlertsBench) -> anyhow::
     let speed = tandem_speed_layer::SpeedLayer::compile(&config.views, &config.schema)?;
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let speed_task = speed.start(
+    let speed_task = tandem_speed_layer::start(
+        &speed,
         wiring::speed_config(config, &store, None),
         Arc::new(EventDecoder::new(Arc::new(config.schema.clone()))),
         Arc::clone(&clock),

@@ -255,7 +255,8 @@ async fn consume(
     let cpu0 = cpu_seconds()?;
     let threads0 = thread_cpu();
     let wall0 = Instant::now();
-    let task = speed.start(
+    let task = tandem_speed_layer::start(
+        &speed,
         wiring::speed_config(&on, &store, None),
         Arc::new(payloads::decoder(&config.schema, opts.format)?),
         Arc::new(SystemClock),
@@ -311,7 +312,8 @@ pub(super) async fn serve_speed(
 )> {
     let speed = speed_layer(config)?;
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let task = speed.start(
+    let task = tandem_speed_layer::start(
+        &speed,
         wiring::speed_config(config, &store, None),
         Arc::new(EventDecoder::new(Arc::new(config.schema.clone()))),
         Arc::new(SystemClock),

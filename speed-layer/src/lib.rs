@@ -23,7 +23,7 @@
 //! ```
 //!
 //! # Subsystems
-//! - [`SpeedLayer`] (`engine`): the state of every view over every owned partition, and the
+//! - [`SpeedLayer`] (`layer`): the state of every view over every owned partition, and the
 //!   operations on it (apply a micro-batch, query, release, assign, revoke, snapshot).
 //! - [`aggregate`]: mergeable partial aggregates and sketches (update / merge / evaluate).
 //! - [`program`]: compiles a view to DataFusion physical expressions, so filters and arguments
@@ -56,8 +56,8 @@ pub mod aggregate;
 pub mod announce;
 pub mod checkpoint;
 mod dead_letter;
-mod engine;
 mod ingest;
+mod layer;
 mod micro_batch;
 mod pacing;
 pub mod partials;
@@ -68,6 +68,6 @@ mod settings;
 pub mod state;
 pub mod watermark;
 
-pub use engine::SpeedLayer;
-pub use ingest::{CheckpointSettings, Error as IngestError, SpeedConfig};
+pub use ingest::{CheckpointSettings, Error as IngestError, SpeedConfig, start};
+pub use layer::SpeedLayer;
 pub use settings::SpeedSettings;

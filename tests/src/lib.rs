@@ -451,6 +451,15 @@ pub async fn metrics_text(client: &reqwest::Client, server: &TestServer) -> anyh
         .await?)
 }
 
+/// A metric's value in Prometheus text (summed over its labels), 0 when absent.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Every row of `view` from `GET /v1/views/{view}` (windows from 2000 on, one page of up to
 /// 10,000 rows).
 pub async fn view_rows(

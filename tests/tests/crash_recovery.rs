@@ -50,7 +50,15 @@ async fn survives_kills(fixture: &RunFixture) -> anyhow::Result<()> {
     let server = start(&[])?;
     produce(&producer, base, 0..1_000).await?;
     wait_for_total(&client, &server, 1_000, Duration::from_secs(60)).await?;
-    tokio::time::sleep(Duration::from_millis(2_500)).await; // at least one checkpoint
+    // At least one checkpoint written after the events were counted.
+    let written = |text: String| tandem_tests::metric(&text, "tandem_checkpoints_total");
+    let before = written(tandem_tests::metrics_text(&client, &server).await?);
+    tandem_tests::eventually(Duration::from_secs(30), || async {
+        let now = written(tandem_tests::metrics_text(&client, &server).await?);
+        ensure!(now > before, "no checkpoint yet ({now})");
+        Ok(())
+    })
+    .await?;
     server.kill()?;
 
     // 2. Abort after writing a checkpoint object but before publishing its manifest.

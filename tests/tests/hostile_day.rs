@@ -22,7 +22,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::{Value, json};
 use tandem_tests::{
-    ExternalBroker, Ready, TestServer, eventually, fixture, metrics_text, run_args, run_job,
+    ExternalBroker, Ready, TestServer, eventually, fixture, metric, metrics_text, run_args, run_job,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -94,15 +94,6 @@ fn order(i: usize, ts: i64) -> Value {
         "event_type": "order_placed",
         "ts": ts,
     })
-}
-
-/// A metric's value (summed over its labels), 0 when absent.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 async fn post_sql(

@@ -194,8 +194,16 @@ async fn outage_over(inner: Arc<dyn ObjectStore>, dir: &std::path::Path) {
     // During a write outage rolls fail and are retried; nothing is published.
     flaky.start_write_outage("");
     produced.extend(produce(&producer, base, 200, 300).await);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(flaky.failed_writes() > 0, "rolls were attempted");
+    // Wait until rolls were attempted and failed more than once (so at least one retry ran
+    // into the outage too), then nothing may have been published.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while flaky.failed_writes() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no roll was attempted during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(published(&store).await, before, "no manifest moved");
 
     // After it: every event exactly once.

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  DataFusion: SessionContext(config) + store at STORE_URL + sketch UDAFs + FilesTable
-//!  Ballista:   cluster::session_state(runtime with the store at STORE_URL, config)
+//!  Ballista:   ballista::session_state(runtime with the store at STORE_URL, config)
 //!                ├─ ballista_url given: remote_with_state(url, state)
 //!                └─ none: one standalone scheduler + executor started from that state, once
 //!              events table = a ListingTable of exactly the job's files (the plan travels to

@@ -41,7 +41,7 @@ use crate::tables;
 use tandem_store::manifest;
 
 #[cfg(feature = "ballista")]
-pub mod cluster;
+pub mod ballista;
 mod dirty;
 pub mod engine;
 pub(crate) mod plan;
@@ -340,8 +340,8 @@ impl Recompute {
             #[cfg(feature = "ballista")]
             Engine::Ballista { url } => {
                 // The scheduler and the executors resolve the sketch functions by name.
-                let state = cluster::session_state(
-                    cluster::runtime(Arc::clone(&self.store), None)?,
+                let state = ballista::session_state(
+                    ballista::runtime(Arc::clone(&self.store), None)?,
                     config,
                 )?;
                 let ctx = engine::ballista_session(state, url.as_deref(), &self.standalone).await?;

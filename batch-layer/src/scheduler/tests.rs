@@ -105,7 +105,7 @@ async fn a_bad_expression_fails_the_job_at_once_and_its_record_survives_a_restar
     .await;
     let (s, catalog) = scheduler(&store, view(Some("price / qty > 1")));
     let cancel = CancellationToken::new();
-    tokio::spawn(s.clone().run(cancel.clone()));
+    let running = tokio::spawn(s.clone().run(cancel.clone()));
     let job = s.submit(request(Trigger::Request)).unwrap();
     let done = wait_finished(&s, &job.id).await;
     assert_eq!(done.status, JobStatus::Failed);
@@ -123,7 +123,7 @@ async fn a_bad_expression_fails_the_job_at_once_and_its_record_survives_a_restar
         "a failed job publishes nothing"
     );
     cancel.cancel();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    running.await.unwrap();
 
     // A new process sees the record; a job that was queued is queued again.
     let mut pending = done.clone();
@@ -204,16 +204,28 @@ async fn a_cancelled_job_publishes_nothing() {
     // Cancelled while queued: it never runs.
     let job = s.submit(request(Trigger::Request)).unwrap();
     assert_eq!(s.cancel(&job.id).unwrap().status, JobStatus::Cancelled);
+    // A job queued after it, over a range without events (it publishes nothing): once it has
+    // finished, the queue has handed the cancelled job to the loop before it.
+    let after = s
+        .submit(JobRequest {
+            from: Some(EventTime(BASE - 2 * M)),
+            to: Some(EventTime(BASE - M)),
+            ..request(Trigger::Request)
+        })
+        .unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(s.clone().run(stop.clone()));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let running = tokio::spawn(s.clone().run(stop.clone()));
+    wait_finished(&s, &after.id).await;
+    // The loop is stopped and has waited for every job it took.
+    stop.cancel();
+    running.await.unwrap();
     assert_eq!(s.job(&job.id).unwrap().status, JobStatus::Cancelled);
+    assert_eq!(s.job(&job.id).unwrap().attempts, 0, "it never ran");
     assert_eq!(catalog.get("sales").unwrap().seq, None);
     assert!(matches!(
         s.cancel(&job.id),
         Err(CancelError::Finished { .. })
     ));
-    stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::local::LocalFileSystem;
 use tandem_batch_layer::recompute::Engine;
-use tandem_batch_layer::recompute::cluster::{
+use tandem_batch_layer::recompute::ballista::{
     ExecutorSettings, Scheduler, SchedulerSettings, run_executor,
 };
 use tandem_shared::row::ViewRow;

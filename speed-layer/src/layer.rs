@@ -13,16 +13,13 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tandem_shared::coverage::{Coverage, StartRange};
-use tandem_shared::event::EventDecoder;
 use tandem_shared::row::ViewRow;
 use tandem_shared::schema::EventSchema;
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewDefinition;
 use tandem_store::members::Owned;
-use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint;
-use crate::ingest::{self, SpeedConfig};
 use crate::program::{self, ViewProgram};
 use crate::state::{self, Partial, Pinned, ViewState};
 
@@ -100,24 +97,6 @@ impl SpeedLayer {
                 micro_batches: AtomicU64::new(0),
             }),
         }
-    }
-
-    /// Starts consuming on a dedicated blocking thread; the returned task ends after `cancel`
-    /// fires, final checkpoints are written and side-topic messages are flushed.
-    ///
-    /// Partition state left by an earlier run (one that failed) is dropped first: each
-    /// partition is restored from its checkpoint again when it is assigned.
-    pub fn start(
-        &self,
-        config: SpeedConfig,
-        decoder: Arc<EventDecoder>,
-        clock: Arc<dyn tandem_shared::clock::Clock>,
-        cancel: CancellationToken,
-    ) -> Result<tokio::task::JoinHandle<Result<(), ingest::Error>>, ingest::Error> {
-        let ingest = ingest::Ingest::new(self.clone(), config, decoder, clock)?;
-        self.partitions_write().clear();
-        self.publish_size();
-        Ok(tokio::task::spawn_blocking(move || ingest.run(cancel)))
     }
 
     /// Micro-batches applied since the layer was created.
@@ -451,6 +430,7 @@ impl SpeedLayer {
 mod tests {
     use super::*;
     use datafusion::arrow::array::RecordBatch;
+    use tandem_shared::event::EventDecoder;
     use tandem_shared::schema::FieldType;
     use tandem_shared::testing;
     use tandem_shared::value::AggregateValue;

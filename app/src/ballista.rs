@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  --config tandem.toml ──► [storage] ──► object store ──► scheduler | executor
-//!                                          (tandem_batch_layer::recompute::cluster)
+//!                                          (tandem_batch_layer::recompute::ballista)
 //! ```
 //!
 //! Both read the same configuration file as the batch process, so the scheduler plans and the
@@ -103,7 +103,7 @@ pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
 #[cfg(feature = "ballista")]
 mod run {
     use anyhow::Context;
-    use tandem_batch_layer::recompute::cluster::{
+    use tandem_batch_layer::recompute::ballista::{
         ExecutorSettings, Scheduler, SchedulerSettings, run_executor,
     };
     use tokio_util::sync::CancellationToken;
