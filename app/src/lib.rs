@@ -37,3 +37,16 @@ pub mod sql;
 pub mod supervise;
 pub mod topics;
 pub mod wiring;
+
+/// Logs to standard error, filtered by `RUST_LOG` (info, librdkafka's own lines at warn, by
+/// default); colored on a terminal.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tandem::config::Config;
-use tandem::dev::{self, DevOptions, EmbeddedKafka};
+use tandem::dev::{self, DevOptions};
 use tandem::process::{self, RunOptions};
 use tandem::{ballista, batch_run};
 use tandem_shared::time::EventTime;
@@ -142,14 +142,7 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    tandem::init_logging();
     let cli = Cli::parse();
     match cli.command {
         Command::Sql {
@@ -180,21 +173,7 @@ async fn main() -> anyhow::Result<()> {
             batch_run::run(&config, view.as_deref(), from, to).await
         }
         Command::Broker { port, topics } => {
-            let mut parsed = Vec::new();
-            for t in &topics {
-                let (name, partitions) = t
-                    .split_once(':')
-                    .and_then(|(n, p)| Some((n, p.parse::<i32>().ok()?)))
-                    .with_context(|| format!("--topic {t}: expected NAME:PARTITIONS"))?;
-                parsed.push((name, partitions));
-            }
-            let stop = CancellationToken::new();
-            let kafka = EmbeddedKafka::start(port, &parsed, stop.clone()).await?;
-            println!("Kafka bootstrap: {}", kafka.bootstrap());
-            shutdown_signal().await;
-            stop.cancel();
-            drop(kafka);
-            Ok(())
+            dev::serve_broker(port, &topics, shutdown_signal()).await
         }
         Command::Run {
             config,

@@ -2,11 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tandem::dev::EmbeddedKafka;
+use tandem::dev;
 use tandem_shared::event::PayloadFormat;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -202,13 +200,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    tandem::init_logging();
     match Cli::parse().command {
         Command::Alerts {
             rate,
@@ -351,21 +343,10 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::Broker { port, topics } => {
-            let mut parsed = Vec::new();
-            for t in &topics {
-                let (name, partitions) = t
-                    .split_once(':')
-                    .and_then(|(n, p)| Some((n, p.parse::<i32>().ok()?)))
-                    .with_context(|| format!("--topic {t}: expected NAME:PARTITIONS"))?;
-                parsed.push((name, partitions));
-            }
-            let stop = CancellationToken::new();
-            let kafka = EmbeddedKafka::start(port, &parsed, stop.clone()).await?;
-            println!("Kafka bootstrap: {}", kafka.bootstrap());
-            let _ = tokio::signal::ctrl_c().await;
-            stop.cancel();
-            drop(kafka);
-            Ok(())
+            dev::serve_broker(port, &topics, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
         }
     }
 }

@@ -50,12 +50,30 @@ async fn survives_kills(fixture: &RunFixture) -> anyhow::Result<()> {
     let server = start(&[])?;
     produce(&producer, base, 0..1_000).await?;
     wait_for_total(&client, &server, 1_000, Duration::from_secs(60)).await?;
-    // At least one checkpoint written after the events were counted.
-    let written = |text: String| tandem_tests::metric(&text, "tandem_checkpoints_total");
-    let before = written(tandem_tests::metrics_text(&client, &server).await?);
+    // Every partition checkpointed after the events were counted: a manifest published for
+    // each that was not there before (the last run must resume all four from checkpoints).
+    let store = tandem_store::open(&fixture.storage)?;
+    let manifests = || async {
+        let listed: Vec<String> = store
+            .list(Some(&object_store::path::Path::from("checkpoints")))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await?;
+        anyhow::Ok(
+            listed
+                .into_iter()
+                .filter(|p| p.contains("/_manifest/"))
+                .collect::<std::collections::BTreeSet<_>>(),
+        )
+    };
+    let before = manifests().await?;
     tandem_tests::eventually(Duration::from_secs(30), || async {
-        let now = written(tandem_tests::metrics_text(&client, &server).await?);
-        ensure!(now > before, "no checkpoint yet ({now})");
+        let partitions: std::collections::BTreeSet<String> = manifests()
+            .await?
+            .difference(&before)
+            .filter_map(|p| p.split("/_manifest/").next().map(str::to_owned))
+            .collect();
+        ensure!(partitions.len() == 4, "checkpointed since: {partitions:?}");
         Ok(())
     })
     .await?;

@@ -22,6 +22,30 @@ pub mod demo;
 
 pub use broker::EmbeddedKafka;
 
+/// `tandem broker`: the embedded broker alone with `topics` (`NAME:PARTITIONS`), its address
+/// printed as `Kafka bootstrap: HOST:PORT`, until `shutdown` resolves.
+pub async fn serve_broker(
+    port: u16,
+    topics: &[String],
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut parsed = Vec::new();
+    for t in topics {
+        let (name, partitions) = t
+            .split_once(':')
+            .and_then(|(n, p)| Some((n, p.parse::<i32>().ok()?)))
+            .with_context(|| format!("--topic {t}: expected NAME:PARTITIONS"))?;
+        parsed.push((name, partitions));
+    }
+    let stop = CancellationToken::new();
+    let kafka = EmbeddedKafka::start(port, &parsed, stop.clone()).await?;
+    println!("Kafka bootstrap: {}", kafka.bootstrap());
+    shutdown.await;
+    stop.cancel();
+    drop(kafka);
+    Ok(())
+}
+
 /// Options of `tandem dev`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevOptions {

@@ -202,3 +202,106 @@ async fn recomputing_on_tandems_scheduler_and_executor_equals_the_oracle() {
     serving.await.unwrap().unwrap();
     executing.await.unwrap().unwrap();
 }
+
+/// A child process killed when the test ends, whatever the outcome.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The same cluster as above, as `tandem ballista scheduler` and `tandem ballista executor`
+/// processes (the `tandem` binary built with the `ballista` feature), reading the archive from
+/// the store their configuration names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recomputing_on_tandem_ballista_processes_equals_the_oracle() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let events = events(4_000);
+    let schema = schema();
+    let cases = cases(&events);
+    let (_, archive) = archived(&schema, &events).await;
+    let local = published(Engine::DataFusion, Arc::clone(&archive), &schema, &cases).await;
+    let dir = tempfile::tempdir().unwrap();
+    copy(&archive, &directory_store(dir.path())).await;
+    // What the processes read of it is `[storage]`; the rest only has to be valid.
+    let config = dir.path().join("tandem.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\ntopic = \"orders\"\n\n[storage]\nurl = \"file://{}\"\n\n[schema]\n\
+             time_field = \"ts\"\nfields = {{ city = \"string\" }}\n\n[[views]]\n\
+             name = \"n\"\nwindow = {{ tumbling = \"1m\" }}\naggregates = [\"count(*) AS n\"]\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let tandem = tandem_tests::tandem_binary().unwrap();
+
+    let mut scheduler = Child(
+        Command::new(&tandem)
+            .args(["ballista", "scheduler", "--config"])
+            .arg(&config)
+            .args(["--bind", "127.0.0.1:0", "--external-host", "127.0.0.1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(scheduler.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("Ballista scheduler: ")
+        .unwrap_or_else(|| {
+            panic!("the scheduler printed {line:?} (is `tandem` built with `--features ballista`?)")
+        })
+        .to_owned();
+    let scheduler_port = url.rsplit_once(':').unwrap().1.to_owned();
+    let flight_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let work = tempfile::tempdir().unwrap();
+    let mut executor = Child(
+        Command::new(&tandem)
+            .args(["ballista", "executor", "--config"])
+            .arg(&config)
+            .args(["--scheduler", &format!("127.0.0.1:{scheduler_port}")])
+            .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
+            .args([
+                "--port",
+                &flight_port.to_string(),
+                "--concurrent-tasks",
+                "2",
+            ])
+            .arg("--work-dir")
+            .arg(work.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+
+    let remote = published(
+        Engine::Ballista { url: Some(url) },
+        directory_store(dir.path()),
+        &schema,
+        &cases,
+    )
+    .await;
+    assert_agree("tandem ballista processes", &cases, &remote, &local);
+    // Both processes were still up: the plans ran on them, not on a fallback.
+    assert!(
+        scheduler.0.try_wait().unwrap().is_none(),
+        "scheduler exited"
+    );
+    assert!(executor.0.try_wait().unwrap().is_none(), "executor exited");
+}
