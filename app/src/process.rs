@@ -19,16 +19,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use object_store::ObjectStore;
+use tandem_batch_layer::archive::ArchiveProgress;
 use tandem_batch_layer::scheduler::leadership;
 use tandem_batch_layer::{Archive, Scheduler};
 use tandem_serving::fleet::{Fleet, SpeedSide};
 use tandem_serving::sql::SqlEngine;
 use tandem_serving::{AppState, HttpLimits, HttpPolicy, Readiness, Reconciler, router};
 use tandem_shared::clock::{Clock, SystemClock};
+use tandem_shared::event::EventDecoder;
 use tandem_shared::layout;
 use tandem_speed_layer::SpeedLayer;
 use tandem_speed_layer::announce::Announcement;
 use tandem_store::lease::{Lease, Standing};
+use tandem_store::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -213,148 +217,37 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     let readiness = Readiness::new(roles.components());
     let supervisor = Supervisor::new(readiness.clone(), RestartPolicy::default());
 
-    if roles.has(Role::Speed) {
-        let mut speed_config = wiring::speed_config(config, &store, registry.as_ref());
-        if let Some(cluster) = &cluster {
-            speed_config.membership =
-                Some((Arc::clone(&cluster.membership), cluster.instance.clone()));
-            // Static membership: a restarted worker takes its partitions back without waiting
-            // for the group to notice it left (on brokers that support it).
-            speed_config.static_member =
-                cluster.static_membership.then(|| cluster.instance.clone());
-            tracker.spawn(tandem_speed_layer::announce::announce(
-                speed.clone(),
-                Arc::clone(&cluster.membership),
-                Announcement {
-                    id: cluster.instance.clone(),
-                    address: cluster.advertise.clone(),
-                    partition_count,
-                    interval: cluster.heartbeat,
-                },
-                Arc::clone(&clock),
-                backend.child_token(),
-            ));
-        }
-        let speed_run = speed.clone();
-        let speed_decoder = Arc::clone(&decoder);
-        let speed_clock = Arc::clone(&clock);
-        tracker.spawn(supervisor.clone().run(
-            "speed",
-            move |cancel| {
-                let task = tandem_speed_layer::start(
-                    &speed_run,
-                    speed_config.clone(),
-                    Arc::clone(&speed_decoder),
-                    Arc::clone(&speed_clock),
-                    cancel,
-                )
-                .map_err(|e| e.to_string())?;
-                Ok(async move {
-                    match task.await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(err)) => Err(err.to_string()),
-                        Err(err) => Err(err.to_string()),
-                    }
-                })
-            },
-            backend.child_token(),
-        ));
-    }
-
-    let mut archive_progress = None;
-    if roles.has(Role::Archive) {
-        // The archive's consumer is created here so a configuration error stops start-up.
-        let archive_config = wiring::archive_config(config, registry.as_ref());
-        archive_progress = Some(archive_config.progress.clone());
-        let archive_store = Arc::clone(&store);
-        let archive_decoder = Arc::clone(&decoder);
-        let archive_clock = Arc::clone(&clock);
-        let mut first_archive = Some(Archive::new(
-            archive_config.clone(),
-            Arc::clone(&store),
-            Arc::clone(&decoder),
-            Arc::clone(&clock),
-        )?);
-        tracker.spawn(supervisor.clone().run(
-            "archive",
-            move |cancel| {
-                let archive = match first_archive.take() {
-                    Some(archive) => archive,
-                    None => Archive::new(
-                        archive_config.clone(),
-                        Arc::clone(&archive_store),
-                        Arc::clone(&archive_decoder),
-                        Arc::clone(&archive_clock),
-                    )
-                    .map_err(|e| e.to_string())?,
-                };
-                Ok(async move {
-                    archive.run(cancel).await;
-                    Ok(())
-                })
-            },
-            backend.child_token(),
-        ));
-    }
-
-    let recompute = Arc::new(wiring::recompute(
+    let starting = Starting {
         config,
-        &store,
-        &catalog,
-        Arc::clone(&clock),
-    ));
-    let scheduler = Scheduler::new(recompute, wiring::scheduler_config(config))?;
-    // With several processes, one holds the scheduler lease and runs jobs; the rest forward.
-    let jobs_leader = cluster.as_ref().map(|cluster| {
-        let lease = Lease::new(
-            Arc::clone(&store),
-            layout::scheduler_lease_dir(),
-            cluster.instance.clone(),
-            cluster.advertise.clone(),
-            SCHEDULER_LEASE,
-        );
-        let (tx, rx) = watch::channel(Standing::Vacant);
-        if roles.has(Role::Batch) {
-            tracker.spawn(leadership::lead(
-                scheduler.clone(),
-                lease,
-                Arc::clone(&clock),
-                tx,
-                backend.child_token(),
-            ));
-            // Ready whether it leads or stands by.
-            readiness.ready("scheduler");
-        } else {
-            tracker.spawn(leadership::follow(
-                lease,
-                Arc::clone(&clock),
-                tx,
-                backend.child_token(),
-            ));
-        }
-        rx
-    });
-    if roles.has(Role::Batch) && jobs_leader.is_none() {
-        let requeued = scheduler.restore().await;
-        if requeued > 0 {
-            tracing::info!(requeued, "jobs from before the restart queued again");
-        }
-        for job in scheduler.backfill() {
-            tracing::info!(view = ?job.view, id = %job.id, "no published results for this view version: backfill queued");
-        }
-        let scheduler_run = scheduler.clone();
-        tracker.spawn(supervisor.clone().run(
-            "scheduler",
-            move |cancel| {
-                let run = scheduler_run.clone().run(cancel);
-                Ok(async move {
-                    run.await;
-                    Ok(())
-                })
-            },
-            backend.child_token(),
-        ));
+        store: &store,
+        clock: &clock,
+        decoder: &decoder,
+        registry: registry.as_ref(),
+        tracker: &tracker,
+        supervisor: &supervisor,
+        backend: &backend,
+    };
+    if roles.has(Role::Speed) {
+        starting.speed(&speed, cluster.as_ref(), partition_count);
     }
+    let archive_progress = if roles.has(Role::Archive) {
+        Some(starting.archive()?)
+    } else {
+        None
+    };
+
+    let scheduler = Scheduler::new(
+        Arc::new(wiring::recompute(
+            config,
+            &store,
+            &catalog,
+            Arc::clone(&clock),
+        )),
+        wiring::scheduler_config(config),
+    )?;
+    let jobs_leader = starting
+        .jobs(&scheduler, cluster.as_ref(), &roles, &readiness)
+        .await;
     let reconciler_run = reconciler.clone();
     tracker.spawn(supervisor.clone().run(
         "reconciler",
@@ -377,16 +270,7 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     ));
 
     if let Some(handle) = options.metrics.clone() {
-        let cancel = backend.child_token();
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tick.tick() => handle.run_upkeep(),
-                }
-            }
-        });
+        starting.metrics_upkeep(handle);
     }
 
     let speed_side = match fleet {
@@ -449,6 +333,199 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         tracker,
         server,
     })
+}
+
+/// What the layer tasks of one process share while they are started.
+struct Starting<'a> {
+    config: &'a Config,
+    store: &'a Arc<dyn ObjectStore>,
+    clock: &'a Arc<dyn Clock>,
+    decoder: &'a Arc<EventDecoder>,
+    registry: Option<&'a Arc<Registry>>,
+    tracker: &'a TaskTracker,
+    supervisor: &'a Supervisor,
+    backend: &'a CancellationToken,
+}
+
+impl Starting<'_> {
+    /// The speed layer's consumer, supervised; in a cluster, its announcements too.
+    fn speed(&self, speed: &SpeedLayer, cluster: Option<&wiring::Cluster>, partition_count: i32) {
+        let (config, store, tracker, backend) =
+            (self.config, self.store, self.tracker, self.backend);
+        let (clock, decoder, registry, supervisor) =
+            (self.clock, self.decoder, self.registry, self.supervisor);
+        let mut speed_config = wiring::speed_config(config, store, registry);
+        if let Some(cluster) = cluster {
+            speed_config.membership =
+                Some((Arc::clone(&cluster.membership), cluster.instance.clone()));
+            // Static membership: a restarted worker takes its partitions back without waiting
+            // for the group to notice it left (on brokers that support it).
+            speed_config.static_member =
+                cluster.static_membership.then(|| cluster.instance.clone());
+            tracker.spawn(tandem_speed_layer::announce::announce(
+                speed.clone(),
+                Arc::clone(&cluster.membership),
+                Announcement {
+                    id: cluster.instance.clone(),
+                    address: cluster.advertise.clone(),
+                    partition_count,
+                    interval: cluster.heartbeat,
+                },
+                Arc::clone(clock),
+                backend.child_token(),
+            ));
+        }
+        let speed_run = speed.clone();
+        let speed_decoder = Arc::clone(decoder);
+        let speed_clock = Arc::clone(clock);
+        tracker.spawn(supervisor.clone().run(
+            "speed",
+            move |cancel| {
+                let task = tandem_speed_layer::start(
+                    &speed_run,
+                    speed_config.clone(),
+                    Arc::clone(&speed_decoder),
+                    Arc::clone(&speed_clock),
+                    cancel,
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(async move {
+                    match task.await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(err)) => Err(err.to_string()),
+                        Err(err) => Err(err.to_string()),
+                    }
+                })
+            },
+            backend.child_token(),
+        ));
+    }
+
+    /// The archive's consumer, supervised (created once here so that a configuration error
+    /// stops start-up); its progress, for readiness.
+    fn archive(&self) -> Result<ArchiveProgress, Error> {
+        let (config, store, tracker, backend) =
+            (self.config, self.store, self.tracker, self.backend);
+        let (clock, decoder, registry, supervisor) =
+            (self.clock, self.decoder, self.registry, self.supervisor);
+        let archive_config = wiring::archive_config(config, registry);
+        let progress = archive_config.progress.clone();
+        let archive_store = Arc::clone(store);
+        let archive_decoder = Arc::clone(decoder);
+        let archive_clock = Arc::clone(clock);
+        let mut first_archive = Some(Archive::new(
+            archive_config.clone(),
+            Arc::clone(store),
+            Arc::clone(decoder),
+            Arc::clone(clock),
+        )?);
+        tracker.spawn(supervisor.clone().run(
+            "archive",
+            move |cancel| {
+                let archive = match first_archive.take() {
+                    Some(archive) => archive,
+                    None => Archive::new(
+                        archive_config.clone(),
+                        Arc::clone(&archive_store),
+                        Arc::clone(&archive_decoder),
+                        Arc::clone(&archive_clock),
+                    )
+                    .map_err(|e| e.to_string())?,
+                };
+                Ok(async move {
+                    archive.run(cancel).await;
+                    Ok(())
+                })
+            },
+            backend.child_token(),
+        ));
+        Ok(progress)
+    }
+
+    /// Jobs: with several processes one holds the scheduler lease and runs them, the rest
+    /// forward (the receiver says who leads); alone, the scheduler runs here, supervised,
+    /// after re-queuing what was queued before a restart and queuing backfills.
+    async fn jobs(
+        &self,
+        scheduler: &Scheduler,
+        cluster: Option<&wiring::Cluster>,
+        roles: &Roles,
+        readiness: &Readiness,
+    ) -> Option<watch::Receiver<Standing>> {
+        let (store, tracker, backend, clock, supervisor) = (
+            self.store,
+            self.tracker,
+            self.backend,
+            self.clock,
+            self.supervisor,
+        );
+        // With several processes, one holds the scheduler lease and runs jobs; the rest forward.
+        let jobs_leader = cluster.map(|cluster| {
+            let lease = Lease::new(
+                Arc::clone(store),
+                layout::scheduler_lease_dir(),
+                cluster.instance.clone(),
+                cluster.advertise.clone(),
+                SCHEDULER_LEASE,
+            );
+            let (tx, rx) = watch::channel(Standing::Vacant);
+            if roles.has(Role::Batch) {
+                tracker.spawn(leadership::lead(
+                    scheduler.clone(),
+                    lease,
+                    Arc::clone(clock),
+                    tx,
+                    backend.child_token(),
+                ));
+                // Ready whether it leads or stands by.
+                readiness.ready("scheduler");
+            } else {
+                tracker.spawn(leadership::follow(
+                    lease,
+                    Arc::clone(clock),
+                    tx,
+                    backend.child_token(),
+                ));
+            }
+            rx
+        });
+        if roles.has(Role::Batch) && jobs_leader.is_none() {
+            let requeued = scheduler.restore().await;
+            if requeued > 0 {
+                tracing::info!(requeued, "jobs from before the restart queued again");
+            }
+            for job in scheduler.backfill() {
+                tracing::info!(view = ?job.view, id = %job.id, "no published results for this view version: backfill queued");
+            }
+            let scheduler_run = scheduler.clone();
+            tracker.spawn(supervisor.clone().run(
+                "scheduler",
+                move |cancel| {
+                    let run = scheduler_run.clone().run(cancel);
+                    Ok(async move {
+                        run.await;
+                        Ok(())
+                    })
+                },
+                backend.child_token(),
+            ));
+        }
+        jobs_leader
+    }
+
+    /// Prometheus upkeep (histogram windows), every 5 s until the backend stops.
+    fn metrics_upkeep(&self, handle: PrometheusHandle) {
+        let cancel = self.backend.child_token();
+        self.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => handle.run_upkeep(),
+                }
+            }
+        });
+    }
 }
 
 /// The HTTP server task; it ends when its stop token fires.
