@@ -66,7 +66,9 @@ impl MicroBatch {
     }
 
     /// Notes a polled message of `partition` at `offset`; returns its part, or `None` if
-    /// `owned` says the partition is not this layer's (asked once per partition).
+    /// `owned` says the partition is not this layer's (asked once per partition). Inlined:
+    /// it runs once per message (callgrind: +30 instructions per event when it was not).
+    #[inline]
     pub(crate) fn polled(
         &mut self,
         partition: i32,
