@@ -17,11 +17,13 @@ use tandem_shared::row::ViewRow;
 use tandem_shared::schema::EventSchema;
 use tandem_shared::time::EventTime;
 use tandem_shared::view::ViewDefinition;
+use tandem_shared::window::WindowSpec;
 use tandem_store::members::Owned;
 
 use crate::checkpoint;
+use crate::partials::OwnedPartials;
 use crate::program::{self, ViewProgram};
-use crate::state::{self, Partial, Pinned, ViewState};
+use crate::state::{self, Partial, Pinned, ViewState, merge_states};
 
 /// The state of every view over one Kafka partition, and the offset it reflects.
 #[derive(Debug)]
@@ -170,12 +172,9 @@ impl SpeedLayer {
 
     /// Every partition's partials of the pinned windows, and whether they are sessions.
     fn partials_of(pinned: &[Pinned]) -> (Vec<Partial>, bool) {
-        let sessions = pinned.first().is_some_and(|p| {
-            matches!(
-                p.program().view.window,
-                tandem_shared::window::WindowSpec::Session { .. }
-            )
-        });
+        let sessions = pinned
+            .first()
+            .is_some_and(|p| matches!(p.program().view.window, WindowSpec::Session { .. }));
         (pinned.iter().flat_map(Pinned::partials).collect(), sessions)
     }
 
@@ -185,7 +184,7 @@ impl SpeedLayer {
         let index = *self.inner.names.get(view)?;
         let sessions = matches!(
             self.inner.programs[index].view.window,
-            tandem_shared::window::WindowSpec::Session { .. }
+            WindowSpec::Session { .. }
         );
         let covered = {
             let mut all = self
@@ -424,6 +423,31 @@ impl SpeedLayer {
             views: pinned.iter().map(Pinned::snapshot).collect(),
         })
     }
+
+    /// The partial state of `view`'s windows starting in `range`, merged over the owned
+    /// partitions among `asked` (every owned partition for `None`); `None` for an unknown view.
+    pub fn owned_partials(
+        &self,
+        view: &str,
+        range: StartRange,
+        asked: Option<&[i32]>,
+    ) -> Option<OwnedPartials> {
+        let pinned = self.pin_owned(view, range)?;
+        let mut out = OwnedPartials::default();
+        let mut sessions = false;
+        let mut partials = Vec::new();
+        for (owned, pinned) in pinned {
+            if asked.is_some_and(|a| !a.contains(&owned.partition)) {
+                continue;
+            }
+            sessions = matches!(pinned.program().view.window, WindowSpec::Session { .. });
+            out.owned.push(owned);
+            partials.extend(pinned.partials());
+        }
+        out.partials = merge_states(partials, sessions);
+        out.released = self.released(view).unwrap_or_default();
+        Some(out)
+    }
 }
 
 #[cfg(test)]
@@ -471,7 +495,7 @@ mod tests {
                 r#"{"ts":3,"a":9,"b":3}"#,
             ],
         );
-        let outcome = speed.apply(0, Some(&b), None, 2, None);
+        let outcome = crate::micro_batch::apply_one(&speed, 0, Some(&b), None, 2, None);
         assert_eq!(outcome[0].rejected.len(), 1);
         assert_eq!(outcome[0].rejected[0].0, 1);
         assert!(
@@ -491,7 +515,7 @@ mod tests {
         let (speed, decoder) = setup("a > 0");
         speed.assign(0, None, 0);
         let first = batch(&decoder, 0, &[r#"{"ts":1,"a":1}"#]);
-        speed.apply(0, Some(&first), None, 0, Some(EventTime(1)));
+        crate::micro_batch::apply_one(&speed, 0, Some(&first), None, 0, Some(EventTime(1)));
 
         // A query has pinned its windows and is still merging them...
         let pinned = speed.pin("ratio", ALL).unwrap();
@@ -501,7 +525,7 @@ mod tests {
         let consume = speed.clone();
         let next = batch(&decoder, 0, &[r#"{"ts":2,"a":5}"#]);
         std::thread::spawn(move || {
-            consume.apply(0, Some(&next), None, 1, Some(EventTime(2)));
+            crate::micro_batch::apply_one(&consume, 0, Some(&next), None, 1, Some(EventTime(2)));
             done.send(()).ok();
         });
         finished
@@ -532,7 +556,8 @@ mod tests {
         let (speed, decoder) = setup("a > 0");
         speed.assign(0, None, 0);
         speed.assign(1, None, 0);
-        speed.apply(
+        crate::micro_batch::apply_one(
+            &speed,
             0,
             Some(&batch(
                 &decoder,
@@ -543,7 +568,8 @@ mod tests {
             1,
             Some(EventTime(2)),
         );
-        speed.apply(
+        crate::micro_batch::apply_one(
+            &speed,
             1,
             Some(&batch(&decoder, 1, &[r#"{"ts":3,"a":4}"#])),
             None,

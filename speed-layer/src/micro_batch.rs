@@ -113,121 +113,119 @@ impl MicroBatch {
     }
 }
 
-impl SpeedLayer {
-    /// Applies one partition's batch (every row) to every view and advances its offset past
-    /// `last_offset` (tests' shorthand for a micro-batch of one partition).
-    #[cfg(test)]
-    pub(crate) fn apply(
-        &self,
-        partition: i32,
-        batch: Option<&RecordBatch>,
-        watermark: Option<EventTime>,
-        last_offset: i64,
-        max_event_time: Option<EventTime>,
-    ) -> Vec<ViewOutcome> {
-        let part = PartitionRows {
-            partition,
-            rows: (0..batch.map_or(0, RecordBatch::num_rows)).collect(),
-            last_offset,
-            max_event_time,
-        };
-        self.apply_micro_batch(batch, &[part], watermark)
-            .pop()
-            .unwrap_or_default()
-    }
+/// Applies one partition's batch (every row) to every view and advances its offset past
+/// `last_offset` (tests' shorthand for a micro-batch of one partition).
+#[cfg(test)]
+pub(crate) fn apply_one(
+    speed: &SpeedLayer,
+    partition: i32,
+    batch: Option<&RecordBatch>,
+    watermark: Option<EventTime>,
+    last_offset: i64,
+    max_event_time: Option<EventTime>,
+) -> Vec<ViewOutcome> {
+    let part = PartitionRows {
+        partition,
+        rows: (0..batch.map_or(0, RecordBatch::num_rows)).collect(),
+        last_offset,
+        max_event_time,
+    };
+    apply(speed, batch, &[part], watermark)
+        .pop()
+        .unwrap_or_default()
+}
 
-    /// Applies a micro-batch of several partitions: per part, the outcome of each view (none
-    /// for a partition this layer does not own). Row numbers are the batch's. If an expression
-    /// fails on some events (a division by zero, say), only those rows are rejected (see
-    /// [`evaluate`]).
-    pub(crate) fn apply_micro_batch(
-        &self,
-        batch: Option<&RecordBatch>,
-        parts: &[PartitionRows],
-        watermark: Option<EventTime>,
-    ) -> Vec<Vec<ViewOutcome>> {
-        self.count_micro_batch();
-        let programs = self.programs();
-        // Evaluated before the lock is taken.
-        let evaluations: Vec<Evaluation> = programs
-            .iter()
-            .map(|program| {
-                let mut evaluation = Evaluation::default();
-                if let Some(batch) = batch {
-                    evaluate(program, batch, 0, batch.num_rows(), &mut evaluation);
-                }
-                evaluation
-            })
-            .collect();
-        // Each piece bound to its types once; evaluation checked that binding succeeds.
-        let bound: Vec<Vec<BoundPiece<'_>>> = evaluations
-            .iter()
-            .zip(programs)
-            .map(|(evaluation, program)| {
-                evaluation
-                    .pieces
-                    .iter()
-                    .map(|piece| {
-                        let columns = piece
-                            .evaluated
-                            .bind(program, &piece.batch)
-                            .map_err(|e| e.to_string());
-                        (piece.start, piece.batch.num_rows(), columns)
-                    })
-                    .collect()
-            })
-            .collect();
-        let coverage = self.coverage_read().clone();
-        let mut out = Vec::with_capacity(parts.len());
-        for part in parts {
-            // Locked per partition, as before: a query pins windows between two partitions
-            // instead of waiting for the whole micro-batch.
-            let mut partitions = self.partitions_write();
-            let Some(p) = partitions.get_mut(&part.partition) else {
-                out.push(Vec::new());
-                continue;
-            };
-            p.next_offset = Some(part.last_offset + 1);
-            p.max_event_time = p.max_event_time.max(part.max_event_time);
-            p.dirty = true;
-            let mut outcomes = Vec::with_capacity(programs.len());
-            for (v, (view, covered)) in p.views.iter_mut().zip(&coverage).enumerate() {
-                let mut outcome = ViewOutcome::default();
-                for (start, len, columns) in bound.get(v).into_iter().flatten() {
-                    // The part's rows in this piece (rows are in batch order).
-                    let from = part.rows.partition_point(|r| r < start);
-                    let to = part.rows.partition_point(|r| *r < start + len);
-                    let rows = &part.rows[from..to];
-                    match columns {
-                        Ok(columns) => {
-                            let local = rows.iter().map(|r| r - start);
-                            let applied = view.apply_rows(columns, local, watermark, covered);
-                            outcome
-                                .late
-                                .extend(applied.late_rows.iter().map(|r| r + start));
-                        }
-                        Err(err) => outcome
-                            .rejected
-                            .extend(rows.iter().map(|r| (*r, err.clone()))),
-                    }
-                }
-                if let Some(evaluation) = evaluations.get(v) {
-                    outcome.rejected.extend(
-                        evaluation
-                            .failed
-                            .iter()
-                            .filter(|(row, _)| part.rows.binary_search(row).is_ok())
-                            .cloned(),
-                    );
-                }
-                outcome.late.sort_unstable();
-                outcome.rejected.sort_by_key(|(row, _)| *row);
-                outcomes.push(outcome);
+/// Applies a micro-batch of several partitions: per part, the outcome of each view (none
+/// for a partition this layer does not own). Row numbers are the batch's. If an expression
+/// fails on some events (a division by zero, say), only those rows are rejected (see
+/// [`evaluate`]).
+pub(crate) fn apply(
+    speed: &SpeedLayer,
+    batch: Option<&RecordBatch>,
+    parts: &[PartitionRows],
+    watermark: Option<EventTime>,
+) -> Vec<Vec<ViewOutcome>> {
+    speed.count_micro_batch();
+    let programs = speed.programs();
+    // Evaluated before the lock is taken.
+    let evaluations: Vec<Evaluation> = programs
+        .iter()
+        .map(|program| {
+            let mut evaluation = Evaluation::default();
+            if let Some(batch) = batch {
+                evaluate(program, batch, 0, batch.num_rows(), &mut evaluation);
             }
-            out.push(outcomes);
+            evaluation
+        })
+        .collect();
+    // Each piece bound to its types once; evaluation checked that binding succeeds.
+    let bound: Vec<Vec<BoundPiece<'_>>> = evaluations
+        .iter()
+        .zip(programs)
+        .map(|(evaluation, program)| {
+            evaluation
+                .pieces
+                .iter()
+                .map(|piece| {
+                    let columns = piece
+                        .evaluated
+                        .bind(program, &piece.batch)
+                        .map_err(|e| e.to_string());
+                    (piece.start, piece.batch.num_rows(), columns)
+                })
+                .collect()
+        })
+        .collect();
+    let coverage = speed.coverage_read().clone();
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        // Locked per partition, as before: a query pins windows between two partitions
+        // instead of waiting for the whole micro-batch.
+        let mut partitions = speed.partitions_write();
+        let Some(p) = partitions.get_mut(&part.partition) else {
+            out.push(Vec::new());
+            continue;
+        };
+        p.next_offset = Some(part.last_offset + 1);
+        p.max_event_time = p.max_event_time.max(part.max_event_time);
+        p.dirty = true;
+        let mut outcomes = Vec::with_capacity(programs.len());
+        for (v, (view, covered)) in p.views.iter_mut().zip(&coverage).enumerate() {
+            let mut outcome = ViewOutcome::default();
+            for (start, len, columns) in bound.get(v).into_iter().flatten() {
+                // The part's rows in this piece (rows are in batch order).
+                let from = part.rows.partition_point(|r| r < start);
+                let to = part.rows.partition_point(|r| *r < start + len);
+                let rows = &part.rows[from..to];
+                match columns {
+                    Ok(columns) => {
+                        let local = rows.iter().map(|r| r - start);
+                        let applied = view.apply_rows(columns, local, watermark, covered);
+                        outcome
+                            .late
+                            .extend(applied.late_rows.iter().map(|r| r + start));
+                    }
+                    Err(err) => outcome
+                        .rejected
+                        .extend(rows.iter().map(|r| (*r, err.clone()))),
+                }
+            }
+            if let Some(evaluation) = evaluations.get(v) {
+                outcome.rejected.extend(
+                    evaluation
+                        .failed
+                        .iter()
+                        .filter(|(row, _)| part.rows.binary_search(row).is_ok())
+                        .cloned(),
+                );
+            }
+            outcome.late.sort_unstable();
+            outcome.rejected.sort_by_key(|(row, _)| *row);
+            outcomes.push(outcome);
         }
-        out
+        out.push(outcomes);
     }
+    out
 }
 
 /// A view's expressions over a micro-batch, in pieces around the rows they fail on.
@@ -367,7 +365,7 @@ mod tests {
         let batch = micro.finish();
         let parts = micro.parts.clone();
         assert_eq!(parts.len(), 2, "partition 5 is not owned");
-        let outcomes = together.apply_micro_batch(batch.as_ref(), &parts, watermark);
+        let outcomes = apply(&together, batch.as_ref(), &parts, watermark);
         assert_eq!(outcomes.len(), 2);
 
         // The oracle: each partition's events in a batch of their own.
@@ -378,7 +376,8 @@ mod tests {
                 .map(|&row| events[micro.rows[row].0].1.as_str())
                 .collect();
             let alone = testing::batch(&decoder, part.partition, 0, &own);
-            let expected = apart.apply(
+            let expected = apply_one(
+                &apart,
                 part.partition,
                 Some(&alone),
                 watermark,

@@ -32,15 +32,14 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
-use tandem_shared::coverage::{Coverage, StartRange};
+use tandem_shared::coverage::Coverage;
 use tandem_shared::row::GroupKey;
 use tandem_shared::time::EventTime;
-use tandem_shared::window::{Window, WindowSpec};
+use tandem_shared::window::Window;
 use tandem_store::members::Owned;
 
-use crate::SpeedLayer;
 use crate::aggregate::PartialAggregate;
-use crate::state::{Partial, merge_states};
+use crate::state::Partial;
 
 /// Media type of the encoded partials.
 pub const MEDIA_TYPE: &str = "application/vnd.apache.arrow.stream";
@@ -69,33 +68,6 @@ pub struct OwnedPartials {
     /// Windows the worker has released (the batch layer covers them): absent from `partials`
     /// whatever their events were.
     pub released: Coverage,
-}
-
-impl SpeedLayer {
-    /// The partial state of `view`'s windows starting in `range`, merged over the owned
-    /// partitions among `asked` (every owned partition for `None`); `None` for an unknown view.
-    pub fn owned_partials(
-        &self,
-        view: &str,
-        range: StartRange,
-        asked: Option<&[i32]>,
-    ) -> Option<OwnedPartials> {
-        let pinned = self.pin_owned(view, range)?;
-        let mut out = OwnedPartials::default();
-        let mut sessions = false;
-        let mut partials = Vec::new();
-        for (owned, pinned) in pinned {
-            if asked.is_some_and(|a| !a.contains(&owned.partition)) {
-                continue;
-            }
-            sessions = matches!(pinned.program().view.window, WindowSpec::Session { .. });
-            out.owned.push(owned);
-            partials.extend(pinned.partials());
-        }
-        out.partials = merge_states(partials, sessions);
-        out.released = self.released(view).unwrap_or_default();
-        Some(out)
-    }
 }
 
 fn schema(owned: &[Owned], released: &Coverage) -> Result<Schema> {
@@ -221,6 +193,9 @@ pub fn decode(bytes: &[u8]) -> Result<OwnedPartials> {
 
 #[cfg(test)]
 mod tests {
+    use tandem_shared::coverage::StartRange;
+
+    use crate::SpeedLayer;
     use tandem_shared::event::EventDecoder;
     use tandem_shared::schema::FieldType;
     use tandem_shared::testing;
@@ -260,7 +235,7 @@ mod tests {
                 .collect();
             let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
             let batch = testing::batch(&decoder, partition, 0, &rows);
-            speed.apply(partition, Some(&batch), None, 49, None);
+            crate::micro_batch::apply_one(&speed, partition, Some(&batch), None, 49, None);
         }
         let all = StartRange::new(EventTime::MIN, EventTime::MAX);
         let local = speed.query("v", all).unwrap();

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  messages (partition, offset, payload) of one poll ─► EventDecoder::read_into ─► MicroBatch
-//!      ─► SpeedLayer::apply_micro_batch (each view evaluated once, state per partition)
+//!      ─► micro_batch::apply (each view evaluated once, state per partition)
 //! ```
 //!
 //! The consume loop (`ingest`) does the same, plus what needs Kafka: offsets from messages,
@@ -68,7 +68,7 @@ pub fn replay(
         }
     }
     let batch = micro.finish();
-    let outcomes = speed.apply_micro_batch(batch.as_ref(), &micro.parts, watermark);
+    let outcomes = crate::micro_batch::apply(speed, batch.as_ref(), &micro.parts, watermark);
     out.late = outcomes.iter().flatten().map(|o| o.late.len() as u64).sum();
     out
 }

@@ -125,7 +125,7 @@ pub(super) fn process(
     let decoded = micro.rows.len() as u64;
     let watermark = progress.combined(time.now, time.idle_timeout);
     let batch = micro.finish();
-    let outcomes = speed.apply_micro_batch(batch.as_ref(), &micro.parts, watermark);
+    let outcomes = crate::micro_batch::apply(speed, batch.as_ref(), &micro.parts, watermark);
     let rows = &micro.rows;
     for (part, outcomes) in micro.parts.iter().zip(outcomes) {
         for (program, outcome) in speed.programs().iter().zip(outcomes) {
