@@ -512,7 +512,7 @@ pub(crate) async fn guard(State(gate): State<Gate>, request: Request, next: Next
 }
 
 /// Limits on every request and connection.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpLimits {
     /// A request that takes longer is answered 408.
     pub request_timeout: Duration,

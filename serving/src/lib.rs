@@ -25,7 +25,8 @@
 //! - [`page`]: answers a page at a time, with a position cursor.
 //! - [`readiness`]: each component's condition, read by `/readyz`.
 //! - [`sources`]: which layer answers which windows of a range (`/coverage`).
-//! - `settings`: `[serving]` ([`ServingSettings`]) with its defaults.
+//! - `settings`: `[serving]` and `[http]` ([`ServingSettings`], [`HttpSettings`]) with their
+//!   defaults.
 //! - [`sql`]: read-only SQL over the views (through the seam) and the archive's `events`.
 //! - [`api`]: the axum router; handlers parse and render, with `Serialize` response types; the
 //!   OpenAPI description (`/openapi.json`, `/docs`) generated from the handlers, and the web
@@ -55,4 +56,4 @@ pub use access::{Access, HttpLimits, HttpPolicy, Scope, Token};
 pub use api::{AppState, router};
 pub use readiness::Readiness;
 pub use reconcile::Reconciler;
-pub use settings::ServingSettings;
+pub use settings::{HttpSettings, ServingSettings, TokenSettings};

@@ -3,13 +3,11 @@
 
 use std::collections::BTreeSet;
 
-use serde::Deserialize;
 use tandem_serving::sql::SqlLimits;
-use tandem_serving::{Access, HttpLimits, HttpPolicy, Scope, Token};
-use tandem_shared::time::Span;
+use tandem_serving::{Access, HttpPolicy, HttpSettings, Token};
+use tandem_shared::settings::Invalid;
 
 use super::{Error, Result};
-use tandem_shared::settings::ByteSize;
 
 /// HTTP settings: the access policy and limits, and whether an open API may listen beyond
 /// loopback.
@@ -21,51 +19,8 @@ pub struct HttpConfig {
     pub sql: SqlLimits,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct HttpFile {
-    #[serde(default)]
-    tokens: Vec<TokenFile>,
-    /// Allows `tandem run` to listen on a non-loopback address without tokens.
-    #[serde(default)]
-    allow_anonymous: bool,
-    request_timeout: Option<String>,
-    max_concurrent_requests: Option<usize>,
-    max_body_bytes: Option<ByteSize>,
-    /// A SQL query that runs longer is stopped (408).
-    query_timeout: Option<String>,
-    /// A SQL query's memory pool.
-    query_memory: Option<ByteSize>,
-    /// The most rows a SQL answer may have.
-    query_rows: Option<usize>,
-    /// SQL queries running at once (more wait within their timeout, a few at most).
-    max_concurrent_queries: Option<usize>,
-    /// Threads of the SQL runtime.
-    query_threads: Option<usize>,
-    /// A connection must send a whole request head within this (after it opens or after its
-    /// last response).
-    header_timeout: Option<String>,
-    /// A connection whose client reads nothing of a response for this long is closed.
-    idle_timeout: Option<String>,
-    /// Open connections at most (capped below the process's file limit).
-    max_connections: Option<usize>,
-    /// Open `/stream` responses at most.
-    max_streams: Option<usize>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct TokenFile {
-    name: String,
-    scope: Scope,
-    /// The environment variable holding the token's value.
-    env: Option<String>,
-    /// Or the hex SHA-256 digest of the token's value.
-    sha256: Option<String>,
-}
-
 pub(super) fn http_config(
-    file: HttpFile,
+    file: HttpSettings,
     path: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<HttpConfig> {
@@ -75,6 +30,8 @@ pub(super) fn http_config(
         key,
         problem,
     };
+    file.check()
+        .map_err(|Invalid { key, problem }| invalid(key, problem))?;
     let mut tokens = Vec::with_capacity(file.tokens.len());
     let mut names = BTreeSet::new();
     for t in &file.tokens {
@@ -105,96 +62,6 @@ pub(super) fn http_config(
         .map_err(|e| invalid("tokens", e.to_string()))?;
         tokens.push(token);
     }
-    let defaults = HttpLimits::default();
-    let duration = |key: &'static str, text: &Option<String>, default| match text {
-        None => Ok(default),
-        Some(text) => {
-            let span = Span::parse(text).map_err(|source| Error::Span {
-                path: path.to_owned(),
-                section: "http",
-                key,
-                source,
-            })?;
-            if span.millis() == 0 {
-                return Err(invalid(key, "must be greater than zero".into()));
-            }
-            Ok(std::time::Duration::from_millis(
-                span.millis().unsigned_abs(),
-            ))
-        }
-    };
-    let size = |key: &'static str, text: &Option<ByteSize>, default| match text {
-        None => Ok(default),
-        Some(size) => Some(size.bytes()).filter(|n| *n > 0).ok_or_else(|| {
-            invalid(
-                key,
-                "expected a positive number of bytes or a size such as \"1MiB\"".into(),
-            )
-        }),
-    };
-    let request_timeout = duration(
-        "request_timeout",
-        &file.request_timeout,
-        defaults.request_timeout,
-    )?;
-    let max_concurrent_requests = file
-        .max_concurrent_requests
-        .unwrap_or(defaults.max_concurrent_requests);
-    if max_concurrent_requests == 0 {
-        return Err(invalid(
-            "max_concurrent_requests",
-            "must be at least 1".into(),
-        ));
-    }
-    let max_body_bytes = size(
-        "max_body_bytes",
-        &file.max_body_bytes,
-        defaults.max_body_bytes,
-    )?;
-    let sql_defaults = SqlLimits::default();
-    let max_rows = file.query_rows.unwrap_or(sql_defaults.max_rows);
-    if max_rows == 0 {
-        return Err(invalid("query_rows", "must be at least 1".into()));
-    }
-    let at_least_one = |key: &'static str, value: Option<usize>, default: usize| match value {
-        Some(0) => Err(invalid(key, "must be at least 1".into())),
-        Some(n) => Ok(n),
-        None => Ok(default),
-    };
-    let runtime = tandem_serving::sql::SqlRuntimeLimits {
-        threads: at_least_one(
-            "query_threads",
-            file.query_threads,
-            sql_defaults.runtime.threads,
-        )?,
-        max_concurrent: at_least_one(
-            "max_concurrent_queries",
-            file.max_concurrent_queries,
-            sql_defaults.runtime.max_concurrent,
-        )?,
-        max_waiting: sql_defaults.runtime.max_waiting,
-    };
-    let sql = SqlLimits {
-        timeout: duration("query_timeout", &file.query_timeout, sql_defaults.timeout)?,
-        memory_bytes: size(
-            "query_memory",
-            &file.query_memory,
-            sql_defaults.memory_bytes,
-        )?,
-        max_rows,
-        runtime,
-    };
-    let header_timeout = duration(
-        "header_timeout",
-        &file.header_timeout,
-        defaults.header_timeout,
-    )?;
-    let idle_timeout = duration("idle_timeout", &file.idle_timeout, defaults.idle_timeout)?;
-    let max_connections = match file.max_connections {
-        Some(0) => return Err(invalid("max_connections", "must be at least 1".into())),
-        other => other,
-    };
-    let max_streams = file.max_streams.unwrap_or(defaults.max_streams);
     Ok(HttpConfig {
         policy: HttpPolicy {
             // An API without tokens answers only requests addressed to loopback, unless it is
@@ -203,18 +70,10 @@ pub(super) fn http_config(
             // Set from the cluster token when the process joins a cluster.
             forward_key: None,
             access: Access::with_tokens(tokens),
-            limits: HttpLimits {
-                request_timeout,
-                max_concurrent_requests,
-                max_body_bytes,
-                header_timeout,
-                idle_timeout,
-                max_connections,
-                max_streams,
-            },
+            limits: file.limits(),
         },
         allow_anonymous: file.allow_anonymous,
-        sql,
+        sql: file.sql(),
     })
 }
 

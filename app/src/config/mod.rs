@@ -21,10 +21,10 @@ pub use outputs::OutputConfig;
 pub use cluster::{CLUSTER_TOKEN_ENV, ClusterConfig, check_instance};
 use cluster::{ClusterFile, cluster_config};
 pub use http::HttpConfig;
-use http::{HttpFile, http_config};
+use http::http_config;
 use storage::{StorageFile, storage_settings};
 use tandem_batch_layer::{ArchiveSettings, BatchSettings};
-use tandem_serving::ServingSettings;
+use tandem_serving::{HttpSettings, ServingSettings};
 use tandem_shared::event::{Envelope, Format, OP_FIELD, PayloadFormat};
 use tandem_shared::schema::{EventSchema, FieldType};
 use tandem_shared::settings::Invalid;
@@ -107,7 +107,7 @@ struct File {
     #[serde(default)]
     speed: SpeedSettings,
     #[serde(default)]
-    http: HttpFile,
+    http: HttpSettings,
     #[serde(default)]
     serving: ServingSettings,
     cluster: Option<ClusterFile>,
