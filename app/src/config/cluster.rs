@@ -31,8 +31,8 @@ use super::{Error, Result};
 pub(super) struct ClusterFile {
     instance: Option<String>,
     advertise: Option<String>,
-    heartbeat: Option<String>,
-    member_ttl: Option<String>,
+    heartbeat: Option<Span>,
+    member_ttl: Option<Span>,
     token_env: Option<String>,
     static_membership: Option<bool>,
 }
@@ -89,16 +89,9 @@ pub(super) fn cluster_config(
         key,
         problem,
     };
-    let span = |value: &Option<String>, default: &str, key| {
-        Span::parse(value.as_deref().unwrap_or(default)).map_err(|source| Error::Span {
-            path: path.to_owned(),
-            section: "cluster",
-            key,
-            source,
-        })
-    };
-    let heartbeat = span(&file.heartbeat, "1s", "heartbeat")?;
-    let member_ttl = span(&file.member_ttl, "6s", "member_ttl")?;
+    let defaults = ClusterConfig::default();
+    let heartbeat = file.heartbeat.unwrap_or(defaults.heartbeat);
+    let member_ttl = file.member_ttl.unwrap_or(defaults.member_ttl);
     if heartbeat.millis() <= 0 {
         return Err(invalid("heartbeat", "must be greater than zero".into()));
     }

@@ -68,13 +68,6 @@ pub enum Error {
     #[error("{path}: no views are defined; add at least one [[views]] table")]
     NoViews { path: String },
     #[error("{path}: {section}.{key}: {source}")]
-    Span {
-        path: String,
-        section: &'static str,
-        key: &'static str,
-        source: tandem_shared::time::Error,
-    },
-    #[error("{path}: {section}.{key}: {source}")]
     Time {
         path: String,
         section: &'static str,
