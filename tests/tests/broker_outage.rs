@@ -135,17 +135,24 @@ async fn outage(broker: &ExternalBroker, server: &mut TestServer) -> anyhow::Res
         let second = second.clone();
         tokio::spawn(async move { send(&producer, &second).await })
     };
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    ensure!(
-        server.exited()?.is_none(),
-        "tandem exited during the outage"
-    );
-    let health = client.get(server.url("/healthz")).send().await?;
-    ensure!(
-        health.status().is_success(),
-        "/healthz: {}",
-        health.status()
-    );
+    // Eight seconds of outage, Tandem alive and healthy at every look within them.
+    let outage = std::time::Instant::now() + Duration::from_secs(8);
+    let mut looks = 0;
+    while std::time::Instant::now() < outage {
+        ensure!(
+            server.exited()?.is_none(),
+            "tandem exited during the outage"
+        );
+        let health = client.get(server.url("/healthz")).send().await?;
+        ensure!(
+            health.status().is_success(),
+            "/healthz: {}",
+            health.status()
+        );
+        looks += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ensure!(looks >= 8, "only {looks} looks during the outage");
     broker.resume()?;
     sending.await??;
 

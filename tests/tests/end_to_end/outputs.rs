@@ -174,7 +174,33 @@ async fn view_rows_alerts_and_corrections_reach_their_topics() -> anyhow::Result
         }
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // One task evaluates both outputs in every poll, the results output first: once a row
+    // produced after Chennai's final count has been sent, the alert rule has been evaluated on
+    // that count, and each alert it emitted is counted in the metric when it is queued.
+    let lagos = w0 + 3 * MINUTE + 1_000;
+    produce(&server, &[(lagos, "Lagos", None)]).await?;
+    eventually(Duration::from_secs(30), || {
+        let got = read_all(&results, &mut seen).and_then(|()| latest(&seen));
+        async move {
+            ensure!(
+                got?.contains_key(&key(lagos - 1_000, "Lagos")),
+                "no Lagos row yet"
+            );
+            Ok(())
+        }
+    })
+    .await?;
+    let metrics = tandem_tests::metrics_text(&client, &server).await?;
+    let queued: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("tandem_output_records_total{")
+                && l.contains("kind=\"alert\"")
+                && l.contains("view=\"orders_by_city\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    ensure!(queued == 1.0, "alerts queued: {queued}\n{metrics}");
     read_all(&alerts, &mut alert_records)?;
     ensure!(alert_records.len() == 1, "alerts: {alert_records:?}");
     let (alert_key, alert) = &alert_records[0];
