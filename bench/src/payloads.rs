@@ -16,33 +16,19 @@ use anyhow::Context;
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
 use prost_reflect::{DescriptorPool, DynamicMessage};
-use tandem_shared::event::{
-    EventDecoder, Format, PayloadFormat, Read, RegisteredSchema, SchemaType,
-};
+use tandem_shared::event::{EventDecoder, PayloadFormat, Read};
 use tandem_shared::schema::EventSchema;
 use tandem_shared::testing::orders::{AVRO, PROTO, SCHEMA_ID as ID};
 
-/// The decoder of `format`, knowing the writer schema as if the registry had answered.
+/// The decoder of `format`, knowing the orders' writer schema as if the registry had answered.
 pub(super) fn decoder(schema: &EventSchema, format: PayloadFormat) -> anyhow::Result<EventDecoder> {
-    let settings = Format {
-        payload: format,
-        registry: format != PayloadFormat::Json,
-        ..Format::default()
-    };
-    let decoder = EventDecoder::with_format(Arc::new(schema.clone()), &settings)?;
-    let (schema_type, text) = match format {
-        PayloadFormat::Json => return Ok(decoder),
-        PayloadFormat::Avro => (SchemaType::Avro, AVRO),
-        PayloadFormat::Protobuf => (SchemaType::Protobuf, PROTO),
-    };
-    decoder.learn(
+    Ok(tandem_shared::testing::decoder_knowing(
+        Arc::new(schema.clone()),
+        format,
         ID,
-        Ok(RegisteredSchema {
-            schema_type,
-            text: text.to_owned(),
-        }),
-    );
-    Ok(decoder)
+        AVRO,
+        PROTO,
+    )?)
 }
 
 /// Decodes `payloads` `rounds` times with Tandem's decoder and with the format library's generic

@@ -8,11 +8,44 @@ use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 
-use crate::event::{EventBatchBuilder, EventDecoder};
+use crate::event::{
+    EventBatchBuilder, EventDecoder, Format, FormatError, PayloadFormat, RegisteredSchema,
+    SchemaType,
+};
 use crate::schema::{EventSchema, FieldType};
 use crate::time::EventTime;
 use crate::view::{ViewConfig, ViewDefinition};
 use crate::window::WindowConfig;
+
+/// A decoder of `format` that knows writer schema `id` as if the registry had answered it:
+/// `avro` or `proto` by the format (JSON payloads name no writer schema).
+pub fn decoder_knowing(
+    schema: Arc<EventSchema>,
+    format: PayloadFormat,
+    id: u32,
+    avro: &str,
+    proto: &str,
+) -> Result<EventDecoder, FormatError> {
+    let settings = Format {
+        payload: format,
+        registry: format != PayloadFormat::Json,
+        ..Format::default()
+    };
+    let decoder = EventDecoder::with_format(schema, &settings)?;
+    let (schema_type, text) = match format {
+        PayloadFormat::Json => return Ok(decoder),
+        PayloadFormat::Avro => (SchemaType::Avro, avro),
+        PayloadFormat::Protobuf => (SchemaType::Protobuf, proto),
+    };
+    decoder.learn(
+        id,
+        Ok(RegisteredSchema {
+            schema_type,
+            text: text.to_owned(),
+        }),
+    );
+    Ok(decoder)
+}
 
 /// The time field of every fixture schema.
 pub const TIME_FIELD: &str = "ts";

@@ -159,7 +159,7 @@ mod tests {
     /// Each format's payload of one order decodes to the same event with the product's decoder.
     #[test]
     fn every_format_decodes_to_the_order() {
-        use crate::event::{EventDecoder, Format, Read, RegisteredSchema, SchemaType};
+        use crate::event::Read;
         use crate::schema::{EventSchema, FieldType};
         let schema = std::sync::Arc::new(
             EventSchema::new(
@@ -185,26 +185,14 @@ mod tests {
             event_type: "order_placed",
         };
         let mut events = Vec::new();
-        for (format, learned) in [
-            (PayloadFormat::Json, None),
-            (PayloadFormat::Avro, Some((SchemaType::Avro, AVRO))),
-            (PayloadFormat::Protobuf, Some((SchemaType::Protobuf, PROTO))),
+        for format in [
+            PayloadFormat::Json,
+            PayloadFormat::Avro,
+            PayloadFormat::Protobuf,
         ] {
-            let settings = Format {
-                payload: format,
-                registry: learned.is_some(),
-                ..Format::default()
-            };
-            let decoder = EventDecoder::with_format(schema.clone(), &settings).unwrap();
-            if let Some((schema_type, text)) = learned {
-                decoder.learn(
-                    SCHEMA_ID,
-                    Ok(RegisteredSchema {
-                        schema_type,
-                        text: text.to_owned(),
-                    }),
-                );
-            }
+            let decoder =
+                super::super::decoder_knowing(schema.clone(), format, SCHEMA_ID, AVRO, PROTO)
+                    .unwrap();
             let payload = Encoder::new(format).unwrap().encode(&order).unwrap();
             match decoder.read(Some(&payload)) {
                 Read::Event(event) => events.push(format!("{event:?}")),

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use apache_avro::types::Value;
-use tandem_shared::event::{EventDecoder, Format, PayloadFormat, RegisteredSchema, SchemaType};
+use tandem_shared::event::{EventDecoder, PayloadFormat};
 use tandem_shared::schema::EventSchema;
+use tandem_shared::testing;
 use tandem_tests::formats::{avro, framed};
 
 use super::oracle::Event;
@@ -59,26 +60,8 @@ struct ProtoOrder {
 
 /// The decoder of `format`, knowing the writer schema as the registry would hand it out.
 pub(crate) fn decoder(schema: &Arc<EventSchema>, format: PayloadFormat) -> EventDecoder {
-    let settings = Format {
-        payload: format,
-        registry: format != PayloadFormat::Json,
-        ..Format::default()
-    };
-    let decoder =
-        EventDecoder::with_format(Arc::clone(schema), &settings).unwrap_or_else(|e| panic!("{e}"));
-    let (schema_type, text) = match format {
-        PayloadFormat::Json => return decoder,
-        PayloadFormat::Avro => (SchemaType::Avro, AVRO),
-        PayloadFormat::Protobuf => (SchemaType::Protobuf, PROTO),
-    };
-    decoder.learn(
-        ID,
-        Ok(RegisteredSchema {
-            schema_type,
-            text: text.to_owned(),
-        }),
-    );
-    decoder
+    testing::decoder_knowing(Arc::clone(schema), format, ID, AVRO, PROTO)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `event` as a message value in `format`.
