@@ -5,6 +5,7 @@
 //!  tandem.toml ──► config (parse, validate) ──► wiring (each layer's settings)
 //!                                                   │
 //!   run / dev ──► process::start: topics ─► speed layer, archive, scheduler, reconciler ─► HTTP
+//!                                                                     └► doors: PostgreSQL, Flight SQL
 //!                 process::Running::shutdown: backend first, then the HTTP frontend
 //!   dev ────────► dev: embedded Kafka (mock cluster) + demo generator around process::start
 //!   ballista ───► ballista: Ballista scheduler / executor with Tandem's store, functions
@@ -23,12 +24,14 @@
 //! - [`batch_run`]: `tandem batch run`.
 //! - [`ballista`]: `tandem ballista scheduler|executor` (a remote recompute cluster).
 //! - [`sql`]: `tandem sql`.
+//! - [`doors`]: `[sql]`, the PostgreSQL and Flight SQL listeners.
 //! - [`dev`]: `tandem dev` and `tandem broker` (the embedded broker, the demo generator).
 
 pub mod ballista;
 pub mod batch_run;
 pub mod config;
 pub mod dev;
+pub mod doors;
 pub mod outputs;
 pub mod probe;
 pub mod process;

@@ -201,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
                 },
             )
             .await?;
-            println!("HTTP: http://{}", running.http);
+            running.print_addresses();
             let fatal = running.fatal();
             let failed = tokio::select! {
                 _ = shutdown_signal() => None,

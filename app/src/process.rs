@@ -86,6 +86,8 @@ pub enum Error {
          [[http.tokens]], or set http.allow_anonymous = true to allow anyone who reaches it"
     )]
     Exposed { addr: String },
+    #[error("[sql] TLS: {0}")]
+    Tls(#[source] std::io::Error),
 }
 
 /// How long after a publication a worker of a cluster releases the windows it covers: longer
@@ -108,6 +110,10 @@ pub struct RunOptions {
 #[derive(Debug)]
 pub struct Running {
     pub http: SocketAddr,
+    /// The SQL doors' addresses (`[sql]`).
+    pub postgres: Option<SocketAddr>,
+    pub flight: Option<SocketAddr>,
+    doors: crate::doors::Doors,
     fatal: Fatal,
     backend: CancellationToken,
     frontend: CancellationToken,
@@ -116,6 +122,18 @@ pub struct Running {
 }
 
 impl Running {
+    /// Prints where clients connect, one line each, the HTTP address last (scripts and tests
+    /// wait for it).
+    pub fn print_addresses(&self) {
+        if let Some(addr) = self.postgres {
+            println!("Postgres: postgresql://tandem@{addr}/tandem");
+        }
+        if let Some(addr) = self.flight {
+            println!("Flight SQL: grpc://{addr}");
+        }
+        println!("HTTP: http://{}", self.http);
+    }
+
     /// Completes, with the reason, when a layer task failed too often in a row: the caller
     /// shuts down and exits non-zero so that its own supervisor restarts the process.
     pub fn fatal(&self) -> Fatal {
@@ -133,6 +151,7 @@ impl Running {
             tracing::warn!("backend did not stop within 60s");
         }
         self.frontend.cancel();
+        self.doors.closed().await;
         match self.server.await {
             Ok(result) => result.map_err(Error::Serve),
             Err(err) => {
@@ -146,6 +165,9 @@ impl Running {
 /// Starts the layers of `options.roles` for `config`.
 pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Error> {
     check_exposure(&options.http, &config.http).await?;
+    for door in crate::doors::addresses(config) {
+        check_exposure(door, &config.http).await?;
+    }
     let roles = options.roles.clone();
     let store = tandem_store::open(&config.storage)?;
     // Every publication is a create-if-absent write: refuse a store that would not fence.
@@ -301,6 +323,7 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     )
     .await?
     .with_idle_timeout(config.kafka.idle_timeout);
+    let doors_engine = sql.clone();
     let state = AppState::new(
         catalog,
         speed_side,
@@ -325,8 +348,16 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
         app = app.layer(axum::middleware::from_fn(roles::without_serve));
     }
     let server = serve_on(listener, app, policy.limits.clone(), frontend.clone());
+    let doors = if roles.has(Role::Serve) {
+        crate::doors::open(config, &doors_engine, &policy.access, &frontend).await?
+    } else {
+        crate::doors::Doors::default()
+    };
     Ok(Running {
         http,
+        postgres: doors.postgres,
+        flight: doors.flight,
+        doors,
         fatal: supervisor.fatal(),
         backend,
         frontend,

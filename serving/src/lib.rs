@@ -7,6 +7,8 @@
 //!                           api (render) ◄── Answer  batch, every other window from speed
 //!   GET /v1/views/{name}?granularity= ──► seam::answer_with(window states) ──► rollup::roll
 //!   POST /v1/sql ──► sql (DataFusion) ──► view tables (seam::answer) + events (archive)
+//!   PostgreSQL protocol (postgres) ──┤ the same engine, runtime and limits
+//!   Arrow Flight SQL (flight) ───────┘
 //!   POST /v1/jobs ──────► scheduler (batch layer) ──► publication ──► catalog
 //!                                                                      │ change
 //!                        reconcile: release covered speed state, measure drift
@@ -28,6 +30,8 @@
 //! - `settings`: `[serving]` and `[http]` ([`ServingSettings`], [`HttpSettings`]) with their
 //!   defaults.
 //! - [`sql`]: read-only SQL over the views (through the seam) and the archive's `events`.
+//! - [`postgres`], [`flight`]: the SQL doors for the tools people already use (psql, drivers,
+//!   BI tools; ADBC and Flight SQL drivers), with TLS from [`tls`].
 //! - [`api`]: the axum router; handlers parse and render, with `Serialize` response types; the
 //!   OpenAPI description (`/openapi.json`, `/docs`) generated from the handlers, and the web
 //!   console (`/`), one embedded page that reads the same API.
@@ -41,8 +45,10 @@
 pub mod access;
 pub mod api;
 pub mod fleet;
+pub mod flight;
 pub mod outputs;
 pub mod page;
+pub mod postgres;
 pub mod readiness;
 pub mod reconcile;
 pub mod rollup;
@@ -51,9 +57,10 @@ pub mod server;
 mod settings;
 pub mod sources;
 pub mod sql;
+pub mod tls;
 
 pub use access::{Access, HttpLimits, HttpPolicy, Scope, Token};
 pub use api::{AppState, router};
 pub use readiness::Readiness;
 pub use reconcile::Reconciler;
-pub use settings::{HttpSettings, ServingSettings, TokenSettings};
+pub use settings::{HttpSettings, ServingSettings, SqlSettings, TokenSettings};

@@ -33,6 +33,47 @@ impl Default for ServingSettings {
     }
 }
 
+/// The `[sql]` section: the doors SQL clients connect through besides `POST /v1/sql`, each off
+/// unless its address is set. They answer the same tables under the same limits (`[http]`'s
+/// query limits and tokens).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqlSettings {
+    /// The PostgreSQL wire protocol (`psql`, drivers, BI tools): `host:port`.
+    pub postgres: Option<String>,
+    /// Arrow Flight SQL (ADBC, JDBC/ODBC Flight SQL drivers): `host:port`.
+    pub flight: Option<String>,
+    /// A PEM certificate chain and its PKCS#8 key: both doors then speak TLS.
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    /// Open connections per door at most (more are refused with an error).
+    pub max_connections: usize,
+}
+
+impl SqlSettings {
+    /// Connections per door by default.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+    pub fn check(&self) -> Result<(), Invalid> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(Invalid::new(
+                "tls_key",
+                "give both tls_cert and tls_key, or neither",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Connections per door.
+    pub fn connection_cap(&self) -> usize {
+        if self.max_connections == 0 {
+            Self::DEFAULT_MAX_CONNECTIONS
+        } else {
+            self.max_connections
+        }
+    }
+}
+
 /// One `[[http.tokens]]` entry as written: the token's value comes from an environment
 /// variable (read where the configuration is parsed) or is given as its SHA-256 digest.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

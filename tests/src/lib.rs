@@ -75,6 +75,10 @@ pub struct TestServer {
     pub kafka: String,
     /// `http://host:port`, if the process serves HTTP.
     pub http: String,
+    /// `host:port` of the PostgreSQL and Flight SQL doors, if the process opened them (they
+    /// are printed before the HTTP address).
+    pub postgres: String,
+    pub flight: String,
     log: PathBuf,
 }
 
@@ -89,11 +93,16 @@ pub enum Ready {
 impl TestServer {
     /// Starts `tandem dev --config <config>` on free ports with data under `data`.
     pub fn dev(config: &Path, data: &Path) -> anyhow::Result<Self> {
+        Self::dev_with_env(config, data, &[])
+    }
+
+    /// [`TestServer::dev`] with extra environment variables (token values, say).
+    pub fn dev_with_env(config: &Path, data: &Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut args: Vec<String> = vec!["dev".into(), "--config".into()];
         args.push(config.display().to_string());
         args.extend(["--http", "127.0.0.1:0", "--kafka-port", "0", "--data"].map(String::from));
         args.push(data.join("dev").display().to_string());
-        Self::spawn(&args, &[], data, Ready::Both)
+        Self::spawn(&args, env, data, Ready::Both)
     }
 
     /// Starts `tandem broker` (the embedded broker alone, so that `tandem` processes can be
@@ -179,6 +188,7 @@ impl TestServer {
         });
         let mut kafka = None;
         let mut http = None;
+        let (mut postgres, mut flight) = (String::new(), String::new());
         let done = |k: &Option<String>, h: &Option<String>| match ready {
             Ready::Kafka => k.is_some(),
             Ready::Http => h.is_some(),
@@ -199,12 +209,18 @@ impl TestServer {
                 kafka = Some(rest.trim().to_owned());
             } else if let Some(rest) = line.strip_prefix("HTTP: ") {
                 http = Some(rest.trim().to_owned());
+            } else if let Some(rest) = line.strip_prefix("Postgres: postgresql://tandem@") {
+                postgres = rest.trim().trim_end_matches("/tandem").to_owned();
+            } else if let Some(rest) = line.strip_prefix("Flight SQL: grpc://") {
+                flight = rest.trim().to_owned();
             }
         }
         Ok(Self {
             child,
             kafka: kafka.unwrap_or_default(),
             http: http.unwrap_or_default(),
+            postgres,
+            flight,
             log,
         })
     }

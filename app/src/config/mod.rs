@@ -24,7 +24,7 @@ pub use http::HttpConfig;
 use http::http_config;
 use storage::{StorageFile, storage_settings};
 use tandem_batch_layer::{ArchiveSettings, BatchSettings};
-use tandem_serving::{HttpSettings, ServingSettings};
+use tandem_serving::{HttpSettings, ServingSettings, SqlSettings};
 use tandem_shared::event::{Envelope, Format, OP_FIELD, PayloadFormat};
 use tandem_shared::schema::{EventSchema, FieldType};
 use tandem_shared::settings::Invalid;
@@ -103,6 +103,8 @@ struct File {
     http: HttpSettings,
     #[serde(default)]
     serving: ServingSettings,
+    #[serde(default)]
+    sql: SqlSettings,
     cluster: Option<ClusterFile>,
     #[serde(default)]
     outputs: Vec<outputs::OutputFile>,
@@ -236,6 +238,8 @@ pub struct Config {
     pub engine: tandem_batch_layer::recompute::Engine,
     /// `[serving]`.
     pub serving: ServingSettings,
+    /// `[sql]`: the PostgreSQL and Flight SQL doors.
+    pub sql: SqlSettings,
     /// `[cluster]`: set when processes share the work (see [`ClusterConfig`]).
     pub cluster: Option<ClusterConfig>,
     /// The token processes send each other when `cluster.token_env` does not name one: the
@@ -287,6 +291,7 @@ impl Config {
             ("speed", file.speed.check()),
             ("archive", file.archive.check()),
             ("batch", file.batch.check()),
+            ("sql", file.sql.check()),
         ];
         for (section, check) in checks {
             if let Err(Invalid { key, problem }) = check {
@@ -348,6 +353,7 @@ impl Config {
             archive: file.archive,
             batch: file.batch,
             serving: file.serving,
+            sql: file.sql,
             cluster,
             cluster_token: env(CLUSTER_TOKEN_ENV),
             outputs,

@@ -61,6 +61,14 @@ pub struct DevOptions {
     /// HTTP listen address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: String,
+    /// PostgreSQL protocol listen address (`[sql] postgres` of the configuration, else a free
+    /// port on loopback).
+    #[arg(long)]
+    pub postgres: Option<String>,
+    /// Arrow Flight SQL listen address (`[sql] flight` of the configuration, else a free port
+    /// on loopback).
+    #[arg(long)]
+    pub flight: Option<String>,
     /// Port of the embedded Kafka broker's bootstrap address on 127.0.0.1.
     #[arg(long, default_value_t = 9092)]
     pub kafka_port: u16,
@@ -109,6 +117,18 @@ pub async fn run(
         Some(path) => Config::load(path)?,
         None => Config::parse(config::DEMO, "built-in demo configuration")?,
     };
+    // The SQL doors are on in development: at the given address, the configured one, or a free
+    // port on loopback.
+    for (given, door) in [
+        (&options.postgres, &mut config.sql.postgres),
+        (&options.flight, &mut config.sql.flight),
+    ] {
+        if let Some(addr) = given {
+            *door = Some(addr.clone());
+        } else if door.is_none() {
+            *door = Some("127.0.0.1:0".to_owned());
+        }
+    }
     let store = prepare_data_dir(&options.data)?;
     config.storage = tandem_store::StorageSettings::at(format!("file://{}", store.display()));
     let stop_broker = CancellationToken::new();
@@ -129,7 +149,7 @@ pub async fn run(
         },
     )
     .await?;
-    println!("HTTP: http://{}", running.http);
+    running.print_addresses();
     let stop_demo = CancellationToken::new();
     let generator = options.demo.then(|| {
         tokio::spawn(demo::run(

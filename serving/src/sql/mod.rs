@@ -10,10 +10,15 @@
 //! Every query gets its own session: a table reads the current publication and archive
 //! snapshot when it is scanned, so there is nothing to keep in sync between queries.
 //!
-//! Every query, whichever door it came through, runs on the SQL runtime ([`runtime`]): its own
-//! threads, a bounded number of queries at once, and a timeout that stops CPU-bound plans. Its
-//! memory is one pool: operators reserve from it, scalar functions that build large values are
-//! admitted against it ([`values`]), and so are the collected answer and its rendering.
+//! Every query, whichever door it came through (HTTP, the PostgreSQL wire protocol, Arrow
+//! Flight SQL, rollups, the shell), runs on the SQL runtime ([`runtime`]): its own threads, a
+//! bounded number of queries at once, and a timeout that stops CPU-bound plans. Its memory is
+//! one pool: operators reserve from it, scalar functions that build large values are admitted
+//! against it ([`values`]), and so are the collected answer and its rendering.
+//!
+//! A door hands over a [`Statement`]: SQL text, or a statement its own parser read (the
+//! PostgreSQL door rewrites what clients send to `pg_catalog`) with the values of its
+//! parameters. A PostgreSQL session also knows `pg_catalog` ([`pg_catalog`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ParamValues;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
@@ -29,6 +35,7 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast;
 use datafusion::sql::sqlparser::parser::ParserError;
 use futures::StreamExt;
 use object_store::ObjectStore;
@@ -42,6 +49,7 @@ use tandem_shared::time::{EventTime, Span};
 
 use crate::seam::FreshViews;
 
+pub(crate) mod pg_catalog;
 pub mod render;
 pub mod runtime;
 mod values;
@@ -199,6 +207,27 @@ fn refused(plan: &LogicalPlan) -> &'static str {
     }
 }
 
+/// What a refused statement does, before it is planned (a door that parses statements itself
+/// refuses what is not a query as the planner would).
+fn refused_statement(statement: &ast::Statement) -> &'static str {
+    let text = statement.to_string();
+    let first = text
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    match first.as_str() {
+        "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "TRUNCATE" => {
+            "a change (INSERT, UPDATE, DELETE)"
+        }
+        "COPY" => "COPY",
+        "CREATE" | "DROP" | "ALTER" | "GRANT" | "REVOKE" | "COMMENT" => {
+            "a definition (CREATE, DROP, ...)"
+        }
+        _ => "a statement (SET, transactions, ...)",
+    }
+}
+
 /// A query's answer: the columns and the rows as Arrow batches.
 #[derive(Debug, Clone)]
 pub struct SqlAnswer {
@@ -211,6 +240,65 @@ impl SqlAnswer {
         self.batches.iter().map(RecordBatch::num_rows).sum()
     }
 }
+
+/// What a door asks: SQL text, or a statement its parser already read, with the values of its
+/// parameters (`$1`, `$2`, ...).
+#[derive(Debug, Clone)]
+pub enum Statement {
+    Text(String),
+    Parsed {
+        statement: Box<ast::Statement>,
+        params: Option<ParamValues>,
+    },
+}
+
+impl From<&str> for Statement {
+    fn from(sql: &str) -> Self {
+        Statement::Text(sql.to_owned())
+    }
+}
+
+/// Which catalog a query's session shows besides the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// The tables and `information_schema`.
+    #[default]
+    Standard,
+    /// Also `pg_catalog` and the functions PostgreSQL clients call on connect (database
+    /// `tandem`, schema `public`).
+    Postgres,
+}
+
+/// One query as a door asks it: the statement, the catalog, and a timeout of the client's own
+/// (never longer than the engine's).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub statement: Statement,
+    pub dialect: Dialect,
+    pub timeout: Option<Duration>,
+}
+
+impl Request {
+    pub fn new(statement: Statement, dialect: Dialect) -> Self {
+        Self {
+            statement,
+            dialect,
+            timeout: None,
+        }
+    }
+}
+
+/// A planned, checked statement: the types of its parameters and of its answer, for a client
+/// that prepares a statement before it runs it.
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// `$1`, `$2`, ... in order; `None` where the plan does not tell.
+    pub params: Vec<Option<datafusion::arrow::datatypes::DataType>>,
+    pub schema: SchemaRef,
+}
+
+/// The database name PostgreSQL clients see.
+pub const DATABASE: &str = "tandem";
 
 /// Answers SQL over the views of `catalog` (with `speed` for fresh windows, if given) and the
 /// archive of `topic` in `store`.
@@ -311,7 +399,11 @@ impl SqlEngine {
         &self.schema
     }
 
-    fn session(&self, deadline: std::time::Instant) -> Result<SessionContext, DataFusionError> {
+    fn session(
+        &self,
+        deadline: std::time::Instant,
+        dialect: Dialect,
+    ) -> Result<SessionContext, DataFusionError> {
         // No spilling: a query that needs more than its pool fails (413) rather than writing
         // temporary files from the serving process.
         let runtime = RuntimeEnvBuilder::new()
@@ -323,9 +415,12 @@ impl SqlEngine {
             .build_arc()?;
         // (Parquet filter pushdown, `execution.parquet.pushdown_filters`, was measured slower on
         // the bench's archive queries: 3.1x DuckDB against 1.5x for a filtered count.)
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
             .with_information_schema(true);
+        if dialect == Dialect::Postgres {
+            config = config.with_default_catalog_and_schema(DATABASE, "public");
+        }
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
@@ -334,6 +429,9 @@ impl SqlEngine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         values::bound_values(&ctx)?;
+        if dialect == Dialect::Postgres {
+            pg_catalog::install(&ctx, DATABASE)?;
+        }
         tables::register_store(&ctx, &self.store)?;
         ctx.register_table(
             EVENTS_TABLE,
@@ -367,14 +465,66 @@ impl SqlEngine {
     /// callers that use them here (rollups, the shell). The rows were counted against the
     /// query's pool while they were collected.
     pub async fn query(&self, sql: &str) -> Result<SqlAnswer, Error> {
+        self.answer(Request::new(sql.into(), Dialect::Standard))
+            .await
+    }
+
+    /// Plans, checks and runs one request of a door on the SQL runtime (see
+    /// [`SqlEngine::query`]).
+    pub async fn answer(&self, request: Request) -> Result<SqlAnswer, Error> {
         let engine = self.clone();
-        let sql = sql.to_owned();
-        let deadline = std::time::Instant::now() + self.limits.timeout;
-        self.on_runtime(async move {
-            let (answer, _reservation) = engine.collect(&sql, deadline).await?;
+        let timeout = self.timeout_of(&request);
+        let deadline = std::time::Instant::now() + timeout;
+        self.on_runtime(timeout, async move {
+            let (answer, _reservation) = engine
+                .collect(request.statement, request.dialect, deadline)
+                .await?;
             Ok(answer)
         })
         .await
+    }
+
+    /// Plans and checks a statement without running it, on the SQL runtime within the query
+    /// timeout: the types of its parameters and of its answer.
+    pub async fn describe(&self, request: Request) -> Result<Described, Error> {
+        let engine = self.clone();
+        let timeout = self.timeout_of(&request);
+        let deadline = std::time::Instant::now() + timeout;
+        self.on_runtime(timeout, async move {
+            let limits = engine.limits;
+            let ctx = engine
+                .session(deadline, request.dialect)
+                .map_err(|e| Error::Internal(e.strip_backtrace()))?;
+            let plan = engine.plan(&ctx, request.statement).await?;
+            let types = plan
+                .get_parameter_types()
+                .map_err(|e| classify(e, &limits))?;
+            let mut params: Vec<(usize, Option<_>)> = types
+                .into_iter()
+                .filter_map(|(name, t)| Some((name.strip_prefix('$')?.parse().ok()?, t)))
+                .collect();
+            params.sort_by_key(|(i, _)| *i);
+            let count = params.last().map_or(0, |(i, _)| *i);
+            let mut ordered = vec![None; count];
+            for (i, t) in params {
+                if let Some(slot) = i.checked_sub(1).and_then(|i| ordered.get_mut(i)) {
+                    *slot = t;
+                }
+            }
+            Ok(Described {
+                params: ordered,
+                schema: Arc::new(plan.schema().as_arrow().clone()),
+            })
+        })
+        .await
+    }
+
+    /// The request's timeout: the client's, if it asked for less than the engine's.
+    fn timeout_of(&self, request: &Request) -> Duration {
+        request
+            .timeout
+            .filter(|t| !t.is_zero())
+            .map_or(self.limits.timeout, |t| t.min(self.limits.timeout))
     }
 
     /// Runs one query and renders its answer in `format`, on the SQL runtime: the rendered
@@ -382,10 +532,13 @@ impl SqlEngine {
     /// is written.
     pub async fn render(&self, sql: &str, format: render::Format) -> Result<Vec<u8>, Error> {
         let engine = self.clone();
-        let sql = sql.to_owned();
-        let deadline = std::time::Instant::now() + self.limits.timeout;
-        self.on_runtime(async move {
-            let (answer, reservation) = engine.collect(&sql, deadline).await?;
+        let statement = Statement::from(sql);
+        let timeout = self.limits.timeout;
+        let deadline = std::time::Instant::now() + timeout;
+        self.on_runtime(timeout, async move {
+            let (answer, reservation) = engine
+                .collect(statement, Dialect::Standard, deadline)
+                .await?;
             let limits = engine.limits;
             let failed = |e: datafusion::arrow::error::ArrowError| {
                 Error::Internal(format!("rendering the answer: {e}"))
@@ -410,12 +563,13 @@ impl SqlEngine {
         .await
     }
 
-    /// Runs `work` on the SQL runtime within the query timeout.
+    /// Runs `work` on the SQL runtime within `timeout`.
     async fn on_runtime<T: Send + 'static>(
         &self,
+        timeout: Duration,
         work: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
     ) -> Result<T, Error> {
-        match self.runtime.run(self.limits.timeout, work).await {
+        match self.runtime.run(timeout, work).await {
             Ok(answer) => answer,
             Err(Refusal::TimedOut(d)) => Err(Error::Timeout(d)),
             Err(refusal @ Refusal::Busy { .. }) => Err(Error::Busy(refusal)),
@@ -423,22 +577,35 @@ impl SqlEngine {
         }
     }
 
-    /// Plans, checks and runs one query, collecting its batches under a reservation of the
-    /// query's memory pool (see the module docs). Runs on the SQL runtime.
-    async fn collect(
-        &self,
-        sql: &str,
-        deadline: std::time::Instant,
-    ) -> Result<(SqlAnswer, MemoryReservation), Error> {
-        let limits = self.limits;
-        let ctx = self
-            .session(deadline)
-            .map_err(|e| Error::Internal(e.strip_backtrace()))?;
-        let plan = ctx
-            .state()
-            .create_logical_plan(sql)
-            .await
-            .map_err(|e| classify(e, &limits))?;
+    /// Plans a statement in `ctx`, with its parameters' values if it has them, and checks that
+    /// it only reads.
+    async fn plan(&self, ctx: &SessionContext, statement: Statement) -> Result<LogicalPlan, Error> {
+        let limits = &self.limits;
+        let state = ctx.state();
+        let plan = match statement {
+            Statement::Text(sql) => state.create_logical_plan(&sql).await,
+            Statement::Parsed { statement, .. }
+                if !matches!(
+                    *statement,
+                    ast::Statement::Query(_)
+                        | ast::Statement::Explain { .. }
+                        | ast::Statement::ShowTables { .. }
+                        | ast::Statement::ShowColumns { .. }
+                ) =>
+            {
+                return Err(Error::ReadOnly(refused_statement(&statement)));
+            }
+            Statement::Parsed { statement, params } => {
+                let plan = state
+                    .statement_to_plan(datafusion::sql::parser::Statement::Statement(statement))
+                    .await;
+                match (plan, params) {
+                    (Ok(plan), Some(values)) => plan.replace_params_with_values(&values),
+                    (plan, _) => plan,
+                }
+            }
+        }
+        .map_err(|e| classify(e, limits))?;
         let read_only = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -446,6 +613,34 @@ impl SqlEngine {
         if read_only.verify_plan(&plan).is_err() {
             return Err(Error::ReadOnly(refused(&plan)));
         }
+        Ok(plan)
+    }
+
+    /// Plans, checks and runs one query, collecting its batches under a reservation of the
+    /// query's memory pool (see the module docs). Runs on the SQL runtime.
+    async fn collect(
+        &self,
+        statement: Statement,
+        dialect: Dialect,
+        deadline: std::time::Instant,
+    ) -> Result<(SqlAnswer, MemoryReservation), Error> {
+        let limits = self.limits;
+        let ctx = self
+            .session(deadline, dialect)
+            .map_err(|e| Error::Internal(e.strip_backtrace()))?;
+        let plan = self.plan(&ctx, statement).await?;
+        let plan = match plan.get_parameter_types() {
+            Ok(params) if !params.is_empty() => {
+                return Err(Error::Plan {
+                    message: format!(
+                        "the query has {} parameters and no values for them",
+                        params.len()
+                    ),
+                    position: None,
+                });
+            }
+            _ => plan,
+        };
         // EXPLAIN [ANALYZE] must stay the plan's root; it answers a few rows anyway.
         let explains = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
         let mut frame = ctx

@@ -18,6 +18,12 @@
 //! it is optimized, and the plan is copied many times over: a 100 MB literal took 900 MB of
 //! memory the pool never saw. So such a value may be at most [`MAX_CONSTANT_BYTES`].
 //!
+//! Array functions: those whose answer is at most as large as their arguments (`array_length`,
+//! `string_to_array`, `array_to_string`, `make_array`, element access, membership: what
+//! `= ANY(...)` and the PostgreSQL clients' catalog queries use) stay; the others are not
+//! registered (`array_repeat(x, n)`, `range(0, n)` and `generate_series` as a scalar build `n`
+//! elements at once; `array_concat` doubles like `||`).
+//!
 //! Each session registers its own wrapped functions, holding that session's pool. The bound is
 //! an upper bound (a character counted at four bytes unless every byte is ASCII, say): a query
 //! refused by it would at worst have needed close to that much.
@@ -72,6 +78,24 @@ const WRAPPED: [(&str, Growth); 7] = [
     ("concat_ws", Growth::ConcatWs),
     ("replace", Growth::Replace),
     ("regexp_replace", Growth::RegexpReplace),
+];
+
+/// The array functions a session keeps (see the module docs); the names are DataFusion's.
+const ARRAY_FUNCTIONS_KEPT: [&str; 14] = [
+    "array_length",
+    "array_dims",
+    "array_ndims",
+    "array_element",
+    "array_has",
+    "array_has_all",
+    "array_has_any",
+    "array_position",
+    "array_to_string",
+    "array_empty",
+    "cardinality",
+    "make_array",
+    "string_to_array",
+    "array_distinct",
 ];
 
 /// Byte lengths of a string argument, per row or the same for every row.
@@ -531,6 +555,11 @@ impl AnalyzerRule for ConcatOperatorRule {
 
 /// Registers the admitted functions and the `||` rewrite in `ctx`, against its memory pool.
 pub(super) fn bound_values(ctx: &SessionContext) -> Result<()> {
+    for function in datafusion::functions_nested::all_default_nested_functions() {
+        if !ARRAY_FUNCTIONS_KEPT.contains(&function.name()) {
+            ctx.deregister_udf(function.name());
+        }
+    }
     let pool: Arc<dyn MemoryPool> = Arc::clone(&ctx.runtime_env().memory_pool);
     let reservation =
         |name: &str| Mutex::new(MemoryConsumer::new(format!("value of {name}")).register(&pool));

@@ -528,3 +528,4 @@ async fn decimal_sums_keep_every_digit_in_every_format() {
 }
 
 mod bounds;
+mod doors;
