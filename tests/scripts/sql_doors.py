@@ -202,6 +202,19 @@ with connect(autocommit=True) as conn:
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = 'public' ORDER BY 1"))
 
+# Every column of every table, in text and in binary, through psycopg; and through ADBC.
+out["types"] = {}
+with connect(autocommit=True) as conn:
+    for table in ["events", "revenue_by_city", "by_kind"]:
+        read = {}
+        for encoding in ["text", "binary"]:
+            with conn.cursor(binary=encoding == "binary") as cur:
+                cur.execute(f"SELECT * FROM {table} LIMIT 5")
+                row = cur.fetchone()
+                read[encoding] = {
+                    d.name: type(v).__name__ for d, v in zip(cur.description, row)}
+        out["types"][table] = read
+
 # Many connections at once: each is served, or refused with a PostgreSQL error.
 outcomes = []
 lock = threading.Lock()
@@ -256,6 +269,9 @@ with flightsql.connect(
         cur.execute(EVENTS_ROLLUP)
         out["adbc_events"] = [
             [text(v) for v in row.values()] for row in cur.fetch_arrow_table().to_pylist()]
+        for table in ["events", "revenue_by_city", "by_kind"]:
+            cur.execute(f"SELECT * FROM {table} LIMIT 5")
+            out["types"][table]["adbc_rows"] = cur.fetch_arrow_table().num_rows
 try:
     with flightsql.connect(
         f"grpc://{ARGS['flight']}",

@@ -86,10 +86,14 @@ async fn produce(server: &TestServer, payments: &[Payment]) -> anyhow::Result<()
     for (i, p) in payments.iter().enumerate() {
         // The price as a JSON number written exactly.
         let payload = format!(
-            r#"{{"ts":{},"city":"{}","price":{},"kind":"sale"}}"#,
+            r#"{{"ts":{},"city":"{}","price":{},"kind":"{}","units":{},"express":{},"weight":{}}}"#,
             p.ts,
             p.city,
-            money(p.cents)
+            money(p.cents),
+            ["sale", "refund"][i % 2],
+            i % 7,
+            i % 3 == 0,
+            (i % 11) as f64 / 4.0
         );
         let key = format!("p{i}");
         deliveries.push(
@@ -533,7 +537,167 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
         "past the cap of 150: {refused:?}"
     );
     ensure!(served > 0, "nothing served: {refused:?}");
+    // Every type a table has reads through both protocols' encodings and through ADBC.
+    for (table, columns) in [
+        (
+            "events",
+            json!({"ts": "datetime", "city": "str", "price": "Decimal", "units": "int",
+                   "express": "bool", "weight": "float", "_kafka_partition": "int",
+                   "_kafka_offset": "int"}),
+        ),
+        (
+            "revenue_by_city",
+            json!({"window_start": "datetime", "window_end": "datetime", "city": "str",
+                   "orders": "int", "revenue": "Decimal", "complete": "bool"}),
+        ),
+        (
+            "by_kind",
+            json!({"kind": "str", "express": "bool", "cities": "int", "median_weight": "float",
+                   "avg_price": "Decimal", "max_units": "int", "min_weight": "float"}),
+        ),
+    ] {
+        let read = &got["types"][table];
+        for encoding in ["text", "binary"] {
+            for (column, want) in columns.as_object().context("columns")? {
+                ensure!(
+                    read[encoding][column] == *want,
+                    "{table}.{column} in {encoding}: {} (all: {})",
+                    read[encoding][column],
+                    read[encoding]
+                );
+            }
+        }
+        ensure!(
+            read["adbc_rows"].as_u64().is_some_and(|n| n > 0),
+            "ADBC {table}: {read}"
+        );
+    }
     eprintln!("200 connections at once: {served} served, refused by SQLSTATE {refused:?}");
     ensure!(got["after_connections"] == windows_count.as_str());
+    Ok(())
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1 (Debian's `openssl`), and its key.
+fn certificate(dir: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("running openssl (Debian openssl; scripts/test installs it)")?;
+    ensure!(status.success(), "openssl: {status}");
+    Ok((cert.display().to_string(), key.display().to_string()))
+}
+
+/// Beyond loopback, a door needs tokens (as HTTP does), and a password travels only under TLS:
+/// psql and ADBC connect over TLS with the token; without TLS the login is refused (28000);
+/// with no tokens configured, `tandem run` refuses to open the door at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_loopback_the_doors_need_tokens_and_tls() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let (cert, key) = certificate(data.path())?;
+    let config = std::fs::read_to_string(fixture("doors.toml"))?.replace(
+        "[sql]\n",
+        &format!(
+            "[sql]\npostgres = \"0.0.0.0:0\"\nflight = \"0.0.0.0:0\"\n\
+             tls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"
+        ),
+    );
+    let path = data.path().join("tls.toml");
+    std::fs::write(&path, &config)?;
+    let server = TestServer::dev_with_env(&path, data.path(), &[("TANDEM_TEST_TOKEN", TOKEN)])?;
+    let port = |addr: &str| addr.rsplit(':').next().unwrap_or_default().to_owned();
+    let postgres = format!("127.0.0.1:{}", port(&server.postgres));
+    let flight = format!("localhost:{}", port(&server.flight));
+    ensure!(
+        server.postgres.starts_with("0.0.0.0:"),
+        "{}",
+        server.postgres
+    );
+
+    // psql over TLS, verifying the certificate.
+    let output = Command::new("psql")
+        .args(["-X", "-A", "-t", "-c", "SELECT 40 + 2"])
+        .arg(format!(
+            "postgresql://analyst@localhost:{}/tandem?sslmode=verify-full&sslrootcert={cert}",
+            port(&postgres)
+        ))
+        .env("PGPASSWORD", TOKEN)
+        .output()?;
+    ensure!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).trim() == "42",
+        "psql over TLS: {} {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Without TLS the password is not asked for: the login is refused.
+    let plain = login_sqlstate(&postgres, TOKEN).await?;
+    ensure!(
+        plain.as_deref() == Some("28000"),
+        "a login without TLS: {plain:?}"
+    );
+
+    // ADBC over TLS with the token; the same call without TLS fails.
+    let python = std::env::var("TANDEM_PYTHON").context("TANDEM_PYTHON is not set")?;
+    let script = format!(
+        r#"
+import adbc_driver_flightsql.dbapi as flightsql
+def read(uri, **kw):
+    try:
+        with flightsql.connect(uri, db_kwargs={{"adbc.flight.sql.authorization_header": "Bearer {TOKEN}", **kw}}) as c:
+            with c.cursor() as cur:
+                cur.execute("SELECT 40 + 2 AS n")
+                return str(cur.fetchone()[0])
+    except Exception as e:
+        return "error: " + str(e)
+print(read("grpc+tls://{flight}", **{{"adbc.flight.sql.client_option.tls_root_certs": open("{cert}").read()}}))
+print(read("grpc://{flight}"))
+"#
+    );
+    let output = Command::new(&python).arg("-c").arg(&script).output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    ensure!(
+        output.status.success() && lines.len() == 2,
+        "ADBC: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(lines[0] == "42", "ADBC over TLS: {}", lines[0]);
+    ensure!(
+        lines[1].starts_with("error"),
+        "ADBC without TLS: {}",
+        lines[1]
+    );
+    drop(server);
+
+    // No tokens: the doors may not listen beyond loopback.
+    let open = config.replace(
+        "tokens = [{ name = \"analyst\", scope = \"read\", env = \"TANDEM_TEST_TOKEN\" }]\n",
+        "",
+    );
+    ensure!(open != config, "the fixture's tokens line changed");
+    let open_path = data.path().join("open.toml");
+    std::fs::write(&open_path, open)?;
+    let refused = Command::new(tandem_tests::tandem_binary()?)
+        .args(["dev", "--config"])
+        .arg(&open_path)
+        .args(["--http", "127.0.0.1:0", "--kafka-port", "0", "--data"])
+        .arg(data.path().join("open"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success() && stderr.contains("refusing to serve an open API on 0.0.0.0:0"),
+        "an open door beyond loopback: {} {stderr}",
+        refused.status
+    );
     Ok(())
 }
