@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use object_store::ObjectStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tandem_batch_layer::archive::import::{self, PartitionBatches};
@@ -99,9 +100,32 @@ fn duckdb_sql(view: &str, files: &str, from: i64, to: i64) -> Option<String> {
 /// Timed runs per view and engine; the median is reported.
 const RUNS: usize = 5;
 
-pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
-    let config = Config::parse(&format!("{SCHEMA}{ORDERS_BY_CITY}{CONFIG}"), "bench")?;
-    let store_dir = opts.dir.join("store");
+/// A day of generated order events imported into a fresh archive under `dir/store`.
+pub(super) struct ImportedDay {
+    pub(super) config: Config,
+    pub(super) store: Arc<dyn ObjectStore>,
+    /// The archive's Parquet files.
+    pub(super) files: Vec<String>,
+    /// The day's start (epoch ms).
+    pub(super) base: i64,
+}
+
+/// The benchmark configuration (`orders_by_city` and three more views on the orders schema).
+pub(super) fn config() -> anyhow::Result<Config> {
+    Ok(Config::parse(
+        &format!("{SCHEMA}{ORDERS_BY_CITY}{CONFIG}"),
+        "bench",
+    )?)
+}
+
+/// Imports `events` generated events (a day, 8 partitions) into a fresh store under `dir`, in
+/// chunks so that memory stays bounded.
+pub(super) async fn import_day(
+    config: Config,
+    dir: &std::path::Path,
+    events: u64,
+) -> anyhow::Result<ImportedDay> {
+    let store_dir = dir.join("store");
     if store_dir.exists() {
         std::fs::remove_dir_all(&store_dir)
             .with_context(|| format!("clearing {}", store_dir.display()))?;
@@ -114,19 +138,16 @@ pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
     )))?;
     let schema = Arc::new(config.schema.clone());
     let decoder = EventDecoder::new(Arc::clone(&schema));
-
-    // 1. Import a day of events, in chunks so memory stays bounded.
-    println!("# tandem-bench batch: {} events", opts.events);
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(3);
     let base = 1_795_219_200_000; // 2026-11-21T00:00:00Z
     let chunk = 1_000_000u64;
     let mut batches = PartitionBatches::new(&decoder, PARTITIONS, chunk as usize / 8 + 1);
     let mut done = 0u64;
-    while done < opts.events {
-        let n = chunk.min(opts.events - done);
+    while done < events {
+        let n = chunk.min(events - done);
         for i in done..done + n {
-            let ts = base + (i as i64 * DAY) / opts.events as i64;
+            let ts = base + (i as i64 * DAY) / events as i64;
             let user = rng.random_range(0..200_000u32);
             let p = (user % PARTITIONS as u32) as i32;
             let event_type = if rng.random_ratio(7, 10) {
@@ -153,12 +174,28 @@ pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
         .map(|m| m.len())
         .sum();
     println!(
-        "imported {} events into {} Parquet files ({:.1} MiB) in {:.1}s",
-        opts.events,
+        "imported {events} events into {} Parquet files ({:.1} MiB) in {:.1}s",
         files.len(),
         bytes as f64 / (1 << 20) as f64,
         started.elapsed().as_secs_f64()
     );
+    Ok(ImportedDay {
+        config,
+        store,
+        files,
+        base,
+    })
+}
+
+pub async fn run(opts: BatchBench) -> anyhow::Result<()> {
+    // 1. Import a day of events.
+    println!("# tandem-bench batch: {} events", opts.events);
+    let ImportedDay {
+        config,
+        store,
+        files,
+        base,
+    } = import_day(config()?, &opts.dir, opts.events).await?;
 
     // 2. Tandem recomputes every view.
     let catalog = wiring::catalog(&config, &store);

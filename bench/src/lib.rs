@@ -17,6 +17,8 @@
 //! - [`scale`]: speed throughput with one and two worker processes, and fan-out query latency
 //!   with three.
 //! - [`batch`]: recompute throughput next to DuckDB over the same Parquet files.
+//! - [`doors`]: the SQL benchmark's queries through `POST /v1/sql` and the PostgreSQL protocol,
+//!   and a large scan through Flight SQL and JSON.
 //! - [`history`]: serving memory, publication time and query latency on day 1 and day N.
 //! - [`load`]: view query latency from a separate load process while the speed layer ingests,
 //!   and ingestion with and without that query load.
@@ -29,6 +31,7 @@
 
 pub mod alerts;
 pub mod batch;
+pub mod doors;
 mod harness;
 pub mod history;
 pub mod instructions;

@@ -135,6 +135,25 @@ enum Command {
         #[arg(long, default_value = "scripts/duckdb_bench.py")]
         script: PathBuf,
     },
+    /// The SQL benchmark's queries through `POST /v1/sql` and the PostgreSQL protocol
+    /// (psycopg), and a large `events` scan through Flight SQL (ADBC) and JSON over HTTP.
+    Doors {
+        /// Events to import into the archive.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Working directory for the archive.
+        #[arg(long, default_value = "./tandem-bench-doors")]
+        dir: PathBuf,
+        /// Runs of each query.
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Python interpreter with psycopg and the ADBC Flight SQL driver.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// The clients' side of the comparison.
+        #[arg(long, default_value = "scripts/doors_bench.py")]
+        script: PathBuf,
+    },
     /// Cost over history: days of archive and minute-by-minute publications, then serving
     /// memory, the time to publish one more job and one-hour query latency, day 1 vs day N.
     History {
@@ -277,6 +296,22 @@ async fn main() -> anyhow::Result<()> {
             tandem_bench::batch::run(tandem_bench::batch::BatchBench {
                 events,
                 dir,
+                python,
+                script,
+            })
+            .await
+        }
+        Command::Doors {
+            events,
+            dir,
+            runs,
+            python,
+            script,
+        } => {
+            tandem_bench::doors::run(tandem_bench::doors::DoorsBench {
+                events,
+                dir,
+                runs,
                 python,
                 script,
             })

@@ -80,6 +80,17 @@ pub(super) fn archive_queries(day: i64) -> Vec<Query> {
     ]
 }
 
+/// The SQL rollup of a day of `orders_by_city` to one row per city (`at` writes a time).
+pub(super) fn rollup_sql(day: i64, at: &dyn Fn(i64) -> String) -> String {
+    format!(
+        "SELECT city, sum(orders) AS orders, sum(revenue) AS revenue, min(min_amount), \
+         max(max_amount) FROM orders_by_city WHERE window_start >= '{}' AND window_start < '{}' \
+         GROUP BY city ORDER BY city",
+        at(day),
+        at(day + 86_400_000)
+    )
+}
+
 /// Median seconds of `runs` runs of `sql` after one warm-up, and the answer's row count.
 async fn timed(engine: &SqlEngine, sql: &str, runs: usize) -> anyhow::Result<(f64, usize)> {
     let rows = engine
@@ -119,13 +130,7 @@ pub(super) async fn run(
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             .unwrap_or_default()
     };
-    let rollup = format!(
-        "SELECT city, sum(orders) AS orders, sum(revenue) AS revenue, min(min_amount), \
-         max(max_amount) FROM orders_by_city WHERE window_start >= '{}' AND window_start < '{}' \
-         GROUP BY city ORDER BY city",
-        at(day),
-        at(day + 86_400_000)
-    );
+    let rollup = rollup_sql(day, &at);
     let windows = engine
         .query(&format!(
             "SELECT count(*) FROM orders_by_city WHERE window_start >= '{}' AND window_start < '{}'",

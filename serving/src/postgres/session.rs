@@ -242,10 +242,10 @@ fn statement_timeout(client: &impl ClientInfo) -> Option<Duration> {
 }
 
 impl Parser {
-    fn parse(&self, sql: &str) -> Result<Vec<ast::Statement>, ErrorInfo> {
+    fn parse(&self, sql: &str) -> Result<Vec<ast::Statement>, Box<ErrorInfo>> {
         self.sql
             .parse(sql)
-            .map_err(|e| error("42601", format!("syntax error: {e}")))
+            .map_err(|e| Box::new(error("42601", format!("syntax error: {e}"))))
     }
 
     fn request(&self, client: &impl ClientInfo, statement: Statement) -> Request {
@@ -270,7 +270,7 @@ impl QueryParser for Parser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let mut statements = self.parse(sql).map_err(user_error)?;
+        let mut statements = self.parse(sql).map_err(PgWireError::UserError)?;
         if statements.len() > 1 {
             return Err(user_error(error(
                 "42601",
@@ -419,7 +419,7 @@ impl SimpleQueryHandler for Service {
         let parser = &self.parser;
         let statements = match parser.parse(query) {
             Ok(statements) => statements,
-            Err(info) => return Ok(vec![Response::Error(Box::new(info))]),
+            Err(info) => return Ok(vec![Response::Error(info)]),
         };
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
