@@ -49,18 +49,6 @@ pub fn addresses(config: &Config) -> impl Iterator<Item = &str> {
         .flatten()
 }
 
-/// Whether every address `addr` names is a loopback address.
-async fn loopback(addr: &str) -> Result<bool, Error> {
-    let resolved: Vec<SocketAddr> = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: addr.to_owned(),
-            source,
-        })?
-        .collect();
-    Ok(!resolved.is_empty() && resolved.iter().all(|a| a.ip().is_loopback()))
-}
-
 async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), Error> {
     let failed = |source| Error::Bind {
         addr: addr.to_owned(),
@@ -86,7 +74,6 @@ pub async fn open(
     let limits = config.http.policy.limits.clone();
     let mut doors = Doors::default();
     if let Some(addr) = &settings.postgres {
-        let loopback = loopback(addr).await?;
         let (listener, local) = bind(addr).await?;
         let door = PostgresDoor {
             engine: engine.clone(),
@@ -98,7 +85,6 @@ pub async fn open(
                 idle_timeout: limits.idle_timeout,
                 session_timeout: SESSION_TIMEOUT,
             },
-            loopback,
         };
         let stop = stop.clone();
         doors.postgres = Some(local);

@@ -235,9 +235,36 @@ fn psql(server: &TestServer, sql: &str) -> anyhow::Result<ByCity> {
     Ok(out)
 }
 
+/// How a login by hand ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Login {
+    /// In, after a password in clear or a SCRAM exchange.
+    In(&'static str),
+    /// Refused with this SQLSTATE.
+    Refused(String),
+}
+
+fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
+/// A password message (`p`) with `body`.
+fn password_message(body: &[u8]) -> Vec<u8> {
+    let mut message = vec![b'p'];
+    message.extend(((body.len() + 4) as i32).to_be_bytes());
+    message.extend(body);
+    message
+}
+
 /// Logs in with `password` speaking the protocol by hand (drivers do not show the SQLSTATE of a
-/// failed login): the SQLSTATE of the error the server answers, or `None` if it let us in.
-async fn login_sqlstate(addr: &str, password: &str) -> anyhow::Result<Option<String>> {
+/// failed login), in clear or by SCRAM-SHA-256, whichever the server asks for.
+async fn login(addr: &str, password: &str) -> anyhow::Result<Login> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use sha2::Digest;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut socket = tokio::net::TcpStream::connect(addr).await?;
     let mut startup = Vec::new();
@@ -249,32 +276,77 @@ async fn login_sqlstate(addr: &str, password: &str) -> anyhow::Result<Option<Str
     let mut message = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
     message.extend(startup);
     socket.write_all(&message).await?;
+    let client_first_bare = "n=,r=tandemtestnonce";
+    let mut how = "";
+    let mut client_key = [0u8; 32];
     loop {
         let tag = socket.read_u8().await?;
         let len = socket.read_i32().await?;
         let mut body = vec![0; usize::try_from(len - 4)?];
         socket.read_exact(&mut body).await?;
-        match tag {
-            // AuthenticationCleartextPassword: send the password.
-            b'R' if body[..4] == 3i32.to_be_bytes() => {
-                let mut reply = vec![b'p'];
-                reply.extend(((password.len() + 5) as i32).to_be_bytes());
-                reply.extend(password.as_bytes());
-                reply.push(0);
-                socket.write_all(&reply).await?;
+        let code = body
+            .get(..4)
+            .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        match (tag, code) {
+            // AuthenticationCleartextPassword.
+            (b'R', Some(3)) => {
+                how = "cleartext";
+                let mut body = password.as_bytes().to_vec();
+                body.push(0);
+                socket.write_all(&password_message(&body)).await?;
             }
-            // AuthenticationOk: in.
-            b'R' if body[..4] == 0i32.to_be_bytes() => return Ok(None),
-            b'E' => {
+            // AuthenticationSASL: the client's first message.
+            (b'R', Some(10)) => {
+                how = "scram";
+                let data = format!("n,,{client_first_bare}");
+                let mut body = b"SCRAM-SHA-256\0".to_vec();
+                body.extend((data.len() as i32).to_be_bytes());
+                body.extend(data.as_bytes());
+                socket.write_all(&password_message(&body)).await?;
+            }
+            // AuthenticationSASLContinue: the server's first message; the proof.
+            (b'R', Some(11)) => {
+                let server_first = String::from_utf8(body[4..].to_vec())?;
+                let attr = |name: &str| {
+                    server_first
+                        .split(',')
+                        .find_map(|a| a.strip_prefix(name))
+                        .map(str::to_owned)
+                        .context("server-first attribute")
+                };
+                let (nonce, salt) = (attr("r=")?, STANDARD.decode(attr("s=")?)?);
+                let iterations: u32 = attr("i=")?.parse()?;
+                let mut first = salt.clone();
+                first.extend(1u32.to_be_bytes());
+                let mut u = hmac(password.as_bytes(), &first);
+                let mut salted = u;
+                for _ in 1..iterations {
+                    u = hmac(password.as_bytes(), &u);
+                    salted.iter_mut().zip(u).for_each(|(s, b)| *s ^= b);
+                }
+                client_key = hmac(&salted, b"Client Key");
+                let stored: [u8; 32] = sha2::Sha256::digest(client_key).into();
+                let without_proof = format!("c=biws,r={nonce}");
+                let auth = format!("{client_first_bare},{server_first},{without_proof}");
+                let mut proof = hmac(&stored, auth.as_bytes());
+                proof.iter_mut().zip(client_key).for_each(|(p, k)| *p ^= k);
+                let data = format!("{without_proof},p={}", STANDARD.encode(proof));
+                socket.write_all(&password_message(data.as_bytes())).await?;
+            }
+            // AuthenticationSASLFinal: the server proved it knows the token too.
+            (b'R', Some(12)) => ensure!(client_key != [0; 32], "SASLFinal before a proof"),
+            // AuthenticationOk.
+            (b'R', Some(0)) => return Ok(Login::In(how)),
+            (b'E', _) => {
                 // Fields: a type byte, a NUL-terminated value; `C` is the SQLSTATE.
                 for field in body.split(|b| *b == 0) {
                     if let Some(code) = field.strip_prefix(b"C") {
-                        return Ok(Some(String::from_utf8_lossy(code).into_owned()));
+                        return Ok(Login::Refused(String::from_utf8_lossy(code).into_owned()));
                     }
                 }
                 bail!("an error without a SQLSTATE");
             }
-            other => bail!("unexpected message {:?}", other as char),
+            (other, code) => bail!("unexpected message {:?} {code:?}", other as char),
         }
     }
 }
@@ -442,13 +514,14 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
         "a wrong password through psycopg: {}",
         got["bad_password"]
     );
-    let wrong = login_sqlstate(&server.postgres, "wrong").await?;
+    // Without TLS the token is proved by SCRAM-SHA-256, never sent.
+    let wrong = login(&server.postgres, "wrong").await?;
     ensure!(
-        wrong.as_deref() == Some("28P01"),
+        wrong == Login::Refused("28P01".into()),
         "a wrong password: {wrong:?}"
     );
-    let right = login_sqlstate(&server.postgres, TOKEN).await?;
-    ensure!(right.is_none(), "the token as the password: {right:?}");
+    let right = login(&server.postgres, TOKEN).await?;
+    ensure!(right == Login::In("scram"), "the token: {right:?}");
     ensure!(
         got["adbc_bad_token"]
             .as_str()
@@ -577,6 +650,14 @@ async fn scenario(server: &TestServer) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn sha256_hex(value: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(value.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A self-signed certificate for `localhost` and 127.0.0.1 (Debian's `openssl`), and its key.
 fn certificate(dir: &std::path::Path) -> anyhow::Result<(String, String)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -597,9 +678,10 @@ fn certificate(dir: &std::path::Path) -> anyhow::Result<(String, String)> {
     Ok((cert.display().to_string(), key.display().to_string()))
 }
 
-/// Beyond loopback, a door needs tokens (as HTTP does), and a password travels only under TLS:
-/// psql and ADBC connect over TLS with the token; without TLS the login is refused (28000);
-/// with no tokens configured, `tandem run` refuses to open the door at all.
+/// Beyond loopback, a door needs tokens (as HTTP does); a password travels only under TLS:
+/// psql and ADBC connect over TLS with the token; without TLS the token is proved by SCRAM, and
+/// a token known only by its digest is refused (28000); with no tokens configured, the door is
+/// not opened at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_loopback_the_doors_need_tokens_and_tls() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
@@ -639,10 +721,10 @@ async fn beyond_loopback_the_doors_need_tokens_and_tls() -> anyhow::Result<()> {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    // Without TLS the password is not asked for: the login is refused.
-    let plain = login_sqlstate(&postgres, TOKEN).await?;
+    // Without TLS the password is not asked for: the token is proved by SCRAM.
+    let plain = login(&postgres, TOKEN).await?;
     ensure!(
-        plain.as_deref() == Some("28000"),
+        plain == Login::In("scram"),
         "a login without TLS: {plain:?}"
     );
 
@@ -676,6 +758,27 @@ print(read("grpc://{flight}"))
         lines[1].starts_with("error"),
         "ADBC without TLS: {}",
         lines[1]
+    );
+    drop(server);
+
+    // A token given only by its digest cannot be proved by SCRAM: without TLS it is refused
+    // before any password is asked for.
+    let digest = config.replace(
+        "tokens = [{ name = \"analyst\", scope = \"read\", env = \"TANDEM_TEST_TOKEN\" }]\n",
+        &format!(
+            "tokens = [{{ name = \"analyst\", scope = \"read\", sha256 = \"{}\" }}]\n",
+            sha256_hex(TOKEN)
+        ),
+    );
+    ensure!(digest != config, "the fixture's tokens line changed");
+    let digest_path = data.path().join("digest.toml");
+    std::fs::write(&digest_path, &digest)?;
+    let server = TestServer::dev_with_env(&digest_path, &data.path().join("digest"), &[])?;
+    let postgres = format!("127.0.0.1:{}", port(&server.postgres));
+    let plain = login(&postgres, TOKEN).await?;
+    ensure!(
+        plain == Login::Refused("28000".into()),
+        "a digest token without TLS: {plain:?}"
     );
     drop(server);
 

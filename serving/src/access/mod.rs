@@ -31,6 +31,7 @@ use subtle::ConstantTimeEq;
 use crate::api::ApiError;
 
 mod forward;
+pub mod scram;
 
 pub use forward::{FORWARD_SKEW_MS, ForwardKey};
 
@@ -62,12 +63,21 @@ pub enum Error {
     EmptyToken { name: String },
 }
 
-/// A named token: its scope and the SHA-256 digest of its value.
+/// A named token: its scope and the SHA-256 digest of its value, and its SCRAM keys when its
+/// value was given (not only its digest).
 #[derive(Clone)]
 pub struct Token {
     name: String,
     scope: Scope,
     digest: [u8; 32],
+    scram: Option<scram::Keys>,
+}
+
+/// The salt of every token's SCRAM keys in this process (one salt, so that the server's first
+/// message does not depend on which token the client holds).
+pub fn scram_salt() -> &'static [u8; 16] {
+    static SALT: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    SALT.get_or_init(rand::random)
 }
 
 impl fmt::Debug for Token {
@@ -89,6 +99,7 @@ impl Token {
             name: name.into(),
             scope,
             digest: Sha256::digest(secret.as_bytes()).into(),
+            scram: Some(scram::Keys::derive(secret, scram_salt(), scram::ITERATIONS)),
         })
     }
 
@@ -108,6 +119,7 @@ impl Token {
             name: name.into(),
             scope,
             digest,
+            scram: None,
         })
     }
 
@@ -196,6 +208,31 @@ impl Access {
             });
         }
         Ok(Some(&token.name))
+    }
+}
+
+impl Access {
+    /// Whether some token can log in with SCRAM (its value was given, not only its digest).
+    pub fn offers_scram(&self) -> bool {
+        self.tokens.iter().any(|t| t.scram.is_some())
+    }
+
+    /// Finishes a SCRAM exchange for a SQL door: the name of the token whose proof the client's
+    /// final message carries, and the server's final message.
+    pub fn decide_scram(
+        &self,
+        exchange: &scram::Exchange,
+        client_final: &[u8],
+    ) -> Result<(String, String), scram::Error> {
+        let candidates: Vec<(&Token, &scram::Keys)> = self
+            .tokens
+            .iter()
+            .filter(|t| t.scope >= Scope::Read)
+            .filter_map(|t| Some((t, t.scram.as_ref()?)))
+            .collect();
+        let keys: Vec<&scram::Keys> = candidates.iter().map(|(_, k)| *k).collect();
+        let (i, server_final) = exchange.finish(client_final, &keys)?;
+        Ok((candidates[i].0.name.clone(), server_final))
     }
 }
 

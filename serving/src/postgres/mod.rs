@@ -4,7 +4,8 @@
 //! ```text
 //!  listener ─► a connection slot (at most `[sql] max_connections`; past it: error 53300)
 //!           ─► TLS if configured (pgwire) ─► startup within the header timeout
-//!           ─► password = a token of [[http.tokens]] (any user name), checked as HTTP checks it
+//!           ─► a token of [[http.tokens]] (any user name): a cleartext password under TLS,
+//!              SCRAM-SHA-256 without (access::scram), checked against the tokens HTTP checks
 //!           ─► messages, each within the query timeout plus the idle timeout (a client that
 //!              stops reading its answer is closed); a quiet connection is closed after the
 //!              session timeout
@@ -57,6 +58,9 @@ pub struct ConnectionLimits {
     pub session_timeout: Duration,
 }
 
+/// Connections past the cap told why at once, at most.
+const REFUSALS_AT_ONCE: usize = 64;
+
 /// What the door serves and whom it lets in.
 #[derive(Debug, Clone)]
 pub struct PostgresDoor {
@@ -64,8 +68,6 @@ pub struct PostgresDoor {
     pub access: Access,
     pub tls: Option<Tls>,
     pub limits: ConnectionLimits,
-    /// Whether the listener is on loopback only: a password may then travel without TLS.
-    pub loopback: bool,
 }
 
 /// Serves the PostgreSQL protocol on `listener` until `stop` fires.
@@ -75,10 +77,12 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(door.limits.max_connections));
+    // Refusals past the cap are answered a few at a time; past that a connection is closed at
+    // once, so a flood cannot hold more sockets than the cap and this.
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let handlers = Arc::new(Handlers::new(
         door.engine.clone(),
         door.access.clone(),
-        door.loopback,
         Arc::new(ConnectionManager::new()),
     ));
     let acceptor = door.tls.as_ref().map(Tls::postgres_acceptor).transpose()?;
@@ -105,7 +109,13 @@ pub async fn serve(
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             metrics::counter!("tandem_postgres_refused_total", "reason" => "connections")
                 .increment(1);
-            connections.spawn(refuse(socket, door.limits.max_connections));
+            if let Ok(refusing) = Arc::clone(&refusals).try_acquire_owned() {
+                let cap = door.limits.max_connections;
+                connections.spawn(async move {
+                    refuse(socket, cap).await;
+                    drop(refusing);
+                });
+            }
             continue;
         };
         let handlers = Arc::clone(&handlers);
@@ -139,8 +149,7 @@ async fn refuse(socket: tokio::net::TcpStream, cap: usize) {
         };
         // Read the startup message, then answer it with the refusal.
         let _ = framed.next().await;
-        let info = commands::error("53300", format!("too many connections (at most {cap})"));
-        let mut info = info;
+        let mut info = commands::error("53300", format!("too many connections (at most {cap})"));
         info.severity = "FATAL".into();
         framed
             .send(PgWireBackendMessage::ErrorResponse(info.into()))

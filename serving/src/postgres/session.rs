@@ -36,7 +36,9 @@ use pgwire::types::format::FormatOptions;
 
 use super::SERVER_VERSION;
 use super::commands::{Command, error, error_info, reported_as, timeout_millis};
-use crate::access::{Access, Denied};
+use base64::Engine;
+
+use crate::access::{Access, Denied, scram, scram_salt};
 use crate::sql::{Dialect, Request, SqlAnswer, SqlEngine, Statement};
 
 /// A statement as the extended protocol keeps it between Parse and Execute.
@@ -61,12 +63,7 @@ pub struct Handlers {
 }
 
 impl Handlers {
-    pub fn new(
-        engine: SqlEngine,
-        access: Access,
-        loopback: bool,
-        connections: Arc<ConnectionManager>,
-    ) -> Self {
+    pub fn new(engine: SqlEngine, access: Access, connections: Arc<ConnectionManager>) -> Self {
         let service = Arc::new(Service {
             parser: Arc::new(Parser {
                 engine,
@@ -80,7 +77,6 @@ impl Handlers {
             service,
             login: Arc::new(Login {
                 access,
-                loopback,
                 connections: Arc::clone(&connections),
                 parameters,
                 keys: RandomPidSecretKeyGenerator::default(),
@@ -113,12 +109,11 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-/// The login: with tokens configured, the password is a token (any user name); without, anyone
-/// on loopback (the door refuses to listen beyond it, as the HTTP API does).
+/// The login: with tokens configured, the password is a token (any user name), sent in clear
+/// only under TLS and proved by SCRAM-SHA-256 otherwise; without tokens, anyone on loopback (the
+/// door refuses to listen beyond it, as the HTTP API does).
 struct Login {
     access: Access,
-    /// A password may travel without TLS only to a loopback listener.
-    loopback: bool,
     connections: Arc<ConnectionManager>,
     parameters: DefaultServerParameterProvider,
     keys: RandomPidSecretKeyGenerator,
@@ -128,7 +123,6 @@ impl Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Login")
             .field("open", &self.access.is_open())
-            .field("loopback", &self.loopback)
             .finish_non_exhaustive()
     }
 }
@@ -171,46 +165,103 @@ impl StartupHandler for Login {
                 if self.access.is_open() {
                     return self.admit(client).await;
                 }
-                if !client.is_secure() && !self.loopback {
-                    let mut refused = error(
+                let asked = if client.is_secure() {
+                    Authentication::CleartextPassword
+                } else if self.access.offers_scram() {
+                    Authentication::SASL(vec![SCRAM.to_owned()])
+                } else {
+                    return Err(refused(
                         "28000",
-                        "a password is sent only over TLS here: connect with sslmode=require",
-                    );
-                    refused.severity = "FATAL".into();
-                    return Err(PgWireError::UserError(Box::new(refused)));
-                }
+                        "without TLS a token logs in by SCRAM only, which needs its value \
+                         (tokens given by env, not by sha256): connect with sslmode=require",
+                    ));
+                };
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
                 client
-                    .send(PgWireBackendMessage::Authentication(
-                        Authentication::CleartextPassword,
-                    ))
+                    .send(PgWireBackendMessage::Authentication(asked))
                     .await?;
                 Ok(())
             }
-            PgWireFrontendMessage::PasswordMessageFamily(password) => {
-                let password = password.into_password()?;
+            PgWireFrontendMessage::PasswordMessageFamily(message) => {
                 let user = LoginInfo::from_client_info(client)
                     .user()
                     .unwrap_or_default()
                     .to_owned();
-                match self
-                    .access
-                    .decide(&Method::POST, "/v1/sql", Some(&password.password))
-                {
-                    Ok(token) => {
-                        tracing::debug!(%user, token = token.unwrap_or("-"), "PostgreSQL login");
-                        self.admit(client).await
+                let denied = |user: String| {
+                    metrics::counter!("tandem_postgres_refused_total", "reason" => "password")
+                        .increment(1);
+                    PgWireError::InvalidPassword(user)
+                };
+                if client.is_secure() {
+                    let password = message.into_password()?;
+                    return match self.access.decide(
+                        &Method::POST,
+                        "/v1/sql",
+                        Some(&password.password),
+                    ) {
+                        Ok(_) => self.admit(client).await,
+                        Err(Denied::Missing | Denied::Unknown | Denied::Scope { .. }) => {
+                            Err(denied(user))
+                        }
+                    };
+                }
+                match client.session_extensions().get::<scram::Exchange>() {
+                    None => {
+                        let initial = message.into_sasl_initial_response()?;
+                        if initial.auth_method != SCRAM {
+                            return Err(PgWireError::UnsupportedSASLAuthMethod(
+                                initial.auth_method,
+                            ));
+                        }
+                        let nonce = base64::engine::general_purpose::STANDARD
+                            .encode(rand::random::<[u8; 18]>());
+                        let exchange = scram::first(
+                            initial.data.as_deref().unwrap_or_default(),
+                            &nonce,
+                            scram_salt(),
+                            scram::ITERATIONS,
+                        )
+                        .map_err(|e| refused("28000", &e.to_string()))?;
+                        client
+                            .send(PgWireBackendMessage::Authentication(
+                                Authentication::SASLContinue(
+                                    exchange.server_first().as_bytes().to_vec().into(),
+                                ),
+                            ))
+                            .await?;
+                        client.session_extensions().insert(exchange);
+                        Ok(())
                     }
-                    Err(Denied::Missing | Denied::Unknown | Denied::Scope { .. }) => {
-                        metrics::counter!("tandem_postgres_refused_total", "reason" => "password")
-                            .increment(1);
-                        Err(PgWireError::InvalidPassword(user))
+                    Some(exchange) => {
+                        let response = message.into_sasl_response()?;
+                        match self.access.decide_scram(&exchange, &response.data) {
+                            Ok((token, server_final)) => {
+                                tracing::debug!(%user, %token, "PostgreSQL login (SCRAM)");
+                                client
+                                    .feed(PgWireBackendMessage::Authentication(
+                                        Authentication::SASLFinal(server_final.into_bytes().into()),
+                                    ))
+                                    .await?;
+                                self.admit(client).await
+                            }
+                            Err(_) => Err(denied(user)),
+                        }
                     }
                 }
             }
             _ => Ok(()),
         }
     }
+}
+
+/// The SASL mechanism offered.
+const SCRAM: &str = "SCRAM-SHA-256";
+
+/// A fatal login error with `code`.
+fn refused(code: &str, message: &str) -> PgWireError {
+    let mut info = error(code, message);
+    info.severity = "FATAL".into();
+    PgWireError::UserError(Box::new(info))
 }
 
 /// Queries of every connection.
