@@ -182,7 +182,8 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     );
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let schema = Arc::new(config.schema.clone());
-    let speed = SpeedLayer::compile(&config.views, &schema)?;
+    let speed =
+        SpeedLayer::compile(&config.views, &schema)?.with_dedup_horizon(config.speed.dedup_horizon);
     let catalog = wiring::catalog(config, &store);
     catalog.refresh_all().await?;
     // Bind first: a worker announces the address it is reachable at.

@@ -110,7 +110,8 @@ pub fn measured(
 /// [`count`] reads).
 pub fn core(opts: CoreBench) -> anyhow::Result<()> {
     let config = opts.profile.config()?;
-    let speed = SpeedLayer::compile(&config.views, &config.schema)?;
+    let speed = SpeedLayer::compile(&config.views, &config.schema)?
+        .with_dedup_horizon(config.speed.dedup_horizon);
     let decoder = EventDecoder::new(Arc::new(config.schema.clone()));
     let payloads = payloads(&opts);
     let messages = polled(&payloads);
@@ -234,11 +235,12 @@ mod tests {
     }
 
     #[test]
-    fn the_counted_work_applies_every_event_of_both_profiles() {
-        for profile in [Profile::Simple, Profile::Mix] {
+    fn the_counted_work_applies_every_event_of_every_profile() {
+        for profile in [Profile::Simple, Profile::Mix, Profile::Dedup] {
             let config = profile.config().unwrap_or_else(|e| panic!("{e}"));
             let speed = SpeedLayer::compile(&config.views, &config.schema)
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap_or_else(|e| panic!("{e}"))
+                .with_dedup_horizon(config.speed.dedup_horizon);
             let decoder = EventDecoder::new(Arc::new(config.schema.clone()));
             let opts = CoreBench {
                 profile,
@@ -252,6 +254,9 @@ mod tests {
             let done = measured(&speed, &decoder, &polled(&payloads), opts.batch);
             assert_eq!((done.applied, done.malformed, done.late), (3_000, 0, 0));
             assert!(speed.state_bytes() > 0);
+            // Every order id is distinct: the de-duplicating profile remembers each one.
+            let remembered = if profile == Profile::Dedup { 3_000 } else { 0 };
+            assert_eq!(speed.dedup_memory().0, remembered, "{profile:?}");
             assert_eq!(payloads, super::payloads(&opts), "deterministic");
         }
     }

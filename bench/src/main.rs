@@ -33,8 +33,9 @@ enum Command {
         /// Payload format of the throughput run: json, avro or protobuf (Confluent-framed).
         #[arg(long, default_value = "json", value_parser = parse_format)]
         format: PayloadFormat,
-        /// Workload: simple (one view, 8 groups) or mix (five views: hopping with distinct
-        /// counts and percentiles, sessions per user, 1,000 groups per window).
+        /// Workload: simple (one view, 8 groups), mix (five views: hopping with distinct
+        /// counts and percentiles, sessions per user, 1,000 groups per window) or dedup
+        /// (simple with an id field and a 10-minute de-duplication horizon).
         #[arg(long, default_value = "simple", value_parser = tandem_bench::profile::Profile::parse)]
         profile: tandem_bench::profile::Profile,
         /// Throughput runs over the same events; the median is reported.

@@ -6,6 +6,8 @@
 //!   1,000 merchants and 100,000 users, revenue per merchant and minute, a hopping view with
 //!   `count(DISTINCT user_id)` and `percentile(amount, 0.99)` per merchant, and a session view
 //!   per user: 1,000 groups per window, and 100,000 session keys.
+//! - `dedup`: `simple` with `[schema] id_field = "order_id"` (every order id distinct, the
+//!   worst case for memory: every id is remembered) and a 10-minute `[speed] dedup_horizon`.
 
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -19,6 +21,7 @@ use tandem::config::Config;
 pub enum Profile {
     Simple,
     Mix,
+    Dedup,
 }
 
 /// Users of the mix.
@@ -71,7 +74,10 @@ impl Profile {
         match text {
             "simple" => Ok(Self::Simple),
             "mix" => Ok(Self::Mix),
-            other => Err(format!("unknown profile `{other}`: use simple or mix")),
+            "dedup" => Ok(Self::Dedup),
+            other => Err(format!(
+                "unknown profile `{other}`: use simple, mix or dedup"
+            )),
         }
     }
 
@@ -79,16 +85,22 @@ impl Profile {
         match self {
             Self::Simple => "simple",
             Self::Mix => "mix",
+            Self::Dedup => "dedup",
         }
     }
 
     /// The workload's Kafka settings (see [`CONFIG`]), storage, schema and views.
     pub(super) fn config(self) -> anyhow::Result<Config> {
         let text = match self {
-            Self::Simple => format!("{CONFIG}{SCHEMA}{ORDERS_BY_CITY}"),
+            Self::Simple | Self::Dedup => format!("{CONFIG}{SCHEMA}{ORDERS_BY_CITY}"),
             Self::Mix => format!("{CONFIG}{MIX}{ORDERS_BY_CITY}"),
         };
-        Ok(Config::parse(&text, "bench")?)
+        let mut config = Config::parse(&text, "bench")?;
+        if self == Self::Dedup {
+            config.schema.id_field = Some("order_id".into());
+            config.speed.dedup_horizon = Some(tandem_shared::time::Span::from_millis(600_000));
+        }
+        Ok(config)
     }
 
     /// Event `seq` at time `ts`: its JSON, its user and whether it is a placed order (what
@@ -98,7 +110,9 @@ impl Profile {
         let city = CITIES[(seq % 8) as usize];
         let placed = event_type == "order_placed";
         let (json, user) = match self {
-            Self::Simple => (order_json(seq, ts, city, &user, amount, event_type), user),
+            Self::Simple | Self::Dedup => {
+                (order_json(seq, ts, city, &user, amount, event_type), user)
+            }
             Self::Mix => {
                 let user = format!("u-{}", rng.random_range(0..USERS));
                 let merchant = rng.random_range(0..MERCHANTS);

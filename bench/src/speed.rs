@@ -148,7 +148,8 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
 }
 
 fn speed_layer(config: &Config) -> anyhow::Result<SpeedLayer> {
-    Ok(SpeedLayer::compile(&config.views, &config.schema)?)
+    Ok(SpeedLayer::compile(&config.views, &config.schema)?
+        .with_dedup_horizon(config.speed.dedup_horizon))
 }
 
 /// Pre-produces the stream, then measures the CPU time of consuming it, `opts.runs` times.
@@ -175,7 +176,8 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
     for i in 0..opts.events {
         let ts = first + (i as i64 * span) / opts.events.max(1) as i64;
         let payload = match opts.profile {
-            Profile::Simple => {
+            // The de-duplicating profile's events are the simple profile's (distinct ids).
+            Profile::Simple | Profile::Dedup => {
                 let (user, amount, event_type) = order_values(&mut rng);
                 placed += u64::from(event_type == "order_placed");
                 match opts.keying {
@@ -290,6 +292,14 @@ async fn consume(
         opts.events as f64 / wall,
         speed.state_bytes() as f64 / 1_048_576.0
     );
+    let (ids, id_bytes) = speed.dedup_memory();
+    if ids > 0 {
+        println!(
+            "run {run}: de-duplication remembers {ids} ids in {:.0} MiB ({:.0} bytes per id)",
+            id_bytes as f64 / 1_048_576.0,
+            id_bytes as f64 / ids as f64
+        );
+    }
     let batches = speed.micro_batches();
     println!(
         "run {run}: {batches} micro-batches ({:.0} events each); CPU by thread: {threads}",

@@ -32,6 +32,8 @@ pub enum Error {
     EmptyName,
     #[error("id_field `{field}` is not one of the declared fields")]
     UnknownIdField { field: String },
+    #[error("id_field `{field}` is a {found:?}: an id is a string or an int64")]
+    IdFieldType { field: String, found: FieldType },
     #[error(
         "field `{field}`: `{inner}` is declared too, and a value cannot be both a field and a record of fields"
     )]
@@ -225,10 +227,19 @@ impl EventSchema {
                 });
             }
         }
-        if let Some(id) = &self.id_field
-            && !self.fields.iter().any(|(n, _)| n == id)
-        {
-            return Err(Error::UnknownIdField { field: id.clone() });
+        if let Some(id) = &self.id_field {
+            // Both layers compare ids exactly: as strings or integers, never as floats, times
+            // or scaled decimals.
+            match self.fields.iter().find(|(n, _)| n == id) {
+                None => return Err(Error::UnknownIdField { field: id.clone() }),
+                Some((_, FieldType::String | FieldType::Int64)) => {}
+                Some((_, found)) => {
+                    return Err(Error::IdFieldType {
+                        field: id.clone(),
+                        found: *found,
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -358,5 +369,14 @@ mod tests {
             EventSchema::new("ts", fields(), Some("order_id".into())),
             Err(Error::UnknownIdField { .. })
         ));
+        let amount = vec![("amount".to_string(), FieldType::Float64)];
+        assert!(matches!(
+            EventSchema::new("ts", amount, Some("amount".into())),
+            Err(Error::IdFieldType { .. })
+        ));
+        for ty in [FieldType::String, FieldType::Int64] {
+            let id = vec![("id".to_string(), ty)];
+            assert!(EventSchema::new("ts", id, Some("id".into())).is_ok());
+        }
     }
 }

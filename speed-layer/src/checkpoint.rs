@@ -30,10 +30,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::state::ViewSnapshot;
 
-/// Format version of checkpoint objects. 2: hopping views keep panes, sealed windows and
-/// release markers (1 kept whole windows); a checkpoint of another format is not restored
-/// and its partitions are rebuilt from the topic.
-pub const FORMAT: u32 = 2;
+/// Format version of checkpoint objects. 3: the ids remembered for de-duplication; 2: hopping
+/// views keep panes, sealed windows and release markers (1 kept whole windows); a checkpoint
+/// of another format is not restored and its partitions are rebuilt from the topic.
+pub const FORMAT: u32 = 3;
 
 /// Errors of checkpointing. Transient (the store) or internal (a corrupt object).
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,8 @@ pub struct PartitionSnapshot {
     pub next_offset: Option<i64>,
     pub max_event_time: Option<i64>,
     pub views: Vec<ViewSnapshot>,
+    /// Ids seen within the de-duplication horizon, with their latest event times.
+    pub seen: Vec<(Vec<u8>, i64)>,
 }
 
 /// The published pointer to a checkpoint object.
@@ -334,6 +336,7 @@ mod tests {
             next_offset: Some(next_offset),
             max_event_time: None,
             views: Vec::new(),
+            seen: Vec::new(),
         }
     }
 

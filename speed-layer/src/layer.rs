@@ -15,12 +15,13 @@ use std::sync::{Arc, RwLock};
 use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::row::ViewRow;
 use tandem_shared::schema::EventSchema;
-use tandem_shared::time::EventTime;
+use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::ViewDefinition;
 use tandem_shared::window::WindowSpec;
 use tandem_store::members::Owned;
 
 use crate::checkpoint;
+use crate::dedup::{self, Seen};
 use crate::partials::OwnedPartials;
 use crate::program::{self, ViewProgram};
 use crate::state::{self, Partial, Pinned, ViewState, merge_states};
@@ -36,6 +37,17 @@ pub(crate) struct PartitionState {
     pub(crate) dirty: bool,
     /// Ownership epoch of the assignment that gave this worker the partition.
     epoch: u64,
+    /// Ids seen within the de-duplication horizon (empty without an id field).
+    pub(crate) seen: Seen,
+}
+
+/// De-duplication by the schema's id field within an event-time horizon (see [`crate::dedup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Dedup {
+    pub(crate) field: String,
+    /// The event-time column of a micro-batch.
+    pub(crate) time_field: String,
+    pub(crate) horizon: Span,
 }
 
 #[derive(Debug)]
@@ -51,6 +63,7 @@ struct Inner {
     progress: AtomicI64,
     /// Micro-batches applied.
     micro_batches: AtomicU64,
+    dedup: Option<Dedup>,
 }
 
 /// Handle to the speed layer's state. Cheap to clone; all clones share state.
@@ -67,7 +80,37 @@ impl SpeedLayer {
             .iter()
             .map(|v| ViewProgram::compile(v, schema))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::new(programs))
+        let mut layer = Self::new(programs);
+        if let (Some(field), Some(inner)) = (&schema.id_field, Arc::get_mut(&mut layer.inner)) {
+            inner.dedup = Some(Dedup {
+                field: field.clone(),
+                time_field: schema.time_field.clone(),
+                horizon: dedup::default_horizon(views),
+            });
+        }
+        Ok(layer)
+    }
+
+    /// The de-duplication horizon instead of the default (`[speed] dedup_horizon`); no effect
+    /// without an id field, or once the layer is shared.
+    pub fn with_dedup_horizon(mut self, horizon: Option<Span>) -> Self {
+        if let (Some(horizon), Some(inner)) = (horizon, Arc::get_mut(&mut self.inner))
+            && let Some(dedup) = &mut inner.dedup
+        {
+            dedup.horizon = horizon;
+        }
+        self
+    }
+
+    pub(crate) fn dedup(&self) -> Option<&Dedup> {
+        self.inner.dedup.as_ref()
+    }
+
+    /// Ids remembered for de-duplication over all partitions, and the bytes they hold.
+    pub fn dedup_memory(&self) -> (usize, usize) {
+        self.partitions_read()
+            .values()
+            .fold((0, 0), |(n, b), p| (n + p.seen.len(), b + p.seen.bytes()))
     }
 
     /// Creates the layer for compiled views. Nothing is consumed until [`SpeedLayer::start`].
@@ -97,6 +140,7 @@ impl SpeedLayer {
                 partitions: RwLock::new(BTreeMap::new()),
                 progress: AtomicI64::new(i64::MIN),
                 micro_batches: AtomicU64::new(0),
+                dedup: None,
             }),
         }
     }
@@ -227,7 +271,9 @@ impl SpeedLayer {
             .sum()
     }
 
-    /// Budgeted bytes of all window state.
+    /// Budgeted bytes of all window state. The ids remembered for de-duplication are not in
+    /// the budget: they are bounded by the horizon and forgotten as event time advances, which
+    /// a consumer paused for the budget would never do.
     pub fn state_bytes(&self) -> usize {
         self.partitions_read()
             .values()
@@ -283,6 +329,13 @@ impl SpeedLayer {
             metrics::gauge!("tandem_speed_groups", "view" => view.clone()).set(groups as f64);
             metrics::gauge!("tandem_speed_state_bytes", "view" => view).set(bytes as f64);
         }
+        if self.inner.dedup.is_some() {
+            let (ids, bytes) = partitions
+                .values()
+                .fold((0, 0), |(n, b), p| (n + p.seen.len(), b + p.seen.bytes()));
+            metrics::gauge!("tandem_speed_dedup_ids").set(ids as f64);
+            metrics::gauge!("tandem_speed_dedup_bytes").set(bytes as f64);
+        }
     }
 
     /// Installs a partition's state: restored from `snapshot` if it matches the current views,
@@ -304,6 +357,7 @@ impl SpeedLayer {
             max_event_time: None,
             dirty: false,
             epoch,
+            seen: Seen::default(),
         };
         let state = match snapshot {
             Some(s) if s.fingerprint == self.inner.fingerprint => {
@@ -321,6 +375,7 @@ impl SpeedLayer {
                         max_event_time: s.max_event_time.map(EventTime),
                         dirty: false,
                         epoch,
+                        seen: Seen::restore(s.seen),
                     },
                     Err(err) => {
                         tracing::error!(partition, %err, "checkpoint unusable; rebuilding the partition from the topic");
@@ -403,7 +458,7 @@ impl SpeedLayer {
         force: bool,
     ) -> Option<checkpoint::PartitionSnapshot> {
         let all = StartRange::new(EventTime::MIN, EventTime::MAX);
-        let (next_offset, max_event_time, pinned) = {
+        let (next_offset, max_event_time, pinned, seen) = {
             let mut partitions = self.partitions_write();
             let p = partitions.get_mut(&partition)?;
             if !p.dirty && !force {
@@ -411,7 +466,8 @@ impl SpeedLayer {
             }
             p.dirty = false;
             let pinned: Vec<Pinned> = p.views.iter().map(|v| v.pin(all)).collect();
-            (p.next_offset, p.max_event_time, pinned)
+            // The ids are copied under the lock (they change with every micro-batch).
+            (p.next_offset, p.max_event_time, pinned, p.seen.snapshot())
         };
         // Serialized with no lock held.
         Some(checkpoint::PartitionSnapshot {
@@ -421,6 +477,7 @@ impl SpeedLayer {
             next_offset,
             max_event_time: max_event_time.map(|t| t.millis()),
             views: pinned.iter().map(Pinned::snapshot).collect(),
+            seen,
         })
     }
 
@@ -481,6 +538,93 @@ mod tests {
         from: EventTime::MIN,
         to: EventTime::MAX,
     };
+
+    /// Copies of an id within the horizon are dropped before the views count them, in one
+    /// micro-batch and across micro-batches, and a layer restored from a checkpoint still knows
+    /// the ids; events without an id are all counted.
+    #[test]
+    fn copies_are_dropped_within_the_horizon_and_across_a_checkpoint() {
+        let schema = testing::schema_with_id(
+            &[("id", FieldType::String), ("a", FieldType::Int64)],
+            Some("id"),
+        );
+        let view = testing::view(
+            &schema,
+            "ratio",
+            testing::tumbling("1m"),
+            &[],
+            None,
+            &["count(*) AS n", "sum(a) AS a"],
+        );
+        let views = [view];
+        let speed = SpeedLayer::compile(&views, &schema).unwrap();
+        let decoder = EventDecoder::new(Arc::clone(&schema));
+        speed.assign(0, None, 0);
+        let first = batch(
+            &decoder,
+            0,
+            &[
+                r#"{"ts":1000,"id":"x","a":1}"#,
+                r#"{"ts":1000,"id":"x","a":1}"#,
+                r#"{"ts":2000,"id":"y","a":10}"#,
+                r#"{"ts":2000,"a":100}"#,
+                r#"{"ts":2000,"a":100}"#,
+            ],
+        );
+        crate::micro_batch::apply_one(&speed, 0, Some(&first), None, 4, Some(EventTime(2000)));
+        let second = batch(&decoder, 0, &[r#"{"ts":3000,"id":"y","a":10}"#]);
+        crate::micro_batch::apply_one(&speed, 0, Some(&second), None, 5, Some(EventTime(3000)));
+        let counted = |speed: &SpeedLayer| speed.query("ratio", ALL).unwrap()[0].values.clone();
+        assert_eq!(
+            counted(&speed),
+            [AggregateValue::Int(4), AggregateValue::Int(211)]
+        );
+        // Restored from its checkpoint, the layer still drops copies of x and y.
+        let snapshot = speed.snapshot(0, true).unwrap();
+        assert_eq!(snapshot.seen.len(), 2);
+        let restored = SpeedLayer::compile(&views, &schema).unwrap();
+        assert_eq!(restored.assign(0, Some(snapshot), 1), Some(6));
+        let copies = batch(
+            &decoder,
+            0,
+            &[
+                r#"{"ts":1000,"id":"x","a":1}"#,
+                r#"{"ts":4000,"id":"z","a":1000}"#,
+            ],
+        );
+        crate::micro_batch::apply_one(&restored, 0, Some(&copies), None, 7, Some(EventTime(4000)));
+        assert_eq!(
+            counted(&restored),
+            [AggregateValue::Int(5), AggregateValue::Int(1211)]
+        );
+        // Past the horizon (the window plus its lateness: 60 s here) an id is forgotten.
+        let later = batch(
+            &decoder,
+            0,
+            &[
+                r#"{"ts":200000,"id":"w","a":0}"#,
+                r#"{"ts":1000,"id":"x","a":1}"#,
+            ],
+        );
+        crate::micro_batch::apply_one(
+            &restored,
+            0,
+            Some(&later),
+            None,
+            9,
+            Some(EventTime(200_000)),
+        );
+        let rows = restored.query("ratio", ALL).unwrap();
+        let first_window: i64 = rows
+            .iter()
+            .filter(|r| r.window.start == EventTime(0))
+            .map(|r| match r.values[0] {
+                AggregateValue::Int(n) => n,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(first_window, 6, "a copy past the horizon is counted");
+    }
 
     #[test]
     fn an_expression_error_rejects_only_the_rows_it_fails_on() {

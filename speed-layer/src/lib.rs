@@ -56,6 +56,7 @@ pub mod aggregate;
 pub mod announce;
 pub mod checkpoint;
 mod dead_letter;
+mod dedup;
 mod ingest;
 mod layer;
 mod micro_batch;

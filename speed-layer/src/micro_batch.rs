@@ -16,7 +16,10 @@
 
 use std::collections::BTreeMap;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{
+    Array, ArrayRef, Int64Array, RecordBatch, StringArray, StringViewArray,
+    TimestampMillisecondArray,
+};
 use tandem_shared::event::{DecodedEvent, EventBatchBuilder, EventDecoder};
 use tandem_shared::time::EventTime;
 
@@ -177,6 +180,16 @@ pub(crate) fn apply(
         })
         .collect();
     let coverage = speed.coverage_read().clone();
+    // De-duplication's columns: each row's id and event time.
+    let dedup = speed.dedup().and_then(|d| {
+        let batch = batch?;
+        let ids = batch.column_by_name(&d.field)?;
+        let times = batch
+            .column_by_name(&d.time_field)?
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()?;
+        Some((d.horizon, ids, times))
+    });
     let mut out = Vec::with_capacity(parts.len());
     for part in parts {
         // Locked per partition, as before: a query pins windows between two partitions
@@ -189,14 +202,44 @@ pub(crate) fn apply(
         p.next_offset = Some(part.last_offset + 1);
         p.max_event_time = p.max_event_time.max(part.max_event_time);
         p.dirty = true;
+        // Copies of an event seen within the horizon are dropped before any view counts them.
+        let kept: std::borrow::Cow<'_, [usize]> = match &dedup {
+            None => std::borrow::Cow::Borrowed(&part.rows),
+            Some((horizon, ids, times)) => {
+                let cutoff = p.max_event_time.map_or(EventTime::MIN, |t| {
+                    EventTime(t.millis().saturating_sub(horizon.millis()))
+                });
+                let mut kept = Vec::with_capacity(part.rows.len());
+                let mut copies = 0u64;
+                for &row in &part.rows {
+                    let new = match id_bytes(ids, row) {
+                        // Events without an id are all kept, as the batch layer keeps them.
+                        None => true,
+                        Some(id) => p.seen.admit(&id, EventTime(times.value(row)), cutoff),
+                    };
+                    if new {
+                        kept.push(row);
+                    } else {
+                        copies += 1;
+                    }
+                }
+                if copies > 0 {
+                    for program in programs {
+                        metrics::counter!("tandem_speed_duplicates_total", "view" => program.view.name.clone())
+                            .increment(copies);
+                    }
+                }
+                std::borrow::Cow::Owned(kept)
+            }
+        };
         let mut outcomes = Vec::with_capacity(programs.len());
         for (v, (view, covered)) in p.views.iter_mut().zip(&coverage).enumerate() {
             let mut outcome = ViewOutcome::default();
             for (start, len, columns) in bound.get(v).into_iter().flatten() {
                 // The part's rows in this piece (rows are in batch order).
-                let from = part.rows.partition_point(|r| r < start);
-                let to = part.rows.partition_point(|r| *r < start + len);
-                let rows = &part.rows[from..to];
+                let from = kept.partition_point(|r| r < start);
+                let to = kept.partition_point(|r| *r < start + len);
+                let rows = &kept[from..to];
                 match columns {
                     Ok(columns) => {
                         let local = rows.iter().map(|r| r - start);
@@ -215,7 +258,7 @@ pub(crate) fn apply(
                     evaluation
                         .failed
                         .iter()
-                        .filter(|(row, _)| part.rows.binary_search(row).is_ok())
+                        .filter(|(row, _)| kept.binary_search(row).is_ok())
                         .cloned(),
                 );
             }
@@ -226,6 +269,26 @@ pub(crate) fn apply(
         out.push(outcomes);
     }
     out
+}
+
+/// The id of `row` as bytes (a string's UTF-8, an integer's little-endian bytes), borrowed
+/// where it can be; `None` for a null id or a type without an id's meaning.
+fn id_bytes(ids: &ArrayRef, row: usize) -> Option<std::borrow::Cow<'_, [u8]>> {
+    use std::borrow::Cow;
+    if ids.is_null(row) {
+        return None;
+    }
+    let any = ids.as_any();
+    if let Some(a) = any.downcast_ref::<StringArray>() {
+        return Some(Cow::Borrowed(a.value(row).as_bytes()));
+    }
+    if let Some(a) = any.downcast_ref::<StringViewArray>() {
+        return Some(Cow::Borrowed(a.value(row).as_bytes()));
+    }
+    if let Some(a) = any.downcast_ref::<Int64Array>() {
+        return Some(Cow::Owned(a.value(row).to_le_bytes().to_vec()));
+    }
+    None
 }
 
 /// A view's expressions over a micro-batch, in pieces around the rows they fail on.

@@ -22,6 +22,9 @@ pub struct SpeedSettings {
     /// Budget of window state; consumption pauses above it until the batch layer releases
     /// windows.
     pub memory_budget: ByteSize,
+    /// With `[schema] id_field`: how long (in event time) an id is remembered to drop its
+    /// copies; by default the longest window plus its allowed lateness.
+    pub dedup_horizon: Option<Span>,
 }
 
 impl Default for SpeedSettings {
@@ -31,6 +34,7 @@ impl Default for SpeedSettings {
             checkpoint_interval: Span::from_millis(10_000),
             max_future: Span::from_millis(3_600_000),
             memory_budget: ByteSize(1 << 30),
+            dedup_horizon: None,
         }
     }
 }

@@ -290,23 +290,29 @@ impl RunFixture {
     /// Starts a broker with `topics` (`NAME:PARTITIONS`) and writes `fixtures/recovery.toml`
     /// pointed at it and at a store, all under `dir`.
     pub fn new(dir: &Path, topics: &[&str]) -> anyhow::Result<Self> {
-        Self::with_store(dir, topics, None)
+        Self::with_store(dir, topics, None, "recovery.toml")
+    }
+
+    /// [`RunFixture::new`] with another fixture of the same shape (`@BROKERS@`, `@STORE@`).
+    pub fn with_fixture(dir: &Path, topics: &[&str], fixture_name: &str) -> anyhow::Result<Self> {
+        Self::with_store(dir, topics, None, fixture_name)
     }
 
     /// [`RunFixture::new`] with the store under `prefix` on the S3 server `s3`.
     pub fn on_s3(dir: &Path, topics: &[&str], s3: &S3Server, prefix: &str) -> anyhow::Result<Self> {
-        Self::with_store(dir, topics, Some((s3, prefix)))
+        Self::with_store(dir, topics, Some((s3, prefix)), "recovery.toml")
     }
 
     fn with_store(
         dir: &Path,
         topics: &[&str],
         s3: Option<(&S3Server, &str)>,
+        fixture_name: &str,
     ) -> anyhow::Result<Self> {
         let broker = TestServer::broker(topics, dir)?;
         let store = dir.join("store");
         let config_path = dir.join("tandem.toml");
-        let mut config = std::fs::read_to_string(fixture("recovery.toml"))?;
+        let mut config = std::fs::read_to_string(fixture(fixture_name))?;
         let storage = match s3 {
             Some((s3, prefix)) => {
                 config = config.replace(
