@@ -8,6 +8,7 @@
 //!      │  (JSON, Avro, Protobuf; an unseen schema id waits for the schema registry;
 //!      │   Debezium tombstones and excluded snapshots are counted skips)
 //!      │ one Arrow RecordBatch per micro-batch (event schema; rows of every partition)
+//!      │ with an id field: per partition, ids seen within the horizon ──► dropped (counted)
 //!      ▼
 //!  per view: ViewProgram (DataFusion filter + argument expressions), once per micro-batch
 //!      │ per partition's rows: window assignment against the view watermark and coverage
@@ -37,6 +38,7 @@
 //!   instances that answer for the whole group.
 //! - `ingest`: the consume loop on a dedicated thread, rebalance handling, backpressure.
 //! - `micro_batch`: a micro-batch applied, expressions evaluated once for all its partitions.
+//! - `dedup`: the ids a partition has seen within the de-duplication horizon.
 //! - `pacing`: which partition the consume loop checkpoints when (a round spread over time).
 //! - `replay` (feature `bench`): the consume loop's work after librdkafka, fed without Kafka
 //!   (benchmarks and instruction counts).
