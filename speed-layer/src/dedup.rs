@@ -12,27 +12,33 @@
 //! time (`[speed] dedup_horizon`, by default the longest window plus its allowed lateness: a
 //! copy within it lands in a window the speed layer still holds). Ids are kept whole, never as
 //! hashes, so a new event is never taken for a copy; the cost is the id's bytes plus about 90
-//! bytes of map and queue entries per id (see [`Seen::bytes`]). A copy that arrives after the
+//! bytes of allocation, map and queue entries per id (see [`Seen::bytes`]). A copy that arrives after the
 //! horizon is counted by the speed layer; the batch layer's exact answer (which de-duplicates
 //! the whole archive) replaces the window, and reconciliation drift shows the difference.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use tandem_shared::time::{EventTime, Span};
 
-/// What one id costs besides its bytes, estimated from the layouts: the map's entry (a boxed
-/// key's pointer and length, the time, a control byte, at a load factor of 7/8: about 30 B),
-/// the expiry queue's slot (16 B) and its share of a tree node, and the two allocations'
-/// headers (about 16 B each).
-const OVERHEAD_PER_ID: usize = 88;
+/// What one id costs besides its bytes and its expiry slots, estimated from the layouts: one
+/// shared allocation (its reference counts, 16 B, and the allocator's header, about 16 B) and
+/// the map's entry (the key's pointer and length, the time and a control byte at a load factor
+/// of 7/8: about 30 B).
+const ID_OVERHEAD: usize = 62;
+/// One slot of the expiry queue: the shared id's pointer and length, and its share of a tree
+/// node and of the vector it sits in.
+const QUEUE_SLOT: usize = 24;
 
 /// The ids one partition has seen within the horizon.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Seen {
-    /// Id → the latest event time it was seen with.
-    ids: HashMap<Box<[u8]>, i64>,
-    /// Event time → the ids first seen with it, to forget them in time order.
-    expiry: BTreeMap<i64, Vec<Box<[u8]>>>,
+    /// Id → the latest event time it was seen with. Hashed once per event with an id, so the
+    /// map uses foldhash (seeded per process) as the group maps do.
+    ids: HashMap<Arc<[u8]>, i64, foldhash::fast::RandomState>,
+    /// Event time → the ids seen with it (the same allocations as the map's keys), to forget
+    /// them in time order.
+    expiry: BTreeMap<i64, Vec<Arc<[u8]>>>,
     bytes: usize,
 }
 
@@ -41,15 +47,13 @@ impl Seen {
     /// event time is before it are forgotten first (progress minus the horizon).
     pub(crate) fn admit(&mut self, id: &[u8], time: EventTime, cutoff: EventTime) -> bool {
         self.forget_before(cutoff);
-        if let Some(seen) = self.ids.get_mut(id) {
+        if let Some((key, seen)) = self.ids.get_key_value(id) {
             // A copy. Keep the id as long as its latest copy needs.
             if time.millis() > *seen {
-                *seen = time.millis();
-                self.expiry
-                    .entry(time.millis())
-                    .or_default()
-                    .push(id.into());
-                self.bytes += id.len() + OVERHEAD_PER_ID / 2;
+                let key = Arc::clone(key);
+                self.ids.insert(Arc::clone(&key), time.millis());
+                self.expiry.entry(time.millis()).or_default().push(key);
+                self.bytes += QUEUE_SLOT;
             }
             return false;
         }
@@ -58,12 +62,10 @@ impl Seen {
             // so it is counted (the batch layer decides exactly).
             return true;
         }
-        self.ids.insert(id.into(), time.millis());
-        self.expiry
-            .entry(time.millis())
-            .or_default()
-            .push(id.into());
-        self.bytes += 2 * id.len() + OVERHEAD_PER_ID;
+        let key: Arc<[u8]> = Arc::from(id);
+        self.ids.insert(Arc::clone(&key), time.millis());
+        self.expiry.entry(time.millis()).or_default().push(key);
+        self.bytes += id.len() + ID_OVERHEAD + QUEUE_SLOT;
         true
     }
 
@@ -75,11 +77,11 @@ impl Seen {
             }
             let (time, ids) = entry.remove_entry();
             for id in ids {
-                self.bytes = self.bytes.saturating_sub(id.len() + OVERHEAD_PER_ID / 2);
+                self.bytes = self.bytes.saturating_sub(QUEUE_SLOT);
                 // Only if this was its latest time: a later copy keeps it.
-                if self.ids.get(&id) == Some(&time) {
-                    self.ids.remove(&id);
-                    self.bytes = self.bytes.saturating_sub(id.len() + OVERHEAD_PER_ID / 2);
+                if self.ids.get(&*id) == Some(&time) {
+                    self.ids.remove(&*id);
+                    self.bytes = self.bytes.saturating_sub(id.len() + ID_OVERHEAD);
                 }
             }
         }
