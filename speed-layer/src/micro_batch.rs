@@ -183,7 +183,7 @@ pub(crate) fn apply(
     // De-duplication's columns: each row's id and event time.
     let dedup = speed.dedup().and_then(|d| {
         let batch = batch?;
-        let ids = batch.column_by_name(&d.field)?;
+        let ids = IdColumn::of(batch.column_by_name(&d.field)?)?;
         let times = batch
             .column_by_name(&d.time_field)?
             .as_any()
@@ -212,7 +212,7 @@ pub(crate) fn apply(
                 let mut kept = Vec::with_capacity(part.rows.len());
                 let mut copies = 0u64;
                 for &row in &part.rows {
-                    let new = match id_bytes(ids, row) {
+                    let new = match ids.id(row) {
                         // Events without an id are all kept, as the batch layer keeps them.
                         None => true,
                         Some(id) => p.seen.admit(&id, EventTime(times.value(row)), cutoff),
@@ -271,24 +271,42 @@ pub(crate) fn apply(
     out
 }
 
-/// The id of `row` as bytes (a string's UTF-8, an integer's little-endian bytes), borrowed
-/// where it can be; `None` for a null id or a type without an id's meaning.
-fn id_bytes(ids: &ArrayRef, row: usize) -> Option<std::borrow::Cow<'_, [u8]>> {
-    use std::borrow::Cow;
-    if ids.is_null(row) {
-        return None;
+/// The id column of a micro-batch, its type resolved once per batch (an id field is a string
+/// or an int64; see the schema's check).
+enum IdColumn<'a> {
+    Utf8(&'a StringArray),
+    Utf8View(&'a StringViewArray),
+    Int64(&'a Int64Array),
+}
+
+impl<'a> IdColumn<'a> {
+    fn of(ids: &'a ArrayRef) -> Option<Self> {
+        let any = ids.as_any();
+        if let Some(a) = any.downcast_ref::<StringArray>() {
+            return Some(Self::Utf8(a));
+        }
+        if let Some(a) = any.downcast_ref::<StringViewArray>() {
+            return Some(Self::Utf8View(a));
+        }
+        any.downcast_ref::<Int64Array>().map(Self::Int64)
     }
-    let any = ids.as_any();
-    if let Some(a) = any.downcast_ref::<StringArray>() {
-        return Some(Cow::Borrowed(a.value(row).as_bytes()));
+
+    /// The id of `row` as bytes (a string's UTF-8, an integer's little-endian bytes); `None`
+    /// for a null id.
+    fn id(&self, row: usize) -> Option<std::borrow::Cow<'a, [u8]>> {
+        use std::borrow::Cow;
+        match self {
+            Self::Utf8(a) => a
+                .is_valid(row)
+                .then(|| Cow::Borrowed(a.value(row).as_bytes())),
+            Self::Utf8View(a) => a
+                .is_valid(row)
+                .then(|| Cow::Borrowed(a.value(row).as_bytes())),
+            Self::Int64(a) => a
+                .is_valid(row)
+                .then(|| Cow::Owned(a.value(row).to_le_bytes().to_vec())),
+        }
     }
-    if let Some(a) = any.downcast_ref::<StringViewArray>() {
-        return Some(Cow::Borrowed(a.value(row).as_bytes()));
-    }
-    if let Some(a) = any.downcast_ref::<Int64Array>() {
-        return Some(Cow::Owned(a.value(row).to_le_bytes().to_vec()));
-    }
-    None
 }
 
 /// A view's expressions over a micro-batch, in pieces around the rows they fail on.
