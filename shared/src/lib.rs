@@ -21,6 +21,8 @@
 //! - [`view`] and [`window`]: view definitions and the one watermark rule
 //!   (`ViewDefinition::watermark`). Filter and aggregate-argument expressions are kept
 //!   as SQL text and evaluated by DataFusion in both layers.
+//! - [`table`]: dimension tables a view joins (`merchants.category`), and the rules both
+//!   layers follow: a row's validity time, a deleted row, qualified column names.
 //! - [`sketch`]: HyperLogLog and KLL as both layers build them, and the per-window state the
 //!   batch layer stores for rollups.
 //! - [`decimal`]: exact decimal values (`decimal(P, S)` fields, money) and their text form.
@@ -46,6 +48,7 @@ pub mod row;
 pub mod schema;
 pub mod settings;
 pub mod sketch;
+pub mod table;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;

@@ -114,6 +114,8 @@ pub fn view_config(
         filter: filter.map(str::to_owned),
         allowed_lateness: None,
         aggregates: aggregates.iter().map(|s| (*s).to_owned()).collect(),
+        join: Vec::new(),
+        on_missing: None,
     }
 }
 

@@ -18,6 +18,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
 use crate::schema::EventSchema;
+use crate::table::{self, Join, JoinConfig, OnMissing, TableDefinition};
 use crate::time::{EventTime, Span};
 use crate::window::{WindowConfig, WindowSpec};
 
@@ -31,7 +32,7 @@ pub enum Error {
     Window(#[from] crate::window::Error),
     #[error("allowed_lateness: {0}")]
     Lateness(crate::time::Error),
-    #[error("group_by `{field}`: not a declared event field")]
+    #[error("group_by `{field}`: not a declared event field or a joined table's column")]
     UnknownGroupField { field: String },
     #[error("group_by `{field}` is listed twice")]
     DuplicateGroupField { field: String },
@@ -41,6 +42,10 @@ pub enum Error {
     Aggregate { text: String, problem: String },
     #[error("aggregate name `{alias}` is used twice")]
     DuplicateAlias { alias: String },
+    #[error(transparent)]
+    Join(#[from] table::Error),
+    #[error("on_missing: a view without a join has nothing to miss")]
+    OnMissingWithoutJoin,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -58,6 +63,12 @@ pub struct ViewConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_lateness: Option<String>,
     pub aggregates: Vec<String>,
+    /// Dimension tables joined to each event (`[{ table = "merchants", on = "merchant_id" }]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub join: Vec<JoinConfig>,
+    /// An event a joined table has no row for: kept with NULL columns (default) or dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_missing: Option<OnMissing>,
 }
 
 /// The aggregate functions a view may use.
@@ -250,6 +261,10 @@ pub struct ViewDefinition {
     pub filter: Option<String>,
     pub allowed_lateness: Span,
     pub aggregates: Vec<AggregateSpec>,
+    /// Dimension tables joined to each event, in order; their columns are named
+    /// `table.field` in the filter, `group_by` and aggregates.
+    pub joins: Vec<Join>,
+    pub on_missing: OnMissing,
     /// Content hash of everything that determines the view's results: changing the window,
     /// filter, grouping, aggregates or the schema of the fields gives a new version.
     pub version: ViewVersion,
@@ -284,6 +299,15 @@ impl ViewDefinition {
     }
 
     pub fn from_config(config: &ViewConfig, schema: &EventSchema) -> Result<Self> {
+        Self::with_tables(config, schema, &[])
+    }
+
+    /// [`ViewDefinition::from_config`] with the declared dimension tables its `join` may name.
+    pub fn with_tables(
+        config: &ViewConfig,
+        schema: &EventSchema,
+        tables: &[std::sync::Arc<TableDefinition>],
+    ) -> Result<Self> {
         let name_ok = !config.name.is_empty()
             && config
                 .name
@@ -299,9 +323,14 @@ impl ViewDefinition {
             Some(s) => Span::parse(s).map_err(Error::Lateness)?,
             None => Span::ZERO,
         };
+        let joins = table::joins(&config.join, schema, tables)?;
+        if joins.is_empty() && config.on_missing.is_some() {
+            return Err(Error::OnMissingWithoutJoin);
+        }
         let mut seen = HashSet::new();
         for field in &config.group_by {
-            if schema.field_type(field).is_none() {
+            let joined = table::column_type(schema, &joins, field).is_some();
+            if schema.field_type(field).is_none() && !joined {
                 return Err(Error::UnknownGroupField {
                     field: field.clone(),
                 });
@@ -334,14 +363,23 @@ impl ViewDefinition {
             .map(|f| f.trim().to_owned())
             .filter(|f| !f.is_empty());
         let fingerprint = format!(
-            "window={window};group={:?};filter={:?};aggs={:?};schema={}",
+            "window={window};group={:?};filter={:?};aggs={:?};schema={}{}",
             config.group_by,
             filter,
             aggregates
                 .iter()
                 .map(|a| format!("{}|{:?}|{}", a.function, a.argument, a.alias))
                 .collect::<Vec<_>>(),
-            schema.describe()
+            schema.describe(),
+            joins
+                .iter()
+                .map(|j| format!(";join={}|{}", j.on, j.table.describe()))
+                .chain(
+                    config
+                        .on_missing
+                        .map(|m| format!(";on_missing={m:?}"))
+                )
+                .collect::<String>()
         );
         Ok(ViewDefinition {
             name: config.name.clone(),
@@ -350,6 +388,8 @@ impl ViewDefinition {
             filter,
             allowed_lateness,
             aggregates,
+            joins,
+            on_missing: config.on_missing.unwrap_or_default(),
             version: ViewVersion(format!("v{:016x}", fnv1a(fingerprint.as_bytes()))),
         })
     }

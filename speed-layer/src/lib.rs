@@ -9,6 +9,8 @@
 //!      │   Debezium tombstones and excluded snapshots are counted skips)
 //!      │ one Arrow RecordBatch per micro-batch (event schema; rows of every partition)
 //!      │ with an id field: per partition, ids seen within the horizon ──► dropped (counted)
+//!      │ a view with `join`: each row's `on` key looked up in the dimension tables (read from
+//!      │   their topics to the end before any event) ──► columns `table.field`
 //!      ▼
 //!  per view: ViewProgram (DataFusion filter + argument expressions), once per micro-batch
 //!      │ per partition's rows: window assignment against the view watermark and coverage
@@ -38,6 +40,8 @@
 //!   instances that answer for the whole group.
 //! - `ingest`: the consume loop on a dedicated thread, rebalance handling, backpressure.
 //! - `micro_batch`: a micro-batch applied, expressions evaluated once for all its partitions.
+//! - [`tables`]: dimension tables (the latest row per key, read from their topics) and the join
+//!   of a micro-batch with them.
 //! - `dedup`: the ids a partition has seen within the de-duplication horizon.
 //! - `pacing`: which partition the consume loop checkpoints when (a round spread over time).
 //! - `replay` (feature `bench`): the consume loop's work after librdkafka, fed without Kafka
@@ -69,6 +73,7 @@ pub mod program;
 pub mod replay;
 mod settings;
 pub mod state;
+pub mod tables;
 pub mod watermark;
 
 pub use ingest::{CheckpointSettings, Error as IngestError, SpeedConfig, start};

@@ -153,10 +153,16 @@ pub(crate) fn apply(
     // Evaluated before the lock is taken.
     let evaluations: Vec<Evaluation> = programs
         .iter()
-        .map(|program| {
+        .enumerate()
+        .map(|(v, program)| {
             let mut evaluation = Evaluation::default();
             if let Some(batch) = batch {
-                evaluate(program, batch, 0, batch.num_rows(), &mut evaluation);
+                let lookups = speed.lookups(v);
+                if lookups.is_empty() {
+                    evaluate(program, batch, 0, batch.num_rows(), &mut evaluation);
+                } else {
+                    evaluate_joined(program, lookups, batch, &mut evaluation);
+                }
             }
             evaluation
         })
@@ -239,7 +245,13 @@ pub(crate) fn apply(
                 // The part's rows in this piece (rows are in batch order).
                 let from = kept.partition_point(|r| r < start);
                 let to = kept.partition_point(|r| *r < start + len);
-                let rows = &kept[from..to];
+                let mut rows = &kept[from..to];
+                // `on_missing = "drop"`: rows a joined table has no row for are not counted.
+                let matched: Vec<usize>;
+                if let Some(m) = evaluations.get(v).and_then(|e| e.matched.as_ref()) {
+                    matched = rows.iter().copied().filter(|r| m[*r]).collect();
+                    rows = &matched;
+                }
                 match columns {
                     Ok(columns) => {
                         let local = rows.iter().map(|r| r - start);
@@ -273,14 +285,14 @@ pub(crate) fn apply(
 
 /// The id column of a micro-batch, its type resolved once per batch (an id field is a string
 /// or an int64; see the schema's check).
-enum IdColumn<'a> {
+pub(crate) enum IdColumn<'a> {
     Utf8(&'a StringArray),
     Utf8View(&'a StringViewArray),
     Int64(&'a Int64Array),
 }
 
 impl<'a> IdColumn<'a> {
-    fn of(ids: &'a ArrayRef) -> Option<Self> {
+    pub(crate) fn of(ids: &'a ArrayRef) -> Option<Self> {
         let any = ids.as_any();
         if let Some(a) = any.downcast_ref::<StringArray>() {
             return Some(Self::Utf8(a));
@@ -293,7 +305,7 @@ impl<'a> IdColumn<'a> {
 
     /// The id of `row` as bytes (a string's UTF-8, an integer's little-endian bytes); `None`
     /// for a null id.
-    fn id(&self, row: usize) -> Option<std::borrow::Cow<'a, [u8]>> {
+    pub(crate) fn id(&self, row: usize) -> Option<std::borrow::Cow<'a, [u8]>> {
         use std::borrow::Cow;
         match self {
             Self::Utf8(a) => a
@@ -315,6 +327,38 @@ struct Evaluation {
     pieces: Vec<Piece>,
     /// Rows an expression fails on, with the error.
     failed: Vec<(usize, String)>,
+    /// A view that drops events without a joined row: per row, whether it has every one.
+    matched: Option<Vec<bool>>,
+}
+
+/// [`evaluate`] over the micro-batch joined with the view's dimension tables.
+fn evaluate_joined(
+    program: &ViewProgram,
+    lookups: &[crate::tables::Lookup],
+    batch: &RecordBatch,
+    evaluation: &mut Evaluation,
+) {
+    match crate::tables::enrich(batch, lookups, &program.input) {
+        Ok(enriched) => {
+            if enriched.missing > 0 {
+                metrics::counter!("tandem_join_missing_total", "view" => program.view.name.clone())
+                    .increment(enriched.missing);
+            }
+            evaluation.matched =
+                crate::tables::kept(program.view.on_missing, &enriched).map(<[bool]>::to_vec);
+            evaluate(
+                program,
+                &enriched.batch,
+                0,
+                enriched.batch.num_rows(),
+                evaluation,
+            );
+        }
+        Err(err) => {
+            let err = format!("joining dimension tables: {err}");
+            evaluation.failed = (0..batch.num_rows()).map(|r| (r, err.clone())).collect();
+        }
+    }
 }
 
 /// A piece's first row, its row count, and its columns bound to their types.

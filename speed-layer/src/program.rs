@@ -53,6 +53,8 @@ pub struct ViewProgram {
     pub group_columns: Vec<usize>,
     /// One entry per aggregate; `None` for `count(*)`.
     pub arguments: Vec<Option<Argument>>,
+    /// The columns the expressions read: the event's, then the joined tables' (`table.field`).
+    pub input: datafusion::arrow::datatypes::SchemaRef,
 }
 
 fn contains_aggregate(expr: &Expr) -> bool {
@@ -67,7 +69,7 @@ fn contains_aggregate(expr: &Expr) -> bool {
 
 impl ViewProgram {
     pub fn compile(view: &ViewDefinition, schema: &EventSchema) -> Result<Self> {
-        let arrow = schema.arrow_schema();
+        let arrow = input_schema(view, schema);
         let ctx = SessionContext::new();
         let df_schema =
             DFSchema::try_from(arrow.as_ref().clone()).map_err(|e| Error::Unsupported {
@@ -137,8 +139,28 @@ impl ViewProgram {
             filter,
             group_columns,
             arguments,
+            input: arrow,
         })
     }
+
+    /// Whether the view joins dimension tables.
+    pub fn joins(&self) -> bool {
+        !self.view.joins.is_empty()
+    }
+}
+
+/// The columns a view's expressions read: the event schema's, then each joined table's.
+fn input_schema(
+    view: &ViewDefinition,
+    schema: &EventSchema,
+) -> datafusion::arrow::datatypes::SchemaRef {
+    let events = schema.arrow_schema();
+    if view.joins.is_empty() {
+        return events;
+    }
+    let mut fields: Vec<_> = events.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(tandem_shared::table::joined_fields(&view.joins));
+    Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
 }
 
 fn compile_argument(

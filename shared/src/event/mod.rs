@@ -327,6 +327,18 @@ impl EventDecoder {
     /// [`EventDecoder::read`] into `slots`: the values of an event read before (from payloads
     /// that live as long), handed back so that a consumer reads without allocating per message.
     pub fn read_into<'a>(&self, payload: Option<&'a [u8]>, slots: Vec<Slot<'a>>) -> Read<'a> {
+        self.read_record(payload, slots, None)
+    }
+
+    /// [`EventDecoder::read_into`] of a Kafka record whose timestamp is `record_time`: a schema
+    /// timed by its records ([`crate::table::RECORD_TIME`], a dimension table without a time
+    /// field) takes it as the row's time; any other schema ignores it.
+    pub fn read_record<'a>(
+        &self,
+        payload: Option<&'a [u8]>,
+        slots: Vec<Slot<'a>>,
+        record_time: Option<i64>,
+    ) -> Read<'a> {
         let payload = match payload {
             Some(p) if !p.is_empty() || !self.layout.has_tombstones() => p,
             _ if self.layout.has_tombstones() => return Read::Skip(Skip::Tombstone),
@@ -357,6 +369,13 @@ impl EventDecoder {
             },
             Codec::ProtobufLocal(plan) => plan.read(payload, &mut scratch),
         };
+        if self.schema.time_field == crate::table::RECORD_TIME
+            && let Some(ms) = record_time
+        {
+            for slot in self.layout.time_slots() {
+                scratch[slot] = Slot::Time(ms);
+            }
+        }
         match filled.and_then(|()| self.layout.assemble(&self.schema, scratch)) {
             Ok(read) => read,
             Err(err) => Read::Malformed(err),

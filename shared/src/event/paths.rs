@@ -218,6 +218,13 @@ impl Layout {
         }
     }
 
+    /// The slots a row's time is read into: one, or a change event's `after` and `before`.
+    pub(super) fn time_slots(&self) -> impl Iterator<Item = usize> {
+        let n = self.fields;
+        let before = matches!(self.shape, Shape::Debezium { .. }).then_some(2 * n + 1);
+        std::iter::once(n).chain(before)
+    }
+
     /// Whether a message without a value is a tombstone (skipped) rather than malformed.
     pub(super) fn has_tombstones(&self) -> bool {
         matches!(self.shape, Shape::Debezium { .. })

@@ -51,6 +51,8 @@ pub enum Error {
     Subscribe { topic: String, source: KafkaError },
     #[error(transparent)]
     SideTopics(#[from] crate::dead_letter::Error),
+    #[error(transparent)]
+    Table(#[from] crate::tables::ReaderError),
     /// Transient: side-topic messages were not delivered; the loop stops so that it restarts
     /// from the last checkpoint, before them, and sends them again.
     #[error("stopping to resend from the last checkpoint: {0}")]
@@ -112,6 +114,23 @@ pub fn start(
     clock: Arc<dyn Clock>,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    // Dimension tables are read from their start on threads of their own; events wait until
+    // every one has reached its end (see `Ingest::run`).
+    let group_prefix = config
+        .group_id
+        .strip_suffix("-speed")
+        .unwrap_or(&config.group_id)
+        .to_owned();
+    for table in speed.tables() {
+        let reader = crate::tables::TableReader::new(
+            Arc::clone(table),
+            &config.brokers,
+            &group_prefix,
+            &config.kafka_options,
+        )?;
+        let cancel = cancel.clone();
+        tokio::task::spawn_blocking(move || reader.run(cancel));
+    }
     let ingest = Ingest::new(speed.clone(), config, decoder, clock)?;
     speed.partitions_write().clear();
     speed.publish_size();
@@ -205,6 +224,17 @@ impl Ingest {
             .as_ref()
             .map(|c| CheckpointPacer::new(c.interval, Instant::now()));
         let mut paused = false;
+        // An event is joined with its tables' rows only once they hold their topics.
+        let waiting = Instant::now();
+        while !self.speed.tables_ready() {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !self.speed.tables().is_empty() {
+            tracing::info!(waited_ms = waiting.elapsed().as_millis() as u64, "dimension tables read: consuming events");
+        }
         while !cancel.is_cancelled() {
             match consumer.poll(Duration::from_millis(100)) {
                 None => {}

@@ -25,6 +25,7 @@ use crate::dedup::{self, Seen};
 use crate::partials::OwnedPartials;
 use crate::program::{self, ViewProgram};
 use crate::state::{self, Partial, Pinned, ViewState, merge_states};
+use crate::tables::{Dimension, Lookup};
 
 /// The state of every view over one Kafka partition, and the offset it reflects.
 #[derive(Debug)]
@@ -64,6 +65,10 @@ struct Inner {
     /// Micro-batches applied.
     micro_batches: AtomicU64,
     dedup: Option<Dedup>,
+    /// The dimension tables the views join, one per table.
+    tables: Vec<Arc<Dimension>>,
+    /// Per view, its joins resolved to the tables.
+    lookups: Vec<Vec<Lookup>>,
 }
 
 /// Handle to the speed layer's state. Cheap to clone; all clones share state.
@@ -126,6 +131,33 @@ impl SpeedLayer {
             .map(|p| format!("{}@{}", p.view.name, p.view.version))
             .collect::<Vec<_>>()
             .join(",");
+        let mut tables: Vec<Arc<Dimension>> = Vec::new();
+        let lookups = programs
+            .iter()
+            .map(|p| {
+                p.view
+                    .joins
+                    .iter()
+                    .map(|join| {
+                        let table = match tables
+                            .iter()
+                            .find(|t| t.definition().name == join.table.name)
+                        {
+                            Some(t) => Arc::clone(t),
+                            None => {
+                                let t = Arc::new(Dimension::new(Arc::clone(&join.table)));
+                                tables.push(Arc::clone(&t));
+                                t
+                            }
+                        };
+                        Lookup {
+                            table,
+                            on: join.on.clone(),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
         let coverage = RwLock::new(
             (0..programs.len())
                 .map(|_| Arc::new(Coverage::new()))
@@ -141,6 +173,8 @@ impl SpeedLayer {
                 progress: AtomicI64::new(i64::MIN),
                 micro_batches: AtomicU64::new(0),
                 dedup: None,
+                tables,
+                lookups,
             }),
         }
     }
@@ -156,6 +190,21 @@ impl SpeedLayer {
 
     pub(crate) fn programs(&self) -> &[Arc<ViewProgram>] {
         &self.inner.programs
+    }
+
+    /// The dimension tables the views join (read by [`crate::tables::TableReader`]s).
+    pub fn tables(&self) -> &[Arc<Dimension>] {
+        &self.inner.tables
+    }
+
+    /// Whether every joined table has been read to its end (events wait for it).
+    pub fn tables_ready(&self) -> bool {
+        self.inner.tables.iter().all(|t| t.is_ready())
+    }
+
+    /// View `v`'s joins.
+    pub(crate) fn lookups(&self, v: usize) -> &[Lookup] {
+        self.inner.lookups.get(v).map_or(&[], Vec::as_slice)
     }
 
     fn partitions_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<i32, PartitionState>> {
