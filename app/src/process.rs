@@ -65,6 +65,8 @@ pub enum Error {
     Topics(#[from] topics::Error),
     #[error("[schema]: {0}")]
     Format(#[from] tandem_shared::event::FormatError),
+    #[error("[[tables]]: {0}")]
+    Table(String),
     #[error(transparent)]
     Registry(#[from] tandem_store::registry::Error),
     #[error("preparing SQL: {0}")]
@@ -436,11 +438,32 @@ impl Starting<'_> {
     /// The archive's consumer, supervised (created once here so that a configuration error
     /// stops start-up); its progress, for readiness.
     fn archive(&self) -> Result<ArchiveProgress, Error> {
-        let (config, store, tracker, backend) =
-            (self.config, self.store, self.tracker, self.backend);
-        let (clock, decoder, registry, supervisor) =
-            (self.clock, self.decoder, self.registry, self.supervisor);
-        let archive_config = wiring::archive_config(config, registry);
+        // Each dimension table's changelog is archived like the events, under its own topic.
+        for table in &self.config.tables {
+            let decoder = tandem_shared::event::EventDecoder::with_format(
+                Arc::clone(table.schema()),
+                &table.format(),
+            )
+            .map_err(|e| Error::Table(format!("table `{}`: {e}", table.name)))?;
+            self.archive_of(
+                wiring::table_archive_config(self.config, table),
+                &Arc::new(decoder),
+            )?;
+        }
+        self.archive_of(
+            wiring::archive_config(self.config, self.registry),
+            self.decoder,
+        )
+    }
+
+    /// One topic's archive consumer, supervised; its progress.
+    fn archive_of(
+        &self,
+        archive_config: tandem_batch_layer::ArchiveConfig,
+        decoder: &Arc<tandem_shared::event::EventDecoder>,
+    ) -> Result<ArchiveProgress, Error> {
+        let (store, tracker, backend) = (self.store, self.tracker, self.backend);
+        let (clock, supervisor) = (self.clock, self.supervisor);
         let progress = archive_config.progress.clone();
         let archive_store = Arc::clone(store);
         let archive_decoder = Arc::clone(decoder);

@@ -145,6 +145,20 @@ pub fn archive_config(config: &Config, registry: Option<&Arc<Registry>>) -> Arch
     }
 }
 
+/// The archive's settings for a dimension table's topic: the events' with the table's topic
+/// and a group of its own.
+pub fn table_archive_config(
+    config: &Config,
+    table: &tandem_shared::table::TableDefinition,
+) -> ArchiveConfig {
+    ArchiveConfig {
+        topic: table.topic.clone(),
+        group_id: format!("{}-archive-table-{}", config.kafka.group_prefix, table.name),
+        registry: None,
+        ..archive_config(config, None)
+    }
+}
+
 /// The catalog of the configured views in `store` (nothing loaded yet).
 pub fn catalog(config: &Config, store: &Arc<dyn ObjectStore>) -> Arc<ViewCatalog> {
     Arc::new(ViewCatalog::with_cache_bytes(

@@ -62,7 +62,9 @@ pub enum Error {
         key: String,
         table_key: FieldType,
     },
-    #[error("table `{table}`: a table's column `{column}` has the name of an event field")]
+    #[error(
+        "table `{table}`: the event field `{column}` has the table's name; rename the table"
+    )]
     Shadowed { table: String, column: String },
 }
 
@@ -265,10 +267,18 @@ pub fn joins(
                 table_key: table.key_type(),
             });
         }
-        if let Some((column, _)) = table
-            .columns()
-            .find(|(q, _)| schema.column_type(q).is_some())
-        {
+        let prefix = format!("{}.", table.name);
+        let shadowed = schema
+            .column_type(&table.name)
+            .map(|_| table.name.clone())
+            .or_else(|| {
+                schema
+                    .fields
+                    .iter()
+                    .find(|(f, _)| f.starts_with(&prefix))
+                    .map(|(f, _)| f.clone())
+            });
+        if let Some(column) = shadowed {
             return Err(Error::Shadowed {
                 table: table.name.clone(),
                 column,
@@ -282,13 +292,27 @@ pub fn joins(
     Ok(out)
 }
 
-/// The Arrow fields a view's joins append to an event batch, in join order.
+/// The Arrow fields a view's joins append to an event batch, in join order: per table, a
+/// struct named as the table (what an expression's `merchants.category` reads: a field of
+/// the struct, so no event column is ever shadowed or ambiguous), then its columns flat,
+/// named qualified (what `group_by = ["merchants.category"]` names).
 pub fn joined_fields(joins: &[Join]) -> Vec<Field> {
-    joins
-        .iter()
-        .flat_map(|j| j.table.columns())
-        .map(|(name, ty)| Field::new(name, ty.arrow_type(), true))
-        .collect()
+    let mut out = Vec::new();
+    for j in joins {
+        let children: Vec<Field> = j
+            .table
+            .fields
+            .iter()
+            .map(|(name, ty)| Field::new(name, ty.arrow_type(), true))
+            .collect();
+        out.push(Field::new_struct(&j.table.name, children, true));
+        out.extend(
+            j.table
+                .columns()
+                .map(|(name, ty)| Field::new(name, ty.arrow_type(), true)),
+        );
+    }
+    out
 }
 
 /// The type of a column a view's expressions may name: an event column, or a joined table's

@@ -289,6 +289,46 @@ mod tests {
     }
 
     #[test]
+    fn expressions_name_joined_columns_qualified() {
+        use tandem_shared::schema::FieldType;
+        use tandem_shared::table::{JoinConfig, TableConfig, TableDefinition};
+        let table = Arc::new(
+            TableDefinition::from_config(&TableConfig {
+                name: "merchants".into(),
+                topic: "merchants".into(),
+                key: "id".into(),
+                fields: [
+                    ("id".to_owned(), FieldType::String),
+                    ("category".to_owned(), FieldType::String),
+                    ("fee".to_owned(), FieldType::Float64),
+                ]
+                .into(),
+                time_field: None,
+                envelope: None,
+            })
+            .unwrap(),
+        );
+        let mut config = testing::view_config(
+            "v",
+            testing::tumbling("1m"),
+            &["merchants.category"],
+            Some("merchants.category <> 'toys' AND merchants.fee > 0"),
+            &["sum(amount * merchants.fee) AS fees"],
+        );
+        config.join = vec![JoinConfig {
+            table: "merchants".into(),
+            on: "city".into(),
+        }];
+        let view = ViewDefinition::with_tables(&config, &schema(), &[table]).unwrap();
+        let p = ViewProgram::compile(&view, &schema()).unwrap();
+        assert!(p.joins());
+        assert_eq!(
+            p.input.field(p.group_columns[0]).name(),
+            "merchants.category"
+        );
+    }
+
+    #[test]
     fn reports_bad_expressions_with_the_view_and_text() {
         let cases: [(Option<&str>, &[&str], &str); 5] = [
             (Some("colour = 'red'"), &["count(*)"], "colour"),

@@ -237,10 +237,11 @@ pub async fn read_resolved<'a>(
     decoder: &EventDecoder,
     registry: Option<&Registry>,
     payload: Option<&'a [u8]>,
+    record_time: Option<i64>,
     cancel: &CancellationToken,
 ) -> Option<Read<'a>> {
     loop {
-        match decoder.read(payload) {
+        match decoder.read_record(payload, Vec::new(), record_time) {
             Read::Unresolved(id) => {
                 let answer = match registry {
                     Some(registry) => registry.resolve(id, cancel).await?,

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -29,6 +30,7 @@ use tandem_shared::event::{Envelope, Format, OP_FIELD, PayloadFormat};
 use tandem_shared::schema::{EventSchema, FieldType};
 use tandem_shared::settings::Invalid;
 use tandem_shared::time::{EventTime, Span};
+use tandem_shared::table::{TableConfig, TableDefinition};
 use tandem_shared::view::{ViewConfig, ViewDefinition};
 use tandem_speed_layer::SpeedSettings;
 use tandem_store::StorageSettings;
@@ -65,6 +67,19 @@ pub enum Error {
         index: usize,
         name: String,
     },
+    #[error("{path}: [[tables]] entry {index} (`{name}`): {source}")]
+    Table {
+        path: String,
+        index: usize,
+        name: String,
+        source: tandem_shared::table::Error,
+    },
+    #[error("{path}: [[tables]] entry {index}: {problem}")]
+    TableConflict {
+        path: String,
+        index: usize,
+        problem: String,
+    },
     #[error("{path}: no views are defined; add at least one [[views]] table")]
     NoViews { path: String },
     #[error("{path}: {section}.{key}: {source}")]
@@ -93,6 +108,8 @@ struct File {
     schema: SchemaFile,
     #[serde(default)]
     views: Vec<ViewConfig>,
+    #[serde(default)]
+    tables: Vec<TableConfig>,
     #[serde(default)]
     batch: BatchSettings,
     #[serde(default)]
@@ -228,6 +245,8 @@ pub struct Config {
     /// Where Avro and Protobuf writer schemas come from.
     pub registry: Option<RegistrySettings>,
     pub views: Vec<ViewDefinition>,
+    /// `[[tables]]`: dimension tables views may join.
+    pub tables: Vec<Arc<TableDefinition>>,
     /// `[speed]`.
     pub speed: SpeedSettings,
     /// `[archive]`.
@@ -279,7 +298,8 @@ impl Config {
             source: Box::new(source),
         })?;
         let (schema, format, registry) = schema_section(&file.schema, &path, env)?;
-        let views = views_section(&file.views, &schema, &path)?;
+        let tables = tables_section(&file.tables, &file.kafka.topic, &path)?;
+        let views = views_section(&file.views, &schema, &tables, &path)?;
         let invalid = |section, key, problem: &str| Error::Invalid {
             path: path.clone(),
             section,
@@ -348,6 +368,7 @@ impl Config {
             format,
             registry,
             views,
+            tables,
             engine,
             speed: file.speed,
             archive: file.archive,
@@ -417,9 +438,46 @@ fn schema_section(
 }
 
 /// `[[views]]`: each view validated against the schema, names unique.
+/// `[[tables]]`: each dimension table validated, names and topics unique and not the events'.
+fn tables_section(
+    tables: &[TableConfig],
+    events_topic: &str,
+    path: &str,
+) -> Result<Vec<Arc<TableDefinition>>> {
+    let mut out: Vec<Arc<TableDefinition>> = Vec::with_capacity(tables.len());
+    for (index, t) in tables.iter().enumerate() {
+        let def = TableDefinition::from_config(t).map_err(|source| Error::Table {
+            path: path.to_owned(),
+            index,
+            name: t.name.clone(),
+            source,
+        })?;
+        let conflict = if out.iter().any(|o| o.name == def.name) {
+            Some(format!("a table named `{}` is already defined", def.name))
+        } else if def.topic == events_topic || out.iter().any(|o| o.topic == def.topic) {
+            Some(format!(
+                "topic `{}` is already read as events or as another table",
+                def.topic
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = conflict {
+            return Err(Error::TableConflict {
+                path: path.to_owned(),
+                index,
+                problem,
+            });
+        }
+        out.push(Arc::new(def));
+    }
+    Ok(out)
+}
+
 fn views_section(
     views: &[ViewConfig],
     schema: &EventSchema,
+    tables: &[Arc<TableDefinition>],
     path: &str,
 ) -> Result<Vec<ViewDefinition>> {
     if views.is_empty() {
@@ -437,7 +495,7 @@ fn views_section(
                 name: v.name.clone(),
             });
         }
-        let def = ViewDefinition::from_config(v, schema).map_err(|source| Error::View {
+        let def = ViewDefinition::with_tables(v, schema, tables).map_err(|source| Error::View {
             path: path.to_owned(),
             index,
             name: v.name.clone(),

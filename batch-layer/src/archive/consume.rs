@@ -170,6 +170,7 @@ impl Archive {
             &self.decoder,
             self.config.registry.as_deref(),
             m.payload(),
+            m.timestamp().to_millis(),
             cancel,
         )
         .await

@@ -49,6 +49,8 @@ impl Schemas<'_> {
                 self.decoder,
                 self.registry,
                 payload,
+                // Events are timed by their own field, never by their record.
+                None,
                 self.cancel,
             )),
             read => Some(read),

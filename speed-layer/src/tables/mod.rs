@@ -17,9 +17,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StructArray, new_null_array};
 use datafusion::arrow::compute::interleave;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use tandem_shared::event::OP_FIELD;
 use tandem_shared::table::{OnMissing, TableDefinition};
@@ -210,10 +210,26 @@ pub(crate) fn enrich(
                 found.unwrap_or((0, 0))
             })
             .collect();
-        for c in 0..rows.chunks[0].len() {
-            let arrays: Vec<&dyn Array> = rows.chunks.iter().map(|ch| ch[c].as_ref()).collect();
-            columns.push(interleave(&arrays, &at)?);
-        }
+        let children = (0..rows.chunks[0].len())
+            .map(|c| {
+                let arrays: Vec<&dyn Array> =
+                    rows.chunks.iter().map(|ch| ch[c].as_ref()).collect();
+                interleave(&arrays, &at)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // The table as a struct (for expressions), then its columns flat (for `group_by`).
+        let DataType::Struct(fields) = schema.field(columns.len()).data_type() else {
+            return Err(ArrowError::SchemaError(format!(
+                "table `{}`: no struct column in the view's input",
+                lookup.table.definition.name
+            )));
+        };
+        columns.push(Arc::new(StructArray::try_new(
+            fields.clone(),
+            children.clone(),
+            None,
+        )?));
+        columns.extend(children);
     }
     let missing = matched.iter().filter(|m| !**m).count() as u64;
     Ok(Enriched {
