@@ -62,9 +62,7 @@ pub enum Error {
         key: String,
         table_key: FieldType,
     },
-    #[error(
-        "table `{table}`: the event field `{column}` has the table's name; rename the table"
-    )]
+    #[error("table `{table}`: the event field `{column}` has the table's name; rename the table")]
     Shadowed { table: String, column: String },
 }
 
@@ -135,11 +133,8 @@ impl TableDefinition {
                 });
             }
         }
-        let fields: Vec<(String, FieldType)> = config
-            .fields
-            .iter()
-            .map(|(n, t)| (n.clone(), *t))
-            .collect();
+        let fields: Vec<(String, FieldType)> =
+            config.fields.iter().map(|(n, t)| (n.clone(), *t)).collect();
         let mut decoded = fields.clone();
         if config.envelope == Some(Envelope::Debezium) {
             decoded.push((OP_FIELD.to_owned(), FieldType::String));
@@ -412,7 +407,10 @@ mod tests {
         assert_eq!(column_type(&schema, &ok, "merchants.nope"), None);
         for (configs, want) in [
             (vec![join("cards", "merchant_id")], "no table named `cards`"),
-            (vec![join("merchants", "shop")], "not a declared event field"),
+            (
+                vec![join("merchants", "shop")],
+                "not a declared event field",
+            ),
             (vec![join("merchants", "n")], "must be the same type"),
             (
                 vec![

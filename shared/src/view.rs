@@ -374,11 +374,7 @@ impl ViewDefinition {
             joins
                 .iter()
                 .map(|j| format!(";join={}|{}", j.on, j.table.describe()))
-                .chain(
-                    config
-                        .on_missing
-                        .map(|m| format!(";on_missing={m:?}"))
-                )
+                .chain(config.on_missing.map(|m| format!(";on_missing={m:?}")))
                 .collect::<String>()
         );
         Ok(ViewDefinition {

@@ -305,6 +305,22 @@ impl ArchiveSnapshot {
 
     /// The latest complete event time (see the module docs), or `None` if nothing is complete.
     pub fn complete_until(&self, now: EventTime, idle_timeout: Span) -> Option<EventTime> {
+        self.complete_or(now, idle_timeout, None)
+    }
+
+    /// [`ArchiveSnapshot::complete_until`] of a dimension table's changelog: when every
+    /// partition is quiet the table holds every row valid until `now` (a row that comes later
+    /// is a late update, as a late event is for a topic).
+    pub fn table_complete_until(&self, now: EventTime, idle_timeout: Span) -> Option<EventTime> {
+        self.complete_or(now, idle_timeout, Some(now))
+    }
+
+    fn complete_or(
+        &self,
+        now: EventTime,
+        idle_timeout: Span,
+        stopped: Option<EventTime>,
+    ) -> Option<EventTime> {
         let count = self.partition_count();
         if count == 0 {
             return None;
@@ -325,7 +341,7 @@ impl ArchiveSnapshot {
             busy_min = Some(busy_min.map_or(t, |b| b.min(t)));
         }
         // If every partition is idle, the stream has stopped: everything archived is complete.
-        busy_min.or(any_max)
+        busy_min.or(stopped.max(any_max))
     }
 
     /// Files holding events in `[from, to)`, pruned by each file's (and each sealed list's)

@@ -101,7 +101,7 @@ impl Recompute {
         let mut starts: std::collections::HashMap<String, Vec<EventTime>> = Default::default();
         for (file, _) in &candidates {
             let batches = self
-                .run_sql(view, &[*file], &sql, &CancellationToken::new())
+                .run_sql(view, &[*file], &[], &sql, &CancellationToken::new())
                 .await?;
             let mut found = Vec::new();
             for b in &batches {

@@ -49,7 +49,7 @@ pub(crate) mod query;
 mod rollup;
 pub(crate) mod sketches;
 
-pub use query::EVENTS_TABLE;
+pub use query::{EVENTS_TABLE, dimension_table};
 pub use rollup::{ExactRollup, RollupError};
 
 pub use dirty::Cleanliness;
@@ -353,32 +353,77 @@ impl Recompute {
         }
     }
 
-    /// Registers exactly `files` as the events table.
+    /// Registers exactly `files` as the events table, and each joined table's archived rows.
     fn register(
         &self,
         ctx: &SessionContext,
         files: &[&ArchivedFile],
+        dimensions: &[DimensionFiles],
     ) -> Result<(), DataFusionError> {
-        let schema = tables::events::read_schema(&self.schema);
-        let table = match &self.engine {
+        ctx.register_table(
+            query::EVENTS_TABLE,
+            self.files_table(ctx, &self.schema, files)?,
+        )?;
+        for d in dimensions {
+            let files: Vec<&ArchivedFile> = d.files.iter().collect();
+            ctx.register_table(
+                query::dimension_table(&d.name),
+                self.files_table(ctx, &d.schema, &files)?,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn files_table(
+        &self,
+        ctx: &SessionContext,
+        schema: &EventSchema,
+        files: &[&ArchivedFile],
+    ) -> Result<Arc<dyn datafusion::catalog::TableProvider>, DataFusionError> {
+        let schema = tables::events::read_schema(schema);
+        match &self.engine {
             #[cfg(feature = "ballista")]
             Engine::Ballista { .. } => {
                 let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-                engine::ballista_files_table(schema, &paths)?
+                engine::ballista_files_table(schema, &paths)
             }
             _ => {
                 let parquet = ctx.state().default_table_options().parquet;
-                tables::events::files_table(schema, files, parquet)?
+                tables::events::files_table(schema, files, parquet)
             }
-        };
-        ctx.register_table(query::EVENTS_TABLE, table)?;
-        Ok(())
+        }
+    }
+
+    /// The archived rows of `view`'s joined tables valid before `to`, and how far every one
+    /// of their archives is complete (`None`: one is not known to be complete anywhere, so no
+    /// window of the view is exact yet).
+    async fn dimensions(
+        &self,
+        view: &ViewDefinition,
+        now: EventTime,
+        to: EventTime,
+    ) -> Result<(Vec<DimensionFiles>, Option<EventTime>)> {
+        let mut out = Vec::with_capacity(view.joins.len());
+        let mut complete = Some(EventTime::MAX);
+        for join in &view.joins {
+            let snapshot = ArchiveSnapshot::load(&self.store, &join.table.topic).await?;
+            complete = complete.min(snapshot.table_complete_until(now, self.idle_timeout));
+            out.push(DimensionFiles {
+                name: join.table.name.clone(),
+                schema: Arc::clone(join.table.schema()),
+                files: snapshot
+                    .files_between(&self.store, EventTime::MIN, to)
+                    .await?,
+            });
+        }
+        Ok((out, complete))
     }
 
     async fn run_sql(
         &self,
         view: &ViewDefinition,
         files: &[&ArchivedFile],
+        dimensions: &[DimensionFiles],
         sql: &str,
         cancel: &CancellationToken,
     ) -> Result<Vec<RecordBatch>> {
@@ -387,7 +432,7 @@ impl Recompute {
             source,
         };
         let ctx = self.session().await.map_err(query_err)?;
-        self.register(&ctx, files).map_err(query_err)?;
+        self.register(&ctx, files, dimensions).map_err(query_err)?;
         tracing::debug!(view = %view.name, %sql, "recompute query");
         let run = async {
             let df = ctx.sql(sql).await?;
@@ -416,7 +461,11 @@ impl Recompute {
         let started = std::time::Instant::now();
         let snapshot = ArchiveSnapshot::load(&self.store, &self.topic).await?;
         let now = self.clock.now();
-        let complete = snapshot.complete_until(now, self.idle_timeout);
+        // A window is exact once the events and every joined table are archived past it.
+        let (dimensions, tables_complete) = self.dimensions(view, now, EventTime::LATEST).await?;
+        let complete = snapshot
+            .complete_until(now, self.idle_timeout)
+            .min(tables_complete);
         let extent = plan::ArchiveExtent {
             complete_until: complete,
             earliest: snapshot.earliest_event_time(),
@@ -456,7 +505,9 @@ impl Recompute {
                     chunks_total: 1,
                     ..Default::default()
                 });
-                let all = self.run_sql(view, &files, &sql, cancel).await?;
+                let all = self
+                    .run_sql(view, &files, &dimensions, &sql, cancel)
+                    .await?;
                 read.extend(files.iter().map(|f| f.path.clone()));
                 let sessions =
                     catalog::segment::decode_windows(view, &all).map_err(|e| Error::Query {
@@ -533,7 +584,10 @@ impl Recompute {
                         scan,
                     )
                     .unwrap_or_default();
-                    batches.extend(self.run_sql(view, &files, &sql, cancel).await?);
+                    batches.extend(
+                        self.run_sql(view, &files, &dimensions, &sql, cancel)
+                            .await?,
+                    );
                     read.extend(files.iter().map(|f| f.path.clone()));
                     let (files_read, rows_read) = totals(&pool, &read);
                     progress(Progress {
@@ -592,6 +646,13 @@ impl Recompute {
         outcome.publish_ms = publishing.elapsed().as_millis() as u64;
         Ok(outcome)
     }
+}
+
+/// A joined dimension table's archived rows, as a query reads them.
+struct DimensionFiles {
+    name: String,
+    schema: Arc<EventSchema>,
+    files: Vec<ArchivedFile>,
 }
 
 fn totals(pool: &[ArchivedFile], read: &HashSet<String>) -> (u64, u64) {

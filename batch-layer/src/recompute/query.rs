@@ -62,6 +62,62 @@ pub(crate) fn events_source(id_field: Option<&str>) -> String {
     events_source_from(id_field, EVENTS_TABLE)
 }
 
+/// The name a joined dimension table's archive is registered under.
+pub fn dimension_table(table: &str) -> String {
+    format!("__table_{table}")
+}
+
+/// `source` (events) joined with each of `view`'s dimension tables as of the event's time:
+/// the row of the event's key with the latest validity time at or before the event's time
+/// (ties by the later partition and offset), NULL for a deleted key or none. Appends per
+/// table a struct named as the table and its columns flat, named qualified, as the speed
+/// layer's join does (`tandem_shared::table::joined_fields`); with `on_missing = "drop"`,
+/// an event without a row for every join is left out.
+pub(crate) fn joined_source(view: &ViewDefinition, time_field: &str, source: String) -> String {
+    use tandem_shared::table::{OnMissing, TableDefinition};
+    let t = ident(time_field);
+    let mut sql = source;
+    for (i, join) in view.joins.iter().enumerate() {
+        let table: &TableDefinition = &join.table;
+        let vf = ident(&table.schema().time_field);
+        let live = if table.envelope.is_some() {
+            format!(
+                "({op} IS NULL OR {op} <> 'd')",
+                op = ident(tandem_shared::event::OP_FIELD)
+            )
+        } else {
+            "TRUE".to_owned()
+        };
+        let mut columns = String::new();
+        let mut children = Vec::new();
+        for (field, _) in &table.fields {
+            let value = format!("CASE WHEN t{i}.__live THEN t{i}.{} END", ident(field));
+            children.push(format!("'{}', {value}", field.replace('\'', "''")));
+            let _ = write!(columns, ", {value} AS {}", ident(&table.qualified(field)));
+        }
+        let drop = if view.on_missing == OnMissing::Drop {
+            format!(" AND __m{i}")
+        } else {
+            String::new()
+        };
+        sql = format!(
+            "(SELECT * FROM (SELECT e.*, named_struct({children}) AS {name}{columns}, \
+             COALESCE(t{i}.__live, FALSE) AS __m{i}, \
+             row_number() OVER (PARTITION BY e.\"_kafka_partition\", e.\"_kafka_offset\" \
+             ORDER BY t{i}.__vf DESC NULLS LAST, t{i}.__p DESC NULLS LAST, t{i}.__o DESC NULLS LAST) AS __r{i} \
+             FROM {sql} e LEFT JOIN (SELECT *, {key} AS __k, CAST({vf} AS BIGINT) AS __vf, \
+             \"_kafka_partition\" AS __p, \"_kafka_offset\" AS __o, {live} AS __live FROM {table_sql}) t{i} \
+             ON e.{on} = t{i}.__k AND t{i}.__vf <= CAST(e.{t} AS BIGINT)) j{i} WHERE __r{i} = 1{drop})",
+            children = children.join(", "),
+            name = ident(&table.name),
+            key = ident(&table.key),
+            on = ident(&join.on),
+            table_sql = dimension_table(&table.name),
+        );
+    }
+    sql
+}
+
 /// [`events_source`] reading `table` (a table name or a parenthesized query).
 fn events_source_from(id_field: Option<&str>, table: &str) -> String {
     match id_field {
@@ -88,7 +144,7 @@ pub(crate) fn window_query(
     windows(
         view,
         time_field,
-        &events_source(id_field),
+        &joined_source(view, time_field, events_source(id_field)),
         starts,
         scan,
         true,
@@ -113,7 +169,7 @@ pub(crate) fn rollup_query(
         range.from.to_rfc3339(),
         range.to.to_rfc3339()
     );
-    let source = events_source_from(id_field, &bounded);
+    let source = joined_source(view, time_field, events_source_from(id_field, &bounded));
     let size = bucket.unwrap_or(Span::from_millis(
         range.to.millis().saturating_sub(range.from.millis()),
     ));
@@ -272,7 +328,7 @@ pub(crate) fn session_query(
          (SELECT *, CASE WHEN __t - lag(__t) OVER ({over}) < {gap} THEN 0 ELSE 1 END AS __new FROM \
          (SELECT *, CAST({t} AS BIGINT) AS __t FROM {} e WHERE CAST({t} AS BIGINT) >= {}{filter}) e0) e1) e2 \
          GROUP BY __sid",
-        events_source(id_field),
+        joined_source(view, time_field, events_source(id_field)),
         scan_from.millis()
     );
     for g in &groups {

@@ -51,6 +51,15 @@ pub async fn view_schema(
         query::EVENTS_TABLE,
         Arc::new(MemTable::try_new(events, vec![vec![]])?),
     )?;
+    for join in &view.joins {
+        ctx.register_table(
+            query::dimension_table(&join.table.name),
+            Arc::new(MemTable::try_new(
+                read_schema(join.table.schema()),
+                vec![vec![]],
+            )?),
+        )?;
+    }
     let all = StartRange::new(EventTime(0), EventTime(1));
     let sql = query::window_query(view, &schema.time_field, None, all, all)
         .or_else(|| query::session_query(view, &schema.time_field, None, EventTime(0)))

@@ -233,7 +233,10 @@ impl Ingest {
             std::thread::sleep(Duration::from_millis(20));
         }
         if !self.speed.tables().is_empty() {
-            tracing::info!(waited_ms = waiting.elapsed().as_millis() as u64, "dimension tables read: consuming events");
+            tracing::info!(
+                waited_ms = waiting.elapsed().as_millis() as u64,
+                "dimension tables read: consuming events"
+            );
         }
         while !cancel.is_cancelled() {
             match consumer.poll(Duration::from_millis(100)) {

@@ -203,7 +203,9 @@ pub(crate) fn enrich(
         let rows = lookup.table.read();
         let at: Vec<(usize, usize)> = (0..n)
             .map(|row| {
-                let found = keys.id(row).and_then(|k| rows.index.get(k.as_ref()).copied());
+                let found = keys
+                    .id(row)
+                    .and_then(|k| rows.index.get(k.as_ref()).copied());
                 if found.is_none() {
                     matched[row] = false;
                 }
@@ -212,8 +214,7 @@ pub(crate) fn enrich(
             .collect();
         let children = (0..rows.chunks[0].len())
             .map(|c| {
-                let arrays: Vec<&dyn Array> =
-                    rows.chunks.iter().map(|ch| ch[c].as_ref()).collect();
+                let arrays: Vec<&dyn Array> = rows.chunks.iter().map(|ch| ch[c].as_ref()).collect();
                 interleave(&arrays, &at)
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -62,11 +62,12 @@ impl TableReader {
             table: table.clone(),
             source,
         };
-        let decoder = EventDecoder::with_format(Arc::clone(definition.schema()), &definition.format())
-            .map_err(|source| Error::Format {
-                table: table.clone(),
-                source,
-            })?;
+        let decoder =
+            EventDecoder::with_format(Arc::clone(definition.schema()), &definition.format())
+                .map_err(|source| Error::Format {
+                    table: table.clone(),
+                    source,
+                })?;
         // The group is never joined (partitions are assigned, offsets never committed): it
         // only names the client in the broker's logs.
         let consumer: BaseConsumer = tandem_store::kafka::consumer_config(
@@ -183,12 +184,12 @@ impl TableReader {
         };
         self.ends.iter().all(|(p, end)| {
             positions
-                    .find_partition(topic, *p)
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o >= *end),
-                        _ => None,
-                    })
-                    .unwrap_or(false)
+                .find_partition(topic, *p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o >= *end),
+                    _ => None,
+                })
+                .unwrap_or(false)
         })
     }
 }

@@ -92,10 +92,7 @@ fn events_join_the_latest_row_of_their_key_and_missing_keys_are_null() {
         .unwrap();
     assert_eq!(d.len(), 2);
     let (got, enriched) = categories(&d, &[Some("m1"), Some("m2"), Some("m9"), None]);
-    assert_eq!(
-        got,
-        [Some("music".into()), Some("toys".into()), None, None]
-    );
+    assert_eq!(got, [Some("music".into()), Some("toys".into()), None, None]);
     assert_eq!(enriched.matched, [true, true, false, false]);
     assert_eq!(enriched.missing, 2);
     assert_eq!(kept(OnMissing::Keep, &enriched), None);
