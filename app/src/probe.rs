@@ -1,7 +1,8 @@
 //! Readiness probes: conditions no task reports by itself.
 //!
 //! ```text
-//!  every second:    speed layer holds a partition assignment?  ─► "consumer" (speed role)
+//!  every second:    speed layer has read its dimension tables and holds a partition
+//!                   assignment?                               ─► "consumer" (speed role)
 //!  every 10 s:      object store answers a HEAD within 5 s?    ─► "storage"
 //!  every second:    schema registry answering the consumers?   ─► "registry"
 //!  every second:    the archive receiving what the broker holds? ─► "archive_progress" (archive role)
@@ -63,11 +64,13 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         if let Some(speed) = &speed {
-            report(
-                &readiness,
-                "consumer",
-                consumer_condition(speed.assigned_partition_count()),
-            );
+            // Events wait for the dimension tables they join to be read to their end.
+            let condition = if speed.tables_ready() {
+                consumer_condition(speed.assigned_partition_count())
+            } else {
+                Err("the speed layer is reading its dimension tables to their end".into())
+            };
+            report(&readiness, "consumer", condition);
         }
         // The consumers ask the registry only for unseen schema ids: its condition is their
         // last attempt's (ready when none is configured).

@@ -178,3 +178,54 @@ fn kafka_secrets_come_from_the_environment() {
         .to_string();
     assert!(twice.contains("give it once"), "{twice}");
 }
+
+/// `ISSUE_EXAMPLE` with a `users` table and a view joining it.
+fn with_table(table: &str, join: &str) -> String {
+    format!(
+        "{ISSUE_EXAMPLE}\n[[tables]]\n{table}\n\n[[views]]\nname = \"by_tier\"\nwindow = {{ tumbling = \"1m\" }}\n{join}\naggregates = [\"count(*) AS n\"]\n"
+    )
+}
+
+const USERS: &str = "name = \"users\"\ntopic = \"users\"\nkey = \"user_id\"\nfields = { user_id = \"string\", tier = \"string\" }";
+
+#[test]
+fn tables_and_joins_are_validated_with_the_place_named() {
+    let c = parse(
+        &with_table(
+            USERS,
+            "join = [{ table = \"users\", on = \"user_id\" }]\ngroup_by = [\"users.tier\"]\non_missing = \"drop\"",
+        ),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.tables.len(), 1);
+    let view = c.views.iter().find(|v| v.name == "by_tier").unwrap();
+    assert_eq!(view.joins[0].table.name, "users");
+    assert_eq!(view.group_by, ["users.tier"]);
+    for (table, join, want) in [
+        (
+            USERS,
+            "join = [{ table = \"cards\", on = \"user_id\" }]",
+            "no table named `cards`",
+        ),
+        (
+            USERS,
+            "join = [{ table = \"users\", on = \"user_id\" }]\ngroup_by = [\"users.colour\"]",
+            "users.colour",
+        ),
+        (USERS, "on_missing = \"drop\"", "without a join"),
+        (
+            &USERS.replace("key = \"user_id\"", "key = \"tier2\""),
+            "",
+            "[[tables]] entry 0 (`users`): key `tier2`",
+        ),
+        (
+            &USERS.replace("topic = \"users\"", "topic = \"orders\""),
+            "",
+            "already read as events",
+        ),
+    ] {
+        let e = err(&with_table(table, join));
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}

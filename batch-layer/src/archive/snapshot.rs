@@ -421,6 +421,26 @@ mod tests {
     }
 
     #[test]
+    fn a_quiet_table_is_complete_until_now_a_quiet_topic_until_its_latest_event() {
+        let now = EventTime(10_000);
+        let quiet = snapshot(vec![
+            manifest(0, Some(100), Some(0)),
+            manifest(1, Some(300), Some(0)),
+            manifest(2, None, Some(0)),
+        ]);
+        assert_eq!(quiet.complete_until(now, IDLE), Some(EventTime(300)));
+        assert_eq!(quiet.table_complete_until(now, IDLE), Some(now));
+        // A busy partition holds both back to its latest row.
+        let busy = snapshot(vec![
+            manifest(0, Some(100), None),
+            manifest(1, Some(300), Some(0)),
+            manifest(2, None, Some(0)),
+        ]);
+        assert_eq!(busy.table_complete_until(now, IDLE), Some(EventTime(100)));
+        assert_eq!(snapshot(vec![]).table_complete_until(now, IDLE), None);
+    }
+
+    #[test]
     fn a_manifest_seals_its_files_into_a_list_it_names() {
         let mut m = manifest(4, Some(0), None);
         m.files = (0..3)
