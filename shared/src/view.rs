@@ -42,13 +42,20 @@ pub enum Error {
     Aggregate { text: String, problem: String },
     #[error("aggregate name `{alias}` is used twice")]
     DuplicateAlias { alias: String },
+    /// Boxed: the join errors carry several names.
     #[error(transparent)]
-    Join(#[from] table::Error),
+    Join(Box<table::Error>),
     #[error("on_missing: a view without a join has nothing to miss")]
     OnMissingWithoutJoin,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<table::Error> for Error {
+    fn from(e: table::Error) -> Self {
+        Error::Join(Box::new(e))
+    }
+}
 
 /// The TOML shape of a `[[views]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

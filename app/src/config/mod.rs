@@ -72,7 +72,7 @@ pub enum Error {
         path: String,
         index: usize,
         name: String,
-        source: tandem_shared::table::Error,
+        source: Box<tandem_shared::table::Error>,
     },
     #[error("{path}: [[tables]] entry {index}: {problem}")]
     TableConflict {
@@ -450,7 +450,7 @@ fn tables_section(
             path: path.to_owned(),
             index,
             name: t.name.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let conflict = if out.iter().any(|o| o.name == def.name) {
             Some(format!("a table named `{}` is already defined", def.name))

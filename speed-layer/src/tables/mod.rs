@@ -59,9 +59,10 @@ impl TableRows {
 
     /// Keeps only the latest rows, in one chunk after the NULL row.
     fn compact(&mut self) -> Result<(), ArrowError> {
-        let mut keys: Vec<(&Box<[u8]>, &(usize, usize))> = self.index.iter().collect();
-        keys.sort_unstable_by_key(|(_, at)| **at);
-        let at: Vec<(usize, usize)> = keys.iter().map(|(_, at)| **at).collect();
+        let mut keys: Vec<(&[u8], (usize, usize))> =
+            self.index.iter().map(|(k, at)| (k.as_ref(), *at)).collect();
+        keys.sort_unstable_by_key(|(_, at)| *at);
+        let at: Vec<(usize, usize)> = keys.iter().map(|(_, at)| *at).collect();
         let columns = (0..self.chunks[0].len())
             .map(|c| {
                 let arrays: Vec<&dyn Array> = self.chunks.iter().map(|ch| ch[c].as_ref()).collect();
@@ -71,7 +72,7 @@ impl TableRows {
         let index = keys
             .into_iter()
             .enumerate()
-            .map(|(row, (key, _))| (key.clone(), (1, row)))
+            .map(|(row, (key, _))| (Box::<[u8]>::from(key), (1, row)))
             .collect();
         self.chunks.truncate(1);
         self.chunks.push(columns);
