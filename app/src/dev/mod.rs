@@ -132,11 +132,13 @@ pub async fn run(
     let store = prepare_data_dir(&options.data)?;
     config.storage = tandem_store::StorageSettings::at(format!("file://{}", store.display()));
     let stop_broker = CancellationToken::new();
-    let topics = [
+    let mut topics = vec![
         (config.kafka.topic.as_str(), config.kafka.partitions),
         (config.kafka.dead_letter_topic.as_str(), 1),
         (config.kafka.late_topic.as_str(), 1),
     ];
+    // Dimension tables' topics, empty until something writes rows to them.
+    topics.extend(config.tables.iter().map(|t| (t.topic.as_str(), 1)));
     let kafka = EmbeddedKafka::start(options.kafka_port, &topics, stop_broker.clone()).await?;
     config.kafka.brokers = kafka.bootstrap();
     println!("Kafka bootstrap: {}", kafka.bootstrap());
