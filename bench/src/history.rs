@@ -372,6 +372,7 @@ pub async fn run(opts: HistoryBench) -> anyhow::Result<()> {
                     .publish(
                         view,
                         JobResult {
+                            table_offsets: Default::default(),
                             job: &format!("d{day}-m{m}"),
                             covered: StartRange::new(EventTime(start), EventTime(start + MINUTE)),
                             incomplete: Vec::new(),

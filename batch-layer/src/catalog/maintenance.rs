@@ -150,6 +150,7 @@ impl ViewCatalog {
             return Ok(None);
         };
         let merged = Segment {
+            table_offsets: Default::default(),
             path: path.clone(),
             job,
             covered: StartRange::new(first.range.from, last.range.to),
@@ -368,6 +369,7 @@ mod tests {
                     .publish(
                         v,
                         JobResult {
+                            table_offsets: Default::default(),
                             job: &job,
                             covered: StartRange::new(EventTime(h * H), EventTime((h + 1) * H)),
                             incomplete: Vec::new(),
@@ -480,6 +482,7 @@ mod tests {
                 .publish(
                     &v,
                     JobResult {
+                        table_offsets: Default::default(),
                         job: &format!("j{h}"),
                         covered: StartRange::new(EventTime(h * H), EventTime((h + 1) * H)),
                         incomplete: Vec::new(),

@@ -30,6 +30,10 @@ pub struct Segment {
     /// The archive's next offset per partition when the job read it: what the segment includes.
     #[serde(default)]
     pub archive_offsets: BTreeMap<i32, i64>,
+    /// A joined view's: each dimension table archive's next offset per partition when the job
+    /// read it (a table row archived after them may change the segment's windows).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub table_offsets: BTreeMap<String, BTreeMap<i32, i64>>,
     /// A compacted segment's parts; empty for a job's segment (one piece: `covered`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pieces: Vec<Piece>,
@@ -350,6 +354,7 @@ mod tests {
 
     fn seen(name: &str, a: i64, b: i64, offset: i64) -> Segment {
         Segment {
+            table_offsets: Default::default(),
             path: name.into(),
             job: name.into(),
             covered: StartRange::new(EventTime(a), EventTime(b)),
@@ -451,6 +456,7 @@ mod tests {
         let plans = m.compactions(EventTime(DAY), 2);
         assert_eq!(plans.len(), 1);
         let merged = Segment {
+            table_offsets: Default::default(),
             path: "merged".into(),
             job: "compaction".into(),
             covered: StartRange::new(EventTime(0), EventTime(200)),
@@ -505,6 +511,7 @@ mod tests {
             "h2 is shadowed by fix entirely; h3 in part"
         );
         let merged = Segment {
+            table_offsets: Default::default(),
             path: "merged".into(),
             job: "compaction".into(),
             covered: StartRange::new(

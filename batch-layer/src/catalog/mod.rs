@@ -125,6 +125,8 @@ pub struct JobResult<'a> {
     pub batches: &'a [RecordBatch],
     /// The archive's next offset per partition when the job read it.
     pub archive_offsets: BTreeMap<i32, i64>,
+    /// Each joined dimension table archive's, likewise.
+    pub table_offsets: BTreeMap<String, BTreeMap<i32, i64>>,
     pub published_at: EventTime,
 }
 
@@ -303,6 +305,7 @@ impl ViewCatalog {
             held,
             batches,
             archive_offsets,
+            table_offsets,
             published_at,
         } = result;
         let path = layout::view_segment(&view.name, &view.version.0, job);
@@ -319,6 +322,7 @@ impl ViewCatalog {
             rows,
             published_at,
             archive_offsets,
+            table_offsets,
             pieces: Vec::new(),
             incomplete,
             held,

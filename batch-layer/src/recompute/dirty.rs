@@ -88,8 +88,12 @@ impl Recompute {
             }
         }
         let candidates = plan::dirty_candidates(view, manifest, &files);
+        let tables = self.table_dirt(view, manifest).await?;
         let Some(slide) = view.window.slide() else {
-            return Ok(plan::dirty_ranges(view, &candidates, |_| Vec::new()));
+            return Ok(union(
+                plan::dirty_ranges(view, &candidates, |_| Vec::new()),
+                tables,
+            ));
         };
         // The slide-aligned start of the last window of each row of each candidate file.
         let slide = slide.millis();
@@ -113,8 +117,54 @@ impl Recompute {
             }
             starts.insert(file.path.clone(), found);
         }
-        Ok(plan::dirty_ranges(view, &candidates, |f| {
-            starts.get(&f.path).cloned().unwrap_or_default()
-        }))
+        Ok(union(
+            plan::dirty_ranges(view, &candidates, |f| {
+                starts.get(&f.path).cloned().unwrap_or_default()
+            }),
+            tables,
+        ))
     }
+
+    /// Published windows of `view` that rows of its joined tables, archived after the job
+    /// that published them read the tables, may change (see [`plan::table_dirt`]).
+    async fn table_dirt(
+        &self,
+        view: &ViewDefinition,
+        manifest: &catalog::ViewManifest,
+    ) -> Result<Vec<StartRange>> {
+        let mut out = Vec::new();
+        for join in &view.joins {
+            let name = &join.table.name;
+            let snapshot = ArchiveSnapshot::load(&self.store, &join.table.topic).await?;
+            let mut files = BTreeMap::new();
+            for partition in snapshot.partitions.keys() {
+                let oldest = manifest
+                    .effective()
+                    .iter()
+                    .filter_map(|(s, _)| s.table_offsets.get(name))
+                    .map(|seen| seen.get(partition).copied().unwrap_or(0))
+                    .min();
+                if let Some(offset) = oldest {
+                    files.insert(
+                        *partition,
+                        snapshot.files_from(&self.store, *partition, offset).await?,
+                    );
+                }
+            }
+            out.extend(plan::table_dirt(view, manifest, name, &files));
+        }
+        Ok(out)
+    }
+}
+
+/// The union of two sets of window-start ranges, in order.
+fn union(a: Vec<StartRange>, b: Vec<StartRange>) -> Vec<StartRange> {
+    if b.is_empty() {
+        return a;
+    }
+    let mut all = tandem_shared::coverage::Coverage::new();
+    for r in a.into_iter().chain(b) {
+        all.insert(r);
+    }
+    all.ranges().to_vec()
 }

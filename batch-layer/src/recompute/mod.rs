@@ -411,6 +411,11 @@ impl Recompute {
             out.push(DimensionFiles {
                 name: join.table.name.clone(),
                 schema: Arc::clone(join.table.schema()),
+                offsets: snapshot
+                    .partitions
+                    .iter()
+                    .map(|(p, m)| (*p, m.next_offset))
+                    .collect(),
                 files: snapshot
                     .files_between(&self.store, EventTime::MIN, to)
                     .await?,
@@ -639,6 +644,10 @@ impl Recompute {
                     held,
                     batches: &batches,
                     archive_offsets: offsets,
+                    table_offsets: dimensions
+                        .iter()
+                        .map(|d| (d.name.clone(), d.offsets.clone()))
+                        .collect(),
                     published_at: now,
                 },
             )
@@ -653,6 +662,8 @@ struct DimensionFiles {
     name: String,
     schema: Arc<EventSchema>,
     files: Vec<ArchivedFile>,
+    /// The table archive's next offset per partition: what the job read of it.
+    offsets: BTreeMap<i32, i64>,
 }
 
 fn totals(pool: &[ArchivedFile], read: &HashSet<String>) -> (u64, u64) {

@@ -221,6 +221,55 @@ pub(crate) fn oldest_seen(manifest: &ViewManifest, partition: i32) -> Option<i64
         .min()
 }
 
+/// Published window starts of `view` that rows of the joined table `table` archived after the
+/// segment answering them read the table may change: a row valid from `v` can change every
+/// event at or after `v`, so every window that ends after it (a session range reaching past
+/// it). `files` holds, per partition of the table's archive, at least the files from the
+/// oldest offset any segment saw on. Segments without the table's offsets (published before
+/// it was joined, or coalesced by maintenance) are left alone.
+pub(crate) fn table_dirt(
+    view: &ViewDefinition,
+    manifest: &ViewManifest,
+    table: &str,
+    files: &BTreeMap<i32, Vec<ArchivedFile>>,
+) -> Vec<StartRange> {
+    let mut dirty = Coverage::new();
+    for (segment, ranges) in manifest.effective() {
+        let Some(seen) = segment.table_offsets.get(table) else {
+            continue;
+        };
+        let earliest = files
+            .iter()
+            .flat_map(|(p, files)| {
+                let from = seen.get(p).copied().unwrap_or(0);
+                files.iter().filter(move |f| f.first_offset >= from)
+            })
+            .map(|f| f.min_time)
+            .min();
+        let Some(valid_from) = earliest else {
+            continue;
+        };
+        let first = match (view.window.size(), view.window.slide()) {
+            (Some(size), Some(slide)) => EventTime(
+                align_down(
+                    valid_from.millis().saturating_sub(size.millis()),
+                    slide.millis(),
+                )
+                .saturating_add(slide.millis()),
+            ),
+            _ => EventTime::MIN,
+        };
+        // A session that starts before the row may still reach past it: every session range.
+        for r in ranges {
+            let from = r.from.max(first);
+            if from < r.to {
+                dirty.insert(StartRange::new(from, r.to));
+            }
+        }
+    }
+    dirty.ranges().to_vec()
+}
+
 /// Files holding rows archived after the segment answering some of their windows was
 /// computed (late events), with the published window starts they may touch. Each segment records
 /// the archive offsets it saw; a file starting at or after them holds rows the segment lacks.
@@ -397,6 +446,7 @@ mod tests {
         assert_eq!(oldest_seen(&ViewManifest::default(), 0), None);
         let files: BTreeMap<i32, Vec<ArchivedFile>> = [(0, m.files)].into_iter().collect();
         let manifest = ViewManifest::default().with_segment(Segment {
+            table_offsets: Default::default(),
             path: "s".into(),
             job: "j".into(),
             covered: r(0, 6 * M),

@@ -206,6 +206,7 @@ async fn a_page_reads_what_it_answers_not_the_whole_range() {
             .publish(
                 &view,
                 JobResult {
+                    table_offsets: Default::default(),
                     job: &format!("day-{d}"),
                     covered: StartRange::new(EventTime(from), EventTime(from + 1440 * M)),
                     incomplete: Vec::new(),

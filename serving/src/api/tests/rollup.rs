@@ -34,6 +34,7 @@ async fn publish(
         .publish(
             &view,
             JobResult {
+                table_offsets: Default::default(),
                 job: "j",
                 covered: StartRange::new(EventTime(from), EventTime(to)),
                 incomplete: Vec::new(),

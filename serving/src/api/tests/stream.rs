@@ -66,6 +66,7 @@ async fn the_stream_pushes_a_published_window_to_a_listening_client() {
         .publish(
             &view,
             JobResult {
+                table_offsets: Default::default(),
                 job: "j",
                 covered: StartRange::new(EventTime(minute), EventTime(minute + 60_000)),
                 incomplete: Vec::new(),
