@@ -112,6 +112,7 @@ pub fn core(opts: CoreBench) -> anyhow::Result<()> {
     let config = opts.profile.config()?;
     let speed = SpeedLayer::compile(&config.views, &config.schema)?
         .with_dedup_horizon(config.speed.dedup_horizon);
+    crate::profile::load_tables(&speed)?;
     let decoder = EventDecoder::new(Arc::new(config.schema.clone()));
     let payloads = payloads(&opts);
     let messages = polled(&payloads);
@@ -236,11 +237,17 @@ mod tests {
 
     #[test]
     fn the_counted_work_applies_every_event_of_every_profile() {
-        for profile in [Profile::Simple, Profile::Mix, Profile::Dedup] {
+        for profile in [
+            Profile::Simple,
+            Profile::Mix,
+            Profile::Dedup,
+            Profile::Enriched,
+        ] {
             let config = profile.config().unwrap_or_else(|e| panic!("{e}"));
             let speed = SpeedLayer::compile(&config.views, &config.schema)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .with_dedup_horizon(config.speed.dedup_horizon);
+            crate::profile::load_tables(&speed).unwrap_or_else(|e| panic!("{e}"));
             let decoder = EventDecoder::new(Arc::new(config.schema.clone()));
             let opts = CoreBench {
                 profile,

@@ -8,6 +8,9 @@
 //!   per user: 1,000 groups per window, and 100,000 session keys.
 //! - `dedup`: `simple` with `[schema] id_field = "order_id"` (every order id distinct, the
 //!   worst case for memory: every id is remembered) and a 10-minute `[speed] dedup_horizon`.
+//! - `enriched`: `simple`'s view grouped by the merchant's category instead of the city: every
+//!   order carries one of 100,000 merchants, joined with a 100,000-row dimension table
+//!   ([`MERCHANT_ROWS`], topic [`MERCHANTS_TOPIC`]) of 8 categories.
 
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -22,7 +25,40 @@ pub enum Profile {
     Simple,
     Mix,
     Dedup,
+    Enriched,
 }
+
+/// Rows of the enriched profile's dimension table (and merchants its orders name).
+pub const MERCHANT_ROWS: u64 = 100_000;
+/// The enriched profile's dimension table's topic.
+pub const MERCHANTS_TOPIC: &str = "bench-merchants";
+
+/// The enriched profile's schema, table and view (`orders_by_city`'s filter and aggregates,
+/// grouped by the joined category).
+const ENRICHED: &str = r#"
+[storage]
+url = "memory://"
+
+[schema]
+time_field = "ts"
+fields = { order_id = "string", city = "string", user_id = "string", merchant_id = "string", amount = "float64", event_type = "string" }
+
+[[tables]]
+name = "merchants"
+topic = "bench-merchants"
+key = "merchant_id"
+fields = { merchant_id = "string", category = "string", fee = "float64" }
+
+[[views]]
+name = "orders_by_city"
+window = { tumbling = "1m" }
+join = [{ table = "merchants", on = "merchant_id" }]
+group_by = ["merchants.category"]
+filter = "event_type = 'order_placed'"
+allowed_lateness = "10s"
+aggregates = ["count(*) AS orders", "sum(amount) AS revenue", "min(amount) AS min_amount",
+              "max(amount) AS max_amount", "avg(amount) AS avg_amount"]
+"#;
 
 /// Users of the mix.
 const USERS: u64 = 100_000;
@@ -75,8 +111,9 @@ impl Profile {
             "simple" => Ok(Self::Simple),
             "mix" => Ok(Self::Mix),
             "dedup" => Ok(Self::Dedup),
+            "enriched" => Ok(Self::Enriched),
             other => Err(format!(
-                "unknown profile `{other}`: use simple, mix or dedup"
+                "unknown profile `{other}`: use simple, mix, dedup or enriched"
             )),
         }
     }
@@ -86,6 +123,7 @@ impl Profile {
             Self::Simple => "simple",
             Self::Mix => "mix",
             Self::Dedup => "dedup",
+            Self::Enriched => "enriched",
         }
     }
 
@@ -94,6 +132,7 @@ impl Profile {
         let text = match self {
             Self::Simple | Self::Dedup => format!("{CONFIG}{SCHEMA}{ORDERS_BY_CITY}"),
             Self::Mix => format!("{CONFIG}{MIX}{ORDERS_BY_CITY}"),
+            Self::Enriched => format!("{CONFIG}{ENRICHED}"),
         };
         let mut config = Config::parse(&text, "bench")?;
         if self == Self::Dedup {
@@ -113,6 +152,13 @@ impl Profile {
             Self::Simple | Self::Dedup => {
                 (order_json(seq, ts, city, &user, amount, event_type), user)
             }
+            Self::Enriched => {
+                let merchant = rng.random_range(0..MERCHANT_ROWS);
+                let json = format!(
+                    r#"{{"order_id":"o-{seq}","ts":{ts},"city":"{city}","user_id":"{user}","merchant_id":"m-{merchant}","amount":{amount:.2},"event_type":"{event_type}"}}"#
+                );
+                (json, user)
+            }
             Self::Mix => {
                 let user = format!("u-{}", rng.random_range(0..USERS));
                 let merchant = rng.random_range(0..MERCHANTS);
@@ -124,6 +170,43 @@ impl Profile {
         };
         Generated { json, user, placed }
     }
+}
+
+/// The enriched profile's dimension table: (key, JSON row) per merchant, 8 categories.
+pub fn merchant_rows() -> impl Iterator<Item = (String, String)> {
+    (0..MERCHANT_ROWS).map(|m| {
+        let key = format!("m-{m}");
+        let json = format!(
+            r#"{{"merchant_id":"{key}","category":"cat-{}","fee":{:.2}}}"#,
+            m % 8,
+            (m % 5) as f64 * 0.01
+        );
+        (key, json)
+    })
+}
+
+/// Fills the enriched profile's table without Kafka (the replay benchmarks), as its reader
+/// would: every row decoded with the table's decoder and applied.
+pub fn load_tables(speed: &tandem_speed_layer::SpeedLayer) -> anyhow::Result<()> {
+    for table in speed.tables() {
+        let definition = table.definition();
+        let decoder = tandem_shared::event::EventDecoder::with_format(
+            std::sync::Arc::clone(definition.schema()),
+            &definition.format(),
+        )?;
+        let mut builder =
+            tandem_shared::event::EventBatchBuilder::new(&decoder, MERCHANT_ROWS as usize);
+        for (offset, (_, json)) in merchant_rows().enumerate() {
+            // Any record time after `schema.min_time`: the rows are valid from long ago.
+            match decoder.read_record(Some(json.as_bytes()), Vec::new(), Some(1_000_000_000_000)) {
+                tandem_shared::event::Read::Event(e) => builder.append(&e, 0, offset as i64),
+                other => anyhow::bail!("table row {json}: {other:?}"),
+            }
+        }
+        table.apply(&builder.finish())?;
+        table.set_loaded();
+    }
+    Ok(())
 }
 
 /// One generated event.

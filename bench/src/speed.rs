@@ -72,8 +72,10 @@ pub struct SpeedBench {
 
 /// Runs the benchmark and prints its report.
 pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
-    if opts.profile == Profile::Mix && opts.format != PayloadFormat::Json {
-        bail!("the mix profile is JSON only");
+    if matches!(opts.profile, Profile::Mix | Profile::Enriched)
+        && opts.format != PayloadFormat::Json
+    {
+        bail!("the {} profile is JSON only", opts.profile.name());
     }
     let mut config = opts.profile.config()?;
     // State is kept per partition, and the topic needs many partitions only because the
@@ -94,6 +96,8 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
         &format!("live:{live_partitions}"),
         "bench.dlq:1",
         "bench.late:1",
+        // The enriched profile's dimension table (100,000 rows, ~7 MB).
+        &format!("{}:4", crate::profile::MERCHANTS_TOPIC),
     ])?;
     println!(
         "# tandem-bench speed --profile {} --compression {} --event-rate {} --key {}: {} events on {partitions} partitions ({} runs), then {} events/s for {}s on {live_partitions} partitions",
@@ -193,7 +197,7 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
                     event_type,
                 })?
             }
-            Profile::Mix => {
+            Profile::Mix | Profile::Enriched => {
                 let event = opts.profile.event(&mut rng, i, ts);
                 placed += u64::from(event.placed);
                 keys.push(&opts.keying.key(i, &event));
@@ -203,6 +207,12 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
         payloads.push(payload);
     }
     let bytes: usize = payloads.iter().map(Vec::len).sum();
+    if opts.profile == Profile::Enriched {
+        // The dimension table first: every run's speed layer reads it to its end.
+        for (key, row) in crate::profile::merchant_rows() {
+            send(&p, crate::profile::MERCHANTS_TOPIC, &key, row.as_bytes());
+        }
+    }
     for (key, payload) in keys.iter().zip(&payloads) {
         send(&p, "bench", key, payload.as_slice());
     }
@@ -254,9 +264,8 @@ async fn consume(
     let cancel = CancellationToken::new();
     let mut on = on_topic(config, brokers, "bench");
     on.kafka.group_prefix = format!("bench-run{run}");
-    let cpu0 = cpu_seconds()?;
-    let threads0 = thread_cpu();
-    let wall0 = Instant::now();
+    let cpu_start = cpu_seconds()?;
+    let wall_start = Instant::now();
     let task = tandem_speed_layer::start(
         &speed,
         wiring::speed_config(&on, &store, None),
@@ -264,6 +273,24 @@ async fn consume(
         Arc::new(SystemClock),
         cancel.clone(),
     )?;
+    // Events wait for the dimension tables: reading them is measured apart.
+    if !speed.tables().is_empty() {
+        while !speed.tables_ready() {
+            if wall_start.elapsed() > Duration::from_secs(600) {
+                bail!("the dimension tables were not read within 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let rows: usize = speed.tables().iter().map(|t| t.len()).sum();
+        println!(
+            "run {run}: dimension tables read ({rows} keys) in {:.2}s wall, {:.2}s CPU",
+            wall_start.elapsed().as_secs_f64(),
+            cpu_seconds()? - cpu_start
+        );
+    }
+    let cpu0 = cpu_seconds()?;
+    let threads0 = thread_cpu();
+    let wall0 = Instant::now();
     // Watch consumed offsets (cheap), not the view, so the measurement is the consumer's work.
     loop {
         let consumed = speed.consumed();

@@ -113,6 +113,12 @@ impl Dimension {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// Marks the table read to its end when its rows were applied without a reader (replays
+    /// and benchmarks).
+    pub fn set_loaded(&self) {
+        self.set_ready(true);
+    }
+
     /// Keys with a row.
     pub fn len(&self) -> usize {
         self.read().index.len()
