@@ -42,6 +42,8 @@
 //! - `micro_batch`: a micro-batch applied, expressions evaluated once for all its partitions.
 //! - [`tables`]: dimension tables (the latest row per key, read from their topics) and the join
 //!   of a micro-batch with them.
+//! - [`interval`]: the interval join of two streams by key (state and rules; joined streams
+//!   are not wired into ingestion yet).
 //! - `dedup`: the ids a partition has seen within the de-duplication horizon.
 //! - `pacing`: which partition the consume loop checkpoints when (a round spread over time).
 //! - `replay` (feature `bench`): the consume loop's work after librdkafka, fed without Kafka
@@ -64,6 +66,7 @@ pub mod checkpoint;
 mod dead_letter;
 mod dedup;
 mod ingest;
+pub mod interval;
 mod layer;
 mod micro_batch;
 mod pacing;
