@@ -87,7 +87,10 @@ impl<K: Eq + Hash + Clone, L: Clone, R: Clone> IntervalJoin<K, L, R> {
         let since = time.saturating_sub(self.within);
         let mut joined = Vec::new();
         if let Some(firsts) = self.first.get_mut(&key) {
-            for f in firsts.iter_mut().filter(|f| f.time >= since && f.time <= time) {
+            for f in firsts
+                .iter_mut()
+                .filter(|f| f.time >= since && f.time <= time)
+            {
                 f.matched = true;
                 joined.push((f.row.clone(), row.clone()));
             }
