@@ -282,8 +282,10 @@ async fn consume(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let rows: usize = speed.tables().iter().map(|t| t.len()).sum();
+        let bytes: usize = speed.tables().iter().map(|t| t.bytes()).sum();
         println!(
-            "run {run}: dimension tables read ({rows} keys) in {:.2}s wall, {:.2}s CPU",
+            "run {run}: dimension tables read ({rows} keys, {bytes} bytes: {:.0} per key) in {:.2}s wall, {:.2}s CPU",
+            bytes as f64 / rows.max(1) as f64,
             wall_start.elapsed().as_secs_f64(),
             cpu_seconds()? - cpu_start
         );

@@ -57,6 +57,19 @@ impl TableRows {
         }
     }
 
+    fn bytes(&self) -> usize {
+        /// A map slot: the boxed key (16), its place (16), a control byte, at 7/8 load.
+        const SLOT: usize = (16 + 16 + 1) * 8 / 7;
+        let columns: usize = self
+            .chunks
+            .iter()
+            .flatten()
+            .map(|a| a.get_array_memory_size())
+            .sum();
+        let keys: usize = self.index.keys().map(|k| k.len() + SLOT).sum();
+        columns + keys
+    }
+
     /// Keeps only the latest rows, in one chunk after the NULL row.
     fn compact(&mut self) -> Result<(), ArrowError> {
         let mut keys: Vec<(&[u8], (usize, usize))> =
@@ -124,6 +137,12 @@ impl Dimension {
         self.read().index.len()
     }
 
+    /// Bytes the table holds: its rows' Arrow buffers (superseded rows until compacted) and
+    /// an index entry per key (the key's bytes, the boxed slice, its place, the map's slot).
+    pub fn bytes(&self) -> usize {
+        self.read().bytes()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -171,6 +190,8 @@ impl Dimension {
         }
         metrics::gauge!("tandem_table_rows", "table" => self.definition.name.clone())
             .set(rows.index.len() as f64);
+        metrics::gauge!("tandem_table_bytes", "table" => self.definition.name.clone())
+            .set(rows.bytes() as f64);
         Ok(keyless)
     }
 }

@@ -115,6 +115,9 @@ fn compaction_keeps_exactly_the_latest_rows() {
         d.apply(&rows(&table, &refs)).unwrap();
         assert!(d.read().chunks.len() <= MAX_CHUNKS + 1);
     }
+    // Accounted: the five keys' latest rows after compaction, not every row ever received.
+    let bytes = d.bytes();
+    assert!(bytes > 0 && bytes < 64 * 1024, "{bytes} bytes for 5 keys");
     let last = MAX_CHUNKS * 3 - 1;
     let (got, _) = categories(&d, &[Some("m0"), Some("m4"), Some("m5")]);
     assert_eq!(
