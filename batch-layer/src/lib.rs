@@ -1,15 +1,17 @@
 //! The batch layer: the immutable master dataset and exact views recomputed from it.
 //!
 //! ```text
-//!  Kafka topic ──► archive (own consumer group)
-//!                    │ Parquet files per partition and event hour, then a partition manifest
-//!                    ▼
+//!  Kafka topic ──► archive (own consumer group)       dimension table topic ──► archive (its
+//!                    │ Parquet files per partition      own group: the table's changelog, rows
+//!                    │ and event hour, then a           timed by their validity)
+//!                    ▼ partition manifest
 //!                 object store: archive/<topic>/date=…/hour=…/*.parquet + _manifest/p…/
 //!                    │
 //!  scheduler ◄── POST /v1/jobs, cron
 //!     │ job (view | all, from, to) on a dedicated runtime
 //!     ▼
-//!  recompute: plan (archive completeness) ─► DataFusion SQL over pruned files ─► segment
+//!  recompute: plan (archive completeness, and each joined table's) ─► DataFusion SQL over
+//!     pruned files (a joined view: each event as of its time with its tables' rows) ─► segment
 //!     ▼
 //!  catalog: view manifest (create-if-absent) ─► in-memory PublishedView ─► serving layer
 //! ```
@@ -30,7 +32,9 @@
 //! # Invariants
 //! - A manifest is the only point of publication; objects it does not name are invisible.
 //! - A window is published as exact only when the archive is complete past its end plus the
-//!   view's allowed lateness on every partition of the topic.
+//!   view's allowed lateness on every partition of the topic (and of every table it joins).
+//! - A segment records the archive offsets (and its tables') it read; rows archived after them
+//!   make the windows they may change dirty.
 //! - Results of one view version are never served for another: manifests live under the
 //!   version's directory.
 
