@@ -423,6 +423,59 @@ mod tests {
     }
 
     #[test]
+    fn a_late_table_row_makes_every_window_ending_after_its_validity_dirty() {
+        use crate::archive::ArchivedFile;
+        use crate::catalog::Segment;
+        let file = |first: i64, at: i64| ArchivedFile {
+            path: format!("t{first}"),
+            hour: EventTime(0),
+            first_offset: first,
+            last_offset: first + 2,
+            rows: 3,
+            bytes: 1,
+            min_time: EventTime(at),
+            max_time: EventTime(at),
+        };
+        let r = |a: i64, b: i64| StartRange::new(EventTime(a), EventTime(b));
+        let segment = |seen: Option<i64>| Segment {
+            path: "s".into(),
+            job: "j".into(),
+            covered: r(0, 10 * M),
+            rows: 0,
+            published_at: EventTime(0),
+            archive_offsets: [(0, 100)].into_iter().collect(),
+            table_offsets: seen
+                .map(|o| [("merchants".to_owned(), [(0, o)].into_iter().collect())].into())
+                .unwrap_or_default(),
+            pieces: Vec::new(),
+            incomplete: Vec::new(),
+            held: Vec::new(),
+        };
+        // Rows at offsets 0..3 were read; the file at 3 came later, valid from 4m30s.
+        let files: BTreeMap<i32, Vec<ArchivedFile>> =
+            [(0, vec![file(0, -M), file(3, 4 * M + 30_000)])].into();
+        let tumbling = view(tumbling(), "0s");
+        let read = ViewManifest::default().with_segment(segment(Some(3)));
+        assert_eq!(
+            table_dirt(&tumbling, &read, "merchants", &files),
+            [r(4 * M, 10 * M)]
+        );
+        // A five-minute window from 0 ends after 4m30s too.
+        let hopping = view(testing::hopping("5m", "1m"), "0s");
+        assert_eq!(
+            table_dirt(&hopping, &read, "merchants", &files),
+            [r(0, 10 * M)]
+        );
+        // Every row read already, another table, or a segment that recorded no table offsets:
+        // nothing is dirty.
+        let all_read = ViewManifest::default().with_segment(segment(Some(6)));
+        assert!(table_dirt(&tumbling, &all_read, "merchants", &files).is_empty());
+        assert!(table_dirt(&tumbling, &read, "cards", &files).is_empty());
+        let unrecorded = ViewManifest::default().with_segment(segment(None));
+        assert!(table_dirt(&tumbling, &unrecorded, "merchants", &files).is_empty());
+    }
+
+    #[test]
     fn late_rows_make_their_published_windows_dirty() {
         use crate::archive::{ArchivedFile, PartitionManifest};
         use crate::catalog::Segment;
