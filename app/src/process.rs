@@ -446,7 +446,7 @@ impl Starting<'_> {
             )
             .map_err(|e| Error::Table(format!("table `{}`: {e}", table.name)))?;
             self.archive_of(
-                wiring::table_archive_config(self.config, table),
+                wiring::table_archive_config(self.config, table, self.registry),
                 &Arc::new(decoder),
             )?;
         }

@@ -150,12 +150,12 @@ pub fn archive_config(config: &Config, registry: Option<&Arc<Registry>>) -> Arch
 pub fn table_archive_config(
     config: &Config,
     table: &tandem_shared::table::TableDefinition,
+    registry: Option<&Arc<Registry>>,
 ) -> ArchiveConfig {
     ArchiveConfig {
         topic: table.topic.clone(),
         group_id: format!("{}-archive-table-{}", config.kafka.group_prefix, table.name),
-        registry: None,
-        ..archive_config(config, None)
+        ..archive_config(config, registry)
     }
 }
 

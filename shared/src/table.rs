@@ -24,7 +24,7 @@ use std::sync::Arc;
 use arrow_schema::{DataType, Field};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Envelope, Format, OP_FIELD};
+use crate::event::{Envelope, Format, OP_FIELD, PayloadFormat};
 use crate::schema::{self, EventSchema, FieldType};
 
 /// The time column of a table without a `time_field`: its Kafka record's timestamp. Reserved
@@ -46,6 +46,8 @@ pub enum Error {
     Dotted { field: String },
     #[error("fields: {0}")]
     Schema(#[from] schema::Error),
+    #[error("format `{format}`: a table is `json` or `avro` (with `[schema] registry`)")]
+    Format { format: PayloadFormat },
     #[error("join: no table named `{table}` (declare it in [[tables]])")]
     UnknownTable { table: String },
     #[error("join: table `{table}` is joined twice")]
@@ -83,6 +85,9 @@ pub struct TableConfig {
     /// `debezium`: the topic is a change-data-capture changelog of a database table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envelope: Option<Envelope>,
+    /// `json` (default) or `avro` (writer schemas from `[schema] registry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<PayloadFormat>,
 }
 
 /// A validated dimension table.
@@ -95,6 +100,7 @@ pub struct TableDefinition {
     pub fields: Vec<(String, FieldType)>,
     pub time_field: Option<String>,
     pub envelope: Option<Envelope>,
+    pub payload: PayloadFormat,
     /// What both layers decode the topic with (and the archive writes).
     schema: Arc<EventSchema>,
 }
@@ -113,6 +119,10 @@ impl TableDefinition {
         }
         if config.topic.is_empty() {
             return Err(Error::Topic);
+        }
+        let payload = config.format.unwrap_or_default();
+        if payload == PayloadFormat::Protobuf {
+            return Err(Error::Format { format: payload });
         }
         if let Some(field) = config.fields.keys().find(|f| f.contains('.')) {
             return Err(Error::Dotted {
@@ -148,6 +158,7 @@ impl TableDefinition {
             fields,
             time_field: config.time_field.clone(),
             envelope: config.envelope,
+            payload,
             schema: Arc::new(schema),
         })
     }
@@ -158,10 +169,13 @@ impl TableDefinition {
         &self.schema
     }
 
-    /// How the table's payloads are written: JSON, plain or in a Debezium envelope.
+    /// How the table's payloads are written: JSON or Avro (its writer schemas from the
+    /// registry), plain or in a Debezium envelope.
     pub fn format(&self) -> Format {
         Format {
+            payload: self.payload,
             envelope: self.envelope,
+            registry: self.payload == PayloadFormat::Avro,
             ..Format::default()
         }
     }
@@ -192,11 +206,12 @@ impl TableDefinition {
     /// What a view's version depends on: the table's name, key and fields, its time and format.
     pub fn describe(&self) -> String {
         format!(
-            "table={};key={};time={:?};envelope={:?};{}",
+            "table={};key={};time={:?};envelope={:?};format={};{}",
             self.name,
             self.key,
             self.time_field,
             self.envelope,
+            self.payload,
             self.schema.describe()
         )
     }
@@ -338,6 +353,7 @@ mod tests {
             .into(),
             time_field: None,
             envelope: None,
+            format: None,
         }
     }
 

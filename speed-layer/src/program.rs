@@ -305,6 +305,7 @@ mod tests {
                 .into(),
                 time_field: None,
                 envelope: None,
+                format: None,
             })
             .unwrap(),
         );

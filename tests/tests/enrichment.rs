@@ -256,3 +256,94 @@ async fn orders_join_the_latest_row_fresh_and_the_row_valid_at_their_time_exactl
     ensure!(status.success(), "tandem exited with {status}");
     Ok(())
 }
+
+const MERCHANT_AVRO: &str = r#"{"type":"record","name":"Merchant","namespace":"shop","fields":[
+  {"name":"merchant_id","type":"string"},
+  {"name":"category","type":"string"},
+  {"name":"fee","type":"double"},
+  {"name":"updated_at","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#;
+
+/// The same join with the merchants written in Avro (writer schema from the registry, which
+/// the table's reader and its archive ask), the orders in JSON: both layers answer as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_avro_table_is_read_through_the_schema_registry() -> anyhow::Result<()> {
+    use apache_avro::types::Value as Avro;
+    let registry = tandem_tests::SchemaRegistry::start().await?;
+    let id = registry
+        .register("merchants-value", "AVRO", MERCHANT_AVRO)
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let fixture = RunFixture::with_fixture(dir.path(), TOPICS, "enrichment.toml")?;
+    let path = dir.path().join("tandem.toml");
+    let text = std::fs::read_to_string(&path)?
+        .replace(
+            "[schema]\n",
+            &format!("[schema]\nregistry = {{ url = \"{}\" }}\n", registry.url),
+        )
+        .replace(
+            "time_field = \"updated_at\"\n",
+            "time_field = \"updated_at\"\nformat = \"avro\"\n",
+        );
+    std::fs::write(&path, text)?;
+    let producer = fixture.producer()?;
+    let client = reqwest::Client::new();
+    let now = chrono::Utc::now().timestamp_millis();
+    let base = now - now.rem_euclid(WINDOW) - 180 * MINUTE;
+    let first: Vec<Row> = (0..9)
+        .map(|m| {
+            (
+                format!("m{m}"),
+                format!("c{}", m % 3),
+                (m % 4) as f64 * 0.25,
+                base - 60 * MINUTE,
+            )
+        })
+        .collect();
+    for (merchant, category, fee, from) in &first {
+        let payload = tandem_tests::formats::avro(
+            MERCHANT_AVRO,
+            id,
+            vec![
+                ("merchant_id", Avro::String(merchant.clone())),
+                ("category", Avro::String(category.clone())),
+                ("fee", Avro::Double(*fee)),
+                ("updated_at", Avro::TimestampMillis(*from)),
+            ],
+        );
+        producer
+            .send(
+                FutureRecord::to("merchants")
+                    .key(merchant)
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+    let server = fixture.start(&[])?;
+    for i in 0..ORDERS {
+        let (ts, merchant, amount) = order(i, base);
+        send(&producer, "orders", &merchant, json!({"order_id": format!("o{i}"), "ts": ts, "merchant_id": merchant, "amount": amount})).await?;
+    }
+    let rows_of = first.clone();
+    let (want, want_known) = oracle(base, move |merchant: &str, _| {
+        rows_of.iter().find(|r| r.0 == merchant).cloned()
+    });
+    eventually(Duration::from_secs(60), || async {
+        let got = by_category(&rows(&client, &server, "by_category").await?, None)?;
+        ensure!(same(&got, &want), "speed: {got:?}\nwant {want:?}");
+        Ok(())
+    })
+    .await?;
+    send(
+        &producer,
+        "orders",
+        "advance",
+        json!({"order_id": "advance", "ts": now, "merchant_id": "m0", "amount": 0.0}),
+    )
+    .await?;
+    batch_answer(&client, &server, base, &want, &want_known).await?;
+    let status = server.stop()?;
+    ensure!(status.success(), "tandem exited with {status}");
+    Ok(())
+}

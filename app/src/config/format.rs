@@ -35,6 +35,7 @@ pub(super) struct FormatFile {
 /// The decoder's format and the registry's settings.
 pub(super) fn format_settings(
     file: FormatFile,
+    tables_need_registry: bool,
     path: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Format, Option<RegistrySettings>)> {
@@ -71,13 +72,13 @@ pub(super) fn format_settings(
             })
         }
     };
-    if payload == PayloadFormat::Json && registry.is_some() {
+    if payload == PayloadFormat::Json && registry.is_some() && !tables_need_registry {
         return Err(invalid(
             "registry",
             "JSON payloads carry no schema id; a registry serves `avro` and `protobuf`".into(),
         ));
     }
-    if payload == PayloadFormat::Avro && registry.is_none() {
+    if (payload == PayloadFormat::Avro || tables_need_registry) && registry.is_none() {
         return Err(invalid(
             "registry",
             "format `avro` reads writer schemas from a schema registry: set `registry = { url = \"...\" }`".into(),

@@ -297,8 +297,11 @@ impl Config {
             path: path.clone(),
             source: Box::new(source),
         })?;
-        let (schema, format, registry) = schema_section(&file.schema, &path, env)?;
         let tables = tables_section(&file.tables, &file.kafka.topic, &path)?;
+        let avro_tables = tables
+            .iter()
+            .any(|t| t.payload == tandem_shared::event::PayloadFormat::Avro);
+        let (schema, format, registry) = schema_section(&file.schema, avro_tables, &path, env)?;
         let views = views_section(&file.views, &schema, &tables, &path)?;
         let invalid = |section, key, problem: &str| Error::Invalid {
             path: path.clone(),
@@ -385,6 +388,7 @@ impl Config {
 /// `[schema]`: the event schema, how payloads are written and where writer schemas come from.
 fn schema_section(
     s: &SchemaFile,
+    tables_need_registry: bool,
     path: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(EventSchema, Format, Option<RegistrySettings>)> {
@@ -397,6 +401,7 @@ fn schema_section(
             envelope: s.envelope,
             include_snapshot: s.include_snapshot,
         },
+        tables_need_registry,
         path,
         env,
     )?;

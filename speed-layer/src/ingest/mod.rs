@@ -127,6 +127,7 @@ pub fn start(
             &config.brokers,
             &group_prefix,
             &config.kafka_options,
+            config.registry.clone(),
         )?;
         let cancel = cancel.clone();
         tokio::task::spawn_blocking(move || reader.run(cancel));

@@ -34,6 +34,10 @@ pub enum Error {
 pub struct TableReader {
     dimension: Arc<Dimension>,
     decoder: EventDecoder,
+    /// Where an Avro table's writer schemas come from, and the runtime its client runs on
+    /// (this reader is a blocking thread).
+    registry: Option<Arc<tandem_store::registry::Registry>>,
+    runtime: tokio::runtime::Handle,
     consumer: BaseConsumer,
     /// Per partition, the offset it ended at when reading started.
     ends: BTreeMap<i32, i64>,
@@ -55,6 +59,7 @@ impl TableReader {
         brokers: &str,
         group_prefix: &str,
         options: &BTreeMap<String, String>,
+        registry: Option<Arc<tandem_store::registry::Registry>>,
     ) -> Result<Self, Error> {
         let definition = Arc::clone(dimension.definition());
         let table = definition.name.clone();
@@ -111,6 +116,8 @@ impl TableReader {
         Ok(Self {
             dimension,
             decoder,
+            registry,
+            runtime: tokio::runtime::Handle::current(),
             consumer,
             ends,
         })
@@ -139,11 +146,25 @@ impl TableReader {
                     Some(Ok(m)) => m,
                 };
                 polled += 1;
-                let read = self.decoder.read_record(
+                let mut read = self.decoder.read_record(
                     message.payload(),
                     Vec::new(),
                     message.timestamp().to_millis(),
                 );
+                if let Read::Unresolved(_) = read {
+                    // An unseen writer schema: asked of the registry (with backoff while it is
+                    // unreachable), then the row is read again.
+                    match self.runtime.block_on(tandem_store::registry::read_resolved(
+                        &self.decoder,
+                        self.registry.as_deref(),
+                        message.payload(),
+                        message.timestamp().to_millis(),
+                        &cancel,
+                    )) {
+                        Some(again) => read = again,
+                        None => return,
+                    }
+                }
                 match read {
                     Read::Event(event) => {
                         builder.append(&event, message.partition(), message.offset());

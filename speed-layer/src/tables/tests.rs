@@ -21,6 +21,7 @@ fn merchants(envelope: Option<tandem_shared::event::Envelope>) -> Arc<TableDefin
             .into(),
             time_field: None,
             envelope,
+            format: None,
         })
         .unwrap(),
     )
