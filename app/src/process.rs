@@ -175,7 +175,8 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     // Every publication is a create-if-absent write: refuse a store that would not fence.
     tandem_store::check_create_if_absent(store.as_ref(), &config.storage.url).await?;
     let output_topics: Vec<String> = config.outputs.iter().map(|o| o.topic.clone()).collect();
-    let found = topics::ensure(&config.kafka, &output_topics).await?;
+    let table_topics: Vec<String> = config.tables.iter().map(|t| t.topic.clone()).collect();
+    let found = topics::ensure(&config.kafka, &output_topics, &table_topics).await?;
     tracing::info!(
         topic = %config.kafka.topic,
         partitions = found.partitions,

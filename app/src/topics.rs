@@ -52,8 +52,13 @@ pub struct Topics {
     pub created: Vec<String>,
 }
 
-/// Checks the events topic and creates missing side topics.
-pub async fn ensure(kafka: &KafkaConfig, outputs: &[String]) -> Result<Topics, Error> {
+/// Checks the events topic and the dimension tables' topics (`tables`: the producers' too),
+/// and creates missing side topics.
+pub async fn ensure(
+    kafka: &KafkaConfig,
+    outputs: &[String],
+    tables: &[String],
+) -> Result<Topics, Error> {
     let brokers = kafka.brokers.clone();
     let kafka_err = |source| Error::Kafka {
         brokers: brokers.clone(),
@@ -67,6 +72,7 @@ pub async fn ensure(kafka: &KafkaConfig, outputs: &[String]) -> Result<Topics, E
     for side in [&kafka.dead_letter_topic, &kafka.late_topic]
         .into_iter()
         .chain(outputs)
+        .chain(tables)
     {
         if !names.contains(side) {
             names.push(side.clone());
@@ -89,6 +95,15 @@ pub async fn ensure(kafka: &KafkaConfig, outputs: &[String]) -> Result<Topics, E
             });
         }
     };
+    if let Some(table) = tables
+        .iter()
+        .find(|t| found.get(*t).is_none_or(|n| *n == 0))
+    {
+        return Err(Error::MissingTopic {
+            topic: table.clone(),
+            brokers: kafka.brokers.clone(),
+        });
+    }
     let missing: Vec<&String> = found
         .iter()
         .filter(|(name, n)| **name != kafka.topic && **n == 0)
