@@ -227,11 +227,13 @@ impl Ingest {
         let mut paused = false;
         // An event is joined with its tables' rows only once they hold their topics.
         let waiting = Instant::now();
-        while !self.speed.tables_ready() {
-            if cancel.is_cancelled() {
-                return Ok(());
+        for table in self.speed.tables() {
+            // Woken when the reader reaches the end; the timeout only looks at `cancel`.
+            while !table.wait_ready(Duration::from_millis(200)) {
+                if cancel.is_cancelled() {
+                    return Ok(());
+                }
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
         if !self.speed.tables().is_empty() {
             tracing::info!(

@@ -14,8 +14,7 @@
 //! again before any event, so the state is the topic's, whatever the checkpoint.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StructArray, new_null_array};
 use datafusion::arrow::compute::interleave;
@@ -101,7 +100,9 @@ pub struct Dimension {
     definition: Arc<TableDefinition>,
     rows: RwLock<TableRows>,
     /// The reader has reached the end the topic had when it started.
-    ready: AtomicBool,
+    ready: Mutex<bool>,
+    /// Signalled when `ready` changes.
+    readiness: Condvar,
 }
 
 impl Dimension {
@@ -109,7 +110,8 @@ impl Dimension {
         Self {
             rows: RwLock::new(TableRows::new(&definition)),
             definition,
-            ready: AtomicBool::new(false),
+            ready: Mutex::new(false),
+            readiness: Condvar::new(),
         }
     }
 
@@ -119,11 +121,22 @@ impl Dimension {
 
     /// Whether the table holds its topic up to where the topic ended when reading started.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        *self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits up to `timeout` for the table to be ready; whether it is.
+    pub fn wait_ready(&self, timeout: std::time::Duration) -> bool {
+        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let (ready, _) = self
+            .readiness
+            .wait_timeout_while(ready, timeout, |r| !*r)
+            .unwrap_or_else(|e| e.into_inner());
+        *ready
     }
 
     pub(crate) fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
+        *self.ready.lock().unwrap_or_else(|e| e.into_inner()) = ready;
+        self.readiness.notify_all();
     }
 
     /// Marks the table read to its end when its rows were applied without a reader (replays
