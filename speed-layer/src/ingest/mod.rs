@@ -128,6 +128,8 @@ pub fn start(
             &group_prefix,
             &config.kafka_options,
             config.registry.clone(),
+            config.max_future,
+            Arc::clone(&clock),
         )?;
         let cancel = cancel.clone();
         tokio::task::spawn_blocking(move || reader.run(cancel));

@@ -10,7 +10,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tandem_shared::event::{EventBatchBuilder, EventDecoder, FormatError, Read};
+use tandem_shared::clock::Clock;
+use tandem_shared::event::{Admission, EventBatchBuilder, EventDecoder, FormatError, Read};
+use tandem_shared::time::Span;
 use tokio_util::sync::CancellationToken;
 
 use super::Dimension;
@@ -38,6 +40,9 @@ pub struct TableReader {
     /// (this reader is a blocking thread).
     registry: Option<Arc<tandem_store::registry::Registry>>,
     runtime: tokio::runtime::Handle,
+    /// Rows timed more than this past their record are skipped, as the archive skips them.
+    max_future: Span,
+    clock: Arc<dyn Clock>,
     consumer: BaseConsumer,
     /// Per partition, the offset it ended at when reading started.
     ends: BTreeMap<i32, i64>,
@@ -60,6 +65,8 @@ impl TableReader {
         group_prefix: &str,
         options: &BTreeMap<String, String>,
         registry: Option<Arc<tandem_store::registry::Registry>>,
+        max_future: Span,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, Error> {
         let definition = Arc::clone(dimension.definition());
         let table = definition.name.clone();
@@ -118,6 +125,8 @@ impl TableReader {
             decoder,
             registry,
             runtime: tokio::runtime::Handle::current(),
+            max_future,
+            clock,
             consumer,
             ends,
         })
@@ -166,6 +175,22 @@ impl TableReader {
                     }
                 }
                 match read {
+                    // Admitted as the archive admits it, so both layers hold the same rows.
+                    Read::Event(event)
+                        if matches!(
+                            Admission::of(
+                                event.time,
+                                message.timestamp().to_millis(),
+                                self.clock.now(),
+                                self.max_future
+                            ),
+                            Admission::Future { .. }
+                        ) =>
+                    {
+                        metrics::counter!("tandem_table_malformed_total", "table" => name.clone(), "reason" => "future")
+                            .increment(1);
+                        tracing::warn!(table = %name, partition = message.partition(), offset = message.offset(), time = %event.time, "dimension row too far in the future skipped");
+                    }
                     Read::Event(event) => {
                         builder.append(&event, message.partition(), message.offset());
                     }
