@@ -68,6 +68,26 @@ async fn tandem_run_against_a_real_kafka_protocol_broker() -> anyhow::Result<()>
     );
 
     broker.create_topic("orders", 4).await?;
+    // Nor without a dimension table's topic (the embedded broker would create it on demand;
+    // this one does not).
+    let tables_path = data.path().join("tables.toml");
+    std::fs::write(
+        &tables_path,
+        format!(
+            "{}\n[[tables]]\nname = \"merchants\"\ntopic = \"merchants\"\nkey = \"merchant_id\"\nfields = {{ merchant_id = \"string\", category = \"string\" }}\n",
+            std::fs::read_to_string(&config_path)?
+        ),
+    )?;
+    let missing = std::process::Command::new(tandem_tests::tandem_binary()?)
+        .args(run_args(&tables_path))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    ensure!(
+        !missing.status.success() && stderr.contains("topic `merchants` does not exist"),
+        "expected a missing table topic error, got {}: {stderr}",
+        missing.status
+    );
+
     let mut server = TestServer::spawn(&run, &[], data.path(), Ready::Http)?;
     server.kafka = broker.bootstrap.clone();
     run_scenario(server).await
