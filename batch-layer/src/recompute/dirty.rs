@@ -124,37 +124,6 @@ impl Recompute {
             tables,
         ))
     }
-
-    /// Published windows of `view` that rows of its joined tables, archived after the job
-    /// that published them read the tables, may change (see [`plan::table_dirt`]).
-    async fn table_dirt(
-        &self,
-        view: &ViewDefinition,
-        manifest: &catalog::ViewManifest,
-    ) -> Result<Vec<StartRange>> {
-        let mut out = Vec::new();
-        for join in &view.joins {
-            let name = &join.table.name;
-            let snapshot = ArchiveSnapshot::load(&self.store, &join.table.topic).await?;
-            let mut files = BTreeMap::new();
-            for partition in snapshot.partitions.keys() {
-                let oldest = manifest
-                    .effective()
-                    .iter()
-                    .filter_map(|(s, _)| s.table_offsets.get(name))
-                    .map(|seen| seen.get(partition).copied().unwrap_or(0))
-                    .min();
-                if let Some(offset) = oldest {
-                    files.insert(
-                        *partition,
-                        snapshot.files_from(&self.store, *partition, offset).await?,
-                    );
-                }
-            }
-            out.extend(plan::table_dirt(view, manifest, name, &files));
-        }
-        Ok(out)
-    }
 }
 
 /// The union of two sets of window-start ranges, in order.

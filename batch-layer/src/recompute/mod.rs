@@ -38,10 +38,12 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::{self, ArchiveSnapshot, ArchivedFile};
 use crate::catalog::{self, ViewCatalog};
 use crate::tables;
+use dimensions::DimensionFiles;
 use tandem_store::manifest;
 
 #[cfg(feature = "ballista")]
 pub mod ballista;
+mod dimensions;
 mod dirty;
 pub mod engine;
 pub(crate) mod plan;
@@ -394,36 +396,6 @@ impl Recompute {
         }
     }
 
-    /// The archived rows of `view`'s joined tables valid before `to`, and how far every one
-    /// of their archives is complete (`None`: one is not known to be complete anywhere, so no
-    /// window of the view is exact yet).
-    async fn dimensions(
-        &self,
-        view: &ViewDefinition,
-        now: EventTime,
-        to: EventTime,
-    ) -> Result<(Vec<DimensionFiles>, Option<EventTime>)> {
-        let mut out = Vec::with_capacity(view.joins.len());
-        let mut complete = Some(EventTime::MAX);
-        for join in &view.joins {
-            let snapshot = ArchiveSnapshot::load(&self.store, &join.table.topic).await?;
-            complete = complete.min(snapshot.table_complete_until(now, self.idle_timeout));
-            out.push(DimensionFiles {
-                name: join.table.name.clone(),
-                schema: Arc::clone(join.table.schema()),
-                offsets: snapshot
-                    .partitions
-                    .iter()
-                    .map(|(p, m)| (*p, m.next_offset))
-                    .collect(),
-                files: snapshot
-                    .files_between(&self.store, EventTime::MIN, to)
-                    .await?,
-            });
-        }
-        Ok((out, complete))
-    }
-
     async fn run_sql(
         &self,
         view: &ViewDefinition,
@@ -655,15 +627,6 @@ impl Recompute {
         outcome.publish_ms = publishing.elapsed().as_millis() as u64;
         Ok(outcome)
     }
-}
-
-/// A joined dimension table's archived rows, as a query reads them.
-struct DimensionFiles {
-    name: String,
-    schema: Arc<EventSchema>,
-    files: Vec<ArchivedFile>,
-    /// The table archive's next offset per partition: what the job read of it.
-    offsets: BTreeMap<i32, i64>,
 }
 
 fn totals(pool: &[ArchivedFile], read: &HashSet<String>) -> (u64, u64) {

@@ -221,55 +221,6 @@ pub(crate) fn oldest_seen(manifest: &ViewManifest, partition: i32) -> Option<i64
         .min()
 }
 
-/// Published window starts of `view` that rows of the joined table `table` archived after the
-/// segment answering them read the table may change: a row valid from `v` can change every
-/// event at or after `v`, so every window that ends after it (a session range reaching past
-/// it). `files` holds, per partition of the table's archive, at least the files from the
-/// oldest offset any segment saw on. Segments without the table's offsets (published before
-/// it was joined, or coalesced by maintenance) are left alone.
-pub(crate) fn table_dirt(
-    view: &ViewDefinition,
-    manifest: &ViewManifest,
-    table: &str,
-    files: &BTreeMap<i32, Vec<ArchivedFile>>,
-) -> Vec<StartRange> {
-    let mut dirty = Coverage::new();
-    for (segment, ranges) in manifest.effective() {
-        let Some(seen) = segment.table_offsets.get(table) else {
-            continue;
-        };
-        let earliest = files
-            .iter()
-            .flat_map(|(p, files)| {
-                let from = seen.get(p).copied().unwrap_or(0);
-                files.iter().filter(move |f| f.first_offset >= from)
-            })
-            .map(|f| f.min_time)
-            .min();
-        let Some(valid_from) = earliest else {
-            continue;
-        };
-        let first = match (view.window.size(), view.window.slide()) {
-            (Some(size), Some(slide)) => EventTime(
-                align_down(
-                    valid_from.millis().saturating_sub(size.millis()),
-                    slide.millis(),
-                )
-                .saturating_add(slide.millis()),
-            ),
-            _ => EventTime::MIN,
-        };
-        // A session that starts before the row may still reach past it: every session range.
-        for r in ranges {
-            let from = r.from.max(first);
-            if from < r.to {
-                dirty.insert(StartRange::new(from, r.to));
-            }
-        }
-    }
-    dirty.ranges().to_vec()
-}
-
 /// Files holding rows archived after the segment answering some of their windows was
 /// computed (late events), with the published window starts they may touch. Each segment records
 /// the archive offsets it saw; a file starting at or after them holds rows the segment lacks.
@@ -420,59 +371,6 @@ mod tests {
             session_coverage([s(0, 50, a)], EventTime(95), None, watermark),
             None
         );
-    }
-
-    #[test]
-    fn a_late_table_row_makes_every_window_ending_after_its_validity_dirty() {
-        use crate::archive::ArchivedFile;
-        use crate::catalog::Segment;
-        let file = |first: i64, at: i64| ArchivedFile {
-            path: format!("t{first}"),
-            hour: EventTime(0),
-            first_offset: first,
-            last_offset: first + 2,
-            rows: 3,
-            bytes: 1,
-            min_time: EventTime(at),
-            max_time: EventTime(at),
-        };
-        let r = |a: i64, b: i64| StartRange::new(EventTime(a), EventTime(b));
-        let segment = |seen: Option<i64>| Segment {
-            path: "s".into(),
-            job: "j".into(),
-            covered: r(0, 10 * M),
-            rows: 0,
-            published_at: EventTime(0),
-            archive_offsets: [(0, 100)].into_iter().collect(),
-            table_offsets: seen
-                .map(|o| [("merchants".to_owned(), [(0, o)].into_iter().collect())].into())
-                .unwrap_or_default(),
-            pieces: Vec::new(),
-            incomplete: Vec::new(),
-            held: Vec::new(),
-        };
-        // Rows at offsets 0..3 were read; the file at 3 came later, valid from 4m30s.
-        let files: BTreeMap<i32, Vec<ArchivedFile>> =
-            [(0, vec![file(0, -M), file(3, 4 * M + 30_000)])].into();
-        let tumbling = view(tumbling(), "0s");
-        let read = ViewManifest::default().with_segment(segment(Some(3)));
-        assert_eq!(
-            table_dirt(&tumbling, &read, "merchants", &files),
-            [r(4 * M, 10 * M)]
-        );
-        // A five-minute window from 0 ends after 4m30s too.
-        let hopping = view(testing::hopping("5m", "1m"), "0s");
-        assert_eq!(
-            table_dirt(&hopping, &read, "merchants", &files),
-            [r(0, 10 * M)]
-        );
-        // Every row read already, another table, or a segment that recorded no table offsets:
-        // nothing is dirty.
-        let all_read = ViewManifest::default().with_segment(segment(Some(6)));
-        assert!(table_dirt(&tumbling, &all_read, "merchants", &files).is_empty());
-        assert!(table_dirt(&tumbling, &read, "cards", &files).is_empty());
-        let unrecorded = ViewManifest::default().with_segment(segment(None));
-        assert!(table_dirt(&tumbling, &unrecorded, "merchants", &files).is_empty());
     }
 
     #[test]
