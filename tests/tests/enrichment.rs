@@ -27,6 +27,30 @@ fn order(i: i64, base: i64) -> (i64, String, f64) {
     (base + i * 6_000, format!("m{}", i % 10), (i % 50) as f64)
 }
 
+/// Merchants m0..m8 (m9 is unknown), valid from an hour before every order.
+fn merchants(base: i64) -> Vec<Row> {
+    (0..9)
+        .map(|m| {
+            (
+                format!("m{m}"),
+                format!("c{}", m % 3),
+                (m % 4) as f64 * 0.25,
+                base - 60 * MINUTE,
+            )
+        })
+        .collect()
+}
+
+/// Every order, in JSON, keyed by its merchant.
+async fn produce_orders(producer: &FutureProducer, base: i64) -> anyhow::Result<()> {
+    for i in 0..ORDERS {
+        let (ts, merchant, amount) = order(i, base);
+        let payload = json!({"order_id": format!("o{i}"), "ts": ts, "merchant_id": merchant, "amount": amount});
+        send(producer, "orders", &merchant, payload).await?;
+    }
+    Ok(())
+}
+
 /// Per (window start, category): count, total, fees.
 type Answer = BTreeMap<(i64, Option<String>), (i64, f64, f64)>;
 
@@ -164,17 +188,7 @@ async fn orders_join_the_latest_row_fresh_and_the_row_valid_at_their_time_exactl
     // now reaches the archive.
     let base = now - now.rem_euclid(WINDOW) - 180 * MINUTE;
 
-    // Merchants m0..m8 (m9 is unknown), valid from before every order.
-    let first: Vec<Row> = (0..9)
-        .map(|m| {
-            (
-                format!("m{m}"),
-                format!("c{}", m % 3),
-                (m % 4) as f64 * 0.25,
-                base - 60 * MINUTE,
-            )
-        })
-        .collect();
+    let first = merchants(base);
     for (id, category, fee, from) in &first {
         send(
             &producer,
@@ -185,10 +199,7 @@ async fn orders_join_the_latest_row_fresh_and_the_row_valid_at_their_time_exactl
         .await?;
     }
     let server = fixture.start(&[])?;
-    for i in 0..ORDERS {
-        let (ts, merchant, amount) = order(i, base);
-        send(&producer, "orders", &merchant, json!({"order_id": format!("o{i}"), "ts": ts, "merchant_id": merchant, "amount": amount})).await?;
-    }
+    produce_orders(&producer, base).await?;
     let latest = |rows: &[Row]| {
         let rows = rows.to_vec();
         move |merchant: &str, _ts: i64| rows.iter().rev().find(|r| r.0 == merchant).cloned()
@@ -289,16 +300,7 @@ async fn an_avro_table_is_read_through_the_schema_registry() -> anyhow::Result<(
     let client = reqwest::Client::new();
     let now = chrono::Utc::now().timestamp_millis();
     let base = now - now.rem_euclid(WINDOW) - 180 * MINUTE;
-    let first: Vec<Row> = (0..9)
-        .map(|m| {
-            (
-                format!("m{m}"),
-                format!("c{}", m % 3),
-                (m % 4) as f64 * 0.25,
-                base - 60 * MINUTE,
-            )
-        })
-        .collect();
+    let first = merchants(base);
     for (merchant, category, fee, from) in &first {
         let payload = tandem_tests::formats::avro(
             MERCHANT_AVRO,
@@ -321,10 +323,7 @@ async fn an_avro_table_is_read_through_the_schema_registry() -> anyhow::Result<(
             .map_err(|(e, _)| e)?;
     }
     let server = fixture.start(&[])?;
-    for i in 0..ORDERS {
-        let (ts, merchant, amount) = order(i, base);
-        send(&producer, "orders", &merchant, json!({"order_id": format!("o{i}"), "ts": ts, "merchant_id": merchant, "amount": amount})).await?;
-    }
+    produce_orders(&producer, base).await?;
     let rows_of = first.clone();
     let (want, want_known) = oracle(base, move |merchant: &str, _| {
         rows_of.iter().find(|r| r.0 == merchant).cloned()
