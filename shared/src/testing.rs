@@ -157,3 +157,26 @@ pub fn batch<S: AsRef<str>>(
     }
     builder.finish()
 }
+
+/// A dimension table `name` keyed by `key`, read from a topic of its name, rows timed by their
+/// records.
+pub fn table(
+    name: &str,
+    key: &str,
+    fields: &[(&str, FieldType)],
+    envelope: Option<crate::event::Envelope>,
+) -> Arc<crate::table::TableDefinition> {
+    let config = crate::table::TableConfig {
+        name: name.into(),
+        topic: name.into(),
+        key: key.into(),
+        fields: fields.iter().map(|(f, t)| ((*f).to_owned(), *t)).collect(),
+        time_field: None,
+        envelope,
+        format: None,
+    };
+    Arc::new(
+        crate::table::TableDefinition::from_config(&config)
+            .unwrap_or_else(|e| panic!("fixture table `{name}` is invalid: {e}")),
+    )
+}

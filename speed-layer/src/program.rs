@@ -291,23 +291,16 @@ mod tests {
     #[test]
     fn expressions_name_joined_columns_qualified() {
         use tandem_shared::schema::FieldType;
-        use tandem_shared::table::{JoinConfig, TableConfig, TableDefinition};
-        let table = Arc::new(
-            TableDefinition::from_config(&TableConfig {
-                name: "merchants".into(),
-                topic: "merchants".into(),
-                key: "id".into(),
-                fields: [
-                    ("id".to_owned(), FieldType::String),
-                    ("category".to_owned(), FieldType::String),
-                    ("fee".to_owned(), FieldType::Float64),
-                ]
-                .into(),
-                time_field: None,
-                envelope: None,
-                format: None,
-            })
-            .unwrap(),
+        use tandem_shared::table::JoinConfig;
+        let table = testing::table(
+            "merchants",
+            "id",
+            &[
+                ("id", FieldType::String),
+                ("category", FieldType::String),
+                ("fee", FieldType::Float64),
+            ],
+            None,
         );
         let mut config = testing::view_config(
             "v",

@@ -4,26 +4,16 @@ use datafusion::arrow::array::{Array, StringArray};
 use datafusion::arrow::datatypes::Schema;
 use tandem_shared::event::{EventBatchBuilder, EventDecoder, Read};
 use tandem_shared::schema::FieldType;
-use tandem_shared::table::{TableConfig, TableDefinition, joined_fields};
+use tandem_shared::table::{TableDefinition, joined_fields};
 
 use super::*;
 
 fn merchants(envelope: Option<tandem_shared::event::Envelope>) -> Arc<TableDefinition> {
-    Arc::new(
-        TableDefinition::from_config(&TableConfig {
-            name: "merchants".into(),
-            topic: "merchants".into(),
-            key: "id".into(),
-            fields: [
-                ("id".to_owned(), FieldType::String),
-                ("category".to_owned(), FieldType::String),
-            ]
-            .into(),
-            time_field: None,
-            envelope,
-            format: None,
-        })
-        .unwrap(),
+    tandem_shared::testing::table(
+        "merchants",
+        "id",
+        &[("id", FieldType::String), ("category", FieldType::String)],
+        envelope,
     )
 }
 
