@@ -26,6 +26,7 @@ use tandem_shared::time::EventTime;
 use crate::SpeedLayer;
 use crate::program::ViewProgram;
 use crate::state::{Bound, Evaluated};
+use crate::tables::{Enriched, Lookup};
 
 /// What applying a micro-batch did to one view, by batch row.
 #[derive(Debug, Default)]
@@ -151,22 +152,30 @@ pub(crate) fn apply(
     speed.count_micro_batch();
     let programs = speed.programs();
     // Evaluated before the lock is taken.
-    let evaluations: Vec<Evaluation> = programs
-        .iter()
-        .enumerate()
-        .map(|(v, program)| {
-            let mut evaluation = Evaluation::default();
-            if let Some(batch) = batch {
-                let lookups = speed.lookups(v);
-                if lookups.is_empty() {
-                    evaluate(program, batch, 0, batch.num_rows(), &mut evaluation);
-                } else {
-                    evaluate_joined(program, lookups, batch, &mut evaluation);
-                }
+    // Views with the same joins share one joined micro-batch (the same columns appended).
+    let mut joined: Vec<(&[Lookup], Result<Enriched, String>)> = Vec::new();
+    let mut evaluations: Vec<Evaluation> = Vec::with_capacity(programs.len());
+    for (v, program) in programs.iter().enumerate() {
+        let mut evaluation = Evaluation::default();
+        if let Some(batch) = batch {
+            let lookups = speed.lookups(v);
+            if lookups.is_empty() {
+                evaluate(program, batch, 0, batch.num_rows(), &mut evaluation);
+            } else {
+                let at = match joined.iter().position(|(l, _)| same_joins(l, lookups)) {
+                    Some(at) => at,
+                    None => {
+                        let enriched = crate::tables::enrich(batch, lookups, &program.input)
+                            .map_err(|e| format!("joining dimension tables: {e}"));
+                        joined.push((lookups, enriched));
+                        joined.len() - 1
+                    }
+                };
+                evaluate_joined(program, &joined[at].1, batch, &mut evaluation);
             }
-            evaluation
-        })
-        .collect();
+        }
+        evaluations.push(evaluation);
+    }
     // Each piece bound to its types once; evaluation checked that binding succeeds.
     let bound: Vec<Vec<BoundPiece<'_>>> = evaluations
         .iter()
@@ -331,21 +340,29 @@ struct Evaluation {
     matched: Option<Vec<bool>>,
 }
 
+/// Whether two views join the same tables on the same columns.
+fn same_joins(a: &[Lookup], b: &[Lookup]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| std::sync::Arc::ptr_eq(&x.table, &y.table) && x.on == y.on)
+}
+
 /// [`evaluate`] over the micro-batch joined with the view's dimension tables.
 fn evaluate_joined(
     program: &ViewProgram,
-    lookups: &[crate::tables::Lookup],
+    enriched: &Result<Enriched, String>,
     batch: &RecordBatch,
     evaluation: &mut Evaluation,
 ) {
-    match crate::tables::enrich(batch, lookups, &program.input) {
+    match enriched {
         Ok(enriched) => {
             if enriched.missing > 0 {
                 metrics::counter!("tandem_join_missing_total", "view" => program.view.name.clone())
                     .increment(enriched.missing);
             }
             evaluation.matched =
-                crate::tables::kept(program.view.on_missing, &enriched).map(<[bool]>::to_vec);
+                crate::tables::kept(program.view.on_missing, enriched).map(<[bool]>::to_vec);
             evaluate(
                 program,
                 &enriched.batch,
@@ -355,7 +372,6 @@ fn evaluate_joined(
             );
         }
         Err(err) => {
-            let err = format!("joining dimension tables: {err}");
             evaluation.failed = (0..batch.num_rows()).map(|r| (r, err.clone())).collect();
         }
     }
