@@ -176,7 +176,13 @@ pub async fn start(config: &Config, options: RunOptions) -> Result<Running, Erro
     tandem_store::check_create_if_absent(store.as_ref(), &config.storage.url).await?;
     let output_topics: Vec<String> = config.outputs.iter().map(|o| o.topic.clone()).collect();
     let table_topics: Vec<String> = config.tables.iter().map(|t| t.topic.clone()).collect();
-    let found = topics::ensure(&config.kafka, &output_topics, &table_topics).await?;
+    let stream_topics: Vec<String> = config
+        .stream_sides()
+        .iter()
+        .map(|s| s.topic.clone())
+        .collect();
+    let found =
+        topics::ensure(&config.kafka, &output_topics, &table_topics, &stream_topics).await?;
     tracing::info!(
         topic = %config.kafka.topic,
         partitions = found.partitions,
@@ -439,8 +445,9 @@ impl Starting<'_> {
     /// The archive's consumer, supervised (created once here so that a configuration error
     /// stops start-up); its progress, for readiness.
     fn archive(&self) -> Result<ArchiveProgress, Error> {
-        // Each dimension table's changelog is archived like the events, under its own topic.
-        for table in &self.config.tables {
+        // Each dimension table's changelog, and each joined stream's second topic, is
+        // archived like the events, under its own topic.
+        for table in self.config.tables.iter().chain(&self.config.stream_sides()) {
             let decoder = tandem_shared::event::EventDecoder::with_format(
                 Arc::clone(table.schema()),
                 &table.format(),

@@ -35,6 +35,14 @@ pub enum Error {
         "topic `{topic}` does not exist on {brokers}: create it (Tandem reads it, the producers own it)"
     )]
     MissingTopic { topic: String, brokers: String },
+    #[error(
+        "topic `{topic}` has {partitions} partitions and the events' topic {events}: a joined stream's topic needs as many, keyed by the join key"
+    )]
+    PartitionCount {
+        topic: String,
+        partitions: usize,
+        events: usize,
+    },
     #[error("creating topic `{topic}` on {brokers}: {code}")]
     Create {
         topic: String,
@@ -52,12 +60,15 @@ pub struct Topics {
     pub created: Vec<String>,
 }
 
-/// Checks the events topic and the dimension tables' topics (`tables`: the producers' too),
-/// and creates missing side topics.
+/// Checks the events topic, the dimension tables' topics (`tables`: the producers' too) and
+/// joined streams' second topics (`streams`: they must have the events' partition count, so
+/// that a key's events of both topics meet in one partition number), and creates missing
+/// side topics.
 pub async fn ensure(
     kafka: &KafkaConfig,
     outputs: &[String],
     tables: &[String],
+    streams: &[String],
 ) -> Result<Topics, Error> {
     let brokers = kafka.brokers.clone();
     let kafka_err = |source| Error::Kafka {
@@ -73,6 +84,7 @@ pub async fn ensure(
         .into_iter()
         .chain(outputs)
         .chain(tables)
+        .chain(streams)
     {
         if !names.contains(side) {
             names.push(side.clone());
@@ -97,11 +109,23 @@ pub async fn ensure(
     };
     if let Some(table) = tables
         .iter()
+        .chain(streams)
         .find(|t| found.get(*t).is_none_or(|n| *n == 0))
     {
         return Err(Error::MissingTopic {
             topic: table.clone(),
             brokers: kafka.brokers.clone(),
+        });
+    }
+    if let Some((stream, n)) = streams
+        .iter()
+        .filter_map(|s| Some((s, *found.get(s)?)))
+        .find(|(_, n)| *n != partitions)
+    {
+        return Err(Error::PartitionCount {
+            topic: stream.clone(),
+            partitions: n,
+            events: partitions,
         });
     }
     let missing: Vec<&String> = found

@@ -23,6 +23,8 @@
 //!   as SQL text and evaluated by DataFusion in both layers.
 //! - [`table`]: dimension tables a view joins (`merchants.category`), and the rules both
 //!   layers follow: a row's validity time, a deleted row, qualified column names.
+//! - [`join_stream`]: a view over two topics matched by key within an interval
+//!   (`payments.amount`), and its rules: the match interval, the watermark it holds back.
 //! - [`sketch`]: HyperLogLog and KLL as both layers build them, and the per-window state the
 //!   batch layer stores for rollups.
 //! - [`decimal`]: exact decimal values (`decimal(P, S)` fields, money) and their text form.
@@ -43,6 +45,7 @@ pub mod coverage;
 pub mod decimal;
 pub mod error;
 pub mod event;
+pub mod join_stream;
 pub mod layout;
 pub mod row;
 pub mod schema;

@@ -277,23 +277,7 @@ pub fn joins(
                 table_key: table.key_type(),
             });
         }
-        let prefix = format!("{}.", table.name);
-        let shadowed = schema
-            .column_type(&table.name)
-            .map(|_| table.name.clone())
-            .or_else(|| {
-                schema
-                    .fields
-                    .iter()
-                    .find(|(f, _)| f.starts_with(&prefix))
-                    .map(|(f, _)| f.clone())
-            });
-        if let Some(column) = shadowed {
-            return Err(Error::Shadowed {
-                table: table.name.clone(),
-                column,
-            });
-        }
+        check_shadowing(schema, &table.name)?;
         out.push(Join {
             table: Arc::clone(table),
             on: c.on.clone(),
@@ -302,26 +286,50 @@ pub fn joins(
     Ok(out)
 }
 
+/// Refuses a joined side's name (a table's, a joined stream's) that an event column has, or
+/// that prefixes one: `merchants.category` must name one column only.
+pub fn check_shadowing(schema: &EventSchema, name: &str) -> Result<()> {
+    let prefix = format!("{name}.");
+    let shadowed = schema
+        .column_type(name)
+        .map(|_| name.to_owned())
+        .or_else(|| {
+            schema
+                .fields
+                .iter()
+                .find(|(f, _)| f.starts_with(&prefix))
+                .map(|(f, _)| f.clone())
+        });
+    match shadowed {
+        Some(column) => Err(Error::Shadowed {
+            table: name.to_owned(),
+            column,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The Arrow fields a view's joins append to an event batch, in join order: per table, a
 /// struct named as the table (what an expression's `merchants.category` reads: a field of
 /// the struct, so no event column is ever shadowed or ambiguous), then its columns flat,
 /// named qualified (what `group_by = ["merchants.category"]` names).
 pub fn joined_fields(joins: &[Join]) -> Vec<Field> {
-    let mut out = Vec::new();
-    for j in joins {
-        let children: Vec<Field> = j
-            .table
-            .fields
-            .iter()
-            .map(|(name, ty)| Field::new(name, ty.arrow_type(), true))
-            .collect();
-        out.push(Field::new_struct(&j.table.name, children, true));
-        out.extend(
-            j.table
-                .columns()
-                .map(|(name, ty)| Field::new(name, ty.arrow_type(), true)),
-        );
-    }
+    joins.iter().flat_map(|j| side_fields(&j.table)).collect()
+}
+
+/// The Arrow fields one joined side appends (a table, or a joined stream's second topic): a
+/// struct named as the side, then its columns flat, named qualified.
+pub fn side_fields(side: &TableDefinition) -> Vec<Field> {
+    let children: Vec<Field> = side
+        .fields
+        .iter()
+        .map(|(name, ty)| Field::new(name, ty.arrow_type(), true))
+        .collect();
+    let mut out = vec![Field::new_struct(&side.name, children, true)];
+    out.extend(
+        side.columns()
+            .map(|(name, ty)| Field::new(name, ty.arrow_type(), true)),
+    );
     out
 }
 

@@ -116,6 +116,7 @@ pub fn view_config(
         aggregates: aggregates.iter().map(|s| (*s).to_owned()).collect(),
         join: Vec::new(),
         on_missing: None,
+        join_stream: None,
     }
 }
 

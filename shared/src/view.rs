@@ -17,6 +17,7 @@ use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
+use crate::join_stream::{self, JoinStream, JoinStreamConfig};
 use crate::schema::EventSchema;
 use crate::table::{self, Join, JoinConfig, OnMissing, TableDefinition};
 use crate::time::{EventTime, Span};
@@ -47,6 +48,14 @@ pub enum Error {
     Join(Box<table::Error>),
     #[error("on_missing: a view without a join has nothing to miss")]
     OnMissingWithoutJoin,
+    #[error(transparent)]
+    JoinStream(Box<join_stream::Error>),
+}
+
+impl From<join_stream::Error> for Error {
+    fn from(e: join_stream::Error) -> Self {
+        Error::JoinStream(Box::new(e))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -76,6 +85,9 @@ pub struct ViewConfig {
     /// An event a joined table has no row for: kept with NULL columns (default) or dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_missing: Option<OnMissing>,
+    /// A second topic matched by key within an interval (see [`crate::join_stream`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_stream: Option<JoinStreamConfig>,
 }
 
 /// The aggregate functions a view may use.
@@ -272,6 +284,9 @@ pub struct ViewDefinition {
     /// `table.field` in the filter, `group_by` and aggregates.
     pub joins: Vec<Join>,
     pub on_missing: OnMissing,
+    /// A second topic joined by key within an interval; its columns are named
+    /// `payments.amount`, as a table's are.
+    pub join_stream: Option<JoinStream>,
     /// Content hash of everything that determines the view's results: changing the window,
     /// filter, grouping, aggregates or the schema of the fields gives a new version.
     pub version: ViewVersion,
@@ -300,9 +315,40 @@ impl ViewDefinition {
     /// The view's watermark at event-time progress `progress` (the speed layer's, or how far
     /// the archive is complete): a window that ends at or before it is closed, so the speed
     /// layer takes no more of its events and the batch layer may publish it as exact. The one
-    /// place the rule "progress − allowed lateness" is written.
+    /// place the rule "progress − allowed lateness" is written. A joined stream holds it back
+    /// by `within` more: an event's matches may arrive until its time plus `within`, and its
+    /// joined rows (or its left row) count in its own time's window.
     pub fn watermark(&self, progress: EventTime) -> EventTime {
+        let held = self.join_stream.as_ref().map_or(Span::ZERO, |j| j.within);
+        progress
+            .saturating_sub(self.allowed_lateness)
+            .saturating_sub(held)
+    }
+
+    /// Every side the view joins, each archived under its own topic: its dimension tables,
+    /// then a joined stream's second topic.
+    pub fn joined_sides(&self) -> impl Iterator<Item = &std::sync::Arc<TableDefinition>> {
+        self.joins
+            .iter()
+            .map(|j| &j.table)
+            .chain(self.join_stream.iter().map(|s| &s.side))
+    }
+
+    /// How far a joined stream's buffers may forget at `progress`: rows before it are late
+    /// for the join (progress − allowed lateness, the view's watermark before `within`).
+    pub fn join_horizon(&self, progress: EventTime) -> EventTime {
         progress.saturating_sub(self.allowed_lateness)
+    }
+
+    /// The type of a column the view's expressions may name: an event column, a joined
+    /// table's or the joined stream's qualified column.
+    pub fn column_type(&self, schema: &EventSchema, name: &str) -> Option<arrow_schema::DataType> {
+        table::column_type(schema, &self.joins, name).or_else(|| {
+            let side = &self.join_stream.as_ref()?.side;
+            side.columns()
+                .find(|(q, _)| q == name)
+                .map(|(_, t)| t.arrow_type())
+        })
     }
 
     pub fn from_config(config: &ViewConfig, schema: &EventSchema) -> Result<Self> {
@@ -334,9 +380,27 @@ impl ViewDefinition {
         if joins.is_empty() && config.on_missing.is_some() {
             return Err(Error::OnMissingWithoutJoin);
         }
+        let stream = config
+            .join_stream
+            .as_ref()
+            .map(|c| JoinStream::from_config(c, schema))
+            .transpose()?;
+        if let Some(stream) = &stream {
+            let name = &stream.side.name;
+            if joins.iter().any(|j| &j.table.name == name) {
+                return Err(join_stream::Error::Clash { name: name.clone() }.into());
+            }
+            table::check_shadowing(schema, name)?;
+        }
+        let stream_column = |field: &str| {
+            stream
+                .as_ref()
+                .is_some_and(|s| s.side.columns().any(|(q, _)| q == field))
+        };
         let mut seen = HashSet::new();
         for field in &config.group_by {
-            let joined = table::column_type(schema, &joins, field).is_some();
+            let joined =
+                table::column_type(schema, &joins, field).is_some() || stream_column(field);
             if schema.field_type(field).is_none() && !joined {
                 return Err(Error::UnknownGroupField {
                     field: field.clone(),
@@ -382,6 +446,7 @@ impl ViewDefinition {
                 .iter()
                 .map(|j| format!(";join={}|{}", j.on, j.table.describe()))
                 .chain(config.on_missing.map(|m| format!(";on_missing={m:?}")))
+                .chain(stream.as_ref().map(|s| format!(";{}", s.describe())))
                 .collect::<String>()
         );
         Ok(ViewDefinition {
@@ -393,6 +458,7 @@ impl ViewDefinition {
             aggregates,
             joins,
             on_missing: config.on_missing.unwrap_or_default(),
+            join_stream: stream,
             version: ViewVersion(format!("v{:016x}", fnv1a(fingerprint.as_bytes()))),
         })
     }

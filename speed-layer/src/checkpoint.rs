@@ -28,12 +28,14 @@ use tandem_store::manifest::{self, ManifestChain};
 use tandem_store::object;
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::joined::JoinSnapshot;
 use crate::state::ViewSnapshot;
 
-/// Format version of checkpoint objects. 3: the ids remembered for de-duplication; 2: hopping
+/// Format version of checkpoint objects. 4: joined streams' buffers and second-topic offsets;
+/// 3: the ids remembered for de-duplication; 2: hopping
 /// views keep panes, sealed windows and release markers (1 kept whole windows); a checkpoint
 /// of another format is not restored and its partitions are rebuilt from the topic.
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 
 /// Errors of checkpointing. Transient (the store) or internal (a corrupt object).
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,19 @@ pub struct PartitionSnapshot {
     pub views: Vec<ViewSnapshot>,
     /// Ids seen within the de-duplication horizon, with their latest event times.
     pub seen: Vec<(Vec<u8>, i64)>,
+    /// Joined streams: the same partition number of each second topic, where it stands.
+    pub seconds: Vec<SecondPosition>,
+    /// Per view, a joined stream's buffers (`None` for a view without one).
+    pub joins: Vec<Option<JoinSnapshot>>,
+}
+
+/// Where a partition of a joined stream's second topic stands (its number is the
+/// partition's): the offset its buffered rows reflect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecondPosition {
+    pub topic: String,
+    pub next_offset: Option<i64>,
+    pub max_event_time: Option<i64>,
 }
 
 /// The published pointer to a checkpoint object.
@@ -337,6 +352,8 @@ mod tests {
             max_event_time: None,
             views: Vec::new(),
             seen: Vec::new(),
+            seconds: Vec::new(),
+            joins: Vec::new(),
         }
     }
 

@@ -11,6 +11,9 @@
 //!      │ with an id field: per partition, ids seen within the horizon ──► dropped (counted)
 //!      │ a view with `join`: each row's `on` key looked up in the dimension tables (read from
 //!      │   their topics to the end before any event) ──► columns `table.field`
+//!      │ a view with `join_stream`: per partition, its rows and the second topic's rows of
+//!      │   the same partition number (consumed beside the events) buffered within `within`
+//!      │   ──► joined rows (`payments.amount`); `left`: unmatched rows once `within` passed
 //!      ▼
 //!  per view: ViewProgram (DataFusion filter + argument expressions), once per micro-batch
 //!      │ per partition's rows: window assignment against the view watermark and coverage
@@ -42,8 +45,9 @@
 //! - `micro_batch`: a micro-batch applied, expressions evaluated once for all its partitions.
 //! - [`tables`]: dimension tables (the latest row per key, read from their topics) and the join
 //!   of a micro-batch with them.
-//! - [`interval`]: the interval join of two streams by key (state and rules; joined streams
-//!   are not wired into ingestion yet).
+//! - [`interval`]: the interval join of two streams by key (pure state and rules).
+//! - `joined`: a view's joined stream: the second topic's decoder, each partition's buffers
+//!   as Arrow rows (checkpointed with the partition), the joined rows as a record batch.
 //! - `dedup`: the ids a partition has seen within the de-duplication horizon.
 //! - `pacing`: which partition the consume loop checkpoints when (a round spread over time).
 //! - `replay` (feature `bench`): the consume loop's work after librdkafka, fed without Kafka
@@ -58,7 +62,8 @@
 //! - Window state lives until the batch layer covers the window; the serving layer then calls
 //!   [`SpeedLayer::release`], and from then on the window is answered by the batch layer only.
 //! - Every consumed message ends up in exactly one place per view: a window's state, the
-//!   dead-letter topic, or the late-events topic.
+//!   dead-letter topic, or the late-events topic. (A joined stream's event is in the window
+//!   state through its joined rows, or in a join buffer until `within` passed.)
 
 pub mod aggregate;
 pub mod announce;
@@ -67,6 +72,7 @@ mod dead_letter;
 mod dedup;
 mod ingest;
 pub mod interval;
+mod joined;
 mod layer;
 mod micro_batch;
 mod pacing;

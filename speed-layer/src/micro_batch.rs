@@ -32,8 +32,20 @@ use crate::tables::{Enriched, Lookup};
 #[derive(Debug, Default)]
 pub(crate) struct ViewOutcome {
     pub late: Vec<usize>,
+    /// A joined stream's second-topic rows (numbered as their [`SecondBatch`]'s) too late
+    /// to be joined.
+    pub late_second: Vec<usize>,
     /// Rows an expression failed on, with the error.
     pub rejected: Vec<(usize, String)>,
+}
+
+/// A joined stream's second topic in a micro-batch: its decoded events and whose they are.
+#[derive(Debug, Default)]
+pub(crate) struct SecondBatch {
+    /// The topic's index among the consumer's (`≥ 1`).
+    pub topic: usize,
+    pub batch: Option<RecordBatch>,
+    pub parts: Vec<PartitionRows>,
 }
 
 /// One partition's part of a micro-batch.
@@ -42,7 +54,8 @@ pub(crate) struct PartitionRows {
     pub partition: i32,
     /// Its rows of the batch, in offset order.
     pub rows: Vec<usize>,
-    /// The last offset polled (decoded or not): the partition resumes after it.
+    /// The last offset polled (decoded or not): the partition resumes after it; negative
+    /// for a part with no message of this topic (only a second topic's).
     pub last_offset: i64,
     /// The latest event time among its rows.
     pub max_event_time: Option<EventTime>,
@@ -95,6 +108,20 @@ impl MicroBatch {
         Some(at)
     }
 
+    /// Makes sure owned `partition` has a part, polled or not (a partition with messages of a
+    /// second topic only).
+    pub(crate) fn touch(&mut self, partition: i32) {
+        let parts = &mut self.parts;
+        self.index.entry(partition).or_insert_with(|| {
+            parts.push(PartitionRows {
+                partition,
+                last_offset: -1,
+                ..PartitionRows::default()
+            });
+            Some(parts.len() - 1)
+        });
+    }
+
     /// Adds a decoded event of part `at` (from [`MicroBatch::polled`]), the poll's message
     /// number `message`.
     pub(crate) fn push(
@@ -134,7 +161,7 @@ pub(crate) fn apply_one(
         last_offset,
         max_event_time,
     };
-    apply(speed, batch, &[part], watermark)
+    apply(speed, batch, &[part], &[], watermark)
         .pop()
         .unwrap_or_default()
 }
@@ -147,6 +174,7 @@ pub(crate) fn apply(
     speed: &SpeedLayer,
     batch: Option<&RecordBatch>,
     parts: &[PartitionRows],
+    seconds: &[SecondBatch],
     watermark: Option<EventTime>,
 ) -> Vec<Vec<ViewOutcome>> {
     speed.count_micro_batch();
@@ -157,7 +185,8 @@ pub(crate) fn apply(
     let mut evaluations: Vec<Evaluation> = Vec::with_capacity(programs.len());
     for (v, program) in programs.iter().enumerate() {
         let mut evaluation = Evaluation::default();
-        if let Some(batch) = batch {
+        // A joined stream's view evaluates its joined rows, per partition (below).
+        if let Some(batch) = batch.filter(|_| program.view.join_stream.is_none()) {
             let lookups = speed.lookups(v);
             if lookups.is_empty() {
                 evaluate(program, batch, 0, batch.num_rows(), &mut evaluation);
@@ -214,9 +243,18 @@ pub(crate) fn apply(
             out.push(Vec::new());
             continue;
         };
-        p.next_offset = Some(part.last_offset + 1);
+        if part.last_offset >= 0 {
+            p.next_offset = Some(part.last_offset + 1);
+        }
         p.max_event_time = p.max_event_time.max(part.max_event_time);
         p.dirty = true;
+        for second in seconds {
+            if let Some(q) = second.parts.iter().find(|q| q.partition == part.partition) {
+                let at = p.seconds.entry(second.topic).or_default();
+                at.next_offset = Some(q.last_offset + 1);
+                at.max_event_time = at.max_event_time.max(q.max_event_time);
+            }
+        }
         // Copies of an event seen within the horizon are dropped before any view counts them.
         let kept: std::borrow::Cow<'_, [usize]> = match &dedup {
             None => std::borrow::Cow::Borrowed(&part.rows),
@@ -274,6 +312,30 @@ pub(crate) fn apply(
                         .extend(rows.iter().map(|r| (*r, err.clone()))),
                 }
             }
+            if let (Some(side), Some(Some(state))) = (speed.stream(v), p.joins.get_mut(v)) {
+                let second = seconds
+                    .iter()
+                    .find(|s| s.topic == side.topic)
+                    .and_then(|s| {
+                        let rows = &s.parts.iter().find(|q| q.partition == part.partition)?.rows;
+                        Some((s.batch.as_ref()?, rows.as_slice()))
+                    });
+                match side.join(state, batch.map(|b| (b, &kept[..])), second) {
+                    Ok(joined) => {
+                        outcome.late.extend(joined.late_first);
+                        outcome.late_second = joined.late_second;
+                        if let Some(rows) = &joined.batch {
+                            apply_joined(&programs[v], view, rows, watermark, covered);
+                        }
+                    }
+                    Err(err) => {
+                        let err = format!("joined stream: {err}");
+                        outcome
+                            .rejected
+                            .extend(kept.iter().map(|r| (*r, err.clone())));
+                    }
+                }
+            }
             if let Some(evaluation) = evaluations.get(v) {
                 outcome.rejected.extend(
                     evaluation
@@ -290,6 +352,45 @@ pub(crate) fn apply(
         out.push(outcomes);
     }
     out
+}
+
+/// Applies a joined stream's rows (made by [`crate::joined`]) to a view's state of one
+/// partition. A joined row is a pair of events, neither of which is a message of its own: a
+/// row an expression fails on, or one late for its window (only when the batch layer
+/// published the window already: the view's watermark waits for `within`), is counted and
+/// logged, the messages themselves having been taken.
+pub(crate) fn apply_joined(
+    program: &ViewProgram,
+    view: &mut crate::state::ViewState,
+    rows: &RecordBatch,
+    watermark: Option<EventTime>,
+    covered: &tandem_shared::coverage::Coverage,
+) {
+    let name = || program.view.name.clone();
+    let mut evaluation = Evaluation::default();
+    evaluate(program, rows, 0, rows.num_rows(), &mut evaluation);
+    let mut late = 0;
+    let mut rejected = evaluation.failed.len();
+    for piece in &evaluation.pieces {
+        match piece.evaluated.bind(program, &piece.batch) {
+            Ok(columns) => {
+                let applied =
+                    view.apply_rows(&columns, 0..piece.batch.num_rows(), watermark, covered);
+                late += applied.late_rows.len();
+            }
+            Err(_) => rejected += piece.batch.num_rows(),
+        }
+    }
+    if late > 0 {
+        metrics::counter!("tandem_speed_join_late_total", "view" => name()).increment(late as u64);
+    }
+    if rejected > 0 {
+        metrics::counter!("tandem_speed_join_rejected_total", "view" => name())
+            .increment(rejected as u64);
+        if let Some((_, err)) = evaluation.failed.first() {
+            tracing::warn!(view = %name(), rejected, %err, "joined rows an expression fails on");
+        }
+    }
 }
 
 /// The id column of a micro-batch, its type resolved once per batch (an id field is a string
@@ -506,7 +607,7 @@ mod tests {
         let batch = micro.finish();
         let parts = micro.parts.clone();
         assert_eq!(parts.len(), 2, "partition 5 is not owned");
-        let outcomes = apply(&together, batch.as_ref(), &parts, watermark);
+        let outcomes = apply(&together, batch.as_ref(), &parts, &[], watermark);
         assert_eq!(outcomes.len(), 2);
 
         // The oracle: each partition's events in a batch of their own.

@@ -33,6 +33,8 @@ pub enum Error {
     },
     #[error("view `{view}`: {detail}")]
     Unsupported { view: String, detail: String },
+    #[error("view `{view}`: joined stream: {detail}")]
+    Stream { view: String, detail: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -149,17 +151,21 @@ impl ViewProgram {
     }
 }
 
-/// The columns a view's expressions read: the event schema's, then each joined table's.
+/// The columns a view's expressions read: the event schema's, then each joined table's, then
+/// a joined stream's.
 fn input_schema(
     view: &ViewDefinition,
     schema: &EventSchema,
 ) -> datafusion::arrow::datatypes::SchemaRef {
     let events = schema.arrow_schema();
-    if view.joins.is_empty() {
+    if view.joins.is_empty() && view.join_stream.is_none() {
         return events;
     }
     let mut fields: Vec<_> = events.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.extend(tandem_shared::table::joined_fields(&view.joins));
+    if let Some(stream) = &view.join_stream {
+        fields.extend(tandem_shared::table::side_fields(&stream.side));
+    }
     Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
 }
 

@@ -68,7 +68,7 @@ pub fn replay(
         }
     }
     let batch = micro.finish();
-    let outcomes = crate::micro_batch::apply(speed, batch.as_ref(), &micro.parts, watermark);
+    let outcomes = crate::micro_batch::apply(speed, batch.as_ref(), &micro.parts, &[], watermark);
     out.late = outcomes.iter().flatten().map(|o| o.late.len() as u64).sum();
     out
 }

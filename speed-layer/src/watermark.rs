@@ -30,15 +30,24 @@ struct PartitionClock {
     caught_up: bool,
 }
 
-/// Largest event time seen per assigned partition.
-#[derive(Debug, Default, Clone)]
-pub struct PartitionProgress {
-    partitions: BTreeMap<i32, PartitionClock>,
+/// Largest event time seen per assigned partition. A partition is named by `K`: its number,
+/// or, for a consumer of several topics (a joined stream's), the topic and the number.
+#[derive(Debug, Clone)]
+pub struct PartitionProgress<K = i32> {
+    partitions: BTreeMap<K, PartitionClock>,
 }
 
-impl PartitionProgress {
+impl<K> Default for PartitionProgress<K> {
+    fn default() -> Self {
+        Self {
+            partitions: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Ord + Copy> PartitionProgress<K> {
     /// Starts tracking a partition (assigned in a rebalance).
-    pub fn assign(&mut self, partition: i32, now: EventTime) {
+    pub fn assign(&mut self, partition: K, now: EventTime) {
         self.partitions.entry(partition).or_insert(PartitionClock {
             max_event_time: None,
             last_activity: now,
@@ -47,12 +56,12 @@ impl PartitionProgress {
     }
 
     /// Stops tracking a partition (revoked in a rebalance).
-    pub fn revoke(&mut self, partition: i32) {
+    pub fn revoke(&mut self, partition: K) {
         self.partitions.remove(&partition);
     }
 
     /// Records an event time read from `partition` at wall-clock time `now`.
-    pub fn observe(&mut self, partition: i32, t: EventTime, now: EventTime) {
+    pub fn observe(&mut self, partition: K, t: EventTime, now: EventTime) {
         self.assign(partition, now);
         let t = t.progress_at(now);
         if let Some(c) = self.partitions.get_mut(&partition) {
@@ -62,7 +71,7 @@ impl PartitionProgress {
     }
 
     /// Records whether the consumer has read everything the partition holds.
-    pub fn set_caught_up(&mut self, partition: i32, caught_up: bool) {
+    pub fn set_caught_up(&mut self, partition: K, caught_up: bool) {
         if let Some(c) = self.partitions.get_mut(&partition) {
             c.caught_up = caught_up;
         }
@@ -95,7 +104,7 @@ impl PartitionProgress {
         }
     }
 
-    pub fn partitions(&self) -> impl Iterator<Item = (i32, Option<EventTime>)> + '_ {
+    pub fn partitions(&self) -> impl Iterator<Item = (K, Option<EventTime>)> + '_ {
         self.partitions.iter().map(|(p, c)| (*p, c.max_event_time))
     }
 }

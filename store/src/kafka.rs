@@ -64,8 +64,9 @@ pub fn consumer_config(
 const HEARD_WITHIN_MICROS: i64 = 5_000_000;
 
 /// Where one partition's consumer stands, from a statistics report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionPosition {
+    pub topic: String,
     pub partition: i32,
     /// Messages between what this process consumed and the log end; `None` before the first
     /// message was consumed.
@@ -101,6 +102,7 @@ pub fn positions(statistics: &Statistics) -> Vec<PartitionPosition> {
                 None => stats.hi_offset == stats.lo_offset,
             };
             out.push(PartitionPosition {
+                topic: topic.topic.clone(),
                 partition: *partition,
                 lag: consumed.map(|c| (stats.hi_offset - c).max(0)),
                 caught_up: at_end && heard.get(&stats.leader).copied().unwrap_or(false),
@@ -119,6 +121,7 @@ pub fn record_lag(group: &str, statistics: &Statistics) -> Vec<PartitionPosition
             metrics::gauge!(
                 "tandem_consumer_lag",
                 "group" => group.to_owned(),
+                "topic" => p.topic.clone(),
                 "partition" => p.partition.to_string()
             )
             .set(lag as f64);
@@ -177,6 +180,7 @@ mod tests {
             (id, p)
         };
         let topic = Topic {
+            topic: "t".into(),
             partitions: [
                 partition(0, 7, 0, 10),
                 partition(1, -1, 4, 4),
@@ -203,11 +207,13 @@ mod tests {
             got,
             [
                 PartitionPosition {
+                    topic: "t".into(),
                     partition: 0,
                     lag: Some(3),
                     caught_up: false
                 },
                 PartitionPosition {
+                    topic: "t".into(),
                     partition: 1,
                     lag: None,
                     caught_up: true

@@ -61,6 +61,13 @@ pub enum Error {
         name: String,
         source: tandem_shared::view::Error,
     },
+    #[error("{path}: [[views]] entry {index} (`{name}`): join_stream: {problem}")]
+    JoinStream {
+        path: String,
+        index: usize,
+        name: String,
+        problem: String,
+    },
     #[error("{path}: [[views]] entry {index}: a view named `{name}` is already defined")]
     DuplicateView {
         path: String,
@@ -272,6 +279,18 @@ pub struct Config {
 pub const DEMO: &str = include_str!("../../demo.toml");
 
 impl Config {
+    /// The second topics of the views' joined streams, one per topic (views joining a topic
+    /// declare it alike).
+    pub fn stream_sides(&self) -> Vec<Arc<TableDefinition>> {
+        let mut out: Vec<Arc<TableDefinition>> = Vec::new();
+        for stream in self.views.iter().filter_map(|v| v.join_stream.as_ref()) {
+            if !out.iter().any(|s| s.topic == stream.side.topic) {
+                out.push(Arc::clone(&stream.side));
+            }
+        }
+        out
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
             path: path.to_owned(),
@@ -298,11 +317,14 @@ impl Config {
             source: Box::new(source),
         })?;
         let tables = tables_section(&file.tables, &file.kafka.topic, &path)?;
-        let avro_tables = tables
-            .iter()
-            .any(|t| t.payload == tandem_shared::event::PayloadFormat::Avro);
+        let avro = Some(tandem_shared::event::PayloadFormat::Avro);
+        let avro_tables = tables.iter().any(|t| Some(t.payload) == avro)
+            || file
+                .views
+                .iter()
+                .any(|v| v.join_stream.as_ref().is_some_and(|j| j.format == avro));
         let (schema, format, registry) = schema_section(&file.schema, avro_tables, &path, env)?;
-        let views = views_section(&file.views, &schema, &tables, &path)?;
+        let views = views_section(&file.views, &schema, &tables, &file.kafka.topic, &path)?;
         let invalid = |section, key, problem: &str| Error::Invalid {
             path: path.clone(),
             section,
@@ -483,6 +505,7 @@ fn views_section(
     views: &[ViewConfig],
     schema: &EventSchema,
     tables: &[Arc<TableDefinition>],
+    events_topic: &str,
     path: &str,
 ) -> Result<Vec<ViewDefinition>> {
     if views.is_empty() {
@@ -506,9 +529,52 @@ fn views_section(
             name: v.name.clone(),
             source,
         })?;
+        if let Some(problem) = stream_conflict(&def, &definitions, tables, events_topic) {
+            return Err(Error::JoinStream {
+                path: path.to_owned(),
+                index,
+                name: v.name.clone(),
+                problem,
+            });
+        }
         definitions.push(def);
     }
     Ok(definitions)
+}
+
+/// What is wrong with a view's joined stream beside the other parts of the configuration:
+/// its topic read as events or as a table, declared otherwise by an earlier view (the
+/// consumer decodes a topic one way), or joined with tables in the same view (not yet).
+fn stream_conflict(
+    view: &ViewDefinition,
+    earlier: &[ViewDefinition],
+    tables: &[Arc<TableDefinition>],
+    events_topic: &str,
+) -> Option<String> {
+    let stream = view.join_stream.as_ref()?;
+    let topic = &stream.side.topic;
+    if topic == events_topic || tables.iter().any(|t| &t.topic == topic) {
+        return Some(format!(
+            "topic `{topic}` is read as events or as a table; a joined stream is another topic"
+        ));
+    }
+    if !view.joins.is_empty() {
+        return Some("a view joins dimension tables or a stream, not both (yet)".into());
+    }
+    if tables.iter().any(|t| t.name == stream.side.name) {
+        return Some(format!(
+            "`{}` names a dimension table too; name the joined side apart (`name`)",
+            stream.side.name
+        ));
+    }
+    let other = earlier
+        .iter()
+        .filter_map(|v| v.join_stream.as_ref())
+        .find(|s| &s.side.topic == topic && s.side != stream.side)?;
+    Some(format!(
+        "topic `{topic}` is joined by another view with other fields, time field, name or format (`{}`); views joining one topic declare it alike",
+        other.side.name
+    ))
 }
 
 #[cfg(test)]

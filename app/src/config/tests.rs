@@ -229,3 +229,56 @@ fn tables_and_joins_are_validated_with_the_place_named() {
         assert!(e.contains(want), "{want}: {e}");
     }
 }
+
+/// `ISSUE_EXAMPLE` with views joining a stream, each `join_stream = { .. }` given.
+fn with_streams(streams: &[&str]) -> String {
+    let mut text = format!("{ISSUE_EXAMPLE}\n[[tables]]\n{USERS}\n");
+    for (i, stream) in streams.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[views]]\nname = \"joined{i}\"\nwindow = {{ tumbling = \"1m\" }}\njoin_stream = {stream}\naggregates = [\"count(*) AS n\"]\n"
+        ));
+    }
+    text
+}
+
+const PAYMENTS: &str = "{ topic = \"payments\", on = \"order_id\", within = \"15m\", kind = \"left\", fields = { amount = \"float64\" } }";
+
+#[test]
+fn joined_streams_are_validated_beside_the_topics_and_tables() {
+    let c = parse(&with_streams(&[PAYMENTS, PAYMENTS]), "t").unwrap();
+    let sides = c.stream_sides();
+    assert_eq!(sides.len(), 1, "two views joining one topic read it once");
+    assert_eq!(sides[0].name, "payments");
+    let view = c.views.iter().find(|v| v.name == "joined0").unwrap();
+    let stream = view.join_stream.as_ref().unwrap();
+    assert_eq!(stream.within.millis(), 15 * 60_000);
+    // Windows close `within` after the allowed lateness.
+    let progress = tandem_shared::time::EventTime(100 * 60_000);
+    assert_eq!(view.watermark(progress).millis(), 85 * 60_000);
+    for (streams, want) in [
+        (
+            vec![PAYMENTS.replace("\"payments\",", "\"orders\",")],
+            "read as events or as a table",
+        ),
+        (
+            vec![PAYMENTS.replace("\"payments\",", "\"users\",")],
+            "read as events or as a table",
+        ),
+        (
+            vec![PAYMENTS.replace("topic = \"payments\"", "topic = \"p\", name = \"users\"")],
+            "names a dimension table too",
+        ),
+        (
+            vec![PAYMENTS.to_owned(), PAYMENTS.replace("float64", "int64")],
+            "declare it alike",
+        ),
+        (
+            vec![PAYMENTS.replace("order_id", "nope")],
+            "not a declared event field",
+        ),
+    ] {
+        let refs: Vec<&str> = streams.iter().map(String::as_str).collect();
+        let e = err(&with_streams(&refs));
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}

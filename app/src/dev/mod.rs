@@ -139,6 +139,13 @@ pub async fn run(
     ];
     // Dimension tables' topics, empty until something writes rows to them.
     topics.extend(config.tables.iter().map(|t| (t.topic.as_str(), 1)));
+    // Joined streams' second topics: as many partitions as the events'.
+    let streams = config.stream_sides();
+    topics.extend(
+        streams
+            .iter()
+            .map(|s| (s.topic.as_str(), config.kafka.partitions)),
+    );
     let kafka = EmbeddedKafka::start(options.kafka_port, &topics, stop_broker.clone()).await?;
     config.kafka.brokers = kafka.bootstrap();
     println!("Kafka bootstrap: {}", kafka.bootstrap());

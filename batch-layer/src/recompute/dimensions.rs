@@ -1,11 +1,12 @@
-//! Joined dimension tables in a recompute: which archived rows of each table a query reads,
-//! how far the tables are complete, and which published windows a table row archived after a
-//! job read the tables may change.
+//! Joined sides in a recompute (dimension tables, and a joined stream's second topic): which
+//! archived rows of each a query reads, how far they are complete, and which published
+//! windows a row archived after a job read them may change.
 //!
 //! ```text
-//!  view.joins ──ArchiveSnapshot of each table's topic──► DimensionFiles (registered as
-//!     `__table_<name>`) + completeness (min over tables) + offsets (recorded in the segment)
-//!  segment.table_offsets + the table's files from them ──table_dirt (pure)──► dirty windows
+//!  view.joins + join_stream ──ArchiveSnapshot of each side's topic──► DimensionFiles
+//!     (registered as `__table_<name>`) + completeness (min over sides) + offsets (recorded
+//!     in the segment)
+//!  segment.table_offsets + the side's files from them ──table_dirt (pure)──► dirty windows
 //! ```
 
 use std::collections::BTreeMap;
@@ -13,7 +14,8 @@ use std::sync::Arc;
 
 use tandem_shared::coverage::{Coverage, StartRange};
 use tandem_shared::schema::EventSchema;
-use tandem_shared::time::EventTime;
+use tandem_shared::table::TableDefinition;
+use tandem_shared::time::{EventTime, Span};
 use tandem_shared::view::ViewDefinition;
 use tandem_shared::window::align_down;
 
@@ -30,6 +32,27 @@ pub(super) struct DimensionFiles {
     pub(super) offsets: BTreeMap<i32, i64>,
 }
 
+/// A side a view joins: a dimension table (its rows valid from their time on), or a joined
+/// stream's second topic (its events matching first-topic events up to `within` before
+/// them). Either is complete until now when quiet.
+struct Side<'a> {
+    table: &'a TableDefinition,
+    stream: Option<Span>,
+}
+
+fn sides(view: &ViewDefinition) -> impl Iterator<Item = Side<'_>> {
+    view.joins
+        .iter()
+        .map(|j| Side {
+            table: &j.table,
+            stream: None,
+        })
+        .chain(view.join_stream.iter().map(|s| Side {
+            table: &s.side,
+            stream: Some(s.within),
+        }))
+}
+
 impl Recompute {
     /// The archived rows of `view`'s joined tables valid before `to`, and how far every one
     /// of their archives is complete (`None`: one is not known to be complete anywhere, so no
@@ -40,14 +63,17 @@ impl Recompute {
         now: EventTime,
         to: EventTime,
     ) -> Result<(Vec<DimensionFiles>, Option<EventTime>)> {
-        let mut out = Vec::with_capacity(view.joins.len());
+        let mut out = Vec::with_capacity(view.joins.len() + 1);
         let mut complete = Some(EventTime::MAX);
-        for join in &view.joins {
-            let snapshot = ArchiveSnapshot::load(&self.store, &join.table.topic).await?;
+        for side in sides(view) {
+            let table = side.table;
+            let snapshot = ArchiveSnapshot::load(&self.store, &table.topic).await?;
+            // A side whose partitions are all quiet is complete until now: a row or event
+            // that comes later is late, and makes the windows it changes dirty (below).
             complete = complete.min(snapshot.table_complete_until(now, self.idle_timeout));
             out.push(DimensionFiles {
-                name: join.table.name.clone(),
-                schema: Arc::clone(join.table.schema()),
+                name: table.name.clone(),
+                schema: Arc::clone(table.schema()),
                 offsets: snapshot
                     .partitions
                     .iter()
@@ -69,9 +95,9 @@ impl Recompute {
         manifest: &catalog::ViewManifest,
     ) -> Result<Vec<StartRange>> {
         let mut out = Vec::new();
-        for join in &view.joins {
-            let name = &join.table.name;
-            let snapshot = ArchiveSnapshot::load(&self.store, &join.table.topic).await?;
+        for side in sides(view) {
+            let name = &side.table.name;
+            let snapshot = ArchiveSnapshot::load(&self.store, &side.table.topic).await?;
             let mut files = BTreeMap::new();
             for partition in snapshot.partitions.keys() {
                 let oldest = manifest
@@ -87,7 +113,8 @@ impl Recompute {
                     );
                 }
             }
-            out.extend(table_dirt(view, manifest, name, &files));
+            let reach = side.stream.unwrap_or(Span::ZERO);
+            out.extend(table_dirt(view, manifest, name, reach, &files));
         }
         Ok(out)
     }
@@ -98,11 +125,13 @@ impl Recompute {
 /// event at or after `v`, so every window that ends after it (a session range reaching past
 /// it). `files` holds, per partition of the table's archive, at least the files from the
 /// oldest offset any segment saw on. Segments without the table's offsets (published before
-/// it was joined, or coalesced by maintenance) are left alone.
+/// it was joined, or coalesced by maintenance) are left alone. A joined stream's event at `s`
+/// can change the events from `s − within` on: `reach` is `within` (zero for a table).
 pub(crate) fn table_dirt(
     view: &ViewDefinition,
     manifest: &ViewManifest,
     table: &str,
+    reach: Span,
     files: &BTreeMap<i32, Vec<ArchivedFile>>,
 ) -> Vec<StartRange> {
     let mut dirty = Coverage::new();
@@ -118,7 +147,7 @@ pub(crate) fn table_dirt(
             })
             .map(|f| f.min_time)
             .min();
-        let Some(valid_from) = earliest else {
+        let Some(valid_from) = earliest.map(|t| t.saturating_sub(reach)) else {
             continue;
         };
         let first = match (view.window.size(), view.window.slide()) {
@@ -193,21 +222,32 @@ mod tests {
         let tumbling = view(testing::tumbling("1m"));
         let read = ViewManifest::default().with_segment(segment(Some(3)));
         assert_eq!(
-            table_dirt(&tumbling, &read, "merchants", &files),
+            table_dirt(&tumbling, &read, "merchants", Span::ZERO, &files),
             [r(4 * M, 10 * M)]
         );
         // A five-minute window from 0 ends after 4m30s too.
         let hopping = view(testing::hopping("5m", "1m"));
         assert_eq!(
-            table_dirt(&hopping, &read, "merchants", &files),
+            table_dirt(&hopping, &read, "merchants", Span::ZERO, &files),
             [r(0, 10 * M)]
         );
         // Every row read already, another table, or a segment that recorded no table offsets:
         // nothing is dirty.
         let all_read = ViewManifest::default().with_segment(segment(Some(6)));
-        assert!(table_dirt(&tumbling, &all_read, "merchants", &files).is_empty());
-        assert!(table_dirt(&tumbling, &read, "cards", &files).is_empty());
+        assert!(table_dirt(&tumbling, &all_read, "merchants", Span::ZERO, &files).is_empty());
+        assert!(table_dirt(&tumbling, &read, "cards", Span::ZERO, &files).is_empty());
         let unrecorded = ViewManifest::default().with_segment(segment(None));
-        assert!(table_dirt(&tumbling, &unrecorded, "merchants", &files).is_empty());
+        assert!(table_dirt(&tumbling, &unrecorded, "merchants", Span::ZERO, &files).is_empty());
+        // A joined stream's event at 4m30s matches events from 4m on (within 30s), so the
+        // window of 3m..4m stays, and from 45 s back, the window of 3m too.
+        let within = |s: i64| Span::from_millis(s * 1_000);
+        assert_eq!(
+            table_dirt(&tumbling, &read, "merchants", within(30), &files),
+            [r(4 * M, 10 * M)]
+        );
+        assert_eq!(
+            table_dirt(&tumbling, &read, "merchants", within(45), &files),
+            [r(3 * M, 10 * M)]
+        );
     }
 }

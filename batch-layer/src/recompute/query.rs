@@ -115,7 +115,53 @@ pub(crate) fn joined_source(view: &ViewDefinition, time_field: &str, source: Str
             table_sql = dimension_table(&table.name),
         );
     }
+    if let Some(stream) = &view.join_stream {
+        sql = stream_joined(stream, &t, sql);
+    }
     sql
+}
+
+/// `source` joined with a joined stream's second topic (registered as a table is, under
+/// [`dimension_table`]): every second-topic event of the same key whose time `s` is in
+/// `[t, t + within]` (`JoinStream::matches`); with `left`, an event without one once, its
+/// columns NULL. Appends the side's struct and flat columns as the speed layer does.
+fn stream_joined(
+    stream: &tandem_shared::join_stream::JoinStream,
+    t: &str,
+    source: String,
+) -> String {
+    use tandem_shared::join_stream::JoinKind;
+    let side = &stream.side;
+    let mut columns = String::new();
+    let mut children = Vec::new();
+    for (field, _) in &side.fields {
+        children.push(format!(
+            "'{}', s.{}",
+            field.replace('\'', "''"),
+            ident(field)
+        ));
+        let _ = write!(
+            columns,
+            ", s.{} AS {}",
+            ident(field),
+            ident(&side.qualified(field))
+        );
+    }
+    let kind = match stream.kind {
+        JoinKind::Inner => "INNER",
+        JoinKind::Left => "LEFT",
+    };
+    format!(
+        "(SELECT e.*, named_struct({children}) AS {name}{columns} \
+         FROM {source} e {kind} JOIN (SELECT *, {on} AS __sk, CAST({st} AS BIGINT) AS __st FROM {table}) s \
+         ON e.{on} = s.__sk AND s.__st >= CAST(e.{t} AS BIGINT) AND s.__st <= CAST(e.{t} AS BIGINT) + {within})",
+        children = children.join(", "),
+        name = ident(&side.name),
+        on = ident(&stream.on),
+        st = ident(&side.schema().time_field),
+        table = dimension_table(&side.name),
+        within = stream.within.millis(),
+    )
 }
 
 /// [`events_source`] reading `table` (a table name or a parenthesized query).

@@ -51,13 +51,10 @@ pub async fn view_schema(
         query::EVENTS_TABLE,
         Arc::new(MemTable::try_new(events, vec![vec![]])?),
     )?;
-    for join in &view.joins {
+    for side in view.joined_sides() {
         ctx.register_table(
-            query::dimension_table(&join.table.name),
-            Arc::new(MemTable::try_new(
-                read_schema(join.table.schema()),
-                vec![vec![]],
-            )?),
+            query::dimension_table(&side.name),
+            Arc::new(MemTable::try_new(read_schema(side.schema()), vec![vec![]])?),
         )?;
     }
     let all = StartRange::new(EventTime(0), EventTime(1));

@@ -297,16 +297,17 @@ impl SqlEngine {
                 &self.schema,
             )),
         )?;
-        // The archives of joined dimension tables, which a joined view's exact rollup reads.
-        for join in self.catalog.views().flat_map(|v| &v.joins) {
-            let name = tandem_batch_layer::recompute::dimension_table(&join.table.name);
+        // The archives of joined dimension tables and streams, which a joined view's exact
+        // rollup reads.
+        for side in self.catalog.views().flat_map(|v| v.joined_sides()) {
+            let name = tandem_batch_layer::recompute::dimension_table(&side.name);
             if !ctx.table_exist(name.as_str())? {
                 ctx.register_table(
                     name.as_str(),
                     Arc::new(EventsTable::new(
                         Arc::clone(&self.store),
-                        &join.table.topic,
-                        join.table.schema(),
+                        &side.topic,
+                        side.schema(),
                     )),
                 )?;
             }

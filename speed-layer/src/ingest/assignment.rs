@@ -22,6 +22,7 @@ use tandem_shared::time::EventTime;
 use tandem_store::members::Membership;
 
 use super::SETTLE;
+use super::routing::Source;
 use crate::SpeedLayer;
 use crate::checkpoint::Checkpointer;
 use crate::dead_letter::SideTopics;
@@ -30,8 +31,8 @@ use crate::watermark::PartitionProgress;
 /// A change of the consumer's partition assignment, for the watermark tracker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AssignmentChange {
-    Assigned(i32, Option<EventTime>),
-    Revoked(i32),
+    Assigned(Source, Option<EventTime>),
+    Revoked(Source),
 }
 
 /// Consumer callbacks: lag and caught-up tracking from statistics, and rebalances with
@@ -43,7 +44,9 @@ pub(crate) struct SpeedContext {
     membership: Option<(Arc<Membership>, String)>,
     runtime: tokio::runtime::Handle,
     changes: Mutex<Vec<AssignmentChange>>,
-    caught_up: Mutex<HashMap<i32, bool>>,
+    caught_up: Mutex<HashMap<Source, bool>>,
+    /// The topics consumed: the events', then joined streams' second topics.
+    topics: Vec<String>,
     /// The side-topic producer (shared with the loop), settled before a revoked partition's
     /// final checkpoint.
     side: Arc<SideTopics>,
@@ -62,7 +65,9 @@ impl ClientContext for SpeedContext {
         let positions = tandem_store::kafka::record_lag(&self.group, &statistics);
         let mut caught_up = self.caught_up.lock().unwrap_or_else(|e| e.into_inner());
         for p in positions {
-            caught_up.insert(p.partition, p.caught_up);
+            if let Some(topic) = self.topic(&p.topic) {
+                caught_up.insert((topic, p.partition), p.caught_up);
+            }
         }
     }
 }
@@ -72,12 +77,14 @@ impl SpeedContext {
     /// epoch claims run there while the consume thread waits).
     pub(super) fn new(
         group: String,
+        topics: Vec<String>,
         speed: SpeedLayer,
         checkpointer: Option<Arc<Checkpointer>>,
         membership: Option<(Arc<Membership>, String)>,
         side: Arc<SideTopics>,
     ) -> Self {
         Self {
+            topics,
             group,
             speed,
             checkpointer,
@@ -87,6 +94,11 @@ impl SpeedContext {
             caught_up: Mutex::default(),
             side,
         }
+    }
+
+    /// A topic's index among the consumed ones.
+    fn topic(&self, name: &str) -> Option<usize> {
+        self.topics.iter().position(|t| t == name)
     }
 
     fn push(&self, change: AssignmentChange) {
@@ -117,7 +129,10 @@ impl SpeedContext {
         0
     }
 
-    /// Restores each partition and returns the list with the offsets to start from.
+    /// Restores each partition and returns the list with the offsets to start from. A joined
+    /// stream's second topic resumes where the checkpoint of the events' partition with its
+    /// number says (both are assigned together: the same number of partitions, range
+    /// assignment), so the events' partitions are restored first.
     fn on_assign(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
         let mut out = TopicPartitionList::new();
         let epoch = if tpl.count() > 0 {
@@ -125,30 +140,45 @@ impl SpeedContext {
         } else {
             0
         };
-        for elem in tpl.elements() {
-            let partition = elem.partition();
-            let snapshot = match &self.checkpointer {
-                None => None,
-                Some(c) => match c.load(partition) {
-                    Ok(s) => s,
-                    Err(err) => {
-                        // Without the checkpoint the partition is rebuilt from the topic:
-                        // correct within the topic's retention.
-                        tracing::error!(partition, %err, "cannot load checkpoint; rebuilding from the topic");
-                        None
-                    }
-                },
+        let listed = tpl.elements();
+        let mut elements: Vec<(usize, &str, i32)> = listed
+            .iter()
+            .filter_map(|e| Some((self.topic(e.topic())?, e.topic(), e.partition())))
+            .collect();
+        elements.sort_unstable();
+        for (topic, name, partition) in elements {
+            let (offset, max) = if topic == 0 {
+                let snapshot = match &self.checkpointer {
+                    None => None,
+                    Some(c) => match c.load(partition) {
+                        Ok(s) => s,
+                        Err(err) => {
+                            // Without the checkpoint the partition is rebuilt from the topic:
+                            // correct within the topic's retention.
+                            tracing::error!(partition, %err, "cannot load checkpoint; rebuilding from the topic");
+                            None
+                        }
+                    },
+                };
+                let offset = self.speed.assign(partition, snapshot, epoch);
+                (offset, self.speed.max_event_time(partition))
+            } else {
+                if !self.speed.assigned(partition) {
+                    tracing::error!(
+                        topic = name,
+                        partition,
+                        "a joined stream's partition without the events' partition of its number: its events join nothing"
+                    );
+                }
+                let second = self.speed.second(partition, topic).unwrap_or_default();
+                (second.next_offset, second.max_event_time)
             };
-            let offset = self.speed.assign(partition, snapshot, epoch);
             let start = offset.map_or(Offset::Beginning, Offset::Offset);
-            tracing::info!(partition, ?start, "partition assigned");
-            if let Err(err) = out.add_partition_offset(elem.topic(), partition, start) {
+            tracing::info!(topic = name, partition, ?start, "partition assigned");
+            if let Err(err) = out.add_partition_offset(name, partition, start) {
                 tracing::error!(partition, %err, "cannot set the start offset");
             }
-            self.push(AssignmentChange::Assigned(
-                partition,
-                self.speed.max_event_time(partition),
-            ));
+            self.push(AssignmentChange::Assigned((topic, partition), max));
         }
         out
     }
@@ -157,6 +187,14 @@ impl SpeedContext {
     fn on_revoke(&self, tpl: &TopicPartitionList) {
         for elem in tpl.elements() {
             let partition = elem.partition();
+            let Some(topic) = self.topic(elem.topic()) else {
+                continue;
+            };
+            if topic > 0 {
+                // Its position is in the events' partition's checkpoint.
+                self.push(AssignmentChange::Revoked((topic, partition)));
+                continue;
+            }
             // Without every side-topic message delivered, the next owner starts from the
             // previous checkpoint and sends them again.
             let settled = match self.side.settle(SETTLE) {
@@ -175,7 +213,7 @@ impl SpeedContext {
                 tracing::error!(partition, %err, "final checkpoint failed");
             }
             self.speed.revoke(partition);
-            self.push(AssignmentChange::Revoked(partition));
+            self.push(AssignmentChange::Revoked((0, partition)));
             tracing::info!(partition, "partition revoked");
         }
     }
@@ -213,7 +251,7 @@ impl ConsumerContext for SpeedContext {
 /// Applies assignment changes and caught-up flags reported by the consumer callbacks.
 pub(super) fn track_partitions(
     context: &SpeedContext,
-    progress: &mut PartitionProgress,
+    progress: &mut PartitionProgress<Source>,
     now: EventTime,
 ) {
     let changes = std::mem::take(&mut *context.changes.lock().unwrap_or_else(|e| e.into_inner()));

@@ -146,7 +146,7 @@ pub(crate) struct Ingest {
     decoder: Arc<EventDecoder>,
     consumer: BaseConsumer<SpeedContext>,
     side: Arc<SideTopics>,
-    progress: PartitionProgress,
+    progress: PartitionProgress<routing::Source>,
     clock: Arc<dyn Clock>,
     checkpointer: Option<Arc<Checkpointer>>,
     /// The runtime the registry client runs on (this loop is a blocking thread).
@@ -187,19 +187,26 @@ impl Ingest {
             config.late_topic.clone(),
             &config.kafka_options,
         )?);
+        // The events' topic first, then joined streams' second topics (range assignment gives
+        // a member the same partition numbers of each: they must have as many partitions).
+        let topics: Vec<String> = std::iter::once(config.topic.clone())
+            .chain(speed.stream_topics().iter().cloned())
+            .collect();
         let consumer: BaseConsumer<SpeedContext> = consumer_config
             .create_with_context(SpeedContext::new(
                 config.group_id.clone(),
+                topics.clone(),
                 speed.clone(),
                 checkpointer.clone(),
                 config.membership.clone(),
                 Arc::clone(&side),
             ))
             .map_err(Error::Consumer)?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
-            .subscribe(&[config.topic.as_str()])
+            .subscribe(&names)
             .map_err(|source| Error::Subscribe {
-                topic: config.topic.clone(),
+                topic: names.join(", "),
                 source,
             })?;
         Ok(Self {
@@ -278,6 +285,18 @@ impl Ingest {
                     &messages,
                 );
                 messages.clear();
+            } else {
+                // Quiet: partitions turning idle move progress (a `left` join's rows wait
+                // for it).
+                routing::publish_progress(
+                    &self.speed,
+                    &self.progress,
+                    Watermarking {
+                        now: self.clock.now(),
+                        idle_timeout: self.config.idle_timeout,
+                        max_future: self.config.max_future,
+                    },
+                );
             }
             self.side.serve();
             if let (Some(checkpointer), Some(pacer)) = (&self.checkpointer, &mut pacer)

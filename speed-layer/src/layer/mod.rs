@@ -20,8 +20,9 @@ use tandem_shared::view::ViewDefinition;
 use tandem_shared::window::WindowSpec;
 use tandem_store::members::Owned;
 
-use crate::checkpoint;
+use crate::checkpoint::{self, SecondPosition};
 use crate::dedup::{self, Seen};
+use crate::joined::{JoinState, StreamSide};
 use crate::partials::OwnedPartials;
 use crate::program::{self, ViewProgram};
 use crate::state::{self, Partial, Pinned, ViewState, merge_states};
@@ -40,6 +41,18 @@ pub(crate) struct PartitionState {
     epoch: u64,
     /// Ids seen within the de-duplication horizon (empty without an id field).
     pub(crate) seen: Seen,
+    /// Joined streams: per second topic (its index among the consumer's topics), the same
+    /// partition number's next offset and latest event time.
+    pub(crate) seconds: BTreeMap<usize, Second>,
+    /// Per view, a joined stream's buffers.
+    pub(crate) joins: Vec<Option<JoinState>>,
+}
+
+/// Where a partition of a second topic stands.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Second {
+    pub(crate) next_offset: Option<i64>,
+    pub(crate) max_event_time: Option<EventTime>,
 }
 
 /// De-duplication by the schema's id field within an event-time horizon (see [`crate::dedup`]).
@@ -69,6 +82,10 @@ struct Inner {
     tables: Vec<Arc<Dimension>>,
     /// Per view, its joins resolved to the tables.
     lookups: Vec<Vec<Lookup>>,
+    /// Per view, its joined stream.
+    streams: Vec<Option<Arc<StreamSide>>>,
+    /// The joined streams' second topics; topic `i` here is the consumer's topic `i + 1`.
+    stream_topics: Vec<String>,
 }
 
 /// Handle to the speed layer's state. Cheap to clone; all clones share state.
@@ -86,6 +103,30 @@ impl SpeedLayer {
             .map(|v| ViewProgram::compile(v, schema))
             .collect::<Result<Vec<_>, _>>()?;
         let mut layer = Self::new(programs);
+        if let Some(inner) = Arc::get_mut(&mut layer.inner) {
+            for (v, program) in inner.programs.iter().enumerate() {
+                let Some(stream) = &program.view.join_stream else {
+                    continue;
+                };
+                let topic = match inner
+                    .stream_topics
+                    .iter()
+                    .position(|t| *t == stream.side.topic)
+                {
+                    Some(at) => at + 1,
+                    None => {
+                        inner.stream_topics.push(stream.side.topic.clone());
+                        inner.stream_topics.len()
+                    }
+                };
+                let side = StreamSide::new(stream, topic, schema, Arc::clone(&program.input))
+                    .map_err(|e| program::Error::Stream {
+                        view: program.view.name.clone(),
+                        detail: e.to_string(),
+                    })?;
+                inner.streams[v] = Some(Arc::new(side));
+            }
+        }
         if let (Some(field), Some(inner)) = (&schema.id_field, Arc::get_mut(&mut layer.inner)) {
             inner.dedup = Some(Dedup {
                 field: field.clone(),
@@ -158,6 +199,7 @@ impl SpeedLayer {
                     .collect()
             })
             .collect();
+        let n = programs.len();
         let coverage = RwLock::new(
             (0..programs.len())
                 .map(|_| Arc::new(Coverage::new()))
@@ -175,6 +217,8 @@ impl SpeedLayer {
                 dedup: None,
                 tables,
                 lookups,
+                streams: vec![None; n],
+                stream_topics: Vec::new(),
             }),
         }
     }
@@ -205,6 +249,82 @@ impl SpeedLayer {
     /// View `v`'s joins.
     pub(crate) fn lookups(&self, v: usize) -> &[Lookup] {
         self.inner.lookups.get(v).map_or(&[], Vec::as_slice)
+    }
+
+    /// View `v`'s joined stream.
+    pub(crate) fn stream(&self, v: usize) -> Option<&Arc<StreamSide>> {
+        self.inner.streams.get(v)?.as_ref()
+    }
+
+    /// The second topics of the views' joined streams; the consumer reads them beside the
+    /// events (topic `i` here is its topic `i + 1`).
+    pub fn stream_topics(&self) -> &[String] {
+        &self.inner.stream_topics
+    }
+
+    /// The decoder of the consumer's topic `topic` (`≥ 1`: a second topic).
+    pub(crate) fn stream_side(&self, topic: usize) -> Option<&Arc<StreamSide>> {
+        self.inner
+            .streams
+            .iter()
+            .flatten()
+            .find(|s| s.topic == topic)
+    }
+
+    /// Where partition `partition` of the consumer's topic `topic` (`≥ 1`) resumes, and its
+    /// latest event time.
+    pub(crate) fn second(&self, partition: i32, topic: usize) -> Option<Second> {
+        self.partitions_read()
+            .get(&partition)?
+            .seconds
+            .get(&topic)
+            .copied()
+    }
+
+    /// Bytes buffered by joined streams over all partitions.
+    pub fn join_bytes(&self) -> usize {
+        self.partitions_read()
+            .values()
+            .flat_map(|p| p.joins.iter().flatten())
+            .map(JoinState::bytes)
+            .sum()
+    }
+
+    /// After a micro-batch moved event-time progress to `progress`: every partition's joined
+    /// streams forget what no later row can match, and a `left` join's rows that never matched
+    /// count, against `watermark`, the progress before the micro-batch (see
+    /// [`crate::joined`]).
+    pub(crate) fn advance_joins(&self, progress: EventTime, watermark: Option<EventTime>) {
+        if self.inner.streams.iter().all(Option::is_none) {
+            return;
+        }
+        let coverage = self.coverage_read().clone();
+        let mut partitions = self.partitions_write();
+        for p in partitions.values_mut() {
+            for (v, side) in self.inner.streams.iter().enumerate() {
+                let (Some(side), Some(Some(state))) = (side, p.joins.get_mut(v)) else {
+                    continue;
+                };
+                let program = &self.inner.programs[v];
+                let horizon = program.view.join_horizon(progress);
+                match side.advance(state, horizon) {
+                    Ok(None) => {}
+                    Ok(Some(left)) => {
+                        crate::micro_batch::apply_joined(
+                            program,
+                            &mut p.views[v],
+                            &left,
+                            watermark,
+                            &coverage[v],
+                        );
+                        p.dirty = true;
+                    }
+                    Err(err) => {
+                        tracing::error!(view = %program.view.name, %err, "joined stream: left rows not built");
+                    }
+                }
+            }
+        }
     }
 
     fn partitions_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<i32, PartitionState>> {
@@ -385,6 +505,18 @@ impl SpeedLayer {
             metrics::gauge!("tandem_speed_dedup_ids").set(ids as f64);
             metrics::gauge!("tandem_speed_dedup_bytes").set(bytes as f64);
         }
+        for (v, side) in self.inner.streams.iter().enumerate() {
+            if side.is_none() {
+                continue;
+            }
+            let (rows, bytes) = partitions
+                .values()
+                .filter_map(|p| p.joins.get(v)?.as_ref())
+                .fold((0, 0), |(n, b), j| (n + j.rows(), b + j.bytes()));
+            let view = self.inner.programs[v].view.name.clone();
+            metrics::gauge!("tandem_speed_join_rows", "view" => view.clone()).set(rows as f64);
+            metrics::gauge!("tandem_speed_join_bytes", "view" => view).set(bytes as f64);
+        }
     }
 
     /// Installs a partition's state: restored from `snapshot` if it matches the current views,
@@ -407,6 +539,8 @@ impl SpeedLayer {
             dirty: false,
             epoch,
             seen: Seen::default(),
+            seconds: BTreeMap::new(),
+            joins: self.fresh_joins(),
         };
         let state = match snapshot {
             Some(s) if s.fingerprint == self.inner.fingerprint => {
@@ -417,14 +551,17 @@ impl SpeedLayer {
                     .zip(&s.views)
                     .map(|(p, v)| ViewState::restore(Arc::clone(p), v))
                     .collect();
-                match views {
-                    Ok(views) => PartitionState {
+                let joins = self.restore_joins(&s.joins);
+                match views.and_then(|views| Ok((views, joins?))) {
+                    Ok((views, joins)) => PartitionState {
                         views,
                         next_offset: s.next_offset,
                         max_event_time: s.max_event_time.map(EventTime),
                         dirty: false,
                         epoch,
                         seen: Seen::restore(s.seen),
+                        seconds: self.restore_seconds(&s.seconds),
+                        joins,
                     },
                     Err(err) => {
                         tracing::error!(partition, %err, "checkpoint unusable; rebuilding the partition from the topic");
@@ -445,6 +582,59 @@ impl SpeedLayer {
         self.partitions_write().insert(partition, state);
         self.publish_size();
         offset
+    }
+
+    fn fresh_joins(&self) -> Vec<Option<JoinState>> {
+        self.inner
+            .streams
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.state()))
+            .collect()
+    }
+
+    fn restore_joins(
+        &self,
+        snapshots: &[Option<checkpoint::JoinSnapshot>],
+    ) -> Result<Vec<Option<JoinState>>, state::Error> {
+        self.inner
+            .streams
+            .iter()
+            .enumerate()
+            .map(
+                |(v, side)| match (side, snapshots.get(v).and_then(Option::as_ref)) {
+                    (Some(side), Some(snapshot)) => {
+                        side.restore(snapshot)
+                            .map(Some)
+                            .map_err(|e| state::Error::Checkpoint {
+                                view: self.inner.programs[v].view.name.clone(),
+                                detail: format!("joined stream's buffers: {e}"),
+                            })
+                    }
+                    (Some(side), None) => Ok(Some(side.state())),
+                    (None, _) => Ok(None),
+                },
+            )
+            .collect()
+    }
+
+    fn restore_seconds(&self, positions: &[SecondPosition]) -> BTreeMap<usize, Second> {
+        positions
+            .iter()
+            .filter_map(|s| {
+                let at = self
+                    .inner
+                    .stream_topics
+                    .iter()
+                    .position(|t| *t == s.topic)?;
+                Some((
+                    at + 1,
+                    Second {
+                        next_offset: s.next_offset,
+                        max_event_time: s.max_event_time.map(EventTime),
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// Removes a partition's state (revoked).
@@ -507,16 +697,48 @@ impl SpeedLayer {
         force: bool,
     ) -> Option<checkpoint::PartitionSnapshot> {
         let all = StartRange::new(EventTime::MIN, EventTime::MAX);
-        let (next_offset, max_event_time, pinned, seen) = {
+        let (next_offset, max_event_time, pinned, seen, seconds, joins) = {
             let mut partitions = self.partitions_write();
             let p = partitions.get_mut(&partition)?;
             if !p.dirty && !force {
                 return None;
             }
+            // The ids and a joined stream's buffers are copied under the lock (they change
+            // with every micro-batch).
+            let mut joins = Vec::with_capacity(p.joins.len());
+            for (side, state) in self.inner.streams.iter().zip(&p.joins) {
+                joins.push(match (side, state) {
+                    (Some(side), Some(state)) => match side.snapshot(state) {
+                        Ok(s) => Some(s),
+                        Err(err) => {
+                            tracing::error!(partition, %err, "joined stream's buffers not checkpointed; no checkpoint");
+                            return None;
+                        }
+                    },
+                    _ => None,
+                });
+            }
             p.dirty = false;
             let pinned: Vec<Pinned> = p.views.iter().map(|v| v.pin(all)).collect();
-            // The ids are copied under the lock (they change with every micro-batch).
-            (p.next_offset, p.max_event_time, pinned, p.seen.snapshot())
+            let seconds = p
+                .seconds
+                .iter()
+                .filter_map(|(topic, s)| {
+                    Some(SecondPosition {
+                        topic: self.inner.stream_topics.get(topic.checked_sub(1)?)?.clone(),
+                        next_offset: s.next_offset,
+                        max_event_time: s.max_event_time.map(EventTime::millis),
+                    })
+                })
+                .collect();
+            (
+                p.next_offset,
+                p.max_event_time,
+                pinned,
+                p.seen.snapshot(),
+                seconds,
+                joins,
+            )
         };
         // Serialized with no lock held.
         Some(checkpoint::PartitionSnapshot {
@@ -527,6 +749,8 @@ impl SpeedLayer {
             max_event_time: max_event_time.map(|t| t.millis()),
             views: pinned.iter().map(Pinned::snapshot).collect(),
             seen,
+            seconds,
+            joins,
         })
     }
 
