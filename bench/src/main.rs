@@ -34,8 +34,10 @@ enum Command {
         #[arg(long, default_value = "json", value_parser = parse_format)]
         format: PayloadFormat,
         /// Workload: simple (one view, 8 groups), mix (five views: hopping with distinct
-        /// counts and percentiles, sessions per user, 1,000 groups per window) or dedup
-        /// (simple with an id field and a 10-minute de-duplication horizon).
+        /// counts and percentiles, sessions per user, 1,000 groups per window), dedup
+        /// (simple with an id field and a 10-minute de-duplication horizon), enriched (simple
+        /// joined with a 100,000-row dimension table) or joined (orders joined with their
+        /// payments within 15 minutes).
         #[arg(long, default_value = "simple", value_parser = tandem_bench::profile::Profile::parse)]
         profile: tandem_bench::profile::Profile,
         /// Throughput runs over the same events; the median is reported.

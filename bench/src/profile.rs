@@ -11,6 +11,9 @@
 //! - `enriched`: `simple`'s view grouped by the merchant's category instead of the city: every
 //!   order carries one of 100,000 merchants, joined with a 100,000-row dimension table
 //!   ([`MERCHANT_ROWS`], topic [`MERCHANTS_TOPIC`]) of 8 categories.
+//! - `joined`: `simple`'s view over orders joined with their payments (topic
+//!   [`PAYMENTS_TOPIC`], as many partitions, one payment per order up to 10 minutes after it,
+//!   both keyed by the order id) within 15 minutes: the placed orders' paid amounts per city.
 
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -26,6 +29,34 @@ pub enum Profile {
     Mix,
     Dedup,
     Enriched,
+    Joined,
+}
+
+/// The joined profile's second topic.
+pub const PAYMENTS_TOPIC: &str = "bench-payments";
+
+/// The joined profile's view: `orders_by_city`'s filter and grouping over orders joined with
+/// their payments.
+const JOINED: &str = r#"
+[[views]]
+name = "orders_by_city"
+window = { tumbling = "1m" }
+join_stream = { topic = "bench-payments", name = "payments", on = "order_id", within = "15m", fields = { amount = "float64" } }
+group_by = ["city"]
+filter = "event_type = 'order_placed'"
+allowed_lateness = "10s"
+aggregates = ["count(*) AS orders", "sum(payments.amount) AS paid", "max(payments.amount) AS max_paid"]
+"#;
+
+/// The payment of order `seq` placed at `ts`: up to 10 minutes later, keyed by the order id.
+pub fn payment_json(seq: u64, ts: i64) -> (String, String) {
+    let key = format!("o-{seq}");
+    let json = format!(
+        r#"{{"order_id":"{key}","ts":{},"amount":{:.2}}}"#,
+        ts + (seq % 600) as i64 * 1_000,
+        (seq % 500) as f64 + 0.5
+    );
+    (key, json)
 }
 
 /// Rows of the enriched profile's dimension table (and merchants its orders name).
@@ -112,8 +143,9 @@ impl Profile {
             "mix" => Ok(Self::Mix),
             "dedup" => Ok(Self::Dedup),
             "enriched" => Ok(Self::Enriched),
+            "joined" => Ok(Self::Joined),
             other => Err(format!(
-                "unknown profile `{other}`: use simple, mix, dedup or enriched"
+                "unknown profile `{other}`: use simple, mix, dedup, enriched or joined"
             )),
         }
     }
@@ -124,6 +156,7 @@ impl Profile {
             Self::Mix => "mix",
             Self::Dedup => "dedup",
             Self::Enriched => "enriched",
+            Self::Joined => "joined",
         }
     }
 
@@ -133,6 +166,7 @@ impl Profile {
             Self::Simple | Self::Dedup => format!("{CONFIG}{SCHEMA}{ORDERS_BY_CITY}"),
             Self::Mix => format!("{CONFIG}{MIX}{ORDERS_BY_CITY}"),
             Self::Enriched => format!("{CONFIG}{ENRICHED}"),
+            Self::Joined => format!("{CONFIG}{SCHEMA}{JOINED}"),
         };
         let mut config = Config::parse(&text, "bench")?;
         if self == Self::Dedup {
@@ -149,7 +183,7 @@ impl Profile {
         let city = CITIES[(seq % 8) as usize];
         let placed = event_type == "order_placed";
         let (json, user) = match self {
-            Self::Simple | Self::Dedup => {
+            Self::Simple | Self::Dedup | Self::Joined => {
                 (order_json(seq, ts, city, &user, amount, event_type), user)
             }
             Self::Enriched => {
@@ -265,7 +299,7 @@ mod tests {
 
     #[test]
     fn every_profile_compiles_and_decodes_its_own_events() {
-        for profile in [Profile::Simple, Profile::Mix] {
+        for profile in [Profile::Simple, Profile::Mix, Profile::Joined] {
             let config = profile.config().unwrap_or_else(|e| panic!("{e}"));
             let decoder = EventDecoder::new(std::sync::Arc::new(config.schema.clone()));
             let mut rng = StdRng::seed_from_u64(1);

@@ -72,8 +72,10 @@ pub struct SpeedBench {
 
 /// Runs the benchmark and prints its report.
 pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
-    if matches!(opts.profile, Profile::Mix | Profile::Enriched)
-        && opts.format != PayloadFormat::Json
+    if matches!(
+        opts.profile,
+        Profile::Mix | Profile::Enriched | Profile::Joined
+    ) && opts.format != PayloadFormat::Json
     {
         bail!("the {} profile is JSON only", opts.profile.name());
     }
@@ -98,6 +100,8 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
         "bench.late:1",
         // The enriched profile's dimension table (100,000 rows, ~7 MB).
         &format!("{}:4", crate::profile::MERCHANTS_TOPIC),
+        // The joined profile's payments: as many partitions as its orders.
+        &format!("{}:{partitions}", crate::profile::PAYMENTS_TOPIC),
     ])?;
     println!(
         "# tandem-bench speed --profile {} --compression {} --event-rate {} --key {}: {} events on {partitions} partitions ({} runs), then {} events/s for {}s on {live_partitions} partitions",
@@ -122,7 +126,9 @@ pub async fn run(opts: SpeedBench) -> anyhow::Result<()> {
         "peak resident memory of this process: {:.0} MiB",
         peak_rss_mib()
     );
-    if opts.counted_events > 0 {
+    if opts.counted_events > 0 && opts.profile == Profile::Joined {
+        println!("instructions: not counted for the joined profile (the replay feeds one topic)");
+    } else if opts.counted_events > 0 {
         if instructions::valgrind_available() {
             let out =
                 std::env::temp_dir().join(format!("tandem-callgrind-{}.out", std::process::id()));
@@ -197,10 +203,15 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
                     event_type,
                 })?
             }
-            Profile::Mix | Profile::Enriched => {
+            Profile::Mix | Profile::Enriched | Profile::Joined => {
                 let event = opts.profile.event(&mut rng, i, ts);
                 placed += u64::from(event.placed);
-                keys.push(&opts.keying.key(i, &event));
+                if opts.profile == Profile::Joined {
+                    // An order and its payment meet in one partition number.
+                    keys.push(&format!("o-{i}"));
+                } else {
+                    keys.push(&opts.keying.key(i, &event));
+                }
                 event.json.into_bytes()
             }
         };
@@ -215,6 +226,13 @@ async fn throughput(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow
     }
     for (key, payload) in keys.iter().zip(&payloads) {
         send(&p, "bench", key, payload.as_slice());
+    }
+    if opts.profile == Profile::Joined {
+        for i in 0..opts.events {
+            let ts = first + (i as i64 * span) / opts.events.max(1) as i64;
+            let (key, json) = crate::profile::payment_json(i, ts);
+            send(&p, crate::profile::PAYMENTS_TOPIC, &key, json.as_bytes());
+        }
     }
     drop(keys);
     // A sample of the payloads, for the decode-only measurement.
@@ -293,10 +311,15 @@ async fn consume(
     let cpu0 = cpu_seconds()?;
     let threads0 = thread_cpu();
     let wall0 = Instant::now();
-    // Watch consumed offsets (cheap), not the view, so the measurement is the consumer's work.
+    // Watch consumed offsets (cheap), not the view, so the measurement is the consumer's work;
+    // the joined profile's view, which counts an order once its payment is read too.
     loop {
         let consumed = speed.consumed();
-        if consumed >= opts.events as i64 {
+        let done = match opts.profile {
+            Profile::Joined => counted(&speed) >= placed,
+            _ => consumed >= opts.events as i64,
+        };
+        if done {
             break;
         }
         if wall0.elapsed() > Duration::from_secs(600) {
@@ -314,13 +337,25 @@ async fn consume(
     if seen != placed {
         bail!("the view counts {seen} orders, {placed} were produced");
     }
-    let rate = opts.events as f64 / cpu;
+    // The joined profile reads an order and a payment per event of the other profiles.
+    let read = match opts.profile {
+        Profile::Joined => 2 * opts.events,
+        _ => opts.events,
+    };
+    let rate = read as f64 / cpu;
     println!(
-        "run {run}: {} events in {wall:.2}s wall, {cpu:.2}s CPU: {rate:.0} events per CPU-second, {:.0} events/s, state {:.0} MiB",
-        opts.events,
-        opts.events as f64 / wall,
+        "run {run}: {read} events in {wall:.2}s wall, {cpu:.2}s CPU: {rate:.0} events per CPU-second, {:.0} events/s, state {:.0} MiB",
+        read as f64 / wall,
         speed.state_bytes() as f64 / 1_048_576.0
     );
+    if opts.profile == Profile::Joined {
+        let (rows, bytes) = speed.join_memory();
+        println!(
+            "run {run}: joined stream buffers {rows} rows in {:.1} MiB ({:.0} bytes per row)",
+            bytes as f64 / 1_048_576.0,
+            bytes as f64 / rows.max(1) as f64
+        );
+    }
     let (ids, id_bytes) = speed.dedup_memory();
     if ids > 0 {
         println!(
@@ -387,6 +422,10 @@ async fn latency(config: &Config, brokers: &str, opts: &SpeedBench) -> anyhow::R
         println!(
             "latency: not measured for the enriched profile (its view is grouped by a joined category, so a probe has no group of its own)"
         );
+        return Ok(());
+    }
+    if opts.profile == Profile::Joined {
+        println!("latency: not measured for the joined profile (a probe would need a payment)");
         return Ok(());
     }
     let config = on_topic(config, brokers, "live");

@@ -230,9 +230,12 @@ mod tests {
         assert!(!j.matches(0, 15 * minute + 1) && !j.matches(0, -1));
     }
 
+    /// A change to the valid configuration.
+    type Change = fn(&mut JoinStreamConfig);
+
     #[test]
     fn rejects_bad_joined_streams_with_the_reason() {
-        let cases: [(fn(&mut JoinStreamConfig), &str); 4] = [
+        let cases: [(Change, &str); 4] = [
             (|c| c.on = "nope".into(), "not a declared event field"),
             (|c| c.within = "soon".into(), "within"),
             (

@@ -293,3 +293,23 @@ async fn both_layers_join_orders_with_payments_as_duckdb_does() -> anyhow::Resul
     ensure!(status.success(), "tandem exited with {status}");
     Ok(())
 }
+
+/// A joined stream's topic with another partition count than the events' cannot meet them
+/// partition by partition: start-up stops and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_topic_with_other_partitions_stops_start_up() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let topics = ["orders:4", "orders.dlq:1", "orders.late:1", "payments:2"];
+    let _fixture = RunFixture::with_fixture(dir.path(), &topics, "joined.toml")?;
+    let out = std::process::Command::new(tandem_tests::tandem_binary()?)
+        .args(tandem_tests::run_args(&dir.path().join("tandem.toml")))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && stderr.contains("topic `payments` has 2 partitions and the events' topic 4"),
+        "expected a partition-count error, got {}: {stderr}",
+        out.status
+    );
+    Ok(())
+}

@@ -283,11 +283,15 @@ impl SpeedLayer {
 
     /// Bytes buffered by joined streams over all partitions.
     pub fn join_bytes(&self) -> usize {
+        self.join_memory().1
+    }
+
+    /// Rows buffered by joined streams over all partitions (both sides), and their bytes.
+    pub fn join_memory(&self) -> (usize, usize) {
         self.partitions_read()
             .values()
             .flat_map(|p| p.joins.iter().flatten())
-            .map(JoinState::bytes)
-            .sum()
+            .fold((0, 0), |(n, b), j| (n + j.rows(), b + j.bytes()))
     }
 
     /// After a micro-batch moved event-time progress to `progress`: every partition's joined
