@@ -20,6 +20,7 @@
 //! - [`archive`]: exactly-once archival of every valid event, with per-partition manifests.
 //! - [`recompute`]: planning (which windows are ready), SQL generation and execution.
 //! - [`catalog`]: publication and loading of exact view results.
+//! - [`delta`]: Delta Lake transaction logs over published files (not wired yet, issue 33).
 //! - [`scheduler`]: job queue, cron schedule and job records.
 //! - [`tables`]: the archive as the SQL `events` table, with time pruning from query filters.
 //! - `settings`: `[archive]` and `[batch]` ([`ArchiveSettings`], [`BatchSettings`]) with their
@@ -40,6 +41,7 @@
 
 pub mod archive;
 pub mod catalog;
+pub mod delta;
 pub mod recompute;
 pub mod scheduler;
 mod settings;
