@@ -5,7 +5,10 @@
 //! manifests name must be exactly the valid produced events, compared by Kafka partition and
 //! offset as the producer's delivery reports give them: none lost, none duplicated. Files left by
 //! interrupted rolls must be cleaned up. The fixture seals every roll's files into a file list
-//! (`archive.seal_files = 1`), so the files are named by lists the manifests name.
+//! (`archive.seal_files = 1`), so the files are named by lists the manifests name. The archive's
+//! Delta table (`archive/orders/_delta_log`), read by Python `deltalake` and `polars`, names the
+//! same files and holds the same rows: a crash between a manifest and its Delta commit is
+//! repaired when the partition is next loaded.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -110,6 +113,30 @@ async fn wait_archived(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A Delta table as read: its files, its rows' (partition, offset), and the row count
+/// `polars.read_delta` reads.
+type DeltaRead = (Vec<String>, Vec<(i32, i64)>, usize);
+
+/// The Delta table at `root` as Python `deltalake` reads it.
+fn delta_rows(root: &Path) -> anyhow::Result<DeltaRead> {
+    let python = std::env::var("TANDEM_PYTHON").context(
+        "TANDEM_PYTHON (a Python with deltalake and polars) is not set: run ./scripts/test, which installs it",
+    )?;
+    let script = "import json, sys, deltalake, polars\n\
+t = deltalake.DeltaTable(sys.argv[1])\n\
+a = t.to_pyarrow_table(columns=['_kafka_partition', '_kafka_offset']).to_pydict()\n\
+print(json.dumps([t.file_uris(), list(zip(a['_kafka_partition'], a['_kafka_offset'])), polars.read_delta(sys.argv[1]).height]))";
+    let out = std::process::Command::new(python)
+        .args(["-c", script, &root.display().to_string()])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "deltalake: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,6 +253,38 @@ async fn archive_holds_every_valid_event_exactly_once_across_crashes() -> anyhow
         "{} valid events",
         valid.len()
     );
+
+    // The Delta table: the same files, every row once (its commits may trail the manifests by
+    // a moment).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = match delta_rows(&store.join("archive/orders")) {
+            Ok((files, rows, polars)) => {
+                let files: BTreeSet<PathBuf> = files.into_iter().map(PathBuf::from).collect();
+                let set: BTreeSet<(i32, i64)> = rows.iter().copied().collect();
+                if files == listed
+                    && set.len() == rows.len()
+                    && set == archived
+                    && polars == rows.len()
+                {
+                    break;
+                }
+                format!(
+                    "{} files (want {}), {} rows, {} distinct (want {}), polars {polars}",
+                    files.len(),
+                    listed.len(),
+                    rows.len(),
+                    set.len(),
+                    archived.len()
+                )
+            }
+            Err(err) => err.to_string(),
+        };
+        if Instant::now() > deadline {
+            bail!("the Delta table does not match the manifests: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Files of interrupted rolls are gone once the new owner has published.
     let unlisted: Vec<_> = files_under(&store.join("archive/orders"))

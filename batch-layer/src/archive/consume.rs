@@ -112,6 +112,11 @@ impl Archive {
                     partition,
                     PartitionState::new(manifest, seq, Instant::now()),
                 );
+                // Its next roll first commits whatever its manifests name and the Delta log
+                // does not (a crash between a manifest and its commit).
+                if let Some(delta) = &mut self.delta {
+                    delta.loaded(partition);
+                }
                 true
             }
             Err(err) => {

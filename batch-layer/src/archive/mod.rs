@@ -6,7 +6,8 @@
 //!        ▼  roll: every `roll_interval`, at `roll_bytes`, and on shutdown
 //!  publication: 1. intent  2. archive/<topic>/date=…/hour=…/p<partition>-o<first>-<last>.parquet
 //!               3. manifest <seq+1> of the partition (create-if-absent: the point of publication)
-//!               4. commit the Kafka offset (progress information only)
+//!               4. the Delta table's commit of the files (archive/<topic>/_delta_log, ADR 0009)
+//!               5. commit the Kafka offset (progress information only)
 //!  garbage: files of interrupted rolls, found through their intents
 //! ```
 //!
@@ -24,6 +25,7 @@
 //! - `roll`: per-partition state and the pure decisions about it.
 //! - `publication`: writing a roll and publishing manifests.
 //! - `garbage`: deleting files of interrupted rolls.
+//! - `delta`: the archive as a Delta table, committed from the manifests.
 //! - [`snapshot`]: what the archive holds, read back by the batch layer.
 //! - [`import`]: archiving without Kafka, through the same files and manifests.
 
@@ -41,6 +43,7 @@ use tandem_store::{manifest, object};
 use tokio_util::sync::CancellationToken;
 
 mod consume;
+mod delta;
 pub(crate) mod file;
 mod garbage;
 pub mod import;
@@ -137,6 +140,8 @@ pub struct Archive {
     partitions: HashMap<i32, roll::PartitionState>,
     partition_count: i32,
     clock: Arc<dyn Clock>,
+    /// The archive as a Delta table (`None`: its schema has a type Delta cannot name).
+    delta: Option<delta::ArchiveTable>,
 }
 
 impl std::fmt::Debug for Archive {
@@ -179,7 +184,20 @@ impl Archive {
         )
         .create()
         .map_err(Error::Consumer)?;
+        let delta = match delta::ArchiveTable::new(
+            Arc::clone(&store),
+            &config.topic,
+            decoder.schema(),
+            clock.now(),
+        ) {
+            Ok(table) => Some(table),
+            Err(err) => {
+                tracing::warn!(topic = %config.topic, %err, "the archive is not published as a Delta table");
+                None
+            }
+        };
         Ok(Self {
+            delta,
             config,
             store,
             decoder,

@@ -4,7 +4,8 @@
 //! ```text
 //!  roll: seal buffer ─► 1. intent (names the files) ─► 2. files (+ a sealed file list, every
 //!        SEAL_AT files) ─► 3. manifest <seq> (publication)
-//!                     ─► 4. delete intent, prune old manifests, collect garbage once ─► commit offset
+//!                     ─► 4. Delta commit ─► 5. delete intent, prune old manifests, collect garbage
+//!                        once ─► commit offset
 //! ```
 
 use std::time::{Duration, Instant};
@@ -156,6 +157,7 @@ impl Archive {
         };
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+        let added = files.clone();
         let mut next = roll::rolled(
             &state.manifest,
             files,
@@ -182,7 +184,14 @@ impl Archive {
         metrics::counter!("tandem_archive_rows_published_total").increment(rows);
         metrics::counter!("tandem_archive_bytes_published_total").increment(bytes);
         crash_point("archive.after_manifest");
-        // 4. Housekeeping: the intent is fulfilled; older manifests and garbage go.
+        // 4. The Delta table's commit, from the published manifest.
+        if let Some(delta) = &mut self.delta {
+            let manifest = state.manifest.clone();
+            delta
+                .publish(&self.store, partition, seq, &manifest, &added, now)
+                .await;
+        }
+        // 5. Housekeeping: the intent is fulfilled; older manifests and garbage go.
         if let Err(err) = object::delete(&self.store, &intent_path).await {
             tracing::debug!(%err, "could not delete a fulfilled intent");
         }

@@ -15,11 +15,11 @@
 //! - `log`: actions, commits and the state replayed from them (pure).
 //! - `schema`: Arrow schemas as Delta's schema string (pure).
 //!
-//! Not wired yet: the archive's rolls and the views' publications do not commit here, and no
-//! recovery pass brings a log up to its manifests (issue 33).
+//! The archive commits each roll here (`crate::archive`'s `delta`); views do not yet (issue 33).
 
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use tandem_shared::error::ErrorKind;
@@ -42,13 +42,16 @@ pub enum Error {
     Conflict { root: String, version: u64 },
     #[error("delta log `{root}`: commit {version} is not UTF-8")]
     Encoding { root: String, version: u64 },
+    /// Transient: what a commit should name could not be read (the manifests' file lists).
+    #[error("delta log: reading the files to commit: {0}")]
+    Files(String),
 }
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Store(e) => e.kind(),
-            Error::Conflict { .. } => ErrorKind::Transient,
+            Error::Conflict { .. } | Error::Files(_) => ErrorKind::Transient,
             Error::Log(_) | Error::Encoding { .. } => ErrorKind::Internal,
         }
     }
@@ -84,9 +87,23 @@ impl DeltaLog {
 
     /// Applies the commits after `state`'s version.
     pub async fn catch_up(&self, state: &mut TableState) -> Result<()> {
-        let dir = format!("{}/_delta_log", self.root);
-        let mut versions: Vec<u64> = object::list(&self.store, &dir)
-            .await?
+        let dir = Path::from(format!("{}/_delta_log", self.root));
+        // Only the names after the state's commit: versions are zero-padded, so they sort.
+        let listed: Vec<object_store::ObjectMeta> = match state.version {
+            None => self.store.list(Some(&dir)).try_collect().await,
+            Some(at) => {
+                let after = Path::from(log::commit_path(&self.root, at));
+                self.store
+                    .list_with_offset(Some(&dir), &after)
+                    .try_collect()
+                    .await
+            }
+        }
+        .map_err(|source| object::Error {
+            path: dir.to_string(),
+            source,
+        })?;
+        let mut versions: Vec<u64> = listed
             .iter()
             .filter_map(|m| log::version_of(m.location.as_ref()))
             .filter(|v| state.version.is_none_or(|at| *v > at))
