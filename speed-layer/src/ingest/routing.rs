@@ -113,40 +113,20 @@ pub(super) fn process(
         };
         match read {
             Read::Event(event) => {
-                match Admission::of(event.time, record_time, time.now, time.max_future) {
-                    Admission::Future { from, .. } => {
-                        side.dead_letter(
-                            payload,
-                            origin(topic, m),
-                            "future",
-                            &format!(
-                                "event time {} is more than {} ahead of the message's Kafka timestamp ({from})",
-                                event.time, time.max_future,
-                            ),
-                        );
-                        continue;
-                    }
-                    Admission::AheadOfClock => {
-                        metrics::counter!("tandem_speed_future_events_total").increment(1)
-                    }
-                    Admission::Admitted => {}
+                if !admitted(
+                    side,
+                    time,
+                    payload,
+                    origin(topic, m),
+                    event.time,
+                    record_time,
+                ) {
+                    continue;
                 }
                 micro.push(at, &event, m.offset(), i);
                 spare = event.values;
             }
-            Read::Skip(skip) => {
-                metrics::counter!("tandem_speed_skipped_total", "reason" => skip.kind())
-                    .increment(1);
-            }
-            Read::Malformed(err) => {
-                side.dead_letter(payload, origin(topic, m), err.kind(), &err.to_string())
-            }
-            Read::Unresolved(id) => side.dead_letter(
-                payload,
-                origin(topic, m),
-                "unknown_schema",
-                &format!("schema id {id} is still unknown after asking the registry"),
-            ),
+            other => sideline(side, payload, origin(topic, m), other),
         }
     }
     let mut seconds = Vec::with_capacity(others.len());
@@ -268,6 +248,54 @@ pub(super) fn publish_progress(
     }
 }
 
+/// Whether an event is taken by its event time: one from the future is dead-lettered, one
+/// ahead of the clock (but not of its record) counted.
+fn admitted(
+    side: &SideTopics,
+    time: Watermarking,
+    payload: Option<&[u8]>,
+    origin: Origin<'_>,
+    event_time: tandem_shared::time::EventTime,
+    record_time: Option<i64>,
+) -> bool {
+    match Admission::of(event_time, record_time, time.now, time.max_future) {
+        Admission::Future { from, .. } => {
+            side.dead_letter(
+                payload,
+                origin,
+                "future",
+                &format!(
+                    "event time {event_time} is more than {} ahead of the message's Kafka timestamp ({from})",
+                    time.max_future,
+                ),
+            );
+            false
+        }
+        Admission::AheadOfClock => {
+            metrics::counter!("tandem_speed_future_events_total").increment(1);
+            true
+        }
+        Admission::Admitted => true,
+    }
+}
+
+/// A message read as no event: a skip is counted, the rest dead-lettered with the reason.
+fn sideline(side: &SideTopics, payload: Option<&[u8]>, origin: Origin<'_>, read: Read<'_>) {
+    match read {
+        Read::Event(_) => {}
+        Read::Skip(skip) => {
+            metrics::counter!("tandem_speed_skipped_total", "reason" => skip.kind()).increment(1);
+        }
+        Read::Malformed(err) => side.dead_letter(payload, origin, err.kind(), &err.to_string()),
+        Read::Unresolved(id) => side.dead_letter(
+            payload,
+            origin,
+            "unknown_schema",
+            &format!("schema id {id} is still unknown after asking the registry"),
+        ),
+    }
+}
+
 /// Decodes the messages `rows` of the consumer's topic `topic` (a joined stream's second
 /// topic) into one batch; malformed ones and ones from the future are dead-lettered. Per
 /// batch row, the message it came from. `None`: cancelled while waiting for the registry.
@@ -294,40 +322,21 @@ fn read_second(
         let name = m.topic();
         match schemas.read_with(decoder, payload, std::mem::take(&mut spare))? {
             Read::Event(event) => {
-                let admission = Admission::of(
+                let record_time = m.timestamp().to_millis();
+                if !admitted(
+                    side,
+                    time,
+                    payload,
+                    origin(name, m),
                     event.time,
-                    m.timestamp().to_millis(),
-                    time.now,
-                    time.max_future,
-                );
-                if let Admission::Future { from, .. } = admission {
-                    side.dead_letter(
-                        payload,
-                        origin(name, m),
-                        "future",
-                        &format!(
-                            "event time {} is more than {} ahead of the message's Kafka timestamp ({from})",
-                            event.time, time.max_future,
-                        ),
-                    );
+                    record_time,
+                ) {
                     continue;
                 }
                 micro.push(at, &event, m.offset(), i);
                 spare = event.values;
             }
-            Read::Skip(skip) => {
-                metrics::counter!("tandem_speed_skipped_total", "reason" => skip.kind())
-                    .increment(1);
-            }
-            Read::Malformed(err) => {
-                side.dead_letter(payload, origin(name, m), err.kind(), &err.to_string())
-            }
-            Read::Unresolved(id) => side.dead_letter(
-                payload,
-                origin(name, m),
-                "unknown_schema",
-                &format!("schema id {id} is still unknown after asking the registry"),
-            ),
+            other => sideline(side, payload, origin(name, m), other),
         }
     }
     let batch = micro.finish();
