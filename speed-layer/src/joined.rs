@@ -36,7 +36,8 @@ use tandem_shared::schema::EventSchema;
 use tandem_shared::time::EventTime;
 
 use crate::interval::IntervalJoin;
-use crate::micro_batch::IdColumn;
+use crate::micro_batch::{Evaluation, IdColumn, evaluate};
+use crate::program::ViewProgram;
 
 /// A join key: the `on` value's bytes (a string's UTF-8, an integer's little-endian bytes);
 /// `None` for NULL, which matches nothing.
@@ -372,6 +373,45 @@ impl StreamSide {
             }
         }
         Ok(state)
+    }
+}
+
+/// Applies a joined stream's rows (made by [`crate::joined`]) to a view's state of one
+/// partition. A joined row is a pair of events, neither of which is a message of its own: a
+/// row an expression fails on, or one late for its window (only when the batch layer
+/// published the window already: the view's watermark waits for `within`), is counted and
+/// logged, the messages themselves having been taken.
+pub(crate) fn apply_joined(
+    program: &ViewProgram,
+    view: &mut crate::state::ViewState,
+    rows: &RecordBatch,
+    watermark: Option<EventTime>,
+    covered: &tandem_shared::coverage::Coverage,
+) {
+    let name = || program.view.name.clone();
+    let mut evaluation = Evaluation::default();
+    evaluate(program, rows, 0, rows.num_rows(), &mut evaluation);
+    let mut late = 0;
+    let mut rejected = evaluation.failed.len();
+    for piece in &evaluation.pieces {
+        match piece.evaluated.bind(program, &piece.batch) {
+            Ok(columns) => {
+                let applied =
+                    view.apply_rows(&columns, 0..piece.batch.num_rows(), watermark, covered);
+                late += applied.late_rows.len();
+            }
+            Err(_) => rejected += piece.batch.num_rows(),
+        }
+    }
+    if late > 0 {
+        metrics::counter!("tandem_speed_join_late_total", "view" => name()).increment(late as u64);
+    }
+    if rejected > 0 {
+        metrics::counter!("tandem_speed_join_rejected_total", "view" => name())
+            .increment(rejected as u64);
+        if let Some((_, err)) = evaluation.failed.first() {
+            tracing::warn!(view = %name(), rejected, %err, "joined rows an expression fails on");
+        }
     }
 }
 

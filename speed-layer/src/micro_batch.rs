@@ -325,7 +325,13 @@ pub(crate) fn apply(
                         outcome.late.extend(joined.late_first);
                         outcome.late_second = joined.late_second;
                         if let Some(rows) = &joined.batch {
-                            apply_joined(&programs[v], view, rows, watermark, covered);
+                            crate::joined::apply_joined(
+                                &programs[v],
+                                view,
+                                rows,
+                                watermark,
+                                covered,
+                            );
                         }
                     }
                     Err(err) => {
@@ -352,45 +358,6 @@ pub(crate) fn apply(
         out.push(outcomes);
     }
     out
-}
-
-/// Applies a joined stream's rows (made by [`crate::joined`]) to a view's state of one
-/// partition. A joined row is a pair of events, neither of which is a message of its own: a
-/// row an expression fails on, or one late for its window (only when the batch layer
-/// published the window already: the view's watermark waits for `within`), is counted and
-/// logged, the messages themselves having been taken.
-pub(crate) fn apply_joined(
-    program: &ViewProgram,
-    view: &mut crate::state::ViewState,
-    rows: &RecordBatch,
-    watermark: Option<EventTime>,
-    covered: &tandem_shared::coverage::Coverage,
-) {
-    let name = || program.view.name.clone();
-    let mut evaluation = Evaluation::default();
-    evaluate(program, rows, 0, rows.num_rows(), &mut evaluation);
-    let mut late = 0;
-    let mut rejected = evaluation.failed.len();
-    for piece in &evaluation.pieces {
-        match piece.evaluated.bind(program, &piece.batch) {
-            Ok(columns) => {
-                let applied =
-                    view.apply_rows(&columns, 0..piece.batch.num_rows(), watermark, covered);
-                late += applied.late_rows.len();
-            }
-            Err(_) => rejected += piece.batch.num_rows(),
-        }
-    }
-    if late > 0 {
-        metrics::counter!("tandem_speed_join_late_total", "view" => name()).increment(late as u64);
-    }
-    if rejected > 0 {
-        metrics::counter!("tandem_speed_join_rejected_total", "view" => name())
-            .increment(rejected as u64);
-        if let Some((_, err)) = evaluation.failed.first() {
-            tracing::warn!(view = %name(), rejected, %err, "joined rows an expression fails on");
-        }
-    }
 }
 
 /// The id column of a micro-batch, its type resolved once per batch (an id field is a string
@@ -433,10 +400,10 @@ impl<'a> IdColumn<'a> {
 
 /// A view's expressions over a micro-batch, in pieces around the rows they fail on.
 #[derive(Default)]
-struct Evaluation {
-    pieces: Vec<Piece>,
+pub(crate) struct Evaluation {
+    pub(crate) pieces: Vec<Piece>,
     /// Rows an expression fails on, with the error.
-    failed: Vec<(usize, String)>,
+    pub(crate) failed: Vec<(usize, String)>,
     /// A view that drops events without a joined row: per row, whether it has every one.
     matched: Option<Vec<bool>>,
 }
@@ -482,17 +449,17 @@ fn evaluate_joined(
 type BoundPiece<'a> = (usize, usize, Result<Bound<'a>, String>);
 
 /// The expressions evaluated over the rows `start..start + batch.num_rows()`.
-struct Piece {
+pub(crate) struct Piece {
     start: usize,
-    batch: RecordBatch,
-    evaluated: Evaluated,
+    pub(crate) batch: RecordBatch,
+    pub(crate) evaluated: Evaluated,
 }
 
 /// Evaluates `program` over `len` rows of `batch` from `start`. Where that fails (an expression
 /// failing on some event), over each half, down to single rows: a failing row is rejected with
 /// its error, and each failing row costs about two evaluations per halving (log2 of the batch),
 /// not one evaluation per row of the batch.
-fn evaluate(
+pub(crate) fn evaluate(
     program: &ViewProgram,
     batch: &RecordBatch,
     start: usize,

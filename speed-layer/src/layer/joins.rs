@@ -76,7 +76,7 @@ impl SpeedLayer {
                 match side.advance(state, horizon) {
                     Ok(None) => {}
                     Ok(Some(left)) => {
-                        crate::micro_batch::apply_joined(
+                        crate::joined::apply_joined(
                             program,
                             &mut p.views[v],
                             &left,
